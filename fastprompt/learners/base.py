@@ -1,0 +1,260 @@
+"""The learner base class: construction from open_clip, the frozen towers, checkpoints.
+
+Every method (``CoOpLearner``, ``CoCoOpLearner``, ...) is a subclass that owns its prompt
+parameters, builds its text plan and implements ``forward``/``loss``. Users touch only this API:
+
+    learner = fastprompt.CoOpLearner.from_open_clip("ViT-B-16", "openai", classnames, n_ctx=16)
+    logits = learner(images)                 # [B, C]
+    loss = learner.loss(images, labels)      # the method's full objective
+    learner.set_classnames(new_names)        # base-to-novel: prompts kept
+    W = learner.text_classifier()            # [C, E] normalised, plain tensor
+    learner.save_pretrained(path); CoOpLearner.from_pretrained(path)
+"""
+from __future__ import annotations
+
+import abc
+import dataclasses
+import os
+from typing import Any, ClassVar, Dict, List, Optional, Sequence, Type
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..towers import TextTower, VisionTower
+from ..version import __version__
+from .checkpoint import original_prompt_state, read_prompt_checkpoint, write_prompt_checkpoint
+from .prompts import clean_classnames
+
+LEARNERS: Dict[str, Type["PromptLearner"]] = {}
+
+
+class PretrainedNotAvailableError(RuntimeError):
+    """The requested pretrained weights are not on this machine and cannot be fetched."""
+
+
+def default_tokenizer(model: nn.Module):
+    """open_clip's CLIP BPE tokenizer sized to the model's context length."""
+    from open_clip.tokenizer import SimpleTokenizer
+
+    context_length = getattr(model, "context_length", None) or 77
+    return SimpleTokenizer(context_length=context_length)
+
+
+def load_open_clip(name: str, pretrained: Optional[str], device=None, precision: str = "fp32"):
+    """``open_clip.create_model`` with errors that say what to do when offline or misspelt."""
+    import open_clip
+
+    if name not in open_clip.list_models() and not name.startswith(("hf-hub:", "local-dir:")):
+        raise ValueError(f"unknown open_clip model {name!r}; see open_clip.list_models() for the names")
+    if pretrained is not None and not os.path.isfile(str(pretrained)):
+        tags = open_clip.list_pretrained_tags_by_model(name)
+        if pretrained not in tags:
+            raise ValueError(f"unknown pretrained tag {pretrained!r} for {name!r}; known tags: {tags}, "
+                             "or pass the path of a local checkpoint file, or None for random weights")
+    try:
+        model = open_clip.create_model(name, pretrained=pretrained, device=device, precision=precision)
+    except Exception as err:
+        if pretrained is None:
+            raise
+        raise PretrainedNotAvailableError(
+            f"could not load pretrained weights {name!r}/{pretrained!r}: {type(err).__name__}: {err}. "
+            "They are not in the local open_clip/Hugging Face cache and cannot be downloaded here. "
+            "Copy the checkpoint to this machine and pass its file path as `pretrained`, "
+            "or use pretrained=None for random weights.") from err
+    model.eval()
+    return model
+
+
+@dataclasses.dataclass
+class LearnerConfig:
+    """Settings every learner has.
+
+    Attributes:
+        backend: ``prompt_attention`` backend for every attention layer ("auto", "eager", ...).
+    """
+
+    backend: str = "auto"
+
+    def __post_init__(self):
+        from ..ops import registered_backends
+
+        if self.backend != "auto" and self.backend not in registered_backends():
+            raise ValueError(f"backend must be 'auto' or one of {registered_backends()}, got {self.backend!r}")
+
+    def to_dict(self) -> Dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+class PromptLearner(nn.Module, abc.ABC):
+    """Base class of all learners; see the module docstring for the API."""
+
+    method: ClassVar[str] = ""
+    config_class: ClassVar[Type[LearnerConfig]] = LearnerConfig
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if cls.method:
+            LEARNERS[cls.method] = cls
+
+    def __init__(self, model: nn.Module, classnames: Sequence[str], config: LearnerConfig,
+                 tokenizer=None, model_name: Optional[str] = None, pretrained: Optional[str] = None):
+        super().__init__()
+        if not isinstance(config, self.config_class):
+            raise TypeError(f"config must be a {self.config_class.__name__}, got {type(config).__name__}")
+        model.eval()
+        for p in model.parameters():
+            p.requires_grad_(False)
+        self.clip = model
+        self.config = config
+        self.model_name = model_name
+        self.pretrained = pretrained
+        self.tokenizer = tokenizer if tokenizer is not None else default_tokenizer(model)
+        self.text_tower = TextTower(model, backend=config.backend)
+        self.vision_tower = VisionTower(model.visual, backend=config.backend)
+        self._classnames: List[str] = clean_classnames(classnames)
+
+    # ---- construction ------------------------------------------------------------------------
+    @classmethod
+    def from_model(cls, model: nn.Module, classnames: Sequence[str], *, tokenizer=None, **cfg):
+        """Wrap an already-built open_clip model (weights are used in place, never copied)."""
+        return cls(model, classnames, cls.config_class(**cfg), tokenizer=tokenizer)
+
+    @classmethod
+    def from_open_clip(cls, name: str, pretrained: Optional[str], classnames: Sequence[str], *,
+                       device=None, precision: str = "fp32", tokenizer=None, **cfg):
+        """Build the open_clip model ``name`` with weights ``pretrained`` (a tag, a file, or None)."""
+        config = cls.config_class(**cfg)  # validate before the (slow) model build
+        model = load_open_clip(name, pretrained, device=device, precision=precision)
+        if tokenizer is None:
+            import open_clip
+
+            tokenizer = open_clip.get_tokenizer(name)
+        return cls(model, classnames, config, tokenizer=tokenizer, model_name=name, pretrained=pretrained)
+
+    # ---- classes -----------------------------------------------------------------------------
+    @property
+    def classnames(self) -> List[str]:
+        return list(self._classnames)
+
+    @property
+    def n_classes(self) -> int:
+        return len(self._classnames)
+
+    def set_classnames(self, classnames: Sequence[str]) -> None:
+        """Switch to another class list (base-to-novel, cross-dataset); prompts are kept."""
+        self._classnames = clean_classnames(classnames)
+        self._rebuild_plan()
+
+    @abc.abstractmethod
+    def _rebuild_plan(self) -> None:
+        """Rebuild the text plan(s) for ``self._classnames``."""
+
+    # ---- shared computations -----------------------------------------------------------------
+    @property
+    def logit_scale(self) -> torch.Tensor:
+        return self.clip.logit_scale.exp()
+
+    def encode_image(self, images: torch.Tensor, deep_prompts=None) -> torch.Tensor:
+        """L2-normalised image features ``[B, E]``; the frozen forward runs without autograd."""
+        if deep_prompts is None:
+            with torch.no_grad():
+                features = self.vision_tower(images)
+        else:
+            features = self.vision_tower(images, deep_prompts)
+        return features / features.norm(dim=-1, keepdim=True)
+
+    def loss(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Cross-entropy of ``forward(images)`` against ``labels [B]``."""
+        return F.cross_entropy(self(images), labels)
+
+    # ---- parameters --------------------------------------------------------------------------
+    def trainable_named_parameters(self):
+        return [(n, p) for n, p in self.named_parameters() if p.requires_grad and not n.startswith("clip.")]
+
+    def trainable_parameters(self) -> List[nn.Parameter]:
+        """The prompt parameters to hand to an optimizer."""
+        return [p for _, p in self.trainable_named_parameters()]
+
+    def print_trainable_parameters(self) -> None:
+        trainable = sum(p.numel() for p in self.trainable_parameters())
+        total = sum(p.numel() for p in self.parameters())
+        print(f"trainable params: {trainable:,} || all params: {total:,} || "
+              f"trainable%: {100.0 * trainable / max(total, 1):.4f}")
+
+    # ---- checkpoints -------------------------------------------------------------------------
+    def save_pretrained(self, directory: str) -> None:
+        """Write ``prompt.safetensors`` (trainable tensors) and ``fastprompt_config.json``, atomically."""
+        config = {
+            "method": self.method,
+            "config": self.config.to_dict(),
+            "model_name": self.model_name,
+            "pretrained": self.pretrained,
+            "classnames": self.classnames,
+            "fastprompt_version": __version__,
+        }
+        metadata = {"method": self.method, "backbone": str(self.model_name), "pretrained": str(self.pretrained),
+                    "fastprompt_version": __version__}
+        write_prompt_checkpoint(directory, dict(self.trainable_named_parameters()), config, metadata)
+
+    @classmethod
+    def from_pretrained(cls, directory: str, model: Optional[nn.Module] = None,
+                        classnames: Optional[Sequence[str]] = None, *, tokenizer=None, **kwargs):
+        """Load a checkpoint written by ``save_pretrained``.
+
+        ``model`` defaults to ``from_open_clip(model_name, pretrained)`` as recorded in the
+        checkpoint; ``classnames`` default to the saved ones. Called on ``PromptLearner`` itself
+        it returns the learner class recorded in the checkpoint.
+        """
+        saved, tensors = read_prompt_checkpoint(directory)
+        learner_cls = LEARNERS.get(saved["method"])
+        if learner_cls is None:
+            raise ValueError(f"{directory!r} holds a {saved['method']!r} checkpoint, which this fastprompt "
+                             f"does not know (known: {sorted(LEARNERS)})")
+        if cls is not PromptLearner and not issubclass(learner_cls, cls):
+            raise ValueError(f"{directory!r} holds a {saved['method']!r} checkpoint; load it with "
+                             f"{learner_cls.__name__}.from_pretrained")
+        cfg = {**saved.get("config", {}), **kwargs}
+        names = classnames if classnames is not None else saved.get("classnames")
+        if model is None:
+            if not saved.get("model_name"):
+                raise ValueError(f"{directory!r} does not record its open_clip model; pass model=...")
+            learner = learner_cls.from_open_clip(saved["model_name"], saved.get("pretrained"), names,
+                                                 tokenizer=tokenizer, **cfg)
+        else:
+            learner = learner_cls.from_model(model, names, tokenizer=tokenizer, **cfg)
+            learner.model_name, learner.pretrained = saved.get("model_name"), saved.get("pretrained")
+        learner.load_prompt_state(tensors, source=directory)
+        return learner
+
+    def load_prompt_state(self, tensors: Dict[str, torch.Tensor], source: str = "state dict") -> None:
+        """Copy named tensors into the trainable parameters; every name must match, shapes too."""
+        params = dict(self.trainable_named_parameters())
+        missing = sorted(set(params) - set(tensors))
+        unexpected = sorted(set(tensors) - set(params))
+        if missing or unexpected:
+            raise ValueError(f"{source} does not match this {type(self).__name__}: missing {missing}, "
+                             f"unexpected {unexpected}")
+        for name, p in params.items():
+            t = tensors[name]
+            if tuple(t.shape) != tuple(p.shape):
+                raise ValueError(f"{source}: {name!r} has shape {tuple(t.shape)} but this learner's is "
+                                 f"{tuple(p.shape)} (different n_ctx, class list or backbone?)")
+        with torch.no_grad():
+            for name, p in params.items():
+                p.copy_(tensors[name].to(p.dtype))
+
+    def load_original_state_dict(self, state) -> None:
+        """Load the prompt learner saved by the method's original repository.
+
+        ``state``: its state dict, a Dassl checkpoint dict, or a path to one. The frozen
+        ``token_prefix``/``token_suffix`` buffers are ignored (rebuilt from the current classes).
+        """
+        self.load_prompt_state(self._map_original_names(original_prompt_state(state)), source="original state dict")
+
+    def _map_original_names(self, state: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+        """Original parameter names -> this learner's names (identity unless a learner renames)."""
+        return state
+
+    def extra_repr(self) -> str:
+        return f"method={self.method!r}, n_classes={self.n_classes}, config={self.config}"

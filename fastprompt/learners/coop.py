@@ -1,0 +1,100 @@
+"""CoOp: learnable context vectors in front of (or around) the class name.
+
+Zhou et al., "Learning to Prompt for Vision-Language Models" (IJCV 2022); semantics follow
+KaiyangZhou/CoOp @ ff61507 ``trainers/coop.py``. The text side runs on the packed, EOT-truncated
+path; with generic context at the end position the ``[SOT][ctx]`` prefix is encoded once.
+"""
+from __future__ import annotations
+
+import dataclasses
+import warnings
+
+import torch
+from torch import nn
+
+from .base import LearnerConfig, PromptLearner
+from .prompts import CLASS_TOKEN_POSITIONS, context_template, coop_plan
+
+
+@dataclasses.dataclass
+class CoOpConfig(LearnerConfig):
+    """CoOp settings (defaults: the paper's few-shot setting).
+
+    Attributes:
+        n_ctx: number of context vectors (ignored when ``ctx_init`` is given: its BPE token count is used).
+        ctx_init: initialise the context from these words ("a photo of a"); empty = N(0, 0.02).
+        csc: class-specific context (one context per class). As in the original, only applies
+            to random init: with ``ctx_init`` the context is generic.
+        class_token_position: "end", "middle" or "front".
+        init_std: std of the random init.
+    """
+
+    n_ctx: int = 16
+    ctx_init: str = ""
+    csc: bool = False
+    class_token_position: str = "end"
+    init_std: float = 0.02
+
+    def __post_init__(self):
+        super().__post_init__()
+        if not self.ctx_init and self.n_ctx < 1:
+            raise ValueError(f"n_ctx must be >= 1, got {self.n_ctx}")
+        if self.class_token_position not in CLASS_TOKEN_POSITIONS:
+            raise ValueError(f"class_token_position must be one of {CLASS_TOKEN_POSITIONS}, "
+                             f"got {self.class_token_position!r}")
+
+
+class CoOpLearner(PromptLearner):
+    """CoOp prompt learner. Trainable: ``ctx`` ``[M, D]`` (or ``[C, M, D]`` with ``csc``)."""
+
+    method = "coop"
+    config_class = CoOpConfig
+
+    def __init__(self, model: nn.Module, classnames, config: CoOpConfig, **kwargs):
+        super().__init__(model, classnames, config, **kwargs)
+        self.template = context_template(self.tokenizer, config.n_ctx, config.ctx_init)
+        self.class_specific = config.csc and self.template.init_ids is None
+        if config.csc and not self.class_specific:
+            warnings.warn("csc=True is ignored when ctx_init is given (generic context initialised from "
+                          "ctx_init), as in the original CoOp", stacklevel=3)
+        self.ctx = nn.Parameter(self._init_ctx())
+        self._rebuild_plan()
+
+    def _init_ctx(self) -> torch.Tensor:
+        width, m = self.text_tower.width, self.template.n_ctx
+        if self.template.init_ids is not None:
+            with torch.no_grad():
+                ids = self.template.init_ids.to(self.text_tower.device)
+                return self.text_tower.embed_tokens(ids)[1:1 + m].float().clone()
+        shape = (self.n_classes, m, width) if self.class_specific else (m, width)
+        return torch.empty(shape, device=self.text_tower.device).normal_(0.0, self.config.init_std)
+
+    def _rebuild_plan(self) -> None:
+        if self.class_specific and self.ctx.shape[0] != self.n_classes:
+            raise ValueError(f"class-specific context was learned for {self.ctx.shape[0]} classes and cannot be "
+                             f"reused for {self.n_classes}")
+        self.plan = coop_plan(self.tokenizer, self._classnames, self.template,
+                              position=self.config.class_token_position, class_specific=self.class_specific,
+                              context_length=self.text_tower.context_length)
+
+    def _ctx_table(self) -> torch.Tensor:
+        """Context slot table ``[S, D]`` (class-specific contexts flattened class-major)."""
+        return self.ctx.reshape(-1, self.ctx.shape[-1])
+
+    def text_features(self) -> torch.Tensor:
+        """Unnormalised class text features ``[C, E]`` (with autograd into ``ctx``)."""
+        prefix, suffix = self.text_tower.embed(self.plan, self._ctx_table())
+        return self.text_tower(self.plan, prefix, suffix)
+
+    def text_classifier(self) -> torch.Tensor:
+        """L2-normalised class embeddings ``[C, E]``: ``logits = scale * img @ W.T`` in vanilla open_clip."""
+        with torch.no_grad():
+            features = self.text_features()
+        return features / features.norm(dim=-1, keepdim=True)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """Logits ``[B, C]`` for preprocessed images ``[B, 3, H, W]``."""
+        image_features = self.encode_image(images)
+        text = self.text_features()
+        text = text / text.norm(dim=-1, keepdim=True)
+        return self.logit_scale * image_features @ text.t()

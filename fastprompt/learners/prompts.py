@@ -1,0 +1,94 @@
+"""Prompt layouts shared by the text-prompt learners.
+
+Turns a learner's context settings (``n_ctx``, ``ctx_init``, class token position, class-specific
+context) and a class list into the source rows of a :class:`~fastprompt.towers.TextPlan`,
+reproducing the original CoOp prompt assembly token for token.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import List, Optional, Sequence
+
+import torch
+
+from ..towers import TextPlan, build_text_plan, ctx_source
+
+CLASS_TOKEN_POSITIONS = ("end", "middle", "front")
+
+
+@dataclass(frozen=True)
+class ContextTemplate:
+    """The placeholder text standing for the context, and the init vectors' token ids.
+
+    ``n_ctx`` counts BPE tokens of ``ctx_init`` (the original counts words, which silently
+    misaligns prompts when a word splits into several tokens; identical for the usual phrases).
+    """
+
+    text: str
+    n_ctx: int
+    init_ids: Optional[torch.Tensor]  # [context_length] tokenized ctx_init, or None for random init
+
+
+def context_template(tokenizer, n_ctx: int, ctx_init: str = "") -> ContextTemplate:
+    """``ctx_init`` given: its tokens become the context; otherwise ``n_ctx`` "X" placeholders."""
+    if ctx_init:
+        text = ctx_init.replace("_", " ").strip()
+        n_tokens = len(tokenizer.encode(text))
+        if n_tokens == 0:
+            raise ValueError(f"ctx_init {ctx_init!r} tokenizes to nothing; pass words or leave it empty")
+        ids = tokenizer([text])[0]
+        return ContextTemplate(text, n_tokens, ids)
+    if n_ctx < 1:
+        raise ValueError(f"n_ctx must be >= 1, got {n_ctx}")
+    return ContextTemplate(" ".join(["X"] * n_ctx), n_ctx, None)
+
+
+def clean_classnames(classnames: Sequence[str]) -> List[str]:
+    """Validate class names and replace ``_`` by spaces (as the original code does)."""
+    if isinstance(classnames, str):
+        raise ValueError("classnames must be a list of class names, got a single string")
+    names = list(classnames)
+    if not names:
+        raise ValueError("classnames is empty: pass at least one class name")
+    for i, name in enumerate(names):
+        if not isinstance(name, str) or not name.strip():
+            raise ValueError(f"classnames[{i}] must be a non-empty string, got {name!r}")
+    return [name.replace("_", " ") for name in names]
+
+
+def coop_plan(tokenizer, classnames: Sequence[str], template: ContextTemplate, *, position: str = "end",
+              class_specific: bool = False, context_length: int = 77) -> TextPlan:
+    """Plan for CoOp-style prompts ``"<ctx> <classname>."``.
+
+    Context slot numbering: generic context uses slots ``0..M-1``; class-specific context gives
+    class ``c`` slots ``c*M .. c*M+M-1``. The rows reproduce the original assembly:
+
+    * ``end``:    ``[SOT][ctx][class tokens][.][EOT]``
+    * ``middle``: ``[SOT][ctx[:M//2]][class tokens][ctx[M//2:]][.][EOT]``
+    * ``front``:  ``[SOT][class tokens][ctx][.][EOT]``
+
+    where "class tokens" are the first ``len(encode(name))`` suffix rows, exactly as the original
+    slices its suffix buffer, and EOT is located in the tokenized placeholder template.
+    """
+    if position not in CLASS_TOKEN_POSITIONS:
+        raise ValueError(f"class_token_position must be one of {CLASS_TOKEN_POSITIONS}, got {position!r}")
+    names = clean_classnames(classnames)
+    m = template.n_ctx
+    token_ids = tokenizer([f"{template.text} {name}." for name in names])
+    if token_ids.shape[1] != context_length:
+        raise ValueError(f"tokenizer returns {token_ids.shape[1]} tokens per prompt but the text tower "
+                         f"has context length {context_length}")
+    rows = []
+    for c, (name, ids) in enumerate(zip(names, token_ids.tolist())):
+        base = c * m if class_specific else 0
+        ctx = [ctx_source(base + k) for k in range(m)]
+        sot, rest = ids[:1], ids[1 + m:]
+        name_len = len(tokenizer.encode(name))
+        if position == "end":
+            rows.append(sot + ctx + rest)
+        elif position == "middle":
+            half = m // 2
+            rows.append(sot + ctx[:half] + rest[:name_len] + ctx[half:] + rest[name_len:])
+        else:
+            rows.append(sot + rest[:name_len] + ctx + rest[name_len:])
+    return build_text_plan(rows, token_ids)

@@ -1,0 +1,78 @@
+"""The eager backend: prompt-concatenated attention in plain PyTorch.
+
+It is the reference every other backend is checked against, the CPU default, and it gets its
+backward from autograd. Numerics follow the usual low-precision attention recipe: the two
+score matmuls run in the input dtype, softmax and log-sum-exp in float32, and the
+probabilities are cast back to the input dtype for the value matmul.
+
+The prompt block is never concatenated to the sequence's own keys: its scores are computed
+by a separate matmul (broadcast over the batch when G = 1, gathered per sequence otherwise)
+and joined only at the score level.
+"""
+from __future__ import annotations
+
+from typing import Tuple
+
+import torch
+
+from .validation import AttentionArgs
+
+
+def _own_mask(args: AttentionArgs) -> torch.Tensor | None:
+    """Boolean mask [N or 1, 1, L, L] of visible own keys (True = visible), or None."""
+    n, seq_len = args.q.shape[:2]
+    if not args.causal and args.seqlens is None:
+        return None
+    device = args.q.device
+    pos = torch.arange(seq_len, device=device)
+    mask = torch.ones(1, 1, seq_len, seq_len, dtype=torch.bool, device=device)
+    if args.causal:
+        mask = mask & (pos[None, :] <= pos[:, None])[None, None]
+    if args.seqlens is not None:
+        mask = mask & (pos[None, :] < args.seqlens[:, None].to(pos.dtype))[:, None, None, :]
+    return mask
+
+
+def eager_prompt_attention(args: AttentionArgs) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Compute ``(out [N, L, H, d], lse [N, H, L] fp32)``; see ``prompt_attention``."""
+    q, k, v = args.q, args.k, args.v
+    n, seq_len, heads, head_dim = q.shape
+    dtype = q.dtype
+    acc = torch.float64 if dtype == torch.float64 else torch.float32
+
+    own_scores = torch.einsum("nlhd,nmhd->nhlm", q, k).to(acc) * args.scale  # [N, H, L, L]
+    mask = _own_mask(args)
+    if mask is not None:
+        own_scores = own_scores.masked_fill(~mask, float("-inf"))
+
+    if args.pk is not None:
+        if args.group is None:  # one block read by everyone: broadcast, no copy per sequence
+            prompt_scores = torch.einsum("nlhd,phd->nhlp", q, args.pk[0])
+        else:
+            prompt_scores = torch.einsum("nlhd,nphd->nhlp", q, args.pk[args.group])
+        scores = torch.cat([prompt_scores.to(acc) * args.scale, own_scores], dim=-1)
+    else:
+        scores = own_scores
+
+    # Rows past a sequence's length are not computed (out = 0, lse = -inf). They are the only
+    # rows that can have no visible key, so neutralise them before the softmax to avoid NaN.
+    if args.seqlens is not None:
+        row_valid = (torch.arange(seq_len, device=q.device)[None, :]
+                     < args.seqlens[:, None].to(torch.long))  # [N, L]
+        scores = scores.masked_fill(~row_valid[:, None, :, None], 0.0)
+    lse = torch.logsumexp(scores, dim=-1)  # [N, H, L]
+    probs = torch.exp(scores - lse[..., None]).to(dtype)
+
+    n_prompt = scores.shape[-1] - seq_len
+    out = torch.einsum("nhlm,nmhd->nlhd", probs[..., n_prompt:], v)
+    if args.pk is not None:
+        prompt_probs = probs[..., :n_prompt]
+        if args.group is None:
+            out = out + torch.einsum("nhlp,phd->nlhd", prompt_probs, args.pv[0])
+        else:
+            out = out + torch.einsum("nhlp,nphd->nlhd", prompt_probs, args.pv[args.group])
+
+    if args.seqlens is not None:
+        out = out.masked_fill(~row_valid[:, :, None, None], 0.0)
+        lse = lse.masked_fill(~row_valid[:, None, :], float("-inf"))
+    return out, lse.to(torch.float64 if dtype == torch.float64 else torch.float32)

@@ -1,0 +1,90 @@
+"""Backend registry for ``prompt_attention``.
+
+A backend is a function ``fn(args: AttentionArgs) -> (out, lse)`` plus an availability probe
+``available(device) -> reason | None`` (``None`` means usable on that device). Backends are
+probed lazily, on first use, never at import time, so importing fastprompt on a machine
+without a GPU or a compiler costs nothing and fails nothing.
+
+``backend="auto"`` walks a per-device-type preference list and takes the first usable
+backend; it logs (at DEBUG, once per device type) which one it picked and why the ones before
+it were skipped.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Callable, Dict, List, Optional, Tuple
+
+import torch
+
+from .validation import AttentionArgs
+
+logger = logging.getLogger("fastprompt.ops")
+
+BackendFn = Callable[[AttentionArgs], Tuple[torch.Tensor, torch.Tensor]]
+AvailabilityFn = Callable[[torch.device], Optional[str]]
+
+
+@dataclass(frozen=True)
+class Backend:
+    name: str
+    fn: BackendFn
+    available: AvailabilityFn
+    description: str = ""
+
+
+_BACKENDS: Dict[str, Backend] = {}
+# Preference order of ``auto`` per device type; names not registered are skipped silently.
+AUTO_ORDER: Dict[str, List[str]] = {
+    "cuda": ["cuda", "triton", "eager"],
+    "cpu": ["eager"],
+}
+_auto_logged: set = set()
+
+
+def register_backend(name: str, fn: BackendFn, available: AvailabilityFn, description: str = "") -> None:
+    """Register (or replace) a backend under ``name``."""
+    _BACKENDS[name] = Backend(name, fn, available, description)
+
+
+def registered_backends() -> List[str]:
+    return list(_BACKENDS)
+
+
+def backend_status(device: torch.device | str) -> Dict[str, str]:
+    """Map every registered backend to "available" or the reason it is not, for ``device``."""
+    device = torch.device(device)
+    return {name: (b.available(device) or "available") for name, b in _BACKENDS.items()}
+
+
+def resolve_backend(name: str, device: torch.device) -> Backend:
+    """Return the backend to run on ``device``: the named one, or the ``auto`` choice.
+
+    Asking for a backend by name that cannot run raises ``RuntimeError`` with its reason;
+    ``auto`` never raises while ``eager`` is registered.
+    """
+    if name != "auto":
+        if name not in _BACKENDS:
+            raise ValueError(
+                f"backend must be 'auto' or one of {registered_backends()}, got {name!r}")
+        backend = _BACKENDS[name]
+        reason = backend.available(device)
+        if reason is not None:
+            raise RuntimeError(f"prompt_attention backend {name!r} cannot run on {device}: {reason}")
+        return backend
+
+    skipped = []
+    for candidate in AUTO_ORDER.get(device.type, ["eager"]):
+        backend = _BACKENDS.get(candidate)
+        if backend is None:
+            continue
+        reason = backend.available(device)
+        if reason is None:
+            key = (device.type, candidate)
+            if key not in _auto_logged:
+                _auto_logged.add(key)
+                why = "; ".join(f"{s}: {r}" for s, r in skipped) or f"first choice for {device.type} tensors"
+                logger.debug("prompt_attention backend=auto chose %r on %s (%s)", candidate, device.type, why)
+            return backend
+        skipped.append((candidate, reason))
+    raise RuntimeError(f"no prompt_attention backend can run on {device}: {skipped}")

@@ -1,0 +1,123 @@
+"""Test utilities shipped with the package: seeded random-weight CLIP models, a float64
+naive attention reference, and closeness checks that explain a failure.
+
+Nothing here downloads anything. Models are built from open_clip configs with random
+weights, so tests and the demo run offline and on CPU.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+
+def tiny_clip(seed: int = 0, *, width: int = 64, layers: int = 2, heads: int = 2,
+              vision_width: int = 96, vision_layers: int = 2, vision_heads: int = 3,
+              image_size: int = 32, patch_size: int = 8, embed_dim: int = 48,
+              custom_blocks: bool = False, quick_gelu: bool = False):
+    """A small random-weight open_clip ``CLIP`` with the real tokenizer's vocabulary.
+
+    ``custom_blocks=True`` builds open_clip's own ``Attention`` module (``block_type="custom"``)
+    instead of ``nn.MultiheadAttention``, so both attention implementations are covered.
+    Returned in eval mode, float32, all parameters frozen.
+    """
+    from open_clip.model import CLIP, CLIPTextCfg, CLIPVisionCfg
+
+    gen_state = torch.random.get_rng_state()
+    torch.manual_seed(seed)
+    try:
+        block_type = "custom" if custom_blocks else None
+        vision_cfg = CLIPVisionCfg(layers=vision_layers, width=vision_width,
+                                   head_width=vision_width // vision_heads, patch_size=patch_size,
+                                   image_size=image_size, block_type=block_type)
+        text_cfg = CLIPTextCfg(context_length=77, vocab_size=49408, width=width, heads=heads,
+                               layers=layers, block_type=block_type)
+        model = CLIP(embed_dim, vision_cfg, text_cfg, quick_gelu=quick_gelu)
+        # open_clip zero-initialises biases; give them values so a wrong bias path fails tests.
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                if name.endswith("bias") and p.abs().sum() == 0:
+                    p.normal_(0.0, 0.02)
+    finally:
+        torch.random.set_rng_state(gen_state)
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model
+
+
+def random_clip(name: str = "ViT-B-16", seed: int = 0):
+    """A named open_clip architecture with seeded random weights (``pretrained=None``)."""
+    import open_clip
+
+    gen_state = torch.random.get_rng_state()
+    torch.manual_seed(seed)
+    try:
+        model = open_clip.create_model(name, pretrained=None)
+    finally:
+        torch.random.set_rng_state(gen_state)
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model
+
+
+def naive_prompt_attention(q, k, v, pk=None, pv=None, *, group=None, causal=False, seqlens=None,
+                           scale=None):
+    """Literal float64 ``cat + softmax`` reference, one sequence at a time.
+
+    For each sequence it concatenates its prompt block in front of its own visible keys and
+    runs a plain softmax. Rows past ``seqlens`` are 0 with lse ``-inf`` (the op's contract).
+    Returns ``(out [N, L, H, d], lse [N, H, L])`` in float64.
+    """
+    q, k, v = (t.detach().double() for t in (q, k, v))
+    n, seq_len, heads, head_dim = q.shape
+    scale = head_dim ** -0.5 if scale is None else scale
+    out = torch.zeros_like(q)
+    lse = torch.full((n, heads, seq_len), float("-inf"), dtype=torch.float64)
+    for i in range(n):
+        length = seq_len if seqlens is None else int(seqlens[i])
+        if pk is not None:
+            g = 0 if group is None else int(group[i])
+            pki, pvi = pk[g].detach().double(), pv[g].detach().double()
+        for row in range(length):
+            visible = row + 1 if causal else length
+            keys, values = k[i, :visible], v[i, :visible]
+            if pk is not None:
+                keys, values = torch.cat([pki, keys]), torch.cat([pvi, values])
+            scores = torch.einsum("hd,khd->hk", q[i, row], keys) * scale
+            lse[i, :, row] = torch.logsumexp(scores, dim=-1)
+            out[i, row] = torch.einsum("hk,khd->hd", torch.softmax(scores, dim=-1), values)
+    return out, lse
+
+
+def max_rel_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
+    """max|actual - expected| / max|expected| over finite entries (infinite entries must match)."""
+    actual, expected = actual.detach().double(), expected.detach().double()
+    finite = torch.isfinite(expected)
+    if not torch.equal(finite, torch.isfinite(actual)) or not torch.equal(actual[~finite], expected[~finite]):
+        return float("inf")
+    if not finite.any():
+        return 0.0
+    denom = expected[finite].abs().max().clamp_min(1e-30)
+    return float((actual[finite] - expected[finite]).abs().max() / denom)
+
+
+def assert_close_rel(actual: torch.Tensor, expected: torch.Tensor, rtol: float, name: str = "tensor",
+                     atol: Optional[float] = None) -> None:
+    """Assert ``max_rel_error(actual, expected) <= rtol`` with a message that locates the worst entry."""
+    if actual.shape != expected.shape:
+        raise AssertionError(f"{name}: shape {tuple(actual.shape)} != expected {tuple(expected.shape)}")
+    err = max_rel_error(actual, expected)
+    if err <= rtol:
+        return
+    if atol is not None:
+        diff = (actual.detach().double() - expected.detach().double()).abs()
+        if torch.isfinite(diff).all() and float(diff.max()) <= atol:
+            return
+    diff = (actual.detach().double() - expected.detach().double()).abs().nan_to_num(float("inf"))
+    worst = int(diff.argmax())
+    index = tuple(int(i) for i in torch.unravel_index(torch.tensor(worst), actual.shape))
+    raise AssertionError(
+        f"{name}: relative error {err:.3e} > {rtol:.1e}; worst at {index}: "
+        f"{float(actual.flatten()[worst]):.6g} vs expected {float(expected.flatten()[worst]):.6g}")

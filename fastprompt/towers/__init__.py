@@ -1,0 +1,7 @@
+"""Functional CLIP towers over open_clip's own weights (the only callers of ``fastprompt.ops``)."""
+from .blocks import BlockView, block_views
+from .text import TextTower
+from .text_plan import TextPlan, build_text_plan, ctx_source
+from .vision import VisionTower
+
+__all__ = ["BlockView", "block_views", "TextTower", "TextPlan", "build_text_plan", "ctx_source", "VisionTower"]

@@ -1,0 +1,220 @@
+"""The functional CLIP text tower: prefix-shared, EOT-truncated, packed.
+
+For a :class:`TextPlan` the tower
+
+1. encodes the shared prefix (``[SOT][ctx...]``) once per group, keeping each layer's keys and
+   values,
+2. runs only the packed class suffixes (class tokens, ``.``, EOT — truncated after EOT), whose
+   attention reads the prefix K/V of their group as the op's prompt block, causal on their own
+   tokens,
+3. pools the EOT rows through ``ln_final`` and the text projection.
+
+This is exactly CLIP's causal text encoder read at EOT, with none of the rows that cannot reach
+an EOT feature computed. Dense layers (LN, projections, MLP) run on the packed ``[T, D]`` rows;
+only attention sees a padded ``[N, max_len]`` layout, masked with ``seqlens``.
+"""
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import torch
+from torch import nn
+
+from ..ops import prompt_attention
+from .blocks import block_views
+from .text_plan import TextPlan, build_text_plan
+
+
+def _text_modules(model: nn.Module) -> nn.Module:
+    """The module holding the text tower: the CLIP model itself, or ``model.text`` (CustomTextCLIP)."""
+    if hasattr(model, "transformer") and hasattr(model, "token_embedding"):
+        return model
+    text = getattr(model, "text", None)
+    if text is not None and hasattr(text, "transformer") and hasattr(text, "token_embedding"):
+        return text
+    raise ValueError(
+        f"{type(model).__name__} has no open_clip ViT-style text tower (token_embedding + transformer); "
+        "Hugging Face text towers are not supported")
+
+
+class TextTower:
+    """Functional view of an open_clip text tower (no parameter copies).
+
+    Args:
+        model: an open_clip ``CLIP`` or ``CustomTextCLIP`` with a causal, argmax-pooled text tower.
+        backend: ``prompt_attention`` backend used by every layer.
+    """
+
+    def __init__(self, model: nn.Module, backend: str = "auto"):
+        text = _text_modules(model)
+        if getattr(text, "attn_mask", None) is None:
+            raise ValueError("the text tower has no causal attention mask; fastprompt's text path needs "
+                             "CLIP's causal text encoder")
+        pool = getattr(model, "text_pool_type", getattr(text, "pool_type", "argmax"))
+        if pool != "argmax":
+            raise ValueError(f"text pooling {pool!r} is not supported (CLIP pools the argmax/EOT token)")
+        if getattr(text, "cls_emb", None) is not None:
+            raise ValueError("text towers with an appended CLS embedding (CoCa) are not supported")
+        self.text = text
+        self.blocks = block_views(text.transformer)
+        self.backend = backend
+        self.width = self.blocks[0].width
+        self.heads = self.blocks[0].heads
+        self.layers = len(self.blocks)
+        self.context_length = int(text.positional_embedding.shape[0])
+        proj = text.text_projection
+        if proj is None:
+            self.embed_dim = self.width
+        elif isinstance(proj, nn.Linear):
+            self.embed_dim = proj.out_features
+        else:
+            self.embed_dim = int(proj.shape[1])
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.text.transformer.get_cast_dtype()
+
+    @property
+    def device(self) -> torch.device:
+        return self.text.positional_embedding.device
+
+    # ---- embedding assembly ------------------------------------------------------------------
+    def embed_tokens(self, ids: torch.Tensor) -> torch.Tensor:
+        """Frozen token embeddings in the tower's compute dtype."""
+        return self.text.token_embedding(ids).to(self.dtype)
+
+    def _fill(self, src: torch.Tensor, pos: torch.Tensor, slot: torch.Tensor,
+              ctx: Optional[torch.Tensor]) -> torch.Tensor:
+        """Embeddings of ``src [R]``: token ids embedded, context slots taken from ``ctx``.
+
+        ``ctx`` is a slot table ``[S, D]`` (shared) or ``[G, S, D]`` (per group); the result is
+        ``[R, D]`` or ``[G, R, D]`` accordingly.
+        """
+        emb = self.embed_tokens(src.clamp_min(0))
+        if pos.numel() == 0:
+            return emb
+        if ctx is None:
+            raise ValueError("the plan has learnable context slots but no ctx table was given")
+        ctx = ctx.to(emb.dtype)
+        if ctx.dim() == 3:
+            emb = emb.expand(ctx.shape[0], *emb.shape).clone()
+        else:
+            emb = emb.clone()
+        emb[..., pos, :] = ctx[..., slot, :]
+        return emb
+
+    def embed(self, plan: TextPlan, ctx: Optional[torch.Tensor] = None):
+        """Assemble ``(prefix [G, P, D], suffix [G*T, D])`` input embeddings for ``plan``.
+
+        ``ctx`` is the learnable slot table: ``[S, D]`` shared by all groups, or ``[G, S, D]``
+        with one table per group (CoCoOp). Slot ``k`` fills every source ``ctx_source(k)``.
+        """
+        plan = plan.to(self.device)
+        groups = plan.n_groups
+        if ctx is not None and ctx.dim() == 3 and ctx.shape[0] != groups:
+            raise ValueError(f"ctx has {ctx.shape[0]} groups but the plan has {groups}")
+        if ctx is not None and ctx.shape[-1] != self.width:
+            raise ValueError(f"ctx rows must have the text width {self.width}, got {ctx.shape[-1]}")
+        prefix = self._fill(plan.prefix_src, plan.derived("prefix_ctx_pos"), plan.derived("prefix_ctx_slot"), ctx)
+        if prefix.dim() == 2:
+            prefix = prefix.expand(groups, *prefix.shape)
+        suffix = self._fill(plan.suffix_src, plan.derived("suffix_ctx_pos"), plan.derived("suffix_ctx_slot"), ctx)
+        if suffix.dim() == 3:
+            suffix = suffix.reshape(-1, suffix.shape[-1])
+        elif groups > 1:
+            suffix = suffix.repeat(groups, 1)
+        return prefix, suffix
+
+    # ---- the encoder -------------------------------------------------------------------------
+    def forward(self, plan: TextPlan, prefix: torch.Tensor, suffix: torch.Tensor,
+                prefix_overrides: Optional[Sequence[Optional[torch.Tensor]]] = None,
+                override_start: int = 1) -> torch.Tensor:
+        """Encode the plan's sequences; returns ``[N, E]`` text features (not normalised).
+
+        Args:
+            plan: the layout (already ``repeat``-ed to G groups).
+            prefix: ``[G, P, D]`` prefix input embeddings (no positional embedding yet).
+            suffix: ``[G*T, D]`` packed suffix input embeddings (no positional embedding yet).
+            prefix_overrides: per layer, ``None`` or rows ``[M, D]`` / ``[G, M, D]`` that
+                *replace* prefix rows ``override_start .. override_start+M-1`` before that layer
+                (deep text prompts: MaPLe, PromptSRC, IVLP). Entry 0 is ignored when None.
+            override_start: first prefix row replaced by the overrides (1 = right after SOT).
+        """
+        plan = plan.to(self.device)
+        groups, p_len, n_seq, max_len = plan.n_groups, plan.prefix_len, plan.n_sequences, plan.max_len
+        if prefix.shape[:2] != (groups, p_len):
+            raise ValueError(f"prefix must have shape [G={groups}, P={p_len}, D], got {tuple(prefix.shape)}")
+        if suffix.shape[0] != groups * plan.tokens_per_group:
+            raise ValueError(f"suffix must have {groups * plan.tokens_per_group} packed rows, got {suffix.shape[0]}")
+        pos = self.text.positional_embedding.to(self.dtype)
+        xp = prefix + pos[:p_len]
+        xs = suffix + pos[plan.positions]
+        group = plan.group if groups > 1 else None
+        seqlens = plan.seqlens_all
+        heads, head_dim = self.heads, self.width // self.heads
+
+        for layer, blk in enumerate(self.blocks):
+            last = layer == self.layers - 1
+            if prefix_overrides is not None and layer < len(prefix_overrides) and prefix_overrides[layer] is not None:
+                xp = _replace_rows(xp, prefix_overrides[layer], override_start)
+            pk = pv = None
+            if p_len > 0:
+                if last:  # prefix outputs are never read after the last layer: K/V only
+                    pk, pv = blk.kv(xp)
+                else:
+                    qp, pk, pv = blk.qkv(xp)
+                    op, _ = prompt_attention(qp, pk, pv, causal=True, backend=self.backend)
+                    xp = blk.add_mlp(blk.add_attention(xp, blk.attention_output(op)))
+
+            q, k, v = blk.qkv(xs)  # [G*T, H, d] each
+            qkv = torch.stack([q, k, v], dim=1)
+            padded = qkv.new_zeros(n_seq * max_len, 3, heads, head_dim).index_copy(0, plan.pad_index, qkv)
+            qpad, kpad, vpad = padded.view(n_seq, max_len, 3, heads, head_dim).unbind(2)
+            o, _ = prompt_attention(qpad, kpad, vpad, pk, pv, group=group, causal=True, seqlens=seqlens,
+                                    backend=self.backend)
+            o = o.reshape(n_seq * max_len, heads, head_dim)
+            if last:  # only the EOT rows are pooled: finish the block for them alone
+                rows = plan.pad_index[plan.eot_index]
+                xs = blk.add_mlp(blk.add_attention(xs[plan.eot_index], blk.attention_output(o[rows])))
+            else:
+                xs = blk.add_mlp(blk.add_attention(xs, blk.attention_output(o[plan.pad_index])))
+        return self.project(xs)
+
+    __call__ = forward
+
+    def project(self, eot_rows: torch.Tensor) -> torch.Tensor:
+        """``ln_final`` and the text projection of the pooled EOT rows ``[N, D] -> [N, E]``."""
+        x = self.text.ln_final(eot_rows)
+        proj = self.text.text_projection
+        if proj is None:
+            return x
+        if isinstance(proj, nn.Linear):
+            return proj(x)
+        return x @ proj
+
+    # ---- frozen prompts ----------------------------------------------------------------------
+    def plan_for_token_ids(self, ids: torch.Tensor) -> TextPlan:
+        """A plan encoding already-tokenized prompts ``[C, context_length]`` with no learnable slots.
+
+        The longest common prefix (e.g. ``[SOT] a photo of a``) is still shared.
+        """
+        ids = ids.cpu()
+        return build_text_plan(ids.tolist(), ids)
+
+    def encode_token_ids(self, ids: torch.Tensor) -> torch.Tensor:
+        """Same as ``model.encode_text(ids)`` (unnormalised), on the fast path."""
+        plan = self.plan_for_token_ids(ids)
+        prefix, suffix = self.embed(plan)
+        return self.forward(plan, prefix, suffix)
+
+
+def _replace_rows(x: torch.Tensor, rows: torch.Tensor, start: int) -> torch.Tensor:
+    """``x [G, P, D]`` with rows ``start..start+M-1`` replaced by ``rows [M, D]`` or ``[G, M, D]``."""
+    groups, p_len, width = x.shape
+    m = rows.shape[-2]
+    if start + m > p_len:
+        raise ValueError(f"deep prompt of {m} rows starting at {start} does not fit in a prefix of {p_len} rows")
+    rows = rows.to(x.dtype)
+    if rows.dim() == 2:
+        rows = rows.expand(groups, m, width)
+    return torch.cat([x[:, :start], rows, x[:, start + m:]], dim=1)

@@ -1,0 +1,109 @@
+"""The functional CLIP vision tower with batch-shared deep prompts.
+
+Deep vision prompts (VPT-deep, MaPLe, PromptSRC/IVLP) follow the original "replace, then
+propagate" semantics: prompt rows ``P_0`` are appended to the tokens before ``ln_pre``; before
+each layer ``1 <= j < J`` the prompt rows are replaced by ``P_j``; the outputs of layer ``J-1``
+propagate through the remaining layers.
+
+The literal implementation concatenates B copies of the prompts to the sequence in every
+layer. Here a prompt row whose output is discarded (every prompted layer but the last) only
+contributes keys and values, and those depend on the prompt alone, so they are computed once
+per layer (``[1, M, H, d]``) and read by every image as the op's G = 1 prompt block. Only at the
+last prompted layer, whose prompt outputs survive, do the prompt rows become ordinary
+per-image tokens. Non-causal attention does not care where in the sequence the rows sit, so
+this is exact.
+"""
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import torch
+from torch import nn
+
+from ..ops import prompt_attention
+from .blocks import block_views
+
+
+class VisionTower:
+    """Functional view of an open_clip ``VisionTransformer`` (no parameter copies)."""
+
+    def __init__(self, visual: nn.Module, backend: str = "auto"):
+        if not hasattr(visual, "conv1") or not hasattr(visual, "transformer"):
+            raise ValueError(f"{type(visual).__name__} is not an open_clip ViT vision tower "
+                             "(ResNet and timm towers are not supported)")
+        if getattr(visual, "attn_pool", None) is not None:
+            raise ValueError("vision towers with an attentional pooler are not supported")
+        if visual.pool_type not in ("tok", "avg"):
+            raise ValueError(f"vision pool_type {visual.pool_type!r} is not supported (expected 'tok' or 'avg')")
+        self.visual = visual
+        self.blocks = block_views(visual.transformer)
+        self.backend = backend
+        self.width = self.blocks[0].width
+        self.heads = self.blocks[0].heads
+        self.layers = len(self.blocks)
+        self.output_dim = int(visual.proj.shape[1]) if visual.proj is not None else self.width
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.visual.transformer.get_cast_dtype()
+
+    def embed(self, images: torch.Tensor) -> torch.Tensor:
+        """Patch + class + positional embeddings, patch dropout; before ``ln_pre``: ``[B, 1+n, W]``."""
+        v = self.visual
+        x = v.conv1(images.to(self.dtype)).flatten(2).transpose(1, 2)
+        cls = v.class_embedding.to(x.dtype).view(1, 1, -1).expand(x.shape[0], 1, -1)
+        x = torch.cat([cls, x], dim=1) + v.positional_embedding.to(x.dtype)
+        return v.patch_dropout(x)
+
+    def forward(self, images: torch.Tensor, deep_prompts: Optional[Sequence[torch.Tensor]] = None) -> torch.Tensor:
+        """Image features ``[B, E]`` (not normalised).
+
+        Args:
+            images: ``[B, 3, H, W]`` preprocessed images.
+            deep_prompts: J tensors ``[M, W]`` (J <= layers): ``deep_prompts[0]`` is appended before
+                ``ln_pre``; ``deep_prompts[j]`` replaces the prompt rows before layer ``j``; the
+                rows leaving layer ``J-1`` propagate. ``None`` or empty: plain CLIP.
+        """
+        deep_prompts = list(deep_prompts or [])
+        n_prompted = len(deep_prompts)
+        if n_prompted > self.layers:
+            raise ValueError(f"deep_prompts has {n_prompted} layers but the vision tower has {self.layers}")
+        for j, p in enumerate(deep_prompts):
+            if p.dim() != 2 or p.shape[1] != self.width or p.shape[0] != deep_prompts[0].shape[0]:
+                raise ValueError(f"deep_prompts[{j}] must have shape [M, {self.width}] with the same M in every "
+                                 f"layer, got {tuple(p.shape)}")
+        v = self.visual
+        x = v.ln_pre(self.embed(images))
+        batch = x.shape[0]
+        prompts = None
+        if n_prompted:
+            prompts = v.ln_pre(deep_prompts[0].to(x.dtype))  # ln_pre is row-wise: apply once, not B times
+        for layer, blk in enumerate(self.blocks):
+            if layer < n_prompted:
+                rows = prompts if layer == 0 else deep_prompts[layer].to(x.dtype)
+                if layer < n_prompted - 1:
+                    # Outputs discarded: the prompt rows only lend keys/values, shared by the batch.
+                    pk, pv = blk.kv(rows)
+                    x = blk.forward_dense(x, pk=pk[None], pv=pv[None], backend=self.backend)
+                    continue
+                # Last prompted layer: these rows' outputs survive, so they become real tokens.
+                x = torch.cat([x, rows.expand(batch, *rows.shape)], dim=1)
+            x = blk.forward_dense(x, backend=self.backend)
+        n_image_tokens = x.shape[1] - (deep_prompts[0].shape[0] if n_prompted else 0)
+        return self.pool(x, n_image_tokens)
+
+    __call__ = forward
+
+    def pool(self, x: torch.Tensor, n_image_tokens: int) -> torch.Tensor:
+        """open_clip's pooling (``ln_post`` before/after the pool) and projection."""
+        v = self.visual
+        if v.final_ln_after_pool:
+            pooled = v.ln_post(self._global_pool(x, n_image_tokens))
+        else:
+            pooled = self._global_pool(v.ln_post(x), n_image_tokens)
+        return pooled @ v.proj if v.proj is not None else pooled
+
+    def _global_pool(self, x: torch.Tensor, n_image_tokens: int) -> torch.Tensor:
+        if self.visual.pool_type == "avg":
+            return x[:, 1:n_image_tokens].mean(dim=1)
+        return x[:, 0]
