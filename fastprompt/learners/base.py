@@ -13,6 +13,7 @@ parameters, builds its text plan and implements ``forward``/``loss``. Users touc
 from __future__ import annotations
 
 import abc
+import contextlib
 import dataclasses
 import os
 from typing import Any, ClassVar, Dict, List, Optional, Sequence, Type
@@ -41,27 +42,73 @@ def default_tokenizer(model: nn.Module):
     return SimpleTokenizer(context_length=context_length)
 
 
-def load_open_clip(name: str, pretrained: Optional[str], device=None, precision: str = "fp32"):
-    """``open_clip.create_model`` with errors that say what to do when offline or misspelt."""
+def _cached_pretrained_file(name: str, tag: str, cache_dir: Optional[str]) -> Optional[str]:
+    """Path of the weights open_clip would load for ``name``/``tag`` if they are already on disk."""
+    import open_clip
+
+    cfg = open_clip.get_pretrained_cfg(name, tag)
+    if cfg.get("file"):
+        return cfg["file"] if os.path.isfile(cfg["file"]) else None
+    hub = cfg.get("hf_hub", "")
+    if hub:
+        from huggingface_hub import try_to_load_from_cache
+
+        repo_id, filename = os.path.split(hub)
+        filename = filename or "open_clip_pytorch_model.bin"
+        stem = filename.rsplit(".", 1)[0]
+        candidates = [stem.replace("pytorch_model", "model") + ".safetensors", stem + ".safetensors", filename]
+        for candidate in candidates:
+            found = try_to_load_from_cache(repo_id, candidate, cache_dir=cache_dir)
+            if isinstance(found, str) and os.path.isfile(found):
+                return found
+    url = cfg.get("url", "")
+    if url:
+        path = os.path.join(cache_dir or os.path.expanduser("~/.cache/clip"), os.path.basename(url))
+        if os.path.isfile(path):
+            return path
+    return None
+
+
+@contextlib.contextmanager
+def _hub_offline():
+    """Let open_clip read the Hugging Face cache without trying the network (no retry loops)."""
+    from huggingface_hub import constants
+
+    saved = constants.HF_HUB_OFFLINE
+    constants.HF_HUB_OFFLINE = True
+    try:
+        yield
+    finally:
+        constants.HF_HUB_OFFLINE = saved
+
+
+def load_open_clip(name: str, pretrained: Optional[str], device=None, precision: str = "fp32",
+                   cache_dir: Optional[str] = None):
+    """``open_clip.create_model`` that never hangs offline and says what to do when weights are missing.
+
+    ``pretrained`` is an open_clip tag (weights must already be in the local cache), a path to a
+    checkpoint file, or ``None`` for random weights.
+    """
     import open_clip
 
     if name not in open_clip.list_models() and not name.startswith(("hf-hub:", "local-dir:")):
         raise ValueError(f"unknown open_clip model {name!r}; see open_clip.list_models() for the names")
+    offline = contextlib.nullcontext()
     if pretrained is not None and not os.path.isfile(str(pretrained)):
         tags = open_clip.list_pretrained_tags_by_model(name)
         if pretrained not in tags:
             raise ValueError(f"unknown pretrained tag {pretrained!r} for {name!r}; known tags: {tags}, "
                              "or pass the path of a local checkpoint file, or None for random weights")
-    try:
-        model = open_clip.create_model(name, pretrained=pretrained, device=device, precision=precision)
-    except Exception as err:
-        if pretrained is None:
-            raise
-        raise PretrainedNotAvailableError(
-            f"could not load pretrained weights {name!r}/{pretrained!r}: {type(err).__name__}: {err}. "
-            "They are not in the local open_clip/Hugging Face cache and cannot be downloaded here. "
-            "Copy the checkpoint to this machine and pass its file path as `pretrained`, "
-            "or use pretrained=None for random weights.") from err
+        if _cached_pretrained_file(name, pretrained, cache_dir) is None:
+            raise PretrainedNotAvailableError(
+                f"pretrained weights {name!r}/{pretrained!r} are not in the local open_clip / Hugging Face "
+                "cache, and fastprompt does not download them here. Copy the checkpoint to this machine and "
+                "pass its file path as `pretrained` (or fill the cache), or use pretrained=None for random "
+                "weights.")
+        offline = _hub_offline()
+    with offline:
+        model = open_clip.create_model(name, pretrained=pretrained, device=device, precision=precision,
+                                       cache_dir=cache_dir)
     model.eval()
     return model
 
@@ -122,10 +169,11 @@ class PromptLearner(nn.Module, abc.ABC):
 
     @classmethod
     def from_open_clip(cls, name: str, pretrained: Optional[str], classnames: Sequence[str], *,
-                       device=None, precision: str = "fp32", tokenizer=None, **cfg):
+                       device=None, precision: str = "fp32", cache_dir: Optional[str] = None,
+                       tokenizer=None, **cfg):
         """Build the open_clip model ``name`` with weights ``pretrained`` (a tag, a file, or None)."""
         config = cls.config_class(**cfg)  # validate before the (slow) model build
-        model = load_open_clip(name, pretrained, device=device, precision=precision)
+        model = load_open_clip(name, pretrained, device=device, precision=precision, cache_dir=cache_dir)
         if tokenizer is None:
             import open_clip
 

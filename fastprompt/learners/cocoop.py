@@ -23,7 +23,7 @@ class CoCoOpConfig(LearnerConfig):
 
     Attributes:
         n_ctx: number of context vectors when ``ctx_init`` is empty.
-        ctx_init: initial context words (their BPE token count sets the context length).
+        ctx_init: initial context words (their word count sets the context length).
         init_std: std of the random init when ``ctx_init`` is empty.
     """
 

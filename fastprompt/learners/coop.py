@@ -21,7 +21,7 @@ class CoOpConfig(LearnerConfig):
     """CoOp settings (defaults: the paper's few-shot setting).
 
     Attributes:
-        n_ctx: number of context vectors (ignored when ``ctx_init`` is given: its BPE token count is used).
+        n_ctx: number of context vectors (ignored when ``ctx_init`` is given: its word count is used).
         ctx_init: initialise the context from these words ("a photo of a"); empty = N(0, 0.02).
         csc: class-specific context (one context per class). As in the original, only applies
             to random init: with ``ctx_init`` the context is generic.

@@ -18,10 +18,13 @@ CLASS_TOKEN_POSITIONS = ("end", "middle", "front")
 
 @dataclass(frozen=True)
 class ContextTemplate:
-    """The placeholder text standing for the context, and the init vectors' token ids.
+    """The text standing for the context in the prompt, and the init vectors' token ids.
 
-    ``n_ctx`` counts BPE tokens of ``ctx_init`` (the original counts words, which silently
-    misaligns prompts when a word splits into several tokens; identical for the usual phrases).
+    With ``ctx_init`` the context length is the number of space-separated *words*, as in the
+    original CoOp/CoCoOp: the context takes the first ``n_ctx`` BPE tokens of the phrase and any
+    further tokens of a word that split into several stay frozen in the suffix ("itap of a":
+    context "it", "ap", "of"; "a" frozen). The assembled prompt is still exactly the phrase, and
+    the original checkpoints keep their shapes.
     """
 
     text: str
@@ -30,14 +33,13 @@ class ContextTemplate:
 
 
 def context_template(tokenizer, n_ctx: int, ctx_init: str = "") -> ContextTemplate:
-    """``ctx_init`` given: its tokens become the context; otherwise ``n_ctx`` "X" placeholders."""
+    """``ctx_init`` given: its first tokens become the context; otherwise ``n_ctx`` "X" placeholders."""
     if ctx_init:
-        text = ctx_init.replace("_", " ").strip()
-        n_tokens = len(tokenizer.encode(text))
-        if n_tokens == 0:
-            raise ValueError(f"ctx_init {ctx_init!r} tokenizes to nothing; pass words or leave it empty")
-        ids = tokenizer([text])[0]
-        return ContextTemplate(text, n_tokens, ids)
+        text = ctx_init.replace("_", " ")
+        n_words = len(text.split(" "))
+        if len(tokenizer.encode(text)) < n_words:
+            raise ValueError(f"ctx_init {ctx_init!r} has fewer tokens than words; use single spaces between words")
+        return ContextTemplate(text, n_words, tokenizer([text])[0])
     if n_ctx < 1:
         raise ValueError(f"n_ctx must be >= 1, got {n_ctx}")
     return ContextTemplate(" ".join(["X"] * n_ctx), n_ctx, None)

@@ -1,0 +1,418 @@
+"""``fastprompt`` command line.
+
+Subcommands:
+
+* ``demo``: train a prompt learner (CoOp or CoCoOp) on the embedded synthetic shapes dataset,
+  report held-out accuracy before/after, and time a training step against the literal reference
+  implementation (``fastprompt.reference``). Runs offline on CPU in well under two minutes with
+  the default tiny random-weight CLIP.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import statistics
+import sys
+import time
+from collections import deque
+from typing import List, Optional, Sequence
+
+__all__ = ["main", "build_parser"]
+
+METHODS = ("coop", "cocoop")
+# Per-method context defaults, as in the CoOp / CoCoOp papers' main settings.
+DEFAULT_CTX = {"coop": (16, ""), "cocoop": (4, "a photo of a")}
+# The demo's default model: a tiny random-weight CLIP (fastprompt.testing.tiny_clip) at 64 px.
+TINY_CLIP_KWARGS = dict(image_size=64, patch_size=16, width=64, layers=2, heads=2,
+                        vision_width=96, vision_layers=2, vision_heads=3, embed_dim=48)
+TEST_PER_CLASS = 25
+TEST_SEED_OFFSET = 1_000_003
+WINDOW = 20          # steps in the running loss/accuracy of the progress bar
+TIMED_STEPS = 5      # timed steps per implementation (after one warm-up step)
+
+
+class DemoError(Exception):
+    """An error the demo reports as one line (no traceback) with exit status 2."""
+
+
+# --------------------------------------------------------------------------------------------
+# argument parsing
+# --------------------------------------------------------------------------------------------
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def _nonnegative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text}")
+    return value
+
+
+def _unit_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {text!r}") from None
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {text}")
+    return value
+
+
+def _add_demo_parser(subparsers) -> None:
+    from .data.synthetic import MAX_CLASSES
+
+    demo = subparsers.add_parser(
+        "demo", help="train CoOp/CoCoOp on synthetic shapes and compare speed with the reference",
+        description=(
+            "Train a prompt learner on the embedded synthetic shapes dataset (generated on the "
+            "fly, no files), print held-out accuracy before and after training, and time a "
+            "training step of fastprompt against the literal reference implementation. By "
+            "default the model is a tiny random-weight CLIP, so everything runs offline on CPU."))
+    demo.add_argument("--method", choices=METHODS, default="coop", help="prompt learner (default: coop)")
+    demo.add_argument("--model", metavar="NAME", default=None,
+                      help="open_clip architecture, e.g. ViT-B-16 (default: a tiny random-weight CLIP)")
+    demo.add_argument("--pretrained", metavar="TAG", default=None,
+                      help="open_clip pretrained tag for --model, e.g. openai; 'none' for random weights")
+    demo.add_argument("--steps", type=_positive_int, default=300, help="training steps (default: 300)")
+    demo.add_argument("--batch-size", type=_positive_int, default=16, help="batch size (default: 16)")
+    demo.add_argument("--n-classes", type=_positive_int, default=8,
+                      help=f"number of synthetic classes, 2 to {MAX_CLASSES} (default: 8)")
+    demo.add_argument("--shots", type=_positive_int, default=16,
+                      help="training images per class (default: 16)")
+    demo.add_argument("--noise", type=_unit_float, default=1.0,
+                      help="background noise of the synthetic images, 0 (plain) to 1 (default: 1)")
+    demo.add_argument("--n-ctx", type=_positive_int, default=None,
+                      help="context length (default: 16 for coop, 4 for cocoop; ignored with a "
+                           "non-empty --ctx-init, whose word count sets it)")
+    demo.add_argument("--ctx-init", default=None,
+                      help="context initialisation words (default: random for coop, "
+                           "'a photo of a' for cocoop); '' for random")
+    demo.add_argument("--lr", type=_positive_float, default=0.002, help="SGD learning rate (default: 0.002)")
+    demo.add_argument("--seed", type=_nonnegative_int, default=0, help="random seed (default: 0)")
+    demo.add_argument("--no-compare", action="store_true",
+                      help="skip the step-time comparison with fastprompt.reference")
+    demo.add_argument("--device", default="cpu", help="torch device (default: cpu)")
+    demo.set_defaults(func=run_demo, check=_check_demo_args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    try:
+        from .version import __version__
+    except ImportError:  # pragma: no cover
+        __version__ = "unknown"
+    parser = argparse.ArgumentParser(
+        prog="fastprompt", description="Fast, exact prompt learning (CoOp, CoCoOp, ...) on open_clip CLIP models.")
+    parser.add_argument("--version", action="version", version=f"fastprompt {__version__}")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", title="commands")
+    subparsers.required = True
+    _add_demo_parser(subparsers)
+    return parser
+
+
+def _check_demo_args(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
+    """Cross-argument checks; ``parser.error`` prints one line and exits with status 2."""
+    from .data.synthetic import MAX_CLASSES
+
+    if not 2 <= args.n_classes <= MAX_CLASSES:
+        parser.error(f"--n-classes must be between 2 and {MAX_CLASSES}, got {args.n_classes}")
+    if args.pretrained is not None and args.model is None:
+        parser.error("--pretrained needs --model NAME")
+    if args.model is not None:
+        if args.pretrained is None:
+            parser.error(f"--model {args.model} needs --pretrained TAG (e.g. openai), "
+                         "or --pretrained none for random weights")
+        if not args.model.startswith(("hf-hub:", "local-dir:")):
+            import open_clip
+
+            if args.model not in open_clip.list_models():
+                parser.error(f"unknown open_clip model {args.model!r} (see open_clip.list_models())")
+    import torch
+
+    try:
+        device = torch.device(args.device)
+    except (RuntimeError, ValueError):
+        parser.error(f"invalid --device {args.device!r}")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        parser.error(f"--device {args.device}: CUDA is not available")
+    if device.type == "mps" and not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
+        parser.error(f"--device {args.device}: MPS is not available")
+
+
+# --------------------------------------------------------------------------------------------
+# demo
+# --------------------------------------------------------------------------------------------
+
+def _say(text: str = "") -> None:
+    print(text, flush=True)
+
+
+def _ctx_settings(args) -> tuple:
+    n_ctx, ctx_init = DEFAULT_CTX[args.method]
+    if args.ctx_init is not None:
+        ctx_init = args.ctx_init
+    if args.n_ctx is not None:
+        n_ctx = args.n_ctx
+    if ctx_init:
+        n_ctx = len(ctx_init.replace("_", " ").split(" "))
+    return n_ctx, ctx_init
+
+
+def _learner_class(method: str):
+    try:
+        import fastprompt
+        cls = getattr(fastprompt, {"coop": "CoOpLearner", "cocoop": "CoCoOpLearner"}[method])
+    except (ImportError, AttributeError) as exc:
+        raise DemoError(f"the {method} learner is not available in this install ({exc})") from None
+    return cls
+
+
+def _model_image_cfg(model):
+    """(image_size, mean, std) the model expects, from open_clip's preprocess config."""
+    from open_clip.model import get_model_preprocess_cfg
+
+    from .data.synthetic import CLIP_MEAN, CLIP_STD
+
+    cfg = get_model_preprocess_cfg(model)
+    size = cfg.get("size", getattr(getattr(model, "visual", model), "image_size", 224))
+    if isinstance(size, (tuple, list)):
+        if len(set(size)) != 1:
+            raise DemoError(f"non-square image size {tuple(size)} is not supported by the demo")
+        size = size[0]
+    return int(size), tuple(cfg.get("mean") or CLIP_MEAN), tuple(cfg.get("std") or CLIP_STD)
+
+
+def _find_clip_model(learner):
+    """The open_clip model inside a learner built with ``from_open_clip``."""
+    for name in ("model", "clip_model", "clip"):
+        model = getattr(learner, name, None)
+        if model is not None and hasattr(model, "visual"):
+            return model
+    return None
+
+
+def _build(args, classnames: List[str]):
+    """Returns ``(learner, model, description)``."""
+    import torch
+
+    from . import testing
+
+    cls = _learner_class(args.method)
+    n_ctx, ctx_init = _ctx_settings(args)
+    kwargs = dict(n_ctx=n_ctx, ctx_init=ctx_init)
+    torch.manual_seed(args.seed)  # random context init
+    if args.model is None:
+        model = testing.tiny_clip(args.seed, **TINY_CLIP_KWARGS)
+        desc = "tiny random-weight CLIP ({}px, patch {}, text width {}, {} layers)".format(
+            TINY_CLIP_KWARGS["image_size"], TINY_CLIP_KWARGS["patch_size"], TINY_CLIP_KWARGS["width"],
+            TINY_CLIP_KWARGS["layers"])
+        return cls.from_model(model, classnames, **kwargs), model, desc
+    if args.pretrained.lower() == "none":
+        try:
+            model = testing.random_clip(args.model, seed=args.seed)
+        except Exception as exc:  # noqa: BLE001 - open_clip raises several types
+            raise DemoError(f"cannot build {args.model}: {exc}") from None
+        return cls.from_model(model, classnames, **kwargs), model, f"{args.model} (random weights)"
+    try:
+        learner = cls.from_open_clip(args.model, args.pretrained, classnames, **kwargs)
+    except Exception as exc:  # noqa: BLE001 - e.g. weights not available offline
+        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise DemoError(f"cannot load {args.model} ({args.pretrained}): {msg}") from None
+    return learner, _find_clip_model(learner), f"{args.model} ({args.pretrained})"
+
+
+def _build_reference(method: str, model, classnames, n_ctx: int, ctx_init: str):
+    try:
+        from . import reference
+        if method == "coop":
+            return reference.ReferenceCoOp(model, classnames, n_ctx=n_ctx, ctx_init=ctx_init)
+        return reference.ReferenceCoCoOp(model, classnames, n_ctx=n_ctx, ctx_init=ctx_init)
+    except (ImportError, AttributeError) as exc:
+        raise DemoError(f"the reference {method} is not available ({exc})") from None
+
+
+def _sgd(params, lr: float):
+    import torch
+
+    return torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=5e-4)
+
+
+def _set_mode(module, training: bool) -> None:
+    if hasattr(module, "train"):
+        module.train(training)
+
+
+def _evaluate(learner, images, labels, batch_size: int, device) -> float:
+    import torch
+
+    _set_mode(learner, False)
+    correct = 0
+    with torch.no_grad():
+        for start in range(0, len(images), batch_size):
+            x = images[start:start + batch_size].to(device)
+            y = labels[start:start + batch_size].to(device)
+            correct += int((learner(x).argmax(dim=-1) == y).sum())
+    return correct / len(images)
+
+
+def _time_steps(loss_fn, params, images, labels, lr: float, device) -> float:
+    """Median ms of ``TIMED_STEPS`` SGD steps (forward + backward + step) after one warm-up."""
+    import torch
+
+    opt = _sgd(params, lr)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    times = []
+    for i in range(TIMED_STEPS + 1):
+        sync()
+        start = time.perf_counter()
+        opt.zero_grad(set_to_none=True)
+        loss_fn(images, labels).backward()
+        opt.step()
+        sync()
+        if i > 0:
+            times.append((time.perf_counter() - start) * 1e3)
+    return statistics.median(times)
+
+
+def run_demo(args: argparse.Namespace) -> int:
+    import torch
+    from tqdm import tqdm
+
+    from .data.synthetic import SyntheticShapes, class_names
+
+    device = torch.device(args.device)
+    n_ctx, ctx_init = _ctx_settings(args)
+    classnames = class_names(args.n_classes)
+
+    t0 = time.perf_counter()
+    learner, model, desc = _build(args, classnames)
+    if hasattr(learner, "to"):
+        learner = learner.to(device)
+    if model is not None:
+        model.to(device)
+    size, mean, std = _model_image_cfg(model) if model is not None else (224, None, None)
+    data_kw = dict(image_size=size, noise=args.noise)
+    if mean is not None:
+        data_kw.update(mean=mean, std=std)
+    train = SyntheticShapes(args.n_classes, n_per_class=args.shots, seed=args.seed, **data_kw)
+    test = SyntheticShapes(args.n_classes, n_per_class=TEST_PER_CLASS,
+                           seed=args.seed + TEST_SEED_OFFSET, **data_kw)
+    train_x, train_y = train.tensors()
+    test_x, test_y = test.tensors()
+
+    ctx_desc = f"ctx_init={ctx_init!r}" if ctx_init else "random context"
+    _say(f"fastprompt demo: {args.method} on {desc}, device {device}")
+    _say(f"data: synthetic shapes, {args.n_classes} classes ({', '.join(classnames[:4])}"
+         f"{', ...' if args.n_classes > 4 else ''}), {size}px, {args.shots} shots/class for training, "
+         f"{TEST_PER_CLASS}/class held out")
+    _say(f"prompt: n_ctx={n_ctx}, {ctx_desc}")
+    params = [p for p in learner.trainable_parameters()]
+    if hasattr(learner, "print_trainable_parameters"):
+        learner.print_trainable_parameters()
+    else:
+        _say(f"trainable parameters: {sum(p.numel() for p in params):,}")
+    sys.stdout.flush()
+
+    acc_before = _evaluate(learner, test_x, test_y, max(args.batch_size, 64), device)
+    _say(f"held-out accuracy before training: {acc_before:.1%}")
+
+    # training
+    optimizer = _sgd(params, args.lr)
+    gen = torch.Generator().manual_seed(args.seed)
+    batch = min(args.batch_size, len(train_x))
+    perm, pos = torch.randperm(len(train_x), generator=gen), 0
+    losses, accs = deque(maxlen=WINDOW), deque(maxlen=WINDOW)
+    _set_mode(learner, True)
+    t_train = time.perf_counter()
+    with tqdm(range(args.steps), desc=f"training {args.method}", unit="step", file=sys.stderr,
+              dynamic_ncols=True, leave=True) as bar:
+        for _ in bar:
+            if pos + batch > len(perm):
+                perm, pos = torch.randperm(len(train_x), generator=gen), 0
+            idx = perm[pos:pos + batch]
+            pos += batch
+            x, y = train_x[idx].to(device), train_y[idx].to(device)
+            optimizer.zero_grad(set_to_none=True)
+            logits = learner(x)
+            loss = torch.nn.functional.cross_entropy(logits, y)
+            loss.backward()
+            optimizer.step()
+            loss_value = float(loss.detach())
+            if not math.isfinite(loss_value):
+                raise DemoError(f"training diverged (loss {loss_value}); try a smaller --lr")
+            losses.append(loss_value)
+            accs.append(float((logits.detach().argmax(dim=-1) == y).float().mean()))
+            bar.set_postfix(loss=f"{sum(losses) / len(losses):.3f}",
+                            acc=f"{sum(accs) / len(accs):.1%}", refresh=False)
+    train_s = time.perf_counter() - t_train
+
+    acc_after = _evaluate(learner, test_x, test_y, max(args.batch_size, 64), device)
+    _say(f"trained {args.steps} steps in {train_s:.1f} s ({train_s / args.steps * 1e3:.1f} ms/step)")
+    _say(f"final train loss: {sum(losses) / len(losses):.4f} (mean of last {len(losses)} steps), "
+         f"train accuracy {sum(accs) / len(accs):.1%}")
+    _say(f"held-out accuracy: {acc_before:.1%} before -> {acc_after:.1%} after training "
+         f"(chance {1 / args.n_classes:.1%})")
+
+    if not args.no_compare:
+        if model is None:
+            raise DemoError("cannot find the CLIP model inside the learner for the reference comparison; "
+                            "use --no-compare")
+        torch.manual_seed(args.seed)
+        ref = _build_reference(args.method, model, classnames, n_ctx, ctx_init).to(device)
+        ref_params = [p for p in ref.prompt_learner.parameters() if p.requires_grad]
+        x, y = train_x[:batch].to(device), train_y[:batch].to(device)
+        _set_mode(learner, True)
+        _set_mode(ref, True)
+        fast_ms = _time_steps(learner.loss, params, x, y, args.lr, device)
+        ref_ms = _time_steps(ref.loss, ref_params, x, y, args.lr, device)
+        _say(f"fastprompt step: {fast_ms:.1f} ms, reference step: {ref_ms:.1f} ms, "
+             f"speed-up: {ref_ms / fast_ms:.2f}\u00d7  (batch {batch}, median of {TIMED_STEPS} steps)")
+    _say(f"done in {time.perf_counter() - t0:.1f} s")
+    return 0
+
+
+# --------------------------------------------------------------------------------------------
+# entry point
+# --------------------------------------------------------------------------------------------
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Run the ``fastprompt`` command line; returns the exit status.
+
+    Bad arguments exit with status 2 through argparse (``SystemExit``); runtime errors that the
+    user can act on (weights not available offline, ...) are printed as one line and return 2.
+    """
+    parser = build_parser()
+    args = parser.parse_args(None if argv is None else list(argv))
+    args.check(args, parser)
+    try:
+        return args.func(args)
+    except DemoError as exc:
+        print(f"fastprompt {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"fastprompt {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,23 @@
+"""Literal re-implementations of the original prompt-learning code paths.
+
+These follow the published code structure on purpose (full 77-token context per class,
+``torch.cat`` prompt assembly, CoCoOp's per-image Python loop, open_clip's own transformer
+blocks with its float causal mask). They are the parity oracle for the fast learners and the
+"before" side of benchmarks; they are not meant to be fast.
+
+Sources: KaiyangZhou/CoOp @ ff61507 ``trainers/coop.py`` and ``trainers/cocoop.py``;
+muzairkhattak/multimodal-prompt-learning @ 69bce21 ``clip/model.py`` (deep vision prompts).
+"""
+from .cocoop import ReferenceCoCoOp, ReferenceCoCoOpPromptLearner
+from .coop import ReferenceCoOp, ReferenceCoOpPromptLearner
+from .text_encoder import ReferenceTextEncoder
+from .vision import reference_encode_image_deep
+
+__all__ = [
+    "ReferenceTextEncoder",
+    "ReferenceCoOp",
+    "ReferenceCoCoOp",
+    "reference_encode_image_deep",
+    "ReferenceCoOpPromptLearner",
+    "ReferenceCoCoOpPromptLearner",
+]

@@ -1,0 +1,237 @@
+"""CoOp / CoCoOp learners against the literal original code paths in fastprompt.reference."""
+import json
+import os
+
+import pytest
+import torch
+
+import fastprompt
+from fastprompt.reference import ReferenceCoCoOp, ReferenceCoOp
+from fastprompt.testing import assert_close_rel
+
+COOP_CONFIGS = [
+    dict(n_ctx=4),
+    dict(n_ctx=16),
+    dict(ctx_init="a photo of a"),
+    dict(ctx_init="itap of a"),  # a word of two BPE tokens: context = first 3 tokens, as in the original
+    dict(n_ctx=4, csc=True),
+    dict(n_ctx=4, class_token_position="middle"),
+    dict(n_ctx=5, class_token_position="front"),
+    dict(n_ctx=3, csc=True, class_token_position="middle"),
+]
+
+
+def _images(n, size=32, seed=0):
+    return torch.randn(n, 3, size, size, generator=torch.Generator().manual_seed(seed))
+
+
+def _compare_step(learner, reference, images, labels, params, ref_params, rtol=1e-5):
+    logits = learner(images)
+    ref_logits = reference(images)
+    assert_close_rel(logits, ref_logits, rtol, "logits")
+    loss, ref_loss = learner.loss(images, labels), reference.loss(images, labels)
+    assert_close_rel(loss, ref_loss, rtol, "loss")
+    grads = torch.autograd.grad(loss, params)
+    ref_grads = torch.autograd.grad(ref_loss, ref_params)
+    for (name, g), r in zip(grads_named(params, grads), ref_grads):
+        assert_close_rel(g, r, rtol, f"grad {name}")
+
+
+def grads_named(params, grads):
+    return [(i, g) for i, g in enumerate(grads)]
+
+
+@pytest.mark.parametrize("cfg", COOP_CONFIGS, ids=lambda c: ",".join(f"{k}={v}" for k, v in c.items()))
+@pytest.mark.parametrize("model_fixture", ["tiny_model", "tiny_custom_model"])
+def test_coop_matches_reference(cfg, model_fixture, classnames, request):
+    model = request.getfixturevalue(model_fixture)
+    torch.manual_seed(0)
+    reference = ReferenceCoOp(model, classnames, **cfg)
+    learner = fastprompt.CoOpLearner.from_model(model, classnames, **cfg)
+    learner.load_original_state_dict(reference.prompt_learner.state_dict())
+    images, labels = _images(3), torch.tensor([0, 3, 7])
+    _compare_step(learner, reference, images, labels, [learner.ctx], [reference.prompt_learner.ctx])
+
+
+@pytest.mark.parametrize("cfg", [dict(), dict(ctx_init="", n_ctx=3)], ids=["ctx_init", "random"])
+@pytest.mark.parametrize("model_fixture", ["tiny_model", "tiny_custom_model"])
+def test_cocoop_matches_reference(cfg, model_fixture, classnames, request):
+    model = request.getfixturevalue(model_fixture)
+    torch.manual_seed(0)
+    reference = ReferenceCoCoOp(model, classnames, **cfg)
+    learner = fastprompt.CoCoOpLearner.from_model(model, classnames, **cfg)
+    learner.load_original_state_dict({"prompt_learner." + k: v for k, v in reference.prompt_learner.state_dict().items()})
+    images, labels = _images(3), torch.tensor([1, 1, 6])
+    params = [learner.ctx] + list(learner.meta_net.parameters())
+    ref_params = [reference.prompt_learner.ctx] + list(reference.prompt_learner.meta_net.parameters())
+    _compare_step(learner, reference, images, labels, params, ref_params)
+
+
+def test_cocoop_batch_is_one_text_pass_equal_to_per_image(tiny_model, classnames):
+    learner = fastprompt.CoCoOpLearner.from_model(tiny_model, classnames)
+    images = _images(4)
+    together = learner(images)
+    apart = torch.cat([learner(images[i:i + 1]) for i in range(4)])
+    assert_close_rel(together, apart, 1e-6, "logits")
+
+
+def test_text_classifier_is_what_forward_uses(tiny_model, classnames):
+    learner = fastprompt.CoOpLearner.from_model(tiny_model, classnames, n_ctx=4)
+    images = _images(2)
+    w = learner.text_classifier()
+    assert w.shape == (len(classnames), tiny_model.text_projection.shape[1]) and not w.requires_grad
+    img = torch.nn.functional.normalize(tiny_model.encode_image(images), dim=-1)
+    assert_close_rel(tiny_model.logit_scale.exp() * img @ w.t(), learner(images), 1e-5, "logits")
+    cocoop = fastprompt.CoCoOpLearner.from_model(tiny_model, classnames)
+    assert cocoop.text_classifier(images).shape == (2, len(classnames), w.shape[1])
+
+
+def test_set_classnames_keeps_prompts(tiny_model, classnames):
+    learner = fastprompt.CoOpLearner.from_model(tiny_model, classnames, n_ctx=4)
+    ctx = learner.ctx.detach().clone()
+    learner.set_classnames(["cat", "tabby_cat", "airplane"])
+    assert learner.classnames == ["cat", "tabby cat", "airplane"]
+    assert learner(_images(2)).shape == (2, 3)
+    assert torch.equal(learner.ctx.detach(), ctx)
+    reference = ReferenceCoOp(tiny_model, ["cat", "tabby_cat", "airplane"], n_ctx=4)
+    with torch.no_grad():
+        reference.prompt_learner.ctx.copy_(ctx)
+    assert_close_rel(learner(_images(2)), reference(_images(2)), 1e-5, "logits after set_classnames")
+
+
+def test_class_specific_context_cannot_change_class_count(tiny_model, classnames):
+    learner = fastprompt.CoOpLearner.from_model(tiny_model, classnames, n_ctx=2, csc=True)
+    with pytest.raises(ValueError, match="class-specific"):
+        learner.set_classnames(["a", "b"])
+
+
+def test_save_and_load_pretrained_round_trip(tiny_model, classnames, tmp_path):
+    learner = fastprompt.CoCoOpLearner.from_model(tiny_model, classnames, n_ctx=2, ctx_init="")
+    with torch.no_grad():
+        learner.ctx.add_(1.0)
+    learner.save_pretrained(tmp_path / "ckpt")
+    files = sorted(os.listdir(tmp_path / "ckpt"))
+    assert files == ["fastprompt_config.json", "prompt.safetensors"]  # no temporary files left behind
+    config = json.loads((tmp_path / "ckpt" / "fastprompt_config.json").read_text())
+    assert config["method"] == "cocoop" and config["config"]["n_ctx"] == 2
+    loaded = fastprompt.CoCoOpLearner.from_pretrained(tmp_path / "ckpt", model=tiny_model)
+    images = _images(2)
+    assert torch.equal(loaded(images), learner(images))
+    generic = fastprompt.PromptLearner.from_pretrained(tmp_path / "ckpt", model=tiny_model)
+    assert type(generic) is fastprompt.CoCoOpLearner
+    with pytest.raises(ValueError, match="CoCoOpLearner.from_pretrained"):
+        fastprompt.CoOpLearner.from_pretrained(tmp_path / "ckpt", model=tiny_model)
+
+
+def test_checkpoint_errors_are_clear(tiny_model, classnames, tmp_path):
+    with pytest.raises(FileNotFoundError, match="no prompt checkpoint"):
+        fastprompt.CoOpLearner.from_pretrained(tmp_path / "missing", model=tiny_model)
+    learner = fastprompt.CoOpLearner.from_model(tiny_model, classnames, n_ctx=4)
+    learner.save_pretrained(tmp_path / "ok")
+    (tmp_path / "ok" / "prompt.safetensors").write_bytes(b"\x00garbage")
+    with pytest.raises(ValueError, match="corrupt or truncated"):
+        fastprompt.CoOpLearner.from_pretrained(tmp_path / "ok", model=tiny_model)
+    learner.save_pretrained(tmp_path / "ok2")
+    with pytest.raises(ValueError, match="shape"):
+        fastprompt.CoOpLearner.from_pretrained(tmp_path / "ok2", model=tiny_model, n_ctx=8)
+    with pytest.raises(ValueError, match="missing"):
+        learner.load_original_state_dict({"prompt_learner.context": torch.zeros(4, 64)})
+    torch.save({"state_dict": {"ctx": torch.zeros(4, 64)}, "epoch": 3}, tmp_path / "model.pth.tar-3")
+    learner.load_original_state_dict(str(tmp_path / "model.pth.tar-3"))  # a Dassl checkpoint path
+    assert torch.all(learner.ctx == 0)
+    (tmp_path / "broken.pth").write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match="cannot read checkpoint"):
+        learner.load_original_state_dict(str(tmp_path / "broken.pth"))
+
+
+def test_original_fp16_checkpoint_loads_into_fp32_prompts(tiny_model, classnames):
+    reference = ReferenceCoOp(tiny_model, classnames, ctx_init="a photo of a")
+    state = {k: v.half() for k, v in reference.prompt_learner.state_dict().items()}
+    learner = fastprompt.CoOpLearner.from_model(tiny_model, classnames, ctx_init="a photo of a")
+    learner.load_original_state_dict(state)
+    assert learner.ctx.dtype == torch.float32
+    assert torch.equal(learner.ctx.detach(), state["ctx"].float())
+
+
+@pytest.mark.parametrize("cfg,argument", [
+    (dict(n_ctx=0), "n_ctx"),
+    (dict(class_token_position="left"), "class_token_position"),
+    (dict(backend="warp"), "backend"),
+])
+def test_bad_config_is_a_clear_error(tiny_model, classnames, cfg, argument):
+    with pytest.raises(ValueError, match=argument):
+        fastprompt.CoOpLearner.from_model(tiny_model, classnames, **cfg)
+
+
+@pytest.mark.parametrize("names,message", [([], "empty"), (["ok", ""], r"classnames\[1\]"), ("dog", "single string")])
+def test_bad_classnames_are_a_clear_error(tiny_model, names, message):
+    with pytest.raises(ValueError, match=message):
+        fastprompt.CoOpLearner.from_model(tiny_model, names)
+
+
+def test_trainable_parameters_and_summary(tiny_model, classnames, capsys):
+    learner = fastprompt.CoCoOpLearner.from_model(tiny_model, classnames)
+    names = [n for n, _ in learner.trainable_named_parameters()]
+    assert names == ["ctx", "meta_net.linear1.weight", "meta_net.linear1.bias", "meta_net.linear2.weight",
+                     "meta_net.linear2.bias"]
+    assert all(not p.requires_grad for p in tiny_model.parameters())
+    learner.print_trainable_parameters()
+    out = capsys.readouterr().out
+    n_trainable = sum(p.numel() for p in learner.trainable_parameters())
+    assert f"trainable params: {n_trainable:,}" in out and "trainable%" in out
+
+
+def test_from_open_clip_errors_without_network():
+    with pytest.raises(ValueError, match="unknown open_clip model"):
+        fastprompt.CoOpLearner.from_open_clip("ViT-Q-99", None, ["a"])
+    with pytest.raises(ValueError, match="unknown pretrained tag"):
+        fastprompt.CoOpLearner.from_open_clip("ViT-B-16", "not-a-tag", ["a"])
+    with pytest.raises(fastprompt.PretrainedNotAvailableError, match="not in the local"):
+        fastprompt.CoOpLearner.from_open_clip("ViT-B-16", "openai", ["a"], cache_dir="/nonexistent-cache")
+
+
+def test_from_open_clip_loads_a_local_checkpoint_file(tmp_path, classnames):
+    """The real loading path: an open_clip model config plus a weights file written here."""
+    import open_clip
+
+    config = {"embed_dim": 32, "vision_cfg": {"image_size": 32, "layers": 1, "width": 64, "head_width": 32,
+                                              "patch_size": 16},
+              "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1}}
+    (tmp_path / "fp-tiny-test.json").write_text(json.dumps(config))
+    open_clip.add_model_config(tmp_path / "fp-tiny-test.json")
+    torch.manual_seed(0)
+    source = open_clip.create_model("fp-tiny-test", pretrained=None)
+    torch.save(source.state_dict(), tmp_path / "weights.pt")
+    learner = fastprompt.CoOpLearner.from_open_clip("fp-tiny-test", str(tmp_path / "weights.pt"), classnames, n_ctx=2)
+    for (name, a), b in zip(learner.clip.state_dict().items(), source.state_dict().values()):
+        assert torch.equal(a, b), name
+    assert learner.model_name == "fp-tiny-test"
+
+
+def test_cached_pretrained_lookup_finds_hf_cache_entries(tmp_path):
+    from fastprompt.learners.base import _cached_pretrained_file
+
+    snapshot = tmp_path / "models--timm--vit_base_patch16_clip_224.openai" / "snapshots" / "abc123"
+    snapshot.mkdir(parents=True)
+    (tmp_path / "models--timm--vit_base_patch16_clip_224.openai" / "refs").mkdir()
+    (tmp_path / "models--timm--vit_base_patch16_clip_224.openai" / "refs" / "main").write_text("abc123")
+    assert _cached_pretrained_file("ViT-B-16", "openai", str(tmp_path)) is None
+    (snapshot / "open_clip_model.safetensors").write_bytes(b"x")
+    assert _cached_pretrained_file("ViT-B-16", "openai", str(tmp_path)).endswith("open_clip_model.safetensors")
+
+
+@pytest.mark.slow
+def test_vit_b16_coop_and_cocoop_match_reference(vit_b16):
+    names = ["goldfish", "great white shark", "tiger shark", "hammerhead shark", "electric ray"]
+    images, labels = _images(2, size=224), torch.tensor([1, 4])
+    torch.manual_seed(0)
+    ref = ReferenceCoOp(vit_b16, names, n_ctx=16)
+    learner = fastprompt.CoOpLearner.from_model(vit_b16, names, n_ctx=16)
+    learner.load_original_state_dict(ref.prompt_learner.state_dict())
+    _compare_step(learner, ref, images, labels, [learner.ctx], [ref.prompt_learner.ctx])
+    ref = ReferenceCoCoOp(vit_b16, names)
+    learner = fastprompt.CoCoOpLearner.from_model(vit_b16, names)
+    learner.load_original_state_dict(ref.prompt_learner.state_dict())
+    params = [learner.ctx] + list(learner.meta_net.parameters())
+    ref_params = [ref.prompt_learner.ctx] + list(ref.prompt_learner.meta_net.parameters())
+    _compare_step(learner, ref, images, labels, params, ref_params)

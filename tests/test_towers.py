@@ -1,0 +1,144 @@
+"""Functional towers against open_clip itself and against literal full-length / torch.cat paths."""
+import pytest
+import torch
+
+from fastprompt.reference import reference_encode_image_deep
+from fastprompt.testing import assert_close_rel
+from fastprompt.towers import TextTower, VisionTower, build_text_plan, ctx_source
+
+PROMPTS = ["a photo of a dog.", "a photo of a sea lion.", "a bad photo of the jack-o'-lantern.", "hello",
+           "itap of a Granny Smith."]
+
+
+def _tokenize(texts):
+    from open_clip.tokenizer import SimpleTokenizer
+
+    return SimpleTokenizer()(texts)
+
+
+@pytest.mark.parametrize("model_fixture", ["tiny_model", "tiny_custom_model"])
+def test_text_tower_reproduces_encode_text(model_fixture, request):
+    model = request.getfixturevalue(model_fixture)
+    ids = _tokenize(PROMPTS)
+    assert_close_rel(TextTower(model).encode_token_ids(ids), model.encode_text(ids), 1e-5, "text features")
+
+
+@pytest.mark.parametrize("model_fixture", ["tiny_model", "tiny_custom_model"])
+def test_vision_tower_reproduces_encode_image(model_fixture, request):
+    model = request.getfixturevalue(model_fixture)
+    images = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    assert_close_rel(VisionTower(model.visual)(images), model.encode_image(images), 1e-5, "image features")
+
+
+def _literal_text(model, embeds, ids, deep=None, start=1):
+    """Full-length text encoder over open_clip's blocks, replacing rows before layers (MaPLe style)."""
+    x = embeds + model.positional_embedding
+    for layer, block in enumerate(model.transformer.resblocks):
+        if deep is not None and 0 < layer < len(deep):
+            x = torch.cat([x[:, :start], deep[layer].expand(x.shape[0], -1, -1), x[:, start + deep[layer].shape[0]:]], 1)
+        x = block(x, attn_mask=model.attn_mask)
+    x = model.ln_final(x)[torch.arange(x.shape[0]), ids.argmax(-1)]
+    return x @ model.text_projection
+
+
+@pytest.mark.parametrize("model_fixture", ["tiny_model", "tiny_custom_model"])
+def test_text_tower_with_context_and_deep_prompts_matches_full_length(model_fixture, request):
+    model = request.getfixturevalue(model_fixture)
+    gen = torch.Generator().manual_seed(1)
+    m, width = 3, model.ln_final.weight.shape[0]
+    ids = _tokenize(["X X X dog.", "X X X sea lion.", "X X X jack-o'-lantern."])
+    rows = [[r[0]] + [ctx_source(k) for k in range(m)] + r[1 + m:] for r in ids.tolist()]
+    plan = build_text_plan(rows, ids)
+    assert plan.prefix_len == 1 + m
+    ctx = torch.randn(m, width, generator=gen).requires_grad_()
+    deep = [None] + [torch.randn(m, width, generator=gen).requires_grad_() for _ in range(len(model.transformer.resblocks) - 1)]
+    tower = TextTower(model)
+    prefix, suffix = tower.embed(plan, ctx)
+    fast = tower(plan, prefix, suffix, prefix_overrides=deep)
+
+    embeds = model.token_embedding(ids)
+    full = torch.cat([embeds[:, :1], ctx.expand(3, -1, -1), embeds[:, 1 + m:]], 1)
+    slow = _literal_text(model, full, ids, deep=deep)
+    assert_close_rel(fast, slow, 1e-5, "features")
+    params = [ctx] + deep[1:]
+    g_fast = torch.autograd.grad(fast.square().sum(), params)
+    g_slow = torch.autograd.grad(slow.square().sum(), params)
+    for i, (a, b) in enumerate(zip(g_fast, g_slow)):
+        assert_close_rel(a, b, 1e-5, f"grad[{i}]")
+
+
+def test_text_plan_groups_match_separate_passes(tiny_model):
+    """G groups in one pass == each group encoded alone (CoCoOp's batching)."""
+    m, width, groups = 2, tiny_model.ln_final.weight.shape[0], 3
+    ids = _tokenize(["X X red circle.", "X X dog.", "X X sea lion."])
+    rows = [[r[0]] + [ctx_source(k) for k in range(m)] + r[1 + m:] for r in ids.tolist()]
+    plan = build_text_plan(rows, ids)
+    tower = TextTower(tiny_model)
+    ctx = torch.randn(groups, m, width, generator=torch.Generator().manual_seed(2))
+    together = tower(plan.repeat(groups), *tower.embed(plan.repeat(groups), ctx))
+    for g in range(groups):
+        alone = tower(plan, *tower.embed(plan, ctx[g]))
+        assert_close_rel(together[g * 3:(g + 1) * 3], alone, 1e-6, f"group {g}")
+
+
+def test_text_plan_truncates_after_eot_and_shares_common_prefix():
+    ids = _tokenize(["a photo of a dog.", "a photo of a sea lion."])
+    plan = build_text_plan(ids.tolist(), ids)
+    eot = ids.argmax(-1)
+    assert plan.prefix_len == 5  # [SOT] a photo of a
+    assert plan.seqlens.tolist() == [int(e) + 1 - 5 for e in eot]
+    assert plan.tokens_per_group == int((eot + 1 - 5).sum())
+    with pytest.raises(ValueError, match="classnames is empty"):
+        build_text_plan([], ids[:0])
+
+
+@pytest.mark.parametrize("n_prompted", [1, 2, 3])
+@pytest.mark.parametrize("model_fixture", ["tiny_model", "tiny_custom_model"])
+def test_vision_deep_prompts_match_literal_cat(model_fixture, n_prompted, request):
+    model = request.getfixturevalue(model_fixture)
+    visual = model.visual
+    layers = len(visual.transformer.resblocks)
+    n_prompted = min(n_prompted, layers)
+    gen = torch.Generator().manual_seed(3)
+    width = visual.conv1.out_channels
+    prompts = [torch.randn(4, width, generator=gen).requires_grad_() for _ in range(n_prompted)]
+    images = torch.randn(2, 3, 32, 32, generator=gen)
+    fast = VisionTower(visual)(images, prompts)
+    slow = reference_encode_image_deep(visual, images, prompts)
+    assert_close_rel(fast, slow, 1e-5, "image features")
+    g_fast = torch.autograd.grad(fast.square().sum(), prompts)
+    g_slow = torch.autograd.grad(slow.square().sum(), prompts)
+    for j, (a, b) in enumerate(zip(g_fast, g_slow)):
+        assert_close_rel(a, b, 1e-5, f"grad of prompt {j}")
+
+
+def test_vision_prompt_errors(tiny_model):
+    tower = VisionTower(tiny_model.visual)
+    images = torch.randn(1, 3, 32, 32)
+    with pytest.raises(ValueError, match="deep_prompts"):
+        tower(images, [torch.randn(4, 7)])
+    with pytest.raises(ValueError, match="deep_prompts has"):
+        tower(images, [torch.randn(2, tower.width)] * (tower.layers + 1))
+
+
+@pytest.mark.slow
+def test_vit_b16_towers_reproduce_open_clip(vit_b16):
+    ids = _tokenize(PROMPTS)
+    assert_close_rel(TextTower(vit_b16).encode_token_ids(ids), vit_b16.encode_text(ids), 1e-5, "text")
+    images = torch.randn(2, 3, 224, 224, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert_close_rel(VisionTower(vit_b16.visual)(images), vit_b16.encode_image(images), 1e-5, "image")
+
+
+@pytest.mark.slow
+def test_vit_b16_vision_deep_prompts_match_literal_cat(vit_b16):
+    gen = torch.Generator().manual_seed(4)
+    prompts = [(0.02 * torch.randn(4, 768, generator=gen)).requires_grad_() for _ in range(3)]
+    images = torch.randn(1, 3, 224, 224, generator=gen)
+    fast = VisionTower(vit_b16.visual)(images, prompts)
+    slow = reference_encode_image_deep(vit_b16.visual, images, prompts)
+    assert_close_rel(fast, slow, 1e-5, "image features")
+    g_fast = torch.autograd.grad(fast.sum(), prompts)
+    g_slow = torch.autograd.grad(slow.sum(), prompts)
+    for j, (a, b) in enumerate(zip(g_fast, g_slow)):
+        assert_close_rel(a, b, 1e-5, f"grad of prompt {j}")
