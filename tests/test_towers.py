@@ -23,6 +23,17 @@ def test_text_tower_reproduces_encode_text(model_fixture, request):
     assert_close_rel(TextTower(model).encode_token_ids(ids), model.encode_text(ids), 1e-5, "text features")
 
 
+def test_towers_support_open_clip_custom_block_extras():
+    """qk-norm, per-head scale, inner/attention/MLP norms of open_clip's custom blocks."""
+    from fastprompt.testing import tiny_clip
+
+    model = tiny_clip(seed=3, qk_norm=True, scale_heads=True, scale_attn_inner=True, scale_attn=True, scale_fc=True)
+    ids = _tokenize(PROMPTS)
+    assert_close_rel(TextTower(model).encode_token_ids(ids), model.encode_text(ids), 1e-5, "text features")
+    images = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    assert_close_rel(VisionTower(model.visual)(images), model.encode_image(images), 1e-5, "image features")
+
+
 @pytest.mark.parametrize("model_fixture", ["tiny_model", "tiny_custom_model"])
 def test_vision_tower_reproduces_encode_image(model_fixture, request):
     model = request.getfixturevalue(model_fixture)

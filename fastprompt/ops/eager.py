@@ -8,12 +8,17 @@ probabilities are cast back to the input dtype for the value matmul.
 The prompt block is never concatenated to the sequence's own keys: its scores are computed
 by a separate matmul (broadcast over the batch when G = 1, gathered per sequence otherwise)
 and joined only at the score level.
+
+Without a prompt block and when the caller does not ask for the log-sum-exp, the backend
+hands the whole computation to ``F.scaled_dot_product_attention`` (a fused kernel on CPU and
+GPU), which is what plain CLIP layers (the frozen image tower, the text prefix) use.
 """
 from __future__ import annotations
 
 from typing import Tuple
 
 import torch
+import torch.nn.functional as F
 
 from .validation import AttentionArgs
 
@@ -33,8 +38,30 @@ def _own_mask(args: AttentionArgs) -> torch.Tensor | None:
     return mask
 
 
-def eager_prompt_attention(args: AttentionArgs) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Compute ``(out [N, L, H, d], lse [N, H, L] fp32)``; see ``prompt_attention``."""
+def eager_prompt_attention(args: AttentionArgs):
+    """Compute ``(out [N, L, H, d], lse [N, H, L] fp32 or None)``; see ``prompt_attention``."""
+    if args.pk is None and not args.return_lse:
+        return _sdpa_attention(args), None
+    return _math_attention(args)
+
+
+def _sdpa_attention(args: AttentionArgs) -> torch.Tensor:
+    """Own-token attention through ``F.scaled_dot_product_attention`` (no lse)."""
+    q, k, v = (t.transpose(1, 2) for t in (args.q, args.k, args.v))  # [N, H, L, d]
+    if args.seqlens is None:
+        out = F.scaled_dot_product_attention(q, k, v, is_causal=args.causal, scale=args.scale)
+        return out.transpose(1, 2)
+    seq_len = q.shape[2]
+    mask = _own_mask(args)  # [N, 1, L, L]
+    # Rows past the length see every key (so no row is empty) and are zeroed afterwards.
+    row_valid = torch.arange(seq_len, device=q.device)[None, :] < args.seqlens[:, None].to(torch.long)
+    mask = mask | ~row_valid[:, None, :, None]
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=args.scale).transpose(1, 2)
+    return out.masked_fill(~row_valid[:, :, None, None], 0.0)
+
+
+def _math_attention(args: AttentionArgs) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Scores, softmax and lse spelled out; the prompt block joins at the score level."""
     q, k, v = args.q, args.k, args.v
     n, seq_len, heads, head_dim = q.shape
     dtype = q.dtype

@@ -20,8 +20,9 @@ def prompt_attention(
     causal: bool = False,
     seqlens: Optional[torch.Tensor] = None,
     scale: Optional[float] = None,
+    return_lse: bool = True,
     backend: str = "auto",
-) -> Tuple[torch.Tensor, torch.Tensor]:
+) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
     """Prompt-concatenated attention, without concatenating anything.
 
     Args:
@@ -37,12 +38,15 @@ def prompt_attention(
             ``>= seqlens[n]`` are masked, and rows at those positions are not computed: their
             output is 0 and their lse is ``-inf``.
         scale: score scale, default ``d ** -0.5``.
+        return_lse: ``False`` when the caller does not need the log-sum-exp; backends may then
+            skip it (and return ``None``) or pick a faster path.
         backend: ``"auto"`` or a registered backend name (``fastprompt.ops.registered_backends()``).
 
     Returns:
         ``(out, lse)``: ``out [N, L, H, d]`` in the input dtype, and ``lse [N, H, L]`` the
         natural log-sum-exp of the scaled, masked scores of each row, float32 (float64 for
-        float64 inputs), usable to merge partial attentions and differentiable.
+        float64 inputs), usable to merge partial attentions and differentiable (``None`` when
+        ``return_lse=False`` and the backend skipped it).
 
     Semantics::
 
@@ -62,5 +66,5 @@ def prompt_attention(
             index out of range, or seqlens larger than L.
         RuntimeError: when a backend named explicitly cannot run here (with the reason).
     """
-    args = check_prompt_attention_args(q, k, v, pk, pv, group, causal, seqlens, scale)
+    args = check_prompt_attention_args(q, k, v, pk, pv, group, causal, seqlens, scale, return_lse)
     return resolve_backend(backend, q.device).fn(args)

@@ -29,6 +29,7 @@ class AttentionArgs:
     causal: bool
     seqlens: Optional[torch.Tensor]
     scale: float
+    return_lse: bool = True
 
 
 _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
@@ -52,7 +53,7 @@ def _check_index(name: str, t: torch.Tensor, n: int, device: torch.device) -> No
         raise ValueError(f"{name} is on {t.device} but q is on {device}; move it to q's device")
 
 
-def check_prompt_attention_args(q, k, v, pk, pv, group, causal, seqlens, scale) -> AttentionArgs:
+def check_prompt_attention_args(q, k, v, pk, pv, group, causal, seqlens, scale, return_lse=True) -> AttentionArgs:
     """Validate and normalise the op's arguments (see ``prompt_attention`` for the contract)."""
     _check_4d("q", q, "[N, L, H, d]")
     _check_4d("k", k, "[N, L, H, d]")
@@ -116,4 +117,4 @@ def check_prompt_attention_args(q, k, v, pk, pv, group, causal, seqlens, scale) 
         scale = head_dim ** -0.5
     elif not (isinstance(scale, (int, float)) and scale > 0):
         raise ValueError(f"scale must be a positive number, got {scale!r}")
-    return AttentionArgs(q, k, v, pk, pv, group, bool(causal), seqlens, float(scale))
+    return AttentionArgs(q, k, v, pk, pv, group, bool(causal), seqlens, float(scale), bool(return_lse))

@@ -44,21 +44,23 @@ class BlockView:
         # open_clip's custom Attention extras; identity for nn.MultiheadAttention.
         self.ln_q = getattr(attn, "ln_q", None)
         self.ln_k = getattr(attn, "ln_k", None)
+        self.has_qk_norm = self.ln_q is not None and not isinstance(self.ln_q, nn.Identity)
         self.head_scale = getattr(attn, "head_scale", None)
         self.ln_inner = getattr(attn, "ln_inner", None)
         self.ln_attn = getattr(block, "ln_attn", None)
 
     def qkv(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """LN_1 then the in-projection: ``[..., D] -> 3 x [..., H, d]``."""
-        return self.qkv_from_normed(self.block.ln_1(x))
+        """LN_1 then the in-projection: ``[..., D] -> 3 x [..., H, d]`` (views of one buffer)."""
+        return self.qkv_fused(x).unbind(-3)
 
-    def qkv_from_normed(self, h: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        qkv = F.linear(h, self.attn.in_proj_weight, self.attn.in_proj_bias)
+    def qkv_fused(self, x: torch.Tensor) -> torch.Tensor:
+        """LN_1 then the in-projection as one tensor ``[..., 3, H, d]`` (q, k, v along dim -3)."""
+        qkv = F.linear(self.block.ln_1(x), self.attn.in_proj_weight, self.attn.in_proj_bias)
         qkv = qkv.unflatten(-1, (3, self.heads, self.head_dim))
-        q, k, v = qkv.unbind(-3)
-        if self.ln_q is not None:
-            q, k = self.ln_q(q), self.ln_k(k)
-        return q, k, v
+        if self.has_qk_norm:
+            q, k, v = qkv.unbind(-3)
+            qkv = torch.stack([self.ln_q(q), self.ln_k(k), v], dim=-3)
+        return qkv
 
     def kv(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         """Keys and values only (rows whose query is never needed): ``[..., D] -> 2 x [..., H, d]``."""
@@ -68,7 +70,7 @@ class BlockView:
             b = self.attn.in_proj_bias[self.width:]
         kv = F.linear(h, w, b).unflatten(-1, (2, self.heads, self.head_dim))
         k, v = kv.unbind(-3)
-        if self.ln_k is not None:
+        if self.has_qk_norm:
             k = self.ln_k(k)
         return k, v
 
@@ -97,7 +99,8 @@ class BlockView:
                       seqlens: Optional[torch.Tensor] = None, backend: str = "auto") -> torch.Tensor:
         """The whole block on a padded batch ``x [N, L, D]``, optionally reading a prompt block."""
         q, k, v = self.qkv(x)
-        o, _ = prompt_attention(q, k, v, pk, pv, group=group, causal=causal, seqlens=seqlens, backend=backend)
+        o, _ = prompt_attention(q, k, v, pk, pv, group=group, causal=causal, seqlens=seqlens,
+                                return_lse=False, backend=backend)
         x = self.add_attention(x, self.attention_output(o))
         return self.add_mlp(x)
 

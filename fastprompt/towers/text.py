@@ -163,15 +163,14 @@ class TextTower:
                     pk, pv = blk.kv(xp)
                 else:
                     qp, pk, pv = blk.qkv(xp)
-                    op, _ = prompt_attention(qp, pk, pv, causal=True, backend=self.backend)
+                    op, _ = prompt_attention(qp, pk, pv, causal=True, return_lse=False, backend=self.backend)
                     xp = blk.add_mlp(blk.add_attention(xp, blk.attention_output(op)))
 
-            q, k, v = blk.qkv(xs)  # [G*T, H, d] each
-            qkv = torch.stack([q, k, v], dim=1)
+            qkv = blk.qkv_fused(xs)  # [G*T, 3, H, d]: scattered to the padded layout for attention only
             padded = qkv.new_zeros(n_seq * max_len, 3, heads, head_dim).index_copy(0, plan.pad_index, qkv)
             qpad, kpad, vpad = padded.view(n_seq, max_len, 3, heads, head_dim).unbind(2)
             o, _ = prompt_attention(qpad, kpad, vpad, pk, pv, group=group, causal=True, seqlens=seqlens,
-                                    backend=self.backend)
+                                    return_lse=False, backend=self.backend)
             o = o.reshape(n_seq * max_len, heads, head_dim)
             if last:  # only the EOT rows are pooled: finish the block for them alone
                 rows = plan.pad_index[plan.eot_index]

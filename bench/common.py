@@ -1,0 +1,91 @@
+"""Shared benchmark plumbing: thread/OMP settings, timing with medians, peak memory, CSV rows.
+
+Benchmarks print ratios measured side by side in one process and append rows to a CSV that
+names the device, so numbers from different machines can live in one file.
+"""
+from __future__ import annotations
+
+import csv
+import datetime as _dt
+import os
+import platform
+import resource
+import statistics
+import time
+from typing import Callable, Dict, List
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # must be set before torch starts its thread pool
+
+import torch  # noqa: E402
+
+
+def setup_threads(n: int) -> None:
+    torch.set_num_threads(n)
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return f"{cpu} ({torch.get_num_threads()} threads)"
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_interleaved(fns: Dict[str, Callable[[], None]], repeats: int, device: torch.device,
+                     warmup: int = 1) -> Dict[str, List[float]]:
+    """Run every function ``warmup`` times, then ``repeats`` rounds round-robin; seconds per call."""
+    for _ in range(warmup):
+        for fn in fns.values():
+            fn()
+            synchronize(device)
+    times = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            synchronize(device)
+            start = time.perf_counter()
+            fn()
+            synchronize(device)
+            times[name].append(time.perf_counter() - start)
+    return times
+
+
+def median(xs: List[float]) -> float:
+    return statistics.median(xs)
+
+
+def peak_rss_bytes() -> int:
+    """Peak resident set size of this process so far (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def append_csv(path: str, rows: List[Dict[str, object]]) -> None:
+    """Append rows (dicts with the same keys) to ``path``, writing a header for a new file."""
+    if not rows:
+        return
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    new = not os.path.exists(path) or os.path.getsize(path) == 0
+    with open(path, "a", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        if new:
+            writer.writeheader()
+        writer.writerows(rows)
+
+
+def common_fields(device: torch.device) -> Dict[str, object]:
+    return {
+        "timestamp": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "device": device_name(device),
+        "torch": torch.__version__,
+    }
