@@ -3,8 +3,9 @@
 Step = forward + backward + SGD step over the prompt parameters, on a random-weight open_clip
 model (default ViT-B-16) with ImageNet class names. Also times the text tower alone (forward +
 backward over the class prompts). Prints medians and ratios, appends CSV rows, and with
-``--memory`` measures each side's peak memory of a step in a fresh subprocess (peak RSS
-increase on CPU, ``max_memory_allocated`` on CUDA).
+``--memory`` measures each side's peak memory of a step (after a warm-up step) in a fresh
+subprocess: the peak RSS above the step's starting RSS on CPU, ``max_memory_allocated`` above
+the starting allocation on CUDA.
 
     OMP_WAIT_POLICY=PASSIVE python bench/bench_step.py                 # all cases, CPU, 2 threads
     python bench/bench_step.py --cases coop --repeats 5 --memory
@@ -21,7 +22,7 @@ import subprocess
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import (append_csv, common_fields, median, peak_rss_bytes, setup_threads,  # noqa: E402
+from common import (PeakRSS, append_csv, common_fields, median, setup_threads,  # noqa: E402
                     time_interleaved)
 
 import torch  # noqa: E402
@@ -103,6 +104,7 @@ def measure_memory(case: str, side: str, model_name: str, device: str, threads: 
 def memory_child(case: str, side: str, model_name: str, device: torch.device) -> None:
     learner, reference, images, labels = build(case, model_name, device)
     fns = step_fns(case, learner, reference, images, labels)
+    fns[side]()  # warm-up: optimizer state and allocator caches exist before measuring
     if device.type == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
@@ -111,9 +113,9 @@ def memory_child(case: str, side: str, model_name: str, device: torch.device) ->
         torch.cuda.synchronize()
         peak = torch.cuda.max_memory_allocated() - base
     else:
-        base = peak_rss_bytes()
-        fns[side]()
-        peak = peak_rss_bytes() - base
+        with PeakRSS() as measured:
+            fns[side]()
+        peak = measured.peak_bytes
     print(json.dumps({"peak_bytes": peak}))
 
 

@@ -6,10 +6,11 @@ names the device, so numbers from different machines can live in one file.
 from __future__ import annotations
 
 import csv
+import ctypes
 import datetime as _dt
+import gc
 import os
 import platform
-import resource
 import statistics
 import time
 from typing import Callable, Dict, List
@@ -65,9 +66,35 @@ def median(xs: List[float]) -> float:
     return statistics.median(xs)
 
 
-def peak_rss_bytes() -> int:
-    """Peak resident set size of this process so far (Linux reports KiB)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+def _status_kib(field: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise RuntimeError(f"{field} not found in /proc/self/status")
+
+
+class PeakRSS:
+    """Peak resident memory of a code region on Linux: ``with PeakRSS() as m: ...; m.peak_bytes``.
+
+    Frees what it can first (garbage collector, ``malloc_trim``), resets the kernel's high-water
+    mark (``/proc/self/clear_refs``) and reports the high-water mark above the starting RSS.
+    """
+
+    def __enter__(self):
+        gc.collect()
+        try:
+            ctypes.CDLL("libc.so.6").malloc_trim(0)
+        except OSError:
+            pass
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        self.start_kib = _status_kib("VmRSS")
+        return self
+
+    def __exit__(self, *exc):
+        self.peak_bytes = max(_status_kib("VmHWM") - self.start_kib, 0) * 1024
+        return False
 
 
 def append_csv(path: str, rows: List[Dict[str, object]]) -> None:

@@ -88,7 +88,15 @@ class VisionTower:
                     continue
                 # Last prompted layer: these rows' outputs survive, so they become real tokens.
                 x = torch.cat([x, rows.expand(batch, *rows.shape)], dim=1)
-            x = blk.forward_dense(x, backend=self.backend)
+            if layer == self.layers - 1 and self.visual.pool_type == "tok":
+                # Only the class token is pooled: every row lends keys/values, one row is finished.
+                q, k, v = blk.qkv(x)
+                o, _ = prompt_attention(q[:, :1], k[:, :1], v[:, :1], k[:, 1:], v[:, 1:],
+                                        group=torch.arange(batch, device=x.device), return_lse=False,
+                                        backend=self.backend)
+                x = blk.add_mlp(blk.add_attention(x[:, :1], blk.attention_output(o)))
+            else:
+                x = blk.forward_dense(x, backend=self.backend)
         n_image_tokens = x.shape[1] - (deep_prompts[0].shape[0] if n_prompted else 0)
         return self.pool(x, n_image_tokens)
 
