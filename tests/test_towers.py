@@ -98,7 +98,7 @@ def test_text_plan_truncates_after_eot_and_shares_common_prefix():
     eot = ids.argmax(-1)
     assert plan.prefix_len == 5  # [SOT] a photo of a
     assert plan.seqlens.tolist() == [int(e) + 1 - 5 for e in eot]
-    assert plan.tokens_per_group == int((eot + 1 - 5).sum())
+    assert plan.n_tokens == int((eot + 1 - 5).sum())
     with pytest.raises(ValueError, match="classnames is empty"):
         build_text_plan([], ids[:0])
 
@@ -153,3 +153,39 @@ def test_vit_b16_vision_deep_prompts_match_literal_cat(vit_b16):
     g_slow = torch.autograd.grad(slow.sum(), prompts)
     for j, (a, b) in enumerate(zip(g_fast, g_slow)):
         assert_close_rel(a, b, 1e-5, f"grad of prompt {j}")
+
+
+def _ctx_plan(names, m=2):
+    ids = _tokenize([" ".join(["X"] * m) + f" {n}." for n in names])
+    rows = [[r[0]] + [ctx_source(k) for k in range(m)] + r[1 + m:] for r in ids.tolist()]
+    return build_text_plan(rows, ids)
+
+
+def test_text_plan_select_encodes_the_chosen_sequences(tiny_model):
+    tower = TextTower(tiny_model)
+    plan = _ctx_plan(["red circle", "dog", "sea lion", "jack-o'-lantern"])
+    ctx = torch.randn(2, tower.width, generator=torch.Generator().manual_seed(5))
+    full = tower(plan, *tower.embed(plan, ctx))
+    picked = plan.select([3, 0, 3, 1])
+    assert picked.class_index.tolist() == [3, 0, 3, 1]
+    assert_close_rel(tower(picked, *tower.embed(picked, ctx)), full[[3, 0, 3, 1]], 1e-6, "selected features")
+    with pytest.raises(ValueError, match="indices"):
+        plan.select([4])
+
+
+def test_concat_plans_gives_one_group_per_class_list(tiny_model):
+    """Different class lists (SoftCPT tasks) in one pass, each with its own context table."""
+    from fastprompt.towers.text_plan import concat_plans
+
+    tower = TextTower(tiny_model)
+    lists = [["red circle", "dog"], ["sea lion", "jack-o'-lantern", "Granny Smith"], ["yellow star"]]
+    plans = [_ctx_plan(names) for names in lists]
+    ctx = torch.randn(3, 2, tower.width, generator=torch.Generator().manual_seed(6))
+    joined = concat_plans(plans)
+    assert joined.n_groups == 3 and joined.group.tolist() == [0, 0, 1, 1, 1, 2]
+    together = tower(joined, *tower.embed(joined, ctx))
+    apart = torch.cat([tower(p, *tower.embed(p, ctx[g])) for g, p in enumerate(plans)])
+    assert_close_rel(together, apart, 1e-6, "features")
+    other = build_text_plan(_tokenize(["a dog."]).tolist(), _tokenize(["a dog."]))
+    with pytest.raises(ValueError, match="different shared prefix"):
+        concat_plans([plans[0], other])

@@ -83,46 +83,39 @@ class TextTower:
         """Frozen token embeddings in the tower's compute dtype."""
         return self.text.token_embedding(ids).to(self.dtype)
 
-    def _fill(self, src: torch.Tensor, pos: torch.Tensor, slot: torch.Tensor,
-              ctx: Optional[torch.Tensor]) -> torch.Tensor:
-        """Embeddings of ``src [R]``: token ids embedded, context slots taken from ``ctx``.
-
-        ``ctx`` is a slot table ``[S, D]`` (shared) or ``[G, S, D]`` (per group); the result is
-        ``[R, D]`` or ``[G, R, D]`` accordingly.
-        """
-        emb = self.embed_tokens(src.clamp_min(0))
-        if pos.numel() == 0:
-            return emb
-        if ctx is None:
-            raise ValueError("the plan has learnable context slots but no ctx table was given")
-        ctx = ctx.to(emb.dtype)
-        if ctx.dim() == 3:
-            emb = emb.expand(ctx.shape[0], *emb.shape).clone()
-        else:
-            emb = emb.clone()
-        emb[..., pos, :] = ctx[..., slot, :]
-        return emb
-
     def embed(self, plan: TextPlan, ctx: Optional[torch.Tensor] = None):
-        """Assemble ``(prefix [G, P, D], suffix [G*T, D])`` input embeddings for ``plan``.
+        """Assemble ``(prefix [G, P, D], suffix [T, D])`` input embeddings for ``plan``.
 
         ``ctx`` is the learnable slot table: ``[S, D]`` shared by all groups, or ``[G, S, D]``
-        with one table per group (CoCoOp). Slot ``k`` fills every source ``ctx_source(k)``.
+        with one table per group (CoCoOp: per image; SoftCPT: per task). Slot ``k`` fills every
+        source ``ctx_source(k)`` of a sequence from its group's table.
         """
         plan = plan.to(self.device)
         groups = plan.n_groups
-        if ctx is not None and ctx.dim() == 3 and ctx.shape[0] != groups:
-            raise ValueError(f"ctx has {ctx.shape[0]} groups but the plan has {groups}")
-        if ctx is not None and ctx.shape[-1] != self.width:
-            raise ValueError(f"ctx rows must have the text width {self.width}, got {ctx.shape[-1]}")
-        prefix = self._fill(plan.prefix_src, plan.derived("prefix_ctx_pos"), plan.derived("prefix_ctx_slot"), ctx)
-        if prefix.dim() == 2:
-            prefix = prefix.expand(groups, *prefix.shape)
-        suffix = self._fill(plan.suffix_src, plan.derived("suffix_ctx_pos"), plan.derived("suffix_ctx_slot"), ctx)
-        if suffix.dim() == 3:
-            suffix = suffix.reshape(-1, suffix.shape[-1])
-        elif groups > 1:
-            suffix = suffix.repeat(groups, 1)
+        if ctx is not None:
+            if ctx.dim() not in (2, 3) or ctx.shape[-1] != self.width:
+                raise ValueError(f"ctx must have shape [S, {self.width}] or [G, S, {self.width}], "
+                                 f"got {tuple(ctx.shape)}")
+            if ctx.dim() == 3 and ctx.shape[0] != groups:
+                raise ValueError(f"ctx has {ctx.shape[0]} groups but the plan has {groups}")
+            if ctx.shape[-2] < plan.n_ctx:
+                raise ValueError(f"the plan uses {plan.n_ctx} context slots but ctx has {ctx.shape[-2]}")
+            ctx = ctx.to(self.dtype)
+        elif plan.derived("prefix_ctx_pos").numel() or plan.derived("suffix_ctx_pos").numel():
+            raise ValueError("the plan has learnable context slots but no ctx table was given")
+
+        prefix = self.embed_tokens(plan.prefix_src.clamp_min(0))
+        prefix = prefix.expand(groups, *prefix.shape)
+        pos, slot = plan.derived("prefix_ctx_pos"), plan.derived("prefix_ctx_slot")
+        if pos.numel():
+            prefix = prefix.clone()
+            prefix[:, pos] = ctx[..., slot, :] if ctx.dim() == 3 else ctx[slot].expand(groups, -1, -1)
+
+        suffix = self.embed_tokens(plan.suffix_src.clamp_min(0))
+        pos, slot = plan.derived("suffix_ctx_pos"), plan.derived("suffix_ctx_slot")
+        if pos.numel():
+            suffix = suffix.clone()
+            suffix[pos] = ctx[plan.derived("suffix_ctx_group"), slot] if ctx.dim() == 3 else ctx[slot]
         return prefix, suffix
 
     # ---- the encoder -------------------------------------------------------------------------
@@ -132,9 +125,9 @@ class TextTower:
         """Encode the plan's sequences; returns ``[N, E]`` text features (not normalised).
 
         Args:
-            plan: the layout (already ``repeat``-ed to G groups).
+            plan: the layout of the N sequences in G groups.
             prefix: ``[G, P, D]`` prefix input embeddings (no positional embedding yet).
-            suffix: ``[G*T, D]`` packed suffix input embeddings (no positional embedding yet).
+            suffix: ``[T, D]`` packed suffix input embeddings (no positional embedding yet).
             prefix_overrides: per layer, ``None`` or rows ``[M, D]`` / ``[G, M, D]`` that
                 *replace* prefix rows ``override_start .. override_start+M-1`` before that layer
                 (deep text prompts: MaPLe, PromptSRC, IVLP). Entry 0 is ignored when None.
@@ -144,13 +137,13 @@ class TextTower:
         groups, p_len, n_seq, max_len = plan.n_groups, plan.prefix_len, plan.n_sequences, plan.max_len
         if prefix.shape[:2] != (groups, p_len):
             raise ValueError(f"prefix must have shape [G={groups}, P={p_len}, D], got {tuple(prefix.shape)}")
-        if suffix.shape[0] != groups * plan.tokens_per_group:
-            raise ValueError(f"suffix must have {groups * plan.tokens_per_group} packed rows, got {suffix.shape[0]}")
+        if suffix.shape[0] != plan.n_tokens:
+            raise ValueError(f"suffix must have {plan.n_tokens} packed rows, got {suffix.shape[0]}")
         pos = self.text.positional_embedding.to(self.dtype)
         xp = prefix + pos[:p_len]
         xs = suffix + pos[plan.positions]
         group = plan.group if groups > 1 else None
-        seqlens = plan.seqlens_all
+        seqlens = plan.seqlens
         heads, head_dim = self.heads, self.width // self.heads
 
         for layer, blk in enumerate(self.blocks):

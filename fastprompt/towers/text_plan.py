@@ -1,25 +1,27 @@
-"""TextPlan: everything about a class list that does not change between steps.
+"""TextPlan: everything about a set of prompted sequences that does not change between steps.
 
 A prompted class sequence is a row of *sources*: each position holds either a frozen token id
-(``>= 0``) or a learnable context slot ``k`` (encoded as ``-1 - k``). Learners describe their
-layout (CoOp end/middle/front, CoCoOp, class-specific context, plain hand-crafted prompts) as
-source rows; the plan then
+(``>= 0``) or a learnable context slot ``k`` (encoded as ``ctx_source(k) = -1 - k``). Learners
+describe their layout (CoOp end/middle/front, CoCoOp, class-specific context, hand-crafted
+prompts) as source rows; the plan then
 
 * truncates every row after its EOT (nothing after EOT reaches the EOT feature under the causal
   mask, so this is exact),
 * splits off the longest prefix that is identical in every row (``[SOT][ctx...]`` for generic
-  context at the end position) — the tower encodes it once per group and lets every suffix
-  attend to its per-layer keys/values,
-* packs the remaining suffix tokens of all classes back to back (``[T]``) with the metadata the
+  context at the end position) — the tower encodes it once per *group* and lets every suffix
+  attend to its group's per-layer keys/values,
+* packs the remaining suffix tokens of all sequences back to back (``[T]``) with the metadata the
   tower needs to scatter them into a padded ``[N, max_len]`` layout for attention only.
 
-It is built once per class list (``build_text_plan``) and reused every step; ``repeat(G)`` gives
-the plan for G groups of the same classes (CoCoOp: one group per image).
+Groups: sequence ``n`` reads prefix block ``group[n]`` and fills its context slots from context
+table ``group[n]``. ``repeat(G)`` gives the same classes for G groups (CoCoOp: one group per
+image), ``concat`` joins class lists as groups (SoftCPT: one group per task) and ``select`` keeps
+a subset of sequences (sampled classes). Plans are built once per class list and reused.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Sequence
 
 import torch
 
@@ -31,59 +33,52 @@ def ctx_source(slot: int) -> int:
 
 @dataclass
 class TextPlan:
-    """Packed, prefix-shared layout of C prompted class sequences, replicated over G groups.
+    """Packed, prefix-shared layout of N prompted sequences in G groups.
 
-    Sequence ``n = g * C + c`` is class ``c`` of group ``g``. Tensors live on CPU; ``to(device)``
-    returns a cached copy on another device.
+    Tensors live on CPU; ``to(device)`` returns a cached copy on another device.
 
     Attributes:
-        n_classes: C.
-        n_groups: G.
-        n_ctx: number of learnable context slots referenced by the sources.
         prefix_src: ``[P]`` sources of the shared prefix (positions ``0..P-1``).
-        suffix_src: ``[T]`` sources of the packed suffixes of the C classes (one group).
-        seqlens: ``[C]`` suffix length per class (each ends with that class's EOT token).
-        eot_positions: ``[C]`` absolute position of EOT in each class sequence.
-        token_ids: ``[C, context_length]`` the tokenized template (for reference and EOT lookup).
+        suffix_src: ``[T]`` sources of the packed suffixes of all N sequences.
+        seqlens: ``[N]`` suffix length of each sequence (each ends with its EOT token).
+        group: ``[N]`` group of each sequence (prefix block and context table it uses).
+        n_groups: G.
+        class_index: ``[N]`` index of each sequence's class in the learner's class list.
+        eot_positions: ``[N]`` absolute position of EOT in each sequence.
     """
 
-    n_classes: int
-    n_groups: int
-    n_ctx: int
     prefix_src: torch.Tensor
     suffix_src: torch.Tensor
     seqlens: torch.Tensor
+    group: torch.Tensor
+    n_groups: int
+    class_index: torch.Tensor
     eot_positions: torch.Tensor
-    token_ids: torch.Tensor
     _derived: Dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
-    _device_cache: Dict[str, "TextPlan"] = field(default_factory=dict, repr=False)
+    _cache: Dict[str, "TextPlan"] = field(default_factory=dict, repr=False)
 
     def __post_init__(self):
         if not self._derived:
             self._derived.update(self._derive())
 
     def _derive(self) -> Dict[str, torch.Tensor]:
-        """Index tensors of the G-group layout (computed once, on CPU)."""
-        c, p, groups = self.n_classes, self.prefix_len, self.n_groups
+        """Index tensors of the packed layout (computed once)."""
         dev = self.seqlens.device
-        starts = torch.cumsum(self.seqlens, 0) - self.seqlens  # [C] packed start of each class
-        seq_of_token = torch.repeat_interleave(torch.arange(c, device=dev), self.seqlens)
-        offsets = torch.arange(self.tokens_per_group, device=dev) - starts[seq_of_token]
-        g = torch.arange(groups, device=dev)
+        n = self.n_sequences
+        starts = torch.cumsum(self.seqlens, 0) - self.seqlens  # [N] packed start of each sequence
+        seq_of_token = torch.repeat_interleave(torch.arange(n, device=dev), self.seqlens)
+        offsets = torch.arange(self.n_tokens, device=dev) - starts[seq_of_token]
         prefix_ctx = (self.prefix_src < 0).nonzero().squeeze(1)
         suffix_ctx = (self.suffix_src < 0).nonzero().squeeze(1)
         return {
-            "positions": (p + offsets).repeat(groups),
-            "pad_index": ((g[:, None] * c + seq_of_token[None, :]) * self.max_len
-                          + offsets[None, :]).reshape(-1),
-            "eot_index": (g[:, None] * self.tokens_per_group
-                          + (starts + self.seqlens - 1)[None, :]).reshape(-1),
-            "seqlens_all": self.seqlens.repeat(groups),
-            "group": torch.repeat_interleave(g, c),
+            "positions": self.prefix_len + offsets,
+            "pad_index": seq_of_token * self.max_len + offsets,
+            "eot_index": starts + self.seqlens - 1,
             "prefix_ctx_pos": prefix_ctx,
             "prefix_ctx_slot": -1 - self.prefix_src[prefix_ctx],
             "suffix_ctx_pos": suffix_ctx,
             "suffix_ctx_slot": -1 - self.suffix_src[suffix_ctx],
+            "suffix_ctx_group": self.group[seq_of_token[suffix_ctx]],
         }
 
     # ---- sizes -------------------------------------------------------------------------------
@@ -92,26 +87,33 @@ class TextPlan:
         return int(self.prefix_src.numel())
 
     @property
-    def tokens_per_group(self) -> int:
+    def n_tokens(self) -> int:
+        """T, the number of packed suffix tokens."""
         return int(self.suffix_src.numel())
 
     @property
     def n_sequences(self) -> int:
-        return self.n_groups * self.n_classes
+        return int(self.seqlens.numel())
 
     @property
     def max_len(self) -> int:
-        return int(self.seqlens.max()) if self.n_classes else 0
+        return int(self.seqlens.max()) if self.n_sequences else 0
 
-    # ---- derived index tensors (all for the G-group layout) ----------------------------------
+    @property
+    def n_ctx(self) -> int:
+        """Number of context slots the sources reference (``max slot + 1``)."""
+        srcs = torch.cat([self.prefix_src, self.suffix_src])
+        return int((-srcs).max().clamp_min(0))
+
+    # ---- derived index tensors ---------------------------------------------------------------
     @property
     def positions(self) -> torch.Tensor:
-        """``[G*T]`` absolute position of every packed suffix token."""
+        """``[T]`` absolute position of every packed suffix token."""
         return self._derived["positions"]
 
     @property
     def pad_index(self) -> torch.Tensor:
-        """``[G*T]`` flat index of every packed token in the padded ``[N * max_len]`` layout."""
+        """``[T]`` flat index of every packed token in the padded ``[N * max_len]`` layout."""
         return self._derived["pad_index"]
 
     @property
@@ -119,33 +121,38 @@ class TextPlan:
         """``[N]`` packed index of each sequence's EOT token."""
         return self._derived["eot_index"]
 
-    @property
-    def seqlens_all(self) -> torch.Tensor:
-        """``[N]`` suffix length of every sequence."""
-        return self._derived["seqlens_all"]
-
-    @property
-    def group(self) -> torch.Tensor:
-        """``[N]`` prefix block (group) read by every sequence."""
-        return self._derived["group"]
-
     def derived(self, name: str) -> torch.Tensor:
         """Any derived index tensor by name (``prefix_ctx_pos``, ``suffix_ctx_slot``, ...)."""
         return self._derived[name]
 
-    # ---- transforms --------------------------------------------------------------------------
+    # ---- transforms (CPU plans; results cached where they are reused every step) -------------
+    def _sequences(self) -> List[torch.Tensor]:
+        starts = (torch.cumsum(self.seqlens, 0) - self.seqlens).tolist()
+        return [self.suffix_src[s:s + n] for s, n in zip(starts, self.seqlens.tolist())]
+
+    def select(self, indices: torch.Tensor | Sequence[int]) -> "TextPlan":
+        """The plan of sequences ``indices`` (in that order, repeats allowed), same groups."""
+        idx = torch.as_tensor(indices, dtype=torch.long).cpu()
+        if idx.numel() == 0:
+            raise ValueError("select needs at least one sequence index")
+        if int(idx.min()) < 0 or int(idx.max()) >= self.n_sequences:
+            raise ValueError(f"sequence indices must lie in [0, {self.n_sequences}), got "
+                             f"[{int(idx.min())}, {int(idx.max())}]")
+        plan = self if self.prefix_src.device.type == "cpu" else self.to("cpu")
+        seqs = plan._sequences()
+        return TextPlan(plan.prefix_src, torch.cat([seqs[i] for i in idx.tolist()]), plan.seqlens[idx],
+                        plan.group[idx], plan.n_groups, plan.class_index[idx], plan.eot_positions[idx])
+
     def repeat(self, n_groups: int) -> "TextPlan":
-        """The same classes replicated for ``n_groups`` groups (cached per group count)."""
+        """These sequences once per group ``0..n_groups-1`` (cached); needs a one-group plan."""
         if n_groups < 1:
             raise ValueError(f"n_groups must be >= 1, got {n_groups}")
-        if n_groups == self.n_groups:
+        if n_groups == 1 and self.n_groups == 1:
             return self
         key = f"repeat:{n_groups}"
-        if key not in self._device_cache:
-            self._device_cache[key] = TextPlan(self.n_classes, n_groups, self.n_ctx, self.prefix_src,
-                                               self.suffix_src, self.seqlens, self.eot_positions,
-                                               self.token_ids)
-        return self._device_cache[key]
+        if key not in self._cache:
+            self._cache[key] = concat_plans([self] * n_groups)
+        return self._cache[key]
 
     def to(self, device: torch.device | str) -> "TextPlan":
         """This plan with its tensors on ``device`` (cached)."""
@@ -153,18 +160,39 @@ class TextPlan:
         if self.prefix_src.device == device:
             return self
         key = f"device:{device}"
-        if key not in self._device_cache:
+        if key not in self._cache:
             moved = {name: t.to(device) for name, t in self._derived.items()}
-            self._device_cache[key] = TextPlan(
-                self.n_classes, self.n_groups, self.n_ctx, self.prefix_src.to(device),
-                self.suffix_src.to(device), self.seqlens.to(device), self.eot_positions.to(device),
-                self.token_ids.to(device), _derived=moved)
-        return self._device_cache[key]
+            self._cache[key] = TextPlan(
+                self.prefix_src.to(device), self.suffix_src.to(device), self.seqlens.to(device),
+                self.group.to(device), self.n_groups, self.class_index.to(device),
+                self.eot_positions.to(device), _derived=moved)
+        return self._cache[key]
+
+
+def concat_plans(plans: Sequence[TextPlan]) -> TextPlan:
+    """Join one-group plans that share a prefix into one plan where plan ``i`` is group ``i``.
+
+    ``class_index`` keeps each plan's own class numbering (for SoftCPT, offset it per task).
+    """
+    if not plans:
+        raise ValueError("concat_plans needs at least one plan")
+    first = plans[0]
+    for i, p in enumerate(plans):
+        if p.n_groups != 1:
+            raise ValueError(f"plans[{i}] already has {p.n_groups} groups; concat one-group plans")
+        if not torch.equal(p.prefix_src.cpu(), first.prefix_src.cpu()):
+            raise ValueError(f"plans[{i}] has a different shared prefix; only plans with the same prefix "
+                             "layout can share one text pass")
+    cpu = [p.to("cpu") for p in plans]
+    return TextPlan(
+        first.prefix_src.cpu(), torch.cat([p.suffix_src for p in cpu]), torch.cat([p.seqlens for p in cpu]),
+        torch.cat([torch.full_like(p.group, g) for g, p in enumerate(cpu)]), len(cpu),
+        torch.cat([p.class_index for p in cpu]), torch.cat([p.eot_positions for p in cpu]))
 
 
 def build_text_plan(source_rows: Sequence[Sequence[int]], token_ids: torch.Tensor,
                     share_prefix: bool = True) -> TextPlan:
-    """Build a plan from per-class source rows (full length) and the tokenized template.
+    """Build a one-group plan from per-class source rows (full length) and the tokenized template.
 
     Args:
         source_rows: C rows of sources, one per class (token id ``>= 0`` or ``ctx_source(k)``),
@@ -172,7 +200,7 @@ def build_text_plan(source_rows: Sequence[Sequence[int]], token_ids: torch.Tenso
         token_ids: ``[C, context_length]`` tokenized template; EOT is located as its argmax
             (CLIP's EOT id is the largest in the vocabulary), exactly as CLIP pools.
         share_prefix: encode the longest common prefix once (exact); ``False`` keeps only
-            position 0 shared when it is identical (always SOT), which is still exact.
+            position 0 shared (always SOT), which is still exact.
     """
     if len(source_rows) == 0:
         raise ValueError("classnames is empty: a text plan needs at least one class")
@@ -187,11 +215,10 @@ def build_text_plan(source_rows: Sequence[Sequence[int]], token_ids: torch.Tenso
     while prefix_len < limit and all(r[prefix_len] == rows[0][prefix_len] for r in rows):
         prefix_len += 1
     suffix = [r[prefix_len:] for r in rows]
-    all_src = [s for r in rows for s in r]
-    n_ctx = max([-s for s in all_src if s < 0], default=0)
+    n = len(rows)
     return TextPlan(
-        n_classes=len(rows), n_groups=1, n_ctx=n_ctx,
         prefix_src=torch.tensor(rows[0][:prefix_len], dtype=torch.long),
         suffix_src=torch.tensor([s for r in suffix for s in r], dtype=torch.long),
         seqlens=torch.tensor([len(r) for r in suffix], dtype=torch.long),
-        eot_positions=eot.to(torch.long), token_ids=token_ids.to(torch.long))
+        group=torch.zeros(n, dtype=torch.long), n_groups=1,
+        class_index=torch.arange(n), eot_positions=eot.to(torch.long))
