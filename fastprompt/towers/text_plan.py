@@ -169,23 +169,37 @@ class TextPlan:
         return self._cache[key]
 
 
-def concat_plans(plans: Sequence[TextPlan]) -> TextPlan:
-    """Join one-group plans that share a prefix into one plan where plan ``i`` is group ``i``.
+def _shorten_prefix(plan: TextPlan, prefix_len: int) -> TextPlan:
+    """The same one-group plan with only ``prefix_len`` prefix rows shared; the rest of the old
+    prefix moves to the front of every suffix (still exact, just less sharing)."""
+    if prefix_len == plan.prefix_len:
+        return plan
+    moved = plan.prefix_src[prefix_len:]
+    seqs = [torch.cat([moved, s]) for s in plan._sequences()]
+    return TextPlan(plan.prefix_src[:prefix_len], torch.cat(seqs), plan.seqlens + moved.numel(), plan.group,
+                    plan.n_groups, plan.class_index, plan.eot_positions)
 
-    ``class_index`` keeps each plan's own class numbering (for SoftCPT, offset it per task).
+
+def concat_plans(plans: Sequence[TextPlan]) -> TextPlan:
+    """Join one-group plans into one plan where plan ``i`` is group ``i``.
+
+    The joined plan shares the longest prefix common to all plans (a plan whose own prefix is
+    longer, e.g. a one-class list, moves the excess into its suffixes). ``class_index`` keeps
+    each plan's own class numbering (for SoftCPT, offset it per task).
     """
     if not plans:
         raise ValueError("concat_plans needs at least one plan")
-    first = plans[0]
+    cpu = []
     for i, p in enumerate(plans):
         if p.n_groups != 1:
             raise ValueError(f"plans[{i}] already has {p.n_groups} groups; concat one-group plans")
-        if not torch.equal(p.prefix_src.cpu(), first.prefix_src.cpu()):
-            raise ValueError(f"plans[{i}] has a different shared prefix; only plans with the same prefix "
-                             "layout can share one text pass")
-    cpu = [p.to("cpu") for p in plans]
+        cpu.append(p.to("cpu"))
+    common = min(p.prefix_len for p in cpu)
+    for p in cpu[1:]:
+        common = min(common, int((torch.cumprod(p.prefix_src[:common] == cpu[0].prefix_src[:common], 0)).sum()))
+    cpu = [_shorten_prefix(p, common) for p in cpu]
     return TextPlan(
-        first.prefix_src.cpu(), torch.cat([p.suffix_src for p in cpu]), torch.cat([p.seqlens for p in cpu]),
+        cpu[0].prefix_src, torch.cat([p.suffix_src for p in cpu]), torch.cat([p.seqlens for p in cpu]),
         torch.cat([torch.full_like(p.group, g) for g, p in enumerate(cpu)]), len(cpu),
         torch.cat([p.class_index for p in cpu]), torch.cat([p.eot_positions for p in cpu]))
 
