@@ -22,6 +22,40 @@ def read_readme():
         return f.read()
 
 
+def compiled_extensions():
+    """``(ext_modules, cmdclass)`` for an ahead-of-time build of ``csrc/``; empty by default.
+
+    ``FASTPROMPT_BUILD_EXT=1 pip install -e . --no-build-isolation`` builds the CPU extension and,
+    when ``CUDA_HOME`` is set, the CUDA one (architectures from ``FASTPROMPT_CUDA_ARCH_LIST``,
+    default ``8.0;9.0+PTX``). Sources and flags come from ``fastprompt/jit.py``, loaded as a file
+    so that the default install never imports torch. Without it the kernels build just in time.
+    """
+    if os.environ.get("FASTPROMPT_BUILD_EXT", "0") != "1":
+        return [], {}
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("_fastprompt_jit", os.path.join(HERE, "fastprompt", "jit.py"))
+    jit = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(jit)
+    from torch.utils.cpp_extension import BuildExtension, CppExtension, CUDAExtension
+
+    def extension(kind, cls):
+        args = jit.build_args(kind)
+        compile_args = {"cxx": args["cflags"]}
+        if args["cuda_cflags"]:
+            compile_args["nvcc"] = args["cuda_cflags"]
+        sources = [os.path.relpath(s, HERE) for s in args["sources"]]
+        return cls(f"fastprompt.{args['name']}", sources, extra_compile_args=compile_args)
+
+    ext_modules = [extension("cpu", CppExtension)]
+    if os.environ.get("CUDA_HOME") or os.environ.get("CUDA_PATH"):
+        ext_modules.append(extension("cuda", CUDAExtension))
+    return ext_modules, {"build_ext": BuildExtension}
+
+
+EXT_MODULES, CMDCLASS = compiled_extensions()
+
+
 setup(
     name="fastprompt",
     version=read_version(),
@@ -29,7 +63,8 @@ setup(
     long_description=read_readme(),
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
-    packages=find_packages(include=["fastprompt", "fastprompt.*"]),
+    packages=find_packages(include=["fastprompt", "fastprompt.*"]) + ["fastprompt.kernels"],
+    package_dir={"fastprompt.kernels": "kernels"},  # Triton source lives at the top level
     install_requires=[
         "torch>=2.4",
         "torchvision",
@@ -44,4 +79,6 @@ setup(
         "kernels": ["triton", "ninja", "pybind11"],
     },
     entry_points={"console_scripts": ["fastprompt=fastprompt.cli:main"]},
+    ext_modules=EXT_MODULES,
+    cmdclass=CMDCLASS,
 )

@@ -1,12 +1,20 @@
 """fastprompt: fast, exact prompt learning on open_clip CLIP models.
 
     import fastprompt
-    learner = fastprompt.CoOpLearner.from_open_clip("ViT-B-16", "openai", classnames, n_ctx=16)
+    learner = fastprompt.RPPLearner.from_open_clip("ViT-B-16", "openai", classnames)
 """
 from . import ops
-from .learners import (CoCoOpConfig, CoCoOpLearner, CoOpConfig, CoOpLearner, PretrainedNotAvailableError,
-                       PromptLearner)
+from .learners import (CLIPTeacher, CoCoOpConfig, CoCoOpLearner, CoOpConfig, CoOpLearner, KgCoOpConfig,
+                       KgCoOpLearner, MaPLeConfig, MaPLeLearner, POMPConfig, POMPLearner, POMPObjective,
+                       PREConfig, PRELearner, PretrainedNotAvailableError, PromptLearner, PromptSRCConfig,
+                       PromptSRCLearner, RPPConfig, RPPLearner, SoftCPTConfig, SoftCPTLearner, VPTConfig,
+                       VPTLearner)
 from .version import __version__
 
-__all__ = ["ops", "PromptLearner", "CoOpLearner", "CoOpConfig", "CoCoOpLearner", "CoCoOpConfig",
-           "PretrainedNotAvailableError", "__version__"]
+__all__ = [
+    "ops", "PromptLearner", "PretrainedNotAvailableError", "__version__",
+    "CoOpLearner", "CoOpConfig", "CoCoOpLearner", "CoCoOpConfig",
+    "MaPLeLearner", "MaPLeConfig", "PromptSRCLearner", "PromptSRCConfig", "VPTLearner", "VPTConfig",
+    "KgCoOpLearner", "KgCoOpConfig", "PRELearner", "PREConfig", "SoftCPTLearner", "SoftCPTConfig",
+    "RPPLearner", "RPPConfig", "POMPLearner", "POMPConfig", "POMPObjective", "CLIPTeacher",
+]

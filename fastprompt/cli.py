@@ -2,7 +2,7 @@
 
 Subcommands:
 
-* ``demo``: train a prompt learner (CoOp or CoCoOp) on the embedded synthetic shapes dataset,
+* ``demo``: train a prompt learner (RPP by default; CoOp, CoCoOp) on the embedded synthetic shapes dataset,
   report held-out accuracy before/after, and time a training step against the literal reference
   implementation (``fastprompt.reference``). Runs offline on CPU in well under two minutes with
   the default tiny random-weight CLIP.
@@ -19,9 +19,11 @@ from typing import List, Optional, Sequence
 
 __all__ = ["main", "build_parser"]
 
-METHODS = ("coop", "cocoop")
+METHODS = ("rpp", "coop", "cocoop")
+LEARNER_NAMES = {"rpp": "RPPLearner", "coop": "CoOpLearner", "cocoop": "CoCoOpLearner"}
 # Per-method context defaults, as in the CoOp / CoCoOp papers' main settings.
-DEFAULT_CTX = {"coop": (16, ""), "cocoop": (4, "a photo of a")}
+DEFAULT_CTX = {"rpp": (4, ""), "coop": (16, ""), "cocoop": (4, "a photo of a")}
+RPP_MAX_DEPTH = 9  # RPPConfig's default depth, capped by the towers of small models
 # The demo's default model: a tiny random-weight CLIP (fastprompt.testing.tiny_clip) at 64 px.
 # Sized so the default run (training + comparison) takes seconds on a 2-core CPU; a 4-layer,
 # 128-wide text tower learns noticeably better than the 2-layer default of tiny_clip.
@@ -30,6 +32,7 @@ TINY_CLIP_KWARGS = dict(image_size=64, patch_size=16, width=128, layers=4, heads
 TEST_PER_CLASS = 25
 TEST_SEED_OFFSET = 1_000_003
 WINDOW = 20          # steps in the running loss/accuracy of the progress bar
+ACC_EVERY = 5        # the running train accuracy re-scores every 5th batch
 TIMED_STEPS = 7      # timed steps per implementation (after one warm-up step)
 
 
@@ -92,13 +95,13 @@ def _add_demo_parser(subparsers) -> None:
     from .data.synthetic import MAX_CLASSES
 
     demo = subparsers.add_parser(
-        "demo", help="train CoOp/CoCoOp on synthetic shapes and compare speed with the reference",
+        "demo", help="train RPP/CoOp/CoCoOp on synthetic shapes and compare speed with the reference",
         description=(
             "Train a prompt learner on the embedded synthetic shapes dataset (generated on the "
             "fly, no files), print held-out accuracy before and after training, and time a "
             "training step of fastprompt against the literal reference implementation. By "
             "default the model is a tiny random-weight CLIP, so everything runs offline on CPU."))
-    demo.add_argument("--method", choices=METHODS, default="coop", help="prompt learner (default: coop)")
+    demo.add_argument("--method", choices=METHODS, default="rpp", help="prompt learner (default: rpp)")
     demo.add_argument("--model", metavar="NAME", default=None,
                       help="open_clip architecture, e.g. ViT-B-16 (default: a tiny random-weight CLIP)")
     demo.add_argument("--pretrained", metavar="TAG", default=None,
@@ -135,7 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
     except ImportError:  # pragma: no cover
         __version__ = "unknown"
     parser = _Parser(
-        prog="fastprompt", description="Fast, exact prompt learning (CoOp, CoCoOp, ...) on open_clip CLIP models.")
+        prog="fastprompt", description="Fast, exact prompt learning (RPP, CoOp, CoCoOp, ...) on open_clip CLIP models.")
     parser.add_argument("--version", action="version", version=f"fastprompt {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", title="commands")
     subparsers.required = True
@@ -198,7 +201,7 @@ def _ctx_settings(args) -> tuple:
 def _learner_class(method: str):
     try:
         import fastprompt
-        cls = getattr(fastprompt, {"coop": "CoOpLearner", "cocoop": "CoCoOpLearner"}[method])
+        cls = getattr(fastprompt, LEARNER_NAMES[method])
     except (ImportError, AttributeError) as exc:
         raise DemoError(f"the {method} learner is not available in this install ({exc})") from None
     return cls
@@ -236,13 +239,14 @@ def _build(args, classnames: List[str]):
         k = TINY_CLIP_KWARGS
         desc = (f"tiny random-weight CLIP ({k['image_size']}px, patch {k['patch_size']}, text "
                 f"{k['layers']}x{k['width']}, vision {k['vision_layers']}x{k['vision_width']})")
-        return cls.from_model(model, classnames, **kwargs), model, desc
+        return cls.from_model(model, classnames, **kwargs, **_method_kwargs(args.method, model)), model, desc
     if args.pretrained.lower() == "none":
         try:
             model = testing.random_clip(args.model, seed=args.seed)
         except Exception as exc:  # noqa: BLE001 - open_clip raises several types
             raise DemoError(f"cannot build {args.model}: {exc}") from None
-        return cls.from_model(model, classnames, **kwargs), model, f"{args.model} (random weights)"
+        learner = cls.from_model(model, classnames, **kwargs, **_method_kwargs(args.method, model))
+        return learner, model, f"{args.model} (random weights)"
     try:
         learner = cls.from_open_clip(args.model, args.pretrained, classnames, **kwargs)
     except Exception as exc:  # noqa: BLE001 - e.g. weights not available offline
@@ -251,14 +255,25 @@ def _build(args, classnames: List[str]):
     return learner, learner.clip, f"{args.model} ({args.pretrained})"
 
 
-def _build_reference(method: str, model, classnames, n_ctx: int, ctx_init: str, csc: bool = False):
-    try:
-        from . import reference
-        if method == "coop":
-            return reference.ReferenceCoOp(model, classnames, n_ctx=n_ctx, ctx_init=ctx_init, csc=csc)
+def _method_kwargs(method: str, model) -> dict:
+    """Settings that depend on the model: RPP's prompt depth fits small towers."""
+    if method != "rpp":
+        return {}
+    layers = min(len(model.transformer.resblocks), len(model.visual.transformer.resblocks))
+    return {"depth": min(RPP_MAX_DEPTH, layers)}
+
+
+def _build_reference(method: str, learner, model, classnames, n_ctx: int, ctx_init: str, csc: bool = False):
+    from . import reference
+
+    if method == "coop":
+        return reference.ReferenceCoOp(model, classnames, n_ctx=n_ctx, ctx_init=ctx_init, csc=csc)
+    if method == "cocoop":
         return reference.ReferenceCoCoOp(model, classnames, n_ctx=n_ctx, ctx_init=ctx_init)
-    except (ImportError, AttributeError) as exc:
-        raise DemoError(f"the reference {method} is not available ({exc})") from None
+    # The literal teacher would encode every template prompt at full length; it is checked
+    # against the fast one in the tests, so the timing reuses the fast teacher's class features.
+    return reference.ReferenceRPP(model, classnames, depth=learner.config.depth, n_ctx=n_ctx, ctx_init=ctx_init,
+                                  teacher_text_features=learner.teacher.class_features)
 
 
 def _sgd(params, lr: float):
@@ -347,27 +362,28 @@ def run_demo(args: argparse.Namespace) -> int:
     gen = torch.Generator().manual_seed(args.seed)
     batch = min(args.batch_size, len(train_x))
     perm, pos = torch.randperm(len(train_x), generator=gen), 0
-    losses, accs = deque(maxlen=WINDOW), deque(maxlen=WINDOW)
+    losses, accs = deque(maxlen=WINDOW), deque(maxlen=WINDOW // ACC_EVERY)
     learner.train(True)
     t_train = time.perf_counter()
     with tqdm(range(args.steps), desc=f"training {args.method}", unit="step", file=sys.stderr,
               dynamic_ncols=True, leave=True) as bar:
-        for _ in bar:
+        for step in bar:
             if pos + batch > len(perm):
                 perm, pos = torch.randperm(len(train_x), generator=gen), 0
             idx = perm[pos:pos + batch]
             pos += batch
             x, y = train_x[idx].to(device), train_y[idx].to(device)
             optimizer.zero_grad(set_to_none=True)
-            logits = learner(x)
-            loss = torch.nn.functional.cross_entropy(logits, y)
+            loss = learner.loss(x, y)  # the method's full objective (RPP: CE + teacher KL)
             loss.backward()
             optimizer.step()
             loss_value = float(loss.detach())
             if not math.isfinite(loss_value):
                 raise DemoError(f"training diverged (loss {loss_value}); try a smaller --lr")
             losses.append(loss_value)
-            accs.append(float((logits.detach().argmax(dim=-1) == y).float().mean()))
+            if step % ACC_EVERY == 0:
+                with torch.no_grad():
+                    accs.append(float((learner(x).argmax(dim=-1) == y).float().mean()))
             bar.set_postfix(loss=f"{sum(losses) / len(losses):.3f}",
                             acc=f"{sum(accs) / len(accs):.1%}", refresh=False)
     train_s = time.perf_counter() - t_train
@@ -381,7 +397,7 @@ def run_demo(args: argparse.Namespace) -> int:
 
     if not args.no_compare:
         torch.manual_seed(args.seed)
-        ref = _build_reference(args.method, model, classnames, n_ctx, ctx_init, args.csc).to(device)
+        ref = _build_reference(args.method, learner, model, classnames, n_ctx, ctx_init, args.csc).to(device)
         ref_params = [p for p in ref.prompt_learner.parameters() if p.requires_grad]
         x, y = train_x[:batch].to(device), train_y[:batch].to(device)
         learner.train(True)

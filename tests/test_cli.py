@@ -15,7 +15,7 @@ def parse(*argv):
 def test_demo_defaults():
     args = parse("demo")
     assert args.command == "demo"
-    assert args.method == "coop" and args.model is None and args.pretrained is None
+    assert args.method == "rpp" and args.model is None and args.pretrained is None
     assert args.steps == 300 and args.batch_size == 16 and args.n_classes == 8
     assert args.lr == pytest.approx(0.002) and args.seed == 0 and args.device == "cpu"
     assert args.no_compare is False and args.csc is False
@@ -32,9 +32,10 @@ def test_demo_options_parse():
 
 
 def test_ctx_settings_follow_method_defaults():
-    assert cli._ctx_settings(parse("demo")) == (16, "")
+    assert cli._ctx_settings(parse("demo")) == (4, "")
+    assert cli._ctx_settings(parse("demo", "--method", "coop")) == (16, "")
     assert cli._ctx_settings(parse("demo", "--method", "cocoop")) == (4, "a photo of a")
-    assert cli._ctx_settings(parse("demo", "--n-ctx", "8")) == (8, "")
+    assert cli._ctx_settings(parse("demo", "--method", "coop", "--n-ctx", "8")) == (8, "")
     assert cli._ctx_settings(parse("demo", "--ctx-init", "a_photo_of")) == (3, "a_photo_of")
     assert cli._ctx_settings(parse("demo", "--method", "cocoop", "--ctx-init", "")) == (4, "")
 
@@ -50,7 +51,7 @@ BAD_ARGS = [
     (["--steps", "0"], "--steps"),
     (["--steps", "many"], "--steps"),
     (["--batch-size", "-1"], "--batch-size"),
-    (["--method", "maple"], "--method"),
+    (["--method", "nope"], "--method"),
     (["--lr", "0"], "--lr"),
     (["--lr", "nan"], "--lr"),
     (["--n-classes", "1"], "--n-classes"),
@@ -85,8 +86,15 @@ def test_cuda_device_without_cuda_is_an_error(capsys):
     assert "CUDA is not available" in capsys.readouterr().err
 
 
+def test_demo_rpp_default_end_to_end_with_comparison(capsys):
+    assert cli.main(["demo", *QUICK]) == 0
+    out = capsys.readouterr().out
+    assert "fastprompt demo: rpp" in out and "held-out accuracy before training" in out
+    assert "fastprompt step:" in out and "speed-up:" in out
+
+
 def test_demo_coop_end_to_end(capsys):
-    assert cli.main(["demo", *QUICK, "--no-compare"]) == 0
+    assert cli.main(["demo", "--method", "coop", *QUICK, "--no-compare"]) == 0
     out = capsys.readouterr().out
     assert "held-out accuracy before training" in out
     assert "final train loss" in out and "chance 50.0%" in out
@@ -94,7 +102,7 @@ def test_demo_coop_end_to_end(capsys):
 
 
 def test_demo_coop_with_comparison(capsys):
-    assert cli.main(["demo", *QUICK, "--csc"]) == 0
+    assert cli.main(["demo", "--method", "coop", *QUICK, "--csc"]) == 0
     out = capsys.readouterr().out
     assert "fastprompt step:" in out and "reference step:" in out and "speed-up:" in out
 

@@ -2,6 +2,20 @@
 from .base import LEARNERS, LearnerConfig, PretrainedNotAvailableError, PromptLearner
 from .cocoop import CoCoOpConfig, CoCoOpLearner
 from .coop import CoOpConfig, CoOpLearner
+from .kgcoop import KgCoOpConfig, KgCoOpLearner
+from .maple import MaPLeConfig, MaPLeLearner
+from .pomp import POMPConfig, POMPLearner, POMPObjective
+from .pre import PREConfig, PRELearner
+from .promptsrc import PromptSRCConfig, PromptSRCLearner
+from .rpp import RPPConfig, RPPLearner
+from .softcpt import SoftCPTConfig, SoftCPTLearner
+from .teacher import CLIPTeacher
+from .vpt import VPTConfig, VPTLearner
 
-__all__ = ["PromptLearner", "LearnerConfig", "LEARNERS", "PretrainedNotAvailableError",
-           "CoOpLearner", "CoOpConfig", "CoCoOpLearner", "CoCoOpConfig"]
+__all__ = [
+    "PromptLearner", "LearnerConfig", "LEARNERS", "PretrainedNotAvailableError",
+    "CoOpLearner", "CoOpConfig", "CoCoOpLearner", "CoCoOpConfig",
+    "MaPLeLearner", "MaPLeConfig", "PromptSRCLearner", "PromptSRCConfig", "VPTLearner", "VPTConfig",
+    "KgCoOpLearner", "KgCoOpConfig", "PRELearner", "PREConfig", "SoftCPTLearner", "SoftCPTConfig",
+    "RPPLearner", "RPPConfig", "POMPLearner", "POMPConfig", "POMPObjective", "CLIPTeacher",
+]

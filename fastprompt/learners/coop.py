@@ -81,10 +81,15 @@ class CoOpLearner(PromptLearner):
         """Context slot table ``[S, D]`` (class-specific contexts flattened class-major)."""
         return self.ctx.reshape(-1, self.ctx.shape[-1])
 
-    def text_features(self) -> torch.Tensor:
-        """Unnormalised class text features ``[C, E]`` (with autograd into ``ctx``)."""
-        prefix, suffix = self.text_tower.embed(self.plan, self._ctx_table())
-        return self.text_tower(self.plan, prefix, suffix)
+    def text_features(self, class_indices=None) -> torch.Tensor:
+        """Unnormalised class text features ``[C, E]`` (with autograd into ``ctx``).
+
+        ``class_indices`` (``[K]`` ints, repeats allowed): encode only those classes, in that
+        order (``[K, E]``); POMP encodes the sampled classes of a step this way.
+        """
+        plan = self.plan if class_indices is None else self.plan.select(class_indices)
+        prefix, suffix = self.text_tower.embed(plan, self._ctx_table())
+        return self.text_tower(plan, prefix, suffix)
 
     def text_classifier(self) -> torch.Tensor:
         """L2-normalised class embeddings ``[C, E]``: ``logits = scale * img @ W.T`` in vanilla open_clip."""

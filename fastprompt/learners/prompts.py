@@ -24,7 +24,8 @@ class ContextTemplate:
     original CoOp/CoCoOp: the context takes the first ``n_ctx`` BPE tokens of the phrase and any
     further tokens of a word that split into several stay frozen in the suffix ("itap of a":
     context "it", "ap", "of"; "a" frozen). The assembled prompt is still exactly the phrase, and
-    the original checkpoints keep their shapes.
+    the original checkpoints keep their shapes. MaPLe / PromptSRC count the context in tokens
+    instead and keep the rest of the phrase as frozen text: see :func:`leading_context_template`.
     """
 
     text: str
@@ -42,6 +43,39 @@ def context_template(tokenizer, n_ctx: int, ctx_init: str = "") -> ContextTempla
         return ContextTemplate(text, n_words, tokenizer([text])[0])
     if n_ctx < 1:
         raise ValueError(f"n_ctx must be >= 1, got {n_ctx}")
+    return ContextTemplate(" ".join(["X"] * n_ctx), n_ctx, None)
+
+
+def leading_context_template(tokenizer, n_ctx: int, ctx_init: str = "", *, init_max_ctx: int = 4,
+                             context_length: int = 77) -> ContextTemplate:
+    """Context of MaPLe / IVLP / PromptSRC: the first ``n_ctx`` *tokens* of ``ctx_init`` are learnable.
+
+    The original (muzairkhattak/multimodal-prompt-learning ``trainers/maple.py``, PromptSRC's
+    ``VLPromptLearner``) uses ``ctx_init`` only when ``n_ctx <= 4`` (``init_max_ctx``): the context
+    is initialised from the embeddings of the first ``n_ctx`` BPE tokens of the phrase, while the
+    prompt text stays the *whole* phrase. With ``n_ctx`` smaller than the phrase, the remaining
+    words therefore stay as frozen tokens between the context and the class name: ``n_ctx=2``
+    with "a photo of a" gives ``[SOT][ctx1 ctx2] of a <class>.[EOT]``. With ``n_ctx >
+    init_max_ctx`` the phrase is ignored (random context, ``"X ... X"`` placeholder text) — the
+    caller decides whether to warn.
+
+    Raises ``ValueError`` when ``n_ctx < 1``, when ``ctx_init`` is used but has fewer tokens than
+    ``n_ctx`` (the original would silently take the EOT embedding as context and cut the class
+    name), or when it is so long that ``[SOT] phrase <class>.[EOT]`` cannot fit in
+    ``context_length`` tokens (the tokenizer would silently drop the class name).
+    """
+    if n_ctx < 1:
+        raise ValueError(f"n_ctx must be >= 1, got {n_ctx}")
+    if ctx_init and n_ctx <= init_max_ctx:
+        text = ctx_init.replace("_", " ")
+        n_tokens = len(tokenizer.encode(text))
+        if n_tokens < n_ctx:
+            raise ValueError(f"ctx_init {ctx_init!r} has {n_tokens} tokens but n_ctx={n_ctx} context vectors are "
+                             "initialised from its first tokens; use a longer phrase or a smaller n_ctx")
+        if n_tokens > context_length - 4:
+            raise ValueError(f"ctx_init is {n_tokens} tokens long: with SOT, a class name, '.' and EOT the prompt "
+                             f"exceeds the text tower's context length {context_length}")
+        return ContextTemplate(text, n_ctx, tokenizer([text])[0])
     return ContextTemplate(" ".join(["X"] * n_ctx), n_ctx, None)
 
 

@@ -10,14 +10,22 @@ muzairkhattak/multimodal-prompt-learning @ 69bce21 ``clip/model.py`` (deep visio
 """
 from .cocoop import ReferenceCoCoOp, ReferenceCoCoOpPromptLearner
 from .coop import ReferenceCoOp, ReferenceCoOpPromptLearner
+from .kgcoop import ReferenceKgCoOp, ReferenceKgCoOpPromptLearner
+from .maple import ReferenceMaPLe, ReferenceMaPLePromptLearner
+from .pomp import ReferencePOMP, ReferencePOMPPromptLearner
+from .pre import ReferencePRE, ReferencePREPromptLearner
+from .promptsrc import ReferencePromptSRC, ReferenceVLPromptLearner
+from .rpp import ReferenceRPP, ReferenceRPPPromptLearner
+from .softcpt import ReferenceSoftCPT
 from .text_encoder import ReferenceTextEncoder
 from .vision import reference_encode_image_deep
+from .vpt import ReferenceVPT
 
 __all__ = [
-    "ReferenceTextEncoder",
-    "ReferenceCoOp",
-    "ReferenceCoCoOp",
-    "reference_encode_image_deep",
-    "ReferenceCoOpPromptLearner",
-    "ReferenceCoCoOpPromptLearner",
+    "ReferenceTextEncoder", "reference_encode_image_deep",
+    "ReferenceCoOp", "ReferenceCoOpPromptLearner", "ReferenceCoCoOp", "ReferenceCoCoOpPromptLearner",
+    "ReferenceMaPLe", "ReferenceMaPLePromptLearner", "ReferencePromptSRC", "ReferenceVLPromptLearner",
+    "ReferenceVPT", "ReferenceKgCoOp", "ReferenceKgCoOpPromptLearner", "ReferencePRE",
+    "ReferencePREPromptLearner", "ReferenceSoftCPT", "ReferencePOMP", "ReferencePOMPPromptLearner",
+    "ReferenceRPP", "ReferenceRPPPromptLearner",
 ]

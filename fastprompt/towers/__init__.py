@@ -1,7 +1,9 @@
 """Functional CLIP towers over open_clip's own weights (the only callers of ``fastprompt.ops``)."""
 from .blocks import BlockView, block_views
+from .prompt_rows import QKVPrompt
 from .text import TextTower
 from .text_plan import TextPlan, build_text_plan, ctx_source
 from .vision import VisionTower
 
-__all__ = ["BlockView", "block_views", "TextTower", "TextPlan", "build_text_plan", "ctx_source", "VisionTower"]
+__all__ = ["BlockView", "block_views", "QKVPrompt", "TextTower", "TextPlan", "build_text_plan", "ctx_source",
+           "VisionTower"]

@@ -74,6 +74,33 @@ class BlockView:
             k = self.ln_k(k)
         return k, v
 
+    def _project(self, x: torch.Tensor, part: int) -> torch.Tensor:
+        """LN_1 then slice ``part`` (0 = q, 1 = k, 2 = v) of the in-projection: ``[..., D] -> [..., H, d]``."""
+        rows = slice(part * self.width, (part + 1) * self.width)
+        b = None if self.attn.in_proj_bias is None else self.attn.in_proj_bias[rows]
+        out = F.linear(self.block.ln_1(x), self.attn.in_proj_weight[rows], b)
+        return out.unflatten(-1, (self.heads, self.head_dim))
+
+    def prompt_heads(self, prompt, need_q: bool, dtype: Optional[torch.dtype] = None):
+        """Head tensors ``(q or None, k, v)``, each ``[M, H, d]``, of a :class:`QKVPrompt`.
+
+        Width-space rows go through ``ln_1`` and their own slice of the in-projection (query
+        rows through W_q, key rows through W_k, value rows through W_v; qk-norm as the block
+        does); head-space rows are returned as they are. ``need_q=False`` skips the query
+        (rows whose output is discarded).
+        """
+        cast = (lambda t: t) if dtype is None else (lambda t: t.to(dtype))
+        if need_q and prompt.q is None:
+            raise ValueError("the query prompt is needed at this layer (its rows' outputs survive) but q is None")
+        if prompt.head_space:
+            return (cast(prompt.q) if need_q else None), cast(prompt.k), cast(prompt.v)
+        k, v = self._project(cast(prompt.k), 1), self._project(cast(prompt.v), 2)
+        q = self._project(cast(prompt.q), 0) if need_q else None
+        if self.has_qk_norm:
+            k = self.ln_k(k)
+            q = None if q is None else self.ln_q(q)
+        return q, k, v
+
     def attention_output(self, o: torch.Tensor) -> torch.Tensor:
         """Heads back to width and the out-projection: ``[..., H, d] -> [..., D]``."""
         if self.head_scale is not None:

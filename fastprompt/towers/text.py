@@ -22,6 +22,7 @@ from torch import nn
 
 from ..ops import prompt_attention
 from .blocks import block_views
+from .prompt_rows import QKVPrompt
 from .text_plan import TextPlan, build_text_plan
 
 
@@ -121,7 +122,7 @@ class TextTower:
     # ---- the encoder -------------------------------------------------------------------------
     def forward(self, plan: TextPlan, prefix: torch.Tensor, suffix: torch.Tensor,
                 prefix_overrides: Optional[Sequence[Optional[torch.Tensor]]] = None,
-                override_start: int = 1) -> torch.Tensor:
+                override_start: int = 1, prefix_prompts: Optional[Sequence[QKVPrompt]] = None) -> torch.Tensor:
         """Encode the plan's sequences; returns ``[N, E]`` text features (not normalised).
 
         Args:
@@ -132,6 +133,9 @@ class TextTower:
                 *replace* prefix rows ``override_start .. override_start+M-1`` before that layer
                 (deep text prompts: MaPLe, PromptSRC, IVLP). Entry 0 is ignored when None.
             override_start: first prefix row replaced by the overrides (1 = right after SOT).
+            prefix_prompts: instead of ``prefix_overrides``, J :class:`QKVPrompt` with separate
+                query, key and value rows for prefix rows ``override_start ..
+                override_start+M-1`` in layers ``0 .. J-1`` (RPP); see :meth:`_prompted_prefix_layer`.
         """
         plan = plan.to(self.device)
         groups, p_len, n_seq, max_len = plan.n_groups, plan.prefix_len, plan.n_sequences, plan.max_len
@@ -145,13 +149,16 @@ class TextTower:
         group = plan.group if groups > 1 else None
         seqlens = plan.seqlens
         heads, head_dim = self.heads, self.width // self.heads
+        prefix_prompts = self._check_prefix_prompts(prefix_prompts, prefix_overrides, override_start, p_len)
 
         for layer, blk in enumerate(self.blocks):
             last = layer == self.layers - 1
             if prefix_overrides is not None and layer < len(prefix_overrides) and prefix_overrides[layer] is not None:
                 xp = _replace_rows(xp, prefix_overrides[layer], override_start)
             pk = pv = None
-            if p_len > 0:
+            if prefix_prompts and layer < len(prefix_prompts):
+                xp, pk, pv = self._prompted_prefix_layer(blk, layer, xp, prefix_prompts, override_start, pos)
+            elif p_len > 0:
                 if last:  # prefix outputs are never read after the last layer: K/V only
                     pk, pv = blk.kv(xp)
                 else:
@@ -173,6 +180,71 @@ class TextTower:
         return self.project(xs)
 
     __call__ = forward
+
+    def _check_prefix_prompts(self, prompts, overrides, start: int, p_len: int):
+        if prompts is None:
+            return None
+        prompts = list(prompts)
+        if overrides is not None:
+            raise ValueError("pass either prefix_overrides or prefix_prompts, not both")
+        if len(prompts) > self.layers:
+            raise ValueError(f"prefix_prompts has {len(prompts)} layers but the text tower has {self.layers}")
+        for j, p in enumerate(prompts):
+            if not isinstance(p, QKVPrompt):
+                raise ValueError(f"prefix_prompts[{j}] must be a QKVPrompt, got {type(p).__name__}")
+            p.check(f"prefix_prompts[{j}]", self.width, self.heads, prompts[0].n_rows)
+        if prompts and (start < 1 or start + prompts[0].n_rows > p_len):
+            raise ValueError(f"{prompts[0].n_rows} prompt rows starting at override_start={start} do not fit in a "
+                             f"prefix of {p_len} rows after SOT")
+        return prompts
+
+    def _prompted_prefix_layer(self, blk, layer: int, xp: torch.Tensor, prompts: Sequence[QKVPrompt], start: int,
+                               pos: torch.Tensor):
+        """One layer of the shared prefix with unshared q/k/v prompt rows (RPP).
+
+        Returns ``(xp after the layer, prefix keys [G, P, H, d], prefix values)``. The prompt rows
+        occupy prefix positions ``start .. start+M-1`` (the context slots), so the causal order
+        is that of the literal prompt ``[SOT][prompt rows][rest of the prefix]``: SOT never sees
+        the prompt rows, every later prefix row and every class suffix (which sees the whole
+        prefix block) sees all of them. Their keys and values replace the rows' own in the
+        per-layer prefix K/V block that all classes read.
+
+        * Layer 0: width-space rows get the positional embedding of their positions (as CoOp's
+          context vectors do); head-space rows do not.
+        * Layers ``j < J-1``: the rows' outputs are discarded (the next layer replaces them), so
+          only their keys/values are used; their queries and residual rows are never read.
+        * Layer ``J-1`` (unless it is the last layer): the rows' outputs survive, so the query
+          prompts drive their attention and ``residual`` replaces their hidden rows; from layer
+          ``J`` on they are ordinary prefix rows.
+        """
+        p = prompts[layer]
+        m, groups = p.n_rows, xp.shape[0]
+        last = layer == self.layers - 1
+        survive = layer == len(prompts) - 1 and not last
+        if layer == 0:
+            p = p.map_width_rows(lambda r: r.to(xp.dtype) + pos[start:start + m])
+        qh, kh, vh = blk.prompt_heads(p, need_q=survive, dtype=xp.dtype)
+
+        def put(t, rows):
+            return torch.cat([t[:, :start], rows.expand(groups, *rows.shape), t[:, start + m:]], dim=1)
+
+        if last:  # prefix outputs are never read after the last layer: K/V only
+            kp, vp = blk.kv(xp)
+            return xp, put(kp, kh), put(vp, vh)
+        if survive:
+            if p.residual is None:
+                raise ValueError(f"prefix_prompts[{layer}].residual is needed: layer {layer} is the last prompted "
+                                 "layer, whose prompt outputs propagate")
+            xp = _replace_rows(xp, p.residual, start)
+        qp, kp, vp = blk.qkv(xp)
+        kp, vp = put(kp, kh), put(vp, vh)
+        if survive:
+            qp = put(qp, qh)
+        # Non-surviving layers: the prompt rows' own outputs (from stale queries) are computed with the
+        # other prefix rows but never reach a real row (causal + K/V replaced) and are replaced next layer.
+        op, _ = prompt_attention(qp, kp, vp, causal=True, return_lse=False, backend=self.backend)
+        xp = blk.add_mlp(blk.add_attention(xp, blk.attention_output(op)))
+        return xp, kp, vp
 
     def project(self, eot_rows: torch.Tensor) -> torch.Tensor:
         """``ln_final`` and the text projection of the pooled EOT rows ``[N, D] -> [N, E]``."""

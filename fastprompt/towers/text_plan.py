@@ -139,9 +139,14 @@ class TextPlan:
             raise ValueError(f"sequence indices must lie in [0, {self.n_sequences}), got "
                              f"[{int(idx.min())}, {int(idx.max())}]")
         plan = self if self.prefix_src.device.type == "cpu" else self.to("cpu")
-        seqs = plan._sequences()
-        return TextPlan(plan.prefix_src, torch.cat([seqs[i] for i in idx.tolist()]), plan.seqlens[idx],
-                        plan.group[idx], plan.n_groups, plan.class_index[idx], plan.eot_positions[idx])
+        # Vectorised gather of the chosen suffixes (no Python loop over the N sequences: POMP
+        # selects ~1000 of ~20K classes every step).
+        starts = torch.cumsum(plan.seqlens, 0) - plan.seqlens
+        lens = plan.seqlens[idx]
+        out_starts = torch.cumsum(lens, 0) - lens
+        tokens = torch.repeat_interleave(starts[idx] - out_starts, lens) + torch.arange(int(lens.sum()))
+        return TextPlan(plan.prefix_src, plan.suffix_src[tokens], lens, plan.group[idx], plan.n_groups,
+                        plan.class_index[idx], plan.eot_positions[idx])
 
     def repeat(self, n_groups: int) -> "TextPlan":
         """These sequences once per group ``0..n_groups-1`` (cached); needs a one-group plan."""

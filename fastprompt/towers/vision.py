@@ -22,6 +22,7 @@ from torch import nn
 
 from ..ops import prompt_attention
 from .blocks import block_views
+from .prompt_rows import QKVPrompt
 
 
 class VisionTower:
@@ -55,7 +56,8 @@ class VisionTower:
         x = torch.cat([cls, x], dim=1) + v.positional_embedding.to(x.dtype)
         return v.patch_dropout(x)
 
-    def forward(self, images: torch.Tensor, deep_prompts: Optional[Sequence[torch.Tensor]] = None) -> torch.Tensor:
+    def forward(self, images: torch.Tensor, deep_prompts: Optional[Sequence[torch.Tensor]] = None,
+                qkv_prompts: Optional[Sequence[QKVPrompt]] = None) -> torch.Tensor:
         """Image features ``[B, E]`` (not normalised).
 
         Args:
@@ -63,7 +65,14 @@ class VisionTower:
             deep_prompts: J tensors ``[M, W]`` (J <= layers): ``deep_prompts[0]`` is appended before
                 ``ln_pre``; ``deep_prompts[j]`` replaces the prompt rows before layer ``j``; the
                 rows leaving layer ``J-1`` propagate. ``None`` or empty: plain CLIP.
+            qkv_prompts: instead of ``deep_prompts``, J :class:`QKVPrompt` with separate query,
+                key and value rows per layer (RPP); same replace-then-propagate semantics, see
+                :meth:`forward_qkv_prompts`.
         """
+        if qkv_prompts is not None:
+            if deep_prompts:
+                raise ValueError("pass either deep_prompts or qkv_prompts, not both")
+            return self.forward_qkv_prompts(images, qkv_prompts)
         deep_prompts = list(deep_prompts or [])
         n_prompted = len(deep_prompts)
         if n_prompted > self.layers:
@@ -101,6 +110,89 @@ class VisionTower:
         return self.pool(x, n_image_tokens)
 
     __call__ = forward
+
+    def forward_qkv_prompts(self, images: torch.Tensor, prompts: Sequence[QKVPrompt]) -> torch.Tensor:
+        """Image features ``[B, E]`` with unshared query/key/value prompts (RPP).
+
+        ``prompts[j]`` holds layer ``j``'s rows (J <= layers). The rows sit after the image
+        tokens, as appended deep prompts do, and follow the same replace-then-propagate
+        semantics:
+
+        * layer 0: width-space rows (q, k, v and ``residual``) enter through ``ln_pre``, like
+          ``deep_prompts[0]``; head-space rows skip it;
+        * layers ``j < J-1``: the rows' outputs are discarded (layer ``j+1`` replaces them), so they
+          only lend keys and values: computed once per layer (``[1, M, H, d]``) and read by every
+          image as the op's G = 1 prompt block. Their queries and residual rows are never read
+          (their gradient is exactly zero);
+        * layer ``J-1``: the rows' outputs survive, so the rows become per-image tokens: query
+          from ``q``, key/value from ``k``/``v``, residual stream from ``residual``; from layer
+          ``J`` on they are ordinary tokens. When ``J-1`` is the last layer their outputs are not
+          pooled, so there too they only lend keys and values.
+        """
+        prompts = list(prompts)
+        n_prompted = len(prompts)
+        if n_prompted == 0:
+            return self.forward(images)
+        if n_prompted > self.layers:
+            raise ValueError(f"qkv_prompts has {n_prompted} layers but the vision tower has {self.layers}")
+        for j, p in enumerate(prompts):
+            if not isinstance(p, QKVPrompt):
+                raise ValueError(f"qkv_prompts[{j}] must be a QKVPrompt, got {type(p).__name__}")
+            p.check(f"qkv_prompts[{j}]", self.width, self.heads, prompts[0].n_rows)
+        v = self.visual
+        x = v.ln_pre(self.embed(images))
+        batch, dtype = x.shape[0], x.dtype
+        appended = 0
+        for layer, blk in enumerate(self.blocks):
+            last = layer == self.layers - 1
+            if layer < n_prompted:
+                p = prompts[layer]
+                if layer == 0:
+                    p = p.map_width_rows(lambda r: v.ln_pre(r.to(dtype)))
+                survive = layer == n_prompted - 1 and not last
+                q_p, k_p, v_p = blk.prompt_heads(p, need_q=survive, dtype=dtype)
+                if not survive:
+                    if last:
+                        x = self._finish_last_layer(blk, x, k_p, v_p)
+                    else:
+                        x = blk.forward_dense(x, pk=k_p[None], pv=v_p[None], backend=self.backend)
+                    continue
+                # The rows' outputs survive: they become per-image tokens from here on.
+                if p.residual is None:
+                    raise ValueError(f"qkv_prompts[{layer}].residual is needed: layer {layer} is the last prompted "
+                                     "layer, whose prompt outputs propagate")
+                q, k, vv = blk.qkv(x)
+                rows = p.residual.to(dtype)
+                expand = lambda t: t.expand(batch, *t.shape)  # noqa: E731
+                q, k, vv = (torch.cat([a, expand(b)], dim=1) for a, b in ((q, q_p), (k, k_p), (vv, v_p)))
+                o, _ = prompt_attention(q, k, vv, return_lse=False, backend=self.backend)
+                x = torch.cat([x, expand(rows)], dim=1)
+                x = blk.add_mlp(blk.add_attention(x, blk.attention_output(o)))
+                appended = p.n_rows
+            elif last:
+                x = self._finish_last_layer(blk, x)
+            else:
+                x = blk.forward_dense(x, backend=self.backend)
+        return self.pool(x, x.shape[1] - appended)
+
+    def _finish_last_layer(self, blk, x: torch.Tensor, pk: Optional[torch.Tensor] = None,
+                           pv: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """The last block, computing only the rows that are pooled; ``pk/pv [M, H, d]``: extra
+        batch-shared prompt keys/values every row reads."""
+        if self.visual.pool_type != "tok":
+            if pk is None:
+                return blk.forward_dense(x, backend=self.backend)
+            return blk.forward_dense(x, pk=pk[None], pv=pv[None], backend=self.backend)
+        # Only the class token is pooled: every other row (and the prompt block) lends keys/values.
+        batch = x.shape[0]
+        q, k, v = blk.qkv(x)
+        rest_k, rest_v = k[:, 1:], v[:, 1:]
+        if pk is not None:
+            rest_k = torch.cat([rest_k, pk.expand(batch, *pk.shape)], dim=1)
+            rest_v = torch.cat([rest_v, pv.expand(batch, *pv.shape)], dim=1)
+        o, _ = prompt_attention(q[:, :1], k[:, :1], v[:, :1], rest_k, rest_v,
+                                group=torch.arange(batch, device=x.device), return_lse=False, backend=self.backend)
+        return blk.add_mlp(blk.add_attention(x[:, :1], blk.attention_output(o)))
 
     def pool(self, x: torch.Tensor, n_image_tokens: int) -> torch.Tensor:
         """open_clip's pooling (``ln_post`` before/after the pool) and projection."""

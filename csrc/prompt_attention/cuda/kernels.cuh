@@ -1,0 +1,432 @@
+// CUDA kernels of prompt-concatenated attention (see ../prompt_attention.h for the math).
+//
+// Layout of the work. One warp owns one row: a query row in the forward and in the dq
+// kernel, a key row in the dk/dv and dpk/dpv kernels. A block of kWarps warps shares tiles
+// of kTile keys (or query rows) staged in shared memory as the accumulation type; inside a
+// tile, lane j computes the dot product for key (or query row) j, and the weighted sums over
+// the tile run on the lanes' slice of the head dimension (lane l owns elements l, l+32, ...),
+// with the tile's weights broadcast by warp shuffles.
+//
+// The prompt block is read straight from pk[group[n]] (a G = 1 block is read by every
+// sequence with batch stride 0); the forward's online softmax covers the prompt block first,
+// then the visible own keys. The backward recomputes probabilities from lse. dpk / dpv are
+// reduced over the sequences of each group inside a block (sequences sorted by group, one
+// chunk of them per block) and flushed with one atomicAdd per element and group change.
+#pragma once
+
+#include <cuda.h>
+#include <cuda_runtime.h>
+
+#include <c10/util/BFloat16.h>
+#include <c10/util/Half.h>
+
+#include <cmath>
+#include <cstdint>
+
+namespace fastprompt {
+namespace cuda_kernels {
+
+constexpr int kWarp = 32;
+constexpr int kWarps = 4;  // rows per block (one warp each)
+constexpr int kTile = 32;  // keys or query rows per shared-memory tile (one per lane)
+constexpr unsigned kFullMask = 0xffffffffu;
+
+template <typename T>
+struct Rows {  // rows of a [A, B, H, d] tensor with a unit last stride
+  const T* data;
+  int64_t s0, s1, s2;
+  __device__ __forceinline__ const T* row(int64_t a, int64_t b, int64_t h) const {
+    return data + a * s0 + b * s1 + h * s2;
+  }
+};
+
+template <typename T>
+struct Params {
+  Rows<T> q, k, v, pk, pv, dout;
+  const int64_t* group;    // [N] or nullptr (every sequence reads block 0)
+  const int64_t* seqlens;  // [N] or nullptr (every sequence has L tokens)
+  const int64_t* order;    // [N] sequences sorted by group, or nullptr (identity); dpk kernel
+  const float* lse;        // [N, H, L] (backward)
+  const float* delta;      // [N, H, L] dout . out - dlse (backward)
+  int64_t N, L, H, d, P;
+  int64_t row_tiles;       // ceil(L / kWarps) (forward, dq, dk/dv grids)
+  int64_t key_tiles;       // ceil(P / kWarps) (dpk grid)
+  int64_t chunk;           // sequences per block (dpk grid)
+  float scale;
+  bool causal;
+  T* out;                  // forward: out [N, L, H, d]; dq kernel: dq
+  float* lse_out;          // forward: lse [N, H, L]
+  T* dk;                   // dk/dv kernel
+  T* dv;
+  float* dpk;              // dpk/dpv kernel: float accumulators [G, P, H, d]
+  float* dpv;
+};
+
+__device__ __forceinline__ float warp_max(float x) {
+#pragma unroll
+  for (int o = kWarp / 2; o > 0; o >>= 1) x = fmaxf(x, __shfl_xor_sync(kFullMask, x, o));
+  return x;
+}
+
+__device__ __forceinline__ float warp_sum(float x) {
+#pragma unroll
+  for (int o = kWarp / 2; o > 0; o >>= 1) x += __shfl_xor_sync(kFullMask, x, o);
+  return x;
+}
+
+template <typename T>
+__device__ __forceinline__ float to_float(T x) { return static_cast<float>(x); }
+
+__device__ __forceinline__ int64_t imin(int64_t a, int64_t b) { return a < b ? a : b; }
+
+template <int D>
+__device__ __forceinline__ float dot_smem(const float* a, const float* b) {
+  float s = 0.f;
+#pragma unroll 16
+  for (int e = 0; e < D; ++e) s = fmaf(a[e], b[e], s);
+  return s;
+}
+
+// Row stride of a shared-memory tile: one padding element keeps lanes that read different
+// rows of the same column on different banks.
+template <int D>
+constexpr int smem_stride() { return D + 1; }
+
+// Stages `count` rows (row(r) for r < count, zeros beyond, zeros past d) as floats.
+template <typename T, int D, typename RowFn>
+__device__ __forceinline__ void stage_tile(float* dst, int64_t count, int64_t d, RowFn row) {
+  constexpr int S = smem_stride<D>();
+  for (int idx = threadIdx.x; idx < kTile * D; idx += blockDim.x) {
+    const int r = idx / D, e = idx % D;
+    float x = 0.f;
+    if (r < count && e < d) x = to_float(row(r)[e]);
+    dst[r * S + e] = x;
+  }
+}
+
+// One warp stages one row (zeros past d or when !valid).
+template <typename T, int D>
+__device__ __forceinline__ void stage_row(float* dst, const T* src, bool valid, int64_t d, int lane) {
+#pragma unroll
+  for (int t = 0; t < D / kWarp; ++t) {
+    const int e = lane + kWarp * t;
+    dst[e] = (valid && e < d) ? to_float(src[e]) : 0.f;
+  }
+}
+
+template <typename T, int D>
+__device__ __forceinline__ void write_row(T* dst, const float (&x)[D / kWarp], float scale, int64_t d,
+                                          int lane) {
+#pragma unroll
+  for (int t = 0; t < D / kWarp; ++t) {
+    const int e = lane + kWarp * t;
+    if (e < d) dst[e] = static_cast<T>(x[t] * scale);
+  }
+}
+
+// ---------------------------------------------------------------------------------------
+// Forward: grid (N * row_tiles, H), block kWarps warps; warp w computes query row
+// tile * kWarps + w of sequence n.
+template <typename T, int D>
+__global__ void __launch_bounds__(kWarps * kWarp) forward_kernel(Params<T> p) {
+  constexpr int S = smem_stride<D>();
+  constexpr int DPL = D / kWarp;
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  float* Ks = reinterpret_cast<float*>(smem_raw);
+  float* Vs = Ks + kTile * S;
+  float* Qs = Vs + kTile * S;  // kWarps rows
+
+  const int warp = threadIdx.x / kWarp, lane = threadIdx.x % kWarp;
+  const int64_t n = blockIdx.x / p.row_tiles;
+  const int64_t i0 = (blockIdx.x % p.row_tiles) * kWarps;
+  const int64_t i = i0 + warp;
+  const int64_t h = blockIdx.y;
+  const int64_t len = p.seqlens ? p.seqlens[n] : p.L;
+  T* out_row = p.out + ((n * p.L + i) * p.H + h) * p.d;
+  float* lse_row = p.lse_out + (n * p.H + h) * p.L + i;
+
+  if (i0 >= len) {  // the whole block lies past the sequence: rows are not computed
+    if (i < p.L) {
+      for (int64_t e = lane; e < p.d; e += kWarp) out_row[e] = static_cast<T>(0.f);
+      if (lane == 0) *lse_row = -INFINITY;
+    }
+    return;
+  }
+  const bool valid = i < len;
+  stage_row<T, D>(Qs + warp * S, p.q.row(n, valid ? i : 0, h), valid, p.d, lane);
+  const int64_t g = p.group ? p.group[n] : 0;
+  // Own keys any row of this block can see.
+  const int64_t own_end = p.causal ? imin(len, i0 + kWarps) : len;
+
+  float m = -INFINITY, l = 0.f, acc[DPL];
+#pragma unroll
+  for (int t = 0; t < DPL; ++t) acc[t] = 0.f;
+
+  for (int phase = 0; phase < 2; ++phase) {  // 0: prompt block, 1: own keys
+    const int64_t n_keys = phase == 0 ? p.P : own_end;
+    for (int64_t t0 = 0; t0 < n_keys; t0 += kTile) {
+      __syncthreads();  // the previous tile is consumed (and Qs is written before first use)
+      const int64_t count = imin(kTile, n_keys - t0);
+      if (phase == 0) {
+        stage_tile<T, D>(Ks, count, p.d, [&](int r) { return p.pk.row(g, t0 + r, h); });
+        stage_tile<T, D>(Vs, count, p.d, [&](int r) { return p.pv.row(g, t0 + r, h); });
+      } else {
+        stage_tile<T, D>(Ks, count, p.d, [&](int r) { return p.k.row(n, t0 + r, h); });
+        stage_tile<T, D>(Vs, count, p.d, [&](int r) { return p.v.row(n, t0 + r, h); });
+      }
+      __syncthreads();
+      const int64_t key = t0 + lane;
+      const bool visible = valid && lane < count && (phase == 0 || !p.causal || key <= i);
+      float s = -INFINITY;
+      if (visible) s = dot_smem<D>(Qs + warp * S, Ks + lane * S) * p.scale;
+      const float m_new = fmaxf(m, warp_max(s));
+      if (m_new == -INFINITY) continue;  // nothing visible yet (warp-uniform)
+      const float pj = visible ? expf(s - m_new) : 0.f;
+      const float alpha = (m == -INFINITY) ? 0.f : expf(m - m_new);
+      l = l * alpha + warp_sum(pj);
+#pragma unroll
+      for (int t = 0; t < DPL; ++t) acc[t] *= alpha;
+      for (int j = 0; j < kTile; ++j) {
+        const float w = __shfl_sync(kFullMask, pj, j);
+#pragma unroll
+        for (int t = 0; t < DPL; ++t) acc[t] = fmaf(w, Vs[j * S + lane + kWarp * t], acc[t]);
+      }
+      m = m_new;
+    }
+  }
+  if (valid) {
+    write_row<T, D>(out_row, acc, 1.f / l, p.d, lane);
+    if (lane == 0) *lse_row = m + logf(l);
+  } else if (i < p.L) {
+    for (int64_t e = lane; e < p.d; e += kWarp) out_row[e] = static_cast<T>(0.f);
+    if (lane == 0) *lse_row = -INFINITY;
+  }
+}
+
+// ---------------------------------------------------------------------------------------
+// Backward, dq: same grid as the forward. With p = exp(s - lse) and ds = p (dout . v - delta),
+// dq_i = scale * sum_j ds_ij k_j over the prompt block and the visible own keys.
+template <typename T, int D>
+__global__ void __launch_bounds__(kWarps * kWarp) dq_kernel(Params<T> p) {
+  constexpr int S = smem_stride<D>();
+  constexpr int DPL = D / kWarp;
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  float* Ks = reinterpret_cast<float*>(smem_raw);
+  float* Vs = Ks + kTile * S;
+  float* Qs = Vs + kTile * S;   // kWarps rows
+  float* dOs = Qs + kWarps * S;  // kWarps rows
+
+  const int warp = threadIdx.x / kWarp, lane = threadIdx.x % kWarp;
+  const int64_t n = blockIdx.x / p.row_tiles;
+  const int64_t i0 = (blockIdx.x % p.row_tiles) * kWarps;
+  const int64_t i = i0 + warp;
+  const int64_t h = blockIdx.y;
+  const int64_t len = p.seqlens ? p.seqlens[n] : p.L;
+  T* dq_row = p.out + ((n * p.L + i) * p.H + h) * p.d;
+
+  if (i0 >= len) {
+    if (i < p.L) for (int64_t e = lane; e < p.d; e += kWarp) dq_row[e] = static_cast<T>(0.f);
+    return;
+  }
+  const bool valid = i < len;
+  stage_row<T, D>(Qs + warp * S, p.q.row(n, valid ? i : 0, h), valid, p.d, lane);
+  stage_row<T, D>(dOs + warp * S, p.dout.row(n, valid ? i : 0, h), valid, p.d, lane);
+  const float lse_i = valid ? p.lse[(n * p.H + h) * p.L + i] : 0.f;
+  const float delta_i = valid ? p.delta[(n * p.H + h) * p.L + i] : 0.f;
+  const int64_t g = p.group ? p.group[n] : 0;
+  const int64_t own_end = p.causal ? imin(len, i0 + kWarps) : len;
+
+  float dq[DPL];
+#pragma unroll
+  for (int t = 0; t < DPL; ++t) dq[t] = 0.f;
+
+  for (int phase = 0; phase < 2; ++phase) {
+    const int64_t n_keys = phase == 0 ? p.P : own_end;
+    for (int64_t t0 = 0; t0 < n_keys; t0 += kTile) {
+      __syncthreads();
+      const int64_t count = imin(kTile, n_keys - t0);
+      if (phase == 0) {
+        stage_tile<T, D>(Ks, count, p.d, [&](int r) { return p.pk.row(g, t0 + r, h); });
+        stage_tile<T, D>(Vs, count, p.d, [&](int r) { return p.pv.row(g, t0 + r, h); });
+      } else {
+        stage_tile<T, D>(Ks, count, p.d, [&](int r) { return p.k.row(n, t0 + r, h); });
+        stage_tile<T, D>(Vs, count, p.d, [&](int r) { return p.v.row(n, t0 + r, h); });
+      }
+      __syncthreads();
+      const int64_t key = t0 + lane;
+      const bool visible = valid && lane < count && (phase == 0 || !p.causal || key <= i);
+      float ds = 0.f;
+      if (visible) {
+        const float prob = expf(dot_smem<D>(Qs + warp * S, Ks + lane * S) * p.scale - lse_i);
+        ds = prob * (dot_smem<D>(dOs + warp * S, Vs + lane * S) - delta_i);
+      }
+      for (int j = 0; j < kTile; ++j) {
+        const float w = __shfl_sync(kFullMask, ds, j);
+#pragma unroll
+        for (int t = 0; t < DPL; ++t) dq[t] = fmaf(w, Ks[j * S + lane + kWarp * t], dq[t]);
+      }
+    }
+  }
+  if (valid) {
+    write_row<T, D>(dq_row, dq, p.scale, p.d, lane);
+  } else if (i < p.L) {
+    for (int64_t e = lane; e < p.d; e += kWarp) dq_row[e] = static_cast<T>(0.f);
+  }
+}
+
+// Accumulates, for the key row staged at Kr / Vr (one per warp), the contributions of query
+// rows r0 .. r0 + kTile of sequence n: dk += ds * q, dv += p * dout.
+// `first_visible_row` is the first query row that sees this key (0, or the key's own
+// position for a causal own key).
+template <typename T, int D>
+__device__ __forceinline__ void key_tile_step(const Params<T>& p, int64_t n, int64_t h, int64_t len,
+                                              int64_t r0, bool key_valid, int64_t first_visible_row,
+                                              const float* Kr, const float* Vr, float* Qs, float* dOs,
+                                              float* lse_s, float* delta_s, float (&dk)[D / kWarp],
+                                              float (&dv)[D / kWarp], int lane) {
+  constexpr int S = smem_stride<D>();
+  constexpr int DPL = D / kWarp;
+  const int64_t count = imin(kTile, len - r0);
+  __syncthreads();
+  stage_tile<T, D>(Qs, count, p.d, [&](int r) { return p.q.row(n, r0 + r, h); });
+  stage_tile<T, D>(dOs, count, p.d, [&](int r) { return p.dout.row(n, r0 + r, h); });
+  for (int r = threadIdx.x; r < kTile; r += blockDim.x) {
+    const bool in = r < count;
+    lse_s[r] = in ? p.lse[(n * p.H + h) * p.L + r0 + r] : 0.f;
+    delta_s[r] = in ? p.delta[(n * p.H + h) * p.L + r0 + r] : 0.f;
+  }
+  __syncthreads();
+  const int64_t row = r0 + lane;
+  const bool visible = key_valid && lane < count && row >= first_visible_row;
+  float prob = 0.f, ds = 0.f;
+  if (visible) {
+    prob = expf(dot_smem<D>(Qs + lane * S, Kr) * p.scale - lse_s[lane]);
+    ds = prob * (dot_smem<D>(dOs + lane * S, Vr) - delta_s[lane]);
+  }
+  for (int r = 0; r < kTile; ++r) {
+    const float wp = __shfl_sync(kFullMask, prob, r);
+    const float ws = __shfl_sync(kFullMask, ds, r);
+#pragma unroll
+    for (int t = 0; t < DPL; ++t) {
+      dv[t] = fmaf(wp, dOs[r * S + lane + kWarp * t], dv[t]);
+      dk[t] = fmaf(ws, Qs[r * S + lane + kWarp * t], dk[t]);
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------
+// Backward, dk / dv of own keys: grid (N * row_tiles, H); warp w owns key row tile*kWarps + w.
+template <typename T, int D>
+__global__ void __launch_bounds__(kWarps * kWarp) dkv_kernel(Params<T> p) {
+  constexpr int S = smem_stride<D>();
+  constexpr int DPL = D / kWarp;
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  float* Qs = reinterpret_cast<float*>(smem_raw);
+  float* dOs = Qs + kTile * S;
+  float* Kr = dOs + kTile * S;  // kWarps rows
+  float* Vr = Kr + kWarps * S;  // kWarps rows
+  float* lse_s = Vr + kWarps * S;
+  float* delta_s = lse_s + kTile;
+
+  const int warp = threadIdx.x / kWarp, lane = threadIdx.x % kWarp;
+  const int64_t n = blockIdx.x / p.row_tiles;
+  const int64_t j0 = (blockIdx.x % p.row_tiles) * kWarps;
+  const int64_t j = j0 + warp;
+  const int64_t h = blockIdx.y;
+  const int64_t len = p.seqlens ? p.seqlens[n] : p.L;
+  T* dk_row = p.dk + ((n * p.L + j) * p.H + h) * p.d;
+  T* dv_row = p.dv + ((n * p.L + j) * p.H + h) * p.d;
+
+  if (j0 >= len) {  // masked keys: zero gradient
+    if (j < p.L) {
+      for (int64_t e = lane; e < p.d; e += kWarp) {
+        dk_row[e] = static_cast<T>(0.f);
+        dv_row[e] = static_cast<T>(0.f);
+      }
+    }
+    return;
+  }
+  const bool valid = j < len;
+  stage_row<T, D>(Kr + warp * S, p.k.row(n, valid ? j : 0, h), valid, p.d, lane);
+  stage_row<T, D>(Vr + warp * S, p.v.row(n, valid ? j : 0, h), valid, p.d, lane);
+  float dk[DPL], dv[DPL];
+#pragma unroll
+  for (int t = 0; t < DPL; ++t) dk[t] = dv[t] = 0.f;
+  for (int64_t r0 = p.causal ? j0 : 0; r0 < len; r0 += kTile) {
+    key_tile_step<T, D>(p, n, h, len, r0, valid, p.causal ? j : 0, Kr + warp * S, Vr + warp * S, Qs,
+                        dOs, lse_s, delta_s, dk, dv, lane);
+  }
+  if (valid) {
+    write_row<T, D>(dk_row, dk, p.scale, p.d, lane);
+    write_row<T, D>(dv_row, dv, 1.f, p.d, lane);
+  } else if (j < p.L) {
+    for (int64_t e = lane; e < p.d; e += kWarp) {
+      dk_row[e] = static_cast<T>(0.f);
+      dv_row[e] = static_cast<T>(0.f);
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------
+// Backward, dpk / dpv: grid (n_chunks * key_tiles, H); warp w owns prompt key
+// tile*kWarps + w, the block walks `chunk` sequences in group order and adds each group's
+// sum into the float accumulators with one atomicAdd per element.
+template <typename T, int D>
+__global__ void __launch_bounds__(kWarps * kWarp) dpkv_kernel(Params<T> p) {
+  constexpr int S = smem_stride<D>();
+  constexpr int DPL = D / kWarp;
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  float* Qs = reinterpret_cast<float*>(smem_raw);
+  float* dOs = Qs + kTile * S;
+  float* Kr = dOs + kTile * S;
+  float* Vr = Kr + kWarps * S;
+  float* lse_s = Vr + kWarps * S;
+  float* delta_s = lse_s + kTile;
+
+  const int warp = threadIdx.x / kWarp, lane = threadIdx.x % kWarp;
+  const int64_t c = blockIdx.x / p.key_tiles;
+  const int64_t key = (blockIdx.x % p.key_tiles) * kWarps + warp;
+  const int64_t h = blockIdx.y;
+  const bool key_valid = key < p.P;
+  const int64_t pos_end = imin(p.N, (c + 1) * p.chunk);
+
+  float dk[DPL], dv[DPL];
+#pragma unroll
+  for (int t = 0; t < DPL; ++t) dk[t] = dv[t] = 0.f;
+  int64_t current = -1;  // group whose sums dk / dv hold
+
+  auto flush = [&]() {
+    if (current < 0 || !key_valid) return;
+#pragma unroll
+    for (int t = 0; t < DPL; ++t) {
+      const int e = lane + kWarp * t;
+      if (e < p.d) {
+        const int64_t at = ((current * p.P + key) * p.H + h) * p.d + e;
+        atomicAdd(p.dpk + at, dk[t] * p.scale);
+        atomicAdd(p.dpv + at, dv[t]);
+      }
+      dk[t] = dv[t] = 0.f;
+    }
+  };
+
+  for (int64_t pos = c * p.chunk; pos < pos_end; ++pos) {
+    const int64_t n = p.order ? p.order[pos] : pos;
+    const int64_t g = p.group ? p.group[n] : 0;
+    const int64_t len = p.seqlens ? p.seqlens[n] : p.L;
+    if (g != current) {  // block-uniform
+      flush();
+      current = g;
+      stage_row<T, D>(Kr + warp * S, p.pk.row(g, key_valid ? key : 0, h), key_valid, p.d, lane);
+      stage_row<T, D>(Vr + warp * S, p.pv.row(g, key_valid ? key : 0, h), key_valid, p.d, lane);
+      __syncwarp();
+    }
+    for (int64_t r0 = 0; r0 < len; r0 += kTile) {
+      key_tile_step<T, D>(p, n, h, len, r0, key_valid, 0, Kr + warp * S, Vr + warp * S, Qs, dOs,
+                          lse_s, delta_s, dk, dv, lane);
+    }
+  }
+  flush();
+}
+
+}  // namespace cuda_kernels
+}  // namespace fastprompt

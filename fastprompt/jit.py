@@ -1,0 +1,551 @@
+"""Builds the C++ and CUDA prompt-attention extensions of ``csrc/`` just in time, or loads prebuilt ones.
+
+``pip install -e .`` installs pure Python. The first call that needs the ``cpu`` (or ``cuda``)
+backend of :func:`fastprompt.ops.prompt_attention` gets its extension from, in order:
+
+1. a prebuilt module ``fastprompt._prompt_attention_cpu`` / ``_cuda``, compiled ahead of time by
+   ``FASTPROMPT_BUILD_EXT=1 pip install -e . --no-build-isolation`` (see ``setup.py``), if its
+   build tag matches this torch (and CPU instruction set);
+2. the JIT cache: ``~/.cache/fastprompt/ext/torch<version>-<cuda>-<arch>/<name>-<hash>/``, where
+   ``<hash>`` covers the sources and flags, so an edited source builds afresh and an unchanged
+   one is never rebuilt;
+3. a JIT build with ``torch.utils.cpp_extension.load`` and ninja into that directory, under a
+   cross-process file lock (concurrent processes build once; the others wait and load), with
+   one INFO log line on the ``fastprompt.jit`` logger saying what is being built.
+
+Nothing here compiles at import time. Failures are typed (:class:`ExtensionUnavailableError` and
+subclasses) and say how to fix them; the backend probes in ``fastprompt.ops.cpp_backend`` use
+:func:`extension_problem` to let ``backend="auto"`` fall back with a one-line reason.
+
+Environment variables:
+
+* ``FASTPROMPT_DISABLE_JIT=1``: never compile. Prebuilt modules and finished cache entries are
+  still used; anything else raises :class:`JitDisabledError` (``auto`` falls back to eager).
+* ``FASTPROMPT_JIT_DIR``: cache root (default ``$XDG_CACHE_HOME/fastprompt/ext`` or
+  ``~/.cache/fastprompt/ext``).
+* ``FASTPROMPT_CUDA_ARCH_LIST``: CUDA architectures, torch syntax (default ``"8.0;9.0+PTX"``:
+  sm_80, sm_90, and PTX of sm_90 for newer GPUs).
+* ``FASTPROMPT_CPU_ISA``: ``avx512``, ``avx2`` or ``default`` (default: what torch detects).
+* ``CUDA_HOME`` / ``CUDA_PATH``: CUDA toolkit (default ``/usr/local/cuda``, else the nvcc on PATH);
+  ``CXX``: C++ compiler (default ``c++``); ``MAX_JOBS``: parallel compile jobs.
+
+This module imports only the standard library at module level, so ``setup.py`` can load it
+without importing fastprompt (torch is imported lazily). The design follows FlashInfer's JIT
+(flashinfer-ai/flashinfer ``flashinfer/jit/core.py``: cache directory, FileLock,
+``FLASHINFER_DISABLE_JIT``) and torchao's optional C++ build.
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib
+import importlib.util
+import logging
+import os
+import platform
+import re
+import shutil
+import subprocess
+import sys
+import sysconfig
+import threading
+import time
+from pathlib import Path
+from typing import Dict, List, Optional
+
+logger = logging.getLogger("fastprompt.jit")
+
+KINDS = ("cpu", "cuda")
+MODULE_NAMES = {"cpu": "_prompt_attention_cpu", "cuda": "_prompt_attention_cuda"}
+DEFAULT_CUDA_ARCH_LIST = "8.0;9.0+PTX"
+_ISA_FLAGS = {
+    "avx512": ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mfma", "-mf16c",
+               "-mprefer-vector-width=512"],
+    "avx2": ["-mavx2", "-mfma", "-mf16c"],
+    "default": [],
+}
+_ISA_RANK = {"default": 0, "avx2": 1, "avx512": 2}
+_SOURCES = {
+    "cpu": ["prompt_attention/cpu/prompt_attention_cpu.cpp", "prompt_attention/cpu/bindings.cpp"],
+    "cuda": ["prompt_attention/cuda/prompt_attention_fwd.cu", "prompt_attention/cuda/prompt_attention_bwd.cu",
+             "prompt_attention/cuda/bindings.cpp"],
+}
+AOT_FIX = "FASTPROMPT_BUILD_EXT=1 pip install -e . --no-build-isolation"
+
+
+class ExtensionUnavailableError(RuntimeError):
+    """A compiled backend cannot be used here; the message says why and how to fix it."""
+
+
+class JitDisabledError(ExtensionUnavailableError):
+    """``FASTPROMPT_DISABLE_JIT=1`` and no prebuilt or cached module exists."""
+
+
+class ToolchainMissingError(ExtensionUnavailableError):
+    """A compiler, ninja, Python headers or the CUDA toolkit needed for the build is missing."""
+
+
+class ExtensionBuildError(ExtensionUnavailableError):
+    """The compiler ran and failed (the log is kept in the build directory)."""
+
+
+# ---- configuration ---------------------------------------------------------------------------
+def _check_kind(kind: str) -> None:
+    if kind not in KINDS:
+        raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+
+
+def jit_disabled() -> bool:
+    return os.environ.get("FASTPROMPT_DISABLE_JIT", "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def csrc_dir() -> Path:
+    """The ``csrc/`` tree next to the package (a source checkout or an editable install)."""
+    return Path(__file__).resolve().parent.parent / "csrc"
+
+
+def cache_root() -> Path:
+    if os.environ.get("FASTPROMPT_JIT_DIR"):
+        return Path(os.environ["FASTPROMPT_JIT_DIR"]).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "fastprompt" / "ext"
+
+
+def cpu_isa() -> str:
+    """Instruction set the CPU extension is compiled for: ``avx512``, ``avx2`` or ``default``."""
+    forced = os.environ.get("FASTPROMPT_CPU_ISA", "").strip().lower()
+    if forced:
+        if forced not in _ISA_FLAGS:
+            raise ValueError(f"FASTPROMPT_CPU_ISA must be one of {sorted(_ISA_FLAGS)}, got {forced!r}")
+        return forced
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        return "default"
+    import torch
+
+    capability = torch.backends.cpu.get_cpu_capability().upper()
+    return "avx512" if capability.startswith("AVX512") else "avx2" if capability == "AVX2" else "default"
+
+
+def cuda_arch_list() -> List[str]:
+    """``["8.0", "9.0+PTX"]``-style entries from ``FASTPROMPT_CUDA_ARCH_LIST``."""
+    raw = os.environ.get("FASTPROMPT_CUDA_ARCH_LIST", DEFAULT_CUDA_ARCH_LIST)
+    archs = [a.strip() for a in re.split(r"[;\s,]+", raw) if a.strip()]
+    for arch in archs:
+        if not re.fullmatch(r"\d+\.\d+[a-z]?(\+PTX)?", arch):
+            raise ValueError(f"FASTPROMPT_CUDA_ARCH_LIST entries look like '8.0' or '9.0+PTX', got {arch!r}")
+    if not archs:
+        raise ValueError("FASTPROMPT_CUDA_ARCH_LIST is empty")
+    return archs
+
+
+def _gencode_flags(archs: List[str]) -> List[str]:
+    flags = []
+    for arch in archs:
+        num = arch.split("+")[0].replace(".", "")
+        flags.append(f"-gencode=arch=compute_{num},code=sm_{num}")
+        if arch.endswith("+PTX"):
+            flags.append(f"-gencode=arch=compute_{num},code=compute_{num}")
+    return flags
+
+
+def _arch_tag(archs: List[str]) -> str:
+    """``sm_80-sm_90-compute_90``: the binary (sm_) and PTX (compute_) targets of a build."""
+    parts = []
+    for arch in archs:
+        num = arch.split("+")[0].replace(".", "")
+        parts.append(f"sm_{num}")
+        if arch.endswith("+PTX"):
+            parts.append(f"compute_{num}")
+    return "-".join(parts)
+
+
+def cuda_home() -> Optional[str]:
+    """The CUDA toolkit: ``CUDA_HOME``/``CUDA_PATH``, else ``/usr/local/cuda``, else nvcc's prefix."""
+    for var in ("CUDA_HOME", "CUDA_PATH"):
+        if os.environ.get(var):
+            return os.environ[var]
+    if os.path.exists("/usr/local/cuda/bin/nvcc"):
+        return "/usr/local/cuda"
+    nvcc = shutil.which("nvcc")
+    if nvcc:
+        home = os.path.dirname(os.path.dirname(os.path.realpath(nvcc)))
+        if os.path.exists(os.path.join(home, "include", "cuda_runtime.h")):
+            return home
+    return None
+
+
+def _torch_tags():
+    import torch
+
+    version = torch.__version__.split("+")[0]
+    cuda = f"cu{torch.version.cuda.replace('.', '')}" if torch.version.cuda else "cpu"
+    return torch.__version__, version, cuda
+
+
+def _source_files(kind: str) -> List[Path]:
+    """The files a build of ``kind`` depends on: its own directory and the shared headers."""
+    other = "cuda" if kind == "cpu" else "cpu"
+    root = csrc_dir() / "prompt_attention"
+    if not root.is_dir():
+        return []
+    return sorted(path for path in root.rglob("*") if path.is_file() and path.parent.name != other
+                  and path.suffix in (".h", ".cuh", ".cpp", ".cu"))
+
+
+_source_digests: Dict[str, Optional[str]] = {}
+
+
+def source_digest(kind: str) -> Optional[str]:
+    """12 hex digits of a hash over ``kind``'s sources (None without a source tree); per process."""
+    if kind not in _source_digests:
+        files = _source_files(kind)
+        digest = None
+        if files:
+            h = hashlib.sha256()
+            for path in files:
+                h.update(str(path.relative_to(csrc_dir())).encode())
+                h.update(path.read_bytes())
+            digest = h.hexdigest()[:12]
+        _source_digests[kind] = digest
+    return _source_digests[kind]
+
+
+def build_tag(kind: str) -> str:
+    """What a module built here and now is for; compiled into the binary and checked on load.
+
+    ``torch-<version>/<kind>-<cuda>/<isa or CUDA targets>/src-<source digest>``.
+    """
+    _check_kind(kind)
+    full, _, cuda = _torch_tags()
+    arch = cpu_isa() if kind == "cpu" else _arch_tag(cuda_arch_list())
+    return f"torch-{full}/{kind}-{cuda}/{arch}/src-{source_digest(kind) or 'unknown'}"
+
+
+def build_args(kind: str) -> Dict[str, object]:
+    """Sources (absolute) and compiler flags of an extension, shared by the JIT and ``setup.py``."""
+    _check_kind(kind)
+    root = csrc_dir()
+    tag_flag = f"-DFASTPROMPT_BUILD_TAG={build_tag(kind)}"
+    cflags = ["-O3", tag_flag]
+    cuda_cflags: List[str] = []
+    if kind == "cpu":
+        # -fopenmp-simd: `omp simd` vectorisation without linking a second OpenMP runtime;
+        # the threads are ATen's (at::parallel_for).
+        cflags += ["-fopenmp-simd"] + _ISA_FLAGS[cpu_isa()]
+    else:
+        cuda_cflags = ["-O3", tag_flag, "--threads", os.environ.get("NVCC_THREADS", "2")]
+        cuda_cflags += _gencode_flags(cuda_arch_list())
+    return {
+        "name": MODULE_NAMES[kind],
+        "sources": [str(root / s) for s in _SOURCES[kind]],
+        "cflags": cflags,
+        "cuda_cflags": cuda_cflags,
+        "tag": build_tag(kind),
+    }
+
+
+def build_directory(kind: str) -> Path:
+    """``<cache>/torch<v>-<cuda>-<arch>/<name>-<hash of sources and flags>`` (memoised per environment)."""
+    key = _env_key(kind)
+    if key not in _directories:
+        args = build_args(kind)
+        _, version, cuda = _torch_tags()
+        arch = cpu_isa() if kind == "cpu" else _arch_tag(cuda_arch_list())
+        # The flags carry the build tag, hence the source digest: edited sources build afresh.
+        digest = hashlib.sha256(repr((args["cflags"], args["cuda_cflags"], sys.version_info[:2])).encode())
+        _directories[key] = (cache_root() / f"torch{version}-{cuda}-{arch}"
+                             / f"{args['name']}-{digest.hexdigest()[:12]}")
+    return _directories[key]
+
+
+# Environment variables that change where or how an extension is built; probes and build
+# directories are memoised per value of these (backend probes run on every op call).
+_ENV_VARS = ("FASTPROMPT_DISABLE_JIT", "FASTPROMPT_JIT_DIR", "XDG_CACHE_HOME", "FASTPROMPT_CPU_ISA",
+             "FASTPROMPT_CUDA_ARCH_LIST", "NVCC_THREADS", "CUDA_HOME", "CUDA_PATH", "CXX", "PATH")
+_directories: Dict[tuple, Path] = {}
+_problems: Dict[tuple, Optional[str]] = {}
+
+
+def _env_key(kind: str) -> tuple:
+    return (kind,) + tuple(os.environ.get(v) for v in _ENV_VARS)
+
+
+# ---- cheap probes ----------------------------------------------------------------------------
+_nvcc_versions: Dict[str, Optional[str]] = {}
+
+
+def nvcc_version(home: str) -> Optional[str]:
+    """``"13.0"`` from ``<home>/bin/nvcc --version`` (cached), or None."""
+    if home not in _nvcc_versions:
+        version = None
+        try:
+            text = subprocess.run([os.path.join(home, "bin", "nvcc"), "--version"], capture_output=True,
+                                  text=True, timeout=30).stdout
+            match = re.search(r"release (\d+\.\d+)", text)
+            version = match.group(1) if match else None
+        except (OSError, subprocess.SubprocessError):
+            pass
+        _nvcc_versions[home] = version
+    return _nvcc_versions[home]
+
+
+def toolchain_problem(kind: str) -> Optional[str]:
+    """Why a JIT build of ``kind`` cannot start here (with the fix), or None. Compiles nothing."""
+    _check_kind(kind)
+    if not all((csrc_dir() / s).is_file() for s in _SOURCES[kind]):
+        return (f"the C++ sources are not in {csrc_dir()} (a non-editable install); install from a source "
+                f"checkout with `pip install -e .`, or build ahead of time with `{AOT_FIX}`")
+    cxx = os.environ.get("CXX", "c++")
+    if shutil.which(cxx) is None:
+        return f"no C++ compiler ({cxx!r} is not on PATH); install g++ or clang, or set CXX"
+    if shutil.which("ninja") is None:
+        return "ninja is not on PATH; `pip install ninja`"
+    if not os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")):
+        return "the Python development headers (Python.h) are missing; install python3-dev"
+    if kind == "cuda":
+        import torch
+
+        if torch.version.cuda is None:
+            return "this torch build has no CUDA support"
+        home = cuda_home()
+        if home is None or not os.path.exists(os.path.join(home, "bin", "nvcc")):
+            return "no CUDA toolkit found (nvcc); install it and set CUDA_HOME, e.g. CUDA_HOME=/usr/local/cuda"
+        found = nvcc_version(home)
+        if found is None:
+            return f"{home}/bin/nvcc does not run"
+        if found.split(".")[0] != torch.version.cuda.split(".")[0]:
+            return (f"nvcc {found} at {home} does not match torch's CUDA {torch.version.cuda}; point CUDA_HOME "
+                    f"at a CUDA {torch.version.cuda.split('.')[0]}.x toolkit")
+    return None
+
+
+def _aot_module_name(kind: str) -> str:
+    return f"fastprompt.{MODULE_NAMES[kind]}"
+
+
+def _has_prebuilt(kind: str) -> bool:
+    try:
+        return importlib.util.find_spec(_aot_module_name(kind)) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def _cached_library(kind: str) -> Optional[Path]:
+    """The finished JIT build for the current sources and flags, if one exists."""
+    directory = build_directory(kind)
+    library = directory / f"{MODULE_NAMES[kind]}.so"
+    return library if (directory / "BUILD_OK").exists() and library.exists() else None
+
+
+def extension_problem(kind: str) -> Optional[str]:
+    """None if ``kind``'s extension is loaded, prebuilt, cached or buildable; else the reason and fix.
+
+    Cheap: looks at files and tools, compiles nothing (a buildable extension is built on first
+    use), and is memoised per environment.
+    """
+    _check_kind(kind)
+    if kind in _loaded:
+        return None
+    if kind in _failed:
+        return str(_failed[kind])
+    key = _env_key(kind)
+    if key not in _problems:
+        _problems[key] = _find_problem(kind)
+    return _problems[key]
+
+
+def _find_problem(kind: str) -> Optional[str]:
+    if _has_prebuilt(kind):
+        return None
+    try:
+        if _cached_library(kind) is not None:
+            return None
+    except ValueError as err:  # a malformed FASTPROMPT_* variable
+        return str(err)
+    if jit_disabled():
+        return _jit_disabled_message(kind)
+    return toolchain_problem(kind)
+
+
+def extension_state(kind: str) -> str:
+    """One line for ``python -m fastprompt.env``: loaded / prebuilt / cached / built on first use / problem."""
+    _check_kind(kind)
+    if kind in _loaded:
+        return f"loaded ({getattr(_loaded[kind], '__file__', '?')})"
+    problem = extension_problem(kind)
+    if problem is not None:
+        return f"unavailable: {problem}"
+    if _has_prebuilt(kind):
+        return f"prebuilt module {_aot_module_name(kind)}"
+    cached = _cached_library(kind)
+    if cached is not None:
+        return f"built, cached at {cached.parent}"
+    return f"JIT build on first use into {build_directory(kind)}"
+
+
+def _jit_disabled_message(kind: str) -> str:
+    return (f"FASTPROMPT_DISABLE_JIT=1 and no prebuilt or cached {MODULE_NAMES[kind]} extension exists; "
+            f"unset FASTPROMPT_DISABLE_JIT to build it on first use, or build it ahead of time with `{AOT_FIX}`")
+
+
+# ---- loading and building --------------------------------------------------------------------
+_lock = threading.Lock()
+_loaded: Dict[str, object] = {}
+_failed: Dict[str, ExtensionUnavailableError] = {}
+
+
+def load_extension(kind: str):
+    """The extension module of ``kind`` ("cpu" or "cuda"), building it on first use.
+
+    Loading registers the torch ops ``torch.ops.fastprompt.cpp_prompt_attention_fwd/bwd`` for
+    that device. Raises :class:`ExtensionUnavailableError` (a subclass says which problem) with
+    the fix in its message; a failed build is remembered for the rest of the process.
+    """
+    _check_kind(kind)
+    with _lock:
+        if kind in _loaded:
+            return _loaded[kind]
+        if kind in _failed:
+            raise _failed[kind]
+        try:
+            module = _load_prebuilt(kind) or _load_cached(kind) or _build(kind)
+        except ExtensionBuildError as err:
+            _failed[kind] = err
+            raise
+        _loaded[kind] = module
+        return module
+
+
+def _tag_mismatch(kind: str, tag: str) -> Optional[str]:
+    """Why a binary built with ``tag`` should not be used here, or None."""
+    expected = build_tag(kind)
+    parts, want = tag.split("/"), expected.split("/")
+    if len(parts) != 4:
+        return f"unrecognised build tag {tag!r}"
+    if parts[:2] != want[:2]:
+        return f"built for {parts[0]} {parts[1]}, running {want[0]} {want[1]}"
+    if kind == "cpu" and _ISA_RANK.get(parts[2], 99) > _ISA_RANK[cpu_isa()]:
+        return f"built for {parts[2]} instructions, this CPU has {cpu_isa()}"
+    if source_digest(kind) is not None and parts[3] != want[3]:
+        return "built from other sources than the csrc/ next to this package (edited since)"
+    return None
+
+
+def built_cuda_targets(kind: str = "cuda") -> Optional[List[str]]:
+    """``["sm_80", "sm_90", "compute_90"]`` of the loaded/prebuilt CUDA module, else of a JIT build."""
+    module = _loaded.get(kind)
+    if module is not None:
+        return module.build_tag().split("/")[2].split("-")
+    return _arch_tag(cuda_arch_list()).split("-")
+
+
+def _load_prebuilt(kind: str):
+    name = _aot_module_name(kind)
+    if not _has_prebuilt(kind):
+        return None
+    try:
+        module = importlib.import_module(name)
+    except ImportError as err:
+        logger.warning("fastprompt: the prebuilt %s cannot be loaded (%s); rebuild it with `%s` or let the "
+                       "JIT build it", name, err, AOT_FIX)
+        return None
+    problem = _tag_mismatch(kind, module.build_tag())
+    if problem is not None:
+        logger.warning("fastprompt: ignoring the prebuilt %s (%s); rebuild it with `%s`", name, problem, AOT_FIX)
+        return None
+    return module
+
+
+def _import_library(name: str, library: Path):
+    spec = importlib.util.spec_from_file_location(name, str(library))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    sys.modules[name] = module
+    return module
+
+
+def _load_cached(kind: str):
+    library = _cached_library(kind)
+    if library is None:
+        return None
+    try:
+        module = _import_library(MODULE_NAMES[kind], library)
+    except ImportError as err:  # e.g. a system library changed since the build: rebuild
+        logger.warning("fastprompt: the cached %s cannot be loaded (%s); rebuilding", library, err)
+        (library.parent / "BUILD_OK").unlink(missing_ok=True)
+        return None
+    if _tag_mismatch(kind, module.build_tag()) is not None:
+        return None
+    return module
+
+
+def _cpp_extension():
+    """``torch.utils.cpp_extension`` with CUDA_HOME resolved like :func:`cuda_home`.
+
+    torch guesses CUDA_HOME at import from the nvcc on PATH, which is wrong when that nvcc is
+    a wrapper script (``/usr/local/bin/nvcc``); it also warns on machines without a GPU.
+    """
+    home = cuda_home()
+    if home is not None and not os.environ.get("CUDA_HOME") and not os.environ.get("CUDA_PATH"):
+        os.environ["CUDA_HOME"] = home
+    torch_logger = logging.getLogger("torch.utils.cpp_extension")
+    level = torch_logger.level
+    torch_logger.setLevel(logging.ERROR)  # "No CUDA runtime is found": expected on a CPU machine
+    try:
+        from torch.utils import cpp_extension
+    finally:
+        torch_logger.setLevel(level)
+    if home is not None and cpp_extension.CUDA_HOME != home:
+        cpp_extension.CUDA_HOME = home
+    return cpp_extension
+
+
+def _build(kind: str):
+    if jit_disabled():
+        raise JitDisabledError(f"prompt_attention {kind!r} backend: {_jit_disabled_message(kind)}")
+    problem = toolchain_problem(kind)
+    if problem is not None:
+        raise ToolchainMissingError(f"cannot build the {kind!r} prompt_attention extension: {problem}")
+    from filelock import FileLock
+
+    args = build_args(kind)
+    directory = build_directory(kind)
+    directory.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(directory) + ".lock"):
+        cached = _load_cached(kind)  # another process may have finished it while we waited
+        if cached is not None:
+            return cached
+        what = f"CPU kernels ({cpu_isa()})" if kind == "cpu" else \
+            f"CUDA kernels ({_arch_tag(cuda_arch_list())}, CUDA_HOME={cuda_home()})"
+        logger.info("fastprompt: building the %s prompt_attention extension %s: %s into %s "
+                    "(once per machine and source version; about a minute or more)",
+                    kind, args["name"], what, directory)
+        cpp_extension = _cpp_extension()
+        start = time.perf_counter()
+        try:
+            module = cpp_extension.load(
+                name=args["name"], sources=args["sources"], extra_cflags=args["cflags"],
+                extra_cuda_cflags=args["cuda_cflags"] or None, build_directory=str(directory),
+                with_cuda=kind == "cuda", verbose=False)
+        except Exception as err:  # compiler errors arrive as RuntimeError with ninja's output
+            log = directory / "build-error.log"
+            log.write_text(str(err))
+            raise ExtensionBuildError(
+                f"building the {kind!r} prompt_attention extension failed (full log: {log}); "
+                f"backend='auto' uses another backend. Last lines:\n{str(err)[-2000:]}") from err
+        (directory / "BUILD_OK").write_text(f"{args['tag']}\n{time.perf_counter() - start:.1f} s\n")
+        logger.debug("fastprompt: built %s in %.1f s", args["name"], time.perf_counter() - start)
+        return module
+
+
+def build_extension(kind: str) -> Path:
+    """Compile ``kind``'s extension into the JIT cache (or find it there), load it, return its directory.
+
+    Unlike :func:`load_extension` this ignores a prebuilt module: tests and CI use it to prove
+    that the sources compile, e.g. the CUDA kernels on a machine without a GPU. Raises
+    :class:`ExtensionUnavailableError` subclasses like :func:`load_extension`.
+    """
+    _check_kind(kind)
+    with _lock:
+        module = _load_cached(kind) or _build(kind)
+        _loaded.setdefault(kind, module)
+    return build_directory(kind)

@@ -1,0 +1,152 @@
+"""MaPLe: coupled text -> vision deep prompts.
+
+Khattak et al., "MaPLe: Multi-modal Prompt Learning" (CVPR 2023); semantics follow
+muzairkhattak/multimodal-prompt-learning @ 69bce21 ``trainers/maple.py`` and the MaPLe blocks of
+its ``clip/model.py`` (literal version: :class:`fastprompt.reference.ReferenceMaPLe`).
+
+Text: ``[SOT][ctx]<rest of ctx_init> <class>.[EOT]`` on the packed, EOT-truncated, prefix-shared
+path; the deep text prompts replace prefix rows ``1 .. n_ctx`` before layers ``1 .. J-1`` (the
+prefix is encoded once, not once per class). Vision: the coupled prompts enter the vision tower as
+a batch-shared prompt block (keys/values computed once per layer), replaced up to layer ``J-1`` and
+propagated after it. The whole image tower is back-propagated (the couplings are trained through it).
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import warnings
+from typing import Dict, List
+
+import torch
+from torch import nn
+
+from .base import LearnerConfig, PromptLearner
+from .prompts import coop_plan, leading_context_template
+
+#: Keys of the original checkpoints that hold frozen CLIP weights (the whole ``CustomCLIP`` is saved).
+FROZEN_ORIGINAL_PREFIXES = ("image_encoder.", "text_encoder.", "logit_scale", "ZS_image_encoder.")
+
+
+def drop_frozen_original_keys(state: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+    """The original checkpoint entries minus the frozen CLIP weights saved next to the prompts."""
+    return {k: v for k, v in state.items() if not k.startswith(FROZEN_ORIGINAL_PREFIXES)}
+
+
+@dataclasses.dataclass
+class MaPLeConfig(LearnerConfig):
+    """MaPLe settings (defaults: the paper's base-to-novel ``vit_b16_c2_ep5_batch4_2ctx``).
+
+    Attributes:
+        n_ctx: context tokens per prompted layer (``N_CTX``, 2).
+        ctx_init: init phrase; used when ``n_ctx <= 4``: the first ``n_ctx`` tokens become the
+            context and the rest of the phrase stays as frozen tokens ("a photo" learnable,
+            "of a" frozen). With ``n_ctx > 4`` it is ignored (random init), as in the original.
+        prompt_depth: J, the number of layers receiving prompts, layer 0 included
+            (``PROMPT_DEPTH``, 9 for base-to-novel, 3 for cross-dataset/DG); at most the number
+            of layers of the shallower tower.
+        init_std: std of the N(0, std) init of the deep text prompts (and of a random context).
+
+    Recipe of the paper (not part of the learner): SGD lr 0.0035, batch 4, 5 epochs, 1 warm-up
+    epoch at 1e-5, cosine schedule stepped per epoch.
+    """
+
+    n_ctx: int = 2
+    ctx_init: str = "a photo of a"
+    prompt_depth: int = 9
+    init_std: float = 0.02
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.n_ctx < 1:
+            raise ValueError(f"n_ctx must be >= 1, got {self.n_ctx}")
+        if self.prompt_depth < 1:
+            raise ValueError(f"prompt_depth must be >= 1 (1 = prompts at the input only), got {self.prompt_depth}")
+        if self.init_std <= 0:
+            raise ValueError(f"init_std must be > 0, got {self.init_std}")
+
+
+class MaPLeLearner(PromptLearner):
+    """MaPLe prompt learner (names as in the original ``MultiModalPromptLearner``).
+
+    Trainable:
+        ``ctx [M, D]``: layer-0 text context; ``proj``: ``Linear(D, W)`` coupling it to the
+        layer-0 vision prompt; ``compound_prompts_text.<i> [M, D]``: text prompt of layer ``i+1``;
+        ``compound_prompt_projections.<i>``: ``Linear(D, W)`` coupling it to the vision prompt of
+        layer ``i+1`` (all start as copies of one ``Linear``). ``D`` = text width, ``W`` = vision width.
+
+    The creation order (context, ``proj``, deep text prompts, couplings) is the original's, so under
+    the same seed the initial prompts equal the original's (and the reference's).
+    The original's hard fp16 casts are not reproduced: prompts and couplings stay in fp32.
+    """
+
+    method = "maple"
+    config_class = MaPLeConfig
+
+    def __init__(self, model: nn.Module, classnames, config: MaPLeConfig, **kwargs):
+        super().__init__(model, classnames, config, **kwargs)
+        depth_limit = min(self.text_tower.layers, self.vision_tower.layers)
+        if config.prompt_depth > depth_limit:
+            raise ValueError(f"prompt_depth={config.prompt_depth} exceeds the model's depth: the text tower has "
+                             f"{self.text_tower.layers} layers and the vision tower {self.vision_tower.layers}")
+        if config.ctx_init and config.n_ctx > 4:
+            warnings.warn(f"ctx_init is ignored with n_ctx={config.n_ctx} > 4 (random context), as in the original "
+                          "MaPLe", stacklevel=3)
+        self.template = leading_context_template(self.tokenizer, config.n_ctx, config.ctx_init,
+                                                 context_length=self.text_tower.context_length)
+        width, vis_width, m = self.text_tower.width, self.vision_tower.width, config.n_ctx
+        device = self.text_tower.device
+
+        # Same creation (RNG) order as the original; parameters are created on the CPU like there.
+        if self.template.init_ids is not None:
+            with torch.no_grad():
+                ctx = self.text_tower.embed_tokens(self.template.init_ids.to(device))[1:1 + m].float().clone()
+        else:
+            ctx = torch.empty(m, width).normal_(0.0, config.init_std)
+        self.proj = nn.Linear(width, vis_width)
+        self.ctx = nn.Parameter(ctx.to(device))
+        self.compound_prompts_text = nn.ParameterList(
+            [nn.Parameter(torch.empty(m, width).normal_(0.0, config.init_std)) for _ in range(config.prompt_depth - 1)])
+        coupling = nn.Linear(width, vis_width)
+        self.compound_prompt_projections = nn.ModuleList(
+            [copy.deepcopy(coupling) for _ in range(config.prompt_depth - 1)])
+        self.proj.to(device)
+        self.compound_prompts_text.to(device)
+        self.compound_prompt_projections.to(device)
+        self._rebuild_plan()
+
+    def _rebuild_plan(self) -> None:
+        self.plan = coop_plan(self.tokenizer, self._classnames, self.template, position="end",
+                              context_length=self.text_tower.context_length)
+
+    # ---- the two towers ----------------------------------------------------------------------
+    def vision_prompts(self) -> List[torch.Tensor]:
+        """The J coupled vision prompts ``[M, W]``: ``proj(ctx)``, then ``F_i(compound_prompts_text[i])``."""
+        deep = [layer(prompt) for layer, prompt in zip(self.compound_prompt_projections, self.compound_prompts_text)]
+        return [self.proj(self.ctx)] + deep
+
+    def text_features(self) -> torch.Tensor:
+        """Unnormalised class text features ``[C, E]`` (autograd into ``ctx`` and the deep text prompts)."""
+        prefix, suffix = self.text_tower.embed(self.plan, self.ctx)
+        overrides = [None] + list(self.compound_prompts_text)
+        return self.text_tower(self.plan, prefix, suffix, prefix_overrides=overrides, override_start=1)
+
+    def image_features(self, images: torch.Tensor) -> torch.Tensor:
+        """L2-normalised prompted image features ``[B, E]`` for preprocessed images ``[B, 3, H, W]``."""
+        return self.encode_image(images, self.vision_prompts())
+
+    def text_classifier(self) -> torch.Tensor:
+        """L2-normalised class embeddings ``[C, E]`` (use with :meth:`image_features`, not plain CLIP images)."""
+        with torch.no_grad():
+            features = self.text_features()
+        return features / features.norm(dim=-1, keepdim=True)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """Logits ``[B, C]`` for preprocessed images ``[B, 3, H, W]``."""
+        image_features = self.image_features(images)
+        text = self.text_features()
+        text = text / text.norm(dim=-1, keepdim=True)
+        return self.logit_scale * image_features @ text.t()
+
+    def _map_original_names(self, state: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+        # Dassl saves the whole CustomCLIP: keep the prompt learner's entries, drop frozen CLIP weights.
+        return drop_frozen_original_keys(state)

@@ -1,0 +1,130 @@
+"""VPT-deep on CLIP: learnable vision prompts in every prompted layer, fixed hand-crafted text.
+
+Jia et al., "Visual Prompt Tuning" (ECCV 2022), in the CLIP form of
+muzairkhattak/multimodal-prompt-learning @ 69bce21 ``trainers/vpt.py`` (IVLP vision blocks of its
+``clip/model.py``; literal version: :class:`fastprompt.reference.ReferenceVPT`).
+
+The vision prompts enter the tower as a batch-shared prompt block (their keys/values are computed
+once per layer, not once per image), are replaced before layers ``1 .. J-1`` and propagate after
+layer ``J-1``. The text side is the frozen CLIP's features of ``template.format(classname)``,
+computed once per class list on the fast text path.
+"""
+from __future__ import annotations
+
+import dataclasses
+import re
+from typing import Dict
+
+import torch
+from torch import nn
+
+from ..templates import resolve_template
+from .base import LearnerConfig, PromptLearner
+from .maple import drop_frozen_original_keys
+
+_ORIGINAL_VISION_BLOCK = re.compile(r"^image_encoder\.transformer\.resblocks\.(\d+)\.VPT_shallow$")
+_ORIGINAL_TEXT_BLOCK = re.compile(r"^text_encoder\.transformer\.resblocks\.(\d+)\.VPT_shallow$")
+
+
+def map_ivlp_original_names(state: Dict[str, torch.Tensor], text_name: str = "deep_text_prompts",
+                            vision_name: str = "vision_prompts") -> Dict[str, torch.Tensor]:
+    """IVLP checkpoint names (VPT, PromptSRC, IVLP trainers) -> fastprompt names.
+
+    ``image_encoder.VPT`` -> ``<vision_name>.0``; ``image_encoder.transformer.resblocks.<j>.VPT_shallow``
+    -> ``<vision_name>.<j>``; ``text_encoder.transformer.resblocks.<j>.VPT_shallow`` ->
+    ``<text_name>.<j-1>``; frozen CLIP weights are dropped; anything else is kept as is.
+    """
+    out = {}
+    for key, value in state.items():
+        text, vision = _ORIGINAL_TEXT_BLOCK.match(key), _ORIGINAL_VISION_BLOCK.match(key)
+        if key == "image_encoder.VPT":
+            out[f"{vision_name}.0"] = value
+        elif vision:
+            out[f"{vision_name}.{int(vision.group(1))}"] = value
+        elif text:
+            out[f"{text_name}.{int(text.group(1)) - 1}"] = value
+        else:
+            out.update(drop_frozen_original_keys({key: value}))
+    return out
+
+
+def deep_prompt_list(depth: int, n_ctx: int, width: int, std: float, device) -> nn.ParameterList:
+    """``depth`` parameters ``[n_ctx, width]`` drawn from N(0, std) (on the CPU, in order), on ``device``."""
+    return nn.ParameterList([nn.Parameter(torch.empty(n_ctx, width).normal_(0.0, std).to(device))
+                             for _ in range(depth)])
+
+
+@dataclasses.dataclass
+class VPTConfig(LearnerConfig):
+    """VPT-deep settings (defaults: ``vit_b16_c2_ep5_batch4_4`` of the MaPLe repository).
+
+    Attributes:
+        n_ctx: vision prompt tokens per layer (``N_CTX_VISION``, 8).
+        prompt_depth: J, the number of vision layers receiving prompts, layer 0 included
+            (``PROMPT_DEPTH_VISION``, 12); at most the vision tower's depth.
+        template: text of the fixed class prompts, a format string with one ``{}`` (the original:
+            ``"a photo of a {}."``) or a dataset name of ``fastprompt.templates.DATASET_TEMPLATES``.
+        init_std: std of the N(0, std) prompt init.
+
+    Recipe of the paper (not part of the learner): SGD lr 0.0025, batch 4, 5 epochs.
+    """
+
+    n_ctx: int = 8
+    prompt_depth: int = 12
+    template: str = "a photo of a {}."
+    init_std: float = 0.02
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.n_ctx < 1:
+            raise ValueError(f"n_ctx must be >= 1, got {self.n_ctx}")
+        if self.prompt_depth < 1:
+            raise ValueError(f"prompt_depth must be >= 1 (1 = prompts at the input only), got {self.prompt_depth}")
+        if self.init_std <= 0:
+            raise ValueError(f"init_std must be > 0, got {self.init_std}")
+        resolve_template(self.template, "template")
+
+
+class VPTLearner(PromptLearner):
+    """VPT-deep learner. Trainable: ``vision_prompts.<j> [M, W]``, the prompt of vision layer ``j``
+    (``j = 0``: appended before ``ln_pre``; the original's ``image_encoder.VPT`` and
+    ``image_encoder.transformer.resblocks.<j>.VPT_shallow``)."""
+
+    method = "vpt"
+    config_class = VPTConfig
+
+    def __init__(self, model: nn.Module, classnames, config: VPTConfig, **kwargs):
+        super().__init__(model, classnames, config, **kwargs)
+        if config.prompt_depth > self.vision_tower.layers:
+            raise ValueError(f"prompt_depth={config.prompt_depth} exceeds the vision tower's "
+                             f"{self.vision_tower.layers} layers")
+        self.text_template = resolve_template(config.template)
+        self.vision_prompts = deep_prompt_list(config.prompt_depth, config.n_ctx, self.vision_tower.width,
+                                               config.init_std, self.text_tower.device)
+        self._rebuild_plan()
+
+    def _rebuild_plan(self) -> None:
+        ids = self.tokenizer([self.text_template.format(name) for name in self._classnames])
+        with torch.no_grad():
+            features = self.text_tower.encode_token_ids(ids.to(self.text_tower.device)).float()
+        # frozen, recomputed per class list; not a checkpoint entry
+        self.register_buffer("fixed_text_features", features, persistent=False)
+
+    def image_features(self, images: torch.Tensor) -> torch.Tensor:
+        """L2-normalised prompted image features ``[B, E]``."""
+        return self.encode_image(images, list(self.vision_prompts))
+
+    def text_classifier(self) -> torch.Tensor:
+        """L2-normalised fixed class embeddings ``[C, E]``."""
+        text = self.fixed_text_features
+        return text / text.norm(dim=-1, keepdim=True)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """Logits ``[B, C]`` for preprocessed images ``[B, 3, H, W]``."""
+        image_features = self.image_features(images)
+        text = self.fixed_text_features
+        text = text / text.norm(dim=-1, keepdim=True)
+        return self.logit_scale * image_features @ text.t().to(image_features.dtype)
+
+    def _map_original_names(self, state: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+        return map_ivlp_original_names(state, vision_name="vision_prompts")

@@ -1,0 +1,360 @@
+"""Literal re-implementation of SoftCPT (Soft Context Sharing for Prompt Tuning) on open_clip.
+
+Source followed: kding1225/softcpt @ 7cab4b9 ``trainers/mtcoop.py`` (classes ``TaskPromptLearner``,
+``ClassPromptLearner``, ``PromptLearner``, ``PromptGen``, ``CustomCLIP`` and the trainer's
+``mutitask_loss``/``mutitask_loss2``), with the label layout of its Dassl fork
+(``dist/Dassl.pytorch/dassl/data/data_manager.py``: a ``[B, C_tot]`` label matrix holding -1 outside
+the sample's task(s), 0 inside, 1 at the class).
+
+The structure is the original's, on purpose (parity oracle and benchmark "before" side):
+
+* task prompts ``[SOT][t_ctx x TASK_N_CTX] <task name>.[EOT]`` (full 77 tokens, ``torch.cat``)
+  through the frozen text encoder **with** autograd into ``t_ctx`` -> task features ``[T, E]``
+  (projected, not normalised); ``t_ctx`` shared (``task_csc=False``, "TA") or per task ("TS");
+  with ``n_ctx == 0`` the context is a buffer (not optimized);
+* with ``csc=True`` (the original's ``CSC``: the "CA"/"CS" variants) class prompts
+  ``[SOT][c_ctx x CLASS_N_CTX] <class>.[EOT]`` over all classes of all tasks give class features
+  ``[C_tot, E]``, concatenated with their task's feature -> ``[C_tot, 2E]``;
+* ``PromptGen`` (``pg_type`` "lin": ``x @ proj``, ``proj [d_in, N_CTX * D]`` no bias, N(0, 0.02);
+  "linmean": mean of the two halves of ``x`` first; "lincls": class half only) -> one
+  ``[N_CTX, D]`` context per task (NA) or per class (CA/CS);
+* one ``PromptLearner`` per task (buffers only) builds ``[SOT][ctx][class tokens][.][EOT]`` for
+  that task's classes; the text encoder runs **once per task** in a Python loop;
+* logits ``[B, C_tot]`` over all classes of all tasks; the loss sums, over tasks, the CE restricted
+  to the task's class slice over the samples of that task (``reduction='sum'``) and divides by B;
+* class sampling (``cls_sample_rate > 0``, only with ``csc``; training forward with labels): per
+  task, all classes positive somewhere in the batch plus ``ceil(rate * n_neg)`` random negatives
+  (``torch.randperm``); unselected classes get the feature ``1e-6`` (selected ones ``f + 1e-6``)
+  and are masked out of the CE.
+
+The three context learners are one class here (the original's ``TaskPromptLearner`` and
+``ClassPromptLearner`` are the same code). State-dict keys are the original ``CustomCLIP``'s:
+``task_prompt_learner.ctx``, ``class_prompt_learner.ctx``, ``prompt_gen.proj`` (plus the
+``token_prefix``/``token_suffix`` buffers and the frozen CLIP modules).
+
+Not ported: the Dassl trainer, the per-task evaluator, ``FREEZE_CLS_PROMPT``, ``CTX_INIT`` of the
+class prompts (the generated context replaces those words anyway), the unused (and broken)
+``compute_cls_feats`` and ``PG_RATIO``; fp16 handling (the model's own dtype is used as is).
+``forward`` returns ``(logits, selected)`` as the original; ``loss(images, label_matrix)`` is the
+trainer's objective.
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable, List, Optional, Sequence
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .coop import _tokenize_each, default_tokenizer
+from .text_encoder import ReferenceTextEncoder, _model_dtype, text_tower
+
+__all__ = ["ReferenceSoftCPT", "ReferenceSoftCPTContextLearner", "ReferenceSoftCPTClassPrompts",
+           "ReferencePromptGen"]
+
+_POSITIONS = ("end", "middle", "front")
+
+
+def _assemble(prefix, ctx, suffix, name_lens, n_rows, n_ctx, position):
+    """The CoOp prompt assembly shared by all three prompt learners of the original."""
+    if position == "end":
+        return torch.cat([prefix, ctx, suffix], dim=1)
+    if position not in ("middle", "front"):
+        raise ValueError(f"unknown token position {position!r}")
+    prompts = []
+    for i in range(n_rows):
+        name_len = name_lens[i]
+        prefix_i = prefix[i:i + 1, :, :]
+        class_i = suffix[i:i + 1, :name_len, :]
+        suffix_i = suffix[i:i + 1, name_len:, :]
+        if position == "middle":
+            half = n_ctx // 2
+            parts = [prefix_i, ctx[i:i + 1, :half, :], class_i, ctx[i:i + 1, half:, :], suffix_i]
+        else:
+            parts = [prefix_i, class_i, ctx[i:i + 1, :, :], suffix_i]
+        prompts.append(torch.cat(parts, dim=1))
+    return torch.cat(prompts, dim=0)
+
+
+class ReferenceSoftCPTContextLearner(nn.Module):
+    """The original ``TaskPromptLearner`` / ``ClassPromptLearner``: ``forward() -> prompts [R, 77, D]``."""
+
+    def __init__(self, model: nn.Module, names: Sequence[str], n_ctx: int, ctx_init: str = "", csc: bool = False,
+                 token_position: str = "end", tokenizer: Optional[Callable] = None):
+        super().__init__()
+        if token_position not in _POSITIONS:
+            raise ValueError(f"token_position must be one of {_POSITIONS}, got {token_position!r}")
+        holder = text_tower(model)
+        tokenizer = default_tokenizer(model) if tokenizer is None else tokenizer
+        n_rows = len(names)
+        dtype = _model_dtype(holder)
+        ctx_dim = holder.ln_final.weight.shape[0]
+        token_embedding = holder.token_embedding
+        device = token_embedding.weight.device
+
+        if ctx_init:
+            ctx_init = ctx_init.replace("_", " ")
+            n_ctx = len(ctx_init.split(" "))
+            with torch.no_grad():
+                embedding = token_embedding(tokenizer([ctx_init]).to(device)).type(dtype)
+            ctx_vectors = embedding[0, 1:1 + n_ctx, :]
+            prompt_prefix = ctx_init
+        else:
+            shape = (n_rows, n_ctx, ctx_dim) if csc else (n_ctx, ctx_dim)
+            ctx_vectors = torch.empty(*shape, dtype=dtype)
+            nn.init.normal_(ctx_vectors, std=0.02)
+            ctx_vectors = ctx_vectors.to(device)
+            prompt_prefix = " ".join(["X"] * n_ctx)
+
+        if n_ctx == 0:
+            self.register_buffer("ctx", ctx_vectors)  # not optimized
+        else:
+            self.register_parameter("ctx", nn.Parameter(ctx_vectors))
+
+        names = [name.replace("_", " ") for name in names]
+        self.name_lens = [len(tokenizer.encode(name)) for name in names]
+        prompts = [prompt_prefix + " " + name + "." for name in names]
+        tokenized_prompts = _tokenize_each(tokenizer, prompts).to(device)
+        with torch.no_grad():
+            embedding = token_embedding(tokenized_prompts).type(dtype)
+        self.register_buffer("token_prefix", embedding[:, :1, :])
+        self.register_buffer("token_suffix", embedding[:, 1 + n_ctx:, :])
+        self.register_buffer("tokenized_prompts", tokenized_prompts, persistent=False)
+        self.n_rows = n_rows
+        self.n_ctx = n_ctx
+        self.token_position = token_position
+
+    def forward(self) -> torch.Tensor:
+        ctx = self.ctx
+        if ctx.dim() == 2:
+            ctx = ctx.unsqueeze(0).expand(self.n_rows, -1, -1)
+        return _assemble(self.token_prefix, ctx, self.token_suffix, self.name_lens, self.n_rows, self.n_ctx,
+                         self.token_position)
+
+
+class ReferenceSoftCPTClassPrompts(nn.Module):
+    """The original per-task ``PromptLearner``: ``forward(ctx, idx=None) -> prompts [C_t or |idx|, 77, D]``.
+
+    ``ctx`` is generated: ``[N_CTX, D]`` for the task (NA) or ``[C_t (or |idx|), N_CTX, D]`` per class.
+    """
+
+    def __init__(self, model: nn.Module, classnames: Sequence[str], n_ctx: int = 16, token_position: str = "end",
+                 tokenizer: Optional[Callable] = None):
+        super().__init__()
+        holder = text_tower(model)
+        tokenizer = default_tokenizer(model) if tokenizer is None else tokenizer
+        dtype = _model_dtype(holder)
+        device = holder.token_embedding.weight.device
+        prompt_prefix = " ".join(["X"] * n_ctx)
+        names = [name.replace("_", " ") for name in classnames]
+        self.name_lens = [len(tokenizer.encode(name)) for name in names]
+        prompts = [prompt_prefix + " " + name + "." for name in names]
+        tokenized_prompts = _tokenize_each(tokenizer, prompts).to(device)
+        with torch.no_grad():
+            embedding = holder.token_embedding(tokenized_prompts).type(dtype)
+        self.register_buffer("token_prefix", embedding[:, :1, :])
+        self.register_buffer("token_suffix", embedding[:, 1 + n_ctx:, :])
+        self.register_buffer("tokenized_prompts", tokenized_prompts, persistent=False)
+        self.n_cls = len(names)
+        self.n_ctx = n_ctx
+        self.token_position = token_position
+
+    def forward(self, ctx: torch.Tensor, idx: Optional[torch.Tensor] = None) -> torch.Tensor:
+        name_lens, n_cls = self.name_lens, self.n_cls
+        if ctx.dim() == 2:
+            ctx = ctx.unsqueeze(0).expand(self.n_cls, -1, -1)
+        prefix, suffix = self.token_prefix, self.token_suffix
+        if idx is not None:
+            prefix, suffix = prefix[idx], suffix[idx]
+            name_lens = [name_lens[i.item()] for i in idx]
+            n_cls = len(idx)
+        return _assemble(prefix, ctx, suffix, name_lens, n_cls, self.n_ctx, self.token_position)
+
+
+class ReferencePromptGen(nn.Module):
+    """The original ``PromptGen``: features ``[R, d_in] -> context [R, N_CTX, D]``."""
+
+    def __init__(self, pg_type: str, n_ctx: int, feat_dim: int, is_csc: bool, out_dim: int):
+        super().__init__()
+        self.n_ctx, self.out_dim, self.prompt_gen_type = n_ctx, out_dim, pg_type
+        if pg_type == "lin":
+            width = feat_dim * 2 if is_csc else feat_dim
+        elif pg_type == "linmean":
+            width = feat_dim
+        elif pg_type == "lincls":
+            if not is_csc:
+                raise ValueError("pg_type 'lincls' needs class features (csc=True)")
+            width = feat_dim
+        else:
+            raise ValueError(f"unknown pg_type {pg_type!r}")
+        self.register_parameter("proj", nn.Parameter(torch.zeros(width, n_ctx * out_dim)))
+        nn.init.normal_(self.proj, std=0.02)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.prompt_gen_type == "linmean":
+            d = x.shape[-1]
+            x = (x[..., :d // 2] + x[..., d // 2:]) / 2.
+        elif self.prompt_gen_type == "lincls":
+            x = x[..., :x.shape[-1] // 2]
+        ctx = x @ self.proj.type(x.dtype)
+        return ctx.reshape(x.shape[0], self.n_ctx, self.out_dim)
+
+
+class ReferenceSoftCPT(nn.Module):
+    """SoftCPT's ``CustomCLIP`` plus the trainer's multi-task loss.
+
+    Args:
+        model: open_clip CLIP (used in place).
+        tasknames: T task names.
+        classnames: T lists of class names (one per task, in task order).
+        n_ctx, csc, token_position: ``N_CTX``, ``CSC`` (class features on: CA/CS), ``TOKEN_POSITION``.
+        task_n_ctx, task_ctx_init, task_csc, task_token_position: ``TASK_*``.
+        class_n_ctx, class_ctx_init, class_csc, class_token_position: ``CLASS_*`` (only with ``csc``).
+        pg_type, cls_sample_rate: ``PG_TYPE``, ``CLS_SAMPLE_RATE``.
+    """
+
+    def __init__(self, model: nn.Module, tasknames: Sequence[str], classnames: Sequence[Sequence[str]],
+                 n_ctx: int = 16, csc: bool = False, token_position: str = "end", task_n_ctx: int = 4,
+                 task_ctx_init: str = "", task_csc: bool = False, task_token_position: str = "end",
+                 class_n_ctx: int = 4, class_ctx_init: str = "", class_csc: bool = False,
+                 class_token_position: str = "end", pg_type: str = "lin", cls_sample_rate: float = 0.0,
+                 tokenizer: Optional[Callable] = None):
+        super().__init__()
+        if len(tasknames) != len(classnames):
+            raise ValueError(f"{len(tasknames)} task names but {len(classnames)} class lists")
+        self.prompt_learner = nn.ModuleList(
+            [ReferenceSoftCPTClassPrompts(model, c, n_ctx, token_position, tokenizer) for c in classnames])
+        self.task_prompt_learner = ReferenceSoftCPTContextLearner(
+            model, tasknames, task_n_ctx, task_ctx_init, task_csc, task_token_position, tokenizer)
+        self.task_tokenized_prompts = self.task_prompt_learner.tokenized_prompts
+        self.is_csc = csc
+        if csc:
+            all_classes = [c for names in classnames for c in names]
+            self.class_prompt_learner = ReferenceSoftCPTContextLearner(
+                model, all_classes, class_n_ctx, class_ctx_init, class_csc, class_token_position, tokenizer)
+            self.class_tokenized_prompts = self.class_prompt_learner.tokenized_prompts
+        self.image_encoder = model.visual
+        self.text_encoder = ReferenceTextEncoder(model)
+        self.logit_scale = model.logit_scale
+        self.dtype = self.text_encoder.dtype
+        self.n_ctx = n_ctx
+        holder = text_tower(model)
+        self.ctx_dim = holder.ln_final.weight.shape[0]
+        proj = holder.text_projection
+        self.task_feat_dim = proj.out_features if isinstance(proj, nn.Linear) else proj.shape[1]
+        self.prompt_gen = ReferencePromptGen(pg_type, n_ctx, self.task_feat_dim, csc, self.ctx_dim).to(
+            holder.token_embedding.weight.device)
+        self.num_classes = [len(x) for x in classnames]
+        self.num_tasks = len(tasknames)
+        self.cls_range = []
+        start = 0
+        for c in self.num_classes:
+            self.cls_range.append((start, start + c))
+            start += c
+        self.cls_sample_rate = cls_sample_rate
+        if not csc and cls_sample_rate != 0.0:
+            raise ValueError("cls_sample_rate needs csc=True (as the original asserts)")
+
+    def prompt_parameters(self) -> List[nn.Parameter]:
+        """What the original optimizes: task/class context and the prompt generator."""
+        return [p for n, p in self.named_parameters()
+                if p.requires_grad and n.split(".")[0] in ("task_prompt_learner", "class_prompt_learner", "prompt_gen")]
+
+    def encode_image(self, images: torch.Tensor) -> torch.Tensor:
+        feats = self.image_encoder(images.type(self.dtype))
+        if isinstance(feats, (tuple, list)):
+            feats = feats[0]
+        return feats
+
+    def forward(self, image: torch.Tensor, label: Optional[torch.Tensor] = None):
+        """``(logits [B, C_tot], selected)``; ``selected`` is None unless classes were sampled."""
+        prompts = self.task_prompt_learner()
+        task_features = self.text_encoder(prompts, self.task_tokenized_prompts)
+
+        if self.is_csc:
+            prompts = self.class_prompt_learner()
+            class_features = self.text_encoder(prompts, self.class_tokenized_prompts)
+            cc = 0
+            features = []
+            for i, num in enumerate(self.num_classes):
+                features.append(torch.cat([class_features[cc:cc + num], task_features[[i], :].repeat(num, 1)], dim=1))
+                cc += num
+            features = torch.cat(features, dim=0)
+            ctx = self.prompt_gen(features.type(self.dtype))
+            ctx = torch.split(ctx, self.num_classes, dim=0)
+        else:
+            ctx = self.prompt_gen(task_features.type(self.dtype))
+
+        image_features = self.encode_image(image)
+
+        if self.cls_sample_rate > 0 and label is not None:
+            text_features, selected = self.compute_text_features_subsample(label, ctx, self.cls_sample_rate)
+        else:
+            text_features = self.compute_text_features_full(ctx)
+            selected = None
+
+        image_features = image_features / image_features.norm(dim=-1, keepdim=True)
+        text_features = text_features / text_features.norm(dim=-1, keepdim=True)
+        logits = self.logit_scale.exp() * image_features @ text_features.t()
+        return logits, selected
+
+    def compute_text_features_full(self, ctx) -> torch.Tensor:
+        text_features = []
+        for i, p in enumerate(self.prompt_learner):
+            prompts = p(ctx[i])
+            text_features.append(self.text_encoder(prompts, p.tokenized_prompts))
+        return torch.cat(text_features, dim=0)
+
+    def compute_text_features_subsample(self, label, ctx, cls_sample_rate):
+        def _choose(x, rate):
+            k = math.ceil(len(x) * rate)
+            perm = torch.randperm(len(x))[:k]
+            return x[perm]
+
+        cc = 0
+        text_features, selected = [], []
+        for i, p in enumerate(self.prompt_learner):
+            c = self.num_classes[i]
+            cur_label = label[:, cc:cc + c]
+            mask = (cur_label == 1).any(dim=0)
+            idx_pos = torch.where(mask)[0]
+            idx_neg = _choose(torch.where(~mask)[0], cls_sample_rate)
+            idx = torch.cat([idx_pos, idx_neg])
+            selected.append(idx + cc)
+            prompts = p(ctx[i][idx], idx=idx)
+            f = self.text_encoder(prompts, p.tokenized_prompts[idx])
+            f0 = 1e-6 * torch.ones(c, f.shape[1], device=f.device, dtype=f.dtype)
+            f0[idx, :] = f0[idx, :] + f
+            text_features.append(f0)
+            cc += c
+        return torch.cat(text_features, dim=0), torch.cat(selected)
+
+    # ---- the trainer's objective ---------------------------------------------------------------
+    def multitask_loss(self, output: torch.Tensor, label: torch.Tensor, selected=None) -> torch.Tensor:
+        """``mutitask_loss`` (``selected`` None) / ``mutitask_loss2`` of the original trainer."""
+        batch_size = output.shape[0]
+        if selected is not None:
+            select_mask = torch.zeros_like(label[0, :]).bool()
+            select_mask[selected] = 1
+        loss = 0.
+        for i in range(self.num_tasks):
+            st, ed = self.cls_range[i]
+            cur_output = output[:, st:ed]
+            cur_label = label[:, st:ed]
+            mask_row = torch.sum(cur_label != -1, dim=-1) > 0
+            if mask_row.sum() == 0:
+                continue
+            if selected is not None:
+                mask_col = select_mask[st:ed]
+                loss += F.cross_entropy(cur_output[mask_row][:, mask_col],
+                                        cur_label[mask_row][:, mask_col].argmax(dim=-1), reduction="sum")
+            else:
+                loss += F.cross_entropy(cur_output[mask_row, :], cur_label[mask_row, :].argmax(dim=-1),
+                                        reduction="sum")
+        return loss / batch_size
+
+    def loss(self, images: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
+        """The training objective for a ``[B, C_tot]`` label matrix (-1 / 0 / 1)."""
+        output, selected = self(images, label)
+        return self.multitask_loss(output, label, selected)

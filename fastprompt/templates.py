@@ -1,0 +1,121 @@
+"""Hand-crafted prompt templates used by the methods' frozen text targets.
+
+* :data:`IMAGENET_TEMPLATES` — the 60 ImageNet templates PromptSRC averages over for its frozen
+  text targets (muzairkhattak/PromptSRC @ bb95c77 ``trainers/imagenet_templates.py``; a subset of
+  the CLIP prompt-engineering notebook's list, in that file's order).
+* :data:`DATASET_TEMPLATES` — one template per dataset (``CUSTOM_TEMPLATES`` in
+  htyao89/KgCoOp @ c43ccc3 ``KgCoOp/trainers/kgcoop.py``, the same table as CoOp's zero-shot
+  ``trainers/zsclip.py``), used by KgCoOp's hand-crafted class embeddings.
+
+Templates are format strings with one ``{}`` for the class name (``_`` already replaced by
+spaces).
+"""
+from __future__ import annotations
+
+from typing import Dict, Sequence, Tuple
+
+__all__ = ["IMAGENET_TEMPLATES", "DATASET_TEMPLATES", "resolve_template", "check_templates"]
+
+IMAGENET_TEMPLATES: Tuple[str, ...] = (
+    'a photo of a {}.',
+    'a bad photo of a {}.',
+    'a photo of many {}.',
+    'a sculpture of a {}.',
+    'a photo of the hard to see {}.',
+    'a low resolution photo of the {}.',
+    'a rendering of a {}.',
+    'graffiti of a {}.',
+    'a bad photo of the {}.',
+    'a cropped photo of the {}.',
+    'a tattoo of a {}.',
+    'the embroidered {}.',
+    'a photo of a hard to see {}.',
+    'a bright photo of a {}.',
+    'a photo of a clean {}.',
+    'a photo of a dirty {}.',
+    'a dark photo of the {}.',
+    'a drawing of a {}.',
+    'a photo of my {}.',
+    'the plastic {}.',
+    'a photo of the cool {}.',
+    'a close-up photo of a {}.',
+    'a black and white photo of the {}.',
+    'a painting of the {}.',
+    'a painting of a {}.',
+    'a pixelated photo of the {}.',
+    'a sculpture of the {}.',
+    'a bright photo of the {}.',
+    'a cropped photo of a {}.',
+    'a plastic {}.',
+    'a photo of the dirty {}.',
+    'a jpeg corrupted photo of a {}.',
+    'a blurry photo of the {}.',
+    'a photo of the {}.',
+    'a good photo of the {}.',
+    'a rendering of the {}.',
+    'a {} in a video game.',
+    'a photo of one {}.',
+    'a doodle of a {}.',
+    'a close-up photo of the {}.',
+    'the origami {}.',
+    'the {} in a video game.',
+    'a sketch of a {}.',
+    'a doodle of the {}.',
+    'a origami {}.',
+    'a low resolution photo of a {}.',
+    'the toy {}.',
+    'a rendition of the {}.',
+    'a photo of the clean {}.',
+    'a photo of a large {}.',
+    'a rendition of a {}.',
+    'a photo of a nice {}.',
+    'a photo of a weird {}.',
+    'a blurry photo of a {}.',
+    'a cartoon {}.',
+    'art of a {}.',
+    'a sketch of the {}.',
+    'a embroidered {}.',
+    'a pixelated photo of a {}.',
+    'itap of the {}.',
+)
+
+DATASET_TEMPLATES: Dict[str, str] = {
+    "OxfordPets": "a photo of a {}, a type of pet.",
+    "OxfordFlowers": "a photo of a {}, a type of flower.",
+    "FGVCAircraft": "a photo of a {}, a type of aircraft.",
+    "DescribableTextures": "a photo of a {}, a type of texture.",
+    "EuroSAT": "a centered satellite photo of {}.",
+    "StanfordCars": "a photo of a {}.",
+    "Food101": "a photo of {}, a type of food.",
+    "SUN397": "a photo of a {}.",
+    "Caltech101": "a photo of a {}.",
+    "UCF101": "a photo of a person doing {}.",
+    "ImageNet": "a photo of a {}.",
+    "ImageNetSketch": "a photo of a {}.",
+    "ImageNetV2": "a photo of a {}.",
+    "ImageNetA": "a photo of a {}.",
+    "ImageNetR": "a photo of a {}.",
+}
+
+
+def check_templates(templates: Sequence[str], argument: str = "templates") -> Tuple[str, ...]:
+    """Validate a list of templates (each a string with exactly one ``{}``); returns a tuple."""
+    if isinstance(templates, str):
+        raise ValueError(f"{argument} must be a list of template strings, got a single string")
+    templates = tuple(templates)
+    if not templates:
+        raise ValueError(f"{argument} is empty: give at least one template with a '{{}}' for the class name")
+    for i, t in enumerate(templates):
+        if not isinstance(t, str) or t.count("{}") != 1:
+            raise ValueError(f"{argument}[{i}] must be a string with exactly one '{{}}' for the class name, got {t!r}")
+    return templates
+
+
+def resolve_template(template: str, argument: str = "template") -> str:
+    """A template string (one ``{}``) or a dataset name of :data:`DATASET_TEMPLATES` -> the template."""
+    if isinstance(template, str) and template in DATASET_TEMPLATES:
+        return DATASET_TEMPLATES[template]
+    if not isinstance(template, str) or template.count("{}") != 1:
+        raise ValueError(f"{argument} must be a format string with exactly one '{{}}' for the class name or one of "
+                         f"the dataset names {sorted(DATASET_TEMPLATES)}, got {template!r}")
+    return template

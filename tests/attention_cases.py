@@ -1,0 +1,116 @@
+"""Inputs and comparisons shared by the compiled-kernel tests (test_cpu_kernels.py, test_cuda_kernels.py).
+
+The combination matrix is the Triton issue's: prompt block G = 1, G = N, an arbitrary group map,
+an empty block (P = 0) and no block; causal on/off; ragged seqlens on/off; lengths 1, 5, 77, 201;
+head dims 32, 64, 80, 128.
+"""
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+
+from fastprompt.ops import prompt_attention
+from fastprompt.testing import assert_close_rel
+
+HEAD_DIMS = [32, 64, 80, 128]
+LENGTHS = [1, 5, 77, 201]
+GROUP_MODES = ["one", "per_seq", "mixed", "empty", "none"]  # G = 1, G = N, a map, P = 0, no prompt
+GRAD_NAMES = ["dq", "dk", "dv", "dpk", "dpv"]
+
+
+def make_case(group_mode, seq_len, head_dim, causal, ragged, dtype=torch.float32, n=3, heads=None,
+              n_prompt=None, seed=0, device="cpu"):
+    """``(tensors [q, k, v, pk, pv], dout, dlse, op kwargs)`` with float32 cotangents."""
+    gen = torch.Generator().manual_seed(seed)
+    heads = heads or (2 if seq_len <= 8 else 1)
+    rand = lambda *shape: torch.randn(*shape, generator=gen)
+    q, k, v = (rand(n, seq_len, heads, head_dim) for _ in range(3))
+    pk = pv = group = None
+    if group_mode != "none":
+        n_groups = {"one": 1, "per_seq": n, "mixed": 3, "empty": 1}[group_mode]
+        if n_prompt is None:
+            n_prompt = {"one": 17, "per_seq": 4, "mixed": 3, "empty": 0}[group_mode]
+        pk, pv = rand(n_groups, n_prompt, heads, head_dim), rand(n_groups, n_prompt, heads, head_dim)
+        if group_mode == "per_seq":
+            group = torch.randperm(n, generator=gen)
+        elif group_mode == "mixed":
+            group = torch.tensor([1, 0, 1, 0, 1, 1, 0][:n] + [0] * max(0, n - 7))  # block 2: nobody reads it
+    seqlens = None
+    if ragged:
+        seqlens = torch.randint(0, seq_len + 1, (n,), generator=gen)
+        seqlens[0] = seq_len
+        seqlens[-1] = 0 if seq_len > 1 else 1
+        if n > 2:
+            seqlens[1] = max(seq_len // 2, 1)
+    tensors = [t if t is None else t.to(device=device, dtype=dtype) for t in (q, k, v, pk, pv)]
+    dout = rand(n, seq_len, heads, head_dim).to(device)
+    dlse = rand(n, heads, seq_len).to(device)
+    to = lambda t: None if t is None else t.to(device)
+    return tensors, dout, dlse, dict(group=to(group), causal=causal, seqlens=to(seqlens))
+
+
+def run(backend, tensors, dout, dlse, kwargs, with_grad=True):
+    """``(out, lse, grads of q, k, v, pk, pv)`` of ``sum(out * dout) + sum(lse * dlse)``."""
+    leaves = [None if t is None else t.detach().requires_grad_(with_grad) for t in tensors]  # keeps strides
+    out, lse = prompt_attention(*leaves, backend=backend, **kwargs)
+    if not with_grad:
+        return out, lse, []
+    # lse is -inf on rows past the length; those rows carry no gradient.
+    loss = (out.to(dout.dtype) * dout).sum() + (lse.masked_fill(torch.isinf(lse), 0.0) * dlse.to(lse.dtype)).sum()
+    grads = torch.autograd.grad(loss, [t for t in leaves if t is not None])
+    return out, lse, list(grads)
+
+
+def compare_to_eager(backend, tensors, dout, dlse, kwargs, rtol=1e-5):
+    """Output, lse and all gradients of ``backend`` within ``rtol`` (relative) of the eager backend."""
+    out, lse, grads = run(backend, tensors, dout, dlse, kwargs)
+    ref_out, ref_lse, ref_grads = run("eager", tensors, dout, dlse, kwargs)
+    assert out.dtype == tensors[0].dtype and out.shape == tensors[0].shape
+    assert lse.dtype == ref_lse.dtype and lse.shape == ref_lse.shape
+    assert_close_rel(out, ref_out, rtol, "out")
+    assert_close_rel(lse, ref_lse, rtol, "lse")
+    assert len(grads) == len(ref_grads)
+    for name, g, r in zip(GRAD_NAMES, grads, ref_grads):
+        assert g.dtype == r.dtype and g.shape == r.shape, name
+        assert_close_rel(g, r, rtol, name)
+
+
+def max_abs_error(actual, reference):
+    finite = torch.isfinite(reference.detach())
+    diff = (actual.detach().double() - reference.detach().double())[finite]
+    return float(diff.abs().max()) if finite.any() else 0.0
+
+
+def check_low_precision(backend, dtype, tensors32, dout, dlse, kwargs):
+    """FlashAttention's rule: error vs an fp32 run within 2x (forward) / 3x (gradients) of eager's own."""
+    tensors = [t if t is None else t.to(dtype) for t in tensors32]
+    exact = [t if t is None else t.float() for t in tensors]  # the same values, computed in fp32
+    flat = lambda r: [t.detach() for t in r[:2]] + [t.detach() for t in r[2]]
+    ref = flat(run("eager", exact, dout, dlse, kwargs))
+    mine = flat(run(backend, tensors, dout, dlse, kwargs))
+    low = flat(run("eager", tensors, dout, dlse, kwargs))
+    assert mine[0].dtype == dtype and mine[1].dtype == torch.float32
+    for i, (name, t, r, e) in enumerate(zip(["out", "lse"] + GRAD_NAMES, mine, ref, low)):
+        err, eager_err = max_abs_error(t, r), max_abs_error(e, r)
+        factor = 2.0 if i < 2 else 3.0
+        finite = r[torch.isfinite(r)]
+        size = float(finite.abs().max()) if finite.numel() else 0.0
+        # The small floor keeps a near-zero eager error (exactly representable values) from failing.
+        assert err <= factor * eager_err + 1e-6 * size + 1e-6, (
+            f"{name} ({dtype}): {backend} error {err:.3e} > {factor} x eager error {eager_err:.3e}")
+
+
+# Every (group mode, causal, ragged, length) combination; the head dim rotates so that every head
+# dim meets every group mode, every length, causal on/off and ragged on/off.
+MATRIX = [
+    pytest.param(mode, causal, ragged, seq_len,
+                 HEAD_DIMS[(i_mode + i_len + causal + ragged) % len(HEAD_DIMS)],
+                 id=f"{mode}-{'causal' if causal else 'full'}-{'ragged' if ragged else 'dense'}-L{seq_len}")
+    for (i_mode, mode), causal, ragged, (i_len, seq_len) in itertools.product(
+        enumerate(GROUP_MODES), [False, True], [False, True], enumerate(LENGTHS))
+]
+
+LOW_PRECISION_CASES = [("one", 77, 64, True), ("mixed", 5, 80, False), ("per_seq", 20, 128, True),
+                       ("empty", 9, 32, False), ("none", 201, 64, True)]

@@ -1,0 +1,317 @@
+"""The ``cpu`` backend (C++ kernels from csrc/, built just in time) against the eager backend.
+
+The extension is built (or loaded from ~/.cache/fastprompt/ext) once per session by the
+``cpu_extension`` fixture; a machine without a compiler skips these tests with the reason.
+"""
+import logging
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import fastprompt
+from fastprompt import jit
+from fastprompt.ops import AUTO_ORDER, backend_status, prompt_attention, resolve_backend
+from fastprompt.ops import cpp_backend
+from fastprompt.testing import assert_close_rel, naive_prompt_attention
+
+from attention_cases import (GRAD_NAMES, HEAD_DIMS, LOW_PRECISION_CASES, MATRIX, check_low_precision,
+                             compare_to_eager, make_case, run)
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def cpu_extension():
+    """Build or load the CPU extension once; skip (with the reason) only where it cannot be built."""
+    problem = jit.extension_problem("cpu")
+    if problem is not None:
+        pytest.skip(f"the cpu backend cannot be built here: {problem}")
+    return jit.load_extension("cpu")
+
+
+# ---- float32 parity over the combination matrix ----------------------------------------------
+
+@pytest.mark.parametrize("group_mode,causal,ragged,seq_len,head_dim", MATRIX)
+def test_fp32_matches_eager(group_mode, causal, ragged, seq_len, head_dim):
+    tensors, dout, dlse, kwargs = make_case(group_mode, seq_len, head_dim, causal, ragged)
+    compare_to_eager("cpu", tensors, dout, dlse, kwargs)
+
+
+@pytest.mark.parametrize("head_dim", HEAD_DIMS + [8, 88])
+@pytest.mark.parametrize("group_mode", ["one", "per_seq", "mixed"])
+def test_every_head_dim_with_every_prompt_layout(head_dim, group_mode):
+    tensors, dout, dlse, kwargs = make_case(group_mode, 9, head_dim, causal=True, ragged=True, n=7)
+    compare_to_eager("cpu", tensors, dout, dlse, kwargs)
+
+
+def test_many_sequences_sharing_one_prefix():
+    """The text-suffix pattern at a size where sequences are split into several chunks per group."""
+    tensors, dout, dlse, kwargs = make_case("one", 8, 64, causal=True, ragged=True, n=300, heads=2)
+    compare_to_eager("cpu", tensors, dout, dlse, kwargs)
+    tensors, dout, dlse, kwargs = make_case("mixed", 8, 64, causal=True, ragged=True, n=300, heads=2)
+    compare_to_eager("cpu", tensors, dout, dlse, kwargs)
+
+
+# ---- float64 and low precision --------------------------------------------------------------
+
+@pytest.mark.parametrize("group_mode,causal,ragged", [("one", True, True), ("mixed", False, True),
+                                                      ("per_seq", True, False), ("none", False, True),
+                                                      ("empty", True, False)])
+def test_gradcheck_float64(group_mode, causal, ragged):
+    tensors, _, _, kwargs = make_case(group_mode, 4, 8, causal, ragged, dtype=torch.float64, n=3, heads=2,
+                                      n_prompt=None if group_mode == "empty" else 3)
+    leaves = [t.requires_grad_() for t in tensors if t is not None]
+
+    def fn(*leaves):
+        q, k, v, *prompt = leaves
+        pk, pv = prompt if prompt else (None, None)
+        out, lse = prompt_attention(q, k, v, pk, pv, backend="cpu", **kwargs)
+        return out, lse.masked_fill(torch.isinf(lse), 0.0)
+
+    assert torch.autograd.gradcheck(fn, leaves, eps=1e-6, atol=1e-8, rtol=1e-6)
+
+
+def test_float64_matches_the_naive_reference():
+    tensors, _, _, kwargs = make_case("mixed", 6, 32, causal=True, ragged=True, dtype=torch.float64, n=5)
+    out, lse = prompt_attention(*tensors, backend="cpu", **kwargs)
+    ref_out, ref_lse = naive_prompt_attention(*tensors, **kwargs)
+    assert out.dtype == torch.float64 and lse.dtype == torch.float64
+    assert_close_rel(out, ref_out, 1e-12, "out")
+    assert_close_rel(lse, ref_lse, 1e-12, "lse")
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+@pytest.mark.parametrize("group_mode,seq_len,head_dim,causal", LOW_PRECISION_CASES)
+def test_low_precision_error_is_within_eagers_own(dtype, group_mode, seq_len, head_dim, causal):
+    tensors32, dout, dlse, kwargs = make_case(group_mode, seq_len, head_dim, causal, ragged=True)
+    check_low_precision("cpu", dtype, tensors32, dout, dlse, kwargs)
+
+
+# ---- layouts, modes and options ---------------------------------------------------------------
+
+def test_strided_inputs_and_a_stride_zero_prompt_batch():
+    """q/k/v as views of one packed qkv tensor; a G = N block that is an expanded (stride 0) view;
+    a non-contiguous output gradient."""
+    gen = torch.Generator().manual_seed(3)
+    n, seq_len, heads, head_dim = 3, 6, 2, 32
+    qkv = torch.randn(n, seq_len, 3, heads, head_dim, generator=gen)
+    q, k, v = qkv.unbind(2)
+    base_k, base_v = (torch.randn(1, 5, heads, head_dim, generator=gen) for _ in range(2))
+    pk, pv = base_k.expand(n, -1, -1, -1), base_v.expand(n, -1, -1, -1)
+    dout = torch.randn(n, heads, seq_len, head_dim, generator=gen).transpose(1, 2)
+    dlse = torch.randn(n, heads, seq_len, generator=gen)
+    kwargs = dict(group=torch.tensor([2, 0, 1]), causal=True, seqlens=torch.tensor([6, 3, 5]))
+    compare_to_eager("cpu", [q, k, v, pk, pv], dout, dlse, kwargs)
+
+
+def test_head_dim_not_contiguous_is_handled():
+    tensors, dout, dlse, kwargs = make_case("one", 5, 32, causal=True, ragged=True)
+    q = tensors[0].transpose(-1, -2).contiguous().transpose(-1, -2)  # stride(-1) != 1
+    compare_to_eager("cpu", [q] + tensors[1:], dout, dlse, kwargs)
+
+
+def test_return_lse_false():
+    tensors, _, _, kwargs = make_case("one", 5, 32, causal=True, ragged=True)
+    out, lse = prompt_attention(*tensors, return_lse=False, backend="cpu", **kwargs)
+    ref, _ = prompt_attention(*tensors, backend="eager", **kwargs)
+    assert lse is None
+    assert_close_rel(out, ref, 1e-5, "out")
+    # No prompt block and no lse: the fused SDPA path, as in the eager backend.
+    q, k, v = tensors[:3]
+    out, lse = prompt_attention(q, k, v, causal=True, return_lse=False, backend="cpu")
+    ref, _ = prompt_attention(q, k, v, causal=True, return_lse=False, backend="eager")
+    assert lse is None and torch.equal(out, ref)
+
+
+def test_rows_past_seqlens_are_zero_with_minus_inf_lse_and_no_gradient():
+    tensors, dout, dlse, kwargs = make_case("mixed", 7, 32, causal=False, ragged=False)
+    kwargs["seqlens"] = torch.tensor([7, 2, 0])
+    out, lse, grads = run("cpu", tensors, dout, dlse, kwargs)
+    for n, length in enumerate(kwargs["seqlens"].tolist()):
+        assert torch.all(out[n, length:] == 0) and torch.all(lse[n, :, length:] == float("-inf"))
+        for g in grads[:3]:
+            assert torch.all(g[n, length:] == 0)
+    assert torch.all(grads[3][2] == 0) and torch.all(grads[4][2] == 0)  # block 2 is read by nobody
+
+
+def test_only_prompt_gradients_requested():
+    """A frozen tower: only pk/pv need grad."""
+    tensors, dout, _, kwargs = make_case("per_seq", 5, 64, causal=True, ragged=True)
+    q, k, v, pk, pv = tensors
+    grads = {}
+    for backend in ("cpu", "eager"):
+        pk_, pv_ = pk.clone().requires_grad_(), pv.clone().requires_grad_()
+        out, _ = prompt_attention(q, k, v, pk_, pv_, backend=backend, **kwargs)
+        grads[backend] = torch.autograd.grad((out * dout).sum(), (pk_, pv_))
+    for name, g, r in zip(("dpk", "dpv"), grads["cpu"], grads["eager"]):
+        assert_close_rel(g, r, 1e-5, name)
+
+
+def test_results_do_not_depend_on_the_thread_count():
+    tensors, dout, dlse, kwargs = make_case("mixed", 8, 64, causal=True, ragged=True, n=200, heads=3)
+    previous = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = run("cpu", tensors, dout, dlse, kwargs)
+        torch.set_num_threads(2)
+        two = run("cpu", tensors, dout, dlse, kwargs)
+    finally:
+        torch.set_num_threads(previous)
+    for name, a, b in zip(["out", "lse"] + GRAD_NAMES, [one[0], one[1], *one[2]], [two[0], two[1], *two[2]]):
+        assert torch.equal(a, b), name
+
+
+# ---- the registered torch ops ---------------------------------------------------------------
+
+def test_ops_are_registered_with_fake_implementations():
+    tensors, _, _, kwargs = make_case("mixed", 5, 32, causal=True, ragged=True)
+    args = (*tensors, kwargs["group"], kwargs["seqlens"], True, 32 ** -0.5)
+    assert torch._C._dispatch_has_kernel_for_dispatch_key("fastprompt::cpp_prompt_attention_fwd", "CPU")
+    torch.library.opcheck(torch.ops.fastprompt.cpp_prompt_attention_fwd.default, args,
+                          test_utils=("test_schema", "test_faketensor"))
+    out, lse = torch.ops.fastprompt.cpp_prompt_attention_fwd(*args)
+    dout = torch.randn_like(out)
+    torch.library.opcheck(torch.ops.fastprompt.cpp_prompt_attention_bwd.default,
+                          (dout, None, *tensors, kwargs["group"], kwargs["seqlens"], out, lse, True, 32 ** -0.5),
+                          test_utils=("test_schema", "test_faketensor"))
+
+
+def test_direct_op_calls_check_their_arguments():
+    tensors, _, _, _ = make_case("mixed", 5, 32, causal=True, ragged=False)
+    q, k, v, pk, pv = tensors
+    op = torch.ops.fastprompt.cpp_prompt_attention_fwd
+    with pytest.raises(RuntimeError, match="group values must lie in"):
+        op(q, k, v, pk, pv, torch.tensor([0, 5, 1]), None, True, 0.1)
+    with pytest.raises(RuntimeError, match="seqlens values must lie in"):
+        op(q, k, v, pk, pv, torch.tensor([0, 1, 1]), torch.tensor([1, 9, 2]), True, 0.1)
+    with pytest.raises(RuntimeError, match="group is required"):
+        op(q, k, v, pk, pv, None, None, True, 0.1)
+    with pytest.raises(RuntimeError, match="pk must have shape"):
+        op(q, k, v, pk[..., :16], pv[..., :16], torch.tensor([0, 1, 1]), None, True, 0.1)
+
+
+def test_torch_compile_traces_the_backend():
+    tensors, dout, dlse, _ = make_case("one", 5, 32, causal=True, ragged=False)
+
+    def step(q, k, v, pk, pv, backend):
+        out, lse = prompt_attention(q, k, v, pk, pv, causal=True, backend=backend)
+        return (out * dout).sum() + (lse * dlse).sum()
+
+    compiled = torch.compile(step, backend="aot_eager")
+    leaves = [t.clone().requires_grad_() for t in tensors]
+    grads = torch.autograd.grad(compiled(*leaves, "cpu"), leaves)
+    ref_leaves = [t.clone().requires_grad_() for t in tensors]
+    ref_grads = torch.autograd.grad(step(*ref_leaves, "eager"), ref_leaves)
+    for name, g, r in zip(GRAD_NAMES, grads, ref_grads):
+        assert_close_rel(g, r, 1e-5, name)
+
+
+# ---- learners on the cpu backend ------------------------------------------------------------
+
+def _images(n, seed=0):
+    return torch.randn(n, 3, 32, 32, generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.mark.parametrize("method", ["coop", "cocoop", "maple"])
+def test_learner_training_step_cpu_equals_eager(method, tiny_model, classnames):
+    """Loss, prompt gradients and the updated prompts after one SGD step, every attention layer on
+    the cpu backend (CoOp: G = 1 text prefix; CoCoOp: G = B; MaPLe: deep vision prompts too)."""
+    cls = {"coop": fastprompt.CoOpLearner, "cocoop": fastprompt.CoCoOpLearner,
+           "maple": fastprompt.MaPLeLearner}[method]
+    extra = {"maple": dict(prompt_depth=2)}.get(method, {})
+    images, labels = _images(2), torch.tensor([3, 5])
+    results = {}
+    for backend in ("eager", "cpu"):
+        torch.manual_seed(0)
+        learner = cls.from_model(tiny_model, classnames, backend=backend, **extra)
+        params = learner.trainable_parameters()
+        opt = torch.optim.SGD(params, lr=0.1, momentum=0.9)
+        loss = learner.loss(images, labels)
+        loss.backward()
+        grads = [p.grad.clone() for p in params]
+        opt.step()
+        results[backend] = (loss.detach(), grads, [p.detach().clone() for p in params])
+    assert_close_rel(results["cpu"][0], results["eager"][0], 1e-5, "loss")
+    for i, (g, r) in enumerate(zip(results["cpu"][1], results["eager"][1])):
+        assert_close_rel(g, r, 1e-5, f"grad {i}")
+    for i, (p, r) in enumerate(zip(results["cpu"][2], results["eager"][2])):
+        assert_close_rel(p, r, 1e-5, f"param {i} after the step")
+
+
+# ---- JIT, fallback and diagnostics ----------------------------------------------------------
+
+def _python(code, env_extra, timeout=300):
+    env = {**os.environ, **env_extra}
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=REPO,
+                          timeout=timeout)
+
+
+def test_the_build_is_cached(cpu_extension):
+    """A second process loads the cached build: no build log line, no compiler run."""
+    code = ("import logging; logging.basicConfig(level=logging.INFO)\n"
+            "from fastprompt import jit; jit.load_extension('cpu'); print(jit.extension_state('cpu'))")
+    result = _python(code, {})
+    assert result.returncode == 0, result.stderr
+    assert "building" not in result.stderr
+    assert "loaded" in result.stdout
+    assert cpu_extension.build_tag() == jit.build_tag("cpu")
+
+
+def test_jit_disabled_falls_back_with_a_reason_and_explicit_use_says_how_to_fix(tmp_path):
+    code = """
+import logging, torch
+logging.basicConfig(level=logging.DEBUG, format="%(name)s %(message)s")
+from fastprompt import jit
+from fastprompt.ops import prompt_attention, backend_status, resolve_backend
+q = torch.randn(2, 3, 1, 8)
+pk = torch.randn(1, 2, 1, 8)
+print("STATUS", backend_status("cpu")["cpu"])
+print("AUTO", resolve_backend("auto", torch.device("cpu")).name)
+prompt_attention(q, q, q, pk, pk, causal=True)  # auto: must work
+try:
+    prompt_attention(q, q, q, pk, pk, backend="cpu")
+except RuntimeError as err:  # the registry names the backend; the reason says how to fix it
+    print("ERROR", str(err).replace(chr(10), " "))
+print("DIR", sorted(p.name for p in __import__("pathlib").Path(jit.cache_root()).rglob("*")))
+"""
+    result = _python(code, {"FASTPROMPT_DISABLE_JIT": "1", "FASTPROMPT_JIT_DIR": str(tmp_path)})
+    assert result.returncode == 0, result.stderr
+    lines = dict(line.split(" ", 1) for line in result.stdout.splitlines() if " " in line)
+    assert "FASTPROMPT_DISABLE_JIT=1" in lines["STATUS"]
+    assert lines["AUTO"] == "eager"
+    assert "unset FASTPROMPT_DISABLE_JIT" in lines["ERROR"] and "FASTPROMPT_BUILD_EXT=1" in lines["ERROR"]
+    assert lines["DIR"] == "[]"  # nothing was compiled
+    # The fallback is explained in one log line.
+    reasons = [line for line in result.stderr.splitlines() if "'cpu' unavailable" in line]
+    assert len(reasons) == 1 and "FASTPROMPT_DISABLE_JIT=1" in reasons[0]
+
+
+def test_missing_compiler_makes_auto_fall_back(monkeypatch, tmp_path):
+    monkeypatch.setenv("FASTPROMPT_JIT_DIR", str(tmp_path))
+    monkeypatch.setenv("CXX", "no-such-compiler-fastprompt")
+    monkeypatch.setattr(jit, "_loaded", {})
+    reason = jit.extension_problem("cpu")
+    assert "no C++ compiler" in reason and "CXX" in reason
+    assert cpp_backend.cpu_available(torch.device("cpu")) == reason
+    with pytest.raises(jit.ToolchainMissingError, match="no C\\+\\+ compiler"):
+        jit._build("cpu")
+
+
+def test_auto_order_and_probes():
+    status = backend_status("cpu")
+    assert status["cpu"] == "available"
+    assert status["cuda"].startswith("runs on CUDA tensors")
+    assert AUTO_ORDER["cuda"][0] == "cuda"
+    if AUTO_ORDER["cpu"][0] == "cpu":
+        assert resolve_backend("auto", torch.device("cpu")).name == "cpu"
+
+
+def test_env_report_lists_every_backend():
+    result = subprocess.run([sys.executable, "-m", "fastprompt.env"], capture_output=True, text=True, cwd=REPO,
+                            timeout=300)
+    assert result.returncode == 0, result.stderr
+    for needle in ("torch", "fastprompt", "cpu", "cuda", "eager", "JIT cache"):
+        assert needle in result.stdout, needle

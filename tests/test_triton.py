@@ -1,0 +1,450 @@
+"""The ``triton`` backend of prompt_attention against the eager backend, run by Triton's CPU interpreter.
+
+TRITON_INTERPRET must be set before fastprompt.kernels is imported (Triton fixes a kernel's mode
+when the kernel is defined), hence the first lines. The interpreter costs tens of milliseconds per
+program, so shapes are tiny: one or two heads, a few sequences.
+"""
+import os
+
+os.environ["TRITON_INTERPRET"] = "1"
+
+import contextlib  # noqa: E402
+import importlib  # noqa: E402
+import itertools  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+pytest.importorskip("triton")
+
+from hypothesis import HealthCheck, given, settings, strategies as st  # noqa: E402
+
+import fastprompt  # noqa: E402
+import fastprompt.kernels as kernels  # noqa: E402
+from fastprompt.ops import AUTO_ORDER, backend_status, prompt_attention, resolve_backend  # noqa: E402
+from fastprompt.ops import triton_backend  # noqa: E402
+from fastprompt.testing import assert_close_rel  # noqa: E402
+
+if not kernels.INTERPRET and not torch.cuda.is_available():
+    pytest.skip("fastprompt.kernels was imported before TRITON_INTERPRET=1 was set in this process",
+                allow_module_level=True)
+
+FWD = importlib.import_module("fastprompt.kernels.prompt_attention_fwd")
+BWD = importlib.import_module("fastprompt.kernels.prompt_attention_bwd")
+
+HEAD_DIMS = [32, 64, 80, 128]
+LENGTHS = [1, 5, 77, 201]  # 1, and lengths that are not multiples of any tile size
+GROUP_MODES = ["one", "per_seq", "mixed", "empty", "none"]  # G=1, G=N, a map, P=0, no prompt
+
+
+# ---- inputs and the two runs -------------------------------------------------------------------
+
+def make_case(group_mode, seq_len, head_dim, causal, ragged, dtype=torch.float32, n=None, heads=None,
+              n_prompt=None, seed=0):
+    """Inputs (float32 masters), output/lse cotangents and the op's keyword arguments."""
+    gen = torch.Generator().manual_seed(seed)
+    if n is None:  # the interpreter pays per program: long dense sequences come two at a time
+        n = 2 if seq_len > 64 and not ragged else 3
+    heads = heads or (2 if seq_len <= 8 else 1)
+    rand = lambda *shape: torch.randn(*shape, generator=gen)
+    q, k, v = (rand(n, seq_len, heads, head_dim) for _ in range(3))
+    pk = pv = group = None
+    if group_mode != "none":
+        n_groups = {"one": 1, "per_seq": n, "mixed": 3, "empty": 1}[group_mode]
+        if n_prompt is None:
+            n_prompt = {"one": 17, "per_seq": 4, "mixed": 3, "empty": 0}[group_mode]
+        pk, pv = rand(n_groups, n_prompt, heads, head_dim), rand(n_groups, n_prompt, heads, head_dim)
+        if group_mode == "per_seq":
+            group = torch.randperm(n, generator=gen)
+        elif group_mode == "mixed":
+            group = torch.tensor([1, 0, 1, 0, 1, 1, 0][:n])  # block 2 is read by nobody: its grads are 0
+    seqlens = None
+    if ragged:
+        seqlens = torch.randint(0, seq_len + 1, (n,), generator=gen)
+        seqlens[0] = seq_len
+        seqlens[-1] = 0 if seq_len > 1 else 1
+        if n > 2:
+            seqlens[1] = max(seq_len // 2, 1)
+    tensors = [t if t is None else t.to(dtype) for t in (q, k, v, pk, pv)]
+    dout = rand(n, seq_len, heads, head_dim)
+    dlse = rand(n, heads, seq_len)
+    return tensors, dout, dlse, dict(group=group, causal=causal, seqlens=seqlens)
+
+
+class _PoisonedTorch:
+    """``torch`` as the kernel launchers see it, but every ``empty``/``empty_like`` is NaN-filled."""
+
+    def __getattr__(self, name):
+        return getattr(torch, name)
+
+    @staticmethod
+    def _poison(t):
+        return t.fill_(float("nan")) if t.is_floating_point() else t.fill_(-12345)
+
+    def empty(self, *args, **kwargs):
+        return self._poison(torch.empty(*args, **kwargs))
+
+    def empty_like(self, *args, **kwargs):
+        return self._poison(torch.empty_like(*args, **kwargs))
+
+
+@contextlib.contextmanager
+def poisoned_outputs():
+    """Any output element (or internal buffer entry) a kernel fails to write stays NaN."""
+    with pytest.MonkeyPatch.context() as mp:
+        for module in (FWD, BWD):
+            mp.setattr(module, "torch", _PoisonedTorch())
+        yield
+
+
+def run(backend, tensors, dout, dlse, kwargs, with_grad=True):
+    """``(out, lse, grads of q, k, v, pk, pv)`` of ``sum(out * dout) + sum(lse * dlse)``."""
+    leaves = [None if t is None else t.detach().requires_grad_(with_grad) for t in tensors]  # keeps strides
+    context = poisoned_outputs() if backend == "triton" else contextlib.nullcontext()
+    with context:
+        out, lse = prompt_attention(*leaves, backend=backend, **kwargs)
+        if not with_grad:
+            return out, lse, []
+        # lse is -inf on rows past the length; those rows carry no gradient.
+        loss = (out.float() * dout).sum() + (lse.masked_fill(torch.isinf(lse), 0.0) * dlse).sum()
+        wrt = [t for t in leaves if t is not None]
+        grads = torch.autograd.grad(loss, wrt)
+    return out, lse, list(grads)
+
+
+def compare_fp32(tensors, dout, dlse, kwargs, rtol=1e-5):
+    out, lse, grads = run("triton", tensors, dout, dlse, kwargs)
+    ref_out, ref_lse, ref_grads = run("eager", tensors, dout, dlse, kwargs)
+    assert out.dtype == tensors[0].dtype and lse.dtype == torch.float32
+    assert_close_rel(out, ref_out, rtol, "out")
+    assert_close_rel(lse, ref_lse, rtol, "lse")
+    names = ["dq", "dk", "dv", "dpk", "dpv"]
+    assert len(grads) == len(ref_grads)
+    for name, g, r in zip(names, grads, ref_grads):
+        assert g.dtype == r.dtype and g.shape == r.shape, name
+        assert_close_rel(g, r, rtol, name)
+
+
+# ---- float32 parity over the issue's matrix -----------------------------------------------------
+
+# Every (group mode, causal, ragged, length) combination; the head dim rotates so that every head
+# dim meets every group mode, every length, causal on/off and ragged on/off.
+MATRIX = [
+    pytest.param(mode, causal, ragged, seq_len,
+                 HEAD_DIMS[(i_mode + i_len + causal + ragged) % len(HEAD_DIMS)],
+                 id=f"{mode}-{'causal' if causal else 'full'}-{'ragged' if ragged else 'dense'}-L{seq_len}")
+    for (i_mode, mode), causal, ragged, (i_len, seq_len) in itertools.product(
+        enumerate(GROUP_MODES), [False, True], [False, True], enumerate(LENGTHS))
+]
+
+
+@pytest.mark.parametrize("group_mode,causal,ragged,seq_len,head_dim", MATRIX)
+def test_fp32_matches_eager(group_mode, causal, ragged, seq_len, head_dim):
+    tensors, dout, dlse, kwargs = make_case(group_mode, seq_len, head_dim, causal, ragged)
+    compare_fp32(tensors, dout, dlse, kwargs)
+
+
+@pytest.mark.parametrize("head_dim", HEAD_DIMS)
+def test_every_head_dim_with_a_group_map(head_dim):
+    tensors, dout, dlse, kwargs = make_case("mixed", 5, head_dim, causal=True, ragged=True, n=4)
+    compare_fp32(tensors, dout, dlse, kwargs)
+
+
+# ---- low precision: within 2x (forward) / 3x (gradients) of eager's own error ---------------------
+
+def _max_err(actual, reference):
+    finite = torch.isfinite(reference.detach())
+    diff = (actual.detach().double() - reference.detach().double())[finite]
+    return float(diff.abs().max()) if finite.any() else 0.0
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+@pytest.mark.parametrize("group_mode,seq_len,head_dim,causal", [
+    ("one", 77, 64, True), ("mixed", 5, 80, False), ("per_seq", 20, 128, True), ("empty", 9, 32, False),
+])
+def test_low_precision_error_is_within_eagers_own(dtype, group_mode, seq_len, head_dim, causal):
+    tensors32, dout, dlse, kwargs = make_case(group_mode, seq_len, head_dim, causal, ragged=True)
+    tensors = [t if t is None else t.to(dtype) for t in tensors32]
+    exact = [t if t is None else t.float() for t in tensors]  # the same values, computed in fp32
+    flat = lambda r: [t.detach() for t in r[:2]] + [t.detach() for t in r[2]]  # out, lse, grads
+    ref = flat(run("eager", exact, dout, dlse, kwargs))
+    tri = flat(run("triton", tensors, dout, dlse, kwargs))
+    low = flat(run("eager", tensors, dout, dlse, kwargs))
+    assert tri[0].dtype == dtype and tri[1].dtype == torch.float32
+    names = ["out", "lse", "dq", "dk", "dv", "dpk", "dpv"]
+    for i, (name, t, r, e) in enumerate(zip(names, tri, ref, low)):
+        tri_err, low_err = _max_err(t, r), _max_err(e, r)
+        factor = 2.0 if i < 2 else 3.0
+        finite = r[torch.isfinite(r)]
+        size = float(finite.abs().max()) if finite.numel() else 0.0
+        # The small floor keeps a near-zero eager error (exactly representable values) from failing.
+        assert tri_err <= factor * low_err + 1e-6 * size + 1e-6, (
+            f"{name} ({dtype}): triton error {tri_err:.3e} > {factor} x eager error {low_err:.3e}")
+
+
+# ---- property-based -----------------------------------------------------------------------------
+
+@st.composite
+def attention_cases(draw):
+    n = draw(st.integers(1, 4))
+    seq_len = draw(st.integers(1, 40))
+    heads = draw(st.integers(1, 2))
+    head_dim = draw(st.sampled_from([8, 16, 24, 32, 48, 64, 80, 104, 128]))
+    mode = draw(st.sampled_from(["none", "one", "groups"]))
+    n_prompt = draw(st.integers(0, 20))
+    causal = draw(st.booleans())
+    seed = draw(st.integers(0, 2 ** 16))
+    gen = torch.Generator().manual_seed(seed)
+    rand = lambda *shape: torch.randn(*shape, generator=gen)
+    q, k, v = (rand(n, seq_len, heads, head_dim) for _ in range(3))
+    pk = pv = group = None
+    if mode != "none":
+        n_groups = 1 if mode == "one" else draw(st.integers(1, 4))
+        pk, pv = rand(n_groups, n_prompt, heads, head_dim), rand(n_groups, n_prompt, heads, head_dim)
+        if mode == "groups":
+            group = torch.tensor(draw(st.lists(st.integers(0, n_groups - 1), min_size=n, max_size=n)))
+    seqlens = None
+    if draw(st.booleans()):
+        seqlens = torch.tensor(draw(st.lists(st.integers(0, seq_len), min_size=n, max_size=n)))
+    dout, dlse = rand(n, seq_len, heads, head_dim), rand(n, heads, seq_len)
+    return [q, k, v, pk, pv], dout, dlse, dict(group=group, causal=causal, seqlens=seqlens)
+
+
+@settings(max_examples=25, deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(attention_cases())
+def test_property_fp32_matches_eager(case):
+    tensors, dout, dlse, kwargs = case
+    compare_fp32(tensors, dout, dlse, kwargs)
+
+
+# ---- layouts, modes and options -----------------------------------------------------------------
+
+def test_strided_inputs_and_a_stride_zero_prompt_batch():
+    """q/k/v as views of one packed qkv tensor; a G = N block that is an expanded (stride 0) view."""
+    gen = torch.Generator().manual_seed(3)
+    n, seq_len, heads, head_dim = 3, 6, 2, 32
+    qkv = torch.randn(n, seq_len, 3, heads, head_dim, generator=gen)
+    q, k, v = qkv.unbind(2)
+    base_k, base_v = torch.randn(1, 5, heads, head_dim, generator=gen), torch.randn(1, 5, heads, head_dim,
+                                                                                      generator=gen)
+    pk, pv = base_k.expand(n, -1, -1, -1), base_v.expand(n, -1, -1, -1)
+    dout, dlse = torch.randn(n, seq_len, heads, head_dim, generator=gen), torch.randn(n, heads, seq_len,
+                                                                                     generator=gen)
+    kwargs = dict(group=torch.tensor([2, 0, 1]), causal=True, seqlens=torch.tensor([6, 3, 5]))
+    out, lse = prompt_attention(q, k, v, pk, pv, backend="triton", **kwargs)
+    ref_out, ref_lse = prompt_attention(q, k, v, pk, pv, backend="eager", **kwargs)
+    assert_close_rel(out, ref_out, 1e-5, "out")
+    assert_close_rel(lse, ref_lse, 1e-5, "lse")
+    compare_fp32([q, k, v, pk, pv], dout, dlse, kwargs)
+
+
+def test_return_lse_false_returns_none_and_same_output():
+    tensors, dout, dlse, kwargs = make_case("one", 5, 32, causal=True, ragged=True)
+    out, lse = prompt_attention(*tensors, return_lse=False, backend="triton", **kwargs)
+    ref, _ = prompt_attention(*tensors, backend="eager", **kwargs)
+    assert lse is None
+    assert_close_rel(out, ref, 1e-5, "out")
+
+
+def test_rows_past_seqlens_are_zero_with_minus_inf_lse_and_no_gradient():
+    tensors, dout, dlse, kwargs = make_case("mixed", 7, 32, causal=False, ragged=False)
+    kwargs["seqlens"] = torch.tensor([7, 2, 0])
+    out, lse, grads = run("triton", tensors, dout, dlse, kwargs)
+    for n, length in enumerate(kwargs["seqlens"].tolist()):
+        assert torch.all(out[n, length:] == 0) and torch.all(lse[n, :, length:] == float("-inf"))
+        for g in grads[:3]:  # dq, dk, dv: nothing past the length gets a gradient
+            assert torch.all(g[n, length:] == 0)
+    assert torch.all(grads[3][2] == 0) and torch.all(grads[4][2] == 0)  # block 2 is read by nobody
+
+
+def test_only_prompt_gradients_requested():
+    """A frozen tower: only pk/pv need grad (the prompt kernel runs, q/k/v grads are not returned)."""
+    tensors, dout, dlse, kwargs = make_case("per_seq", 5, 64, causal=True, ragged=True)
+    q, k, v, pk, pv = tensors
+    grads = {}
+    for backend in ("triton", "eager"):
+        pk_, pv_ = pk.clone().requires_grad_(), pv.clone().requires_grad_()
+        out, _ = prompt_attention(q, k, v, pk_, pv_, backend=backend, **kwargs)
+        grads[backend] = torch.autograd.grad((out * dout).sum(), (pk_, pv_))
+    for name, g, r in zip(("dpk", "dpv"), grads["triton"], grads["eager"]):
+        assert_close_rel(g, r, 1e-5, name)
+
+
+@pytest.mark.parametrize("splits", [1, 2, 5])
+@pytest.mark.parametrize("deterministic", [True, False], ids=["deterministic", "atomic"])
+def test_prompt_gradient_reduction_modes(splits, deterministic):
+    """Both reductions, with groups split across several programs, equal the eager gradients."""
+    tensors, dout, dlse, kwargs = make_case("mixed", 5, 32, causal=True, ragged=True, n=7)
+    q, k, v, pk, pv = tensors
+    out, lse = kernels.prompt_attention_fwd(q, k, v, pk, pv, kwargs["group"], kwargs["seqlens"], True, 32 ** -0.5)
+    with poisoned_outputs():
+        grads = kernels.prompt_attention_bwd(dout, dlse, q, k, v, pk, pv, kwargs["group"], kwargs["seqlens"],
+                                             out, lse, True, 32 ** -0.5, deterministic=deterministic,
+                                             splits=splits)
+    _, _, ref = run("eager", tensors, dout, dlse, kwargs)
+    for name, g, r in zip(("dq", "dk", "dv", "dpk", "dpv"), grads, ref):
+        assert_close_rel(g, r, 1e-5, name)
+
+
+def test_deterministic_mode_is_bitwise_reproducible_and_selectable(monkeypatch):
+    tensors, dout, dlse, kwargs = make_case("one", 5, 32, causal=True, ragged=False, n=6)
+    first = run("triton", tensors, dout, dlse, kwargs)[2]
+    second = run("triton", tensors, dout, dlse, kwargs)[2]
+    for a, b in zip(first, second):
+        assert torch.equal(a, b)
+    monkeypatch.setattr(triton_backend, "DETERMINISTIC", False)
+    assert not triton_backend.deterministic()
+    atomic = run("triton", tensors, dout, dlse, kwargs)[2]
+    for name, a, b in zip(("dq", "dk", "dv", "dpk", "dpv"), atomic, first):
+        assert_close_rel(a, b, 1e-6, name)
+    previous = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        assert triton_backend.deterministic()  # the global switch wins over the module setting
+    finally:
+        torch.use_deterministic_algorithms(previous)
+
+
+# ---- errors and availability --------------------------------------------------------------------
+
+def test_float64_and_unsupported_head_dim_are_value_errors():
+    tensors, _, _, kwargs = make_case("one", 5, 32, causal=True, ragged=False)
+    with pytest.raises(ValueError, match="q has dtype torch.float64.*eager"):
+        prompt_attention(*[t.double() for t in tensors], backend="triton", **kwargs)
+    tensors, _, _, kwargs = make_case("one", 3, 160, causal=False, ragged=False)
+    with pytest.raises(ValueError, match="head dim d = 160"):
+        prompt_attention(*tensors, backend="triton", **kwargs)
+
+
+def test_backend_limits_mirror_the_kernels():
+    assert triton_backend.SUPPORTED_DTYPES == kernels.SUPPORTED_DTYPES
+    assert triton_backend.MAX_HEAD_DIM == kernels.max_head_dim()
+
+
+def test_availability_and_auto_choice(monkeypatch):
+    assert backend_status("cpu")["triton"] == "available"  # interpreter on
+    # On CPU the interpreter runs only when asked for by name, never for "auto".
+    assert "triton" not in AUTO_ORDER["cpu"]
+    assert resolve_backend("auto", torch.device("cpu")).name != "triton"
+    assert AUTO_ORDER["cuda"].index("triton") < AUTO_ORDER["cuda"].index("eager")
+    assert triton_backend.triton_available(torch.device("cuda")) is None
+    assert "CUDA" in triton_backend.triton_available(torch.device("meta"))
+    monkeypatch.setattr(kernels, "INTERPRET", False)
+    assert "TRITON_INTERPRET=1" in triton_backend.triton_available(torch.device("cpu"))
+    monkeypatch.setattr(triton_backend, "_triton_found", False)
+    assert "pip install triton" in triton_backend.triton_available(torch.device("cuda"))
+
+
+def test_kernels_compile_for_a_gpu_without_one():
+    """The interpreter accepts programs the GPU compiler rejects: compile every kernel for sm_90."""
+    ptxas = os.path.join(os.path.dirname(importlib.import_module("triton").__file__), "backends", "nvidia",
+                         "bin", "ptxas")
+    if not os.path.exists(ptxas):
+        pytest.skip("this triton has no NVIDIA backend (ptxas) to compile with")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    done = subprocess.run([sys.executable, "-m", "fastprompt.kernels.compile_check", "--arch", "90",
+                           "--dtype", "bf16", "--seq-len", "77", "--prompt-len", "17", "--head-dim", "80"],
+                          env=env, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-4000:]
+    compiled = [line for line in done.stdout.splitlines() if line.startswith("ok ")]
+    assert len(compiled) == 5 and all("registers" in line for line in compiled), done.stdout
+
+
+def test_importing_fastprompt_imports_no_triton_and_survives_without_it():
+    code = ("import sys; import fastprompt; from fastprompt.ops import backend_status; "
+            "assert 'triton' not in sys.modules and 'fastprompt.kernels' not in sys.modules, 'eager import'; "
+            "sys.modules['triton'] = None; import fastprompt.ops.triton_backend as tb; tb._triton_found = None; "
+            "print(backend_status('cpu')['triton'])")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "triton is not installed" in done.stdout
+
+
+def test_kernels_are_installed_inside_the_package():
+    assert fastprompt.kernels is kernels
+    assert os.path.basename(os.path.dirname(kernels.__file__)) == "kernels"
+    assert callable(kernels.prompt_attention_fwd) and callable(kernels.prompt_attention_bwd)
+
+
+# ---- torch.library / torch.compile --------------------------------------------------------------
+
+def test_custom_op_registration_passes_opcheck():
+    tensors, dout, dlse, kwargs = make_case("mixed", 5, 32, causal=True, ragged=True)
+    q, k, v, pk, pv = (t.requires_grad_() for t in tensors)
+    torch.library.opcheck(torch.ops.fastprompt.prompt_attention_triton.default,
+                          (q, k, v, pk, pv, kwargs["group"], kwargs["seqlens"], True, 32 ** -0.5),
+                          test_utils=("test_schema", "test_autograd_registration", "test_faketensor"))
+
+
+@pytest.mark.parametrize("group_mode", ["mixed", "none", "empty"])
+@pytest.mark.parametrize("prompt_grad", [True, False])
+def test_backward_op_passes_opcheck(group_mode, prompt_grad):
+    tensors, dout, dlse, kwargs = make_case(group_mode, 5, 32, causal=True, ragged=True)
+    q, k, v, pk, pv = tensors
+    out, lse = torch.ops.fastprompt.prompt_attention_triton(q, k, v, pk, pv, kwargs["group"], kwargs["seqlens"],
+                                                            True, 32 ** -0.5)
+    torch.library.opcheck(torch.ops.fastprompt.prompt_attention_triton_bwd.default,
+                          (dout, dlse, q, k, v, pk, pv, kwargs["group"], kwargs["seqlens"], out, lse, True,
+                           32 ** -0.5, True, prompt_grad),
+                          test_utils=("test_schema", "test_faketensor"))
+
+
+def test_torch_compile_traces_forward_and_backward_without_graph_breaks():
+    tensors, dout, dlse, _ = make_case("one", 5, 32, causal=True, ragged=False)
+
+    def step(q, k, v, pk, pv, backend):
+        out, lse = prompt_attention(q, k, v, pk, pv, causal=True, backend=backend)
+        return (out * dout).sum() + (lse * dlse).sum()
+
+    compiled = torch.compile(step, backend="aot_eager", fullgraph=True)  # fake impls trace fwd and bwd
+    leaves = [t.clone().requires_grad_() for t in tensors]
+    loss = compiled(*leaves, "triton")
+    grads = torch.autograd.grad(loss, leaves)
+    ref_leaves = [t.clone().requires_grad_() for t in tensors]
+    ref_loss = step(*ref_leaves, "eager")
+    ref_grads = torch.autograd.grad(ref_loss, ref_leaves)
+    assert_close_rel(loss, ref_loss, 1e-5, "loss")
+    for name, g, r in zip(("dq", "dk", "dv", "dpk", "dpv"), grads, ref_grads):
+        assert_close_rel(g, r, 1e-5, name)
+
+
+def test_custom_op_with_group_map_and_seqlens_compiles_fullgraph():
+    tensors, _, _, kwargs = make_case("mixed", 5, 32, causal=True, ragged=True)
+    op = torch.ops.fastprompt.prompt_attention_triton
+
+    def fn(q, k, v, pk, pv, group, seqlens):
+        out, lse = op(q, k, v, pk, pv, group, seqlens, True, 32 ** -0.5)
+        return out * 2, lse
+
+    out, lse = torch.compile(fn, backend="eager", fullgraph=True)(*tensors, kwargs["group"], kwargs["seqlens"])
+    ref_out, ref_lse = prompt_attention(*tensors, backend="eager", **kwargs)
+    assert_close_rel(out, 2 * ref_out, 1e-5, "out")
+    assert_close_rel(lse, ref_lse, 1e-5, "lse")
+
+
+# ---- a learner's training step ------------------------------------------------------------------
+
+def _images(n, seed=0):
+    return torch.randn(n, 3, 32, 32, generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.mark.parametrize("method", ["coop", "cocoop"])
+def test_learner_step_triton_equals_eager(method, tiny_model, classnames):
+    """Same loss and prompt gradients with every attention layer on the triton backend (CoOp: G = 1
+    text prefix; CoCoOp: one prefix group per image, G = B)."""
+    cls = {"coop": fastprompt.CoOpLearner, "cocoop": fastprompt.CoCoOpLearner}[method]
+    images, labels = _images(2), torch.tensor([3, 5])
+    results = {}
+    for backend in ("eager", "triton"):
+        torch.manual_seed(0)
+        learner = cls.from_model(tiny_model, classnames, backend=backend)
+        loss = learner.loss(images, labels)
+        params = learner.trainable_parameters()
+        results[backend] = (loss, torch.autograd.grad(loss, params))
+    assert_close_rel(results["triton"][0], results["eager"][0], 1e-5, "loss")
+    for i, (g, r) in enumerate(zip(results["triton"][1], results["eager"][1])):
+        assert_close_rel(g, r, 1e-5, f"grad {i}")
