@@ -354,8 +354,12 @@ def extension_problem(kind: str) -> Optional[str]:
 
 
 def _find_problem(kind: str) -> Optional[str]:
-    if _has_prebuilt(kind):
-        return None
+    if _has_prebuilt(kind):  # importing a prebuilt module is cheap; a stale one is not usable
+        with _lock:
+            module = _loaded.get(kind) or _load_prebuilt(kind)
+            if module is not None:
+                _loaded[kind] = module
+                return None
     try:
         if _cached_library(kind) is not None:
             return None

@@ -3,7 +3,6 @@
 The extension is built (or loaded from ~/.cache/fastprompt/ext) once per session by the
 ``cpu_extension`` fixture; a machine without a compiler skips these tests with the reason.
 """
-import logging
 import os
 import subprocess
 import sys

@@ -183,7 +183,8 @@ def test_load_original_dassl_model_directories(tiny_model, tmp_path):
     for (n, p), (_, q) in zip(fresh.trainable_named_parameters(), learner.trainable_named_parameters()):
         assert torch.equal(p, q), n
     with pytest.raises(ValueError, match="missing"):
-        fresh.load_original_state_dict({"task_prompt_learner": str(tmp_path / "task_prompt_learner" / "model.pth.tar-50")})
+        only_task = tmp_path / "task_prompt_learner" / "model.pth.tar-50"
+        fresh.load_original_state_dict({"task_prompt_learner": str(only_task)})
 
 
 def test_save_and_load_pretrained_keeps_task_order(tiny_model, tmp_path):

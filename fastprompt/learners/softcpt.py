@@ -328,8 +328,9 @@ class SoftCPTLearner(PromptLearner):
                     tok, self._classnames, self.class_template, position=self.config.class_feature_token_position,
                     class_specific=self.class_specific, context_length=length)
             # Per-class generated context: one class-specific plan over the joint class list.
-            self._class_plan = coop_plan(tok, self._classnames, self.template, position=self.config.class_token_position,
-                                         class_specific=True, context_length=length)
+            self._class_plan = coop_plan(tok, self._classnames, self.template,
+                                         position=self.config.class_token_position, class_specific=True,
+                                         context_length=length)
         else:
             self._task_class_plans = [coop_plan(tok, cl, self.template, position=self.config.class_token_position,
                                                 context_length=length) for cl in self._task_classes]
@@ -448,7 +449,8 @@ class SoftCPTLearner(PromptLearner):
             if tasks is not None:
                 raise ValueError("tasks must be None when labels is a [B, C_tot] label matrix")
             if labels.shape[1] != self.n_classes:
-                raise ValueError(f"labels as a matrix must have {self.n_classes} columns (C_tot), got {labels.shape[1]}")
+                raise ValueError(f"labels as a matrix must have {self.n_classes} columns (C_tot), "
+                                 f"got {labels.shape[1]}")
             if ((labels < -1) | (labels > 1)).any():
                 raise ValueError("a label matrix holds only -1 (other task), 0 and 1 (the class)")
             return labels.long()
@@ -471,7 +473,8 @@ class SoftCPTLearner(PromptLearner):
                     raise ValueError(f"tasks must lie in [0, {self.n_tasks}), got [{int(row_task.min())}, "
                                      f"{int(row_task.max())}]")
             if row_task.shape != labels.shape:
-                raise ValueError(f"tasks must give one task per label: {tuple(row_task.shape)} vs {tuple(labels.shape)}")
+                raise ValueError(f"tasks must give one task per label: {tuple(row_task.shape)} vs "
+                                 f"{tuple(labels.shape)}")
             sizes = torch.tensor([e - s for s, e in self._class_ranges])[row_task]
             if ((labels < 0) | (labels >= sizes)).any():
                 bad = int(((labels < 0) | (labels >= sizes)).nonzero()[0])
