@@ -99,8 +99,8 @@ def test_float64_is_handed_to_eager_and_large_head_dims_are_refused():
 
 def test_probes_and_auto_choice():
     assert backend_status("cuda")["cuda"] == "available"
-    assert AUTO_ORDER["cuda"][0] == "cuda"
-    assert resolve_backend("auto", torch.device("cuda")).name == "cuda"
+    assert "cuda" in AUTO_ORDER["cuda"]
+    assert resolve_backend("auto", torch.device("cuda")).name == AUTO_ORDER["cuda"][0]
 
 
 @pytest.mark.parametrize("method", ["coop", "cocoop", "maple"])
