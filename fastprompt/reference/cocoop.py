@@ -28,8 +28,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .coop import _tokenize_each, default_tokenizer
-from .text_encoder import ReferenceTextEncoder, _model_dtype, text_tower
+from .prompt_common import ReferenceCLIPBase, default_tokenizer, init_context, register_class_prompts
+from .text_encoder import _model_dtype, text_tower
 
 __all__ = ["ReferenceCoCoOpPromptLearner", "ReferenceCoCoOp"]
 
@@ -42,27 +42,12 @@ class ReferenceCoCoOpPromptLearner(nn.Module):
         super().__init__()
         holder = text_tower(model)
         tokenizer = default_tokenizer(model) if tokenizer is None else tokenizer
-        n_cls = len(classnames)
         dtype = _model_dtype(holder)
         ctx_dim = holder.ln_final.weight.shape[0]
         vis_dim = model.visual.output_dim
-        token_embedding = holder.token_embedding
-        device = token_embedding.weight.device
+        device = holder.token_embedding.weight.device
 
-        if ctx_init:
-            ctx_init = ctx_init.replace("_", " ")
-            n_ctx = len(ctx_init.split(" "))  # words, not BPE tokens (original quirk)
-            init_ids = tokenizer([ctx_init]).to(device)
-            with torch.no_grad():
-                init_emb = token_embedding(init_ids).type(dtype)
-            ctx_vectors = init_emb[0, 1:1 + n_ctx, :]
-            prompt_prefix = ctx_init
-        else:
-            ctx_vectors = torch.empty(n_ctx, ctx_dim, dtype=dtype)
-            nn.init.normal_(ctx_vectors, std=0.02)
-            ctx_vectors = ctx_vectors.to(device)
-            prompt_prefix = " ".join(["X"] * n_ctx)
-
+        ctx_vectors, prompt_prefix, n_ctx = init_context(holder, tokenizer, ctx_init, n_ctx)
         self.ctx = nn.Parameter(ctx_vectors)
 
         self.meta_net = nn.Sequential(OrderedDict([
@@ -71,22 +56,11 @@ class ReferenceCoCoOpPromptLearner(nn.Module):
             ("linear2", nn.Linear(vis_dim // 16, ctx_dim)),
         ])).to(device=device, dtype=dtype)
 
-        names = [name.replace("_", " ") for name in classnames]
-        name_lens = [len(tokenizer.encode(name)) for name in names]  # unused, as in the original
-        prompt_texts = [prompt_prefix + " " + name + "." for name in names]
-
-        tokenized_prompts = _tokenize_each(tokenizer, prompt_texts).to(device)  # [C, 77]
-        with torch.no_grad():
-            embedding = token_embedding(tokenized_prompts).type(dtype)
-
-        self.register_buffer("token_prefix", embedding[:, :1, :])           # SOT
-        self.register_buffer("token_suffix", embedding[:, 1 + n_ctx:, :])   # class, '.', EOT, pad
-        self.register_buffer("tokenized_prompts", tokenized_prompts, persistent=False)
-
-        self.n_cls = n_cls
+        # name_lens are unused by CoCoOp, as in the original
+        self.name_lens, self.prompt_texts = register_class_prompts(self, holder, tokenizer, classnames,
+                                                                   prompt_prefix, n_ctx)
+        self.n_cls = len(classnames)
         self.n_ctx = n_ctx
-        self.name_lens = name_lens
-        self.prompt_texts = prompt_texts
 
     def construct_prompts(self, ctx: torch.Tensor, prefix: torch.Tensor, suffix: torch.Tensor,
                           label: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -111,28 +85,14 @@ class ReferenceCoCoOpPromptLearner(nn.Module):
         return torch.stack(prompts)                      # [B, C, 77, D]
 
 
-class ReferenceCoCoOp(nn.Module):
+class ReferenceCoCoOp(ReferenceCLIPBase):
     """CoCoOp's ``CustomCLIP``: ``forward(images) -> logits [B, C]``; ``loss`` is their CE."""
 
     def __init__(self, model: nn.Module, classnames: Sequence[str], n_ctx: int = 4,
                  ctx_init: str = "a photo of a", tokenizer: Optional[Callable] = None):
-        super().__init__()
+        super().__init__(model)
         self.prompt_learner = ReferenceCoCoOpPromptLearner(
             model, classnames, n_ctx=n_ctx, ctx_init=ctx_init, tokenizer=tokenizer)
-        self.image_encoder = model.visual
-        self.text_encoder = ReferenceTextEncoder(model)
-        self.logit_scale = model.logit_scale
-        self.dtype = self.text_encoder.dtype
-
-    @property
-    def tokenized_prompts(self) -> torch.Tensor:
-        return self.prompt_learner.tokenized_prompts
-
-    def encode_image(self, images: torch.Tensor) -> torch.Tensor:
-        feats = self.image_encoder(images.type(self.dtype))
-        if isinstance(feats, (tuple, list)):  # open_clip towers built with output_tokens=True
-            feats = feats[0]
-        return feats
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         tokenized_prompts = self.tokenized_prompts

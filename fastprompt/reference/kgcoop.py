@@ -30,8 +30,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .coop import _tokenize_each, default_tokenizer
-from .text_encoder import ReferenceTextEncoder, _model_dtype, text_tower
+from .prompt_common import ReferenceCLIPBase, default_tokenizer, init_context, register_class_prompts, tokenize_each
+from .text_encoder import _model_dtype, text_tower
 
 __all__ = ["ReferenceKgCoOpPromptLearner", "ReferenceKgCoOp"]
 
@@ -48,38 +48,19 @@ class ReferenceKgCoOpPromptLearner(nn.Module):
         n_cls = len(classnames)
         dtype = _model_dtype(holder)
         ctx_dim = holder.ln_final.weight.shape[0]
-        token_embedding = holder.token_embedding
-        device = token_embedding.weight.device
+        device = holder.token_embedding.weight.device
 
-        if ctx_init:
-            temp = "a photo of a"  # hard-coded in the original whatever CTX_INIT says
-            ctx_init = temp.replace("_", " ")
-            n_ctx = len(ctx_init.split(" "))
-            prompt = tokenizer([ctx_init]).to(device)
-            with torch.no_grad():
-                embedding = token_embedding(prompt).type(dtype)
-            ctx_vectors = embedding[0, 1:1 + n_ctx, :]
-            prompt_prefix = ctx_init
-        else:
-            if csc:
-                ctx_vectors = torch.empty(n_cls, n_ctx, ctx_dim, dtype=dtype)
-            else:
-                ctx_vectors = torch.empty(n_ctx, ctx_dim, dtype=dtype)
-            nn.init.normal_(ctx_vectors, std=0.02)
-            ctx_vectors = ctx_vectors.to(device)
-            prompt_prefix = " ".join(["X"] * n_ctx)
+        # whatever CTX_INIT says, a truthy value means "a photo of a" (hard-coded in the original)
+        ctx_vectors, prompt_prefix, n_ctx = init_context(holder, tokenizer, "a photo of a" if ctx_init else "",
+                                                         n_ctx, rows=n_cls if csc else None)
         self.ctx = nn.Parameter(ctx_vectors)
 
         bias_vectors = torch.empty(1, ctx_dim, dtype=dtype)  # unused leftover
         nn.init.normal_(bias_vectors, std=0.02)
         self.bias_vectors = nn.Parameter(bias_vectors.to(device), requires_grad=False)
 
-        names = [name.replace("_", " ") for name in classnames]
-        name_lens = [len(tokenizer.encode(name)) for name in names]
-        prompts = [prompt_prefix + " " + name + "." for name in names]
-
-        prompts_ = [template.format(name) for name in names]
-        prompts_ = _tokenize_each(tokenizer, prompts_).to(device)
+        prompts_ = [template.format(name.replace("_", " ")) for name in classnames]
+        prompts_ = tokenize_each(tokenizer, prompts_).to(device)
         with torch.no_grad():
             text_features = model.encode_text(prompts_)
             text_features = text_features / text_features.norm(dim=-1, keepdim=True)
@@ -91,17 +72,10 @@ class ReferenceKgCoOpPromptLearner(nn.Module):
             ("relu", nn.ReLU(inplace=True)),
         ])).to(device=device, dtype=dtype).requires_grad_(False)
 
-        tokenized_prompts = _tokenize_each(tokenizer, prompts).to(device)
-        with torch.no_grad():
-            embedding = token_embedding(tokenized_prompts).type(dtype)
-        self.register_buffer("token_prefix", embedding[:, :1, :])
-        self.register_buffer("token_suffix", embedding[:, 1 + n_ctx:, :])
-        self.register_buffer("tokenized_prompts", tokenized_prompts, persistent=False)
-
+        self.name_lens, self.prompt_texts = register_class_prompts(self, holder, tokenizer, classnames,
+                                                                   prompt_prefix, n_ctx)
         self.n_cls = n_cls
         self.n_ctx = n_ctx
-        self.name_lens = name_lens
-        self.prompt_texts = prompts
 
     def forward(self) -> torch.Tensor:
         ctx = self.ctx
@@ -110,24 +84,16 @@ class ReferenceKgCoOpPromptLearner(nn.Module):
         return torch.cat([self.token_prefix, ctx, self.token_suffix], dim=1)
 
 
-class ReferenceKgCoOp(nn.Module):
+class ReferenceKgCoOp(ReferenceCLIPBase):
     """KgCoOp's ``CustomCLIP`` + the objective of ``KgCoOp.forward_backward``."""
 
     def __init__(self, model: nn.Module, classnames: Sequence[str], n_ctx: int = 4,
                  ctx_init: Union[bool, str] = True, csc: bool = False, template: str = "a photo of a {}.",
                  w: float = 8.0, tokenizer: Optional[Callable] = None):
-        super().__init__()
+        super().__init__(model)
         self.prompt_learner = ReferenceKgCoOpPromptLearner(model, classnames, n_ctx=n_ctx, ctx_init=ctx_init,
                                                            csc=csc, template=template, tokenizer=tokenizer)
-        self.image_encoder = model.visual
-        self.text_encoder = ReferenceTextEncoder(model)
-        self.logit_scale = model.logit_scale
-        self.dtype = self.text_encoder.dtype
         self.w = w
-
-    @property
-    def tokenized_prompts(self) -> torch.Tensor:
-        return self.prompt_learner.tokenized_prompts
 
     @property
     def ori_embedding(self) -> torch.Tensor:
@@ -136,9 +102,7 @@ class ReferenceKgCoOp(nn.Module):
     def forward_with_score(self, image: torch.Tensor):
         """The original ``CustomCLIP.forward``: ``(logits [B, C], score)``."""
         prompts = self.prompt_learner()
-        image_features = self.image_encoder(image.type(self.dtype))
-        if isinstance(image_features, (tuple, list)):
-            image_features = image_features[0]
+        image_features = self.encode_image(image)
         text_features = self.text_encoder(prompts, self.tokenized_prompts)
         text_features_old = self.ori_embedding
 

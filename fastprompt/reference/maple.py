@@ -34,9 +34,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .coop import _tokenize_each, default_tokenizer
+from .prompt_common import default_tokenizer, init_context, register_class_prompts
 from .deep import ReferenceMaPLeImageEncoder, ReferenceMaPLeTextEncoder
-from .text_encoder import _model_dtype, text_tower
+from .text_encoder import text_tower
 
 __all__ = ["ReferenceMaPLePromptLearner", "ReferenceMaPLe"]
 
@@ -56,27 +56,15 @@ class ReferenceMaPLePromptLearner(nn.Module):
         holder = text_tower(model)
         tokenizer = default_tokenizer(model) if tokenizer is None else tokenizer
         n_cls = len(classnames)
-        dtype = _model_dtype(holder)
         ctx_dim = holder.ln_final.weight.shape[0]
         vis_dim = model.visual.conv1.out_channels  # 768 in the original (ViT-B/16)
-        token_embedding = holder.token_embedding
-        device = token_embedding.weight.device
+        device = holder.token_embedding.weight.device
         self.compound_prompts_depth = prompt_depth
 
-        if ctx_init and n_ctx <= 4:
-            # use the given words to initialise the context vectors
-            ctx_init = ctx_init.replace("_", " ")
-            prompt = tokenizer([ctx_init]).to(device)
-            with torch.no_grad():
-                embedding = token_embedding(prompt).type(dtype)
-            ctx_vectors = embedding[0, 1:1 + n_ctx, :]
-            prompt_prefix = ctx_init
-        else:
-            # random initialisation
-            ctx_vectors = torch.empty(n_ctx, ctx_dim, dtype=dtype)
-            nn.init.normal_(ctx_vectors, std=0.02)
-            ctx_vectors = ctx_vectors.to(device)
-            prompt_prefix = " ".join(["X"] * n_ctx)
+        # ctx_init is used only for n_ctx <= 4, and n_ctx is NOT reset to its word count: the first
+        # n_ctx token embeddings of the phrase are taken (original quirk)
+        ctx_vectors, prompt_prefix, n_ctx = init_context(holder, tokenizer, ctx_init if n_ctx <= 4 else "", n_ctx,
+                                                         n_ctx_from_words=False)
 
         # layer-0 coupling text -> vision (the original halves it to fp16 here)
         self.proj = nn.Linear(ctx_dim, vis_dim)
@@ -90,21 +78,10 @@ class ReferenceMaPLePromptLearner(nn.Module):
         single_layer = nn.Linear(ctx_dim, vis_dim)
         self.compound_prompt_projections = _get_clones(single_layer, prompt_depth - 1)
 
-        names = [name.replace("_", " ") for name in classnames]
-        name_lens = [len(tokenizer.encode(name)) for name in names]
-        prompts = [prompt_prefix + " " + name + "." for name in names]
-
-        tokenized_prompts = _tokenize_each(tokenizer, prompts).to(device)  # [C, 77]
-        with torch.no_grad():
-            embedding = token_embedding(tokenized_prompts).type(dtype)
-        self.register_buffer("token_prefix", embedding[:, :1, :])           # SOT
-        self.register_buffer("token_suffix", embedding[:, 1 + n_ctx:, :])   # rest of the phrase, class, '.', EOT
-        self.register_buffer("tokenized_prompts", tokenized_prompts, persistent=False)
-
+        self.name_lens, self.prompt_texts = register_class_prompts(self, holder, tokenizer, classnames,
+                                                                   prompt_prefix, n_ctx)
         self.n_cls = n_cls
         self.n_ctx = n_ctx
-        self.name_lens = name_lens
-        self.prompt_texts = prompts
         self.to(device)
 
     def construct_prompts(self, ctx, prefix, suffix, label=None):

@@ -26,8 +26,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .coop import default_tokenizer
-from .text_encoder import ReferenceTextEncoder, _model_dtype, text_tower
+from .prompt_common import ReferenceCLIPBase, default_tokenizer, init_context, tokenize_each
+from .text_encoder import _model_dtype, text_tower
 
 __all__ = ["ReferencePOMP", "ReferencePOMPPromptLearner", "pomp_local_logits", "pomp_negative_sampling"]
 
@@ -78,29 +78,16 @@ class ReferencePOMPPromptLearner(nn.Module):
         tokenizer = default_tokenizer(model) if tokenizer is None else tokenizer
         test_classnames = train_classnames if test_classnames is None else test_classnames
         dtype = _model_dtype(holder)
-        ctx_dim = holder.ln_final.weight.shape[0]
         token_embedding = holder.token_embedding
         device = token_embedding.weight.device
 
-        if ctx_init:
-            ctx_init = ctx_init.replace("_", " ")
-            n_ctx = len(ctx_init.split(" "))
-            prompt = tokenizer([ctx_init]).to(device)
-            with torch.no_grad():
-                embedding = token_embedding(prompt).type(dtype)
-            ctx_vectors = embedding[0, 1:1 + n_ctx, :]
-            prompt_prefix = ctx_init
-        else:
-            ctx_vectors = torch.empty(n_ctx, ctx_dim, dtype=dtype)
-            nn.init.normal_(ctx_vectors, std=0.02)
-            ctx_vectors = ctx_vectors.to(device)
-            prompt_prefix = " ".join(["X"] * n_ctx)
+        ctx_vectors, prompt_prefix, n_ctx = init_context(holder, tokenizer, ctx_init, n_ctx)
         self.ctx = nn.Parameter(ctx_vectors)
 
         def buffers(names):
             names = [name.replace("_", " ") for name in names]
             prompts = [prompt_prefix + " " + name + "." for name in names]
-            tokenized = torch.cat([tokenizer([p]) for p in prompts]).to(device)
+            tokenized = tokenize_each(tokenizer, prompts).to(device)
             with torch.no_grad():
                 embedding = token_embedding(tokenized).type(dtype)
             return tokenized, embedding[:, :1, :], embedding[:, 1 + n_ctx:, :]
@@ -130,27 +117,22 @@ class ReferencePOMPPromptLearner(nn.Module):
         return torch.cat([prefix, ctx, suffix], dim=1)
 
 
-class ReferencePOMP(nn.Module):
+class ReferencePOMP(ReferenceCLIPBase):
     """POMP's ``CustomCLIP``: ``loss(images, labels)`` is the ``EPT`` training loss."""
 
     def __init__(self, model: nn.Module, classnames: Sequence[str], n_ctx: int = 4, ctx_init: str = "",
                  num_sampled_classes: int = 1000, local_correction: bool = True, log_base: str = "10",
                  test_classnames: Optional[Sequence[str]] = None, tokenizer: Optional[Callable] = None):
-        super().__init__()
+        super().__init__(model)
         self.prompt_learner = ReferencePOMPPromptLearner(model, classnames, test_classnames, n_ctx=n_ctx,
                                                          ctx_init=ctx_init, tokenizer=tokenizer)
-        self.image_encoder = model.visual
-        self.text_encoder = ReferenceTextEncoder(model)
-        self.logit_scale = model.logit_scale
-        self.dtype = self.text_encoder.dtype
         self.n_upd_cls = num_sampled_classes
         self.local_correction = local_correction
         self.log_base = log_base
 
     def encode_image(self, images: torch.Tensor) -> torch.Tensor:
-        feats = self.image_encoder(images.type(self.dtype))
-        if isinstance(feats, (tuple, list)):
-            feats = feats[0]
+        """L2-normalised image features ``[B, E]`` (POMP normalises inside its image path)."""
+        feats = super().encode_image(images)
         return feats / feats.norm(dim=-1, keepdim=True)
 
     def forward(self, images: torch.Tensor, label_ib: Optional[torch.Tensor] = None,

@@ -40,15 +40,15 @@ from typing import Callable, Optional, Sequence
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
-from .coop import _tokenize_each, default_tokenizer
-from .text_encoder import ReferenceTextEncoder, _model_dtype, text_tower
+from .coop import ReferenceCoOp
+from .prompt_common import (POSITIONS, ReferenceCLIPBase, assemble_prompts, default_tokenizer, init_context,
+                            register_class_prompts)
+from .text_encoder import text_tower
 
 __all__ = ["ReferencePromptEncoder", "ReferencePREPromptLearner", "ReferencePRE"]
 
 _ENCODERS = ("LSTM1", "LSTM2", "MLP1", "MLP2")
-_POSITIONS = ("end", "middle", "front")
 
 
 class ReferencePromptEncoder(nn.Module):
@@ -106,33 +106,15 @@ class ReferencePREPromptLearner(nn.Module):
                  residual: bool = True, separate: bool = False, tokenizer: Optional[Callable] = None,
                  bottleneck_size: int = 64, dropout: float = 0.0, layer_norm: bool = False):
         super().__init__()
-        if class_token_position not in _POSITIONS:
-            raise ValueError(f"class_token_position must be one of {_POSITIONS}, got {class_token_position!r}")
+        if class_token_position not in POSITIONS:
+            raise ValueError(f"class_token_position must be one of {POSITIONS}, got {class_token_position!r}")
         holder = text_tower(model)
         tokenizer = default_tokenizer(model) if tokenizer is None else tokenizer
         n_cls = len(classnames)
-        dtype = _model_dtype(holder)
         ctx_dim = holder.ln_final.weight.shape[0]
-        token_embedding = holder.token_embedding
-        device = token_embedding.weight.device
-
-        if ctx_init:
-            ctx_init = ctx_init.replace("_", " ")
-            n_ctx = len(ctx_init.split(" "))  # words, not BPE tokens (original quirk)
-            init_ids = tokenizer([ctx_init]).to(device)
-            with torch.no_grad():
-                init_emb = token_embedding(init_ids).type(dtype)
-            ctx_vectors = init_emb[0, 1:1 + n_ctx, :]
-            prompt_prefix = ctx_init
-        else:
-            if csc:
-                ctx_vectors = torch.empty(n_cls, n_ctx, ctx_dim, dtype=dtype)
-            else:
-                ctx_vectors = torch.empty(n_ctx, ctx_dim, dtype=dtype)
-            nn.init.normal_(ctx_vectors, std=0.02)
-            ctx_vectors = ctx_vectors.to(device)
-            prompt_prefix = " ".join(["X"] * n_ctx)
-
+        device = holder.token_embedding.weight.device
+        ctx_vectors, prompt_prefix, n_ctx = init_context(holder, tokenizer, ctx_init, n_ctx,
+                                                         rows=n_cls if csc else None)
         self.ctx = nn.Parameter(ctx_vectors)
 
         def make_encoder():
@@ -148,22 +130,12 @@ class ReferencePREPromptLearner(nn.Module):
         else:
             self.encoder_network = make_encoder()
 
-        names = [name.replace("_", " ") for name in classnames]
-        name_lens = [len(tokenizer.encode(name)) for name in names]
-        prompt_texts = [prompt_prefix + " " + name + "." for name in names]
-        tokenized_prompts = _tokenize_each(tokenizer, prompt_texts).to(device)
-        with torch.no_grad():
-            embedding = token_embedding(tokenized_prompts).type(dtype)
-        self.register_buffer("token_prefix", embedding[:, :1, :])           # SOT
-        self.register_buffer("token_suffix", embedding[:, 1 + n_ctx:, :])   # class, '.', EOT, pad
-        self.register_buffer("tokenized_prompts", tokenized_prompts, persistent=False)
-
+        self.name_lens, self.prompt_texts = register_class_prompts(self, holder, tokenizer, classnames,
+                                                                   prompt_prefix, n_ctx)
         self.n_cls = n_cls
         self.n_ctx = n_ctx
         self.separate_network = separate
-        self.name_lens = name_lens
         self.class_token_position = class_token_position
-        self.prompt_texts = prompt_texts
 
     def pass_separate_network(self) -> torch.Tensor:
         x = self.ctx
@@ -181,58 +153,18 @@ class ReferencePREPromptLearner(nn.Module):
         ctx = self.encoded_ctx()
         if ctx.dim() == 2:
             ctx = ctx.unsqueeze(0).expand(self.n_cls, -1, -1)
-        prefix, suffix = self.token_prefix, self.token_suffix
-
-        if self.class_token_position == "end":
-            return torch.cat([prefix, ctx, suffix], dim=1)
-
-        prompts = []
-        for i in range(self.n_cls):
-            name_len = self.name_lens[i]
-            prefix_i = prefix[i:i + 1, :, :]
-            class_i = suffix[i:i + 1, :name_len, :]
-            suffix_i = suffix[i:i + 1, name_len:, :]
-            if self.class_token_position == "middle":
-                half = self.n_ctx // 2
-                parts = [prefix_i, ctx[i:i + 1, :half, :], class_i, ctx[i:i + 1, half:, :], suffix_i]
-            else:  # front
-                parts = [prefix_i, class_i, ctx[i:i + 1, :, :], suffix_i]
-            prompts.append(torch.cat(parts, dim=1))
-        return torch.cat(prompts, dim=0)
+        return assemble_prompts(self.token_prefix, ctx, self.token_suffix, self.name_lens, self.n_ctx,
+                                self.class_token_position)
 
 
-class ReferencePRE(nn.Module):
-    """PRE's ``CustomCLIP``: ``forward(images) -> logits [B, C]``; ``loss`` is their CE (the ``amp`` path)."""
+class ReferencePRE(ReferenceCoOp):
+    """PRE's ``CustomCLIP``: CoOp's (``forward(images) -> logits [B, C]``, ``loss`` = CE, the ``amp``
+    path) around PRE's prompt learner."""
 
     def __init__(self, model: nn.Module, classnames: Sequence[str], n_ctx: int = 16, ctx_init: str = "a photo of a",
                  csc: bool = False, class_token_position: str = "end", encoder: str = "LSTM1",
                  residual: bool = True, separate: bool = False, tokenizer: Optional[Callable] = None):
-        super().__init__()
+        ReferenceCLIPBase.__init__(self, model)  # not CoOp's __init__: it would build CoOp's prompt learner
         self.prompt_learner = ReferencePREPromptLearner(
             model, classnames, n_ctx=n_ctx, ctx_init=ctx_init, csc=csc, class_token_position=class_token_position,
             encoder=encoder, residual=residual, separate=separate, tokenizer=tokenizer)
-        self.image_encoder = model.visual
-        self.text_encoder = ReferenceTextEncoder(model)
-        self.logit_scale = model.logit_scale
-        self.dtype = self.text_encoder.dtype
-
-    @property
-    def tokenized_prompts(self) -> torch.Tensor:
-        return self.prompt_learner.tokenized_prompts
-
-    def encode_image(self, images: torch.Tensor) -> torch.Tensor:
-        feats = self.image_encoder(images.type(self.dtype))
-        if isinstance(feats, (tuple, list)):
-            feats = feats[0]
-        return feats
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        image_features = self.encode_image(images)
-        prompts = self.prompt_learner()
-        text_features = self.text_encoder(prompts, self.tokenized_prompts)
-        image_features = image_features / image_features.norm(dim=-1, keepdim=True)
-        text_features = text_features / text_features.norm(dim=-1, keepdim=True)
-        return self.logit_scale.exp() * image_features @ text_features.t()
-
-    def loss(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        return F.cross_entropy(self(images), labels)

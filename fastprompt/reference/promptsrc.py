@@ -39,9 +39,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..templates import IMAGENET_TEMPLATES
-from .coop import _tokenize_each, default_tokenizer
+from .prompt_common import default_tokenizer, init_context, register_class_prompts, tokenize_each
 from .deep import ReferenceIVLPImageEncoder, ReferenceIVLPTextEncoder
-from .text_encoder import _model_dtype, text_tower
+from .text_encoder import text_tower
 
 __all__ = ["ReferenceVLPromptLearner", "ReferencePromptSRC"]
 
@@ -56,53 +56,31 @@ class ReferenceVLPromptLearner(nn.Module):
         holder = text_tower(model)
         tokenizer = default_tokenizer(model) if tokenizer is None else tokenizer
         n_cls = len(classnames)
-        dtype = _model_dtype(holder)
-        ctx_dim = holder.ln_final.weight.shape[0]
-        token_embedding = holder.token_embedding
-        device = token_embedding.weight.device
+        device = holder.token_embedding.weight.device
 
-        if ctx_init and n_ctx <= 4:
-            ctx_init = ctx_init.replace("_", " ")
-            prompt = tokenizer([ctx_init]).to(device)
-            with torch.no_grad():
-                embedding = token_embedding(prompt).type(dtype)
-            ctx_vectors = embedding[0, 1:1 + n_ctx, :]
-            prompt_prefix = ctx_init
-        else:
-            ctx_vectors = torch.empty(n_ctx, ctx_dim, dtype=dtype)
-            nn.init.normal_(ctx_vectors, std=0.02)
-            ctx_vectors = ctx_vectors.to(device)
-            prompt_prefix = " ".join(["X"] * n_ctx)
+        # as MaPLe: ctx_init only for n_ctx <= 4, n_ctx kept (the first n_ctx token embeddings are taken)
+        ctx_vectors, prompt_prefix, n_ctx = init_context(holder, tokenizer, ctx_init if n_ctx <= 4 else "", n_ctx,
+                                                         n_ctx_from_words=False)
         self.ctx = nn.Parameter(ctx_vectors)
 
-        names = [name.replace("_", " ") for name in classnames]
-        name_lens = [len(tokenizer.encode(name)) for name in names]
-        prompts = [prompt_prefix + " " + name + "." for name in names]
-        tokenized_prompts = _tokenize_each(tokenizer, prompts).to(device)  # [C, 77]
-
-        with torch.no_grad():
-            embedding = token_embedding(tokenized_prompts).type(dtype)
-            # the unprompted CLIP image encoder (same weights as the original's second copy)
-            self.ZS_image_encoder = model.visual
-            if fixed_embeddings is None:
-                # textual diversity: every template through the frozen text encoder, averaged unnormalised
-                all_teacher_features = []
+        self.name_lens, self.prompt_texts = register_class_prompts(self, holder, tokenizer, classnames,
+                                                                   prompt_prefix, n_ctx)
+        # the unprompted CLIP image encoder (same weights as the original's second copy)
+        self.ZS_image_encoder = model.visual
+        if fixed_embeddings is None:
+            # textual diversity: every template through the frozen text encoder, averaged unnormalised
+            names = [name.replace("_", " ") for name in classnames]
+            all_teacher_features = []
+            with torch.no_grad():
                 for single_template in templates:
                     x = [single_template.replace("{}", name) for name in names]
-                    x_tokenized = _tokenize_each(tokenizer, x).to(device)
-                    text_features = model.encode_text(x_tokenized)
+                    text_features = model.encode_text(tokenize_each(tokenizer, x).to(device))
                     all_teacher_features.append(text_features.unsqueeze(1))
-                fixed_embeddings = torch.cat(all_teacher_features, dim=1).mean(dim=1)
+            fixed_embeddings = torch.cat(all_teacher_features, dim=1).mean(dim=1)
         # a plain attribute in the original (not in the state dict); a buffer so it follows .to()
         self.register_buffer("fixed_embeddings", fixed_embeddings.detach().to(device), persistent=False)
-        self.register_buffer("token_prefix", embedding[:, :1, :])
-        self.register_buffer("token_suffix", embedding[:, 1 + n_ctx:, :])
-        self.register_buffer("tokenized_prompts", tokenized_prompts, persistent=False)
-
         self.n_cls = n_cls
         self.n_ctx = n_ctx
-        self.name_lens = name_lens
-        self.prompt_texts = prompts
 
     def construct_prompts(self, ctx, prefix, suffix, label=None):
         if label is not None:

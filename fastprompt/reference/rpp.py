@@ -37,7 +37,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .coop import default_tokenizer
+from .prompt_common import default_tokenizer, register_class_prompts
 from .pomp import pomp_local_logits, pomp_negative_sampling
 from .text_encoder import _model_dtype, text_tower
 from .vision import _embed
@@ -195,14 +195,8 @@ class ReferenceRPPPromptLearner(nn.Module):
                         getattr(self, f"text_{part}")[0].copy_((rows @ w.t() + b).reshape(n_ctx, text_h, -1))
 
         # Text prompt buffers (CoOp's assembly); with a frozen text side, the hand-crafted prompt.
-        names = [name.replace("_", " ") for name in classnames]
         phrase = prompt_prefix if self.prompt_text else (ctx_init or "a photo of a")
-        tokenized = torch.cat([tokenizer([f"{phrase} {name}."]) for name in names]).to(device)
-        with torch.no_grad():
-            embedding = holder.token_embedding(tokenized).type(dtype)
-        self.register_buffer("token_prefix", embedding[:, :1, :])
-        self.register_buffer("token_suffix", embedding[:, 1 + n_ctx:, :])
-        self.register_buffer("tokenized_prompts", tokenized, persistent=False)
+        register_class_prompts(self, holder, tokenizer, classnames, phrase, n_ctx)
 
     def layer_rows(self, side: str, j: int):
         """``(q, k, v, residual)`` of layer ``j``: width rows ``[M, D]`` (pre) or head rows

@@ -47,35 +47,12 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .coop import _tokenize_each, default_tokenizer
-from .text_encoder import ReferenceTextEncoder, _model_dtype, text_tower
+from .prompt_common import (POSITIONS, ReferenceCLIPBase, assemble_prompts, default_tokenizer, init_context,
+                            register_class_prompts)
+from .text_encoder import text_tower
 
 __all__ = ["ReferenceSoftCPT", "ReferenceSoftCPTContextLearner", "ReferenceSoftCPTClassPrompts",
            "ReferencePromptGen"]
-
-_POSITIONS = ("end", "middle", "front")
-
-
-def _assemble(prefix, ctx, suffix, name_lens, n_rows, n_ctx, position):
-    """The CoOp prompt assembly shared by all three prompt learners of the original."""
-    if position == "end":
-        return torch.cat([prefix, ctx, suffix], dim=1)
-    if position not in ("middle", "front"):
-        raise ValueError(f"unknown token position {position!r}")
-    prompts = []
-    for i in range(n_rows):
-        name_len = name_lens[i]
-        prefix_i = prefix[i:i + 1, :, :]
-        class_i = suffix[i:i + 1, :name_len, :]
-        suffix_i = suffix[i:i + 1, name_len:, :]
-        if position == "middle":
-            half = n_ctx // 2
-            parts = [prefix_i, ctx[i:i + 1, :half, :], class_i, ctx[i:i + 1, half:, :], suffix_i]
-        else:
-            parts = [prefix_i, class_i, ctx[i:i + 1, :, :], suffix_i]
-        prompts.append(torch.cat(parts, dim=1))
-    return torch.cat(prompts, dim=0)
-
 
 class ReferenceSoftCPTContextLearner(nn.Module):
     """The original ``TaskPromptLearner`` / ``ClassPromptLearner``: ``forward() -> prompts [R, 77, D]``."""
@@ -83,44 +60,19 @@ class ReferenceSoftCPTContextLearner(nn.Module):
     def __init__(self, model: nn.Module, names: Sequence[str], n_ctx: int, ctx_init: str = "", csc: bool = False,
                  token_position: str = "end", tokenizer: Optional[Callable] = None):
         super().__init__()
-        if token_position not in _POSITIONS:
-            raise ValueError(f"token_position must be one of {_POSITIONS}, got {token_position!r}")
+        if token_position not in POSITIONS:
+            raise ValueError(f"token_position must be one of {POSITIONS}, got {token_position!r}")
         holder = text_tower(model)
         tokenizer = default_tokenizer(model) if tokenizer is None else tokenizer
         n_rows = len(names)
-        dtype = _model_dtype(holder)
-        ctx_dim = holder.ln_final.weight.shape[0]
-        token_embedding = holder.token_embedding
-        device = token_embedding.weight.device
-
-        if ctx_init:
-            ctx_init = ctx_init.replace("_", " ")
-            n_ctx = len(ctx_init.split(" "))
-            with torch.no_grad():
-                embedding = token_embedding(tokenizer([ctx_init]).to(device)).type(dtype)
-            ctx_vectors = embedding[0, 1:1 + n_ctx, :]
-            prompt_prefix = ctx_init
-        else:
-            shape = (n_rows, n_ctx, ctx_dim) if csc else (n_ctx, ctx_dim)
-            ctx_vectors = torch.empty(*shape, dtype=dtype)
-            nn.init.normal_(ctx_vectors, std=0.02)
-            ctx_vectors = ctx_vectors.to(device)
-            prompt_prefix = " ".join(["X"] * n_ctx)
-
+        ctx_vectors, prompt_prefix, n_ctx = init_context(holder, tokenizer, ctx_init, n_ctx,
+                                                         rows=n_rows if csc else None)
         if n_ctx == 0:
             self.register_buffer("ctx", ctx_vectors)  # not optimized
         else:
             self.register_parameter("ctx", nn.Parameter(ctx_vectors))
-
-        names = [name.replace("_", " ") for name in names]
-        self.name_lens = [len(tokenizer.encode(name)) for name in names]
-        prompts = [prompt_prefix + " " + name + "." for name in names]
-        tokenized_prompts = _tokenize_each(tokenizer, prompts).to(device)
-        with torch.no_grad():
-            embedding = token_embedding(tokenized_prompts).type(dtype)
-        self.register_buffer("token_prefix", embedding[:, :1, :])
-        self.register_buffer("token_suffix", embedding[:, 1 + n_ctx:, :])
-        self.register_buffer("tokenized_prompts", tokenized_prompts, persistent=False)
+        self.name_lens, self.prompt_texts = register_class_prompts(self, holder, tokenizer, names, prompt_prefix,
+                                                                   n_ctx)
         self.n_rows = n_rows
         self.n_ctx = n_ctx
         self.token_position = token_position
@@ -129,8 +81,8 @@ class ReferenceSoftCPTContextLearner(nn.Module):
         ctx = self.ctx
         if ctx.dim() == 2:
             ctx = ctx.unsqueeze(0).expand(self.n_rows, -1, -1)
-        return _assemble(self.token_prefix, ctx, self.token_suffix, self.name_lens, self.n_rows, self.n_ctx,
-                         self.token_position)
+        return assemble_prompts(self.token_prefix, ctx, self.token_suffix, self.name_lens, self.n_ctx,
+                                self.token_position)
 
 
 class ReferenceSoftCPTClassPrompts(nn.Module):
@@ -144,32 +96,21 @@ class ReferenceSoftCPTClassPrompts(nn.Module):
         super().__init__()
         holder = text_tower(model)
         tokenizer = default_tokenizer(model) if tokenizer is None else tokenizer
-        dtype = _model_dtype(holder)
-        device = holder.token_embedding.weight.device
-        prompt_prefix = " ".join(["X"] * n_ctx)
-        names = [name.replace("_", " ") for name in classnames]
-        self.name_lens = [len(tokenizer.encode(name)) for name in names]
-        prompts = [prompt_prefix + " " + name + "." for name in names]
-        tokenized_prompts = _tokenize_each(tokenizer, prompts).to(device)
-        with torch.no_grad():
-            embedding = holder.token_embedding(tokenized_prompts).type(dtype)
-        self.register_buffer("token_prefix", embedding[:, :1, :])
-        self.register_buffer("token_suffix", embedding[:, 1 + n_ctx:, :])
-        self.register_buffer("tokenized_prompts", tokenized_prompts, persistent=False)
-        self.n_cls = len(names)
+        self.name_lens, self.prompt_texts = register_class_prompts(self, holder, tokenizer, classnames,
+                                                                   " ".join(["X"] * n_ctx), n_ctx)
+        self.n_cls = len(classnames)
         self.n_ctx = n_ctx
         self.token_position = token_position
 
     def forward(self, ctx: torch.Tensor, idx: Optional[torch.Tensor] = None) -> torch.Tensor:
-        name_lens, n_cls = self.name_lens, self.n_cls
+        name_lens = self.name_lens
         if ctx.dim() == 2:
             ctx = ctx.unsqueeze(0).expand(self.n_cls, -1, -1)
         prefix, suffix = self.token_prefix, self.token_suffix
         if idx is not None:
             prefix, suffix = prefix[idx], suffix[idx]
             name_lens = [name_lens[i.item()] for i in idx]
-            n_cls = len(idx)
-        return _assemble(prefix, ctx, suffix, name_lens, n_cls, self.n_ctx, self.token_position)
+        return assemble_prompts(prefix, ctx, suffix, name_lens, self.n_ctx, self.token_position)
 
 
 class ReferencePromptGen(nn.Module):
@@ -201,7 +142,7 @@ class ReferencePromptGen(nn.Module):
         return ctx.reshape(x.shape[0], self.n_ctx, self.out_dim)
 
 
-class ReferenceSoftCPT(nn.Module):
+class ReferenceSoftCPT(ReferenceCLIPBase):
     """SoftCPT's ``CustomCLIP`` plus the trainer's multi-task loss.
 
     Args:
@@ -220,7 +161,7 @@ class ReferenceSoftCPT(nn.Module):
                  class_n_ctx: int = 4, class_ctx_init: str = "", class_csc: bool = False,
                  class_token_position: str = "end", pg_type: str = "lin", cls_sample_rate: float = 0.0,
                  tokenizer: Optional[Callable] = None):
-        super().__init__()
+        super().__init__(model)
         if len(tasknames) != len(classnames):
             raise ValueError(f"{len(tasknames)} task names but {len(classnames)} class lists")
         self.prompt_learner = nn.ModuleList(
@@ -234,10 +175,6 @@ class ReferenceSoftCPT(nn.Module):
             self.class_prompt_learner = ReferenceSoftCPTContextLearner(
                 model, all_classes, class_n_ctx, class_ctx_init, class_csc, class_token_position, tokenizer)
             self.class_tokenized_prompts = self.class_prompt_learner.tokenized_prompts
-        self.image_encoder = model.visual
-        self.text_encoder = ReferenceTextEncoder(model)
-        self.logit_scale = model.logit_scale
-        self.dtype = self.text_encoder.dtype
         self.n_ctx = n_ctx
         holder = text_tower(model)
         self.ctx_dim = holder.ln_final.weight.shape[0]
@@ -260,12 +197,6 @@ class ReferenceSoftCPT(nn.Module):
         """What the original optimizes: task/class context and the prompt generator."""
         return [p for n, p in self.named_parameters()
                 if p.requires_grad and n.split(".")[0] in ("task_prompt_learner", "class_prompt_learner", "prompt_gen")]
-
-    def encode_image(self, images: torch.Tensor) -> torch.Tensor:
-        feats = self.image_encoder(images.type(self.dtype))
-        if isinstance(feats, (tuple, list)):
-            feats = feats[0]
-        return feats
 
     def forward(self, image: torch.Tensor, label: Optional[torch.Tensor] = None):
         """``(logits [B, C_tot], selected)``; ``selected`` is None unless classes were sampled."""

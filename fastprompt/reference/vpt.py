@@ -24,7 +24,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .coop import _tokenize_each, default_tokenizer
+from .prompt_common import default_tokenizer, tokenize_each
 from .deep import ReferenceIVLPImageEncoder
 
 __all__ = ["ReferenceVPT"]
@@ -44,7 +44,7 @@ class ReferenceVPT(nn.Module):
         prompt_prefix = "a photo of a"
         names = [name.replace("_", " ") for name in classnames]
         prompts = [prompt_prefix + " " + name + "." for name in names]
-        tokenized_prompts = _tokenize_each(tokenizer, prompts).to(model.logit_scale.device)
+        tokenized_prompts = tokenize_each(tokenizer, prompts).to(model.logit_scale.device)
         with torch.no_grad():
             fixed = model.encode_text(tokenized_prompts)
         # FixedEmbeddings is a plain object in the original; a buffer here so it follows .to()
