@@ -1,5 +1,4 @@
 """prompt_attention (eager backend) against a float64 naive cat + softmax, gradcheck, bad inputs."""
-import itertools
 import logging
 
 import pytest

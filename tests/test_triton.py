@@ -10,7 +10,6 @@ os.environ["TRITON_INTERPRET"] = "1"
 
 import contextlib  # noqa: E402
 import importlib  # noqa: E402
-import itertools  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
 
@@ -27,50 +26,16 @@ from fastprompt.ops import AUTO_ORDER, backend_status, prompt_attention, resolve
 from fastprompt.ops import triton_backend  # noqa: E402
 from fastprompt.testing import assert_close_rel  # noqa: E402
 
+import attention_cases  # noqa: E402
+from attention_cases import (GRAD_NAMES, HEAD_DIMS, MATRIX, check_low_precision, compare_to_eager,  # noqa: E402
+                             make_case)
+
 if not kernels.INTERPRET and not torch.cuda.is_available():
     pytest.skip("fastprompt.kernels was imported before TRITON_INTERPRET=1 was set in this process",
                 allow_module_level=True)
 
 FWD = importlib.import_module("fastprompt.kernels.prompt_attention_fwd")
 BWD = importlib.import_module("fastprompt.kernels.prompt_attention_bwd")
-
-HEAD_DIMS = [32, 64, 80, 128]
-LENGTHS = [1, 5, 77, 201]  # 1, and lengths that are not multiples of any tile size
-GROUP_MODES = ["one", "per_seq", "mixed", "empty", "none"]  # G=1, G=N, a map, P=0, no prompt
-
-
-# ---- inputs and the two runs -------------------------------------------------------------------
-
-def make_case(group_mode, seq_len, head_dim, causal, ragged, dtype=torch.float32, n=None, heads=None,
-              n_prompt=None, seed=0):
-    """Inputs (float32 masters), output/lse cotangents and the op's keyword arguments."""
-    gen = torch.Generator().manual_seed(seed)
-    if n is None:  # the interpreter pays per program: long dense sequences come two at a time
-        n = 2 if seq_len > 64 and not ragged else 3
-    heads = heads or (2 if seq_len <= 8 else 1)
-    rand = lambda *shape: torch.randn(*shape, generator=gen)
-    q, k, v = (rand(n, seq_len, heads, head_dim) for _ in range(3))
-    pk = pv = group = None
-    if group_mode != "none":
-        n_groups = {"one": 1, "per_seq": n, "mixed": 3, "empty": 1}[group_mode]
-        if n_prompt is None:
-            n_prompt = {"one": 17, "per_seq": 4, "mixed": 3, "empty": 0}[group_mode]
-        pk, pv = rand(n_groups, n_prompt, heads, head_dim), rand(n_groups, n_prompt, heads, head_dim)
-        if group_mode == "per_seq":
-            group = torch.randperm(n, generator=gen)
-        elif group_mode == "mixed":
-            group = torch.tensor([1, 0, 1, 0, 1, 1, 0][:n])  # block 2 is read by nobody: its grads are 0
-    seqlens = None
-    if ragged:
-        seqlens = torch.randint(0, seq_len + 1, (n,), generator=gen)
-        seqlens[0] = seq_len
-        seqlens[-1] = 0 if seq_len > 1 else 1
-        if n > 2:
-            seqlens[1] = max(seq_len // 2, 1)
-    tensors = [t if t is None else t.to(dtype) for t in (q, k, v, pk, pv)]
-    dout = rand(n, seq_len, heads, head_dim)
-    dlse = rand(n, heads, seq_len)
-    return tensors, dout, dlse, dict(group=group, causal=causal, seqlens=seqlens)
 
 
 class _PoisonedTorch:
@@ -100,45 +65,16 @@ def poisoned_outputs():
 
 
 def run(backend, tensors, dout, dlse, kwargs, with_grad=True):
-    """``(out, lse, grads of q, k, v, pk, pv)`` of ``sum(out * dout) + sum(lse * dlse)``."""
-    leaves = [None if t is None else t.detach().requires_grad_(with_grad) for t in tensors]  # keeps strides
-    context = poisoned_outputs() if backend == "triton" else contextlib.nullcontext()
-    with context:
-        out, lse = prompt_attention(*leaves, backend=backend, **kwargs)
-        if not with_grad:
-            return out, lse, []
-        # lse is -inf on rows past the length; those rows carry no gradient.
-        loss = (out.float() * dout).sum() + (lse.masked_fill(torch.isinf(lse), 0.0) * dlse).sum()
-        wrt = [t for t in leaves if t is not None]
-        grads = torch.autograd.grad(loss, wrt)
-    return out, lse, list(grads)
+    """``attention_cases.run`` with the Triton kernels' outputs poisoned."""
+    guard = poisoned_outputs if backend == "triton" else None
+    return attention_cases.run(backend, tensors, dout, dlse, kwargs, with_grad=with_grad, guard=guard)
 
 
 def compare_fp32(tensors, dout, dlse, kwargs, rtol=1e-5):
-    out, lse, grads = run("triton", tensors, dout, dlse, kwargs)
-    ref_out, ref_lse, ref_grads = run("eager", tensors, dout, dlse, kwargs)
-    assert out.dtype == tensors[0].dtype and lse.dtype == torch.float32
-    assert_close_rel(out, ref_out, rtol, "out")
-    assert_close_rel(lse, ref_lse, rtol, "lse")
-    names = ["dq", "dk", "dv", "dpk", "dpv"]
-    assert len(grads) == len(ref_grads)
-    for name, g, r in zip(names, grads, ref_grads):
-        assert g.dtype == r.dtype and g.shape == r.shape, name
-        assert_close_rel(g, r, rtol, name)
+    compare_to_eager("triton", tensors, dout, dlse, kwargs, rtol=rtol, guard=poisoned_outputs)
 
 
 # ---- float32 parity over the issue's matrix -----------------------------------------------------
-
-# Every (group mode, causal, ragged, length) combination; the head dim rotates so that every head
-# dim meets every group mode, every length, causal on/off and ragged on/off.
-MATRIX = [
-    pytest.param(mode, causal, ragged, seq_len,
-                 HEAD_DIMS[(i_mode + i_len + causal + ragged) % len(HEAD_DIMS)],
-                 id=f"{mode}-{'causal' if causal else 'full'}-{'ragged' if ragged else 'dense'}-L{seq_len}")
-    for (i_mode, mode), causal, ragged, (i_len, seq_len) in itertools.product(
-        enumerate(GROUP_MODES), [False, True], [False, True], enumerate(LENGTHS))
-]
-
 
 @pytest.mark.parametrize("group_mode,causal,ragged,seq_len,head_dim", MATRIX)
 def test_fp32_matches_eager(group_mode, causal, ragged, seq_len, head_dim):
@@ -154,40 +90,19 @@ def test_every_head_dim_with_a_group_map(head_dim):
 
 # ---- low precision: within 2x (forward) / 3x (gradients) of eager's own error ---------------------
 
-def _max_err(actual, reference):
-    finite = torch.isfinite(reference.detach())
-    diff = (actual.detach().double() - reference.detach().double())[finite]
-    return float(diff.abs().max()) if finite.any() else 0.0
-
-
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
 @pytest.mark.parametrize("group_mode,seq_len,head_dim,causal", [
     ("one", 77, 64, True), ("mixed", 5, 80, False), ("per_seq", 20, 128, True), ("empty", 9, 32, False),
 ])
 def test_low_precision_error_is_within_eagers_own(dtype, group_mode, seq_len, head_dim, causal):
     tensors32, dout, dlse, kwargs = make_case(group_mode, seq_len, head_dim, causal, ragged=True)
-    tensors = [t if t is None else t.to(dtype) for t in tensors32]
-    exact = [t if t is None else t.float() for t in tensors]  # the same values, computed in fp32
-    flat = lambda r: [t.detach() for t in r[:2]] + [t.detach() for t in r[2]]  # out, lse, grads
-    ref = flat(run("eager", exact, dout, dlse, kwargs))
-    tri = flat(run("triton", tensors, dout, dlse, kwargs))
-    low = flat(run("eager", tensors, dout, dlse, kwargs))
-    assert tri[0].dtype == dtype and tri[1].dtype == torch.float32
-    names = ["out", "lse", "dq", "dk", "dv", "dpk", "dpv"]
-    for i, (name, t, r, e) in enumerate(zip(names, tri, ref, low)):
-        tri_err, low_err = _max_err(t, r), _max_err(e, r)
-        factor = 2.0 if i < 2 else 3.0
-        finite = r[torch.isfinite(r)]
-        size = float(finite.abs().max()) if finite.numel() else 0.0
-        # The small floor keeps a near-zero eager error (exactly representable values) from failing.
-        assert tri_err <= factor * low_err + 1e-6 * size + 1e-6, (
-            f"{name} ({dtype}): triton error {tri_err:.3e} > {factor} x eager error {low_err:.3e}")
+    check_low_precision("triton", dtype, tensors32, dout, dlse, kwargs, guard=poisoned_outputs)
 
 
 # ---- property-based -----------------------------------------------------------------------------
 
 @st.composite
-def attention_cases(draw):
+def random_attention_cases(draw):
     n = draw(st.integers(1, 4))
     seq_len = draw(st.integers(1, 40))
     heads = draw(st.integers(1, 2))
@@ -214,7 +129,7 @@ def attention_cases(draw):
 
 @settings(max_examples=25, deadline=None, derandomize=True,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
-@given(attention_cases())
+@given(random_attention_cases())
 def test_property_fp32_matches_eager(case):
     tensors, dout, dlse, kwargs = case
     compare_fp32(tensors, dout, dlse, kwargs)
@@ -285,7 +200,7 @@ def test_prompt_gradient_reduction_modes(splits, deterministic):
                                              out, lse, True, 32 ** -0.5, deterministic=deterministic,
                                              splits=splits)
     _, _, ref = run("eager", tensors, dout, dlse, kwargs)
-    for name, g, r in zip(("dq", "dk", "dv", "dpk", "dpv"), grads, ref):
+    for name, g, r in zip(GRAD_NAMES, grads, ref):
         assert_close_rel(g, r, 1e-5, name)
 
 
