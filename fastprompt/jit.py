@@ -520,7 +520,8 @@ def _build(kind: str):
             return cached
         what = f"CPU kernels ({cpu_isa()})" if kind == "cpu" else \
             f"CUDA kernels ({_arch_tag(cuda_arch_list())}, CUDA_HOME={cuda_home()})"
-        logger.info("fastprompt: building the %s prompt_attention extension %s: %s into %s "
+        # WARNING so that it shows without any logging set-up: a first call pauses for the build.
+        logger.warning("fastprompt: building the %s prompt_attention extension %s: %s into %s "
                     "(once per machine and source version; about a minute or more)",
                     kind, args["name"], what, directory)
         cpp_extension = _cpp_extension()

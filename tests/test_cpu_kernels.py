@@ -3,6 +3,7 @@
 The extension is built (or loaded from ~/.cache/fastprompt/ext) once per session by the
 ``cpu_extension`` fixture; a machine without a compiler skips these tests with the reason.
 """
+import logging
 import os
 import subprocess
 import sys
@@ -297,6 +298,33 @@ def test_missing_compiler_makes_auto_fall_back(monkeypatch, tmp_path):
     assert cpp_backend.cpu_available(torch.device("cpu")) == reason
     with pytest.raises(jit.ToolchainMissingError, match="no C\\+\\+ compiler"):
         jit._build("cpu")
+
+
+def test_a_failed_first_build_makes_auto_fall_back_on_the_same_call(monkeypatch, tmp_path, caplog):
+    """auto picks the buildable C++ backend; its build fails at first use: that call still
+    returns (from eager), the warning says why, and the next resolution skips it."""
+    monkeypatch.setenv("FASTPROMPT_JIT_DIR", str(tmp_path))  # no cached build here
+    monkeypatch.setattr(jit, "_loaded", {})
+    monkeypatch.setattr(jit, "_failed", {})
+    monkeypatch.setattr(jit, "_problems", {})
+    monkeypatch.setattr(jit, "_has_prebuilt", lambda kind: False)
+    monkeypatch.setattr(jit, "toolchain_problem", lambda kind: None)
+
+    def failing_build(kind):
+        raise jit.ExtensionBuildError(f"building the {kind!r} prompt_attention extension failed (test)")
+
+    monkeypatch.setattr(jit, "_build", failing_build)
+    if resolve_backend("auto", torch.device("cpu")).name != "cpu":
+        pytest.skip("auto does not prefer the cpu backend in this build")
+    tensors, _, _, kwargs = make_case("one", 5, 32, causal=True, ragged=False)
+    with caplog.at_level(logging.WARNING, logger="fastprompt.ops"):
+        out, lse = prompt_attention(*tensors, **kwargs)
+    ref, ref_lse = prompt_attention(*tensors, backend="eager", **kwargs)
+    assert torch.equal(out, ref) and torch.equal(lse, ref_lse)
+    assert any("falls back" in r.getMessage() and "failed (test)" in r.getMessage() for r in caplog.records)
+    assert resolve_backend("auto", torch.device("cpu")).name == "eager"
+    with pytest.raises(RuntimeError, match="failed \\(test\\)"):
+        prompt_attention(*tensors, backend="cpu", **kwargs)
 
 
 def test_auto_order_and_probes():

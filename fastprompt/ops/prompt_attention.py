@@ -3,8 +3,11 @@ from __future__ import annotations
 
 from typing import Optional, Tuple
 
+import logging
+
 import torch
 
+from ..jit import ExtensionUnavailableError
 from .registry import resolve_backend
 from .validation import check_prompt_attention_args
 
@@ -67,4 +70,15 @@ def prompt_attention(
         RuntimeError: when a backend named explicitly cannot run here (with the reason).
     """
     args = check_prompt_attention_args(q, k, v, pk, pv, group, causal, seqlens, scale, return_lse)
-    return resolve_backend(backend, q.device).fn(args)
+    chosen = resolve_backend(backend, q.device)
+    if backend != "auto":
+        return chosen.fn(args)
+    try:
+        return chosen.fn(args)
+    except ExtensionUnavailableError as err:
+        # ``auto`` picked a compiled backend that was buildable but whose first build failed. The
+        # failure is remembered (its probe now reports it), so resolving again skips it.
+        logging.getLogger("fastprompt.ops").warning(
+            "fastprompt: prompt_attention backend %r failed to load, backend='auto' falls back: %s",
+            chosen.name, str(err).splitlines()[0])
+        return resolve_backend(backend, q.device).fn(args)
