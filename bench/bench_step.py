@@ -78,6 +78,10 @@ def main(argv=None) -> int:
         memory_child(args._memory_child[0], args._memory_child[1], args.model, device)
         return 0
 
+    from fastprompt.ops import resolve_backend
+
+    auto_backend = resolve_backend("auto", device).name  # what the fast side's attention runs on
+    print(f"prompt_attention backend=auto on {device.type}: {auto_backend}", flush=True)
     rows, below = [], []
     for name in args.cases:
         spec = cases[name]
@@ -89,7 +93,7 @@ def main(argv=None) -> int:
                **{k: case.info.get(k, "") for k in ("method", "images", "classes", "n_ctx")},
                "repeats": args.repeats, "fastprompt_s": round(fast_s, 4), "reference_s": round(ref_s, 4),
                "speedup": round(ratio, 2), "target": spec.target, "fastprompt_peak_mb": "",
-               "reference_peak_mb": "", "memory_ratio": ""}
+               "reference_peak_mb": "", "memory_ratio": "", "backend": auto_backend}
         line = (f"{name:10s} {spec.description}: fastprompt {fast_s:.3f} s, reference {ref_s:.3f} s, "
                 f"speed-up {ratio:.1f}x (target >= {spec.target}x)")
         if ratio < spec.target:

@@ -98,16 +98,35 @@ class PeakRSS:
 
 
 def append_csv(path: str, rows: List[Dict[str, object]]) -> None:
-    """Append rows (dicts with the same keys) to ``path``, writing a header for a new file."""
+    """Append rows (dicts with the same keys) to ``path``, writing a header for a new file.
+
+    When the rows bring columns the file does not have yet, the file is rewritten (atomically)
+    with the union of the columns, older rows leaving the new ones empty.
+    """
     if not rows:
         return
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    new = not os.path.exists(path) or os.path.getsize(path) == 0
-    with open(path, "a", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        if new:
-            writer.writeheader()
-        writer.writerows(rows)
+    fields = list(rows[0])
+    old_rows: List[Dict[str, str]] = []
+    if os.path.exists(path) and os.path.getsize(path) > 0:
+        with open(path, newline="") as f:
+            reader = csv.DictReader(f)
+            old_fields = list(reader.fieldnames or [])
+            if old_fields == fields:
+                old_rows = None
+            else:
+                old_rows = list(reader)
+                fields = old_fields + [name for name in fields if name not in old_fields]
+    if old_rows is None:  # same columns: a plain append
+        with open(path, "a", newline="") as f:
+            csv.DictWriter(f, fieldnames=fields).writerows(rows)
+        return
+    tmp = path + ".tmp"
+    with open(tmp, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=fields, restval="")
+        writer.writeheader()
+        writer.writerows(old_rows + rows)
+    os.replace(tmp, path)
 
 
 def common_fields(device: torch.device) -> Dict[str, object]:
