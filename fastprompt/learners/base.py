@@ -212,6 +212,30 @@ class PromptLearner(nn.Module, abc.ABC):
             features = self.vision_tower(images, deep_prompts)
         return features / features.norm(dim=-1, keepdim=True)
 
+    def image_features(self, images: torch.Tensor) -> torch.Tensor:
+        """L2-normalised image features ``[B, E]`` as this learner's classifier reads them: the
+        frozen tower here; prompted in the methods that prompt the vision tower."""
+        return self.encode_image(images)
+
+    # forward / text_classifier below read ``self.text_features()`` (class embeddings ``[C, E]``,
+    # not normalised), which every learner with one classifier per class list defines; CoCoOp
+    # (per-image classifiers) and SoftCPT (per-task) override both instead.
+    def text_classifier(self) -> torch.Tensor:
+        """L2-normalised class embeddings ``[C, E]``: ``logits = logit_scale * image_features(x) @ W.T``.
+
+        Where the method prompts the vision tower, pair it with :meth:`image_features`, not with
+        plain open_clip image features."""
+        with torch.no_grad():
+            features = self.text_features()
+        return features / features.norm(dim=-1, keepdim=True)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """Logits ``[B, C]`` over the current classes for preprocessed images ``[B, 3, H, W]``."""
+        image = self.image_features(images)
+        text = self.text_features()
+        text = text / text.norm(dim=-1, keepdim=True)
+        return self.logit_scale * image @ text.to(image.dtype).t()
+
     def loss(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Cross-entropy of ``forward(images)`` against ``labels [B]``."""
         return F.cross_entropy(self(images), labels)

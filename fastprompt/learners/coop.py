@@ -90,16 +90,3 @@ class CoOpLearner(PromptLearner):
         plan = self.plan if class_indices is None else self.plan.select(class_indices)
         prefix, suffix = self.text_tower.embed(plan, self._ctx_table())
         return self.text_tower(plan, prefix, suffix)
-
-    def text_classifier(self) -> torch.Tensor:
-        """L2-normalised class embeddings ``[C, E]``: ``logits = scale * img @ W.T`` in vanilla open_clip."""
-        with torch.no_grad():
-            features = self.text_features()
-        return features / features.norm(dim=-1, keepdim=True)
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        """Logits ``[B, C]`` for preprocessed images ``[B, 3, H, W]``."""
-        image_features = self.encode_image(images)
-        text = self.text_features()
-        text = text / text.norm(dim=-1, keepdim=True)
-        return self.logit_scale * image_features @ text.t()

@@ -134,19 +134,6 @@ class MaPLeLearner(PromptLearner):
         """L2-normalised prompted image features ``[B, E]`` for preprocessed images ``[B, 3, H, W]``."""
         return self.encode_image(images, self.vision_prompts())
 
-    def text_classifier(self) -> torch.Tensor:
-        """L2-normalised class embeddings ``[C, E]`` (use with :meth:`image_features`, not plain CLIP images)."""
-        with torch.no_grad():
-            features = self.text_features()
-        return features / features.norm(dim=-1, keepdim=True)
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        """Logits ``[B, C]`` for preprocessed images ``[B, 3, H, W]``."""
-        image_features = self.image_features(images)
-        text = self.text_features()
-        text = text / text.norm(dim=-1, keepdim=True)
-        return self.logit_scale * image_features @ text.t()
-
     def _map_original_names(self, state: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
         # Dassl saves the whole CustomCLIP: keep the prompt learner's entries, drop frozen CLIP weights.
         return drop_frozen_original_keys(state)

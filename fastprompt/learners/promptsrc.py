@@ -159,19 +159,6 @@ class PromptSRCLearner(PromptLearner):
         t = self.zs_text_features
         return t / t.norm(dim=-1, keepdim=True)
 
-    def text_classifier(self) -> torch.Tensor:
-        """L2-normalised prompted class embeddings ``[C, E]`` (use with :meth:`image_features`)."""
-        with torch.no_grad():
-            features = self.text_features()
-        return features / features.norm(dim=-1, keepdim=True)
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        """Logits ``[B, C]`` for preprocessed images ``[B, 3, H, W]``."""
-        image_features = self.image_features(images)
-        text = self.text_features()
-        text = text / text.norm(dim=-1, keepdim=True)
-        return self.logit_scale * image_features @ text.t()
-
     # ---- objective ---------------------------------------------------------------------------
     def loss_terms(self, images: torch.Tensor, labels: torch.Tensor) -> Dict[str, torch.Tensor]:
         """``{"ce", "text", "image", "kl", "total"}``: the weighted terms and their sum (scalars)."""

@@ -370,21 +370,6 @@ class RPPLearner(PromptLearner):
             features = self.vision_tower(images, qkv_prompts=prompts)
         return features / features.norm(dim=-1, keepdim=True)
 
-    def text_classifier(self) -> torch.Tensor:
-        """L2-normalised class embeddings ``[C, E]``. With vision prompts (branches "vision"/"both")
-        the image side must go through :meth:`image_features` too; vanilla open_clip image
-        features only fit ``branches="text"``."""
-        with torch.no_grad():
-            features = self.text_features()
-        return features / features.norm(dim=-1, keepdim=True)
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        """Logits ``[B, C]`` over all classes for preprocessed images ``[B, 3, H, W]``."""
-        image = self.image_features(images)
-        text = self.text_features()
-        text = text / text.norm(dim=-1, keepdim=True)
-        return self.logit_scale * image @ text.to(image.dtype).t()
-
     # ---- loss ----------------------------------------------------------------------------------
     def loss(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """``CE`` (or POMP's loss) ``+ kl_weight * T^2 * KL(teacher || student)`` for ``labels [B]``."""

@@ -114,17 +114,9 @@ class VPTLearner(PromptLearner):
         """L2-normalised prompted image features ``[B, E]``."""
         return self.encode_image(images, list(self.vision_prompts))
 
-    def text_classifier(self) -> torch.Tensor:
-        """L2-normalised fixed class embeddings ``[C, E]``."""
-        text = self.fixed_text_features
-        return text / text.norm(dim=-1, keepdim=True)
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        """Logits ``[B, C]`` for preprocessed images ``[B, 3, H, W]``."""
-        image_features = self.image_features(images)
-        text = self.fixed_text_features
-        text = text / text.norm(dim=-1, keepdim=True)
-        return self.logit_scale * image_features @ text.t().to(image_features.dtype)
+    def text_features(self) -> torch.Tensor:
+        """The fixed hand-crafted class embeddings ``[C, E]`` (not normalised; nothing to train)."""
+        return self.fixed_text_features
 
     def _map_original_names(self, state: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
         return map_ivlp_original_names(state, vision_name="vision_prompts")
