@@ -132,6 +132,19 @@ class LearnerConfig:
     def to_dict(self) -> Dict[str, Any]:
         return dataclasses.asdict(self)
 
+    # Checks for subclasses' __post_init__: a ValueError naming the setting.
+    def _require_at_least(self, minimum: float, *names: str, note: str = "") -> None:
+        for name in names:
+            value = getattr(self, name)
+            if value < minimum:
+                raise ValueError(f"{name} must be >= {minimum}{note}, got {value}")
+
+    def _require_positive(self, *names: str) -> None:
+        for name in names:
+            value = getattr(self, name)
+            if value <= 0:
+                raise ValueError(f"{name} must be > 0, got {value}")
+
 
 class PromptLearner(nn.Module, abc.ABC):
     """Base class of all learners; see the module docstring for the API."""

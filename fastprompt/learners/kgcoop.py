@@ -52,8 +52,7 @@ class KgCoOpConfig(CoOpConfig):
         if self.class_token_position != "end":
             raise ValueError(f"class_token_position must be 'end' for KgCoOp (the original always puts the class "
                              f"name last), got {self.class_token_position!r}")
-        if self.w < 0:
-            raise ValueError(f"w must be >= 0, got {self.w}")
+        self._require_at_least(0, "w")
         resolve_template(self.template, "template")
 
 

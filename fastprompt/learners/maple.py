@@ -57,12 +57,9 @@ class MaPLeConfig(LearnerConfig):
 
     def __post_init__(self):
         super().__post_init__()
-        if self.n_ctx < 1:
-            raise ValueError(f"n_ctx must be >= 1, got {self.n_ctx}")
-        if self.prompt_depth < 1:
-            raise ValueError(f"prompt_depth must be >= 1 (1 = prompts at the input only), got {self.prompt_depth}")
-        if self.init_std <= 0:
-            raise ValueError(f"init_std must be > 0, got {self.init_std}")
+        self._require_at_least(1, "n_ctx")
+        self._require_at_least(1, "prompt_depth", note=" (1 = prompts at the input only)")
+        self._require_positive("init_std")
 
 
 class MaPLeLearner(PromptLearner):

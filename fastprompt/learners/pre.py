@@ -77,8 +77,7 @@ class PREConfig(CoOpConfig):
                              "'transformer' encoder cannot be built and is not offered)")
         if self.nonlinearity not in NONLINEARITIES:
             raise ValueError(f"nonlinearity must be one of {tuple(NONLINEARITIES)}, got {self.nonlinearity!r}")
-        if self.bottleneck_size < 1:
-            raise ValueError(f"bottleneck_size must be >= 1, got {self.bottleneck_size}")
+        self._require_at_least(1, "bottleneck_size")
         for name in ("dropout", "lstm_dropout"):
             value = getattr(self, name)
             if not 0.0 <= value < 1.0:

@@ -76,18 +76,9 @@ class PromptSRCConfig(LearnerConfig):
 
     def __post_init__(self):
         super().__post_init__()
-        for name in ("n_ctx_text", "n_ctx_vision", "prompt_depth_text"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.prompt_depth_vision < 0:
-            raise ValueError(f"prompt_depth_vision must be >= 0, got {self.prompt_depth_vision}")
-        for name in ("text_loss_weight", "image_loss_weight", "kl_weight"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
-        if self.gpa_std <= 0:
-            raise ValueError(f"gpa_std must be > 0, got {self.gpa_std}")
-        if self.init_std <= 0:
-            raise ValueError(f"init_std must be > 0, got {self.init_std}")
+        self._require_at_least(1, "n_ctx_text", "n_ctx_vision", "prompt_depth_text")
+        self._require_at_least(0, "prompt_depth_vision", "text_loss_weight", "image_loss_weight", "kl_weight")
+        self._require_positive("gpa_std", "init_std")
         if self.templates is not None:
             self.templates = list(check_templates(self.templates, "templates"))
 

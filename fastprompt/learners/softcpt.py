@@ -107,11 +107,8 @@ class SoftCPTConfig(LearnerConfig):
 
     def __post_init__(self):
         super().__post_init__()
-        if self.n_ctx < 1:
-            raise ValueError(f"n_ctx must be >= 1 (the generated context length), got {self.n_ctx}")
-        for name in ("task_n_ctx", "class_n_ctx"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        self._require_at_least(1, "n_ctx", note=" (the generated context length)")
+        self._require_at_least(0, "task_n_ctx", "class_n_ctx")
         for name in ("class_token_position", "task_token_position", "class_feature_token_position"):
             if getattr(self, name) not in CLASS_TOKEN_POSITIONS:
                 raise ValueError(f"{name} must be one of {CLASS_TOKEN_POSITIONS}, got {getattr(self, name)!r}")
