@@ -66,6 +66,21 @@ def random_clip(name: str = "ViT-B-16", seed: int = 0):
     return model
 
 
+def random_images(n: int, size: int = 32, seed: int = 0) -> torch.Tensor:
+    """Seeded N(0, 1) stand-ins for preprocessed images, ``[n, 3, size, size]``."""
+    return torch.randn(n, 3, size, size, generator=torch.Generator().manual_seed(seed))
+
+
+def perturb_trainable(module: torch.nn.Module, seed: int = 1, scale: float = 0.05) -> None:
+    """Move every trainable tensor of ``module`` away from its initial value, in place (seeded), so
+    that parity tests do not pass by accident of a symmetric init (e.g. identical couplings)."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in module.parameters():
+            if p.requires_grad:
+                p.add_(scale * torch.randn(p.shape, generator=gen))
+
+
 def naive_prompt_attention(q, k, v, pk=None, pv=None, *, group=None, causal=False, seqlens=None,
                            scale=None):
     """Literal float64 ``cat + softmax`` reference, one sequence at a time.

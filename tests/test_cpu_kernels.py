@@ -15,7 +15,7 @@ import fastprompt
 from fastprompt import jit
 from fastprompt.ops import AUTO_ORDER, backend_status, prompt_attention, resolve_backend
 from fastprompt.ops import cpp_backend
-from fastprompt.testing import assert_close_rel, naive_prompt_attention
+from fastprompt.testing import assert_close_rel, naive_prompt_attention, random_images
 
 from attention_cases import (GRAD_NAMES, HEAD_DIMS, LOW_PRECISION_CASES, MATRIX, check_low_precision,
                              compare_to_eager, make_case, run)
@@ -211,9 +211,6 @@ def test_torch_compile_traces_the_backend():
 
 # ---- learners on the cpu backend ------------------------------------------------------------
 
-def _images(n, seed=0):
-    return torch.randn(n, 3, 32, 32, generator=torch.Generator().manual_seed(seed))
-
 
 @pytest.mark.parametrize("method", ["coop", "cocoop", "maple"])
 def test_learner_training_step_cpu_equals_eager(method, tiny_model, classnames):
@@ -222,7 +219,7 @@ def test_learner_training_step_cpu_equals_eager(method, tiny_model, classnames):
     cls = {"coop": fastprompt.CoOpLearner, "cocoop": fastprompt.CoCoOpLearner,
            "maple": fastprompt.MaPLeLearner}[method]
     extra = {"maple": dict(prompt_depth=2)}.get(method, {})
-    images, labels = _images(2), torch.tensor([3, 5])
+    images, labels = random_images(2), torch.tensor([3, 5])
     results = {}
     for backend in ("eager", "cpu"):
         torch.manual_seed(0)

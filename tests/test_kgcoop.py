@@ -7,11 +7,7 @@ import torch.nn.functional as F
 
 import fastprompt
 from fastprompt.reference import ReferenceKgCoOp
-from fastprompt.testing import assert_close_rel
-
-
-def _images(n, size=32, seed=0):
-    return torch.randn(n, 3, size, size, generator=torch.Generator().manual_seed(seed))
+from fastprompt.testing import assert_close_rel, random_images
 
 
 def _perturb(t, seed=1):
@@ -57,13 +53,13 @@ def test_kgcoop_matches_reference(model_fixture, cfg, ref_cfg, classnames, reque
     learner = fastprompt.KgCoOpLearner.from_model(model, classnames, **cfg)
     learner.load_original_state_dict(reference.prompt_learner.state_dict())  # incl. bias_vectors, meta_net
     assert_close_rel(learner.clip_text_features, reference.prompt_learner.text_features, 1e-5, "hand-crafted features")
-    compare_step(learner, reference, _images(3), torch.tensor([0, 3, 7]))
+    compare_step(learner, reference, random_images(3), torch.tensor([0, 3, 7]))
 
 
 def test_consistency_is_half_the_mean_squared_distance(tiny_model, classnames):
     learner = fastprompt.KgCoOpLearner.from_model(tiny_model, classnames)
     _perturb(learner.ctx)
-    terms = learner.loss_terms(_images(2), torch.tensor([0, 1]))
+    terms = learner.loss_terms(random_images(2), torch.tensor([0, 1]))
     with torch.no_grad():
         text = F.normalize(learner.text_features(), dim=-1)
         half_sq = 0.5 * (text - learner.clip_text_features).square().sum(-1).mean()
@@ -90,7 +86,7 @@ def test_save_load_and_set_classnames(tiny_model, classnames, tmp_path):
     assert config["method"] == "kgcoop" and config["config"]["template"] == "OxfordPets"
     loaded = fastprompt.PromptLearner.from_pretrained(tmp_path / "kg", model=tiny_model)
     assert type(loaded) is fastprompt.KgCoOpLearner
-    images = _images(2)
+    images = random_images(2)
     assert torch.equal(loaded(images), learner(images))
     new = ["cat", "tabby_cat", "airplane"]
     loaded.set_classnames(new)
@@ -119,4 +115,4 @@ def test_vit_b16_kgcoop_matches_reference(vit_b16):
     _perturb(reference.prompt_learner.ctx)
     learner = fastprompt.KgCoOpLearner.from_model(vit_b16, names)
     learner.load_original_state_dict(reference.prompt_learner.state_dict())
-    compare_step(learner, reference, _images(1, size=224), torch.tensor([3]), single_pass=True)
+    compare_step(learner, reference, random_images(1, size=224), torch.tensor([3]), single_pass=True)

@@ -7,7 +7,7 @@ import torch
 
 import fastprompt
 from fastprompt.reference import ReferenceCoCoOp, ReferenceCoOp
-from fastprompt.testing import assert_close_rel
+from fastprompt.testing import assert_close_rel, random_images
 
 COOP_CONFIGS = [
     dict(n_ctx=4),
@@ -19,10 +19,6 @@ COOP_CONFIGS = [
     dict(n_ctx=5, class_token_position="front"),
     dict(n_ctx=3, csc=True, class_token_position="middle"),
 ]
-
-
-def _images(n, size=32, seed=0):
-    return torch.randn(n, 3, size, size, generator=torch.Generator().manual_seed(seed))
 
 
 def _compare_step(learner, reference, images, labels, params, ref_params, rtol=1e-5):
@@ -49,7 +45,7 @@ def test_coop_matches_reference(cfg, model_fixture, classnames, request):
     reference = ReferenceCoOp(model, classnames, **cfg)
     learner = fastprompt.CoOpLearner.from_model(model, classnames, **cfg)
     learner.load_original_state_dict(reference.prompt_learner.state_dict())
-    images, labels = _images(3), torch.tensor([0, 3, 7])
+    images, labels = random_images(3), torch.tensor([0, 3, 7])
     _compare_step(learner, reference, images, labels, [learner.ctx], [reference.prompt_learner.ctx])
 
 
@@ -61,7 +57,7 @@ def test_cocoop_matches_reference(cfg, model_fixture, classnames, request):
     reference = ReferenceCoCoOp(model, classnames, **cfg)
     learner = fastprompt.CoCoOpLearner.from_model(model, classnames, **cfg)
     learner.load_original_state_dict({"prompt_learner." + k: v for k, v in reference.prompt_learner.state_dict().items()})
-    images, labels = _images(3), torch.tensor([1, 1, 6])
+    images, labels = random_images(3), torch.tensor([1, 1, 6])
     params = [learner.ctx] + list(learner.meta_net.parameters())
     ref_params = [reference.prompt_learner.ctx] + list(reference.prompt_learner.meta_net.parameters())
     _compare_step(learner, reference, images, labels, params, ref_params)
@@ -69,7 +65,7 @@ def test_cocoop_matches_reference(cfg, model_fixture, classnames, request):
 
 def test_cocoop_batch_is_one_text_pass_equal_to_per_image(tiny_model, classnames):
     learner = fastprompt.CoCoOpLearner.from_model(tiny_model, classnames)
-    images = _images(4)
+    images = random_images(4)
     together = learner(images)
     apart = torch.cat([learner(images[i:i + 1]) for i in range(4)])
     assert_close_rel(together, apart, 1e-6, "logits")
@@ -77,7 +73,7 @@ def test_cocoop_batch_is_one_text_pass_equal_to_per_image(tiny_model, classnames
 
 def test_text_classifier_is_what_forward_uses(tiny_model, classnames):
     learner = fastprompt.CoOpLearner.from_model(tiny_model, classnames, n_ctx=4)
-    images = _images(2)
+    images = random_images(2)
     w = learner.text_classifier()
     assert w.shape == (len(classnames), tiny_model.text_projection.shape[1]) and not w.requires_grad
     img = torch.nn.functional.normalize(tiny_model.encode_image(images), dim=-1)
@@ -91,12 +87,12 @@ def test_set_classnames_keeps_prompts(tiny_model, classnames):
     ctx = learner.ctx.detach().clone()
     learner.set_classnames(["cat", "tabby_cat", "airplane"])
     assert learner.classnames == ["cat", "tabby cat", "airplane"]
-    assert learner(_images(2)).shape == (2, 3)
+    assert learner(random_images(2)).shape == (2, 3)
     assert torch.equal(learner.ctx.detach(), ctx)
     reference = ReferenceCoOp(tiny_model, ["cat", "tabby_cat", "airplane"], n_ctx=4)
     with torch.no_grad():
         reference.prompt_learner.ctx.copy_(ctx)
-    assert_close_rel(learner(_images(2)), reference(_images(2)), 1e-5, "logits after set_classnames")
+    assert_close_rel(learner(random_images(2)), reference(random_images(2)), 1e-5, "logits after set_classnames")
 
 
 def test_class_specific_context_cannot_change_class_count(tiny_model, classnames):
@@ -115,7 +111,7 @@ def test_save_and_load_pretrained_round_trip(tiny_model, classnames, tmp_path):
     config = json.loads((tmp_path / "ckpt" / "fastprompt_config.json").read_text())
     assert config["method"] == "cocoop" and config["config"]["n_ctx"] == 2
     loaded = fastprompt.CoCoOpLearner.from_pretrained(tmp_path / "ckpt", model=tiny_model)
-    images = _images(2)
+    images = random_images(2)
     assert torch.equal(loaded(images), learner(images))
     generic = fastprompt.PromptLearner.from_pretrained(tmp_path / "ckpt", model=tiny_model)
     assert type(generic) is fastprompt.CoCoOpLearner
@@ -223,7 +219,7 @@ def test_cached_pretrained_lookup_finds_hf_cache_entries(tmp_path):
 @pytest.mark.slow
 def test_vit_b16_coop_and_cocoop_match_reference(vit_b16):
     names = ["goldfish", "great white shark", "tiger shark", "hammerhead shark", "electric ray"]
-    images, labels = _images(2, size=224), torch.tensor([1, 4])
+    images, labels = random_images(2, size=224), torch.tensor([1, 4])
     torch.manual_seed(0)
     ref = ReferenceCoOp(vit_b16, names, n_ctx=16)
     learner = fastprompt.CoOpLearner.from_model(vit_b16, names, n_ctx=16)

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 import fastprompt
 from fastprompt.learners.prompts import leading_context_template
 from fastprompt.reference import ReferenceMaPLe
-from fastprompt.testing import assert_close_rel, tiny_clip
+from fastprompt.testing import assert_close_rel, perturb_trainable, random_images, tiny_clip
 
 
 @pytest.fixture(scope="module")
@@ -20,19 +20,6 @@ def three_layer_model():
 @pytest.fixture(scope="module")
 def three_layer_custom_model():
     return tiny_clip(seed=4, layers=3, vision_layers=3, custom_blocks=True)
-
-
-def _images(n, size=32, seed=0):
-    return torch.randn(n, 3, size, size, generator=torch.Generator().manual_seed(seed))
-
-
-def _perturb(module, seed=1):
-    """Move every trainable tensor away from its init (couplings no longer identical)."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in module.parameters():
-            if p.requires_grad:
-                p.add_(0.05 * torch.randn(p.shape, generator=gen))
 
 
 def _reference_params(learner, reference):
@@ -83,9 +70,9 @@ def test_maple_matches_reference(model_fixture, cfg, classnames, request):
     # Same creation order as the original: identical initial prompts and couplings under one seed.
     for (name, p), r in zip(learner.trainable_named_parameters(), _reference_params(learner, reference)):
         assert torch.equal(p, r), name
-    _perturb(reference.prompt_learner)
+    perturb_trainable(reference.prompt_learner)
     learner.load_original_state_dict(reference.state_dict())  # the whole CustomCLIP, as Dassl saves it
-    compare_step(learner, reference, _images(3), torch.tensor([0, 3, 7]))
+    compare_step(learner, reference, random_images(3), torch.tensor([0, 3, 7]))
 
 
 def test_random_context_when_n_ctx_exceeds_four(tiny_model, classnames):
@@ -94,9 +81,9 @@ def test_random_context_when_n_ctx_exceeds_four(tiny_model, classnames):
     assert learner.template.text == "X X X X X" and learner.template.init_ids is None
     torch.manual_seed(0)
     reference = ReferenceMaPLe(tiny_model, classnames, n_ctx=5, prompt_depth=2)
-    _perturb(reference.prompt_learner)
+    perturb_trainable(reference.prompt_learner)
     learner.load_original_state_dict(reference.state_dict())
-    compare_step(learner, reference, _images(2), torch.tensor([1, 2]))
+    compare_step(learner, reference, random_images(2), torch.tensor([1, 2]))
 
 
 def test_ctx_init_quirk_keeps_the_remaining_words_frozen(tiny_model, classnames):
@@ -139,7 +126,7 @@ def test_load_original_prompt_learner_keys(tiny_model, classnames):
     """The prompt learner's own state dict (fp16, DataParallel prefix) loads too; bad keys are named."""
     torch.manual_seed(0)
     reference = ReferenceMaPLe(tiny_model, classnames, prompt_depth=2)
-    _perturb(reference.prompt_learner)
+    perturb_trainable(reference.prompt_learner)
     state = {"module." + k: v.half() for k, v in reference.prompt_learner.state_dict().items()}
     assert {k.split(".")[1] for k in state} == {"ctx", "proj", "compound_prompts_text", "compound_prompt_projections",
                                                 "token_prefix", "token_suffix"}
@@ -156,19 +143,19 @@ def test_load_original_prompt_learner_keys(tiny_model, classnames):
 
 def test_save_and_load_pretrained_round_trip(tiny_model, classnames, tmp_path):
     learner = fastprompt.MaPLeLearner.from_model(tiny_model, classnames, prompt_depth=2, n_ctx=3)
-    _perturb(learner)
+    perturb_trainable(learner)
     learner.save_pretrained(tmp_path / "maple")
     config = json.loads((tmp_path / "maple" / "fastprompt_config.json").read_text())
     assert config["method"] == "maple" and config["config"]["prompt_depth"] == 2
     loaded = fastprompt.PromptLearner.from_pretrained(tmp_path / "maple", model=tiny_model)
     assert type(loaded) is fastprompt.MaPLeLearner
-    images = _images(2)
+    images = random_images(2)
     assert torch.equal(loaded(images), learner(images))
 
 
 def test_set_classnames_keeps_prompts(tiny_model, classnames):
     learner = fastprompt.MaPLeLearner.from_model(tiny_model, classnames, prompt_depth=2)
-    _perturb(learner)
+    perturb_trainable(learner)
     before = {n: p.detach().clone() for n, p in learner.trainable_named_parameters()}
     new = ["cat", "tabby_cat", "airplane"]
     learner.set_classnames(new)
@@ -176,7 +163,7 @@ def test_set_classnames_keeps_prompts(tiny_model, classnames):
     reference = ReferenceMaPLe(tiny_model, new, prompt_depth=2)
     learner_state = {"prompt_learner." + n: p for n, p in before.items()}
     reference.load_state_dict(learner_state, strict=False)
-    images = _images(2)
+    images = random_images(2)
     assert_close_rel(learner(images), reference(images), 1e-5, "logits after set_classnames")
     assert learner.text_classifier().shape == (3, tiny_model.text_projection.shape[1])
 
@@ -213,6 +200,6 @@ def test_vit_b16_maple_matches_reference(vit_b16):
     torch.manual_seed(0)
     reference = ReferenceMaPLe(vit_b16, names)  # n_ctx 2, depth 9
     learner = fastprompt.MaPLeLearner.from_model(vit_b16, names)
-    _perturb(reference.prompt_learner)
+    perturb_trainable(reference.prompt_learner)
     learner.load_original_state_dict(reference.state_dict())
-    compare_step(learner, reference, _images(1, size=224), torch.tensor([3]), single_pass=True)
+    compare_step(learner, reference, random_images(1, size=224), torch.tensor([3]), single_pass=True)

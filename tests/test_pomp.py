@@ -1,4 +1,5 @@
 """The POMP objective and POMPLearner against the literal original forward (fastprompt.reference.pomp)."""
+import functools
 import math
 
 import pytest
@@ -8,7 +9,7 @@ import torch.nn.functional as F
 import fastprompt
 from fastprompt.learners.pomp import POMPObjective
 from fastprompt.reference import ReferencePOMP
-from fastprompt.testing import assert_close_rel
+from fastprompt.testing import assert_close_rel, random_images
 
 POMP_CONFIGS = [
     dict(),
@@ -20,8 +21,7 @@ POMP_CONFIGS = [
 ]
 
 
-def _images(n, size=32, seed=1):
-    return torch.randn(n, 3, size, size, generator=torch.Generator().manual_seed(seed))
+_images = functools.partial(random_images, seed=1)
 
 
 def _pair(model, names, cfg, seed=7):

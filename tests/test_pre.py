@@ -7,7 +7,7 @@ import torch
 
 import fastprompt
 from fastprompt.reference import ReferenceCoOp, ReferencePRE
-from fastprompt.testing import assert_close_rel, tiny_clip
+from fastprompt.testing import assert_close_rel, random_images, tiny_clip
 
 CONFIGS = [
     dict(),                                           # paper scripts: "a photo of a", LSTM1, residual, shared
@@ -21,10 +21,6 @@ CONFIGS = [
     dict(ctx_init="", n_ctx=2, class_token_position="front", encoder="MLP2"),
     dict(ctx_init="itap of a"),                       # a word of two BPE tokens, as CoOp
 ]
-
-
-def _images(n, size=32, seed=0):
-    return torch.randn(n, 3, size, size, generator=torch.Generator().manual_seed(seed))
 
 
 def _pair(model, names, cfg):
@@ -62,7 +58,7 @@ def _compare(learner, reference, images, labels, rtol=1e-5):
 def test_pre_matches_reference(cfg, model_fixture, classnames, request):
     model = request.getfixturevalue(model_fixture)
     learner, reference = _pair(model, classnames, cfg)
-    _compare(learner, reference, _images(3), torch.tensor([0, 3, 7]))
+    _compare(learner, reference, random_images(3), torch.tensor([0, 3, 7]))
 
 
 def test_state_dict_keys_are_the_original_prompt_learner(tiny_model, classnames):
@@ -113,13 +109,13 @@ def test_single_context_token_works_where_the_original_fails(tiny_model, classna
     """The original squeezes the LSTM output: one context token cannot be added back. Not here."""
     reference = ReferencePRE(tiny_model, classnames, ctx_init="a")
     with pytest.raises(RuntimeError):
-        reference(_images(1))
+        reference(random_images(1))
     learner = fastprompt.PRELearner.from_model(tiny_model, classnames, ctx_init="a")
     encoded = learner.encoded_ctx().detach()
     coop = ReferenceCoOp(tiny_model, classnames, ctx_init="a")
     with torch.no_grad():
         coop.prompt_learner.ctx.copy_(encoded)
-    assert_close_rel(learner(_images(2)), coop(_images(2)), 1e-5, "logits with one context token")
+    assert_close_rel(learner(random_images(2)), coop(random_images(2)), 1e-5, "logits with one context token")
 
 
 def test_separate_encoders_are_trained_here_unlike_the_original(tiny_model, classnames):
@@ -136,7 +132,7 @@ def test_separate_encoders_are_trained_here_unlike_the_original(tiny_model, clas
         learner.encoder_network[i].load_state_dict(reference.prompt_learner.encoder_network[i].state_dict())
     assert len(learner.encoder_network) == 4
     assert any(n.startswith("encoder_network.3.lstm_head") for n, _ in learner.trainable_named_parameters())
-    _compare(learner, reference, _images(2), torch.tensor([1, 5]))
+    _compare(learner, reference, random_images(2), torch.tensor([1, 5]))
 
 
 def test_mlp2_original_checkpoint_lists_tied_tensors_twice(tiny_model, classnames):
@@ -162,7 +158,7 @@ def test_save_and_load_pretrained_round_trip(tiny_model, classnames, tmp_path):
     assert config["method"] == "pre" and config["config"]["encoder"] == "MLP1" and config["config"]["separate"]
     loaded = fastprompt.PromptLearner.from_pretrained(tmp_path / "pre", model=tiny_model)
     assert type(loaded) is fastprompt.PRELearner
-    images = _images(2)
+    images = random_images(2)
     assert torch.equal(loaded(images), learner(images))
 
 
@@ -175,12 +171,12 @@ def test_set_classnames_keeps_prompts_and_encoder(tiny_model, classnames):
     reference = ReferencePRE(tiny_model, new).eval()
     reference.prompt_learner.load_state_dict(
         {**reference.prompt_learner.state_dict(), **dict(learner.trainable_named_parameters())})
-    assert_close_rel(learner(_images(2)), reference(_images(2)), 1e-5, "logits after set_classnames")
+    assert_close_rel(learner(random_images(2)), reference(random_images(2)), 1e-5, "logits after set_classnames")
 
 
 def test_text_classifier_is_what_forward_uses(tiny_model, classnames):
     learner = fastprompt.PRELearner.from_model(tiny_model, classnames)
-    images = _images(2)
+    images = random_images(2)
     w = learner.text_classifier()
     img = torch.nn.functional.normalize(tiny_model.encode_image(images), dim=-1)
     assert_close_rel(tiny_model.logit_scale.exp() * img @ w.t(), learner(images), 1e-5, "logits")
@@ -216,4 +212,4 @@ def test_vit_b16_pre_matches_reference(vit_b16):
         learner, reference = _pair(vit_b16, names, dict())
     n_params = sum(p.numel() for p in learner.trainable_parameters())
     assert n_params == 4 * 512 + 2 * (4 * 256 * (512 + 256) + 8 * 256)  # ctx + BiLSTM (methods.md §7.1)
-    _compare(learner, reference, _images(1, size=224), torch.tensor([4]))
+    _compare(learner, reference, random_images(1, size=224), torch.tensor([4]))

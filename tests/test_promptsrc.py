@@ -9,7 +9,7 @@ import torch.nn.functional as F
 import fastprompt
 from fastprompt.reference import ReferencePromptSRC
 from fastprompt.templates import IMAGENET_TEMPLATES
-from fastprompt.testing import assert_close_rel, tiny_clip
+from fastprompt.testing import assert_close_rel, perturb_trainable, random_images, tiny_clip
 
 TEMPLATES = ["a photo of a {}.", "a bad photo of the {}.", "art of the {}.", "itap of a {}."]
 
@@ -17,18 +17,6 @@ TEMPLATES = ["a photo of a {}.", "a bad photo of the {}.", "art of the {}.", "it
 @pytest.fixture(scope="module")
 def three_layer_model():
     return tiny_clip(seed=2, layers=3, vision_layers=3)
-
-
-def _images(n, size=32, seed=0):
-    return torch.randn(n, 3, size, size, generator=torch.Generator().manual_seed(seed))
-
-
-def _perturb(module, seed=1):
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in module.parameters():
-            if p.requires_grad:
-                p.add_(0.05 * torch.randn(p.shape, generator=gen))
 
 
 def original_name(name):
@@ -49,7 +37,7 @@ def _reference_params(learner, reference):
 def _build(model, classnames, **cfg):
     torch.manual_seed(0)
     reference = ReferencePromptSRC(model, classnames, **cfg)
-    _perturb(reference)
+    perturb_trainable(reference)
     learner = fastprompt.PromptSRCLearner.from_model(model, classnames, **cfg)
     learner.load_original_state_dict(reference.state_dict())  # whole model: frozen and zero-shot weights dropped
     return learner, reference
@@ -93,7 +81,7 @@ def test_promptsrc_matches_reference(model_fixture, cfg, classnames, request):
     model = request.getfixturevalue(model_fixture)
     learner, reference = _build(model, classnames, templates=TEMPLATES, **cfg)
     assert_close_rel(learner.zs_text_features, reference.prompt_learner.fixed_embeddings, 1e-5, "frozen text targets")
-    compare_step(learner, reference, _images(3), torch.tensor([0, 3, 7]))
+    compare_step(learner, reference, random_images(3), torch.tensor([0, 3, 7]))
 
 
 def test_frozen_text_targets_average_unnormalised_features_over_the_60_templates(tiny_model, classnames):
@@ -116,7 +104,7 @@ def test_frozen_text_targets_average_unnormalised_features_over_the_60_templates
 
 def test_kl_is_zero_shot_to_prompted_divided_by_numel(tiny_model, classnames):
     learner, _ = _build(tiny_model, classnames, templates=TEMPLATES, prompt_depth_text=2, prompt_depth_vision=2)
-    images, labels = _images(3), torch.tensor([0, 1, 2])
+    images, labels = random_images(3), torch.tensor([0, 1, 2])
     with torch.no_grad():
         terms = learner.loss_terms(images, labels)
         logits = learner(images)
@@ -145,12 +133,12 @@ def test_load_original_state_dict_names(tiny_model, classnames):
 def test_save_and_load_pretrained_round_trip(tiny_model, classnames, tmp_path):
     learner = fastprompt.PromptSRCLearner.from_model(tiny_model, classnames, prompt_depth_text=2,
                                                      prompt_depth_vision=2, templates=TEMPLATES)
-    _perturb(learner)
+    perturb_trainable(learner)
     learner.save_pretrained(tmp_path / "src")
     config = json.loads((tmp_path / "src" / "fastprompt_config.json").read_text())
     assert config["method"] == "promptsrc" and config["config"]["templates"] == TEMPLATES
     loaded = fastprompt.PromptSRCLearner.from_pretrained(tmp_path / "src", model=tiny_model)
-    images, labels = _images(2), torch.tensor([0, 5])
+    images, labels = random_images(2), torch.tensor([0, 5])
     assert torch.equal(loaded(images), learner(images))
     assert torch.equal(loaded.loss(images, labels), learner.loss(images, labels))
 
@@ -164,7 +152,7 @@ def test_set_classnames_recomputes_targets_and_keeps_prompts(tiny_model, classna
     assert learner.zs_text_features.shape[0] == 3
     reference = ReferencePromptSRC(tiny_model, new, templates=TEMPLATES, prompt_depth_text=2, prompt_depth_vision=2)
     reference.load_state_dict({original_name(n): p for n, p in before.items()}, strict=False)
-    compare_step(learner, reference, _images(2), torch.tensor([2, 0]))
+    compare_step(learner, reference, random_images(2), torch.tensor([2, 0]))
 
 
 @pytest.mark.parametrize("cfg,argument", [
@@ -189,4 +177,4 @@ def test_bad_config_is_a_clear_error(tiny_model, classnames, cfg, argument):
 def test_vit_b16_promptsrc_matches_reference(vit_b16):
     names = ["goldfish", "great white shark", "tiger shark"]
     learner, reference = _build(vit_b16, names, templates=TEMPLATES[:2])  # depth 9 + 9, 4 + 4 tokens
-    compare_step(learner, reference, _images(1, size=224), torch.tensor([2]), check_logits=False)
+    compare_step(learner, reference, random_images(1, size=224), torch.tensor([2]), check_logits=False)

@@ -1,5 +1,7 @@
 """RPPLearner against the literal reference (fastprompt.reference.rpp), plus its own semantics:
 zero gradient of overwritten query prompts, the "shared" switch, the teacher, config errors."""
+import functools
+
 import pytest
 import torch
 
@@ -7,7 +9,7 @@ import fastprompt
 from fastprompt.learners.teacher import CLIPTeacher, distillation_kl
 from fastprompt.reference import ReferenceRPP
 from fastprompt.reference.rpp import reference_zero_shot_weights
-from fastprompt.testing import assert_close_rel, tiny_clip
+from fastprompt.testing import assert_close_rel, random_images, tiny_clip
 
 NAMES = ["red circle", "blue_square", "green triangle", "dog", "sea lion", "jack-o'-lantern"]
 
@@ -42,8 +44,7 @@ def tiny3_custom():
     return tiny_clip(seed=11, layers=3, vision_layers=3, custom_blocks=True)
 
 
-def _images(n, size=32, seed=1):
-    return torch.randn(n, 3, size, size, generator=torch.Generator().manual_seed(seed))
+_images = functools.partial(random_images, seed=1)
 
 
 def _pair(model, cfg, names=NAMES, ref_kwargs=None, learner_kwargs=None):

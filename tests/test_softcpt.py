@@ -6,7 +6,7 @@ import torch
 
 import fastprompt
 from fastprompt.reference import ReferenceSoftCPT
-from fastprompt.testing import assert_close_rel
+from fastprompt.testing import assert_close_rel, random_images
 
 TASKS = {
     "shape_kinds": ["red circle", "blue_square", "green triangle"],
@@ -33,10 +33,6 @@ CONFIGS = [
 ]
 # joint labels: a batch over all three tasks, and one with a single task present
 LABEL_BATCHES = [torch.tensor([0, 4, 8, 5]), torch.tensor([3, 6, 5, 6])]
-
-
-def _images(n, size=32, seed=0):
-    return torch.randn(n, 3, size, size, generator=torch.Generator().manual_seed(seed))
 
 
 def _pair(model, cfg, tasks=TASKS):
@@ -74,12 +70,12 @@ def test_softcpt_matches_reference(cfg, model_fixture, request):
     model = request.getfixturevalue(model_fixture)
     learner, reference = _pair(model, cfg)
     for labels in LABEL_BATCHES:
-        _compare(learner, reference, _images(4), labels)
+        _compare(learner, reference, random_images(4), labels)
 
 
 def test_gradients_reach_the_task_context_through_the_frozen_tower(tiny_model):
     learner = fastprompt.SoftCPTLearner.from_model(tiny_model, TASKS)
-    loss = learner.loss(_images(2), torch.tensor([1, 7]))
+    loss = learner.loss(random_images(2), torch.tensor([1, 7]))
     g_ctx, g_proj = torch.autograd.grad(loss, [learner.task_prompt_learner.ctx, learner.prompt_gen.proj])
     assert g_ctx.abs().sum() > 0 and g_proj.abs().sum() > 0
     assert all(not p.requires_grad for p in tiny_model.parameters())
@@ -96,20 +92,20 @@ def test_one_batched_text_pass_with_one_prefix_group_per_task(tiny_model, monkey
 
     monkeypatch.setattr(type(learner.text_tower), "forward", spy)
     monkeypatch.setattr(type(learner.text_tower), "__call__", spy)
-    learner(_images(2))
+    learner(random_images(2))
     # one pass for the task prompts, ONE pass for all 9 class prompts with the task as prefix group
     assert calls == [(1, 3, [0, 0, 0]), (3, 9, [0, 0, 0, 1, 1, 1, 1, 2, 2])]
     calls.clear()
-    learner.loss(_images(2), torch.tensor([3, 6]))  # only "animals" present: only its classes are encoded
+    learner.loss(random_images(2), torch.tensor([3, 6]))  # only "animals" present: only its classes are encoded
     assert calls[-1][:2] == (1, 4)
     calls.clear()
-    learner(_images(2), task="fruit")
+    learner(random_images(2), task="fruit")
     assert calls[-1][:2] == (1, 2)
 
 
 def test_label_formats_give_the_same_loss(tiny_model):
     learner = fastprompt.SoftCPTLearner.from_model(tiny_model, TASKS)
-    images = _images(4)
+    images = random_images(4)
     joint = torch.tensor([0, 4, 8, 5])
     within = torch.tensor([0, 1, 1, 2])
     expected = learner.loss(images, joint)
@@ -130,13 +126,13 @@ def test_a_sample_in_two_tasks_counts_in_both(tiny_model):
     learner, reference = _pair(tiny_model, dict())
     matrix = learner.label_matrix(torch.tensor([0, 4, 8]))
     matrix[0, 3:7] = torch.tensor([0, 0, 1, 0])  # sample 0 also labelled "sea otter" of task 1
-    images = _images(3)
+    images = random_images(3)
     assert_close_rel(learner.loss(images, matrix), reference.loss(images, matrix), 1e-5, "multi-task sample")
 
 
 def test_forward_for_one_task_is_its_slice(tiny_model):
     learner = fastprompt.SoftCPTLearner.from_model(tiny_model, TASKS, class_features=True)
-    images = _images(2)
+    images = random_images(2)
     full = learner(images)
     assert full.shape == (2, 9)
     for t, (start, end) in enumerate(learner.class_ranges):
@@ -197,7 +193,7 @@ def test_save_and_load_pretrained_keeps_task_order(tiny_model, tmp_path):
     assert config["method"] == "softcpt" and config["classnames"][0][0] == "zebra_things"
     loaded = fastprompt.PromptLearner.from_pretrained(tmp_path / "ckpt", model=tiny_model)
     assert type(loaded) is fastprompt.SoftCPTLearner and loaded.task_names == ["zebra_things", "apples"]
-    images = _images(2)
+    images = random_images(2)
     assert torch.equal(loaded(images), learner(images))
 
 
@@ -208,7 +204,7 @@ def test_set_classnames_takes_a_tasks_mapping(tiny_model):
     assert learner.task_names == ["vehicles", "birds"] and learner.n_classes == 5
     _, reference = _pair(tiny_model, dict(), tasks=new)
     reference.load_state_dict({**reference.state_dict(), **dict(learner.trainable_named_parameters())})
-    _compare(learner, reference, _images(3), torch.tensor([0, 4, 2]))
+    _compare(learner, reference, random_images(3), torch.tensor([0, 4, 2]))
     specific = fastprompt.SoftCPTLearner.from_model(tiny_model, TASKS, task_csc=True)
     with pytest.raises(ValueError, match="task_csc"):
         specific.set_classnames(new)
@@ -249,7 +245,7 @@ def test_bad_tasks_are_a_clear_error(tiny_model, tasks, message):
 
 def test_bad_labels_are_a_clear_error(tiny_model):
     learner = fastprompt.SoftCPTLearner.from_model(tiny_model, TASKS)
-    images = _images(2)
+    images = random_images(2)
     with pytest.raises(ValueError, match="joint labels"):
         learner.loss(images, torch.tensor([0, 9]))
     with pytest.raises(ValueError, match="not a class of task 2"):
@@ -259,7 +255,7 @@ def test_bad_labels_are_a_clear_error(tiny_model):
     with pytest.raises(ValueError, match="9 columns"):
         learner.loss(images, torch.zeros(2, 5, dtype=torch.long))
     with pytest.raises(ValueError, match="2 samples|images has"):
-        learner.loss(_images(3), torch.tensor([0, 1]))
+        learner.loss(random_images(3), torch.tensor([0, 1]))
     with pytest.raises(ValueError, match="unknown task"):
         learner(images, task="plants")
 
@@ -270,4 +266,4 @@ def test_vit_b16_softcpt_matches_reference(vit_b16):
     learner, reference = _pair(vit_b16, dict(), tasks=tasks)
     shapes = {n: p.numel() for n, p in learner.trainable_named_parameters()}
     assert shapes == {"task_prompt_learner.ctx": 4 * 512, "prompt_gen.proj": 512 * 16 * 512}  # methods.md §8.1
-    _compare(learner, reference, _images(1, size=224), torch.tensor([3]))
+    _compare(learner, reference, random_images(1, size=224), torch.tensor([3]))

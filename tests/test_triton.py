@@ -24,7 +24,7 @@ import fastprompt  # noqa: E402
 import fastprompt.kernels as kernels  # noqa: E402
 from fastprompt.ops import AUTO_ORDER, backend_status, prompt_attention, resolve_backend  # noqa: E402
 from fastprompt.ops import triton_backend  # noqa: E402
-from fastprompt.testing import assert_close_rel  # noqa: E402
+from fastprompt.testing import assert_close_rel, random_images  # noqa: E402
 
 import attention_cases  # noqa: E402
 from attention_cases import (GRAD_NAMES, HEAD_DIMS, MATRIX, check_low_precision, compare_to_eager,  # noqa: E402
@@ -343,16 +343,13 @@ def test_custom_op_with_group_map_and_seqlens_compiles_fullgraph():
 
 # ---- a learner's training step ------------------------------------------------------------------
 
-def _images(n, seed=0):
-    return torch.randn(n, 3, 32, 32, generator=torch.Generator().manual_seed(seed))
-
 
 @pytest.mark.parametrize("method", ["coop", "cocoop"])
 def test_learner_step_triton_equals_eager(method, tiny_model, classnames):
     """Same loss and prompt gradients with every attention layer on the triton backend (CoOp: G = 1
     text prefix; CoCoOp: one prefix group per image, G = B)."""
     cls = {"coop": fastprompt.CoOpLearner, "cocoop": fastprompt.CoCoOpLearner}[method]
-    images, labels = _images(2), torch.tensor([3, 5])
+    images, labels = random_images(2), torch.tensor([3, 5])
     results = {}
     for backend in ("eager", "triton"):
         torch.manual_seed(0)

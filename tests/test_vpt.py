@@ -7,16 +7,12 @@ import torch.nn.functional as F
 
 import fastprompt
 from fastprompt.reference import ReferenceVPT
-from fastprompt.testing import assert_close_rel, tiny_clip
+from fastprompt.testing import assert_close_rel, random_images, tiny_clip
 
 
 @pytest.fixture(scope="module")
 def three_layer_model():
     return tiny_clip(seed=2, layers=3, vision_layers=3)
-
-
-def _images(n, size=32, seed=0):
-    return torch.randn(n, 3, size, size, generator=torch.Generator().manual_seed(seed))
 
 
 def original_name(name):
@@ -65,7 +61,7 @@ def test_vpt_matches_reference(model_fixture, cfg, classnames, request):
     model = request.getfixturevalue(model_fixture)
     learner, reference = _build(model, classnames, **cfg)
     assert_close_rel(learner.fixed_text_features, reference.fixed_embeddings, 1e-5, "fixed text features")
-    compare_step(learner, reference, _images(3), torch.tensor([0, 3, 7]))
+    compare_step(learner, reference, random_images(3), torch.tensor([0, 3, 7]))
 
 
 def test_text_side_is_frozen_and_prompts_only_touch_vision(tiny_model, classnames):
@@ -91,7 +87,7 @@ def test_save_load_and_set_classnames(tiny_model, classnames, tmp_path):
     learner.save_pretrained(tmp_path / "vpt")
     assert json.loads((tmp_path / "vpt" / "fastprompt_config.json").read_text())["method"] == "vpt"
     loaded = fastprompt.VPTLearner.from_pretrained(tmp_path / "vpt", model=tiny_model)
-    images = _images(2)
+    images = random_images(2)
     assert torch.equal(loaded(images), learner(images))
     new = ["cat", "tabby_cat", "airplane"]
     loaded.set_classnames(new)
@@ -126,7 +122,7 @@ def test_dataset_template(tiny_model, classnames):
 def test_vit_b16_vpt_matches_reference(vit_b16):
     names = ["goldfish", "great white shark", "tiger shark"]
     learner, reference = _build(vit_b16, names)  # 8 tokens, depth 12
-    compare_step(learner, reference, _images(1, size=224), torch.tensor([1]), single_pass=True)
+    compare_step(learner, reference, random_images(1, size=224), torch.tensor([1]), single_pass=True)
 
 
 @pytest.mark.parametrize("model_fixture", ["tiny_model", "tiny_custom_model", "three_layer_model"])
@@ -140,7 +136,7 @@ def test_reference_deep_encoders_agree_with_independent_literal_paths(model_fixt
 
     model = request.getfixturevalue(model_fixture)
     layers = len(model.visual.transformer.resblocks)
-    images = _images(2)
+    images = random_images(2)
     ids = SimpleTokenizer()(["a photo of a dog.", "itap of a sea lion."])
     with torch.no_grad():
         embeds = model.token_embedding(ids)
