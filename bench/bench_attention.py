@@ -42,7 +42,7 @@ from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import append_csv, common_fields, median, setup_threads, synchronize, time_interleaved  # noqa: E402
+from common import common_fields, median, report_rows, setup_threads, synchronize, time_interleaved  # noqa: E402
 
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
@@ -486,8 +486,7 @@ def main(argv=None) -> int:
                 print(f"{shape_name:6s} {mode:7s} {name:7s} {t * 1e3:9.3f} ms  {row['tb_s']:7.3f} TB/s "
                       f"({row['pct_peak_bw']:5.1f}%)  {row['tflop_s']:7.3f} TFLOP/s ({row['pct_peak_flops']:5.1f}%)  "
                       f"{row['x_floor']:6.2f}x floor  {row['speedup_vs_eager']:5.2f}x eager", flush=True)
-    append_csv(args.csv, rows)
-    print(f"appended {len(rows)} rows to {args.csv}")
+    report_rows(args.csv, rows)
     if slow:
         print(f"not timed: {', '.join(f'{n} ({r})' for n, r in slow.items())}; GPU timings need a GPU")
     return 0

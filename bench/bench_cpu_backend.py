@@ -27,7 +27,7 @@ import sys
 from typing import Callable, Dict, Tuple
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import append_csv, common_fields, median, setup_threads, time_interleaved  # noqa: E402
+from common import common_fields, median, report_rows, setup_threads, time_interleaved  # noqa: E402
 
 import torch  # noqa: E402
 
@@ -132,11 +132,7 @@ def main(argv=None) -> int:
         rows.append({**common_fields(device), "case": name, "description": description, "repeats": repeats,
                      "eager_ms": round(eager_s * 1e3, 3), "cpu_ms": round(cpu_s * 1e3, 3),
                      "speedup": round(ratio, 3), "target": target or ""})
-    append_csv(args.csv, rows)
-    print(f"appended {len(rows)} rows to {args.csv}")
-    if below:
-        print("below target: " + "; ".join(below))
-    return 0
+    return report_rows(args.csv, rows, below)
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ import subprocess
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import PeakRSS, append_csv, common_fields, median, setup_threads, time_interleaved  # noqa: E402
+from common import PeakRSS, common_fields, median, report_rows, setup_threads, time_interleaved  # noqa: E402
 from step_cases import load_all  # noqa: E402
 
 import torch  # noqa: E402
@@ -111,11 +111,7 @@ def main(argv=None) -> int:
                 below.append(f"{name} memory ratio {mem_ratio:.1f}x < {spec.memory_target}x")
         print(line, flush=True)
         rows.append(row)
-    append_csv(args.csv, rows)
-    print(f"appended {len(rows)} rows to {args.csv}")
-    if below:
-        print("below target: " + "; ".join(below))
-    return 0
+    return report_rows(args.csv, rows, below)
 
 
 if __name__ == "__main__":

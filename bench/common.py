@@ -13,7 +13,7 @@ import os
 import platform
 import statistics
 import time
-from typing import Callable, Dict, List
+from typing import Callable, Dict, List, Sequence
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # must be set before torch starts its thread pool
 
@@ -127,6 +127,15 @@ def append_csv(path: str, rows: List[Dict[str, object]]) -> None:
         writer.writeheader()
         writer.writerows(old_rows + rows)
     os.replace(tmp, path)
+
+
+def report_rows(path: str, rows: List[Dict[str, object]], below: Sequence[str] = ()) -> int:
+    """Append ``rows`` to the CSV at ``path``, say so, list the targets missed; the exit status (0)."""
+    append_csv(path, rows)
+    print(f"appended {len(rows)} rows to {path}")
+    if below:
+        print("below target: " + "; ".join(below))
+    return 0
 
 
 def common_fields(device: torch.device) -> Dict[str, object]:
