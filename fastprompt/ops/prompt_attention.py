@@ -3,12 +3,10 @@ from __future__ import annotations
 
 from typing import Optional, Tuple
 
-import logging
-
 import torch
 
 from ..jit import ExtensionUnavailableError
-from .registry import resolve_backend
+from .registry import logger, resolve_backend
 from .validation import check_prompt_attention_args
 
 
@@ -78,7 +76,7 @@ def prompt_attention(
     except ExtensionUnavailableError as err:
         # ``auto`` picked a compiled backend that was buildable but whose first build failed. The
         # failure is remembered (its probe now reports it), so resolving again skips it.
-        logging.getLogger("fastprompt.ops").warning(
+        logger.warning(
             "fastprompt: prompt_attention backend %r failed to load, backend='auto' falls back: %s",
             chosen.name, str(err).splitlines()[0])
         return resolve_backend(backend, q.device).fn(args)
