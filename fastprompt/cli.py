@@ -6,6 +6,8 @@ Subcommands:
   report held-out accuracy before/after, and time a training step against the literal reference
   implementation (``fastprompt.reference``). Runs offline on CPU in well under two minutes with
   the default tiny random-weight CLIP.
+* ``data check ROOT`` / ``data fewshot NAME ROOT --shots K --seed S``: dataset folders and few-shot
+  subsets (``fastprompt/data/cli.py``).
 """
 from __future__ import annotations
 
@@ -122,6 +124,9 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", title="commands")
     subparsers.required = True
     _add_demo_parser(subparsers)
+    from .data.cli import add_data_parser
+
+    add_data_parser(subparsers)  # fastprompt data check|fewshot
     return parser
 
 

@@ -1,6 +1,29 @@
-"""Datasets that need no files: ``SyntheticShapes`` (coloured shapes, generated on the fly)."""
+"""Datasets: CoOp's folder layouts (identical items, few-shot draws and base/new splits),
+custom ImageFolder/CSV/JSON data, transforms, and ``SyntheticShapes`` (no files).
+
+    from fastprompt.data import load_dataset
+    ds = load_dataset("dtd", "/data", shots=16, seed=1, subsample="base")
+    ds.classnames, ds.train, ds.val, ds.test      # items with .path, .label, .classname
+"""
+from .check import check_root, fewshot_record
+from .dassl_pickle import load_datum_pickle
+from .fewshot import fewshot_subset, sample_fewshot, split_by_label
+from .images import ImageDataset, load_image, make_loader, skip_collate
+from .items import DataError, Dataset, Item
+from .listing import cache_dir, list_dirs
+from .load import load_dataset
+from .registry import known_names
+from .subsample import subsample_classes
 from .synthetic import (CLIP_MEAN, CLIP_STD, COLOURS, MAX_CLASSES, SHAPES, SyntheticShapes,
                         class_names, class_pairs, make_loaders)
+from .transforms import test_transform, train_transform, transforms_for_model
 
-__all__ = ["SyntheticShapes", "make_loaders", "class_names", "class_pairs", "CLIP_MEAN", "CLIP_STD",
-           "COLOURS", "SHAPES", "MAX_CLASSES"]
+__all__ = [
+    "load_dataset", "known_names", "Dataset", "Item", "DataError",
+    "sample_fewshot", "fewshot_subset", "split_by_label", "subsample_classes", "load_datum_pickle",
+    "cache_dir", "list_dirs", "check_root", "fewshot_record",
+    "ImageDataset", "load_image", "make_loader", "skip_collate",
+    "train_transform", "test_transform", "transforms_for_model",
+    "SyntheticShapes", "make_loaders", "class_names", "class_pairs", "CLIP_MEAN", "CLIP_STD",
+    "COLOURS", "SHAPES", "MAX_CLASSES",
+]

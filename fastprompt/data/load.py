@@ -1,0 +1,189 @@
+"""``load_dataset``: one entry point for CoOp's datasets and for custom data.
+
+For a CoOp dataset the steps are those of its original dataset class (KaiyangZhou/CoOp
+``datasets/*.py`` on Dassl's ``DatasetBase``, KaiyangZhou/Dassl.pytorch): read the full
+train/val/test lists; if ``shots >= 1``, take the few-shot subset from the run's
+``split_fewshot/shot_{K}-seed_{S}.pkl`` when the folder has one (as the original does), else
+draw it (:mod:`fastprompt.data.fewshot`); then apply the base/new subsample
+(:mod:`fastprompt.data.subsample`). Class names come from the training items in label order.
+Unlike the original, nothing is written into the dataset folder, and every bad input is an
+error here (naming the file or value), not an exception in the middle of training.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from typing import List, Optional, Sequence, Tuple
+
+from . import custom
+from .aircraft import read_aircraft
+from .coop_splits import read_split_json
+from .dassl_pickle import load_datum_pickle
+from .fewshot import sample_fewshot
+from .imagenet import read_imagenet, read_variant
+from .items import DataError, Dataset, Item, classnames_of
+from .listing import missing_paths
+from .registry import Spec, resolve
+from .subsample import check_subsample, subsample_classes
+
+__all__ = ["load_dataset", "fewshot_cache_path", "dataset_dir_of"]
+
+logger = logging.getLogger("fastprompt.data")
+
+
+def dataset_dir_of(spec: Spec, root: str) -> str:
+    return os.path.join(os.path.abspath(os.path.expanduser(root)), spec.folder)
+
+
+def fewshot_cache_path(spec: Spec, root: str, shots: int, seed: int) -> str:
+    """Where a CoOp run keeps its few-shot subset: ``<folder>/split_fewshot/shot_K-seed_S.pkl``."""
+    return os.path.join(dataset_dir_of(spec, root), "split_fewshot", f"shot_{shots}-seed_{seed}.pkl")
+
+
+def _check_int(value, what: str) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise DataError(f"{what} must be an integer >= 0, got {value!r}")
+    return value
+
+
+def _rebase(items: List[Item], dataset_dir: str, folder: str) -> List[Item]:
+    """Pickled paths of a dataset folder that has since moved, re-rooted at ``dataset_dir``.
+
+    A path is kept when it exists or lies under ``dataset_dir``; otherwise the part after its last
+    ``/<folder>/`` component is joined to ``dataset_dir``.
+    """
+    inside = os.path.join(dataset_dir, "")
+    out = []
+    for it in items:
+        path = it.path
+        if not path.startswith(inside):
+            parts = path.replace("\\", "/").split("/")
+            idx = max((i for i, p in enumerate(parts[:-1]) if p == folder), default=None)
+            if idx is not None:
+                path = os.path.join(dataset_dir, *parts[idx + 1:])
+        out.append(Item(path, it.label, it.classname) if path != it.path else it)
+    return out
+
+
+def _require_files(items: Sequence[Item], source: str, cache: bool, cache_root: Optional[str], hint: str) -> None:
+    missing = missing_paths((it.path for it in items), cache, cache_root)
+    if missing:
+        shown = "\n  ".join(missing[:5])
+        more = f"\n  ... and {len(missing) - 5} more" if len(missing) > 5 else ""
+        raise DataError(f"{source} names {len(missing)} image(s) that are not on disk:\n  {shown}{more}\n{hint}")
+
+
+def _read_full(spec: Spec, dataset_dir: str, cache: bool, cache_root, original_caches: bool):
+    """``(train, val, test, image_dir, listed_source)``; ``listed_source`` is None when the items
+    came from a split file (and must be checked on disk)."""
+    image_dir = os.path.join(dataset_dir, spec.image_dir) if spec.image_dir else dataset_dir
+    if spec.family == "split":
+        train, val, test = read_split_json(os.path.join(dataset_dir, spec.split_file), image_dir, spec.download)
+        return train, val, test, image_dir, None
+    if spec.family == "aircraft":
+        train, val, test = read_aircraft(dataset_dir, image_dir)
+        return train, val, test, image_dir, None
+    if spec.family == "imagenet":
+        train, test, source = read_imagenet(dataset_dir, image_dir, cache, cache_root, original_caches)
+        listed = None if source.endswith(".pkl") else source
+        return train, test, test, image_dir, listed
+    data = read_variant(spec, dataset_dir, image_dir, cache, cache_root)
+    return data, [], data, image_dir, image_dir
+
+
+def load_dataset(name: str, root: str, shots: int = 0, seed: int = 1, subsample: str = "all", *,
+                 original_caches: bool = True, check_files: bool = True, cache: bool = True,
+                 cache_root: Optional[str] = None, **custom_kwargs) -> Dataset:
+    """Load a dataset with the items, order, labels and class names of the original CoOp code.
+
+    Args:
+        name: a CoOp folder name (``oxford_pets``, ``dtd``, ``eurosat``, ``caltech-101``,
+            ``oxford_flowers``, ``food-101``, ``fgvc_aircraft``, ``stanford_cars``, ``sun397``,
+            ``ucf101``, ``imagenet``, ``imagenetv2``, ``imagenet-sketch``,
+            ``imagenet-adversarial``, ``imagenet-rendition``) or the original class name
+            (``OxfordPets``, ``DescribableTextures``, ..., ``ImageNetR``); or ``imagefolder``,
+            ``csv``, ``json`` for custom data (see :mod:`fastprompt.data.custom`).
+        root: the folder holding the dataset folders (Dassl's ``DATASET.ROOT``); for custom data
+            the tree or list file itself.
+        shots: images per class for training (val gets ``min(shots, 4)``); 0 = all.
+        seed: the run seed (``--seed`` of CoOp's ``train.py``) that the subset is drawn with.
+        subsample: ``"all"``, ``"base"`` or ``"new"`` (base-to-novel protocol).
+        original_caches: read CoOp's ``split_fewshot/shot_K-seed_S.pkl`` (and ImageNet's
+            ``preprocessed.pkl``) when present, as the original does; ``False`` always draws
+            (lists) afresh.
+        check_files: verify that every image a split file names exists (one listing per folder).
+        cache: use fastprompt's listing cache (user cache folder; see
+            :mod:`fastprompt.data.listing`); ``cache_root`` overrides its location.
+        **custom_kwargs: options of the custom loaders (``split``, ``split_seed``).
+
+    Returns:
+        :class:`~fastprompt.data.items.Dataset` with ``classnames``, ``train``, ``val``,
+        ``test`` (ImageNet: ``val`` is ``test``; the test-only ImageNet variants: ``val`` is
+        empty and ``train`` is ``test``, as in the original).
+
+    Raises:
+        DataError: a missing folder or file, an image a split names that is not on disk, an
+            unknown name, ``shots < 0``, a bad ``subsample``, an empty class, an unreadable pickle.
+    """
+    spec = resolve(name)
+    shots = _check_int(shots, "shots")
+    seed = _check_int(seed, "seed")
+    check_subsample(subsample)
+    if spec is None:
+        return custom.load_custom(name, root, shots, seed, subsample, check_files=check_files, cache=cache,
+                                  cache_root=cache_root, **custom_kwargs)
+    if custom_kwargs:
+        raise DataError(f"unexpected option(s) {sorted(custom_kwargs)} for {spec.folder} "
+                        "(they apply to imagefolder/csv/json data)")
+    dataset_dir = dataset_dir_of(spec, root)
+    if not os.path.isdir(dataset_dir):
+        raise DataError(f"{spec.cls} not found: no folder {dataset_dir}. Get {spec.download}; "
+                        f"`fastprompt data check {root}` lists what is missing")
+    train, val, test, image_dir, listed = _read_full(spec, dataset_dir, cache, cache_root, original_caches)
+    notes: List[str] = []
+    if listed is None and check_files:
+        source = spec.split_file or "the split files"
+        if spec.family == "imagenet":
+            source = os.path.join(dataset_dir, "preprocessed.pkl")
+        _require_files(train + val + (test if test is not val else []), source, cache, cache_root,
+                       f"Check the download of {spec.cls} ({spec.download}).")
+    num_classes = len(classnames_of(train, f"{spec.cls} train split"))
+    bad = [it for it in val + test if it.label >= num_classes]
+    if bad:
+        raise DataError(f"{spec.cls}: {bad[0].path} has label {bad[0].label}, but the train split has only "
+                        f"{num_classes} classes")
+
+    if spec.test_only:
+        if shots or subsample != "all":
+            logger.warning("%s is a test-only dataset: shots=%s and subsample=%r are ignored, as in the "
+                           "original", spec.cls, shots, subsample)
+            notes.append("test-only dataset: shots and subsample ignored")
+        classnames = classnames_of(test, f"{spec.cls} images")
+        return Dataset(spec.folder, dataset_dir, image_dir, classnames, list(test), [], list(test), 0, seed,
+                       "all", "all", notes)
+
+    imagenet = spec.family == "imagenet"
+    source = "all"
+    if shots >= 1:
+        pkl = fewshot_cache_path(spec, root, shots, seed)
+        if original_caches and os.path.isfile(pkl):
+            data = load_datum_pickle(pkl, required=("train",) if imagenet else ("train", "val"))
+            train = _rebase(data["train"], dataset_dir, spec.folder)
+            if not imagenet:
+                val = _rebase(data["val"], dataset_dir, spec.folder)
+            if check_files:
+                _require_files(train + ([] if imagenet else val), pkl, cache, cache_root,
+                               "Move the .pkl away (or pass original_caches=False) to draw the subset afresh.")
+            source = pkl
+            logger.info("%s: few-shot subset read from %s", spec.cls, pkl)
+        else:
+            train, val = sample_fewshot(train, val, shots, seed, with_val=not imagenet)
+            source = "sampled"
+    if imagenet:
+        train, test = subsample_classes(train, test, subsample=subsample)
+        val = test
+    else:
+        train, val, test = subsample_classes(train, val, test, subsample=subsample)
+    classnames = classnames_of(train, f"{spec.cls} train split")
+    return Dataset(spec.folder, dataset_dir, image_dir, classnames, train, val, test, shots, seed, subsample,
+                   source, notes)
