@@ -86,7 +86,7 @@ def check_root(root: str, dataset: Optional[str] = None, cache: bool = True,
 def format_check(results: List[CheckResult], root: str, explicit: bool = False) -> str:
     """The report: one line per dataset found, its missing entries and a download line."""
     lines = [f"datasets under {os.path.abspath(os.path.expanduser(root))}:"]
-    width = max(len(r.spec.folder) for r in results)
+    width = max([len(r.spec.folder) for r in results if explicit or r.status != "absent"] or [0])
     absent = []
     for r in results:
         if r.status == "absent" and not explicit:

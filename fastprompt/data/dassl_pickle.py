@@ -60,7 +60,7 @@ class _DatumUnpickler(pickle.Unpickler):
     def find_class(self, module, name):
         if (module, name) in DATUM_GLOBALS:
             return _Datum
-        if (module, name) == ("copyreg", "_reconstructor"):
+        if (module, name) in {("copyreg", "_reconstructor"), ("copy_reg", "_reconstructor")}:
             return _reconstructor
         if (module, name) in {("builtins", "object"), ("__builtin__", "object")}:
             return object
