@@ -29,6 +29,7 @@ import triton
 import triton.language as tl
 
 from .common import LOG2E, _dot, _narrow, bwd_tiles, check_supported, dot_precision, emulate_bf16, launch_device
+from .prompt_attention_fwd import index_arg
 
 
 @triton.jit
@@ -41,8 +42,10 @@ def _bwd_preprocess_kernel(OUT, DO, DLSE, SEQLENS, DELTA,
     pid_m = tl.program_id(1)
     n = (pid_nh // H).to(tl.int64)
     h = (pid_nh % H).to(tl.int64)
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_d = tl.arange(0, BLOCK_D)
+    # Every tensor offset is int64 (row index x row stride overflows int32 for large
+    # sequence-first views); the same holds in the kernels below.
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M).to(tl.int64)
+    offs_d = tl.arange(0, BLOCK_D).to(tl.int64)
     if HAS_SEQLENS:
         seqlen = tl.load(SEQLENS + n).to(tl.int32)
     else:
@@ -101,7 +104,7 @@ def _bwd_own_kernel(
         seqlen = tl.load(SEQLENS + n).to(tl.int32)
     else:
         seqlen = L
-    offs_d = tl.arange(0, BLOCK_D)
+    offs_d = tl.arange(0, BLOCK_D).to(tl.int64)
     d_ok = offs_d < D
     q_base = Q + n * s_qn + h * s_qh
     k_base = K + n * s_kn + h * s_kh
@@ -111,7 +114,7 @@ def _bwd_own_kernel(
     tile = pid_j * BLOCK
 
     # ---- dK, dV of own key tile j: the query tiles that see it ----
-    offs_n = tile + tl.arange(0, BLOCK)
+    offs_n = tile + tl.arange(0, BLOCK).to(tl.int64)
     key_ok = offs_n < seqlen
     kv_mask = key_ok[:, None] & d_ok[None, :]
     kb = tl.load(k_base + offs_n[:, None] * s_kl + offs_d[None, :], mask=kv_mask, other=0.0)
@@ -124,7 +127,7 @@ def _bwd_own_kernel(
         m_lo = 0
     m_hi = tl.where(tile < seqlen, seqlen, 0)
     for start_m in range(m_lo, m_hi, BLOCK):
-        offs_m = start_m + tl.arange(0, BLOCK)
+        offs_m = start_m + tl.arange(0, BLOCK).to(tl.int64)
         row_ok = offs_m < seqlen
         q_mask = row_ok[:, None] & d_ok[None, :]
         q = tl.load(q_base + offs_m[:, None] * s_ql + offs_d[None, :], mask=q_mask, other=0.0)
@@ -141,7 +144,7 @@ def _bwd_own_kernel(
     tl.store(DV + g_off, _narrow(dv, DV.dtype.element_ty, EMULATE_BF16), mask=in_range)
 
     # ---- dQ of own query tile j: the prompt block, then the own keys it sees ----
-    offs_m = tile + tl.arange(0, BLOCK)
+    offs_m = tile + tl.arange(0, BLOCK).to(tl.int64)
     row_ok = offs_m < seqlen
     q_mask = row_ok[:, None] & d_ok[None, :]
     q = tl.load(q_base + offs_m[:, None] * s_ql + offs_d[None, :], mask=q_mask, other=0.0)
@@ -157,7 +160,7 @@ def _bwd_own_kernel(
     pk_base = PK + g * s_pkg + h * s_pkh
     pv_base = PV + g * s_pvg + h * s_pvh
     for start_p in range(0, tl.where(live, P, 0), BLOCK_P):
-        offs_p = start_p + tl.arange(0, BLOCK_P)
+        offs_p = start_p + tl.arange(0, BLOCK_P).to(tl.int64)
         p_ok = offs_p < P
         t_mask = p_ok[None, :] & d_ok[:, None]
         kt = tl.load(pk_base + offs_p[None, :] * s_pkp + offs_d[:, None], mask=t_mask, other=0.0)
@@ -169,7 +172,7 @@ def _bwd_own_kernel(
     else:
         n_hi = seqlen
     for start_n in range(0, tl.where(live, n_hi, 0), BLOCK):
-        offs_k = start_n + tl.arange(0, BLOCK)
+        offs_k = start_n + tl.arange(0, BLOCK).to(tl.int64)
         k_ok = offs_k < seqlen
         t_mask = k_ok[None, :] & d_ok[:, None]
         kt = tl.load(k_base + offs_k[None, :] * s_kl + offs_d[:, None], mask=t_mask, other=0.0)
@@ -208,8 +211,8 @@ def _bwd_prompt_kernel(
     lo = first + split * chunk
     hi = tl.minimum(lo + chunk, last)
 
-    offs_p = pid_p * BLOCK_P + tl.arange(0, BLOCK_P)
-    offs_d = tl.arange(0, BLOCK_D)
+    offs_p = pid_p * BLOCK_P + tl.arange(0, BLOCK_P).to(tl.int64)
+    offs_d = tl.arange(0, BLOCK_D).to(tl.int64)
     d_ok = offs_d < D
     p_ok = offs_p < P
     p_mask = p_ok[:, None] & d_ok[None, :]
@@ -230,7 +233,7 @@ def _bwd_prompt_kernel(
         do_base = DO + n * s_dn + h * s_dh
         row_base = (n * H + h) * L
         for start_m in range(0, seqlen, BLOCK_M):
-            offs_m = start_m + tl.arange(0, BLOCK_M)
+            offs_m = start_m + tl.arange(0, BLOCK_M).to(tl.int64)
             row_ok = offs_m < seqlen
             q_mask = row_ok[:, None] & d_ok[None, :]
             q = tl.load(q_base + offs_m[:, None] * s_ql + offs_d[None, :], mask=q_mask, other=0.0)
@@ -297,7 +300,7 @@ def prompt_attention_bwd(
 
     Args:
         dout: ``[N, L, H, d]`` gradient of ``out``; dlse: ``[N, H, L]`` gradient of ``lse`` or ``None``.
-        q, k, v, pk, pv, group, seqlens, causal, scale: the forward's inputs.
+        q, k, v, pk, pv, group, seqlens, causal, scale: the forward's inputs (any strides, as there).
         out, lse: the forward's outputs.
         deterministic: sum the per-split prompt partials in a fixed order (bitwise reproducible)
             instead of adding them atomically.
@@ -312,6 +315,7 @@ def prompt_attention_bwd(
     check_supported(q)
     n, seq_len, heads, head_dim = q.shape
     q, k, v, dout, out = (_last_dim_contiguous(t) for t in (q, k, v, dout, out))
+    group, seqlens = index_arg(group), index_arg(seqlens)
     # Every element is written by a kernel (zero gradients included), so no zero-fill.
     dq = torch.empty((n, seq_len, heads, head_dim), dtype=q.dtype, device=q.device)
     dk, dv = torch.empty_like(dq), torch.empty_like(dq)

@@ -64,8 +64,10 @@ def _prompt_attention_fwd_kernel(
     else:
         seqlen = L
     start_m = pid_m * BLOCK_M
-    offs_m = start_m + tl.arange(0, BLOCK_M)
-    offs_d = tl.arange(0, BLOCK_D)
+    # Every tensor offset is int64: a row index times a row stride overflows int32 for large
+    # sequence-first views (s_ql = N * H * d).
+    offs_m = start_m + tl.arange(0, BLOCK_M).to(tl.int64)
+    offs_d = tl.arange(0, BLOCK_D).to(tl.int64)
     d_ok = offs_d < D
     row_ok = offs_m < seqlen
     q = tl.load(Q + n * s_qn + h * s_qh + offs_m[:, None] * s_ql + offs_d[None, :],
@@ -85,7 +87,7 @@ def _prompt_attention_fwd_kernel(
     pv_base = PV + g * s_pvg + h * s_pvh
     p_hi = tl.where(live, P, 0)
     for start_p in range(0, p_hi, BLOCK_P):
-        offs_p = start_p + tl.arange(0, BLOCK_P)
+        offs_p = start_p + tl.arange(0, BLOCK_P).to(tl.int64)
         p_ok = offs_p < P
         kt = tl.load(pk_base + offs_p[None, :] * s_pkp + offs_d[:, None],
                      mask=p_ok[None, :] & d_ok[:, None], other=0.0)
@@ -103,7 +105,7 @@ def _prompt_attention_fwd_kernel(
     k_base = K + n * s_kn + h * s_kh
     v_base = V + n * s_vn + h * s_vh
     for start_n in range(0, n_hi, BLOCK_N):
-        offs_n = start_n + tl.arange(0, BLOCK_N)
+        offs_n = start_n + tl.arange(0, BLOCK_N).to(tl.int64)
         key_ok = offs_n < seqlen
         kt = tl.load(k_base + offs_n[None, :] * s_kl + offs_d[:, None],
                      mask=key_ok[None, :] & d_ok[:, None], other=0.0)
@@ -130,6 +132,12 @@ def _last_dim_contiguous(t: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
     return t.contiguous()
 
 
+def index_arg(t: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+    """``group`` / ``seqlens`` as the kernels read them: entry ``n`` at ``t + n`` (a strided view,
+    e.g. a column of a larger table, is copied; it is [N] integers)."""
+    return None if t is None else t.contiguous()
+
+
 def fwd_config(dtype: torch.dtype, seq_len: int, n_prompt: int, head_dim: int, *, has_group: bool,
                has_seqlens: bool, causal: bool) -> Dict[str, object]:
     """Compile-time constants and launch options of the forward kernel for one input signature."""
@@ -147,9 +155,10 @@ def prompt_attention_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
 
     Args:
         q, k, v: ``[N, L, H, d]`` (any strides; the last dimension is made contiguous).
-        pk, pv: ``[G, P, H, d]`` or ``None`` (P may be 0).
+        pk, pv: ``[G, P, H, d]`` or ``None`` (P may be 0; any strides, as q).
         group: ``[N]`` int block index per sequence, or ``None`` (G = 1, read with stride 0).
-        seqlens: ``[N]`` int valid lengths, or ``None`` (all L).
+        seqlens: ``[N]`` int valid lengths, or ``None`` (all L). Index tensors may be strided
+            views too (they are made contiguous).
         causal, scale: as in ``fastprompt.ops.prompt_attention``.
 
     Returns:
@@ -159,6 +168,7 @@ def prompt_attention_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     check_supported(q)
     n, seq_len, heads, head_dim = q.shape
     q, k, v, pk, pv = (_last_dim_contiguous(t) for t in (q, k, v, pk, pv))
+    group, seqlens = index_arg(group), index_arg(seqlens)
     out = torch.empty((n, seq_len, heads, head_dim), dtype=q.dtype, device=q.device)
     lse = torch.empty((n, heads, seq_len), dtype=torch.float32, device=q.device)
     if out.numel() == 0:

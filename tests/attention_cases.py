@@ -1,8 +1,11 @@
-"""Inputs and comparisons shared by the compiled-kernel tests (test_cpu_kernels.py, test_cuda_kernels.py).
+"""Inputs and comparisons shared by the compiled-kernel tests (test_cpu_kernels.py, test_triton.py,
+test_triton_gpu.py, test_cuda_kernels.py).
 
 The combination matrix is the Triton issue's: prompt block G = 1, G = N, an arbitrary group map,
 an empty block (P = 0) and no block; causal on/off; ragged seqlens on/off; lengths 1, 5, 77, 201;
-head dims 32, 64, 80, 128.
+head dims 32, 64, 80, 128; and two layouts: contiguous, and ``strided``, where every tensor the op
+and its backward take (``group`` and ``seqlens`` included) is a non-contiguous view of a larger
+buffer whose other entries are poison (see ``strided_view``).
 """
 from __future__ import annotations
 
@@ -19,13 +22,46 @@ HEAD_DIMS = [32, 64, 80, 128]
 LENGTHS = [1, 5, 77, 201]
 GROUP_MODES = ["one", "per_seq", "mixed", "empty", "none"]  # G = 1, G = N, a map, P = 0, no prompt
 GRAD_NAMES = ["dq", "dk", "dv", "dpk", "dpv"]
+LAYOUTS = ["contiguous", "strided"]
+
+# How each float argument is laid out in the strided layout: a different kind of view each, so
+# that every stride a kernel reads is exercised (batch, row and head strides that are not the
+# contiguous ones, a stride-0 free dimension, and a non-unit last stride, which the launchers
+# must copy away).
+_FLOAT_VIEWS = {"q": "transposed", "k": "interleaved", "v": "last_dim", "pk": "interleaved",
+                "pv": "transposed", "dout": "transposed", "dlse": "interleaved"}
+
+
+def strided_view(t, kind, junk):
+    """The values of ``t`` as a non-contiguous view of a larger buffer filled with ``junk``.
+
+    ``kind``: ``"interleaved"`` (every row of the last dimension is followed by a junk row, so
+    every stride but the last is doubled), ``"transposed"`` (dims 1 and 2 swapped in storage:
+    dense, so it survives autograd's elementwise ops; no junk) or ``"last_dim"`` (stride 2 in
+    the last dimension). 1-D tensors are always interleaved: entry
+    ``i`` sits at ``2 * i``, with ``junk`` (a tensor or a number) at ``2 * i + 1``.
+    """
+    if t.dim() == 1:
+        buf = torch.empty(t.shape[0], 2, dtype=t.dtype, device=t.device)
+        buf[:, 0], buf[:, 1] = t, junk
+        return buf[:, 0]
+    if kind == "transposed" and t.dim() >= 3:
+        return t.transpose(1, 2).contiguous().transpose(1, 2)
+    if kind == "last_dim":
+        buf = torch.full((*t.shape, 2), junk, dtype=t.dtype, device=t.device)
+        buf[..., 0] = t
+        return buf[..., 0]
+    buf = torch.full((*t.shape[:-1], 2, t.shape[-1]), junk, dtype=t.dtype, device=t.device)
+    buf[..., 0, :] = t
+    return buf[..., 0, :]
 
 
 def make_case(group_mode, seq_len, head_dim, causal, ragged, dtype=torch.float32, n=None, heads=None,
-              n_prompt=None, seed=0, device="cpu"):
+              n_prompt=None, seed=0, device="cpu", layout="contiguous"):
     """``(tensors [q, k, v, pk, pv], dout, dlse, op kwargs)`` with float32 cotangents.
 
     ``n`` sequences (default 3; 2 for long dense ones, which cost the Triton interpreter most).
+    ``layout="strided"`` gives the same values as non-contiguous views (``strided_layout``).
     """
     gen = torch.Generator().manual_seed(seed)
     if n is None:
@@ -54,7 +90,34 @@ def make_case(group_mode, seq_len, head_dim, causal, ragged, dtype=torch.float32
     dout = rand(n, seq_len, heads, head_dim).to(device)
     dlse = rand(n, heads, seq_len).to(device)
     to = lambda t: None if t is None else t.to(device)
-    return tensors, dout, dlse, dict(group=to(group), causal=causal, seqlens=to(seqlens))
+    kwargs = dict(group=to(group), causal=causal, seqlens=to(seqlens))
+    if layout == "strided":
+        return strided_layout(tensors, dout, dlse, kwargs, n_groups=0 if pk is None else pk.shape[0],
+                              seq_len=seq_len)
+    if layout != "contiguous":
+        raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
+    return tensors, dout, dlse, kwargs
+
+
+def strided_layout(tensors, dout, dlse, kwargs, n_groups, seq_len):
+    """The same case with every tensor a non-contiguous view (``_FLOAT_VIEWS``; NaN between the
+    float entries). Between the index entries lie *valid* wrong values (another prompt block,
+    preferably one nobody reads; another length): a kernel that reads them as contiguous gives a
+    wrong answer the comparison catches, instead of an out-of-bounds read that could crash the
+    test process."""
+    names = ["q", "k", "v", "pk", "pv"]
+    tensors = [None if t is None else strided_view(t, _FLOAT_VIEWS[name], float("nan"))
+               for name, t in zip(names, tensors)]
+    dout = strided_view(dout, _FLOAT_VIEWS["dout"], float("nan"))
+    dlse = strided_view(dlse, _FLOAT_VIEWS["dlse"], float("nan"))
+    kwargs = dict(kwargs)
+    group, seqlens = kwargs["group"], kwargs["seqlens"]
+    if group is not None:
+        junk = torch.full_like(group, n_groups - 1) if n_groups > 2 else (group + 1) % max(n_groups, 1)
+        kwargs["group"] = strided_view(group, "interleaved", junk)
+    if seqlens is not None:
+        kwargs["seqlens"] = strided_view(seqlens, "interleaved", seq_len - seqlens)
+    return tensors, dout, dlse, kwargs
 
 
 def run(backend, tensors, dout, dlse, kwargs, with_grad=True, guard=None):
@@ -114,14 +177,47 @@ def check_low_precision(backend, dtype, tensors32, dout, dlse, kwargs, guard=Non
 
 
 # Every (group mode, causal, ragged, length) combination; the head dim rotates so that every head
-# dim meets every group mode, every length, causal on/off and ragged on/off.
+# dim meets every group mode, every length, causal on/off and ragged on/off; the layout alternates
+# so that every (group mode, causal, ragged) meets both layouts (at two lengths each).
+MATRIX_ARGS = "group_mode,causal,ragged,seq_len,head_dim,layout"
 MATRIX = [
     pytest.param(mode, causal, ragged, seq_len,
                  HEAD_DIMS[(i_mode + i_len + causal + ragged) % len(HEAD_DIMS)],
-                 id=f"{mode}-{'causal' if causal else 'full'}-{'ragged' if ragged else 'dense'}-L{seq_len}")
+                 LAYOUTS[(i_len + causal + ragged) % 2],
+                 id=f"{mode}-{'causal' if causal else 'full'}-{'ragged' if ragged else 'dense'}-L{seq_len}"
+                    f"{'-strided' if (i_len + causal + ragged) % 2 else ''}")
     for (i_mode, mode), causal, ragged, (i_len, seq_len) in itertools.product(
         enumerate(GROUP_MODES), [False, True], [False, True], enumerate(LENGTHS))
 ]
 
 LOW_PRECISION_CASES = [("one", 77, 64, True), ("mixed", 5, 80, False), ("per_seq", 20, 128, True),
                        ("empty", 9, 32, False), ("none", 201, 64, True)]
+
+
+LEARNER_STEP_METHODS = ["coop", "cocoop", "maple"]
+
+
+def assert_learner_step_matches_eager(backend, method, model, classnames, device):
+    """Loss and prompt gradients of one training step with every attention layer on ``backend``
+    equal those with ``eager`` (CoOp: G = 1 text prefix; CoCoOp: one prefix group per image;
+    MaPLe: deep prompts in both towers). ``model`` is moved to ``device`` and back to the CPU."""
+    import fastprompt
+    from fastprompt.testing import random_images
+
+    cls = {"coop": fastprompt.CoOpLearner, "cocoop": fastprompt.CoCoOpLearner,
+           "maple": fastprompt.MaPLeLearner}[method]
+    extra = {"maple": dict(prompt_depth=2)}.get(method, {})
+    images, labels = random_images(2).to(device), torch.tensor([3, 5], device=device)
+    results = {}
+    try:
+        model.to(device)
+        for name in ("eager", backend):
+            torch.manual_seed(0)
+            learner = cls.from_model(model, classnames, backend=name, **extra).to(device)
+            loss = learner.loss(images, labels)
+            results[name] = (loss, torch.autograd.grad(loss, learner.trainable_parameters()))
+    finally:
+        model.cpu()  # the fixture is shared with CPU tests
+    assert_close_rel(results[backend][0], results["eager"][0], 1e-5, "loss")
+    for i, (g, r) in enumerate(zip(results[backend][1], results["eager"][1])):
+        assert_close_rel(g, r, 1e-5, f"grad {i}")

@@ -15,7 +15,24 @@ CLASSNAMES = ["red circle", "blue_square", "green triangle", "yellow star", "dog
               "jack-o'-lantern", "Granny Smith"]
 
 
+def _shard(items, config):
+    """``FASTPROMPT_TEST_SHARD=i/n`` keeps every n-th collected test starting at the i-th (0-based),
+    so n processes (sharing one Triton cache) split a tier between them."""
+    spec = os.environ.get("FASTPROMPT_TEST_SHARD", "").strip()
+    if not spec:
+        return
+    try:
+        index, count = (int(x) for x in spec.split("/"))
+        assert 0 <= index < count
+    except (ValueError, AssertionError):
+        raise pytest.UsageError(f"FASTPROMPT_TEST_SHARD must look like 'i/n' with 0 <= i < n, got {spec!r}")
+    keep = [item for i, item in enumerate(items) if i % count == index]
+    config.hook.pytest_deselected(items=[item for i, item in enumerate(items) if i % count != index])
+    items[:] = keep
+
+
 def pytest_collection_modifyitems(config, items):
+    _shard(items, config)
     if torch.cuda.is_available():
         return
     skip_gpu = pytest.mark.skip(reason="needs a CUDA device; none is present")

@@ -17,7 +17,7 @@ from fastprompt.ops import AUTO_ORDER, backend_status, prompt_attention, resolve
 from fastprompt.ops import cpp_backend
 from fastprompt.testing import assert_close_rel, naive_prompt_attention, random_images
 
-from attention_cases import (GRAD_NAMES, HEAD_DIMS, LOW_PRECISION_CASES, MATRIX, check_low_precision,
+from attention_cases import (GRAD_NAMES, HEAD_DIMS, LOW_PRECISION_CASES, MATRIX, MATRIX_ARGS, check_low_precision,
                              compare_to_eager, make_case, run)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -34,9 +34,9 @@ def cpu_extension():
 
 # ---- float32 parity over the combination matrix ----------------------------------------------
 
-@pytest.mark.parametrize("group_mode,causal,ragged,seq_len,head_dim", MATRIX)
-def test_fp32_matches_eager(group_mode, causal, ragged, seq_len, head_dim):
-    tensors, dout, dlse, kwargs = make_case(group_mode, seq_len, head_dim, causal, ragged)
+@pytest.mark.parametrize(MATRIX_ARGS, MATRIX)
+def test_fp32_matches_eager(group_mode, causal, ragged, seq_len, head_dim, layout):
+    tensors, dout, dlse, kwargs = make_case(group_mode, seq_len, head_dim, causal, ragged, layout=layout)
     compare_to_eager("cpu", tensors, dout, dlse, kwargs)
 
 

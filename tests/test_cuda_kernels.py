@@ -7,13 +7,12 @@ session; tests/test_cuda_build.py compiles it on machines without a GPU.
 import pytest
 import torch
 
-import fastprompt
 from fastprompt import jit
 from fastprompt.ops import AUTO_ORDER, backend_status, prompt_attention, resolve_backend
 from fastprompt.testing import assert_close_rel
 
-from attention_cases import (HEAD_DIMS, LOW_PRECISION_CASES, MATRIX, check_low_precision,
-                             compare_to_eager, make_case, run)
+from attention_cases import (HEAD_DIMS, LEARNER_STEP_METHODS, LOW_PRECISION_CASES, MATRIX, MATRIX_ARGS,
+                             assert_learner_step_matches_eager, check_low_precision, compare_to_eager, make_case, run)
 
 pytestmark = pytest.mark.gpu
 
@@ -27,9 +26,9 @@ def case(*args, **kwargs):
     return make_case(*args, device="cuda", **kwargs)
 
 
-@pytest.mark.parametrize("group_mode,causal,ragged,seq_len,head_dim", MATRIX)
-def test_fp32_matches_eager(group_mode, causal, ragged, seq_len, head_dim):
-    tensors, dout, dlse, kwargs = case(group_mode, seq_len, head_dim, causal, ragged)
+@pytest.mark.parametrize(MATRIX_ARGS, MATRIX)
+def test_fp32_matches_eager(group_mode, causal, ragged, seq_len, head_dim, layout):
+    tensors, dout, dlse, kwargs = case(group_mode, seq_len, head_dim, causal, ragged, layout=layout)
     compare_to_eager("cuda", tensors, dout, dlse, kwargs)
 
 
@@ -103,24 +102,6 @@ def test_probes_and_auto_choice():
     assert resolve_backend("auto", torch.device("cuda")).name == AUTO_ORDER["cuda"][0]
 
 
-@pytest.mark.parametrize("method", ["coop", "cocoop", "maple"])
+@pytest.mark.parametrize("method", LEARNER_STEP_METHODS)
 def test_learner_training_step_cuda_equals_eager(method, tiny_model, classnames):
-    cls = {"coop": fastprompt.CoOpLearner, "cocoop": fastprompt.CoCoOpLearner,
-           "maple": fastprompt.MaPLeLearner}[method]
-    extra = {"maple": dict(prompt_depth=2)}.get(method, {})
-    model = tiny_model.cuda()
-    images = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0)).cuda()
-    labels = torch.tensor([3, 5]).cuda()
-    results = {}
-    try:
-        for backend in ("eager", "cuda"):
-            torch.manual_seed(0)
-            learner = cls.from_model(model, classnames, backend=backend, **extra).cuda()
-            loss = learner.loss(images, labels)
-            params = learner.trainable_parameters()
-            results[backend] = (loss, torch.autograd.grad(loss, params))
-    finally:
-        tiny_model.cpu()  # the fixture is shared with CPU tests
-    assert_close_rel(results["cuda"][0], results["eager"][0], 1e-5, "loss")
-    for i, (g, r) in enumerate(zip(results["cuda"][1], results["eager"][1])):
-        assert_close_rel(g, r, 1e-5, f"grad {i}")
+    assert_learner_step_matches_eager("cuda", method, tiny_model, classnames, "cuda")

@@ -8,6 +8,7 @@ from .eager import eager_prompt_attention
 from .prompt_attention import prompt_attention
 from .registry import (AUTO_ORDER, backend_status, register_backend, registered_backends,
                        resolve_backend)
+from .validation import declare_index_range
 
 register_backend(
     "eager",
@@ -20,4 +21,4 @@ from . import cpp_backend  # noqa: E402,F401  (registers "cpu" and "cuda")
 from . import triton_backend  # noqa: E402,F401  (registers "triton")
 
 __all__ = ["prompt_attention", "register_backend", "registered_backends", "backend_status",
-           "resolve_backend", "AUTO_ORDER"]
+           "resolve_backend", "AUTO_ORDER", "declare_index_range"]

@@ -10,11 +10,16 @@ Each has a fake (meta) implementation, and the forward has an autograd formula t
 backward op, so ``torch.compile`` traces through both without graph breaks. The lse output is
 differentiable, like the eager backend's.
 
-Where it runs: on CUDA tensors (``backend="auto"`` picks it there after the compiled ``cuda``
-backend), and on CPU only when asked for by name and when Triton's interpreter is on
+Where it runs: on CUDA tensors with the kernels compiled (``backend="auto"`` tries it first
+there), and on CPU only when asked for by name and when Triton's interpreter is on
 (``TRITON_INTERPRET=1`` in the environment *before* ``fastprompt.kernels`` is first imported:
-Triton fixes a kernel's mode when the kernel is defined). Importing this module imports neither
+Triton fixes a kernel's mode when the kernel is defined). The two exclude each other in one
+process: with the interpreter on, the backend refuses CUDA tensors (so ``auto`` takes the next
+backend instead of silently running the interpreter). Importing this module imports neither
 triton nor the kernels; that happens on first use.
+
+Calls without a prompt block that do not ask for the lse (the plain layers of both towers) go to
+``F.scaled_dot_product_attention``, as in the other backends: it is a fused library kernel there.
 
 Determinism: the prompt gradients dPK/dPV sum contributions of every sequence of a group. By
 default (``DETERMINISTIC = True``) each program writes its partial sum and the partials are added
@@ -35,6 +40,7 @@ from typing import Optional, Tuple
 
 import torch
 
+from .eager import _sdpa_attention
 from .registry import register_backend
 from .validation import AttentionArgs
 
@@ -130,6 +136,8 @@ def triton_prompt_attention(args: AttentionArgs):
     Raises:
         ValueError: for float64 inputs or a head dim above ``MAX_HEAD_DIM`` (use ``backend="eager"``).
     """
+    if args.pk is None and not args.return_lse:
+        return _sdpa_attention(args), None
     q = args.q
     if q.dtype not in SUPPORTED_DTYPES:
         raise ValueError(f"q has dtype {q.dtype}, but the triton backend supports float16, bfloat16 and "
@@ -158,6 +166,13 @@ def triton_available(device: torch.device) -> Optional[str]:
         return "triton is not installed: pip install triton (or pip install 'fastprompt[kernels]')"
     loaded = sys.modules.get("fastprompt.kernels")
     if device.type == "cuda":
+        interpreted = loaded.INTERPRET if loaded is not None else _interpret_requested()
+        if interpreted:
+            return ("Triton's interpreter is on (TRITON_INTERPRET=1 when fastprompt.kernels was first imported), "
+                    "so its kernels would run on the CPU interpreter, not the GPU; unset TRITON_INTERPRET and "
+                    "import fastprompt in a fresh process to run the compiled kernels")
+        if not torch.cuda.is_available():
+            return "no CUDA device is available"
         return None
     if device.type == "cpu":
         if loaded is not None:

@@ -2,13 +2,22 @@
 
 Every check raises ``ValueError`` naming the offending argument, so a shape or dtype mistake
 in a learner surfaces at the op boundary instead of as a silent wrong answer inside a kernel.
+
+Shapes, dtypes and devices are metadata. The *values* of ``group`` and ``seqlens`` are not: on a
+GPU, reading them back is a device sync, and a tower calls the op once per layer. So value ranges
+are read at most once per call (both tensors in one transfer), and not at all for index tensors
+whose range was declared when they were built (:func:`declare_index_range`; a ``TextPlan`` does
+this for its ``group`` and ``seqlens``). A declaration holds while the tensor is unmodified (its
+version counter unchanged); the per-call check against ``G`` and ``L`` still runs, on the
+declared range.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import List, Optional, Tuple
 
 import torch
+from torch.utils.weak import WeakTensorKeyDictionary
 
 
 @dataclass(frozen=True)
@@ -51,6 +60,43 @@ def _check_index(name: str, t: torch.Tensor, n: int, device: torch.device) -> No
         raise ValueError(f"{name} must have shape [N] = [{n}], got {tuple(t.shape)}")
     if t.device != device:
         raise ValueError(f"{name} is on {t.device} but q is on {device}; move it to q's device")
+
+
+_DECLARED_RANGES = WeakTensorKeyDictionary()  # index tensor -> (version counter, min, max)
+
+
+def declare_index_range(t: torch.Tensor, lo: int, hi: int) -> torch.Tensor:
+    """Record that the integer tensor ``t`` holds values in ``[lo, hi]`` (its min and max, known to
+    the caller without reading the device), so ``prompt_attention`` checks ``group`` /
+    ``seqlens`` against that range instead of reading ``t`` back on every call. Any in-place
+    change of ``t`` afterwards voids the declaration. Returns ``t``.
+    """
+    if t.dtype.is_floating_point or t.dtype.is_complex or t.dtype == torch.bool:
+        raise ValueError(f"declare_index_range needs an integer tensor, got dtype {t.dtype}")
+    if int(lo) > int(hi):
+        raise ValueError(f"declare_index_range: lo = {lo} > hi = {hi}")
+    _DECLARED_RANGES[t] = (t._version, int(lo), int(hi))
+    return t
+
+
+def declared_index_range(t: torch.Tensor) -> Optional[Tuple[int, int]]:
+    """The range declared for ``t`` by :func:`declare_index_range`, or ``None`` (none, or ``t``
+    was modified since)."""
+    entry = _DECLARED_RANGES.get(t)
+    if entry is None or entry[0] != t._version:
+        return None
+    return entry[1], entry[2]
+
+
+def index_ranges(*tensors: torch.Tensor) -> List[Tuple[int, int]]:
+    """``(min, max)`` of each non-empty integer tensor: declared ranges cost nothing, the others
+    are read back together (one device-to-host transfer for all of them)."""
+    ranges: List[Optional[Tuple[int, int]]] = [declared_index_range(t) for t in tensors]
+    unknown = [t for t, r in zip(tensors, ranges) if r is None]
+    if unknown:
+        values = iter(torch.stack([x for t in unknown for x in torch.aminmax(t)]).tolist())
+        ranges = [r if r is not None else (next(values), next(values)) for r in ranges]
+    return ranges
 
 
 def check_prompt_attention_args(q, k, v, pk, pv, group, causal, seqlens, scale, return_lse=True) -> AttentionArgs:
@@ -96,22 +142,22 @@ def check_prompt_attention_args(q, k, v, pk, pv, group, causal, seqlens, scale, 
                     "saying which block each sequence reads")
         else:
             _check_index("group", group, n, q.device)
-            if n > 0 and not torch.compiler.is_compiling():  # value checks read the device: eager only
-                lo, hi = int(group.min()), int(group.max())
-                if lo < 0 or hi >= n_groups:
-                    raise ValueError(
-                        f"group values must lie in [0, G) = [0, {n_groups}), got values in [{lo}, {hi}]")
-            if n_groups == 1:
-                group = None  # every sequence reads block 0: let backends broadcast
     elif group is not None:
         raise ValueError("group was given but pk/pv are None; group selects a prompt block, so pass pk and pv")
-
     if seqlens is not None:
         _check_index("seqlens", seqlens, n, q.device)
-        if n > 0 and not torch.compiler.is_compiling():
-            lo, hi = int(seqlens.min()), int(seqlens.max())
-            if lo < 0 or hi > seq_len:
+
+    # Value checks: under torch.compile they would break the graph (and sync), so eager only.
+    if n > 0 and not torch.compiler.is_compiling() and (group is not None or seqlens is not None):
+        checked = [(name, t) for name, t in (("group", group), ("seqlens", seqlens)) if t is not None]
+        for (name, _), (lo, hi) in zip(checked, index_ranges(*(t for _, t in checked))):
+            if name == "group" and (lo < 0 or hi >= n_groups):
+                raise ValueError(
+                    f"group values must lie in [0, G) = [0, {n_groups}), got values in [{lo}, {hi}]")
+            if name == "seqlens" and (lo < 0 or hi > seq_len):
                 raise ValueError(f"seqlens values must lie in [0, L] = [0, {seq_len}], got values in [{lo}, {hi}]")
+    if group is not None and n_groups == 1:
+        group = None  # every sequence reads block 0: let backends broadcast
 
     if scale is None:
         scale = head_dim ** -0.5

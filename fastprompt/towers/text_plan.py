@@ -25,6 +25,8 @@ from typing import Dict, List, Sequence
 
 import torch
 
+from ..ops import declare_index_range
+
 
 def ctx_source(slot: int) -> int:
     """Source code of learnable context slot ``slot`` (0-based)."""
@@ -56,10 +58,33 @@ class TextPlan:
     eot_positions: torch.Tensor
     _derived: Dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
     _cache: Dict[str, "TextPlan"] = field(default_factory=dict, repr=False)
+    _sizes: Dict[str, int] = field(default_factory=dict, repr=False)
 
     def __post_init__(self):
+        if not self._sizes:
+            self._sizes.update(self._measure())
         if not self._derived:
             self._derived.update(self._derive())
+        # Checked once, here: attention calls then check group / seqlens against these ranges
+        # instead of reading them back from the device in every layer.
+        if self.n_sequences:
+            declare_index_range(self.group, self._sizes["group_min"], self._sizes["group_max"])
+            declare_index_range(self.seqlens, self._sizes["min_len"], self._sizes["max_len"])
+
+    def _measure(self) -> Dict[str, int]:
+        """Sizes read from the index tensors (once per plan, where it is built: on the CPU)."""
+        srcs = torch.cat([self.prefix_src, self.suffix_src])
+        n_ctx = int((-srcs).max().clamp_min(0)) if srcs.numel() else 0
+        if not self.n_sequences:
+            return dict(n_ctx=n_ctx, max_len=0, min_len=0, group_min=0, group_max=0)
+        lo_len, hi_len, lo_group, hi_group = torch.stack(
+            [self.seqlens.min(), self.seqlens.max(), self.group.min(), self.group.max()]).tolist()
+        if lo_group < 0 or hi_group >= self.n_groups:
+            raise ValueError(f"group values must lie in [0, n_groups) = [0, {self.n_groups}), "
+                             f"got values in [{lo_group}, {hi_group}]")
+        if lo_len < 0:
+            raise ValueError(f"seqlens must be >= 0, got a minimum of {lo_len}")
+        return dict(n_ctx=n_ctx, max_len=hi_len, min_len=lo_len, group_min=lo_group, group_max=hi_group)
 
     def _derive(self) -> Dict[str, torch.Tensor]:
         """Index tensors of the packed layout (computed once)."""
@@ -97,13 +122,12 @@ class TextPlan:
 
     @property
     def max_len(self) -> int:
-        return int(self.seqlens.max()) if self.n_sequences else 0
+        return self._sizes["max_len"]
 
     @property
     def n_ctx(self) -> int:
         """Number of context slots the sources reference (``max slot + 1``)."""
-        srcs = torch.cat([self.prefix_src, self.suffix_src])
-        return int((-srcs).max().clamp_min(0))
+        return self._sizes["n_ctx"]
 
     # ---- derived index tensors ---------------------------------------------------------------
     @property
@@ -170,7 +194,7 @@ class TextPlan:
             self._cache[key] = TextPlan(
                 self.prefix_src.to(device), self.suffix_src.to(device), self.seqlens.to(device),
                 self.group.to(device), self.n_groups, self.class_index.to(device),
-                self.eot_positions.to(device), _derived=moved)
+                self.eot_positions.to(device), _derived=moved, _sizes=dict(self._sizes))
         return self._cache[key]
 
 
