@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import os
 from collections import OrderedDict
+from itertools import repeat
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from .dassl_pickle import load_datum_pickle
@@ -51,11 +52,12 @@ def _folder_items(base: str, folders: Sequence[str], labels: Sequence[int], clas
             raise DataError(f"folder {os.path.join(base, folder)} has no line in {names_file}")
     listings = list_dirs([os.path.join(base, f) for f in folders], cache, cache_root)
     items: List[Item] = []
-    join = os.path.join
+    new = tuple.__new__  # Item(path, label, name) without a Python-level call per item
     for folder, key, label, names in zip(folders, keys, labels, listings):
-        prefix = join(base, folder)
-        cname = classnames[key]
-        items.extend(Item(join(prefix, n), label, cname) for n in listdir_nohidden(names))
+        # prefix + name is os.path.join(base, folder, name) for a plain file name, only faster
+        prefix = os.path.join(base, folder, "")
+        paths = [prefix + n for n in listdir_nohidden(names)]
+        items.extend(map(new, repeat(Item), zip(paths, repeat(label), repeat(classnames[key]))))
     return items
 
 
