@@ -199,3 +199,25 @@ def test_unwritable_cache_still_loads(tmp_path, monkeypatch, caplog):
     monkeypatch.setattr(listing, "_warned_unwritable", False)
     assert len(load_dataset("imagenet", root).train) == 6
     assert "cannot write the listing cache" in caplog.text
+
+
+def test_cache_dir_precedence_and_corrupt_cache(tmp_path, monkeypatch):
+    from fastprompt.data import cache_dir, list_dirs
+
+    monkeypatch.delenv("FASTPROMPT_CACHE", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert cache_dir() == str(tmp_path / "xdg" / "fastprompt")
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert cache_dir() == str(tmp_path / "home" / ".cache" / "fastprompt")
+    monkeypatch.setenv("FASTPROMPT_CACHE", str(tmp_path / "fp"))
+    assert cache_dir() == str(tmp_path / "fp")
+    d = tmp_path / "dir"
+    d.mkdir()
+    (d / "a.jpg").write_bytes(b"")
+    os.utime(d, (1e9, 1e9))
+    assert list_dirs([str(d)]) == [["a.jpg"]]
+    (cached,) = (tmp_path / "fp" / "listings").iterdir()
+    cached.write_text("{ truncated")
+    assert list_dirs([str(d)]) == [["a.jpg"]]  # an unreadable cache file is a miss, then rewritten
+    assert json.loads(cached.read_text())["names"] == [["a.jpg"]]

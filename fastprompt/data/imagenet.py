@@ -83,7 +83,8 @@ def read_imagenet(dataset_dir: str, image_dir: str, cache: bool = True, cache_ro
         split_dir = os.path.join(image_dir, split)
         folders = _class_folders(split_dir)
         if not folders:
-            raise DataError(f"{split_dir} has no class folders (expected one folder per wnid, e.g. n01440764/)")
+            raise DataError(f"{split_dir} has no class folders (expected one folder per wnid, e.g. n01440764/; "
+                            "ILSVRC's flat val/ must first be sorted into such folders)")
         folder_sets.append(folders)
         out.append(_folder_items(split_dir, folders, range(len(folders)), classnames, names_file, cache, cache_root))
     if folder_sets[0] != folder_sets[1]:

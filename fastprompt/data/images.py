@@ -4,7 +4,8 @@ Images are opened with PIL and converted to RGB, as Dassl's ``read_image`` does
 (KaiyangZhou/Dassl.pytorch ``dassl/utils/tools.py``). A file that cannot be decoded (corrupt,
 truncated, not an image, gone) is skipped with a warning naming it and counted in
 :attr:`ImageDataset.skipped`, a counter shared with DataLoader worker processes, so a trainer
-can report it; the run goes on. With ``on_error="skip"`` the sample comes back as ``None`` and
+can report it; the run goes on. (The counter is a small shared-memory tensor with one slot per
+worker, so it works with any multiprocessing start method.) With ``on_error="skip"`` the sample comes back as ``None`` and
 :func:`skip_collate` drops it from the batch; ``on_error="replace"`` returns the next decodable
 item instead (the batch keeps its size); ``on_error="raise"`` re-raises.
 
@@ -16,14 +17,14 @@ but is not bit-identical to a full decode, so it is off by default.
 from __future__ import annotations
 
 import logging
-import multiprocessing
+import os
 from typing import Callable, Optional, Sequence
 
 import torch
 from PIL import Image
 from torch.utils.data import DataLoader
 from torch.utils.data import Dataset as TorchDataset
-from torch.utils.data import default_collate
+from torch.utils.data import default_collate, get_worker_info
 
 from .items import Item
 
@@ -57,12 +58,13 @@ class ImageDataset(TorchDataset):
         self.transform = transform
         self.on_error = on_error
         self.draft_size = draft_size
-        self._skipped = multiprocessing.Value("q", 0)
+        # slot 0: the main process; slot 1 + worker id (modulo) for DataLoader workers
+        self._skipped = torch.zeros(1 + (os.cpu_count() or 1), dtype=torch.int64).share_memory_()
 
     @property
     def skipped(self) -> int:
         """How many decode failures there have been so far (all workers together)."""
-        return int(self._skipped.value)
+        return int(self._skipped.sum())
 
     def __len__(self) -> int:
         return len(self.items)
@@ -74,8 +76,8 @@ class ImageDataset(TorchDataset):
         except _DECODE_ERRORS as exc:
             if self.on_error == "raise":
                 raise
-            with self._skipped.get_lock():
-                self._skipped.value += 1
+            info = get_worker_info()
+            self._skipped[0 if info is None else 1 + info.id % (len(self._skipped) - 1)] += 1
             logger.warning("fastprompt: skipping unreadable image %s (%s: %s)", item.path, type(exc).__name__, exc)
             return None
         if self.transform is not None:
