@@ -10,8 +10,11 @@ backend of :func:`fastprompt.ops.prompt_attention` gets its extension from, in o
    ``<hash>`` covers the sources and flags, so an edited source builds afresh and an unchanged
    one is never rebuilt;
 3. a JIT build with ``torch.utils.cpp_extension.load`` and ninja into that directory, under a
-   cross-process file lock (concurrent processes build once; the others wait and load), with
-   one INFO log line on the ``fastprompt.jit`` logger saying what is being built.
+   cross-process file lock (concurrent processes build once; the others wait and load). Two
+   WARNING lines on the ``fastprompt.jit`` logger frame the build: what is being built and
+   where, then how long it took. WARNING, because a first call pauses for about a minute and
+   the user should see why without setting up logging (Python prints WARNING and above to
+   stderr by default); ``logging.getLogger("fastprompt.jit").setLevel(logging.ERROR)`` hides them.
 
 Nothing here compiles at import time. Failures are typed (:class:`ExtensionUnavailableError` and
 subclasses) and say how to fix them; the backend probes in ``fastprompt.ops.cpp_backend`` use
@@ -520,10 +523,10 @@ def _build(kind: str):
             return cached
         what = f"CPU kernels ({cpu_isa()})" if kind == "cpu" else \
             f"CUDA kernels ({_arch_tag(cuda_arch_list())}, CUDA_HOME={cuda_home()})"
-        # WARNING so that it shows without any logging set-up: a first call pauses for the build.
+        # WARNING so that it shows without any logging set-up (see the module docstring).
         logger.warning("fastprompt: building the %s prompt_attention extension %s: %s into %s "
-                    "(once per machine and source version; about a minute or more)",
-                    kind, args["name"], what, directory)
+                       "(once per machine and source version; about a minute or more)",
+                       kind, args["name"], what, directory)
         cpp_extension = _cpp_extension()
         start = time.perf_counter()
         try:
@@ -537,8 +540,10 @@ def _build(kind: str):
             raise ExtensionBuildError(
                 f"building the {kind!r} prompt_attention extension failed (full log: {log}); "
                 f"backend='auto' uses another backend. Last lines:\n{str(err)[-2000:]}") from err
-        (directory / "BUILD_OK").write_text(f"{args['tag']}\n{time.perf_counter() - start:.1f} s\n")
-        logger.debug("fastprompt: built %s in %.1f s", args["name"], time.perf_counter() - start)
+        seconds = time.perf_counter() - start
+        (directory / "BUILD_OK").write_text(f"{args['tag']}\n{seconds:.1f} s\n")
+        logger.warning("fastprompt: built the %s prompt_attention extension in %.0f s; later runs load it "
+                       "from %s", kind, seconds, directory)
         return module
 
 

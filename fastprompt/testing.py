@@ -140,3 +140,33 @@ def assert_close_rel(actual: torch.Tensor, expected: torch.Tensor, rtol: float, 
     raise AssertionError(
         f"{name}: relative error {err:.3e} > {rtol:.1e}; worst at {index}: "
         f"{float(actual.flatten()[worst]):.6g} vs expected {float(expected.flatten()[worst]):.6g}")
+
+
+def assert_changed(after: torch.Tensor, before: torch.Tensor, name: str = "tensor", min_rel: float = 1e-3) -> None:
+    """Assert that a perturbation moved ``after`` away from ``before`` by far more than rounding.
+
+    ``max|after - before| >= min_rel * max|before|``. Float32 rounding (and a different CPU's
+    summation order) moves the outputs of the small test networks by about 1e-6 relative, so
+    the default 1e-3 tells a real effect from rounding with a margin of 1000 both ways; a
+    ``not allclose`` check would pass on rounding alone and fail where rounding is exact.
+    """
+    change = float((after.detach().double() - before.detach().double()).abs().max())
+    scale = float(before.detach().double().abs().max())
+    if not change >= min_rel * scale:
+        raise AssertionError(f"{name}: changed by {change:.3e}, less than {min_rel:.0e} x max|before| = "
+                             f"{min_rel * scale:.3e}: the perturbation has no real effect")
+
+
+def assert_gradient_flows(grad: Optional[torch.Tensor], name: str = "parameter", min_abs: float = 1e-6) -> None:
+    """Assert that ``grad`` is a real gradient, not absent, zero or rounding noise.
+
+    ``max|grad| >= min_abs``. The test losses are O(1) and the prompts O(0.01-1), so a
+    parameter on the loss's path gets gradients of 1e-4 and more; one that reaches the loss
+    only through float rounding (e.g. a shift a LayerNorm removes) gets about 1e-9.
+    """
+    if grad is None:
+        raise AssertionError(f"{name}: no gradient (not on the loss's path)")
+    largest = float(grad.detach().abs().max()) if grad.numel() else 0.0
+    if not largest >= min_abs:
+        raise AssertionError(f"{name}: largest gradient entry {largest:.3e} < {min_abs:.0e}: no real gradient")
+

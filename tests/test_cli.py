@@ -114,10 +114,11 @@ def test_demo_cocoop_with_comparison(capsys):
 
 
 def test_missing_pretrained_weights_is_a_clean_error(monkeypatch, capsys):
-    import fastprompt.learners.base as base
+    from fastprompt.learners import pretrained as loading
 
-    # Pretend the weights are not cached, whatever this machine has.
-    monkeypatch.setattr(base, "_cached_pretrained_file", lambda *a, **k: None)
+    # Pretend the weights are not cached, whatever this machine has, and the Hub is offline.
+    monkeypatch.setattr(loading.WeightsSource, "cached_file", lambda self: None)
+    monkeypatch.setattr(loading, "hub_offline", lambda: True)
     status = cli.main(["demo", "--model", "ViT-B-16", "--pretrained", "openai", *QUICK, "--no-compare"])
     assert status == 2
     err = capsys.readouterr().err

@@ -68,7 +68,9 @@ def test_cocoop_batch_is_one_text_pass_equal_to_per_image(tiny_model, classnames
     images = random_images(4)
     together = learner(images)
     apart = torch.cat([learner(images[i:i + 1]) for i in range(4)])
-    assert_close_rel(together, apart, 1e-6, "logits")
+    # Batched vs one image at a time: the batch composition changes GEMM blocking and so float32
+    # summation order (measured up to 7e-7 relative); 1e-5, the suite's float32 parity bound.
+    assert_close_rel(together, apart, 1e-5, "logits")
 
 
 def test_text_classifier_is_what_forward_uses(tiny_model, classnames):
@@ -177,12 +179,15 @@ def test_trainable_parameters_and_summary(tiny_model, classnames, capsys):
     assert f"trainable params: {n_trainable:,}" in out and "trainable%" in out
 
 
-def test_from_open_clip_errors_without_network():
+def test_from_open_clip_errors_without_network(monkeypatch):
+    from fastprompt.learners import pretrained as loading
+
     with pytest.raises(ValueError, match="unknown open_clip model"):
         fastprompt.CoOpLearner.from_open_clip("ViT-Q-99", None, ["a"])
     with pytest.raises(ValueError, match="unknown pretrained tag"):
         fastprompt.CoOpLearner.from_open_clip("ViT-B-16", "not-a-tag", ["a"])
-    with pytest.raises(fastprompt.PretrainedNotAvailableError, match="not in the local"):
+    monkeypatch.setattr(loading, "hub_offline", lambda: True)
+    with pytest.raises(fastprompt.PretrainedNotAvailableError, match="not available: the Hugging Face Hub is offline"):
         fastprompt.CoOpLearner.from_open_clip("ViT-B-16", "openai", ["a"], cache_dir="/nonexistent-cache")
 
 
@@ -204,18 +209,6 @@ def test_from_open_clip_loads_a_local_checkpoint_file(tmp_path, classnames):
     assert learner.model_name == "fp-tiny-test"
 
 
-def test_cached_pretrained_lookup_finds_hf_cache_entries(tmp_path):
-    from fastprompt.learners.base import _cached_pretrained_file
-
-    snapshot = tmp_path / "models--timm--vit_base_patch16_clip_224.openai" / "snapshots" / "abc123"
-    snapshot.mkdir(parents=True)
-    (tmp_path / "models--timm--vit_base_patch16_clip_224.openai" / "refs").mkdir()
-    (tmp_path / "models--timm--vit_base_patch16_clip_224.openai" / "refs" / "main").write_text("abc123")
-    assert _cached_pretrained_file("ViT-B-16", "openai", str(tmp_path)) is None
-    (snapshot / "open_clip_model.safetensors").write_bytes(b"x")
-    assert _cached_pretrained_file("ViT-B-16", "openai", str(tmp_path)).endswith("open_clip_model.safetensors")
-
-
 @pytest.mark.slow
 def test_vit_b16_coop_and_cocoop_match_reference(vit_b16):
     names = ["goldfish", "great white shark", "tiger shark", "hammerhead shark", "electric ray"]
@@ -231,3 +224,37 @@ def test_vit_b16_coop_and_cocoop_match_reference(vit_b16):
     params = [learner.ctx] + list(learner.meta_net.parameters())
     ref_params = [ref.prompt_learner.ctx] + list(ref.prompt_learner.meta_net.parameters())
     _compare_step(learner, ref, images, labels, params, ref_params)
+
+
+# Settings that let each learner be built on the 2-layer tiny model (depths) without a teacher.
+TINY_SETTINGS = {"maple": dict(prompt_depth=2), "vpt": dict(prompt_depth=2),
+                 "promptsrc": dict(prompt_depth_text=2, prompt_depth_vision=2), "rpp": dict(depth=2, kl_weight=0.0)}
+
+
+@pytest.mark.parametrize("method", sorted(fastprompt.learners.LEARNERS))
+def test_every_learner_refuses_a_class_name_the_context_would_cut(tiny_model, method):
+    """The tokenizer cuts a too-long prompt and writes EOT into slot 77: the class name would vanish."""
+    cls = fastprompt.learners.LEARNERS[method]
+    long_name = "very " * 80 + "long dog"
+    names = ["cat", long_name]
+    classes = {"pets": names} if method == "softcpt" else names
+    with pytest.raises(ValueError, match=r"class 'very very .* long dog' is \d+ tokens long .* context length is 77"):
+        cls.from_model(tiny_model, classes, **TINY_SETTINGS.get(method, {}))
+    learner = cls.from_model(tiny_model, {"pets": names[:1]} if method == "softcpt" else names[:1],
+                             **TINY_SETTINGS.get(method, {}))
+    with pytest.raises(ValueError, match="long dog"):
+        learner.set_classnames({"pets": names} if method == "softcpt" else names)
+
+
+@pytest.mark.parametrize("n_ctx", [75, 100])
+def test_coop_context_that_pushes_the_class_out_is_refused(tiny_model, n_ctx):
+    with pytest.raises(ValueError, match=rf"class 'dog' is {n_ctx + 4} tokens long .* context length is 77"):
+        fastprompt.CoOpLearner.from_model(tiny_model, ["dog", "cat"], n_ctx=n_ctx)
+
+
+def test_a_prompt_that_fits_exactly_is_accepted(tiny_model):
+    """[SOT] + 73 context + "dog" + "." + [EOT] = 77: EOT in the last slot, nothing cut."""
+    learner = fastprompt.CoOpLearner.from_model(tiny_model, ["dog", "cat"], n_ctx=73)
+    assert learner.plan.eot_positions.tolist() == [76, 76]
+    W = learner.text_classifier()
+    assert (W[0] - W[1]).abs().max() > 1e-3  # the class tokens reach the classifier

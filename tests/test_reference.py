@@ -5,7 +5,7 @@ import torch.nn.functional as F
 
 from fastprompt.reference import (ReferenceCoCoOp, ReferenceCoOp, ReferenceTextEncoder,
                                   reference_encode_image_deep)
-from fastprompt.testing import tiny_clip
+from fastprompt.testing import assert_changed, assert_gradient_flows, tiny_clip
 
 
 def _tokenizer(model):
@@ -134,9 +134,10 @@ def test_coop_random_init_shapes_determinism_grad(tiny_model, classnames, positi
     out1, out2 = coop(images), coop(images)
     assert out1.shape == (4, len(classnames)) and torch.equal(out1, out2)
     coop.loss(images, labels).backward()
-    assert ctx.grad is not None and ctx.grad.abs().sum() > 0
+    assert_gradient_flows(ctx.grad, "ctx")
     if csc:  # every class-specific context gets a gradient
-        assert (ctx.grad.abs().sum(dim=(1, 2)) > 0).all()
+        for c, grad in enumerate(ctx.grad):
+            assert_gradient_flows(grad, f"ctx of class {c}")
 
 
 def test_coop_ctx_init_ignores_csc_and_trains_only_ctx(tiny_model, classnames):
@@ -176,7 +177,7 @@ def test_cocoop_shapes_keys_and_grads(tiny_model, classnames):
     assert logits.shape == (3, len(classnames))
     cocoop.loss(images, labels).backward()
     for name, p in pl.named_parameters():
-        assert p.grad is not None and p.grad.abs().sum() > 0, name
+        assert_gradient_flows(p.grad, name)
     trainable = {n for n, p in cocoop.named_parameters() if p.requires_grad}
     assert trainable == {"prompt_learner." + k for k in COCOOP_KEYS if not k.startswith("token")}
 
@@ -237,7 +238,7 @@ def test_deep_vision_single_prompt_propagates(tiny_model):
         want = pooled @ visual.proj
     assert _rel_err(got.detach(), want) <= 1e-6
     got.sum().backward()
-    assert p0.grad is not None and p0.grad.abs().sum() > 0
+    assert_gradient_flows(p0.grad, "prompt 0")
 
 
 @pytest.mark.parametrize("n_prompt_layers", [2, 3, 4])
@@ -252,13 +253,14 @@ def test_deep_vision_gradients_reach_every_prompt(n_prompt_layers):
     assert out.shape == (2, visual.output_dim)
     out.square().sum().backward()
     for j, p in enumerate(prompts):
-        assert p.grad is not None and p.grad.abs().sum() > 0, j
+        assert_gradient_flows(p.grad, f"prompt {j}")
     # replacement semantics: the last prompt is what the final layers see; earlier prompts only
-    # act through attention of the real tokens, so changing one changes the output
+    # act through attention of the real tokens, so changing one changes the output. The change
+    # is a random direction: a constant shift of a row would be removed by the next LayerNorm.
     with torch.no_grad():
         other = [p.detach().clone() for p in prompts]
-        other[-1] += 0.5
-        assert not torch.allclose(reference_encode_image_deep(visual, images, other), out)
+        other[-1] += 0.5 * torch.randn(other[-1].shape, generator=g)
+        assert_changed(reference_encode_image_deep(visual, images, other), out, "output after changing the last prompt")
 
 
 def test_deep_vision_rejects_bad_inputs(tiny_model):

@@ -182,7 +182,8 @@ def test_text_features_of_a_class_subset(tiny3):
     learner = fastprompt.RPPLearner.from_model(tiny3, NAMES, depth=2, kl_weight=0.0)
     idx = torch.tensor([4, 0, 4, 2])
     with torch.no_grad():
-        assert_close_rel(learner.text_features(idx), learner.text_features()[idx], 1e-6, "subset")
+        # Subset vs all classes: float32 summation order differs (measured 4e-7); suite bound 1e-5.
+        assert_close_rel(learner.text_features(idx), learner.text_features()[idx], 1e-5, "subset")
 
 
 # ---- teacher -----------------------------------------------------------------------------------

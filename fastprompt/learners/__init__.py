@@ -1,5 +1,6 @@
 """Prompt learners: one file per method, all sharing the ``PromptLearner`` API."""
-from .base import LEARNERS, LearnerConfig, PretrainedNotAvailableError, PromptLearner
+from .base import LEARNERS, LearnerConfig, PromptLearner
+from .pretrained import PretrainedNotAvailableError, load_open_clip
 from .cocoop import CoCoOpConfig, CoCoOpLearner
 from .coop import CoOpConfig, CoOpLearner
 from .kgcoop import KgCoOpConfig, KgCoOpLearner
@@ -13,7 +14,7 @@ from .teacher import CLIPTeacher
 from .vpt import VPTConfig, VPTLearner
 
 __all__ = [
-    "PromptLearner", "LearnerConfig", "LEARNERS", "PretrainedNotAvailableError",
+    "PromptLearner", "LearnerConfig", "LEARNERS", "PretrainedNotAvailableError", "load_open_clip",
     "CoOpLearner", "CoOpConfig", "CoCoOpLearner", "CoCoOpConfig",
     "MaPLeLearner", "MaPLeConfig", "PromptSRCLearner", "PromptSRCConfig", "VPTLearner", "VPTConfig",
     "KgCoOpLearner", "KgCoOpConfig", "PRELearner", "PREConfig", "SoftCPTLearner", "SoftCPTConfig",

@@ -13,9 +13,7 @@ parameters, builds its text plan and implements ``forward``/``loss``. Users touc
 from __future__ import annotations
 
 import abc
-import contextlib
 import dataclasses
-import os
 from typing import Any, ClassVar, Dict, List, Optional, Sequence, Type
 
 import torch
@@ -25,13 +23,10 @@ from torch import nn
 from ..towers import TextTower, VisionTower
 from ..version import __version__
 from .checkpoint import original_prompt_state, read_prompt_checkpoint, write_prompt_checkpoint
+from .pretrained import load_open_clip, recorded_pretrained
 from .prompts import clean_classnames
 
 LEARNERS: Dict[str, Type["PromptLearner"]] = {}
-
-
-class PretrainedNotAvailableError(RuntimeError):
-    """The requested pretrained weights are not on this machine and cannot be fetched."""
 
 
 def default_tokenizer(model: nn.Module):
@@ -40,77 +35,6 @@ def default_tokenizer(model: nn.Module):
 
     context_length = getattr(model, "context_length", None) or 77
     return SimpleTokenizer(context_length=context_length)
-
-
-def _cached_pretrained_file(name: str, tag: str, cache_dir: Optional[str]) -> Optional[str]:
-    """Path of the weights open_clip would load for ``name``/``tag`` if they are already on disk."""
-    import open_clip
-
-    cfg = open_clip.get_pretrained_cfg(name, tag)
-    if cfg.get("file"):
-        return cfg["file"] if os.path.isfile(cfg["file"]) else None
-    hub = cfg.get("hf_hub", "")
-    if hub:
-        from huggingface_hub import try_to_load_from_cache
-
-        repo_id, filename = os.path.split(hub)
-        filename = filename or "open_clip_pytorch_model.bin"
-        stem = filename.rsplit(".", 1)[0]
-        candidates = [stem.replace("pytorch_model", "model") + ".safetensors", stem + ".safetensors", filename]
-        for candidate in candidates:
-            found = try_to_load_from_cache(repo_id, candidate, cache_dir=cache_dir)
-            if isinstance(found, str) and os.path.isfile(found):
-                return found
-    url = cfg.get("url", "")
-    if url:
-        path = os.path.join(cache_dir or os.path.expanduser("~/.cache/clip"), os.path.basename(url))
-        if os.path.isfile(path):
-            return path
-    return None
-
-
-@contextlib.contextmanager
-def _hub_offline():
-    """Let open_clip read the Hugging Face cache without trying the network (no retry loops)."""
-    from huggingface_hub import constants
-
-    saved = constants.HF_HUB_OFFLINE
-    constants.HF_HUB_OFFLINE = True
-    try:
-        yield
-    finally:
-        constants.HF_HUB_OFFLINE = saved
-
-
-def load_open_clip(name: str, pretrained: Optional[str], device=None, precision: str = "fp32",
-                   cache_dir: Optional[str] = None):
-    """``open_clip.create_model`` that never hangs offline and says what to do when weights are missing.
-
-    ``pretrained`` is an open_clip tag (weights must already be in the local cache), a path to a
-    checkpoint file, or ``None`` for random weights.
-    """
-    import open_clip
-
-    if name not in open_clip.list_models() and not name.startswith(("hf-hub:", "local-dir:")):
-        raise ValueError(f"unknown open_clip model {name!r}; see open_clip.list_models() for the names")
-    offline = contextlib.nullcontext()
-    if pretrained is not None and not os.path.isfile(str(pretrained)):
-        tags = open_clip.list_pretrained_tags_by_model(name)
-        if pretrained not in tags:
-            raise ValueError(f"unknown pretrained tag {pretrained!r} for {name!r}; known tags: {tags}, "
-                             "or pass the path of a local checkpoint file, or None for random weights")
-        if _cached_pretrained_file(name, pretrained, cache_dir) is None:
-            raise PretrainedNotAvailableError(
-                f"pretrained weights {name!r}/{pretrained!r} are not in the local open_clip / Hugging Face "
-                "cache, and fastprompt does not download them here. Copy the checkpoint to this machine and "
-                "pass its file path as `pretrained` (or fill the cache), or use pretrained=None for random "
-                "weights.")
-        offline = _hub_offline()
-    with offline:
-        model = open_clip.create_model(name, pretrained=pretrained, device=device, precision=precision,
-                                       cache_dir=cache_dir)
-    model.eval()
-    return model
 
 
 @dataclasses.dataclass
@@ -191,7 +115,8 @@ class PromptLearner(nn.Module, abc.ABC):
             import open_clip
 
             tokenizer = open_clip.get_tokenizer(name)
-        return cls(model, classnames, config, tokenizer=tokenizer, model_name=name, pretrained=pretrained)
+        return cls(model, classnames, config, tokenizer=tokenizer, model_name=name,
+                   pretrained=recorded_pretrained(pretrained))
 
     # ---- classes -----------------------------------------------------------------------------
     @property
@@ -304,6 +229,14 @@ class PromptLearner(nn.Module, abc.ABC):
         if model is None:
             if not saved.get("model_name"):
                 raise ValueError(f"{directory!r} does not record its open_clip model; pass model=...")
+            if not saved.get("pretrained"):
+                # Building the backbone again would draw *new* random weights: the prompts were
+                # trained against the old ones, so every logit would silently change.
+                raise ValueError(
+                    f"{directory!r} was saved from a {saved['model_name']!r} with random weights "
+                    "(pretrained=None), which cannot be rebuilt: a new build draws different weights and "
+                    "the prompts would no longer match them. Pass the backbone the prompts were trained "
+                    "with: from_pretrained(directory, model=that_model)")
             learner = learner_cls.from_open_clip(saved["model_name"], saved.get("pretrained"), names,
                                                  tokenizer=tokenizer, **cfg)
         else:

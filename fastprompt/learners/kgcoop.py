@@ -21,6 +21,7 @@ import torch.nn.functional as F
 
 from ..templates import resolve_template
 from .coop import CoOpConfig, CoOpLearner
+from .prompts import tokenize_prompts
 
 #: Unused leftovers of the original prompt learner, present in its checkpoints, never trained.
 _ORIGINAL_LEFTOVERS = ("bias_vectors", "meta_net.")
@@ -66,7 +67,7 @@ class KgCoOpLearner(CoOpLearner):
     def _rebuild_plan(self) -> None:
         super()._rebuild_plan()
         template = resolve_template(self.config.template)
-        ids = self.tokenizer([template.format(name) for name in self._classnames])
+        ids = tokenize_prompts(self.tokenizer, [template.format(name) for name in self._classnames], self._classnames)
         with torch.no_grad():
             features = self.text_tower.encode_token_ids(ids.to(self.text_tower.device)).float()
         self.register_buffer("clip_text_features", features / features.norm(dim=-1, keepdim=True), persistent=False)

@@ -92,6 +92,36 @@ def clean_classnames(classnames: Sequence[str]) -> List[str]:
     return [name.replace("_", " ") for name in names]
 
 
+def _abridged(text: str, keep: int = 60) -> str:
+    """``text`` shortened to about ``keep`` characters for an error message (start and end kept)."""
+    return text if len(text) <= keep else f"{text[:keep * 2 // 3]} ... {text[-keep // 3:]}"
+
+
+def tokenize_prompts(tokenizer, prompts: Sequence[str], classnames: Sequence[str]) -> torch.Tensor:
+    """Tokenize ``prompts`` (prompt ``c`` is for class ``classnames[c]``) to ``[C, context_length]``.
+
+    CLIP's tokenizer silently cuts a prompt that exceeds the context length and writes EOT into
+    the last slot: the class name (all of it, for a long context) is lost and every class would
+    get the same classifier. This raises instead, naming the class, its prompt's token count
+    (with SOT and EOT) and the limit. Only rows whose EOT sits in the last slot can have been cut,
+    so only those are measured again.
+    """
+    prompts = list(prompts)
+    ids = tokenizer(prompts)
+    limit = ids.shape[1]
+    encode = getattr(tokenizer, "encode", None)
+    for i in (ids.argmax(dim=-1) == limit - 1).nonzero().flatten().tolist():
+        # Without ``encode`` a prompt that fits exactly cannot be told from a cut one: refuse both.
+        n_tokens = len(encode(prompts[i])) + 2 if encode is not None else limit + 1
+        if n_tokens > limit:
+            raise ValueError(
+                f"the prompt for class {_abridged(classnames[i])!r} is {n_tokens} tokens long with SOT and EOT "
+                f"({_abridged(prompts[i])!r}), but the text tower's context length is {limit}: "
+                "the tokenizer would cut off the class name. Use fewer context tokens (n_ctx) or a shorter "
+                "class name or template.")
+    return ids
+
+
 def coop_plan(tokenizer, classnames: Sequence[str], template: ContextTemplate, *, position: str = "end",
               class_specific: bool = False, context_length: int = 77) -> TextPlan:
     """Plan for CoOp-style prompts ``"<ctx> <classname>."``.
@@ -110,7 +140,7 @@ def coop_plan(tokenizer, classnames: Sequence[str], template: ContextTemplate, *
         raise ValueError(f"class_token_position must be one of {CLASS_TOKEN_POSITIONS}, got {position!r}")
     names = clean_classnames(classnames)
     m = template.n_ctx
-    token_ids = tokenizer([f"{template.text} {name}." for name in names])
+    token_ids = tokenize_prompts(tokenizer, [f"{template.text} {name}." for name in names], names)
     if token_ids.shape[1] != context_length:
         raise ValueError(f"tokenizer returns {token_ids.shape[1]} tokens per prompt but the text tower "
                          f"has context length {context_length}")

@@ -33,7 +33,7 @@ from torch import nn
 
 from ..templates import IMAGENET_TEMPLATES, check_templates
 from .base import LearnerConfig, PromptLearner
-from .prompts import coop_plan, leading_context_template
+from .prompts import coop_plan, leading_context_template, tokenize_prompts
 from .vpt import deep_prompt_list, map_ivlp_original_names
 
 
@@ -130,7 +130,8 @@ class PromptSRCLearner(PromptLearner):
         """Mean over templates of the frozen CLIP's *unnormalised* class features ``[C, E]`` (fast path)."""
         per_template = []
         for template in self.templates:
-            ids = self.tokenizer([template.replace("{}", name) for name in self._classnames])
+            ids = tokenize_prompts(self.tokenizer, [template.replace("{}", name) for name in self._classnames],
+                                   self._classnames)
             per_template.append(self.text_tower.encode_token_ids(ids.to(self.text_tower.device)).float())
         return torch.stack(per_template, dim=1).mean(dim=1)
 

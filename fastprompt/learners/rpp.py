@@ -1,8 +1,9 @@
 """RPP: unshared query/key/value prompts with soft-label supervision from a frozen CLIP teacher.
 
 Chen et al., "Revisiting Prompt Pretraining of Vision-Language Models" (arXiv 2409.06166). The
-paper's code is unreleased; this is the configurable design of the project's method spec
-(``methods.md`` §1.3), every open choice a config field (defaults in :class:`RPPConfig`).
+paper's code is unreleased; this is a configurable design built from the paper's description
+(unshared query/key/value prompts, soft labels from a frozen CLIP teacher), every open choice a
+config field (defaults in :class:`RPPConfig`).
 
 **Prompt structure.** Ordinary deep prompts (VPT-deep / IVLP / MaPLe) learn one vector per prompt
 token and layer; the frozen block derives its query, key and value from it. RPP learns the
@@ -56,9 +57,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..towers import QKVPrompt
-from .base import LearnerConfig, PromptLearner, load_open_clip
+from .base import LearnerConfig, PromptLearner
+from .pretrained import load_open_clip, recorded_pretrained
 from .pomp import POMPObjective, check_pomp_args
-from .prompts import context_template, coop_plan
+from .prompts import context_template, coop_plan, tokenize_prompts
 from .teacher import CLIPTeacher, distillation_kl, resolve_templates
 
 BRANCHES = ("text", "vision", "both")
@@ -71,7 +73,8 @@ FROZEN_TEXT_PHRASE = "a photo of a"  # text side of branches="vision" when ctx_i
 
 @dataclasses.dataclass
 class RPPConfig(LearnerConfig):
-    """RPP settings. The paper's values are unknown; the defaults follow methods.md §1.3.
+    """RPP settings. The paper's values are unpublished; the defaults follow its closest published
+    relatives (IVLP / PromptSRC for depth and init, POMP for the text context), as listed per field.
 
     Attributes:
         branches: ``"both"`` (default; IVLP-style text and vision prompts, as the PromptSRC /
@@ -85,7 +88,7 @@ class RPPConfig(LearnerConfig):
         ctx_init: initialise the text layer-0 prompts from this phrase's token embeddings (all
             three of q/k/v; post-projection: their frozen layer-0 projections). Default ``""``:
             random init and ``"X X X X"`` placeholder text, as POMP.
-        variant: ``"pre"`` (default; DESIGN.md §4) or ``"post"`` projection (module docstring).
+        variant: ``"pre"`` (default) or ``"post"`` projection (module docstring).
         residual_row: ``"value"`` (default) or ``"mean"``: the residual row of surviving prompts.
         shared: tie q/k/v into one prompt per layer (ordinary deep prompts); needs ``variant="pre"``.
         init_std: std of the N(0, init_std) init of every prompt (default 0.02, as IVLP/POMP).
@@ -224,7 +227,8 @@ class RPPLearner(PromptLearner):
             if teacher_tokenizer is None:
                 teacher_tokenizer = open_clip.get_tokenizer(teacher[0])
             teacher = load_open_clip(teacher[0], teacher[1], device=device, precision=precision, cache_dir=cache_dir)
-        return cls(model, classnames, config, tokenizer=tokenizer, model_name=name, pretrained=pretrained,
+        return cls(model, classnames, config, tokenizer=tokenizer, model_name=name,
+                   pretrained=recorded_pretrained(pretrained),
                    teacher=teacher, teacher_projection=teacher_projection, teacher_tokenizer=teacher_tokenizer)
 
     def _context_template(self):
@@ -354,7 +358,8 @@ class RPPLearner(PromptLearner):
         device = self.text_tower.device
         if self._frozen_text is None or self._frozen_text.device != device:
             phrase = self.config.ctx_init.replace("_", " ") or FROZEN_TEXT_PHRASE
-            ids = self.tokenizer([f"{phrase} {name}." for name in self._classnames]).to(device)
+            ids = tokenize_prompts(self.tokenizer, [f"{phrase} {name}." for name in self._classnames],
+                                   self._classnames).to(device)
             with torch.no_grad():
                 self._frozen_text = self.text_tower.encode_token_ids(ids)
         return self._frozen_text

@@ -57,7 +57,8 @@ from ..towers.text_plan import concat_plans
 from ..version import __version__
 from .base import LearnerConfig, PromptLearner
 from .checkpoint import original_prompt_state, write_prompt_checkpoint
-from .prompts import CLASS_TOKEN_POSITIONS, ContextTemplate, clean_classnames, context_template, coop_plan
+from .prompts import (CLASS_TOKEN_POSITIONS, ContextTemplate, clean_classnames, context_template, coop_plan,
+                      tokenize_prompts)
 
 PG_TYPES = ("lin", "linmean", "lincls")
 _PLAN_CACHE_SIZE = 64
@@ -339,7 +340,8 @@ class SoftCPTLearner(PromptLearner):
         key = f"{kind}:{self.text_tower.device}:{self.text_tower.dtype}"
         if key not in self._frozen:
             with torch.no_grad():
-                ids = self.tokenizer([f"{name}." for name in self._frozen_texts[kind]])
+                names = self._frozen_texts[kind]
+                ids = tokenize_prompts(self.tokenizer, [f"{name}." for name in names], names)
                 self._frozen[key] = self.text_tower.encode_token_ids(ids.to(self.text_tower.device)).float()
         return self._frozen[key]
 

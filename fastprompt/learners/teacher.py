@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..towers import TextTower, VisionTower
-from .prompts import clean_classnames
+from .prompts import clean_classnames, tokenize_prompts
 
 TemplateSpec = Union[str, Sequence[Union[str, Callable[[str], str]]]]
 NAMED_TEMPLATES = ("simple", "openai", "single")
@@ -169,7 +169,8 @@ class CLIPTeacher(nn.Module):
             texts = [template(name) for name in names]
             chunks = []
             for start in range(0, len(texts), TEXT_CHUNK):
-                ids = self.tokenizer(texts[start:start + TEXT_CHUNK]).to(self.text_tower.device)
+                chunk = slice(start, start + TEXT_CHUNK)
+                ids = tokenize_prompts(self.tokenizer, texts[chunk], names[chunk]).to(self.text_tower.device)
                 chunks.append(self.text_tower.encode_token_ids(ids).float())
             f = torch.cat(chunks)
             f = f / f.norm(dim=-1, keepdim=True)

@@ -21,6 +21,7 @@ from torch import nn
 from ..templates import resolve_template
 from .base import LearnerConfig, PromptLearner
 from .maple import drop_frozen_original_keys
+from .prompts import tokenize_prompts
 
 _ORIGINAL_VISION_BLOCK = re.compile(r"^image_encoder\.transformer\.resblocks\.(\d+)\.VPT_shallow$")
 _ORIGINAL_TEXT_BLOCK = re.compile(r"^text_encoder\.transformer\.resblocks\.(\d+)\.VPT_shallow$")
@@ -101,7 +102,8 @@ class VPTLearner(PromptLearner):
         self._rebuild_plan()
 
     def _rebuild_plan(self) -> None:
-        ids = self.tokenizer([self.text_template.format(name) for name in self._classnames])
+        ids = tokenize_prompts(self.tokenizer, [self.text_template.format(name) for name in self._classnames],
+                               self._classnames)
         with torch.no_grad():
             features = self.text_tower.encode_token_ids(ids.to(self.text_tower.device)).float()
         # frozen, recomputed per class list; not a checkpoint entry

@@ -2,7 +2,8 @@
 
 Sources followed: muzairkhattak/multimodal-prompt-learning @ 69bce21 ``clip/model.py``
 (``VisionTransformer_MaPLe.forward`` and the vision branch of ``ResidualAttentionBlock_MaPLe`` /
-``ResidualAttentionBlock_IVLP``); see also /work/shared/research/methods.md §4.2 and §5.
+``ResidualAttentionBlock_IVLP``), whose deep vision prompts follow VPT-deep (Jia et al., "Visual
+Prompt Tuning", ECCV 2022).
 
 Semantics, with ``J = len(deep_prompts)`` prompt tensors of shape ``[M, W]``:
 

@@ -48,8 +48,39 @@ class VisionTower:
     def dtype(self) -> torch.dtype:
         return self.visual.transformer.get_cast_dtype()
 
+    @property
+    def image_size(self) -> tuple:
+        """``(H, W)`` the tower's positional embedding was built for."""
+        size = self.visual.image_size
+        return tuple(size) if isinstance(size, (tuple, list)) else (size, size)
+
+    def check_images(self, images: torch.Tensor) -> None:
+        """Raise a ``ValueError`` naming the expected ``[B, 3, H, W]`` for anything else.
+
+        Shape and dtype only (no reads of tensor values, so no device sync)."""
+        channels = self.visual.conv1.in_channels
+        height, width = self.image_size
+        expected = f"preprocessed images [B, {channels}, {height}, {width}]"
+        if not isinstance(images, torch.Tensor):
+            raise TypeError(f"expected {expected} as a torch.Tensor, got {type(images).__name__}")
+        shape = tuple(images.shape)
+        if images.dim() != 4:
+            hint = " (a single image? add a batch dimension: images[None])" if images.dim() == 3 else ""
+            raise ValueError(f"expected {expected}, got a {images.dim()}-D tensor of shape {shape}{hint}")
+        if shape[1] != channels:
+            hint = (" (channels last? use images.permute(0, 3, 1, 2))" if shape[3] == channels else "")
+            raise ValueError(f"expected {expected}, got shape {shape}{hint}")
+        if shape[2:] != (height, width):
+            raise ValueError(f"expected {expected}, got {shape[2]}x{shape[3]} images {shape}: this tower's "
+                             f"positional embedding is for {height}x{width}; resize with the model's preprocess "
+                             "transform (resize + center crop)")
+        if not images.is_floating_point():
+            raise ValueError(f"expected {expected} as floats (normalised by the model's preprocess transform), "
+                             f"got dtype {images.dtype}")
+
     def embed(self, images: torch.Tensor) -> torch.Tensor:
         """Patch + class + positional embeddings, patch dropout; before ``ln_pre``: ``[B, 1+n, W]``."""
+        self.check_images(images)
         v = self.visual
         x = v.conv1(images.to(self.dtype)).flatten(2).transpose(1, 2)
         cls = v.class_embedding.to(x.dtype).view(1, 1, -1).expand(x.shape[0], 1, -1)
