@@ -86,7 +86,8 @@ def _add_demo_parser(subparsers) -> None:
     demo.add_argument("--model", metavar="NAME", default=None,
                       help="open_clip architecture, e.g. ViT-B-16 (default: a tiny random-weight CLIP)")
     demo.add_argument("--pretrained", metavar="TAG", default=None,
-                      help="open_clip pretrained tag for --model, e.g. openai; 'none' for random weights")
+                      help="open_clip pretrained tag for --model, e.g. openai (downloaded once into the cache), "
+                           "a checkpoint file, or 'none' for random weights")
     demo.add_argument("--steps", type=_positive_int, default=300, help="training steps (default: 300)")
     demo.add_argument("--batch-size", type=_positive_int, default=16, help="batch size (default: 16)")
     demo.add_argument("--n-classes", type=_positive_int, default=8,
