@@ -15,6 +15,8 @@ Shapes (``--small`` shrinks each to a few sequences and two heads, for Triton's 
   vit     ViT-B/16 vision layer: B = 32 images x 197 tokens, 4 deep prompts (G = 1), 12 heads
   text    text suffix layer: 1000 classes x 5 tokens (ragged), shared 17-token prefix, 8 heads, causal
   cocoop  CoCoOp: 8 images (groups) x 1000 classes x 5 tokens, 5-token prefix per image, 8 heads, causal
+  vit_plain  a frozen ViT-B/16 layer without prompts: B = 128 images x 197 tokens, 12 heads (no prompt
+          block and no lse: every backend hands it to SDPA; --shapes vit_plain, not in the default set)
 
 Modes: ``fwd`` and ``fwd+bwd`` (gradients of q, k, v, pk, pv). Before timing, every provider's
 output (and gradients) must agree with the eager provider. Reported per provider: median time,
@@ -83,12 +85,17 @@ SHAPES = {
                   1, 17, True, True),
     "cocoop": Shape("cocoop", "CoCoOp, 8 image prefixes (5 tokens) x 1000 classes x 5 tokens", 8000, 5, 8, 64,
                     8, 5, True, True),
+    "vit_plain": Shape("vit_plain", "ViT-B/16 plain layer, 128 x 197 tokens, no prompt", 128, 197, 12, 64, 1, 0,
+                       False, False),
 }
+DEFAULT_SHAPES = ["vit", "text", "cocoop"]
 SMALL = {
     "vit": Shape("vit", "ViT vision layer (small): 2 x 17 tokens + 4 prompts", 2, 17, 2, 64, 1, 4, False, False),
     "text": Shape("text", "text suffix layer (small): 8 classes x 5 tokens, 17-token prefix", 8, 5, 2, 64, 1, 17,
                   True, True),
     "cocoop": Shape("cocoop", "CoCoOp (small): 2 prefixes x 4 classes x 5 tokens", 8, 5, 2, 64, 2, 5, True, True),
+    "vit_plain": Shape("vit_plain", "ViT plain layer (small): 2 x 17 tokens, no prompt", 2, 17, 2, 64, 1, 0,
+                       False, False),
 }
 
 
@@ -196,6 +203,8 @@ def backend_provider(name: str, case: Case) -> Provider:
 
     def run(leaves):
         q, k, v, pk, pv = leaves
+        if case.shape.n_prompt == 0:  # a plain layer: the towers pass no prompt block at all
+            pk = pv = None
         args = AttentionArgs(q, k, v, pk, pv, case.group, case.shape.causal, case.seqlens, case.scale, False)
         return backend.fn(args)[0]
 
@@ -272,8 +281,13 @@ def make_step(provider: Provider, case: Case, mode: str) -> Callable[[], object]
     else:
         def step():
             out = provider(leaves)
-            return torch.autograd.grad(out, leaves, case.dout)
+            return _grads(out, leaves, case.dout)
     return step
+
+
+def _grads(out, leaves, dout):
+    """Gradients of every leaf (zeros for the prompt block of a plain layer, which no backend reads)."""
+    return torch.autograd.grad(out, leaves, dout, allow_unused=True, materialize_grads=True)
 
 
 def outputs(provider: Provider, case: Case, mode: str) -> List[torch.Tensor]:
@@ -282,7 +296,7 @@ def outputs(provider: Provider, case: Case, mode: str) -> List[torch.Tensor]:
     out = provider(leaves)
     if mode == "fwd":
         return [out.detach()]
-    return [out.detach()] + [g.detach() for g in torch.autograd.grad(out, leaves, case.dout)]
+    return [out.detach()] + [g.detach() for g in _grads(out, leaves, case.dout)]
 
 
 # ---- peaks and timing --------------------------------------------------------------------------
@@ -396,7 +410,7 @@ def check_agreement(case: Case, mode: str, providers: Dict[str, Provider]) -> Li
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--shapes", nargs="+", default=list(SHAPES), choices=list(SHAPES))
+    parser.add_argument("--shapes", nargs="+", default=DEFAULT_SHAPES, choices=list(SHAPES))
     parser.add_argument("--modes", nargs="+", default=list(MODES), choices=list(MODES))
     parser.add_argument("--providers", nargs="+", help="default: eager, every registered backend, flex")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")

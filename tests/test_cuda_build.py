@@ -48,3 +48,31 @@ def test_cuda_extension_compiles_for_sm80_sm90_and_ptx(monkeypatch):
     ptx = subprocess.run([cuobjdump, "--list-ptx", str(library)], capture_output=True, text=True).stdout
     assert "sm_80" in elf and "sm_90" in elf, elf
     assert "sm_90" in ptx, ptx
+
+
+def test_deterministic_reduction_split_covers_every_group_member_once(monkeypatch):
+    """The deterministic dpk / dpv reduction (torch.use_deterministic_algorithms(True)) gives each
+    block one share of one group's members and sums the shares in a fixed order. The kernel and
+    the launcher take the shares from split.h; the extension exposes the same code on the host,
+    so its partition is checked here without a GPU: every member of every group in exactly one
+    block, in order, and a block never mixes groups."""
+    _toolkit()
+    monkeypatch.delenv("FASTPROMPT_DISABLE_JIT", raising=False)
+    monkeypatch.delenv("FASTPROMPT_CUDA_ARCH_LIST", raising=False)
+    ext = jit.load_extension("cuda")
+    gen = torch.Generator().manual_seed(0)
+    for n, groups in ((1, 1), (7, 3), (100, 1), (100, 7), (5, 9), (1000, 32)):
+        group = torch.randint(0, groups, (n,), generator=gen)
+        group[0] = groups - 1  # the last group is never empty; others may be
+        offsets = torch.searchsorted(group.sort(stable=True).values, torch.arange(groups + 1)).tolist()
+        for splits in (1, 2, 3, ext.reduction_splits(n, groups, key_tiles=5, heads=8)):
+            ranges = ext.split_ranges(offsets if groups > 1 else [], n, splits)
+            assert len(ranges) == groups * splits
+            for g in range(groups):
+                mine = ranges[g * splits:(g + 1) * splits]
+                assert all(r[0] == g for r in mine)
+                covered = [pos for _, begin, end in mine for pos in range(begin, end)]
+                assert covered == list(range(offsets[g], offsets[g + 1])), (n, groups, splits, g)
+    assert ext.reduction_splits(n=1000, groups=1, key_tiles=5, heads=8) == 26  # ~1024 blocks
+    assert ext.reduction_splits(n=64, groups=32, key_tiles=5, heads=8) == 1
+    assert ext.reduction_splits(n=3, groups=1, key_tiles=1, heads=1) == 3  # at most the mean group size

@@ -11,7 +11,7 @@ from fastprompt import jit
 from fastprompt.ops import AUTO_ORDER, backend_status, prompt_attention, resolve_backend
 from fastprompt.testing import assert_close_rel
 
-from attention_cases import (HEAD_DIMS, LEARNER_STEP_METHODS, LOW_PRECISION_CASES, MATRIX, MATRIX_ARGS,
+from attention_cases import (GRAD_NAMES, HEAD_DIMS, LEARNER_STEP_METHODS, LOW_PRECISION_CASES, MATRIX, MATRIX_ARGS,
                              assert_learner_step_matches_eager, check_low_precision, compare_to_eager, make_case, run)
 
 pytestmark = pytest.mark.gpu
@@ -44,6 +44,28 @@ def test_many_sequences_sharing_one_prefix():
     for mode in ("one", "mixed"):
         tensors, dout, dlse, kwargs = case(mode, 8, 64, causal=True, ragged=True, n=1000, heads=8)
         compare_to_eager("cuda", tensors, dout, dlse, kwargs)
+
+
+@pytest.mark.parametrize("mode", ["one", "mixed"])
+def test_deterministic_algorithms_give_a_bitwise_reproducible_prompt_gradient(mode):
+    """torch.use_deterministic_algorithms(True): dpk / dpv summed per (group, split) and the splits
+    added in a fixed order: two runs agree bit for bit, and with eager; the default (atomic) path
+    agrees with it to rounding."""
+    tensors, dout, dlse, kwargs = case(mode, 8, 64, causal=True, ragged=True, n=1000, heads=8)
+    atomic = run("cuda", tensors, dout, dlse, kwargs)[2]
+    previous = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
+    # warn_only: eager's cuBLAS matmuls would otherwise demand CUBLAS_WORKSPACE_CONFIG; the flag
+    # the kernels read is set either way.
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    try:
+        compare_to_eager("cuda", tensors, dout, dlse, kwargs)
+        first = run("cuda", tensors, dout, dlse, kwargs)[2]
+        second = run("cuda", tensors, dout, dlse, kwargs)[2]
+    finally:
+        torch.use_deterministic_algorithms(previous[0], warn_only=previous[1])
+    for name, a, b, c in zip(GRAD_NAMES, first, second, atomic):
+        assert torch.equal(a, b), name
+        assert_close_rel(c, a, 1e-5, name)
 
 
 def test_vision_shapes():

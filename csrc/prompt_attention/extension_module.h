@@ -4,7 +4,8 @@
 //   FASTPROMPT_EXTENSION(CPU, prompt_attention_fwd_cpu, prompt_attention_bwd_cpu, "doc string")
 //
 // registers fastprompt::cpp_prompt_attention_{fwd,bwd} for that key (the schemas come from
-// registration.h) and defines build_tag() -> str.
+// registration.h) and defines build_tag() -> str. FASTPROMPT_EXTENSION_WITH(..., EXTRA) also
+// calls EXTRA(m) on the Python module, to add host-side functions (test hooks).
 #pragma once
 
 #include <torch/extension.h>
@@ -27,7 +28,10 @@ namespace fastprompt {
 inline std::string build_tag() { return FASTPROMPT_STRINGIZE(FASTPROMPT_BUILD_TAG); }
 }  // namespace fastprompt
 
-#define FASTPROMPT_EXTENSION(DISPATCH_KEY, FWD, BWD, DOC)                                        \
+#define FASTPROMPT_EXTENSION(DISPATCH_KEY, FWD, BWD, DOC) \
+  FASTPROMPT_EXTENSION_WITH(DISPATCH_KEY, FWD, BWD, DOC, [](pybind11::module_&) {})
+
+#define FASTPROMPT_EXTENSION_WITH(DISPATCH_KEY, FWD, BWD, DOC, EXTRA)                            \
   TORCH_LIBRARY_IMPL(fastprompt, DISPATCH_KEY, m) {                                             \
     m.impl("cpp_prompt_attention_fwd", &fastprompt::FWD);                                       \
     m.impl("cpp_prompt_attention_bwd", &fastprompt::BWD);                                       \
@@ -37,4 +41,5 @@ inline std::string build_tag() { return FASTPROMPT_STRINGIZE(FASTPROMPT_BUILD_TA
     m.def("build_tag", &fastprompt::build_tag,                                                  \
           "What this binary was built for (torch version, device, instruction set or CUDA "     \
           "architectures, source digest); the loader compares it with the running environment."); \
+    EXTRA(m);                                                                                   \
   }

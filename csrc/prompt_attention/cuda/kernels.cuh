@@ -9,9 +9,12 @@
 //
 // The prompt block is read straight from pk[group[n]] (a G = 1 block is read by every
 // sequence with batch stride 0); the forward's online softmax covers the prompt block first,
-// then the visible own keys. The backward recomputes probabilities from lse. dpk / dpv are
-// reduced over the sequences of each group inside a block (sequences sorted by group, one
-// chunk of them per block) and flushed with one atomicAdd per element and group change.
+// then the visible own keys. The backward recomputes probabilities from lse and the row term
+// delta = dout . out - dlse (delta_kernel, one warp per row). dpk / dpv are reduced over the
+// sequences of each group inside a block (sequences sorted by group): by default one chunk of
+// them per block, flushed with one atomicAdd per element and group change; under
+// torch.use_deterministic_algorithms(True) one share of one group per block (split.h), written
+// to its own slot and summed in a fixed order by the launcher.
 #pragma once
 
 #include <cuda.h>
@@ -22,6 +25,8 @@
 
 #include <cmath>
 #include <cstdint>
+
+#include "split.h"
 
 namespace fastprompt {
 namespace cuda_kernels {
@@ -46,20 +51,23 @@ struct Params {
   const int64_t* group;    // [N] or nullptr (every sequence reads block 0)
   const int64_t* seqlens;  // [N] or nullptr (every sequence has L tokens)
   const int64_t* order;    // [N] sequences sorted by group, or nullptr (identity); dpk kernel
+  const int64_t* group_offsets;  // [G + 1] CSR of the sorted group map, or nullptr; dpk kernel
   const float* lse;        // [N, H, L] (backward)
   const float* delta;      // [N, H, L] dout . out - dlse (backward)
   int64_t N, L, H, d, P;
   int64_t row_tiles;       // ceil(L / kWarps) (forward, dq, dk/dv grids)
   int64_t key_tiles;       // ceil(P / kWarps) (dpk grid)
-  int64_t chunk;           // sequences per block (dpk grid)
+  int64_t chunk;           // sequences per block (dpk grid, atomic mode)
+  int64_t G;               // prompt blocks (dpk kernel)
+  int64_t splits;          // dpk kernel: 0 = atomic mode, else deterministic with this many splits per group
   float scale;
   bool causal;
   T* out;                  // forward: out [N, L, H, d]; dq kernel: dq
   float* lse_out;          // forward: lse [N, H, L]
   T* dk;                   // dk/dv kernel
   T* dv;
-  float* dpk;              // dpk/dpv kernel: float accumulators [G, P, H, d]
-  float* dpv;
+  float* dpk;              // dpk/dpv kernel: float accumulators [G, P, H, d] (atomic) or
+  float* dpv;              // [splits, G, P, H, d] partial sums (deterministic)
 };
 
 __device__ __forceinline__ float warp_max(float x) {
@@ -201,6 +209,29 @@ __global__ void __launch_bounds__(kWarps * kWarp) forward_kernel(Params<T> p) {
     for (int64_t e = lane; e < p.d; e += kWarp) out_row[e] = static_cast<T>(0.f);
     if (lane == 0) *lse_row = -INFINITY;
   }
+}
+
+// ---------------------------------------------------------------------------------------
+// Backward preprocessing: delta[n, h, i] = dout_i . out_i - dlse[n, h, i] in float32, 0 on rows
+// past the length. One warp per row of the [N, H, L] output; grid ceil(N * H * L / kWarps).
+template <typename T>
+__global__ void __launch_bounds__(kWarps * kWarp) delta_kernel(Rows<T> out, Rows<T> dout, const int64_t* seqlens,
+                                                               const float* dlse, float* delta, int64_t N,
+                                                               int64_t H, int64_t L, int64_t d) {
+  const int lane = threadIdx.x % kWarp;
+  const int64_t row = static_cast<int64_t>(blockIdx.x) * kWarps + threadIdx.x / kWarp;
+  if (row >= N * H * L) return;  // warp-uniform
+  const int64_t i = row % L, h = (row / L) % H, n = row / (L * H);
+  if (i >= (seqlens ? seqlens[n] : L)) {  // warp-uniform
+    if (lane == 0) delta[row] = 0.f;
+    return;
+  }
+  const T* o = out.row(n, i, h);
+  const T* g = dout.row(n, i, h);
+  float s = 0.f;
+  for (int64_t e = lane; e < d; e += kWarp) s = fmaf(to_float(g[e]), to_float(o[e]), s);
+  s = warp_sum(s);
+  if (lane == 0) delta[row] = dlse ? s - dlse[row] : s;
 }
 
 // ---------------------------------------------------------------------------------------
@@ -368,9 +399,11 @@ __global__ void __launch_bounds__(kWarps * kWarp) dkv_kernel(Params<T> p) {
 }
 
 // ---------------------------------------------------------------------------------------
-// Backward, dpk / dpv: grid (n_chunks * key_tiles, H); warp w owns prompt key
-// tile*kWarps + w, the block walks `chunk` sequences in group order and adds each group's
-// sum into the float accumulators with one atomicAdd per element.
+// Backward, dpk / dpv: grid (blocks * key_tiles, H); warp w owns prompt key tile*kWarps + w.
+// Atomic mode (p.splits == 0): block c walks positions c*chunk .. of the group-sorted order and
+// adds each group's sum into the float accumulators with one atomicAdd per element. Deterministic
+// mode: block c = (group, split) walks its share of one group (split_range) and stores its sum,
+// zeros included, into its own slot [split, group] of the partial sums.
 template <typename T, int D>
 __global__ void __launch_bounds__(kWarps * kWarp) dpkv_kernel(Params<T> p) {
   constexpr int S = smem_stride<D>();
@@ -388,37 +421,53 @@ __global__ void __launch_bounds__(kWarps * kWarp) dpkv_kernel(Params<T> p) {
   const int64_t key = (blockIdx.x % p.key_tiles) * kWarps + warp;
   const int64_t h = blockIdx.y;
   const bool key_valid = key < p.P;
-  const int64_t pos_end = imin(p.N, (c + 1) * p.chunk);
+  const bool deterministic = p.splits > 0;
+  int64_t pos_begin = c * p.chunk, pos_end = imin(p.N, (c + 1) * p.chunk), slot = 0;
 
   float dk[DPL], dv[DPL];
 #pragma unroll
   for (int t = 0; t < DPL; ++t) dk[t] = dv[t] = 0.f;
   int64_t current = -1;  // group whose sums dk / dv hold
 
+  auto stage_group = [&](int64_t g) {
+    current = g;
+    stage_row<T, D>(Kr + warp * S, p.pk.row(g, key_valid ? key : 0, h), key_valid, p.d, lane);
+    stage_row<T, D>(Vr + warp * S, p.pv.row(g, key_valid ? key : 0, h), key_valid, p.d, lane);
+    __syncwarp();
+  };
   auto flush = [&]() {
     if (current < 0 || !key_valid) return;
 #pragma unroll
     for (int t = 0; t < DPL; ++t) {
       const int e = lane + kWarp * t;
       if (e < p.d) {
-        const int64_t at = ((current * p.P + key) * p.H + h) * p.d + e;
-        atomicAdd(p.dpk + at, dk[t] * p.scale);
-        atomicAdd(p.dpv + at, dv[t]);
+        const int64_t at = (((slot * p.G + current) * p.P + key) * p.H + h) * p.d + e;
+        if (deterministic) {
+          p.dpk[at] = dk[t] * p.scale;
+          p.dpv[at] = dv[t];
+        } else {
+          atomicAdd(p.dpk + at, dk[t] * p.scale);
+          atomicAdd(p.dpv + at, dv[t]);
+        }
       }
       dk[t] = dv[t] = 0.f;
     }
   };
 
-  for (int64_t pos = c * p.chunk; pos < pos_end; ++pos) {
+  if (deterministic) {  // one group per block, staged up front: the slot is written even when empty
+    const MemberRange range = split_range(p.group_offsets, p.N, p.splits, c);
+    pos_begin = range.begin;
+    pos_end = range.end;
+    slot = c % p.splits;
+    stage_group(range.group);
+  }
+  for (int64_t pos = pos_begin; pos < pos_end; ++pos) {
     const int64_t n = p.order ? p.order[pos] : pos;
     const int64_t g = p.group ? p.group[n] : 0;
     const int64_t len = p.seqlens ? p.seqlens[n] : p.L;
-    if (g != current) {  // block-uniform
+    if (g != current) {  // block-uniform; never in deterministic mode
       flush();
-      current = g;
-      stage_row<T, D>(Kr + warp * S, p.pk.row(g, key_valid ? key : 0, h), key_valid, p.d, lane);
-      stage_row<T, D>(Vr + warp * S, p.pv.row(g, key_valid ? key : 0, h), key_valid, p.d, lane);
-      __syncwarp();
+      stage_group(g);
     }
     for (int64_t r0 = 0; r0 < len; r0 += kTile) {
       key_tile_step<T, D>(p, n, h, len, r0, key_valid, 0, Kr + warp * S, Vr + warp * S, Qs, dOs,
