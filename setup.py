@@ -73,10 +73,11 @@ setup(
         "tqdm",
         "numpy",
         "pillow",
+        "ninja",  # builds the C++ kernels just in time on first use (fastprompt/jit.py)
     ],
     extras_require={
         "test": ["pytest>=7", "pytest-benchmark", "hypothesis"],
-        "kernels": ["triton", "ninja", "pybind11"],
+        "kernels": ["triton", "pybind11"],
     },
     entry_points={"console_scripts": ["fastprompt=fastprompt.cli:main"]},
     ext_modules=EXT_MODULES,

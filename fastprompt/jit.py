@@ -291,6 +291,22 @@ def nvcc_version(home: str) -> Optional[str]:
     return _nvcc_versions[home]
 
 
+def _ninja_on_path() -> bool:
+    """Whether ``ninja`` runs from PATH, after adding the ``ninja`` wheel's own bin directory.
+
+    ``pip install`` puts the wheel's ninja next to the interpreter, which is on PATH only when
+    the virtualenv is activated; torch's extension builder looks for it on PATH.
+    """
+    if shutil.which("ninja") is not None:
+        return True
+    try:
+        import ninja
+    except ImportError:
+        return False
+    os.environ["PATH"] = ninja.BIN_DIR + os.pathsep + os.environ.get("PATH", "")
+    return shutil.which("ninja") is not None
+
+
 def toolchain_problem(kind: str) -> Optional[str]:
     """Why a JIT build of ``kind`` cannot start here (with the fix), or None. Compiles nothing."""
     _check_kind(kind)
@@ -300,7 +316,7 @@ def toolchain_problem(kind: str) -> Optional[str]:
     cxx = os.environ.get("CXX", "c++")
     if shutil.which(cxx) is None:
         return f"no C++ compiler ({cxx!r} is not on PATH); install g++ or clang, or set CXX"
-    if shutil.which("ninja") is None:
+    if not _ninja_on_path():
         return "ninja is not on PATH; `pip install ninja`"
     if not os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")):
         return "the Python development headers (Python.h) are missing; install python3-dev"

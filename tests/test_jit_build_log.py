@@ -1,6 +1,9 @@
 """What a user sees while the C++ kernels build on first use: a line before and a line after."""
 import logging
+import os
 import types
+
+import pytest
 
 from fastprompt import jit
 
@@ -23,3 +26,12 @@ def test_a_build_announces_itself_and_says_when_it_is_done(monkeypatch, tmp_path
     assert "built the cpu prompt_attention extension in 0 s; later runs load it from" in lines[1][1]
     assert str(tmp_path) in lines[1][1]
     assert "WARNING lines" in jit.__doc__ and "INFO log line" not in jit.__doc__
+
+
+def test_the_ninja_wheel_is_found_without_an_activated_virtualenv(monkeypatch):
+    """``python`` run from a virtualenv's bin/ without activating it: the wheel's ninja is not on
+    PATH, yet the build must find it (torch's builder looks on PATH only)."""
+    ninja = pytest.importorskip("ninja")
+    monkeypatch.setenv("PATH", "/nonexistent-bin")
+    assert jit._ninja_on_path()
+    assert os.environ["PATH"].split(os.pathsep)[0] == ninja.BIN_DIR
