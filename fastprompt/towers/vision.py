@@ -20,9 +20,15 @@ from typing import Optional, Sequence
 import torch
 from torch import nn
 
-from ..ops import prompt_attention
+from ..ops import declare_index_range, prompt_attention
 from .blocks import block_views
 from .prompt_rows import QKVPrompt
+
+
+def image_groups(batch: int, device) -> torch.Tensor:
+    """``[B]`` group map ``0..B-1`` (image ``b`` reads prompt block ``b``), its range declared so
+    that the op checks it without reading the tensor back (a device sync on a GPU)."""
+    return declare_index_range(torch.arange(batch, device=device), 0, batch - 1)
 
 
 class VisionTower:
@@ -132,7 +138,7 @@ class VisionTower:
                 # Only the class token is pooled: every row lends keys/values, one row is finished.
                 q, k, v = blk.qkv(x)
                 o, _ = prompt_attention(q[:, :1], k[:, :1], v[:, :1], k[:, 1:], v[:, 1:],
-                                        group=torch.arange(batch, device=x.device), return_lse=False,
+                                        group=image_groups(batch, x.device), return_lse=False,
                                         backend=self.backend)
                 x = blk.add_mlp(blk.add_attention(x[:, :1], blk.attention_output(o)))
             else:
@@ -222,7 +228,7 @@ class VisionTower:
             rest_k = torch.cat([rest_k, pk.expand(batch, *pk.shape)], dim=1)
             rest_v = torch.cat([rest_v, pv.expand(batch, *pv.shape)], dim=1)
         o, _ = prompt_attention(q[:, :1], k[:, :1], v[:, :1], rest_k, rest_v,
-                                group=torch.arange(batch, device=x.device), return_lse=False, backend=self.backend)
+                                group=image_groups(batch, x.device), return_lse=False, backend=self.backend)
         return blk.add_mlp(blk.add_attention(x[:, :1], blk.attention_output(o)))
 
     def pool(self, x: torch.Tensor, n_image_tokens: int) -> torch.Tensor:
