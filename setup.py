@@ -65,6 +65,7 @@ setup(
     python_requires=">=3.10",
     packages=find_packages(include=["fastprompt", "fastprompt.*"]) + ["fastprompt.kernels"],
     package_dir={"fastprompt.kernels": "kernels"},  # Triton source lives at the top level
+    package_data={"fastprompt.train": ["recipes/*/*.yaml"]},  # the original training configurations
     install_requires=[
         "torch>=2.4",
         "torchvision",
@@ -74,10 +75,12 @@ setup(
         "numpy",
         "pillow",
         "ninja",  # builds the C++ kernels just in time on first use (fastprompt/jit.py)
+        "pyyaml",  # recipes and config files of fastprompt train
     ],
     extras_require={
         "test": ["pytest>=7", "pytest-benchmark", "hypothesis"],
         "kernels": ["triton", "pybind11"],
+        "train": ["matplotlib", "tensorboard"],  # curves.png and TensorBoard events of training runs
     },
     entry_points={"console_scripts": ["fastprompt=fastprompt.cli:main"]},
     ext_modules=EXT_MODULES,

@@ -8,6 +8,7 @@ Subcommands:
   the default tiny random-weight CLIP.
 * ``data check ROOT`` / ``data fewshot NAME ROOT --shots K --seed S``: dataset folders and few-shot
   subsets (``fastprompt/data/cli.py``).
+* ``train`` / ``eval``: recipes, training runs with resume, evaluation (``fastprompt/train/cli.py``).
 """
 from __future__ import annotations
 
@@ -128,6 +129,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .data.cli import add_data_parser
 
     add_data_parser(subparsers)  # fastprompt data check|fewshot
+    from .train.cli import add_train_parsers
+
+    add_train_parsers(subparsers)  # fastprompt train|eval
     return parser
 
 

@@ -1,0 +1,136 @@
+"""Build what a resolved configuration describes: the backbone, the data, the learner.
+
+Backbone names are open_clip's (``ViT-B-16``) or the originals' OpenAI spellings
+(``MODEL.BACKBONE.NAME: "ViT-B/16"``, ``"RN50"``; ecosystem.md §9), with ``MODEL.BACKBONE.TAG``
+the open_clip pretrained tag (``openai``), a weights file, or ``none``: random weights drawn from
+``SEED`` (``fastprompt.testing.random_clip``), so such runs are reproducible and resumable.
+``tiny`` (with ``none``) is the few-layer random CLIP of the tests and the demo.
+"""
+from __future__ import annotations
+
+import random
+from typing import Any, Dict, Optional, Tuple
+
+import numpy as np
+import torch
+
+from .errors import ConfigError
+from .methods import DEEP_VISION, METHODS, learner_kwargs
+
+__all__ = ["open_clip_name", "is_resnet", "set_random_seed", "build_model", "build_learner", "load_data",
+           "SUPPORTED_TRANSFORMS", "TINY_CLIP_KWARGS"]
+
+SUPPORTED_TRANSFORMS = ("random_resized_crop", "random_flip", "normalize")
+# The demo's tiny CLIP (fastprompt/cli.py), 64 px: seconds per epoch on a CPU.
+TINY_CLIP_KWARGS = dict(image_size=64, patch_size=16, width=128, layers=4, heads=4, vision_width=96, vision_layers=2,
+                        vision_heads=3, embed_dim=48)
+
+
+def open_clip_name(name: str) -> str:
+    """``ViT-B/16`` -> ``ViT-B-16``, ``ViT-L/14@336px`` -> ``ViT-L-14-336``; open_clip names unchanged."""
+    name = str(name).strip()
+    if name.endswith("@336px"):
+        name = name[:-len("@336px")] + "-336"
+    return name.replace("/", "-")
+
+
+def is_resnet(name: str) -> bool:
+    """Whether the open_clip architecture ``name`` has a ResNet image tower."""
+    if name == "tiny":
+        return False
+    import open_clip
+
+    cfg = open_clip.get_model_config(name) or {}
+    return isinstance((cfg.get("vision_cfg") or {}).get("layers"), (list, tuple))
+
+
+def set_random_seed(seed: int) -> None:
+    """Dassl's ``set_random_seed``: python, numpy and torch (all devices)."""
+    random.seed(seed)
+    np.random.seed(seed % (2 ** 32))
+    torch.manual_seed(seed)
+
+
+def check_backbone(cfg: Dict[str, Any]) -> Tuple[str, str]:
+    """``(open_clip name, tag)``; a ``ConfigError`` for a deep-vision learner on a ResNet."""
+    name = open_clip_name(cfg["MODEL"]["BACKBONE"]["NAME"])
+    tag = str(cfg["MODEL"]["BACKBONE"]["TAG"] or "none")
+    if not name:
+        raise ConfigError("no backbone: set MODEL.BACKBONE.NAME (or --model), e.g. ViT-B-16")
+    if name == "tiny" and tag.lower() != "none":
+        raise ConfigError("--model tiny is a random-weight test model: use it with --pretrained none")
+    if name != "tiny":
+        import open_clip
+
+        if not name.startswith(("hf-hub:", "local-dir:")) and name not in open_clip.list_models():
+            raise ConfigError(f"unknown open_clip model {name!r} (MODEL.BACKBONE.NAME; see open_clip.list_models())")
+        if cfg["METHOD"] in DEEP_VISION and is_resnet(name):
+            raise ConfigError(f"{cfg['METHOD']} prompts the layers of a vision transformer: it needs a ViT backbone, "
+                              f"and {name} has a ResNet image tower. Use e.g. ViT-B-16")
+    return name, tag
+
+
+def build_model(cfg: Dict[str, Any], device: torch.device):
+    """``(model, tokenizer, model_name, pretrained)`` for the configured backbone."""
+    from .. import testing
+
+    name, tag = check_backbone(cfg)
+    seed = max(int(cfg["SEED"]), 0)
+    if name == "tiny":
+        return testing.tiny_clip(seed, **TINY_CLIP_KWARGS).to(device), None, "tiny", None
+    import open_clip
+
+    if tag.lower() == "none":
+        model = testing.random_clip(name, seed=seed).to(device)
+        return model, open_clip.get_tokenizer(name), name, None
+    from ..learners.pretrained import load_open_clip, recorded_pretrained
+
+    model = load_open_clip(name, tag, device=device)
+    return model, open_clip.get_tokenizer(name), name, recorded_pretrained(tag)
+
+
+def build_learner(cfg: Dict[str, Any], model, tokenizer, classnames, dataset_name: str,
+                  dataset_class: Optional[str], model_name: str, pretrained: Optional[str]):
+    """The configured learner around ``model`` (prompts initialised from the current RNG state)."""
+    import fastprompt
+
+    method = cfg["METHOD"]
+    spec = METHODS[method]
+    kwargs = learner_kwargs(method, cfg["TRAINER"][spec.section], dataset_class)
+    cls = getattr(fastprompt, spec.learner)
+    target = {dataset_name: list(classnames)} if method == "softcpt" else list(classnames)
+    try:
+        learner = cls.from_model(model, target, tokenizer=tokenizer, **kwargs)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"TRAINER.{spec.section}: {exc}") from None
+    learner.model_name, learner.pretrained = model_name, pretrained
+    return learner
+
+
+def load_data(cfg: Dict[str, Any], model, subsample: Optional[str] = None):
+    """``(dataset, train_transform, test_transform)`` of ``DATASET.*`` for ``model``'s input."""
+    from ..data import load_dataset
+    from ..data.transforms import transforms_for_model
+
+    transforms = tuple(cfg["INPUT"]["TRANSFORMS"])
+    unknown = [t for t in transforms if t not in SUPPORTED_TRANSFORMS]
+    if unknown:
+        raise ConfigError(f"INPUT.TRANSFORMS {unknown} are not implemented (supported: {list(SUPPORTED_TRANSFORMS)}); "
+                          "override with INPUT.TRANSFORMS \"['random_resized_crop', 'random_flip', 'normalize']\"")
+    if int(cfg["DATALOADER"]["K_TRANSFORMS"]) != 1:
+        raise ConfigError(f"DATALOADER.K_TRANSFORMS {cfg['DATALOADER']['K_TRANSFORMS']} (several augmented views per "
+                          "image) is not implemented; set it to 1")
+    ds = cfg["DATASET"]
+    if not ds["NAME"]:
+        raise ConfigError("no dataset: pass --dataset NAME (or set DATASET.NAME)")
+    if not ds["ROOT"]:
+        raise ConfigError("no data root: pass --data ROOT (or set DATASET.ROOT)")
+    dataset = load_dataset(ds["NAME"], ds["ROOT"], shots=max(int(ds["NUM_SHOTS"]), 0), seed=max(int(cfg["SEED"]), 0),
+                           subsample=subsample or ds["SUBSAMPLE_CLASSES"])
+    train_tf, test_tf = transforms_for_model(model, scale=tuple(cfg["INPUT"]["RRCROP_SCALE"]))
+    if set(transforms) <= {"normalize"}:  # no augmentation: train on the test transform
+        train_tf = test_tf
+    elif set(transforms) != set(SUPPORTED_TRANSFORMS):
+        raise ConfigError(f"INPUT.TRANSFORMS {list(transforms)}: use all of {list(SUPPORTED_TRANSFORMS)} (the CoOp "
+                          "family's augmentation) or only 'normalize'")
+    return dataset, train_tf, test_tf

@@ -1,0 +1,165 @@
+"""``fastprompt train`` and ``fastprompt eval``: argument parsing and handlers (hooked into fastprompt.cli).
+
+In the spirit of the originals' ``train.py`` (KaiyangZhou/CoOp): a method config (``--recipe``
+or ``--config``, the originals' YAML files accepted unchanged), an optional dataset config, the
+usual options, and trailing ``KEY VALUE`` overrides in the originals' spelling::
+
+    fastprompt train --recipe coop/vit_b16_ep50 --data $DATA --dataset dtd --output-dir runs/dtd \\
+        --seed 1 TRAINER.COOP.N_CTX 4 DATASET.NUM_SHOTS 16
+    fastprompt eval --checkpoint runs/dtd --data $DATA --dataset dtd --subsample new
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+__all__ = ["add_train_parsers"]
+
+
+def _errors():
+    from ..data.items import DataError
+    from .errors import ConfigError, TrainError
+
+    return (ConfigError, TrainError, DataError, FileNotFoundError)
+
+
+def _no_check(args, parser) -> None:
+    return None
+
+
+def add_train_parsers(subparsers) -> None:
+    """Add ``train`` and ``eval`` to a subparsers object."""
+    from ..cli import _nonnegative_int as _seed  # "an integer >= 0", the CLI's own validator
+    train = subparsers.add_parser(
+        "train", help="train a prompt learner on a dataset (recipes of the original papers)",
+        description="Train a prompt learner with a recipe (--recipe coop/vit_b16_ep50; --list-recipes) or a config "
+                    "file (fastprompt YAML or an original repository's configs/trainers/<Trainer>/*.yaml, unchanged), "
+                    "then test it. Trailing KEY VALUE pairs override config keys in the originals' spelling "
+                    "(TRAINER.COOP.N_CTX 4 DATASET.NUM_SHOTS 16 OPTIM.MAX_EPOCH 10).")
+    src = train.add_mutually_exclusive_group()
+    src.add_argument("--recipe", metavar="NAME", help="a shipped recipe, <method>/<original config name>")
+    src.add_argument("--config", metavar="FILE", help="a config file (fastprompt or original Dassl YAML)")
+    train.add_argument("--dataset-config", metavar="FILE",
+                       help="an original configs/datasets/*.yaml (sets DATASET.NAME), merged before the method config")
+    train.add_argument("--method", metavar="M", help="learner, when the config file does not say (coop, maple, ...)")
+    train.add_argument("--list-recipes", action="store_true", help="print the recipe names and exit")
+    train.add_argument("--data", metavar="ROOT", help="folder holding the dataset folders (DATASET.ROOT)")
+    train.add_argument("--dataset", metavar="NAME", help="dataset (CoOp folder or class name, imagefolder/csv/json)")
+    train.add_argument("--output-dir", metavar="DIR", help="the run directory")
+    train.add_argument("--model", metavar="NAME",
+                       help="open_clip architecture (default: the recipe's backbone, e.g. ViT-B/16 -> ViT-B-16); "
+                            "'tiny' = a few-layer random CLIP for smoke runs")
+    train.add_argument("--pretrained", metavar="TAG",
+                       help="open_clip pretrained tag or weights file (default openai); 'none' = random weights "
+                            "drawn from --seed")
+    train.add_argument("--seed", type=_seed, default=None, metavar="S", help="run seed (default 1)")
+    train.add_argument("--shots", type=_seed, default=None, metavar="K", help="images per class (DATASET.NUM_SHOTS)")
+    train.add_argument("--subsample", choices=("all", "base", "new"), default=None,
+                       help="base-to-novel class subset (DATASET.SUBSAMPLE_CLASSES)")
+    train.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default=None,
+                       help="TRAIN.PRECISION (default: from the method's PREC; fp32 on CPU)")
+    train.add_argument("--workers", type=_seed, default=None, metavar="N", help="DataLoader workers (DATALOADER.NUM_WORKERS)")
+    train.add_argument("--device", default=None, help="torch device (default: cuda when available)")
+    mode = train.add_mutually_exclusive_group()
+    mode.add_argument("--resume", action="store_true", help="continue the run in --output-dir")
+    mode.add_argument("--overwrite", action="store_true", help="delete the run in --output-dir and start again")
+    train.add_argument("--no-progress", action="store_true", help="no progress bar")
+    train.add_argument("opts", nargs=argparse.REMAINDER, metavar="KEY VALUE", help="config overrides")
+    train.set_defaults(func=_run_train, check=_no_check, command_parser=train)
+
+    ev = subparsers.add_parser(
+        "eval", help="evaluate a trained run on a dataset's test split (accuracy, macro-F1)",
+        description="Evaluate the prompts of a run directory on the test split of a dataset (another dataset for "
+                    "cross-dataset transfer, --subsample new for novel classes). Prints and writes JSON.")
+    ev.add_argument("--checkpoint", metavar="DIR", required=True, help="a run directory of fastprompt train")
+    ev.add_argument("--data", metavar="ROOT", required=True, help="folder holding the dataset folders")
+    ev.add_argument("--dataset", metavar="NAME", required=True, help="dataset to test on")
+    ev.add_argument("--subsample", choices=("all", "base", "new"), default="all", help="class subset (default: all)")
+    ev.add_argument("--batch-size", type=_seed, default=None, metavar="B", help="default: the run's test batch size")
+    ev.add_argument("--workers", type=_seed, default=0, metavar="N", help="DataLoader workers (default 0)")
+    ev.add_argument("--device", default="", help="torch device (default: cuda when available)")
+    ev.add_argument("--out", metavar="FILE", help="JSON file (default: DIR/eval_<dataset>_<subsample>.json)")
+    ev.set_defaults(func=_run_eval, check=_no_check, command_parser=ev)
+
+
+def _fail(command: str, exc: Exception) -> int:
+    msg = str(exc)
+    if isinstance(exc, FileNotFoundError) and exc.filename and exc.filename not in msg:
+        msg = f"{msg}: {exc.filename}"
+    print(f"fastprompt {command}: error: {msg}", file=sys.stderr)
+    return 2
+
+
+def _arguments(args) -> dict:
+    out = {}
+    for key, value in (("DATASET.ROOT", args.data), ("DATASET.NAME", args.dataset), ("SEED", args.seed),
+                       ("MODEL.BACKBONE.NAME", args.model), ("MODEL.BACKBONE.TAG", args.pretrained),
+                       ("DATASET.NUM_SHOTS", args.shots), ("DATASET.SUBSAMPLE_CLASSES", args.subsample),
+                       ("TRAIN.PRECISION", args.precision), ("DATALOADER.NUM_WORKERS", args.workers),
+                       ("TRAIN.DEVICE", args.device), ("OUTPUT_DIR", args.output_dir)):
+        if value is not None:
+            out[key] = value
+    return out
+
+
+def _resolve(args) -> dict:
+    from .config import read_yaml, resolve_config
+    from .errors import ConfigError
+    from .recipes import load_recipe, recipe_path
+
+    files = []
+    if args.dataset_config:
+        files.append((args.dataset_config, read_yaml(args.dataset_config)))
+    if args.recipe:
+        files.append((recipe_path(args.recipe), load_recipe(args.recipe)))
+    elif args.config:
+        files.append((args.config, read_yaml(args.config)))
+    elif args.resume:
+        saved = os.path.join(args.output_dir, "config.yaml")
+        if not os.path.isfile(saved):
+            raise ConfigError(f"--resume: {saved} not found (nothing to resume there)")
+        files.append((saved, read_yaml(saved)))
+    else:
+        raise ConfigError("pass --recipe NAME (see --list-recipes) or --config FILE")
+    arguments = _arguments(args)
+    if not (args.resume and not (args.recipe or args.config)):
+        arguments.setdefault("SEED", 1)
+    return resolve_config(files, method=args.method, arguments=arguments, overrides=args.opts)
+
+
+def _run_train(args) -> int:
+    if args.list_recipes:
+        from .recipes import list_recipes
+
+        print("\n".join(list_recipes()))
+        return 0
+    if not args.output_dir:
+        return _fail("train", ValueError("--output-dir DIR is required"))
+    from .run import train_run
+
+    try:
+        cfg = _resolve(args)
+        result = train_run(cfg, args.output_dir, resume=args.resume, overwrite=args.overwrite,
+                           progress=not args.no_progress)
+    except _errors() as exc:
+        return _fail("train", exc)
+    if result is not None:
+        print(f"test accuracy {result['accuracy']:.2f}%, macro-F1 {result['macro_f1']:.2f}% "
+              f"({result['correct']}/{result['total']}); run directory {args.output_dir}")
+    return 0
+
+
+def _run_eval(args) -> int:
+    from .run import evaluate_checkpoint
+
+    try:
+        result = evaluate_checkpoint(args.checkpoint, args.data, args.dataset, args.subsample, args.batch_size,
+                                     args.workers, args.device, args.out)
+    except _errors() + (ValueError,) as exc:
+        return _fail("eval", exc)
+    brief = {k: result[k] for k in ("dataset", "subsample", "accuracy", "error", "macro_f1", "correct", "total")}
+    print(json.dumps(brief, indent=2))
+    print(f"written to {result['written_to']}", file=sys.stderr)
+    return 0

@@ -1,0 +1,217 @@
+"""Run configuration: recipes, fastprompt YAML, the originals' Dassl YAML files and ``KEY VALUE`` overrides.
+
+A configuration is a nested dict in Dassl's spelling (``OPTIM.LR``, ``TRAINER.COOP.N_CTX``, ...).
+It is resolved the way the originals' ``train.py`` ``setup_cfg`` does it (KaiyangZhou/CoOp
+``train.py``): Dassl's defaults plus the method's trainer section, then the dataset config file,
+then the method config file (a recipe, or any original ``configs/trainers/<Trainer>/*.yaml``
+unchanged), then the command-line arguments, then the trailing ``KEY VALUE`` list. As with YACS,
+every key must already exist (a typo is an error that suggests the closest keys), and a string
+value is read as a Python literal when it is one (``"1e-5"`` -> 1e-05, ``"(224, 224)"`` -> a
+tuple, ``"True"`` -> True); the result must have the type of the default (an int where a float is
+expected is accepted).
+
+The method is, in this order: the caller's (``--method``), the file's ``METHOD`` key (fastprompt
+YAML and recipes), its ``TRAINER.NAME``, the folder the file sits in (``configs/trainers/CoOp/``),
+the only ``TRAINER`` section the file sets.
+"""
+from __future__ import annotations
+
+import ast
+import copy
+import difflib
+import os
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
+
+from .defaults import base_defaults
+from .errors import ConfigError
+from .methods import METHODS, method_of_trainer
+
+__all__ = ["read_yaml", "resolve_config", "parse_overrides", "get", "set_value", "dump_yaml", "flatten"]
+
+
+def _literal(value: Any) -> Any:
+    """YACS's reading of a value from a file or the command line: a Python literal when it is one."""
+    if isinstance(value, dict):
+        return {k: _literal(v) for k, v in value.items()}
+    if isinstance(value, str):
+        try:
+            return ast.literal_eval(value)
+        except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+            return value
+    return value
+
+
+def read_yaml(path: str) -> Dict[str, Any]:
+    """The mapping in a YAML file, values read as YACS does; errors name the file."""
+    import yaml
+
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = yaml.safe_load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except (OSError, yaml.YAMLError) as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path} does not hold a mapping of config keys (got {type(data).__name__})")
+    return _literal(data)
+
+
+def flatten(tree: Dict[str, Any], prefix: str = "") -> Dict[str, Any]:
+    """``{"A": {"B": 1}}`` -> ``{"A.B": 1}``."""
+    out: Dict[str, Any] = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            out.update(flatten(value, name + "."))
+        else:
+            out[name] = value
+    return out
+
+
+def get(cfg: Dict[str, Any], dotted: str) -> Any:
+    node: Any = cfg
+    for part in dotted.split("."):
+        node = node[part]
+    return node
+
+
+def set_value(cfg: Dict[str, Any], dotted: str, value: Any) -> None:
+    *parents, leaf = dotted.split(".")
+    node = cfg
+    for part in parents:
+        node = node[part]
+    node[leaf] = value
+
+
+def _coerce(key: str, value: Any, default: Any, source: str) -> Any:
+    if default is None or value is None or type(value) is type(default):
+        return value
+    if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(default, (tuple, list)) and isinstance(value, (tuple, list)):
+        return type(default)(value)
+    if isinstance(default, bool) and isinstance(value, str) and value.lower() in ("true", "false"):
+        return value.lower() == "true"
+    # KgCoOp's CTX_INIT is a bool in its own train.py but a phrase in CoOp's: both are accepted.
+    if key.endswith(".CTX_INIT") and isinstance(value, (str, bool)):
+        return value
+    raise ConfigError(f"{key} expects {type(default).__name__} (default {default!r}), got {value!r} from {source}")
+
+
+def _unknown_key(key: str, known: Iterable[str], source: str) -> ConfigError:
+    close = difflib.get_close_matches(key, list(known), n=3, cutoff=0.6)
+    hint = f"; did you mean {', '.join(close)}?" if close else ""
+    return ConfigError(f"unknown config key {key} in {source}{hint}")
+
+
+def _merge(cfg: Dict[str, Any], tree: Dict[str, Any], source: str) -> None:
+    known = flatten(cfg)
+    for key, value in flatten(tree).items():
+        if key == "METHOD":
+            continue
+        if key not in known:
+            # an empty mapping in the file (e.g. "TRAINER:" with nothing under it) sets nothing
+            if isinstance(value, dict):
+                continue
+            raise _unknown_key(key, known, source)
+        set_value(cfg, key, _coerce(key, value, known[key], source))
+
+
+def parse_overrides(tokens: Sequence[str]) -> List[Tuple[str, Any]]:
+    """``["OPTIM.LR", "0.01", "TRAINER.COOP.CSC", "True"]`` -> ``[("OPTIM.LR", 0.01), ...]``."""
+    tokens = list(tokens)
+    if len(tokens) % 2:
+        raise ConfigError(f"overrides come in KEY VALUE pairs; {tokens[-1]!r} has no value")
+    out = []
+    for key, value in zip(tokens[0::2], tokens[1::2]):
+        if key.startswith("-"):
+            raise ConfigError(f"unexpected option {key!r} among the KEY VALUE overrides (options go before them)")
+        out.append((key, _literal(value)))
+    return out
+
+
+def _infer_method(tree: Dict[str, Any], path: Optional[str]) -> Optional[str]:
+    if tree.get("METHOD"):
+        return method_of_trainer(tree["METHOD"])
+    trainer = tree.get("TRAINER") or {}
+    if isinstance(trainer, dict) and trainer.get("NAME"):
+        return method_of_trainer(trainer["NAME"])
+    if path:
+        found = method_of_trainer(os.path.basename(os.path.dirname(os.path.abspath(path))))
+        if found:
+            return found
+    sections = [k for k in (trainer if isinstance(trainer, dict) else {}) if k != "NAME"]
+    candidates = {m for m, s in METHODS.items() if s.section in sections}
+    return candidates.pop() if len(candidates) == 1 else None
+
+
+def _defaults_for(method: str) -> Dict[str, Any]:
+    cfg = base_defaults()
+    # every method's section, so that a file written for a sibling trainer (e.g. PRE's configs that
+    # also set TRAINER.COOP) loads; the method's own section gets its own repository's defaults.
+    for spec in METHODS.values():
+        cfg["TRAINER"].setdefault(spec.section, spec.section_defaults())
+    own = METHODS[method]
+    cfg["TRAINER"][own.section] = own.section_defaults()
+    cfg["TRAINER"]["NAME"] = own.trainer_names[0]
+    cfg["METHOD"] = method
+    return cfg
+
+
+def resolve_config(files: Sequence[Tuple[str, Dict[str, Any]]], *, method: Optional[str] = None,
+                   arguments: Optional[Dict[str, Any]] = None, overrides: Sequence[str] = ()) -> Dict[str, Any]:
+    """The resolved configuration.
+
+    Args:
+        files: ``(path or label, mapping)`` in merge order (dataset config first, then the method's).
+        method: the method when the caller names it; otherwise inferred (module docstring).
+        arguments: dotted keys set from command-line options (``DATASET.ROOT``, ``SEED``, ...).
+        overrides: the trailing ``KEY VALUE`` tokens, applied last.
+    """
+    if method is None:
+        for label, tree in reversed(list(files)):
+            method = _infer_method(tree, label if os.path.exists(str(label)) else None)
+            if method:
+                break
+    elif method_of_trainer(method) is None:
+        raise ConfigError(f"unknown method {method!r} (known: {', '.join(METHODS)})")
+    else:
+        method = method_of_trainer(method)
+    pairs = parse_overrides(overrides)
+    for key, value in pairs:
+        if key in ("METHOD", "TRAINER.NAME") and method_of_trainer(value):
+            method = method_of_trainer(value)
+    if method is None:
+        labels = ", ".join(str(label) for label, _ in files) or "no config file"
+        raise ConfigError(f"cannot tell the method from {labels}: pass --method (one of {', '.join(METHODS)}) "
+                          "or set TRAINER.NAME")
+    cfg = _defaults_for(method)
+    for label, tree in files:
+        _merge(cfg, copy.deepcopy(tree), str(label))
+    known = flatten(cfg)
+    for key, value in list((arguments or {}).items()) + pairs:
+        if key == "METHOD" or (key == "TRAINER.NAME" and method_of_trainer(value)):
+            continue
+        if key not in known:
+            raise _unknown_key(key, known, "the command line")
+        set_value(cfg, key, _coerce(key, value, known[key], "the command line"))
+    cfg["METHOD"] = method
+    cfg["TRAINER"]["NAME"] = METHODS[method].trainer_names[0]
+    return cfg
+
+
+def dump_yaml(cfg: Dict[str, Any]) -> str:
+    """The configuration as YAML (tuples written as lists), keys in their resolved order."""
+    import yaml
+
+    def plain(v):
+        if isinstance(v, dict):
+            return {k: plain(x) for k, x in v.items()}
+        if isinstance(v, (tuple, list)):
+            return [plain(x) for x in v]
+        return v
+
+    return yaml.safe_dump(plain(cfg), sort_keys=False, default_flow_style=None, width=120)

@@ -1,0 +1,92 @@
+"""The configuration keys a run understands, with their defaults, in Dassl's spelling.
+
+The base is Dassl's ``get_cfg_default()`` (KaiyangZhou/Dassl.pytorch ``dassl/config/defaults.py``)
+restricted to the sections the CoOp family reads, so that the original repositories' YAML files
+(which only set keys that exist there, as YACS requires) load unchanged. The trainer sections
+(``TRAINER.COOP``, ``TRAINER.MAPLE``, ...) and their defaults come from each method's entry in
+:mod:`fastprompt.train.methods` (the ``extend_cfg`` of the method's own ``train.py``).
+
+fastprompt's own keys (not in Dassl) are marked ``# fastprompt`` below.
+"""
+from __future__ import annotations
+
+import copy
+from typing import Any, Dict
+
+__all__ = ["base_defaults", "FASTPROMPT_KEYS"]
+
+_DASSL: Dict[str, Any] = {
+    "VERSION": 1,
+    "OUTPUT_DIR": "",
+    "RESUME": "",
+    "SEED": -1,
+    "USE_CUDA": True,
+    "VERBOSE": True,
+    "INPUT": {
+        "SIZE": (224, 224), "INTERPOLATION": "bilinear", "TRANSFORMS": (), "NO_TRANSFORM": False,
+        "PIXEL_MEAN": [0.485, 0.456, 0.406], "PIXEL_STD": [0.229, 0.224, 0.225], "CROP_PADDING": 4,
+        "RRCROP_SCALE": (0.08, 1.0), "CUTOUT_N": 1, "CUTOUT_LEN": 16, "GN_MEAN": 0.0, "GN_STD": 0.15,
+        "RANDAUGMENT_N": 2, "RANDAUGMENT_M": 10, "COLORJITTER_B": 0.4, "COLORJITTER_C": 0.4,
+        "COLORJITTER_S": 0.4, "COLORJITTER_H": 0.1, "RGS_P": 0.2, "GB_P": 0.5, "GB_K": 21,
+    },
+    "DATASET": {
+        "ROOT": "", "NAME": "", "SOURCE_DOMAINS": (), "TARGET_DOMAINS": (), "NUM_LABELED": -1,
+        "NUM_SHOTS": -1, "VAL_PERCENT": 0.1, "STL10_FOLD": -1, "CIFAR_C_TYPE": "", "CIFAR_C_LEVEL": 1,
+        "ALL_AS_UNLABELED": False,
+        "SUBSAMPLE_CLASSES": "all",  # every CoOp-family train.py adds it
+    },
+    "DATALOADER": {
+        "NUM_WORKERS": 4, "K_TRANSFORMS": 1, "RETURN_IMG0": False,
+        "TRAIN_X": {"SAMPLER": "RandomSampler", "BATCH_SIZE": 32, "N_DOMAIN": 0, "N_INS": 16},
+        "TRAIN_U": {"SAME_AS_X": True, "SAMPLER": "RandomSampler", "BATCH_SIZE": 32, "N_DOMAIN": 0, "N_INS": 16},
+        "TEST": {"SAMPLER": "SequentialSampler", "BATCH_SIZE": 32},
+    },
+    "MODEL": {
+        "INIT_WEIGHTS": "",
+        "BACKBONE": {"NAME": "", "PRETRAINED": True},
+        "HEAD": {"NAME": "", "HIDDEN_LAYERS": (), "ACTIVATION": "relu", "BN": True, "DROPOUT": 0.0},
+    },
+    "OPTIM": {
+        "NAME": "adam", "LR": 0.0003, "WEIGHT_DECAY": 5e-4, "MOMENTUM": 0.9, "SGD_DAMPNING": 0,
+        "SGD_NESTEROV": False, "RMSPROP_ALPHA": 0.99, "ADAM_BETA1": 0.9, "ADAM_BETA2": 0.999,
+        "STAGED_LR": False, "NEW_LAYERS": (), "BASE_LR_MULT": 0.1, "LR_SCHEDULER": "single_step",
+        "STEPSIZE": (-1,), "GAMMA": 0.1, "MAX_EPOCH": 10, "WARMUP_EPOCH": -1, "WARMUP_TYPE": "linear",
+        "WARMUP_CONS_LR": 1e-5, "WARMUP_MIN_LR": 1e-5, "WARMUP_RECOUNT": True,
+    },
+    "TRAIN": {"CHECKPOINT_FREQ": 0, "PRINT_FREQ": 10, "COUNT_ITER": "train_x"},
+    "TEST": {
+        "EVALUATOR": "Classification", "PER_CLASS_RESULT": False, "COMPUTE_CMAT": False, "NO_TEST": False,
+        "SPLIT": "test", "FINAL_MODEL": "last_step",
+        "PER_TASK_RESULT": False,  # kding1225/softcpt train.py
+    },
+}
+
+# fastprompt's own keys, with their defaults and meaning (they appear in the resolved config.yaml).
+FASTPROMPT_KEYS: Dict[str, Any] = {
+    "METHOD": ("", "learner: coop, cocoop, kgcoop, maple, promptsrc, vpt, pre, softcpt, pomp, rpp"),
+    "MODEL.BACKBONE.TAG": ("openai", "open_clip pretrained tag or weights file; 'none' = random weights drawn "
+                                     "from SEED"),
+    "TRAIN.PRECISION": ("", "fp32, bf16, fp16 (autocast + GradScaler); empty = from the method's PREC"),
+    "TRAIN.GRAD_ACCUM_STEPS": (1, "batches accumulated per optimizer step"),
+    "TRAIN.EVAL_FREQ": (0, "evaluate on the val split every N epochs (0 = only TEST.FINAL_MODEL's needs)"),
+    "TRAIN.CHECKPOINT_STEPS": (0, "also write the resumable state every N optimizer steps (0 = epoch ends)"),
+    "TRAIN.MAX_STEPS": (0, "stop after N optimizer steps (0 = run every epoch); for smoke runs"),
+    "TRAIN.TENSORBOARD": (True, "write TensorBoard events when the tensorboard package is installed"),
+    "TRAIN.DEVICE": ("", "torch device; empty = cuda when available, else cpu"),
+}
+
+
+def _set(tree: Dict[str, Any], dotted: str, value: Any) -> None:
+    *parents, leaf = dotted.split(".")
+    for p in parents:
+        tree = tree.setdefault(p, {})
+    tree[leaf] = value
+
+
+def base_defaults() -> Dict[str, Any]:
+    """A fresh copy of Dassl's defaults plus fastprompt's own keys (no trainer sections yet)."""
+    tree = copy.deepcopy(_DASSL)
+    tree["TRAINER"] = {"NAME": ""}
+    for key, (value, _) in FASTPROMPT_KEYS.items():
+        _set(tree, key, value)
+    return tree

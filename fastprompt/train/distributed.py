@@ -1,0 +1,95 @@
+"""``torchrun`` support: process group from the environment, gradient averaging, gathering.
+
+Under ``torchrun --nproc_per_node N`` (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR``
+set) :func:`init_from_env` starts the default process group (nccl when the process has a GPU,
+gloo otherwise) and picks the process's device. Only the prompt parameters train, so instead of
+wrapping the learner in ``DistributedDataParallel`` (whose hooks only fire through the wrapped
+``forward``, while a learner trains through ``learner.loss``), the trainer averages their
+gradients with one ``all_reduce`` per optimizer step: the same result as DDP's bucketed
+all-reduce, for a few kilobytes to megabytes of prompts.
+"""
+from __future__ import annotations
+
+import os
+from typing import List, Tuple
+
+import torch
+import torch.distributed as dist
+
+__all__ = ["init_from_env", "world", "is_main", "average_gradients", "gather_cat", "barrier", "broadcast_object"]
+
+
+def init_from_env(device: str = "") -> Tuple[int, int, torch.device]:
+    """``(rank, world_size, device)``; starts the process group when ``WORLD_SIZE > 1``."""
+    size = int(os.environ.get("WORLD_SIZE", "1"))
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    if device:
+        dev = torch.device(device)
+    else:
+        dev = torch.device("cuda", local) if torch.cuda.is_available() else torch.device("cpu")
+    if dev.type == "cuda" and dev.index is None:
+        dev = torch.device("cuda", local)
+    if size > 1 and not dist.is_initialized():
+        if dev.type == "cuda":
+            torch.cuda.set_device(dev)
+        dist.init_process_group(backend="nccl" if dev.type == "cuda" else "gloo")
+    rank, size = world()
+    return rank, size, dev
+
+
+def world() -> Tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def is_main() -> bool:
+    return world()[0] == 0
+
+
+def average_gradients(params: List[torch.nn.Parameter]) -> None:
+    """Average ``p.grad`` over the ranks. A parameter with a gradient on some rank only gets zeros
+    elsewhere; one with no gradient on any rank keeps ``None`` (as in a single process, so SGD's
+    weight decay and momentum skip it alike)."""
+    _, size = world()
+    if size == 1:
+        return
+    device = params[0].device
+    has = torch.tensor([p.grad is not None for p in params], dtype=torch.float32, device=device)
+    dist.all_reduce(has)
+    active = [p for p, h in zip(params, has.tolist()) if h > 0]
+    if not active:
+        return
+    flat = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1).float() for p in active])
+    dist.all_reduce(flat)
+    flat /= size
+    offset = 0
+    for p in active:
+        n = p.numel()
+        p.grad = flat[offset:offset + n].view_as(p).to(p.dtype)
+        offset += n
+
+
+def gather_cat(t: torch.Tensor) -> torch.Tensor:
+    """Concatenation over the ranks of a CPU tensor (lengths may differ)."""
+    _, size = world()
+    if size == 1:
+        return t
+    parts: List[torch.Tensor] = [None] * size  # type: ignore[list-item]
+    dist.all_gather_object(parts, t.cpu())
+    return torch.cat(parts)
+
+
+def broadcast_object(obj):
+    """Rank 0's ``obj`` on every rank."""
+    _, size = world()
+    if size == 1:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def barrier() -> None:
+    if world()[1] > 1:
+        dist.barrier()

@@ -1,0 +1,157 @@
+"""Each method's original trainer section and how it maps onto the fastprompt learner.
+
+Every CoOp-family repository reads its method's settings from one ``TRAINER.<SECTION>`` of the
+Dassl config (added by the ``extend_cfg`` of its ``train.py``). :data:`METHODS` records, per
+fastprompt method, the original trainer names (``--trainer``), that section with the defaults of
+the method's own repository, and how each key becomes a learner keyword argument. Keys the
+harness reads (``PREC``) and keys that are accepted but change nothing here are listed too, so an
+original YAML file loads unchanged; a value this port cannot honour is an error naming the key.
+
+Sources (``train.py`` ``extend_cfg``): KaiyangZhou/CoOp @ ff61507 (CoOp, CoCoOp), htyao89/KgCoOp
+@ c43ccc3, muzairkhattak/multimodal-prompt-learning @ 69bce21 (MaPLe, VPT), muzairkhattak/PromptSRC
+@ bb95c77, minhanh151/PRE @ 08be701, kding1225/softcpt @ 7cab4b9 (``MTCOOP``), amazon-science/
+prompt-pretraining @ 24bca56 (POMP). RPP (Chen et al., arXiv 2409.06166) has no public code: its
+``TRAINER.RPP`` section is fastprompt's, one key per ``RPPConfig`` field.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, Dict, Optional, Tuple
+
+from .errors import ConfigError
+
+__all__ = ["MethodSpec", "METHODS", "method_of_trainer", "learner_kwargs", "DEEP_VISION"]
+
+def _same(value):
+    return value
+
+
+def _kgcoop_ctx_init(value):
+    # KgCoOp's PromptLearner uses the fixed phrase "a photo of a" whenever CTX_INIT is truthy.
+    if isinstance(value, str) and value:
+        return value
+    return "a photo of a" if value else ""
+
+
+@dataclasses.dataclass(frozen=True)
+class MethodSpec:
+    """``keys``: section key -> ``(learner kwarg, converter)``; ``harness``: section keys the trainer
+    reads (``PREC``); ``inert``: keys accepted with any value (unused by the original as well);
+    ``fixed``: keys accepted only at the value given (what this port implements)."""
+
+    method: str
+    learner: str
+    trainer_names: Tuple[str, ...]
+    section: str
+    defaults: Dict[str, Any]
+    keys: Dict[str, Tuple[str, Callable]]
+    harness: Tuple[str, ...] = ("PREC",)
+    inert: Tuple[str, ...] = ()
+    fixed: Dict[str, Any] = dataclasses.field(default_factory=dict)
+    deep_vision: bool = False
+    dataset_template: Optional[str] = None  # learner kwarg set from the dataset's class name
+
+    def section_defaults(self) -> Dict[str, Any]:
+        return dict(self.defaults)
+
+
+def _k(**pairs) -> Dict[str, Tuple[str, Callable]]:
+    return {key: (value, _same) if isinstance(value, str) else value for key, value in pairs.items()}
+
+
+_COOP_KEYS = _k(N_CTX="n_ctx", CSC="csc", CTX_INIT="ctx_init", CLASS_TOKEN_POSITION="class_token_position")
+_COOP_DEFAULTS = dict(N_CTX=16, CSC=False, CTX_INIT="", PREC="fp16", CLASS_TOKEN_POSITION="end")
+
+METHODS: Dict[str, MethodSpec] = {s.method: s for s in [
+    MethodSpec("coop", "CoOpLearner", ("CoOp",), "COOP", _COOP_DEFAULTS, _COOP_KEYS),
+    MethodSpec("cocoop", "CoCoOpLearner", ("CoCoOp",), "COCOOP", dict(N_CTX=16, CTX_INIT="", PREC="fp16"),
+               _k(N_CTX="n_ctx", CTX_INIT="ctx_init")),
+    MethodSpec("kgcoop", "KgCoOpLearner", ("KgCoOp",), "COOP",
+               dict(ALPHA=1.0, N_CTX=16, CSC=False, CTX_INIT=False, W=1.0, PREC="fp16", CLASS_TOKEN_POSITION="end"),
+               {**_COOP_KEYS, "CTX_INIT": ("ctx_init", _kgcoop_ctx_init), "W": ("w", float)},
+               inert=("ALPHA",), dataset_template="template"),
+    MethodSpec("maple", "MaPLeLearner", ("MaPLe",), "MAPLE",
+               dict(N_CTX=2, CTX_INIT="a photo of a", PREC="fp16", PROMPT_DEPTH=9),
+               _k(N_CTX="n_ctx", CTX_INIT="ctx_init", PROMPT_DEPTH="prompt_depth"), deep_vision=True),
+    MethodSpec("promptsrc", "PromptSRCLearner", ("PromptSRC",), "PROMPTSRC",
+               dict(N_CTX_VISION=4, N_CTX_TEXT=4, CTX_INIT="a photo of a", PREC="fp16", PROMPT_DEPTH_VISION=9,
+                    PROMPT_DEPTH_TEXT=9, TEXT_LOSS_WEIGHT=25, IMAGE_LOSS_WEIGHT=10, GPA_MEAN=15, GPA_STD=1),
+               {**_k(N_CTX_VISION="n_ctx_vision", N_CTX_TEXT="n_ctx_text", CTX_INIT="ctx_init",
+                     PROMPT_DEPTH_VISION="prompt_depth_vision", PROMPT_DEPTH_TEXT="prompt_depth_text"),
+                "TEXT_LOSS_WEIGHT": ("text_loss_weight", float), "IMAGE_LOSS_WEIGHT": ("image_loss_weight", float),
+                "GPA_MEAN": ("gpa_mean", float), "GPA_STD": ("gpa_std", float)}, deep_vision=True),
+    MethodSpec("vpt", "VPTLearner", ("VPT",), "VPT",
+               dict(N_CTX_VISION=2, CTX_INIT="a photo of a", PREC="fp16", PROMPT_DEPTH_VISION=1),
+               _k(N_CTX_VISION="n_ctx", PROMPT_DEPTH_VISION="prompt_depth"),
+               fixed={"CTX_INIT": "a photo of a"}, deep_vision=True),
+    MethodSpec("pre", "PRELearner", ("PRE",), "PRE",
+               dict(N_CTX=16, CSC=False, CTX_INIT="", PREC="amp", CLASS_TOKEN_POSITION="end", ENCODER="MLP1",
+                    RESIDUAL=True, SEPARATE=True),
+               {**_COOP_KEYS, **_k(ENCODER="encoder", RESIDUAL="residual", SEPARATE="separate")}),
+    MethodSpec("softcpt", "SoftCPTLearner", ("MTCoOp", "SoftCPT"), "MTCOOP",
+               dict(PREC="fp16", CLASS_N_CTX=16, CLASS_CSC=False, CLASS_CTX_INIT="", CLASS_TOKEN_POSITION="end",
+                    TASK_N_CTX=16, TASK_CTX_INIT="", TASK_CSC=False, TASK_TOKEN_POSITION="end", N_CTX=16,
+                    CTX_INIT="", CSC=False, TOKEN_POSITION="end", PG_TYPE="", PG_RATIO=1, CLS_SAMPLE_RATE=0.0,
+                    FREEZE_CLS_PROMPT=0),
+               {**_k(N_CTX="n_ctx", TOKEN_POSITION="class_token_position", TASK_N_CTX="task_n_ctx",
+                     TASK_CTX_INIT="task_ctx_init", TASK_CSC="task_csc", TASK_TOKEN_POSITION="task_token_position",
+                     CSC="class_features", CLASS_N_CTX="class_n_ctx", CLASS_CTX_INIT="class_ctx_init",
+                     CLASS_CSC="class_csc", CLASS_TOKEN_POSITION="class_feature_token_position"),
+                "PG_TYPE": ("pg_type", lambda v: v or "lin"), "CLS_SAMPLE_RATE": ("cls_sample_rate", float)},
+               inert=("PG_RATIO",), fixed={"CTX_INIT": "", "FREEZE_CLS_PROMPT": 0}),
+    MethodSpec("pomp", "POMPLearner", ("POMP",), "POMP",
+               dict(N_CTX=4, CSC=False, CTX_INIT="", CLASS_TOKEN_POSITION="end", UPDATE_CLASS_NUM=128, PREC="fp16",
+                    EPT=False, LOCAL_CORRECTION=True, NEG_SAMPLING_MODE="random"),
+               {**_COOP_KEYS, "UPDATE_CLASS_NUM": ("num_sampled_classes", int),
+                "EPT": ("mode", lambda v: "local" if v else "full"), "LOCAL_CORRECTION": ("local_correction", bool)},
+               fixed={"NEG_SAMPLING_MODE": "random"}),
+    MethodSpec("rpp", "RPPLearner", ("RPP",), "RPP",
+               dict(BRANCHES="both", DEPTH=9, N_CTX=4, N_CTX_VISION=4, CTX_INIT="", VARIANT="pre",
+                    RESIDUAL_ROW="value", SHARED=False, INIT_STD=0.02, KL_WEIGHT=1.0, TEMPERATURE=1.0,
+                    TEACHER_TEMPLATES="simple", POMP=False, POMP_NUM_SAMPLED_CLASSES=1000,
+                    POMP_LOCAL_CORRECTION=True, PREC="fp16"),
+               {**_k(BRANCHES="branches", DEPTH="depth", N_CTX="n_ctx", N_CTX_VISION="n_ctx_vision",
+                     CTX_INIT="ctx_init", VARIANT="variant", RESIDUAL_ROW="residual_row", SHARED="shared",
+                     TEACHER_TEMPLATES="teacher_templates", POMP="pomp",
+                     POMP_NUM_SAMPLED_CLASSES="pomp_num_sampled_classes", POMP_LOCAL_CORRECTION="pomp_local_correction"),
+                "INIT_STD": ("init_std", float), "KL_WEIGHT": ("kl_weight", float),
+                "TEMPERATURE": ("temperature", float)}, deep_vision=True),
+]}
+
+# Learners whose prompts enter the vision transformer: they need a ViT image tower.
+DEEP_VISION = tuple(m for m, s in METHODS.items() if s.deep_vision)
+
+
+def method_of_trainer(name: str) -> Optional[str]:
+    """fastprompt method for an original ``TRAINER.NAME`` / ``--trainer`` (any case), or a method name."""
+    key = str(name).strip().lower()
+    for method, spec in METHODS.items():
+        if key == method or key in (t.lower() for t in spec.trainer_names):
+            return method
+    return None
+
+
+def learner_kwargs(method: str, section: Dict[str, Any], dataset_class: Optional[str] = None) -> Dict[str, Any]:
+    """Learner keyword arguments from the resolved ``TRAINER.<SECTION>`` of ``method``."""
+    spec = METHODS[method]
+    out: Dict[str, Any] = {}
+    where = f"TRAINER.{spec.section}"
+    for key, value in section.items():
+        if key in spec.keys:
+            name, convert = spec.keys[key]
+            try:
+                out[name] = convert(value)
+            except (TypeError, ValueError) as exc:
+                raise ConfigError(f"{where}.{key}: cannot use {value!r} ({exc})") from None
+        elif key in spec.fixed:
+            if value != spec.fixed[key]:
+                raise ConfigError(f"{where}.{key} = {value!r} is not supported by fastprompt's {spec.learner} "
+                                  f"(only {spec.fixed[key]!r})")
+        elif key not in spec.harness and key not in spec.inert:
+            raise ConfigError(f"{where}.{key} is not a {spec.learner} setting (known: {sorted(spec.defaults)})")
+    if spec.dataset_template and dataset_class:
+        from ..templates import DATASET_TEMPLATES
+
+        if dataset_class in DATASET_TEMPLATES:
+            out[spec.dataset_template] = dataset_class
+    return out

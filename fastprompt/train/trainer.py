@@ -1,0 +1,360 @@
+"""``Trainer``: one training loop for every learner, with Dassl's harness and exact resume.
+
+The loop is that of Dassl's ``SimpleTrainer`` as the CoOp family uses it (KaiyangZhou/
+Dassl.pytorch ``dassl/engine/trainer.py``; methods.md §0.2): epochs of shuffled batches
+(:mod:`fastprompt.train.order`), ``loss = learner.loss(images, labels)``, backward, optimizer
+step; the learning rate set per epoch (:mod:`fastprompt.train.schedule`); after the last
+epoch, the test split is evaluated with the last model (``TEST.FINAL_MODEL = last_step``) or
+with the best-on-val prompts (``best_val``). Added here: bf16/fp16 autocast (with a
+``GradScaler`` for fp16), gradient accumulation, evaluation every N epochs, torchrun
+data parallelism (:mod:`fastprompt.train.distributed`), a resumable state at every epoch end
+and, optionally, every N steps (:mod:`fastprompt.train.state`), a non-finite loss check.
+
+The trainer sees the learner only through its public API: ``loss(images, labels)``,
+``forward(images)``, ``trainable_named_parameters()``, ``train()``, ``save_pretrained(dir)``,
+``load_prompt_state(tensors)``. An optional ``aggregator`` (PromptSRC's Gaussian prompt
+aggregation, :class:`fastprompt.train.GaussianPromptAggregation`) is updated after each epoch and
+applied after the last one.
+
+Resume is exact: the state holds the prompts, the optimizer and scaler states, the RNG states
+and the position (epoch, batch, step); the data order and augmentation are functions of
+``(seed, epoch, index)``. A run killed at any point and resumed from its last state ends with
+the prompts of an uninterrupted run, bit for bit (on the same machine and thread count).
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import time
+from typing import Any, Callable, Dict, List, Optional, Sequence
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from ..data.images import skip_collate
+from . import distributed
+from .errors import TrainError
+from .evaluate import evaluate
+from .order import EpochBatches, SeededSamples
+from .precision import Precision
+from .records import RunRecords, plot_curves
+from .schedule import EpochSchedule, build_optimizer
+from .state import STATE_FILE, STATE_FORMAT, load_state, rng_state, save_state, set_rng_state, write_json
+
+__all__ = ["Trainer", "TrainSettings"]
+
+
+@dataclasses.dataclass
+class TrainSettings:
+    """What the loop needs from the configuration (Dassl key in brackets).
+
+    ``batch_size`` is per process; the global batch is ``batch_size * world_size``.
+    """
+
+    max_epoch: int                       # OPTIM.MAX_EPOCH
+    batch_size: int                      # DATALOADER.TRAIN_X.BATCH_SIZE (per process)
+    seed: int = 1                        # SEED
+    test_batch_size: int = 100           # DATALOADER.TEST.BATCH_SIZE
+    num_workers: int = 0                 # DATALOADER.NUM_WORKERS
+    grad_accum_steps: int = 1            # TRAIN.GRAD_ACCUM_STEPS
+    print_freq: int = 10                 # TRAIN.PRINT_FREQ (batches between step records)
+    eval_freq: int = 0                   # TRAIN.EVAL_FREQ (epochs; 0 = none)
+    checkpoint_steps: int = 0            # TRAIN.CHECKPOINT_STEPS (0 = epoch ends only)
+    max_steps: int = 0                   # TRAIN.MAX_STEPS (0 = no limit)
+    final_model: str = "last_step"       # TEST.FINAL_MODEL: last_step or best_val
+    no_test: bool = False                # TEST.NO_TEST
+    tensorboard: bool = True             # TRAIN.TENSORBOARD
+    progress: bool = True
+
+    def __post_init__(self):
+        for name in ("max_epoch", "batch_size", "test_batch_size", "grad_accum_steps", "print_freq"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.final_model not in ("last_step", "best_val"):
+            raise ValueError(f"TEST.FINAL_MODEL must be last_step or best_val, got {self.final_model!r}")
+
+
+class Trainer:
+    """Train ``learner`` on ``train_data`` (a dataset of ``(image_tensor, label)``).
+
+    Args:
+        learner: a fastprompt learner (or anything with the API in the module docstring).
+        train_data / val_data / test_data: datasets; ``val_data`` serves ``TRAIN.EVAL_FREQ`` and
+            ``best_val`` (the test split stands in when it is empty, as in Dassl).
+        settings: :class:`TrainSettings`; optim: the resolved ``OPTIM`` section.
+        schedule: the per-epoch learning rate; precision: ``fp32``, ``bf16`` or ``fp16``.
+        run_dir: where records and checkpoints go (``None``: nothing is written).
+        identity: recorded in the state and checked on resume (method, model, classes, ...).
+        aggregator: optional object with ``update()``, ``apply()``, ``state_dict()``,
+            ``load_state_dict()`` called after each epoch / after training.
+        callbacks: ``fn(event, trainer, info)`` for ``"step"`` (after each optimizer step and its
+            checkpoint; ``info``: epoch, batch, step, the batch's loss) and ``"epoch"`` (after each
+            epoch's checkpoint).
+    """
+
+    def __init__(self, learner, train_data: Dataset, settings: TrainSettings, optim: Dict[str, Any],
+                 schedule: EpochSchedule, *, precision: str = "fp32", device: Optional[torch.device] = None,
+                 run_dir: Optional[str] = None, val_data: Optional[Dataset] = None,
+                 test_data: Optional[Dataset] = None, n_classes: Optional[int] = None,
+                 identity: Optional[Dict[str, Any]] = None, aggregator=None,
+                 callbacks: Sequence[Callable] = (), records: Optional[RunRecords] = None):
+        self.learner = learner
+        self.settings = settings
+        self.schedule = schedule
+        self.device = device or torch.device("cpu")
+        self.rank, self.world = distributed.world()
+        self.main = self.rank == 0
+        self.run_dir = run_dir
+        self.val_data, self.test_data = val_data, test_data
+        self.n_classes = n_classes
+        self.identity = dict(identity or {})
+        self.aggregator = aggregator
+        self.callbacks = list(callbacks)
+        self.named_params = list(learner.trainable_named_parameters())
+        self.params = [p for _, p in self.named_params]
+        self.optimizer = build_optimizer(self.params, optim)
+        self.precision = Precision(precision, self.device)
+        self.train_data = train_data
+        self.order = EpochBatches(len(train_data), settings.batch_size, settings.seed, self.rank, self.world)
+        self.loader = DataLoader(SeededSamples(train_data, settings.seed), batch_sampler=self.order,
+                                 num_workers=settings.num_workers, collate_fn=skip_collate,
+                                 pin_memory=self.device.type == "cuda", persistent_workers=settings.num_workers > 0,
+                                 # its own generator: starting an epoch must not draw from the global RNG
+                                 generator=torch.Generator().manual_seed(settings.seed))
+        self.records = records or RunRecords(run_dir, enabled=self.main, tensorboard=settings.tensorboard)
+        self.epoch = self.batch = self.step = 0
+        self.finished = False
+        self.best: Dict[str, Any] = {}
+        self.last_eval: Optional[Dict[str, Any]] = None
+        self.last_saved_step: Optional[int] = None
+        self.epoch_sums: List[float] = [0.0, 0]  # loss sum and batch count of the epoch so far
+
+    # ---- state ---------------------------------------------------------------------------------
+    @property
+    def state_path(self) -> Optional[str]:
+        return os.path.join(self.run_dir, STATE_FILE) if self.run_dir else None
+
+    def state_dict(self) -> Dict[str, Any]:
+        return {"format": STATE_FORMAT, **self.identity, "epoch": self.epoch, "batch": self.batch, "step": self.step,
+                "finished": self.finished, "world_size": self.world,
+                "params": {n: p.detach().cpu().clone() for n, p in self.named_params},
+                "optimizer": self.optimizer.state_dict(),
+                "scaler": self.precision.scaler.state_dict() if self.precision.scaler else {},
+                "rng": rng_state(), "aggregator": self.aggregator.state_dict() if self.aggregator else {},
+                "best": self.best, "skipped_images": self._skipped(), "epoch_sums": list(self.epoch_sums)}
+
+    def load_state_dict(self, state: Dict[str, Any], source: str = "state") -> None:
+        for key, value in self.identity.items():
+            if state.get(key) != value:
+                raise TrainError(f"{source} was written for {key} = {state.get(key)!r}, but this run has {value!r}; "
+                                 "resume it with its own configuration, or start a new run with --overwrite")
+        self.learner.load_prompt_state(state["params"], source=source)
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.precision.scaler and state.get("scaler"):
+            self.precision.scaler.load_state_dict(state["scaler"])
+        if self.aggregator is not None and state.get("aggregator"):
+            self.aggregator.load_state_dict(state["aggregator"])
+        set_rng_state(state["rng"])
+        self.epoch, self.batch, self.step = int(state["epoch"]), int(state["batch"]), int(state["step"])
+        self.finished, self.best = bool(state["finished"]), dict(state.get("best") or {})
+        self.epoch_sums = list(state.get("epoch_sums") or [0.0, 0])
+
+    def resume(self, path: Optional[str] = None) -> None:
+        path = path or self.state_path
+        self.load_state_dict(load_state(path), source=path)
+        self.records.log(f"resumed from {path}: epoch {self.epoch + 1}, batch {self.batch}, step {self.step}")
+
+    def save(self) -> None:
+        if not (self.main and self.run_dir):
+            return
+        state = self.state_dict()
+        save_state(self.state_path, state)
+        self.learner.save_pretrained(self.run_dir)
+        self.last_saved_step = self.step
+
+    # ---- helpers ---------------------------------------------------------------------------------
+    def _skipped(self) -> int:
+        return int(getattr(self.train_data, "skipped", 0) or 0)
+
+    def _eval_batches(self, data: Dataset):
+        indices = list(range(self.rank, len(data), self.world))
+        subset = torch.utils.data.Subset(data, indices)
+        return DataLoader(subset, batch_size=self.settings.test_batch_size, shuffle=False,
+                          num_workers=self.settings.num_workers, collate_fn=skip_collate,
+                          pin_memory=self.device.type == "cuda")
+
+    def evaluate(self, split: str) -> Optional[Dict[str, Any]]:
+        data = self.val_data if split == "val" and self.val_data is not None and len(self.val_data) else None
+        if data is None:
+            data, split = self.test_data, "test"
+        if data is None or len(data) == 0:
+            return None
+        metrics = evaluate(self.learner, self._eval_batches(data), self.device, self.n_classes,
+                           self.precision.autocast, gather=distributed.gather_cat)
+        self.last_eval = {"split": split, **metrics}
+        brief = {k: metrics[k] for k in ("accuracy", "error", "macro_f1", "correct", "total")}
+        self.records.metric({"kind": "eval", "split": split, "epoch": self.epoch, "step": self.step, **brief})
+        self.records.log(f"{split}: accuracy {metrics['accuracy']:.2f}%  macro-F1 {metrics['macro_f1']:.2f}%  "
+                         f"({metrics['correct']}/{metrics['total']})")
+        return self.last_eval
+
+    def _notify(self, event: str, **info) -> None:
+        for fn in self.callbacks:
+            fn(event, self, info)
+
+    def _optimizer_step(self) -> None:
+        distributed.average_gradients(self.params)
+        scaler = self.precision.scaler
+        if scaler is not None:
+            scaler.step(self.optimizer)
+            scaler.update()
+        else:
+            self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.step += 1
+
+    # ---- the loop --------------------------------------------------------------------------------
+    def fit(self) -> Optional[Dict[str, Any]]:
+        """Train from the current position to the end, then test; returns the test metrics."""
+        s = self.settings
+        self.learner.train(True)
+        t_run = time.perf_counter()
+        steps_at_start = self.step
+        stop = s.max_steps > 0 and self.step >= s.max_steps
+        while self.epoch < s.max_epoch and not stop and not self.finished:
+            stop = self._run_epoch(t_run, steps_at_start)
+        if not self.finished:
+            self._finish()
+        return self._final_test()
+
+    def _run_epoch(self, t_run: float, steps_at_start: int) -> bool:
+        s = self.settings
+        lr = self.schedule.lr_at(self.epoch)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        self.order.epoch, self.order.start = self.epoch, self.batch
+        n_batches = len(self.order)
+        bar = self._bar(n_batches)
+        if self.batch == 0:
+            self.epoch_sums = [0.0, 0]
+        loss_sum, loss_n = self.epoch_sums
+        images, t0 = 0, time.perf_counter()
+        micro = 0
+        stop = False
+        for batch in self.loader:
+            b = self.batch
+            if batch is not None:
+                x, y = batch
+                x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+                with self.precision.autocast():
+                    loss = self.learner.loss(x, y)
+                value = float(loss.detach())
+                if not math.isfinite(value):
+                    kept = (f"the last good checkpoint (step {self.last_saved_step}) is kept in {self.run_dir}"
+                            if self.last_saved_step is not None else "no checkpoint was written yet")
+                    raise TrainError(f"non-finite loss ({value}) at step {self.step + 1} (epoch {self.epoch + 1}, "
+                                     f"batch {b + 1}); {kept}. Lower OPTIM.LR or use TRAIN.PRECISION fp32")
+                scaled = loss / s.grad_accum_steps
+                (self.precision.scaler.scale(scaled) if self.precision.scaler else scaled).backward()
+                loss_sum, loss_n, images = loss_sum + value, loss_n + 1, images + len(y) * self.world
+                micro += 1
+            self.batch = b + 1
+            last = self.batch == n_batches
+            if micro and (micro % s.grad_accum_steps == 0 or last):
+                self._optimizer_step()
+                micro = 0
+                self.epoch_sums = [loss_sum, loss_n]
+                stop = s.max_steps > 0 and self.step >= s.max_steps
+                self._after_step(bar, lr, loss_sum, loss_n, images, t0, t_run, steps_at_start, last or stop)
+                if s.checkpoint_steps and self.step % s.checkpoint_steps == 0 and not last:
+                    self.save()
+                self._notify("step", epoch=self.epoch, batch=self.batch, step=self.step, loss=value)
+            elif bar is not None:
+                bar.update(1)
+            if stop:
+                break
+        if bar is not None:
+            bar.close()
+        seconds = time.perf_counter() - t0
+        if self.batch < n_batches and not stop:
+            raise TrainError(f"the training loader ended after {self.batch} of {n_batches} batches")
+        self._end_epoch(lr, loss_sum / max(loss_n, 1), images / max(seconds, 1e-9), seconds, complete=not stop)
+        return stop
+
+    def _after_step(self, bar, lr, loss_sum, loss_n, images, t0, t_run, steps_at_start, force_record) -> None:
+        s = self.settings
+        elapsed = time.perf_counter() - t0
+        ips = images / max(elapsed, 1e-9)
+        mean = loss_sum / max(loss_n, 1)
+        if bar is not None:
+            done = self.step - steps_at_start
+            per_step = (time.perf_counter() - t_run) / max(done, 1)
+            left = (s.max_epoch - self.epoch) * len(self.order) - self.batch
+            left_steps = math.ceil(left / s.grad_accum_steps)
+            if s.max_steps:
+                left_steps = min(left_steps, s.max_steps - self.step)
+            post = {"loss": f"{mean:.4f}", "lr": f"{lr:.2e}", "img/s": f"{ips:.1f}",
+                    "eta": _clock(left_steps * per_step)}
+            if self.last_eval:
+                post["acc"] = f"{self.last_eval['accuracy']:.1f}"
+            bar.set_postfix(post, refresh=False)
+            bar.update(self.batch - bar.n)
+        if self.batch % s.print_freq == 0 or force_record:
+            self.records.metric({"kind": "step", "epoch": self.epoch, "batch": self.batch, "step": self.step,
+                                 "loss": mean, "lr": lr, "images_per_s": ips, "skipped_images": self._skipped()})
+
+    def _end_epoch(self, lr: float, loss: float, ips: float, seconds: float, complete: bool) -> None:
+        s = self.settings
+        epoch = self.epoch
+        self.records.metric({"kind": "epoch", "epoch": epoch, "step": self.step, "loss": loss, "lr": lr,
+                             "images_per_s": ips, "seconds": seconds, "skipped_images": self._skipped()})
+        self.records.log(f"epoch {epoch + 1}/{s.max_epoch}: loss {loss:.4f}, lr {lr:.3e}, {ips:.1f} images/s, "
+                         f"{seconds:.1f} s" + (f", {self._skipped()} unreadable images skipped" if self._skipped() else ""))
+        if complete:
+            if self.aggregator is not None:
+                self.aggregator.update()
+            self.epoch, self.batch = epoch + 1, 0
+            if s.final_model == "best_val":
+                result = self.evaluate("val")
+                if result is not None and result["accuracy"] > self.best.get("score", -1.0):
+                    self.best = {"score": result["accuracy"], "epoch": epoch,
+                                 "params": {n: p.detach().cpu().clone() for n, p in self.named_params}}
+            elif s.eval_freq and (epoch + 1) % s.eval_freq == 0:
+                self.evaluate("val")
+        self.save()
+        self._notify("epoch", epoch=epoch, step=self.step)
+
+    def _finish(self) -> None:
+        if self.aggregator is not None:
+            self.aggregator.apply()
+            self.records.log("applied the epoch aggregation of the prompts (GPA)")
+        if self.settings.final_model == "best_val" and self.best.get("params"):
+            self.learner.load_prompt_state(self.best["params"], source="best-on-val prompts")
+            self.records.log(f"testing the prompts of epoch {self.best['epoch'] + 1} (best val accuracy "
+                             f"{self.best['score']:.2f}%)")
+        self.finished = True
+        self.save()
+
+    def _final_test(self) -> Optional[Dict[str, Any]]:
+        result = None if self.settings.no_test else self.evaluate("test")
+        if self.main and self.run_dir:
+            if result is not None:
+                write_json(os.path.join(self.run_dir, "eval.json"), {**result, "step": self.step})
+            plot_curves(os.path.join(self.run_dir, "metrics.jsonl"), os.path.join(self.run_dir, "curves.png"))
+        return result
+
+    def _bar(self, total: int):
+        if not (self.settings.progress and self.main):
+            return None
+        from tqdm import tqdm
+
+        return tqdm(total=total, initial=self.batch, desc=f"epoch {self.epoch + 1}/{self.settings.max_epoch}",
+                    unit="batch", dynamic_ncols=True, leave=False)
+
+
+def _clock(seconds: float) -> str:
+    seconds = int(max(seconds, 0))
+    h, rem = divmod(seconds, 3600)
+    m, sec = divmod(rem, 60)
+    return f"{h}:{m:02d}:{sec:02d}" if h else f"{m:02d}:{sec:02d}"

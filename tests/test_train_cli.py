@@ -1,0 +1,112 @@
+"""``fastprompt train`` / ``fastprompt eval`` on a generated tree with the tiny random CLIP, and the
+bad inputs: each a clear error naming the file or value, nothing overwritten."""
+import json
+import os
+
+import pytest
+
+from fastprompt.cli import main
+from fastprompt.data.fake_trees import make_split_dataset, tiny_jpeg
+
+FAST = ["OPTIM.MAX_EPOCH", "2", "DATALOADER.TRAIN_X.BATCH_SIZE", "8", "DATALOADER.NUM_WORKERS", "0",
+        "TRAIN.TENSORBOARD", "False"]
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("data")
+    make_split_dataset(str(root), "dtd", [(6, 2, 2)] * 4, image_bytes=tiny_jpeg(16))
+    return str(root)
+
+
+def _train(data, out, *extra, recipe="coop/vit_b16_ep50", opts=FAST):
+    return main(["train", "--recipe", recipe, "--data", data, "--dataset", "dtd", "--output-dir", str(out),
+                 "--model", "tiny", "--pretrained", "none", "--no-progress", *extra, *opts])
+
+
+@pytest.fixture(scope="module")
+def run(data, tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs") / "coop"
+    assert _train(data, out, "--seed", "2", opts=FAST + ["TRAINER.COOP.N_CTX", "4"]) == 0
+    return out
+
+
+def _snapshot(folder):
+    return {name: os.path.getmtime(os.path.join(folder, name)) for name in os.listdir(folder)}
+
+
+def test_train_then_eval(run, data, capsys):
+    assert json.loads((run / "eval.json").read_text())["total"] == 8
+    assert "N_CTX: 4" in (run / "config.yaml").read_text()
+    capsys.readouterr()
+    assert main(["eval", "--checkpoint", str(run), "--data", data, "--dataset", "dtd", "--subsample", "new"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert (result["subsample"], result["total"]) == ("new", 4) and 0 <= result["macro_f1"] <= 100
+    assert (run / "eval_dtd_new.json").is_file()
+
+
+def test_existing_run_is_never_reused_silently(run, data, capsys):
+    before = _snapshot(run)
+    assert _train(data, run) == 2
+    err = capsys.readouterr().err
+    assert f"{run} already holds a finished run" in err and "--resume" in err and "--overwrite" in err
+    assert _snapshot(run) == before
+    # --resume of a finished run: nothing to do, its result is reported
+    assert _train(data, run, "--resume", "--seed", "2", opts=FAST + ["TRAINER.COOP.N_CTX", "4"]) == 0
+    assert _snapshot(run) == before
+
+
+def test_resume_with_another_method_or_backbone_is_refused(run, data, capsys):
+    before = _snapshot(run)
+    assert _train(data, run, "--resume", recipe="maple/vit_b16_c2_ep5_batch4_2ctx") == 2
+    assert "METHOD: run 'coop', now 'maple'" in capsys.readouterr().err
+    assert main(["train", "--recipe", "coop/vit_b16_ep50", "--data", data, "--dataset", "dtd", "--output-dir",
+                 str(run), "--model", "ViT-B-32", "--pretrained", "none", "--resume", "--seed", "2", *FAST,
+                 "TRAINER.COOP.N_CTX", "4"]) == 2
+    assert "MODEL.BACKBONE.NAME: run 'tiny', now 'ViT-B-32'" in capsys.readouterr().err
+    assert _snapshot(run) == before
+
+
+def test_eval_of_a_checkpoint_from_another_method(run, data, tmp_path, capsys):
+    other = tmp_path / "other"
+    other.mkdir()
+    for name in ("config.yaml", "prompt.safetensors", "fastprompt_config.json"):
+        (other / name).write_bytes((run / name).read_bytes())
+    cfg = (other / "config.yaml").read_text().replace("METHOD: coop", "METHOD: kgcoop")
+    (other / "config.yaml").write_text(cfg)
+    assert main(["eval", "--checkpoint", str(other), "--data", data, "--dataset", "dtd"]) == 2
+    assert "holds 'coop' prompts but config.yaml is a 'kgcoop' run" in capsys.readouterr().err
+
+
+def test_missing_data_root(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert _train(str(tmp_path / "nowhere"), out) == 2
+    err = capsys.readouterr().err
+    assert "DescribableTextures not found: no folder" in err and str(tmp_path / "nowhere") in err
+    assert not out.exists() or not os.listdir(out)
+
+
+def test_unwritable_output_dir(data, tmp_path, capsys):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("x")
+    assert _train(data, blocker / "run") == 2
+    assert f"cannot write to the output directory {blocker / 'run'}" in capsys.readouterr().err
+    assert blocker.read_text() == "x"
+
+
+def test_unknown_recipe_lists_recipes(data, tmp_path, capsys):
+    assert _train(data, tmp_path / "r", recipe="coop/vit_b16_ep5000") == 2
+    err = capsys.readouterr().err
+    assert "no recipe named 'coop/vit_b16_ep5000'" in err and "coop/vit_b16_ep50" in err
+    assert not (tmp_path / "r").exists()
+
+
+def test_list_recipes(capsys):
+    assert main(["train", "--list-recipes"]) == 0
+    assert "promptsrc/vit_b16_c2_ep20_batch4_4+4ctx" in capsys.readouterr().out.split()
+
+
+def test_deep_vision_on_resnet_is_refused(data, tmp_path, capsys):
+    assert main(["train", "--recipe", "maple/vit_b16_c2_ep5_batch4_2ctx", "--data", data, "--dataset", "dtd",
+                 "--output-dir", str(tmp_path / "r"), "--model", "RN50", "--pretrained", "none"]) == 2
+    assert "maple prompts the layers of a vision transformer: it needs a ViT backbone" in capsys.readouterr().err

@@ -1,0 +1,48 @@
+"""A training run in its own process, for the resume tests (not a test module).
+
+    python train_job.py DATA_ROOT RUN_DIR [--resume] [--kill-at-step N | --kill-after-epoch N]
+
+CoOp on the generated ``dtd`` tree with the tiny random CLIP, 2 epochs of 6 batches, the
+resumable state every 2 steps. ``--kill-*`` makes the process SIGKILL itself right after that
+step's (or epoch's) checkpoint, with no clean-up, as ``kill -9`` from outside would.
+"""
+import argparse
+import os
+import signal
+
+from fastprompt.train.config import resolve_config
+from fastprompt.train.recipes import load_recipe
+from fastprompt.train.run import train_run
+
+OVERRIDES = ["OPTIM.MAX_EPOCH", "2", "DATALOADER.TRAIN_X.BATCH_SIZE", "4", "DATALOADER.NUM_WORKERS", "0",
+             "TRAINER.COOP.N_CTX", "4", "TRAIN.PRINT_FREQ", "1", "TRAIN.CHECKPOINT_STEPS", "2",
+             "OPTIM.LR", "0.05", "OPTIM.WARMUP_EPOCH", "0"]
+
+
+def config(data_root):
+    return resolve_config([("coop/vit_b16_ep50", load_recipe("coop/vit_b16_ep50"))],
+                          arguments={"DATASET.ROOT": data_root, "DATASET.NAME": "dtd", "SEED": 3,
+                                     "MODEL.BACKBONE.NAME": "tiny", "MODEL.BACKBONE.TAG": "none",
+                                     "TRAIN.TENSORBOARD": False},
+                          overrides=OVERRIDES)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("data")
+    ap.add_argument("run_dir")
+    ap.add_argument("--resume", action="store_true")
+    ap.add_argument("--kill-at-step", type=int)
+    ap.add_argument("--kill-after-epoch", type=int)
+    a = ap.parse_args()
+
+    def killer(event, trainer, info):
+        if (event == "step" and info["step"] == a.kill_at_step) or \
+                (event == "epoch" and info["epoch"] + 1 == a.kill_after_epoch):
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    train_run(config(a.data), a.run_dir, resume=a.resume, callbacks=[killer], progress=False)
+
+
+if __name__ == "__main__":
+    main()
