@@ -1,6 +1,4 @@
 """Recipes, the config loader (fastprompt YAML, original Dassl YAML, KEY VALUE), the schedule."""
-import math
-import os
 
 import pytest
 import torch

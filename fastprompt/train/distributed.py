@@ -16,7 +16,8 @@ from typing import List, Tuple
 import torch
 import torch.distributed as dist
 
-__all__ = ["init_from_env", "world", "is_main", "average_gradients", "gather_cat", "barrier", "broadcast_object"]
+__all__ = ["init_from_env", "world", "is_main", "average_gradients", "gather_cat", "barrier", "broadcast_object",
+           "mean_over_ranks"]
 
 
 def init_from_env(device: str = "") -> Tuple[int, int, torch.device]:
@@ -78,6 +79,16 @@ def gather_cat(t: torch.Tensor) -> torch.Tensor:
     parts: List[torch.Tensor] = [None] * size  # type: ignore[list-item]
     dist.all_gather_object(parts, t.cpu())
     return torch.cat(parts)
+
+
+def mean_over_ranks(total: float, count: int) -> float:
+    """``sum(total) / sum(count)`` over the ranks (e.g. the mean loss of the global batches)."""
+    if world()[1] > 1:
+        device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else None
+        box = torch.tensor([float(total), float(count)], dtype=torch.float64, device=device)
+        dist.all_reduce(box)  # nccl reduces CUDA tensors only
+        total, count = float(box[0]), float(box[1])
+    return total / max(count, 1)
 
 
 def broadcast_object(obj):

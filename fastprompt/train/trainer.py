@@ -122,7 +122,8 @@ class Trainer:
                                  pin_memory=self.device.type == "cuda", persistent_workers=settings.num_workers > 0,
                                  # its own generator: starting an epoch must not draw from the global RNG
                                  generator=torch.Generator().manual_seed(settings.seed))
-        self.records = records or RunRecords(run_dir, enabled=self.main, tensorboard=settings.tensorboard)
+        self.records = records or RunRecords(run_dir, enabled=self.main, tensorboard=settings.tensorboard,
+                                             echo=self.main)
         self.epoch = self.batch = self.step = 0
         self.finished = False
         self.best: Dict[str, Any] = {}
@@ -279,7 +280,8 @@ class Trainer:
         seconds = time.perf_counter() - t0
         if self.batch < n_batches and not stop:
             raise TrainError(f"the training loader ended after {self.batch} of {n_batches} batches")
-        self._end_epoch(lr, loss_sum / max(loss_n, 1), images / max(seconds, 1e-9), seconds, complete=not stop)
+        self._end_epoch(lr, distributed.mean_over_ranks(loss_sum, loss_n), images / max(seconds, 1e-9), seconds,
+                        complete=not stop)
         return stop
 
     def _after_step(self, bar, lr, loss_sum, loss_n, images, t0, t_run, steps_at_start, force_record) -> None:
@@ -301,6 +303,7 @@ class Trainer:
             bar.set_postfix(post, refresh=False)
             bar.update(self.batch - bar.n)
         if self.batch % s.print_freq == 0 or force_record:
+            mean = distributed.mean_over_ranks(loss_sum, loss_n)
             self.records.metric({"kind": "step", "epoch": self.epoch, "batch": self.batch, "step": self.step,
                                  "loss": mean, "lr": lr, "images_per_s": ips, "skipped_images": self._skipped()})
 
