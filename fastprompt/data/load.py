@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import List, Optional, Sequence, Tuple
+from typing import List, Optional, Sequence
 
 from . import custom
 from .aircraft import read_aircraft

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from .base import LearnerConfig, PromptLearner
-from .prompts import context_template, coop_plan
+from .prompts import context_template, coop_plan, initial_context
 
 
 @dataclasses.dataclass
@@ -52,13 +52,8 @@ class CoCoOpLearner(PromptLearner):
         self.template = context_template(self.tokenizer, config.n_ctx, config.ctx_init)
         width, vis_dim = self.text_tower.width, self.vision_tower.output_dim
         device = self.text_tower.device
-        if self.template.init_ids is not None:
-            with torch.no_grad():
-                ctx = self.text_tower.embed_tokens(self.template.init_ids.to(device))[1:1 + self.template.n_ctx]
-                ctx = ctx.float().clone()
-        else:
-            ctx = torch.empty(self.template.n_ctx, width, device=device).normal_(0.0, config.init_std)
-        self.ctx = nn.Parameter(ctx)
+        self.ctx = nn.Parameter(initial_context(self.text_tower, self.template, (self.template.n_ctx, width),
+                                                config.init_std))
         hidden = max(vis_dim // 16, 1)
         self.meta_net = nn.Sequential(OrderedDict([
             ("linear1", nn.Linear(vis_dim, hidden)),
@@ -77,8 +72,7 @@ class CoCoOpLearner(PromptLearner):
         bias = self.meta_net(image_features.to(self.ctx.dtype))        # [B, D]
         ctx = self.ctx.unsqueeze(0) + bias.unsqueeze(1)               # [B, M, D]: one context per image
         plan = self.plan.repeat(batch)
-        prefix, suffix = self.text_tower.embed(plan, ctx)
-        return self.text_tower(plan, prefix, suffix).view(batch, self.n_classes, -1)
+        return self.text_tower.encode(plan, ctx).view(batch, self.n_classes, -1)
 
     def text_classifier(self, images: torch.Tensor) -> torch.Tensor:
         """Per-image L2-normalised class embeddings ``[B, C, E]`` (CoCoOp's classifier depends on the image)."""

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from .base import LearnerConfig, PromptLearner
-from .prompts import CLASS_TOKEN_POSITIONS, context_template, coop_plan
+from .prompts import CLASS_TOKEN_POSITIONS, context_template, coop_plan, initial_context
 
 
 @dataclasses.dataclass
@@ -62,12 +62,8 @@ class CoOpLearner(PromptLearner):
 
     def _init_ctx(self) -> torch.Tensor:
         width, m = self.text_tower.width, self.template.n_ctx
-        if self.template.init_ids is not None:
-            with torch.no_grad():
-                ids = self.template.init_ids.to(self.text_tower.device)
-                return self.text_tower.embed_tokens(ids)[1:1 + m].float().clone()
         shape = (self.n_classes, m, width) if self.class_specific else (m, width)
-        return torch.empty(shape, device=self.text_tower.device).normal_(0.0, self.config.init_std)
+        return initial_context(self.text_tower, self.template, shape, self.config.init_std)
 
     def _rebuild_plan(self) -> None:
         if self.class_specific and self.ctx.shape[0] != self.n_classes:
@@ -88,5 +84,4 @@ class CoOpLearner(PromptLearner):
         order (``[K, E]``); POMP encodes the sampled classes of a step this way.
         """
         plan = self.plan if class_indices is None else self.plan.select(class_indices)
-        prefix, suffix = self.text_tower.embed(plan, self._ctx_table())
-        return self.text_tower(plan, prefix, suffix)
+        return self.text_tower.encode(plan, self._ctx_table())

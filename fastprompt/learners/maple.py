@@ -21,15 +21,8 @@ import torch
 from torch import nn
 
 from .base import LearnerConfig, PromptLearner
-from .prompts import coop_plan, leading_context_template
-
-#: Keys of the original checkpoints that hold frozen CLIP weights (the whole ``CustomCLIP`` is saved).
-FROZEN_ORIGINAL_PREFIXES = ("image_encoder.", "text_encoder.", "logit_scale", "ZS_image_encoder.")
-
-
-def drop_frozen_original_keys(state: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
-    """The original checkpoint entries minus the frozen CLIP weights saved next to the prompts."""
-    return {k: v for k, v in state.items() if not k.startswith(FROZEN_ORIGINAL_PREFIXES)}
+from .deep_prompts import deep_prompt_list, drop_frozen_original_keys
+from .prompts import coop_plan, initial_context, leading_context_template
 
 
 @dataclasses.dataclass
@@ -94,20 +87,14 @@ class MaPLeLearner(PromptLearner):
         device = self.text_tower.device
 
         # Same creation (RNG) order as the original; parameters are created on the CPU like there.
-        if self.template.init_ids is not None:
-            with torch.no_grad():
-                ctx = self.text_tower.embed_tokens(self.template.init_ids.to(device))[1:1 + m].float().clone()
-        else:
-            ctx = torch.empty(m, width).normal_(0.0, config.init_std)
+        ctx = initial_context(self.text_tower, self.template, (m, width), config.init_std)
         self.proj = nn.Linear(width, vis_width)
-        self.ctx = nn.Parameter(ctx.to(device))
-        self.compound_prompts_text = nn.ParameterList(
-            [nn.Parameter(torch.empty(m, width).normal_(0.0, config.init_std)) for _ in range(config.prompt_depth - 1)])
+        self.ctx = nn.Parameter(ctx)
+        self.compound_prompts_text = deep_prompt_list(config.prompt_depth - 1, m, width, config.init_std, device)
         coupling = nn.Linear(width, vis_width)
         self.compound_prompt_projections = nn.ModuleList(
             [copy.deepcopy(coupling) for _ in range(config.prompt_depth - 1)])
         self.proj.to(device)
-        self.compound_prompts_text.to(device)
         self.compound_prompt_projections.to(device)
         self._rebuild_plan()
 
@@ -123,9 +110,8 @@ class MaPLeLearner(PromptLearner):
 
     def text_features(self) -> torch.Tensor:
         """Unnormalised class text features ``[C, E]`` (autograd into ``ctx`` and the deep text prompts)."""
-        prefix, suffix = self.text_tower.embed(self.plan, self.ctx)
         overrides = [None] + list(self.compound_prompts_text)
-        return self.text_tower(self.plan, prefix, suffix, prefix_overrides=overrides, override_start=1)
+        return self.text_tower.encode(self.plan, self.ctx, prefix_overrides=overrides, override_start=1)
 
     def image_features(self, images: torch.Tensor) -> torch.Tensor:
         """L2-normalised prompted image features ``[B, E]`` for preprocessed images ``[B, 3, H, W]``."""

@@ -190,7 +190,8 @@ def load_open_clip(name: str, pretrained: Optional[str], device=None, precision:
         if os.path.isfile(os.path.expanduser(pretrained)):
             pretrained = os.path.expanduser(pretrained)
         elif looks_like_path(pretrained):
-            raise FileNotFoundError(f"pretrained checkpoint file not found: {os.path.abspath(os.path.expanduser(pretrained))}")
+            path = os.path.abspath(os.path.expanduser(pretrained))
+            raise FileNotFoundError(f"pretrained checkpoint file not found: {path}")
         else:
             tags = open_clip.list_pretrained_tags_by_model(name)
             if pretrained not in tags:

@@ -11,7 +11,7 @@ from typing import List, Optional, Sequence
 
 import torch
 
-from ..towers import TextPlan, build_text_plan, ctx_source
+from ..towers import TextPlan, TextTower, build_text_plan, ctx_source
 
 CLASS_TOKEN_POSITIONS = ("end", "middle", "front")
 
@@ -77,6 +77,29 @@ def leading_context_template(tokenizer, n_ctx: int, ctx_init: str = "", *, init_
                              f"exceeds the text tower's context length {context_length}")
         return ContextTemplate(text, n_ctx, tokenizer([text])[0])
     return ContextTemplate(" ".join(["X"] * n_ctx), n_ctx, None)
+
+
+def context_word_embeddings(tower: TextTower, template: ContextTemplate) -> torch.Tensor:
+    """``[M, D]`` float32: the frozen token embeddings of the first ``M = template.n_ctx`` tokens of
+    ``ctx_init`` after SOT — the "context from words" every CoOp-family method initialises from."""
+    if template.init_ids is None:
+        raise ValueError("this context has no ctx_init phrase to take word embeddings from")
+    with torch.no_grad():
+        return tower.embed_tokens(template.init_ids.to(tower.device))[1:1 + template.n_ctx].float().clone()
+
+
+def initial_context(tower: TextTower, template: ContextTemplate, shape: Sequence[int], std: float) -> torch.Tensor:
+    """The context a learner starts from, float32 on the tower's device.
+
+    With a ``ctx_init`` phrase: :func:`context_word_embeddings` (``[M, D]``). Otherwise ``N(0, std)``
+    of ``shape`` (``[M, D]``, or ``[C, M, D]`` for class-specific context), drawn on the CPU from
+    torch's global generator and then moved, as the original code creates its prompt parameters
+    before the model is moved to the GPU — so a seed gives the original's initial prompts on any
+    device.
+    """
+    if template.init_ids is not None:
+        return context_word_embeddings(tower, template)
+    return torch.empty(tuple(shape)).normal_(0.0, std).to(tower.device)
 
 
 def clean_classnames(classnames: Sequence[str]) -> List[str]:

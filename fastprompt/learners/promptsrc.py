@@ -33,8 +33,8 @@ from torch import nn
 
 from ..templates import IMAGENET_TEMPLATES, check_templates
 from .base import LearnerConfig, PromptLearner
-from .prompts import coop_plan, leading_context_template, tokenize_prompts
-from .vpt import deep_prompt_list, map_ivlp_original_names
+from .prompts import coop_plan, initial_context, leading_context_template, tokenize_prompts
+from .deep_prompts import deep_prompt_list, map_ivlp_original_names
 
 
 @dataclasses.dataclass
@@ -109,12 +109,7 @@ class PromptSRCLearner(PromptLearner):
                                                  context_length=self.text_tower.context_length)
         self.templates = tuple(config.templates) if config.templates is not None else IMAGENET_TEMPLATES
         width, m, device = self.text_tower.width, config.n_ctx_text, self.text_tower.device
-        if self.template.init_ids is not None:
-            with torch.no_grad():
-                ctx = self.text_tower.embed_tokens(self.template.init_ids.to(device))[1:1 + m].float().clone()
-        else:
-            ctx = torch.empty(m, width).normal_(0.0, config.init_std)
-        self.ctx = nn.Parameter(ctx.to(device))
+        self.ctx = nn.Parameter(initial_context(self.text_tower, self.template, (m, width), config.init_std))
         self.deep_text_prompts = deep_prompt_list(config.prompt_depth_text - 1, m, width, config.init_std, device)
         self.vision_prompts = deep_prompt_list(config.prompt_depth_vision, config.n_ctx_vision,
                                                self.vision_tower.width, config.init_std, device)
@@ -138,9 +133,8 @@ class PromptSRCLearner(PromptLearner):
     # ---- features ----------------------------------------------------------------------------
     def text_features(self) -> torch.Tensor:
         """Unnormalised prompted class features ``[C, E]``."""
-        prefix, suffix = self.text_tower.embed(self.plan, self.ctx)
         overrides = [None] + list(self.deep_text_prompts)
-        return self.text_tower(self.plan, prefix, suffix, prefix_overrides=overrides, override_start=1)
+        return self.text_tower.encode(self.plan, self.ctx, prefix_overrides=overrides, override_start=1)
 
     def image_features(self, images: torch.Tensor) -> torch.Tensor:
         """L2-normalised prompted image features ``[B, E]``."""

@@ -59,8 +59,8 @@ from torch import nn
 from ..towers import QKVPrompt
 from .base import LearnerConfig, PromptLearner
 from .pretrained import load_open_clip, recorded_pretrained
-from .pomp import POMPObjective, check_pomp_args
-from .prompts import context_template, coop_plan, tokenize_prompts
+from .pomp_objective import POMPObjective, check_pomp_args
+from .prompts import context_template, context_word_embeddings, coop_plan, tokenize_prompts
 from .teacher import CLIPTeacher, distillation_kl, resolve_templates
 
 BRANCHES = ("text", "vision", "both")
@@ -269,8 +269,7 @@ class RPPLearner(PromptLearner):
 
     @torch.no_grad()
     def _init_text_from_words(self) -> None:
-        tower, m = self.text_tower, self.n_ctx
-        words = tower.embed_tokens(self.template.init_ids.to(tower.device))[1:1 + m].float()
+        words = context_word_embeddings(self.text_tower, self.template)
         if self.config.shared:
             self.text_prompts[0].copy_(words)
             return
@@ -278,8 +277,7 @@ class RPPLearner(PromptLearner):
             for part in ("q", "k", "v"):
                 getattr(self, f"text_{part}")[0].copy_(words)
             return
-        rows = words + tower.text.positional_embedding[1:1 + m].float()
-        q, k, v = tower.blocks[0].prompt_heads(QKVPrompt(rows, rows, rows), need_q=True)
+        q, k, v = self.text_tower.input_heads(words, start=1)
         for part, t in (("q", q), ("k", k), ("v", v)):
             getattr(self, f"text_{part}")[0].copy_(t)
 
@@ -346,12 +344,10 @@ class RPPLearner(PromptLearner):
         plan = self.plan if class_indices is None else self.plan.select(class_indices)
         depth = self.config.depth
         if self.config.shared:
-            prefix, suffix = self.text_tower.embed(plan, self.text_prompts[0])
             overrides = [None] + [self.text_prompts[j] for j in range(1, depth)]
-            return self.text_tower(plan, prefix, suffix, prefix_overrides=overrides)
+            return self.text_tower.encode(plan, self.text_prompts[0], prefix_overrides=overrides)
         prompts = self._layer_prompts("text", (0, depth - 1))
-        prefix, suffix = self.text_tower.embed(plan, prompts[0].residual)
-        return self.text_tower(plan, prefix, suffix, prefix_prompts=prompts)
+        return self.text_tower.encode(plan, prompts[0].residual, prefix_prompts=prompts)
 
     def _frozen_text_features(self) -> torch.Tensor:
         """Frozen features of ``"<phrase> <class>."`` (branches="vision"), computed once per class list."""

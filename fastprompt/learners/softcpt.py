@@ -58,7 +58,7 @@ from ..version import __version__
 from .base import LearnerConfig, PromptLearner
 from .checkpoint import original_prompt_state, write_prompt_checkpoint
 from .prompts import (CLASS_TOKEN_POSITIONS, ContextTemplate, clean_classnames, context_template, coop_plan,
-                      tokenize_prompts)
+                      initial_context, tokenize_prompts)
 
 PG_TYPES = ("lin", "linmean", "lincls")
 _PLAN_CACHE_SIZE = 64
@@ -243,13 +243,8 @@ class SoftCPTLearner(PromptLearner):
         return context_template(self.tokenizer, n_ctx, ctx_init)
 
     def _init_ctx(self, template: ContextTemplate, rows: int, specific: bool) -> torch.Tensor:
-        device = self.text_tower.device
-        if template.init_ids is not None:
-            with torch.no_grad():
-                emb = self.text_tower.embed_tokens(template.init_ids.to(device))
-            return emb[1:1 + template.n_ctx].float().clone()
         shape = (rows, template.n_ctx, self.text_tower.width) if specific else (template.n_ctx, self.text_tower.width)
-        return torch.empty(shape, device=device).normal_(0.0, self.config.init_std)
+        return initial_context(self.text_tower, template, shape, self.config.init_std)
 
     def _set_tasks(self, names: List[str], classes: List[List[str]]) -> None:
         self._task_names = names
@@ -362,8 +357,7 @@ class SoftCPTLearner(PromptLearner):
         else:  # class subsets change every step with class sampling: not cached
             sub = plan.select(rows)
         ctx = holder.ctx
-        prefix, suffix = self.text_tower.embed(sub, ctx.reshape(-1, ctx.shape[-1]))
-        return self.text_tower(sub, prefix, suffix).float()
+        return self.text_tower.encode(sub, ctx.reshape(-1, ctx.shape[-1])).float()
 
     def task_features(self, tasks: Optional[Sequence[int]] = None) -> torch.Tensor:
         """Unnormalised task features ``[len(tasks), E]`` (all tasks by default)."""
@@ -398,8 +392,7 @@ class SoftCPTLearner(PromptLearner):
             else:
                 plan = concat_plans([self._task_class_plans[t] if idx is None else
                                      self._task_class_plans[t].select(list(idx)) for t, idx in selection])
-            prefix, suffix = self.text_tower.embed(plan, ctx)                      # task t = prefix group t
-            return self.text_tower(plan, prefix, suffix)
+            return self.text_tower.encode(plan, ctx)                               # task t = prefix group t
         # Class-feature variants: a generated context per class, one class-specific plan.
         joint = []
         for t, idx in selection:
@@ -417,8 +410,7 @@ class SoftCPTLearner(PromptLearner):
             plan = self._class_plan.select(joint)  # keeps the joint slot numbering: scatter into a full table
             index = torch.tensor(joint, device=ctx.device)
             table = ctx.new_zeros(self.n_classes, *ctx.shape[1:]).index_copy(0, index, ctx)
-        prefix, suffix = self.text_tower.embed(plan, table.reshape(-1, table.shape[-1]))
-        return self.text_tower(plan, prefix, suffix)
+        return self.text_tower.encode(plan, table.reshape(-1, table.shape[-1]))
 
     def text_classifier(self, task: Union[int, str, None] = None) -> torch.Tensor:
         """L2-normalised class embeddings ``[C_tot, E]`` (or ``[C_t, E]`` for one task)."""

@@ -12,7 +12,6 @@ computed once per class list on the fast text path.
 from __future__ import annotations
 
 import dataclasses
-import re
 from typing import Dict
 
 import torch
@@ -20,39 +19,8 @@ from torch import nn
 
 from ..templates import resolve_template
 from .base import LearnerConfig, PromptLearner
-from .maple import drop_frozen_original_keys
+from .deep_prompts import deep_prompt_list, map_ivlp_original_names
 from .prompts import tokenize_prompts
-
-_ORIGINAL_VISION_BLOCK = re.compile(r"^image_encoder\.transformer\.resblocks\.(\d+)\.VPT_shallow$")
-_ORIGINAL_TEXT_BLOCK = re.compile(r"^text_encoder\.transformer\.resblocks\.(\d+)\.VPT_shallow$")
-
-
-def map_ivlp_original_names(state: Dict[str, torch.Tensor], text_name: str = "deep_text_prompts",
-                            vision_name: str = "vision_prompts") -> Dict[str, torch.Tensor]:
-    """IVLP checkpoint names (VPT, PromptSRC, IVLP trainers) -> fastprompt names.
-
-    ``image_encoder.VPT`` -> ``<vision_name>.0``; ``image_encoder.transformer.resblocks.<j>.VPT_shallow``
-    -> ``<vision_name>.<j>``; ``text_encoder.transformer.resblocks.<j>.VPT_shallow`` ->
-    ``<text_name>.<j-1>``; frozen CLIP weights are dropped; anything else is kept as is.
-    """
-    out = {}
-    for key, value in state.items():
-        text, vision = _ORIGINAL_TEXT_BLOCK.match(key), _ORIGINAL_VISION_BLOCK.match(key)
-        if key == "image_encoder.VPT":
-            out[f"{vision_name}.0"] = value
-        elif vision:
-            out[f"{vision_name}.{int(vision.group(1))}"] = value
-        elif text:
-            out[f"{text_name}.{int(text.group(1)) - 1}"] = value
-        else:
-            out.update(drop_frozen_original_keys({key: value}))
-    return out
-
-
-def deep_prompt_list(depth: int, n_ctx: int, width: int, std: float, device) -> nn.ParameterList:
-    """``depth`` parameters ``[n_ctx, width]`` drawn from N(0, std) (on the CPU, in order), on ``device``."""
-    return nn.ParameterList([nn.Parameter(torch.empty(n_ctx, width).normal_(0.0, std).to(device))
-                             for _ in range(depth)])
 
 
 @dataclasses.dataclass

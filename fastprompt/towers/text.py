@@ -120,6 +120,25 @@ class TextTower:
         return prefix, suffix
 
     # ---- the encoder -------------------------------------------------------------------------
+    def encode(self, plan: TextPlan, ctx: Optional[torch.Tensor] = None, **prompts) -> torch.Tensor:
+        """Text features ``[N, E]`` (not normalised) of ``plan`` with the learnable context ``ctx``.
+
+        The one call a learner makes: :meth:`embed` then :meth:`forward`. ``ctx`` as in
+        :meth:`embed` (``[S, D]`` or ``[G, S, D]``); ``prompts`` are :meth:`forward`'s deep-prompt
+        arguments (``prefix_overrides``/``override_start`` or ``prefix_prompts``).
+        """
+        prefix, suffix = self.embed(plan, ctx)
+        return self.forward(plan, prefix, suffix, **prompts)
+
+    def input_heads(self, embeddings: torch.Tensor, start: int = 1):
+        """Layer 0's ``(q, k, v)`` heads ``[M, H, d]`` of token embeddings ``[M, D]`` placed at
+        positions ``start .. start+M-1`` (positional embedding, ``ln_1``, in-projection), in the
+        embeddings' dtype: what a prompt learned in head space starts from (RPP's post-projection
+        prompts initialised from words)."""
+        m = embeddings.shape[0]
+        rows = embeddings + self.text.positional_embedding[start:start + m].to(embeddings.dtype)
+        return self.blocks[0].prompt_heads(QKVPrompt(rows, rows, rows), need_q=True)
+
     def forward(self, plan: TextPlan, prefix: torch.Tensor, suffix: torch.Tensor,
                 prefix_overrides: Optional[Sequence[Optional[torch.Tensor]]] = None,
                 override_start: int = 1, prefix_prompts: Optional[Sequence[QKVPrompt]] = None) -> torch.Tensor:
