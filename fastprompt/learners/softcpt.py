@@ -2,6 +2,9 @@
 
 Ding et al., "Prompt Tuning with Soft Context Sharing for Vision-Language Models" (arXiv 2208.13474,
 Neurocomputing 2024); semantics follow kding1225/softcpt @ 7cab4b9 ``trainers/mtcoop.py``.
+The parts that stand alone live beside this file: the settings (``softcpt_config``), the tasks
+and the joint label space (``softcpt_tasks``), the meta-network (``softcpt_prompt_gen``); what
+remains (about 390 lines) is one learner whose six variants share every method.
 
 T tasks, each with its own class list; the classes of all tasks form one joint label space of
 ``C_tot`` classes (task order, then class order). One step:
@@ -43,7 +46,6 @@ Label formats accepted by ``loss(images, labels, tasks=None)`` (the choice made 
 """
 from __future__ import annotations
 
-import dataclasses
 import math
 from collections.abc import Mapping
 from typing import Dict, List, Optional, Sequence, Tuple, Union
@@ -55,133 +57,14 @@ from torch import nn
 from ..towers import TextPlan
 from ..towers.text_plan import concat_plans
 from ..version import __version__
-from .base import LearnerConfig, PromptLearner
+from .base import PromptLearner
 from .checkpoint import original_prompt_state, write_prompt_checkpoint
-from .prompts import (CLASS_TOKEN_POSITIONS, ContextTemplate, clean_classnames, context_template, coop_plan,
-                      initial_context, tokenize_prompts)
+from .prompts import ContextTemplate, context_template, coop_plan, initial_context, tokenize_prompts
+from .softcpt_config import SoftCPTConfig
+from .softcpt_prompt_gen import ContextHolder, PromptGen
+from .softcpt_tasks import TaskLayout, TaskSpec
 
-PG_TYPES = ("lin", "linmean", "lincls")
 _PLAN_CACHE_SIZE = 64
-TaskSpec = Union[Mapping, Sequence[Tuple[str, Sequence[str]]]]
-
-
-@dataclasses.dataclass
-class SoftCPTConfig(LearnerConfig):
-    """SoftCPT settings (defaults: SoftCPT-NATA as in the README, ``N_CTX=16, TASK_N_CTX=4, PG_TYPE=lin``).
-
-    Attributes (original ``TRAINER.MTCOOP.*`` names in brackets):
-        n_ctx: length of the generated context of every class prompt [N_CTX].
-        class_token_position: where the class name goes in the class prompts, "end" (default,
-            prefix-shared per task), "middle" or "front" [TOKEN_POSITION].
-        task_n_ctx: learnable task context length; 0 = frozen task features of "<task name>."
-            [TASK_N_CTX].
-        task_ctx_init: initialise the task context from these words (then its word count is the
-            length and the context is shared) [TASK_CTX_INIT].
-        task_csc: one task context per task ("TS") instead of shared ("TA") [TASK_CSC].
-        task_token_position: task name position in the task prompt [TASK_TOKEN_POSITION].
-        class_features: feed class features to the meta-network ("CA"/"CS" variants) [CSC].
-        class_n_ctx: learnable class-feature context length; 0 = frozen "<class>." [CLASS_N_CTX].
-        class_ctx_init: init words of the class-feature context [CLASS_CTX_INIT].
-        class_csc: one class-feature context per class ("CS") instead of shared ("CA") [CLASS_CSC].
-        class_feature_token_position: class name position in the class-feature prompts
-            [CLASS_TOKEN_POSITION].
-        pg_type: meta-network "lin", "linmean" or "lincls" [PG_TYPE].
-        cls_sample_rate: fraction of negative classes per task kept in ``loss`` (0 = all)
-            [CLS_SAMPLE_RATE].
-        init_std: std of the random init of the contexts and of ``proj`` (original: 0.02).
-    """
-
-    n_ctx: int = 16
-    class_token_position: str = "end"
-    task_n_ctx: int = 4
-    task_ctx_init: str = ""
-    task_csc: bool = False
-    task_token_position: str = "end"
-    class_features: bool = False
-    class_n_ctx: int = 4
-    class_ctx_init: str = ""
-    class_csc: bool = False
-    class_feature_token_position: str = "end"
-    pg_type: str = "lin"
-    cls_sample_rate: float = 0.0
-    init_std: float = 0.02
-
-    def __post_init__(self):
-        super().__post_init__()
-        self._require_at_least(1, "n_ctx", note=" (the generated context length)")
-        self._require_at_least(0, "task_n_ctx", "class_n_ctx")
-        for name in ("class_token_position", "task_token_position", "class_feature_token_position"):
-            if getattr(self, name) not in CLASS_TOKEN_POSITIONS:
-                raise ValueError(f"{name} must be one of {CLASS_TOKEN_POSITIONS}, got {getattr(self, name)!r}")
-        if self.pg_type not in PG_TYPES:
-            raise ValueError(f"pg_type must be one of {PG_TYPES}, got {self.pg_type!r}")
-        if self.pg_type != "lin" and not self.class_features:
-            raise ValueError(f"pg_type={self.pg_type!r} needs class_features=True (it reads the class half of the "
-                             "meta-network input)")
-        if not 0.0 <= self.cls_sample_rate <= 1.0:
-            raise ValueError(f"cls_sample_rate must be in [0, 1], got {self.cls_sample_rate}")
-        if self.cls_sample_rate > 0 and not self.class_features:
-            raise ValueError("cls_sample_rate > 0 needs class_features=True (as in the original)")
-
-    @property
-    def variant(self) -> str:
-        """The paper's name of this setting: NATA, NATS, CATA, CSTA, CATS or CSTS."""
-        cls = "CS" if self.class_features and self.class_csc else ("CA" if self.class_features else "NA")
-        return cls + ("TS" if self.task_csc else "TA")
-
-
-def parse_tasks(tasks: TaskSpec) -> Tuple[List[str], List[List[str]]]:
-    """``tasks`` (mapping task name -> class names, or ``(name, classes)`` pairs) -> names, class lists."""
-    if isinstance(tasks, Mapping):
-        items = list(tasks.items())
-    elif isinstance(tasks, (str, bytes)) or not isinstance(tasks, Sequence):
-        raise ValueError("tasks must map task names to lists of class names (e.g. {'pets': ['cat', 'dog']}), "
-                         f"got {type(tasks).__name__}")
-    else:
-        items = []
-        for i, item in enumerate(tasks):
-            if not isinstance(item, (tuple, list)) or len(item) != 2:
-                raise ValueError(f"tasks[{i}] must be a (task name, class names) pair, got {item!r}")
-            items.append(tuple(item))
-    if not items:
-        raise ValueError("tasks is empty: pass at least one task")
-    names, classes = [], []
-    for name, class_list in items:
-        if not isinstance(name, str) or not name.strip():
-            raise ValueError(f"task names must be non-empty strings, got {name!r}")
-        if name in names:
-            raise ValueError(f"task {name!r} appears twice in tasks")
-        try:
-            classes.append(clean_classnames(class_list))
-        except ValueError as err:
-            raise ValueError(f"tasks[{name!r}]: {err}") from None
-        names.append(name)
-    return names, classes
-
-
-class _Context(nn.Module):
-    """Holds a learnable context ``ctx`` (named like the original's prompt learners)."""
-
-    def __init__(self, ctx: torch.Tensor):
-        super().__init__()
-        self.ctx = nn.Parameter(ctx)
-
-
-class PromptGen(nn.Module):
-    """The meta-network: features ``[R, d_in] -> contexts [R, n_ctx, D]`` (original ``PromptGen``)."""
-
-    def __init__(self, pg_type: str, in_dim: int, n_ctx: int, width: int, std: float, device):
-        super().__init__()
-        self.pg_type, self.n_ctx, self.width = pg_type, n_ctx, width
-        self.proj = nn.Parameter(torch.empty(in_dim, n_ctx * width, device=device).normal_(0.0, std))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.pg_type == "linmean":  # x = [class ; task]: their mean
-            half = x.shape[-1] // 2
-            x = (x[..., :half] + x[..., half:]) / 2.0
-        elif self.pg_type == "lincls":  # class half only
-            x = x[..., :x.shape[-1] // 2]
-        return (x @ self.proj.to(x.dtype)).reshape(x.shape[0], self.n_ctx, self.width)
 
 
 class SoftCPTLearner(PromptLearner):
@@ -202,16 +85,17 @@ class SoftCPTLearner(PromptLearner):
     config_class = SoftCPTConfig
 
     def __init__(self, model: nn.Module, tasks: TaskSpec, config: SoftCPTConfig, **kwargs):
-        task_names, task_classes = parse_tasks(tasks)
-        super().__init__(model, [c for names in task_classes for c in names], config, **kwargs)
-        self._set_tasks(task_names, task_classes)
+        layout = TaskLayout.parse(tasks)
+        super().__init__(model, layout.classnames, config, **kwargs)
+        self._set_tasks(layout)
         width, embed, device = self.text_tower.width, self.text_tower.embed_dim, self.text_tower.device
         tok = self.tokenizer
         # Same creation (RNG) order as the original: task context, class context, meta-network.
         self.task_template = self._template(config.task_n_ctx, config.task_ctx_init)
         self.task_specific = config.task_csc and self.task_template is not None and self.task_template.init_ids is None
         if self.task_template is not None:
-            self.task_prompt_learner = _Context(self._init_ctx(self.task_template, self.n_tasks, self.task_specific))
+            task_ctx = self._init_ctx(self.task_template, self.n_tasks, self.task_specific)
+            self.task_prompt_learner = ContextHolder(task_ctx)
         self.class_template = None
         self.class_specific = False
         if config.class_features:
@@ -219,7 +103,7 @@ class SoftCPTLearner(PromptLearner):
             self.class_specific = (config.class_csc and self.class_template is not None
                                    and self.class_template.init_ids is None)
             if self.class_template is not None:
-                self.class_prompt_learner = _Context(
+                self.class_prompt_learner = ContextHolder(
                     self._init_ctx(self.class_template, self.n_classes, self.class_specific))
         in_dim = 2 * embed if config.class_features and config.pg_type == "lin" else embed
         self.prompt_gen = PromptGen(config.pg_type, in_dim, config.n_ctx, width, config.init_std, device)
@@ -246,48 +130,32 @@ class SoftCPTLearner(PromptLearner):
         shape = (rows, template.n_ctx, self.text_tower.width) if specific else (template.n_ctx, self.text_tower.width)
         return initial_context(self.text_tower, template, shape, self.config.init_std)
 
-    def _set_tasks(self, names: List[str], classes: List[List[str]]) -> None:
-        self._task_names = names
-        self._task_classes = classes
-        self._classnames = [c for cl in classes for c in cl]
-        ranges, start = [], 0
-        for cl in classes:
-            ranges.append((start, start + len(cl)))
-            start += len(cl)
-        self._class_ranges = ranges
-        self._class_task = torch.repeat_interleave(torch.arange(len(names)), torch.tensor([len(c) for c in classes]))
+    def _set_tasks(self, layout: TaskLayout) -> None:
+        self._layout = layout
+        self._classnames = layout.classnames
 
     # ---- tasks ---------------------------------------------------------------------------------
     @property
     def tasks(self) -> Dict[str, List[str]]:
         """Task name -> class names (cleaned), in task order."""
-        return {name: list(cl) for name, cl in zip(self._task_names, self._task_classes)}
+        return self._layout.as_dict()
 
     @property
     def task_names(self) -> List[str]:
-        return list(self._task_names)
+        return list(self._layout.names)
 
     @property
     def n_tasks(self) -> int:
-        return len(self._task_names)
+        return self._layout.n_tasks
 
     @property
     def class_ranges(self) -> List[Tuple[int, int]]:
         """``(start, end)`` of every task's classes in the joint label space."""
-        return list(self._class_ranges)
+        return list(self._layout.class_ranges)
 
     def task_index(self, task: Union[int, str]) -> int:
         """Index of ``task`` (its name or its index)."""
-        if isinstance(task, str):
-            if task not in self._task_names:
-                raise ValueError(f"unknown task {task!r}; tasks are {self._task_names}")
-            return self._task_names.index(task)
-        if isinstance(task, bool) or not isinstance(task, int) and not (torch.is_tensor(task) and task.numel() == 1):
-            raise ValueError(f"task must be a task name or index, got {task!r}")
-        index = int(task)
-        if not 0 <= index < self.n_tasks:
-            raise ValueError(f"task index {index} is out of range for {self.n_tasks} tasks")
-        return index
+        return self._layout.task_index(task)
 
     def set_classnames(self, tasks: TaskSpec) -> None:
         """Switch to other tasks / class lists (same format as at construction); prompts are kept.
@@ -295,20 +163,19 @@ class SoftCPTLearner(PromptLearner):
         Task-specific task context needs the same number of tasks, class-specific class context
         the same total number of classes.
         """
-        names, classes = parse_tasks(tasks)
-        n_classes = sum(len(c) for c in classes)
-        if self.task_specific and len(names) != self.n_tasks:
+        layout = TaskLayout.parse(tasks)
+        if self.task_specific and layout.n_tasks != self.n_tasks:
             raise ValueError(f"task-specific task context (task_csc) was learned for {self.n_tasks} tasks and "
-                             f"cannot be reused for {len(names)}")
-        if self.class_specific and n_classes != self.n_classes:
+                             f"cannot be reused for {layout.n_tasks}")
+        if self.class_specific and layout.n_classes != self.n_classes:
             raise ValueError(f"class-specific class context (class_csc) was learned for {self.n_classes} classes "
-                             f"and cannot be reused for {n_classes}")
-        self._set_tasks(names, classes)
+                             f"and cannot be reused for {layout.n_classes}")
+        self._set_tasks(layout)
         self._rebuild_plan()
 
     def _rebuild_plan(self) -> None:
         tok, length = self.tokenizer, self.text_tower.context_length
-        clean_tasks = [n.replace("_", " ") for n in self._task_names]
+        clean_tasks = [n.replace("_", " ") for n in self._layout.names]
         self._task_plan = self._class_feature_plan = None
         self._frozen: Dict[str, torch.Tensor] = {}
         self._frozen_texts = {"task": clean_tasks, "class": list(self._classnames)}
@@ -326,7 +193,7 @@ class SoftCPTLearner(PromptLearner):
                                          context_length=length)
         else:
             self._task_class_plans = [coop_plan(tok, cl, self.template, position=self.config.class_token_position,
-                                                context_length=length) for cl in self._task_classes]
+                                                context_length=length) for cl in self._layout.classes]
         self._plan_cache: Dict[tuple, TextPlan] = {}
 
     # ---- features ------------------------------------------------------------------------------
@@ -396,12 +263,12 @@ class SoftCPTLearner(PromptLearner):
         # Class-feature variants: a generated context per class, one class-specific plan.
         joint = []
         for t, idx in selection:
-            start, end = self._class_ranges[t]
+            start, end = self._layout.class_ranges[t]
             joint.extend(range(start, end) if idx is None else [start + int(i) for i in idx])
         unique_tasks = sorted(set(tasks))
         task_feats = self.task_features(unique_tasks)
         row_of_task = {t: i for i, t in enumerate(unique_tasks)}
-        owner = torch.tensor([row_of_task[int(self._class_task[c])] for c in joint], device=task_feats.device)
+        owner = torch.tensor([row_of_task[int(self._layout.class_task[c])] for c in joint], device=task_feats.device)
         x = torch.cat([self.class_features(joint), task_feats[owner]], dim=1)      # [K, 2E]
         ctx = self.prompt_gen(x)                                                   # [K, n_ctx, D]
         if joint == list(range(self.n_classes)):
@@ -435,46 +302,7 @@ class SoftCPTLearner(PromptLearner):
     # ---- loss ----------------------------------------------------------------------------------
     def label_matrix(self, labels: torch.Tensor, tasks=None) -> torch.Tensor:
         """The original's ``[B, C_tot]`` label matrix (-1 outside the task, 0 inside, 1 at the class)."""
-        labels = torch.as_tensor(labels)
-        if labels.dim() == 2:
-            if tasks is not None:
-                raise ValueError("tasks must be None when labels is a [B, C_tot] label matrix")
-            if labels.shape[1] != self.n_classes:
-                raise ValueError(f"labels as a matrix must have {self.n_classes} columns (C_tot), "
-                                 f"got {labels.shape[1]}")
-            if ((labels < -1) | (labels > 1)).any():
-                raise ValueError("a label matrix holds only -1 (other task), 0 and 1 (the class)")
-            return labels.long()
-        if labels.dim() != 1 or labels.dtype.is_floating_point:
-            raise ValueError(f"labels must be integer class indices [B] or a [B, C_tot] matrix, got "
-                             f"{labels.dtype} {tuple(labels.shape)}")
-        labels = labels.long().cpu()
-        if tasks is None:
-            if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= self.n_classes):
-                raise ValueError(f"joint labels must lie in [0, {self.n_classes}), got [{int(labels.min())}, "
-                                 f"{int(labels.max())}] (pass tasks=... for labels within each task)")
-            row_task = self._class_task[labels]
-            joint = labels
-        else:
-            if isinstance(tasks, (list, tuple)):
-                row_task = torch.tensor([self.task_index(t) for t in tasks], dtype=torch.long)
-            else:
-                row_task = torch.as_tensor(tasks).long().cpu()
-                if row_task.numel() and (int(row_task.min()) < 0 or int(row_task.max()) >= self.n_tasks):
-                    raise ValueError(f"tasks must lie in [0, {self.n_tasks}), got [{int(row_task.min())}, "
-                                     f"{int(row_task.max())}]")
-            if row_task.shape != labels.shape:
-                raise ValueError(f"tasks must give one task per label: {tuple(row_task.shape)} vs "
-                                 f"{tuple(labels.shape)}")
-            sizes = torch.tensor([e - s for s, e in self._class_ranges])[row_task]
-            if ((labels < 0) | (labels >= sizes)).any():
-                bad = int(((labels < 0) | (labels >= sizes)).nonzero()[0])
-                raise ValueError(f"labels[{bad}] = {int(labels[bad])} is not a class of task {int(row_task[bad])} "
-                                 f"({int(sizes[bad])} classes)")
-            joint = torch.tensor([s for s, _ in self._class_ranges], dtype=torch.long)[row_task] + labels
-        matrix = torch.where(self._class_task[None, :] == row_task[:, None], 0, -1)
-        matrix[torch.arange(labels.numel()), joint] = 1
-        return matrix
+        return self._layout.label_matrix(labels, tasks)
 
     def loss(self, images: torch.Tensor, labels: torch.Tensor, tasks=None) -> torch.Tensor:
         """SoftCPT's objective: per-task CE over the task's classes, summed over tasks, divided by B.
@@ -489,7 +317,7 @@ class SoftCPTLearner(PromptLearner):
             raise ValueError(f"labels describe {matrix.shape[0]} samples but images has {batch}")
         rate = self.config.cls_sample_rate
         selection, rows_of = [], {}
-        for t, (start, end) in enumerate(self._class_ranges):
+        for t, (start, end) in enumerate(self._layout.class_ranges):
             cur = matrix[:, start:end]
             idx = None
             if rate > 0:  # per task, in task order, every task (same RNG stream as the original)
@@ -507,7 +335,7 @@ class SoftCPTLearner(PromptLearner):
         logits = self._logits(images, selection, shift=1e-6 if rate > 0 else 0.0)
         total, offset = 0.0, 0
         for t, idx in selection:
-            start, end = self._class_ranges[t]
+            start, end = self._layout.class_ranges[t]
             cols = torch.arange(start, end, device=matrix.device) if idx is None else \
                 torch.tensor(idx, device=matrix.device) + start
             rows = rows_of[t]
@@ -524,7 +352,7 @@ class SoftCPTLearner(PromptLearner):
             "config": self.config.to_dict(),
             "model_name": self.model_name,
             "pretrained": self.pretrained,
-            "classnames": [[name, classes] for name, classes in zip(self._task_names, self._task_classes)],
+            "classnames": self._layout.pairs(),
             "fastprompt_version": __version__,
         }
         metadata = {"method": self.method, "backbone": str(self.model_name), "pretrained": str(self.pretrained),
