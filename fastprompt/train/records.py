@@ -29,6 +29,7 @@ class RunRecords:
         self._log = self._metrics = self._tb = None
         if not self.enabled:
             return
+        os.makedirs(run_dir, exist_ok=True)
         self._log = open(os.path.join(run_dir, "log.txt"), "a", encoding="utf-8")
         self._metrics = open(os.path.join(run_dir, "metrics.jsonl"), "a", encoding="utf-8")
         if tensorboard:
