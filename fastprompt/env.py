@@ -50,6 +50,7 @@ def report() -> List[Tuple[str, str]]:
 
     from . import __version__, jit
     from .ops import AUTO_ORDER, backend_status, resolve_backend
+    from .ops.registry import GPU_VERIFIED
 
     rows = [
         ("fastprompt", __version__),
@@ -80,6 +81,8 @@ def report() -> List[Tuple[str, str]]:
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     if "cuda" not in devices:
         devices.append("cuda")  # still list why the GPU backends cannot run
+    for name, where in GPU_VERIFIED.items():
+        rows.append((f"{name} verified on a GPU", where or "not yet: auto on CUDA skips it (ask for it by name)"))
     for device in devices:
         dev = torch.device(device)
         for name, state in backend_status(dev).items():

@@ -1,4 +1,5 @@
 """prompt_attention (eager backend) against a float64 naive cat + softmax, gradcheck, bad inputs."""
+import dataclasses
 import logging
 
 import pytest
@@ -196,3 +197,20 @@ def test_explicit_unavailable_backend_raises_with_reason():
         assert backend_status("cpu")["never"] == "needs a unicorn"
     finally:
         registry._BACKENDS.pop("never")
+
+
+def test_auto_skips_gpu_kernels_not_yet_verified_on_a_gpu(monkeypatch):
+    """The CUDA C++ kernels compile and pass nothing on a GPU yet: auto must not pick them there,
+    while asking for them by name still works; a recorded GPU parity run lifts that."""
+    usable = {name: dataclasses.replace(b, available=lambda device: None) for name, b in registry._BACKENDS.items()}
+    usable["triton"] = dataclasses.replace(usable["triton"], available=lambda device: "no triton here")
+    monkeypatch.setattr(registry, "_BACKENDS", usable)
+    monkeypatch.setattr(registry, "_auto_logged", set())
+    cuda = torch.device("cuda")
+    monkeypatch.setitem(registry.GPU_VERIFIED, "cuda", None)
+    assert registry.resolve_backend("auto", cuda).name == "eager"
+    assert "parity suite on a GPU" in registry.auto_skip_reason("cuda", cuda)
+    assert registry.resolve_backend("cuda", cuda).name == "cuda"
+    assert registry.auto_skip_reason("cuda", torch.device("cpu")) is None
+    monkeypatch.setitem(registry.GPU_VERIFIED, "cuda", "H200, 2026-12-01, abc1234")
+    assert registry.resolve_backend("auto", cuda).name == "cuda"

@@ -37,14 +37,30 @@ _BACKENDS: Dict[str, Backend] = {}
 # Preference order of ``auto`` per device type; names not registered are skipped silently.
 AUTO_ORDER: Dict[str, List[str]] = {
     # Triton first: its kernels pass the full parity matrix under the interpreter, while the CUDA
-    # C++ kernels are only compiled on the development machines so far (no GPU has run them).
+    # C++ kernels are only compiled on the development machines so far; ``cuda`` is skipped until
+    # GPU_VERIFIED records a GPU parity run.
     "cuda": ["triton", "cuda", "eager"],
     # The C++ kernels on CPU: a CoOp ViT-B/16 training step measured 1.04-1.12x faster than with
-    # eager (bench/bench_cpu_backend.py). Built on first use (about a minute, announced by one log line);
+    # eager (bench/bench_cpu_backend.py). Built on first use (about a minute, announced before and after);
     # with no compiler, FASTPROMPT_DISABLE_JIT=1 or a failed build, auto falls back to eager.
     "cpu": ["cpu", "eager"],
 }
+# Compiled GPU kernels that have passed the backend parity suite on a real GPU: backend -> where and
+# when (GPU, date, commit). ``auto`` does not choose a backend listed here with ``None`` (it can
+# still be asked for by name): kernels that compile and pass in an emulator have still never run.
+# The GPU check (bench/gpu_check.sh) is what fills this in.
+GPU_VERIFIED: Dict[str, Optional[str]] = {
+    "cuda": None,
+}
 _auto_logged: set = set()
+
+
+def auto_skip_reason(name: str, device: torch.device) -> Optional[str]:
+    """Why ``auto`` passes over an otherwise usable backend on ``device`` (``None``: it does not)."""
+    if device.type == "cuda" and name in GPU_VERIFIED and GPU_VERIFIED[name] is None:
+        return ("its kernels have not passed the parity suite on a GPU yet (fastprompt.ops.registry.GPU_VERIFIED); "
+                f"backend={name!r} still runs when asked for by name")
+    return None
 
 
 def register_backend(name: str, fn: BackendFn, available: AvailabilityFn, description: str = "") -> None:
@@ -83,7 +99,7 @@ def resolve_backend(name: str, device: torch.device) -> Backend:
         backend = _BACKENDS.get(candidate)
         if backend is None:
             continue
-        reason = backend.available(device)
+        reason = backend.available(device) or auto_skip_reason(candidate, device)
         if reason is None:
             key = (device.type, candidate)
             if key not in _auto_logged:
