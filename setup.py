@@ -27,20 +27,21 @@ def compiled_extensions():
 
     ``FASTPROMPT_BUILD_EXT=1 pip install -e . --no-build-isolation`` builds the CPU extension and,
     when ``CUDA_HOME`` is set, the CUDA one (architectures from ``FASTPROMPT_CUDA_ARCH_LIST``,
-    default ``8.0;9.0+PTX``). Sources and flags come from ``fastprompt/jit.py``, loaded as a file
-    so that the default install never imports torch. Without it the kernels build just in time.
+    default ``8.0;9.0+PTX``). Sources and flags come from ``fastprompt/extension_spec.py``, loaded as
+    a file so that the default install never imports torch. Without it the kernels build just in time.
     """
     if os.environ.get("FASTPROMPT_BUILD_EXT", "0") != "1":
         return [], {}
     import importlib.util
 
-    spec = importlib.util.spec_from_file_location("_fastprompt_jit", os.path.join(HERE, "fastprompt", "jit.py"))
-    jit = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(jit)
+    spec = importlib.util.spec_from_file_location("_fastprompt_extension_spec",
+                                                  os.path.join(HERE, "fastprompt", "extension_spec.py"))
+    extension_spec = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(extension_spec)
     from torch.utils.cpp_extension import BuildExtension, CppExtension, CUDAExtension
 
     def extension(kind, cls):
-        args = jit.build_args(kind)
+        args = extension_spec.build_args(kind)
         compile_args = {"cxx": args["cflags"]}
         if args["cuda_cflags"]:
             compile_args["nvcc"] = args["cuda_cflags"]
@@ -74,7 +75,7 @@ setup(
         "tqdm",
         "numpy",
         "pillow",
-        "ninja",  # builds the C++ kernels just in time on first use (fastprompt/jit.py)
+        "ninja",  # builds the C++ kernels just in time on first use (fastprompt.jit)
         "pyyaml",  # recipes and config files of fastprompt train
     ],
     extras_require={
