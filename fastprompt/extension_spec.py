@@ -86,25 +86,23 @@ def cuda_arch_list() -> List[str]:
     return archs
 
 
+def _targets(archs: List[str]) -> List[tuple]:
+    """``(number, with_ptx)`` per architecture: ``"9.0+PTX"`` -> ``("90", True)``."""
+    return [(arch.split("+")[0].replace(".", ""), arch.endswith("+PTX")) for arch in archs]
+
+
 def _gencode_flags(archs: List[str]) -> List[str]:
     flags = []
-    for arch in archs:
-        num = arch.split("+")[0].replace(".", "")
+    for num, ptx in _targets(archs):
         flags.append(f"-gencode=arch=compute_{num},code=sm_{num}")
-        if arch.endswith("+PTX"):
+        if ptx:
             flags.append(f"-gencode=arch=compute_{num},code=compute_{num}")
     return flags
 
 
 def _arch_tag(archs: List[str]) -> str:
     """``sm_80-sm_90-compute_90``: the binary (sm_) and PTX (compute_) targets of a build."""
-    parts = []
-    for arch in archs:
-        num = arch.split("+")[0].replace(".", "")
-        parts.append(f"sm_{num}")
-        if arch.endswith("+PTX"):
-            parts.append(f"compute_{num}")
-    return "-".join(parts)
+    return "-".join(f"sm_{num}" + (f"-compute_{num}" if ptx else "") for num, ptx in _targets(archs))
 
 
 def cuda_home() -> Optional[str]:

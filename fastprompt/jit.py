@@ -59,6 +59,7 @@ from .extension_spec import (  # noqa: F401
 
 logger = logging.getLogger("fastprompt.jit")
 
+
 class ExtensionUnavailableError(RuntimeError):
     """A compiled backend cannot be used here; the message says why and how to fix it."""
 
