@@ -198,20 +198,20 @@ def test_save_and_load_pretrained_keeps_task_order(tiny_model, tmp_path):
     assert torch.equal(loaded(images), learner(images))
 
 
-def test_set_classnames_takes_a_tasks_mapping(tiny_model):
+def test_set_tasks_takes_a_tasks_mapping(tiny_model):
     learner, _ = _pair(tiny_model, dict())
     new = {"vehicles": ["car", "truck", "bicycle"], "birds": ["robin", "crow"]}
-    learner.set_classnames(new)
+    learner.set_tasks(new)
     assert learner.task_names == ["vehicles", "birds"] and learner.n_classes == 5
     _, reference = _pair(tiny_model, dict(), tasks=new)
     reference.load_state_dict({**reference.state_dict(), **dict(learner.trainable_named_parameters())})
     _compare(learner, reference, random_images(3), torch.tensor([0, 4, 2]))
     specific = fastprompt.SoftCPTLearner.from_model(tiny_model, TASKS, task_csc=True)
     with pytest.raises(ValueError, match="task_csc"):
-        specific.set_classnames(new)
+        specific.set_tasks(new)
     per_class = fastprompt.SoftCPTLearner.from_model(tiny_model, TASKS, class_features=True, class_csc=True)
     with pytest.raises(ValueError, match="class_csc"):
-        per_class.set_classnames(new)
+        per_class.set_tasks(new)
 
 
 @pytest.mark.parametrize("cfg,argument", [
@@ -268,3 +268,22 @@ def test_vit_b16_softcpt_matches_reference(vit_b16):
     shapes = {n: p.numel() for n, p in learner.trainable_named_parameters()}
     assert shapes == {"task_prompt_learner.ctx": 4 * 512, "prompt_gen.proj": 512 * 16 * 512}  # kding1225/softcpt NATA: 4 task ctx + a 512 x (16 x 512) linear prompt generator
     _compare(learner, reference, random_images(1, size=224), torch.tensor([3]))
+
+
+def test_set_classnames_has_every_learners_contract(tiny_model):
+    """A list of class names, as for every learner: it becomes one task (the learner's own, or named)."""
+    one = fastprompt.SoftCPTLearner.from_model(tiny_model, {"pets": ["cat", "dog"]})
+    one.set_classnames(["otter", "seal", "walrus"])
+    assert one.tasks == {"pets": ["otter", "seal", "walrus"]}
+    twin = fastprompt.SoftCPTLearner.from_model(tiny_model, {"pets": ["otter", "seal", "walrus"]})
+    twin.load_prompt_state(dict(one.trainable_named_parameters()))
+    images = random_images(2)
+    assert torch.equal(one(images), twin(images))
+    several = fastprompt.SoftCPTLearner.from_model(tiny_model, TASKS)
+    with pytest.raises(ValueError, match="name the task"):
+        several.set_classnames(["otter", "seal"])
+    several.set_classnames(["otter", "seal"], task="marine")
+    assert several.tasks == {"marine": ["otter", "seal"]}
+    with pytest.raises(ValueError, match="set_tasks"):
+        several.set_classnames({"a": ["b"]})
+

@@ -157,7 +157,23 @@ class SoftCPTLearner(PromptLearner):
         """Index of ``task`` (its name or its index)."""
         return self._layout.task_index(task)
 
-    def set_classnames(self, tasks: TaskSpec) -> None:
+    def set_classnames(self, classnames: Sequence[str], task: Optional[str] = None) -> None:
+        """Switch to one class list (base-to-novel, cross-dataset), as every learner does; prompts are kept.
+
+        SoftCPT generates the context from a task's name, so the list becomes one task: ``task``
+        names it (a dataset's task name), by default the learner's own task when it has exactly
+        one. For several tasks use :meth:`set_tasks`.
+        """
+        if isinstance(classnames, Mapping):
+            raise ValueError("set_classnames takes one list of class names; pass a tasks mapping to set_tasks")
+        if task is None:
+            if self.n_tasks != 1:
+                raise ValueError(f"this SoftCPT learner has {self.n_tasks} tasks: name the task of the new class list "
+                                 "with set_classnames(names, task='<task name>'), or use set_tasks({...})")
+            task = self._layout.names[0]
+        self.set_tasks([(task, list(classnames))])
+
+    def set_tasks(self, tasks: TaskSpec) -> None:
         """Switch to other tasks / class lists (same format as at construction); prompts are kept.
 
         Task-specific task context needs the same number of tasks, class-specific class context

@@ -215,7 +215,10 @@ def evaluate_checkpoint(checkpoint: str, data_root: str, dataset_name: str, subs
     from ..data.transforms import transforms_for_model
 
     _, test_tf = transforms_for_model(model)
-    learner.set_classnames({data.name: data.classnames} if cfg["METHOD"] == "softcpt" else data.classnames)
+    if cfg["METHOD"] == "softcpt":  # the dataset is the task: its name generates the context
+        learner.set_tasks({data.name: data.classnames})
+    else:
+        learner.set_classnames(data.classnames)
     learner = learner.to(dev)
     loader = DataLoader(ImageDataset(data.test, test_tf), batch_size=batch_size or int(cfg["DATALOADER"]["TEST"]["BATCH_SIZE"]),
                         shuffle=False, num_workers=num_workers, collate_fn=skip_collate)
