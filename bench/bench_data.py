@@ -26,7 +26,8 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import common_fields, median, report_rows, setup_threads  # noqa: E402
+from timing import median, setup_threads  # noqa: E402  (first: sets OMP_WAIT_POLICY)
+from report import add_report_arguments, common_fields, report_rows  # noqa: E402
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
@@ -138,7 +139,7 @@ def main() -> int:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--threads", type=int, default=1, help="torch threads in the main process")
     p.add_argument("--workdir", default=None, help="where to generate the trees (default: a temp dir)")
-    p.add_argument("--csv", default=DEFAULT_CSV)
+    add_report_arguments(p, DEFAULT_CSV)
     args = p.parse_args()
     setup_threads(args.threads)
     work = tempfile.mkdtemp(prefix="bench_data_", dir=args.workdir)
@@ -148,7 +149,8 @@ def main() -> int:
         shutil.rmtree(work, ignore_errors=True)
     fields = common_fields(torch.device("cpu"))
     columns = list(dict.fromkeys(k for r in rows for k in r))  # one header for both kinds of row
-    return report_rows(args.csv, [{**fields, **{k: r.get(k, "") for k in columns}} for r in rows])
+    return report_rows(args.csv, [{**fields, **{k: r.get(k, "") for k in columns}} for r in rows],
+                       no_fail=args.no_fail)
 
 
 if __name__ == "__main__":

@@ -1,14 +1,83 @@
 """Test utilities shipped with the package: seeded random-weight CLIP models, a float64
-naive attention reference, and closeness checks that explain a failure.
+naive attention reference, closeness checks that explain a failure, and the tolerance table
+(``TOLERANCES``: one entry per dtype, each value with the reason for it) that the tests and the
+benchmarks' agreement checks read instead of literals.
 
 Nothing here downloads anything. Models are built from open_clip configs with random
 weights, so tests and the demo run offline and on CPU.
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import Dict, Optional, Tuple
 
 import torch
+
+
+class Tolerances:
+    """The tolerances of one dtype: ``FP32.parity`` is a number, ``FP32.why("parity")`` its reason.
+
+    Relative tolerances are for ``max_rel_error`` / ``assert_close_rel`` (max abs error over
+    max abs reference); the low-precision entries are the factors of FlashAttention's rule
+    (``tests/attention_cases.check_low_precision``): a kernel's error against a float32 run may be
+    at most ``factor`` times eager's own error in the same dtype, plus ``floor`` times the
+    reference's magnitude plus ``floor``.
+    """
+
+    def __init__(self, dtype: torch.dtype, **entries: Tuple[float, str]):
+        self.dtype = dtype
+        self._entries = dict(entries)
+
+    def __getattr__(self, name: str) -> float:
+        try:
+            return self.__dict__["_entries"][name][0]
+        except KeyError:
+            raise AttributeError(f"no {name!r} tolerance for {self.__dict__.get('dtype')}") from None
+
+    def why(self, name: str) -> str:
+        return self._entries[name][1]
+
+    def items(self):
+        return {name: value for name, (value, _) in self._entries.items()}.items()
+
+    def __repr__(self) -> str:
+        return f"Tolerances({self.dtype}, {dict(self.items())})"
+
+
+FP32 = Tolerances(
+    torch.float32,
+    parity=(1e-5, "two float32 computations of the same function that add in different orders: a backend "
+                  "against eager, fastprompt against the literal reference, one batched pass against several. "
+                  "Measured up to ~7e-7 relative on the test models and shapes; 1e-5 leaves a margin of ten "
+                  "over that and is still far below what a wrong mask, scale, prompt row or group gives "
+                  "(1e-2 and more)"),
+    rounding=(1e-6, "float32 results of the same code path that differ only by the rounding of a few "
+                    "operations: a sum of loss terms recomputed, a subset of one pass, a reloaded checkpoint, "
+                    "another memory format, the two prompt-gradient reductions of one kernel"),
+    compiled=(1e-4, "float32 through torch.compile (inductor fuses and reorders the arithmetic around the op "
+                    "over a whole training step), and a benchmark's providers on full-size shapes (sums over "
+                    "up to a thousand rows in other orders)"),
+)
+
+FP64 = Tolerances(
+    torch.float64,
+    exact=(1e-12, "float64 against float64 (the naive reference, a closed form): rounding of ~1e-16 per "
+                  "operation accumulated over the short sums of the test shapes"),
+)
+
+_LOW_PRECISION = dict(
+    forward_factor=(2.0, "out and lse: at most twice eager's own low-precision error (FlashAttention's rule: "
+                         "a fused kernel rounds at other points than eager, but no more often)"),
+    gradient_factor=(3.0, "gradients: at most three times eager's own error (the backward recomputes the "
+                          "probabilities and rounds once more)"),
+    floor=(1e-6, "added (relative to the reference's magnitude, and absolute) so that an eager error of "
+                 "exactly zero (values representable in the dtype) does not demand a bit-exact kernel"),
+    benchmark=(3e-2, "a benchmark's providers against eager on full-size shapes, in the dtype itself: a few "
+                     "units of bf16's 2^-8 rounding accumulated over long rows"),
+)
+BF16 = Tolerances(torch.bfloat16, **_LOW_PRECISION)
+FP16 = Tolerances(torch.float16, **_LOW_PRECISION)
+
+TOLERANCES: Dict[torch.dtype, Tolerances] = {t.dtype: t for t in (FP32, FP64, BF16, FP16)}
 
 
 def tiny_clip(seed: int = 0, *, width: int = 64, layers: int = 2, heads: int = 2,

@@ -1,0 +1,174 @@
+"""The training-step cases of ``bench/bench_step.py``: one builder, one table of cases.
+
+A case times one unit of work of a fastprompt learner and of its literal reference
+(``fastprompt.reference``) on the same random-weight CLIP, the learner loaded with the
+reference's prompt values: by default one SGD step (zero_grad, loss, backward, step) over the
+prompt parameters on ``images`` random images of the first ``classes`` ImageNet classes.
+``CASES`` lists every case; ``build_step`` is the one builder they all go through, and a case
+states only how its method differs (constructor arguments, which reference module holds the
+prompts, another loss).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Dict, List, Optional
+
+import torch
+
+
+@dataclass
+class StepCase:
+    fastprompt: Callable[[], None]   # one timed unit on the fast path
+    reference: Callable[[], None]    # the same unit on the reference path
+    info: Dict[str, object] = field(default_factory=dict)  # shapes etc., written to the CSV
+
+
+def _prompt_learner(reference):
+    return reference.prompt_learner
+
+
+@dataclass(frozen=True)
+class CaseSpec:
+    name: str
+    description: str
+    target: float                    # required speed-up (reference time / fastprompt time)
+    learner: str                     # class in ``fastprompt``
+    reference: str                   # class in ``fastprompt.reference``
+    n_ctx: int                       # context tokens (for the CSV)
+    images: int = 4
+    classes: int = 100
+    memory_target: Optional[float] = None  # required memory ratio, or None
+    label_classes: Optional[int] = None    # labels drawn from range(label_classes), default range(classes)
+    kwargs: Dict[str, object] = field(default_factory=dict)  # to both constructors
+    # The reference takes constants the learner computes once at construction (then the learner is
+    # built first): learner -> extra reference keyword arguments.
+    from_learner: Optional[Callable] = None
+    # The reference module whose state_dict the learner loads, and whose trainable parameters the
+    # reference's optimizer steps.
+    state: Callable = _prompt_learner
+    params: Callable = lambda reference: _prompt_learner(reference).parameters()
+    # names -> (the learner's classes argument, the reference's positional arguments after the model)
+    classnames: Callable = lambda names: (names, (names,))
+    # (learner, reference, images, labels) -> (fastprompt loss closure, reference loss closure)
+    losses: Optional[Callable] = None
+
+    def build(self, model_name: str, device: torch.device) -> StepCase:
+        return build_step(self, model_name, device)
+
+
+def build_step(spec: CaseSpec, model_name: str, device: torch.device) -> StepCase:
+    """The learner and its reference on one random-weight ``model_name``, the learner loaded with
+    the reference's prompts (the reference seeded with 0), and one SGD closure for each side."""
+    import fastprompt
+    import fastprompt.reference
+    from fastprompt.testing import random_clip
+
+    learner_cls, reference_cls = getattr(fastprompt, spec.learner), getattr(fastprompt.reference, spec.reference)
+    model = random_clip(model_name).to(device)
+    learner_classes, reference_args = spec.classnames(imagenet_classnames(spec.classes))
+    make_learner = lambda: learner_cls.from_model(model, learner_classes, **spec.kwargs).to(device)
+    learner = make_learner() if spec.from_learner else None
+    extra = spec.from_learner(learner) if spec.from_learner else {}
+    torch.manual_seed(0)
+    reference = reference_cls(model, *reference_args, **spec.kwargs, **extra).to(device)
+    learner = learner or make_learner()
+    learner.load_original_state_dict(spec.state(reference).state_dict())
+    images, labels = random_batch(model, spec.images, spec.label_classes or spec.classes, device=device)
+    losses = spec.losses or (lambda learner, reference, images, labels: (
+        lambda: learner.loss(images, labels), lambda: reference.loss(images, labels)))
+    fast_loss, ref_loss = losses(learner, reference, images, labels)
+    fast, ref = sgd_steps(fast_loss, learner.trainable_parameters(), ref_loss,
+                          [p for p in spec.params(reference) if p.requires_grad])
+    return StepCase(fast, ref, dict(method=spec.reference.replace("Reference", "").lower(), images=spec.images,
+                                    classes=spec.classes, n_ctx=spec.n_ctx))
+
+
+def sgd_steps(fast_loss: Callable[[], torch.Tensor], fast_params: List[torch.Tensor],
+              ref_loss: Callable[[], torch.Tensor], ref_params: List[torch.Tensor], lr: float = 1e-3):
+    """Closures for one SGD step (zero_grad, loss, backward, step) of each side."""
+    def make(loss_fn, params):
+        opt = torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=5e-4)
+
+        def step():
+            opt.zero_grad(set_to_none=True)
+            loss_fn().backward()
+            opt.step()
+        return step
+    return make(fast_loss, fast_params), make(ref_loss, ref_params)
+
+
+def random_batch(model, n_images: int, n_classes: int, seed: int = 0, device="cpu"):
+    size = model.visual.image_size[0]
+    gen = torch.Generator().manual_seed(seed)
+    images = torch.randn(n_images, 3, size, size, generator=gen).to(device)
+    labels = torch.randint(0, n_classes, (n_images,), generator=gen).to(device)
+    return images, labels
+
+
+def imagenet_classnames(n: int) -> List[str]:
+    from open_clip.zero_shot_metadata import IMAGENET_CLASSNAMES
+
+    return list(IMAGENET_CLASSNAMES[:n])
+
+
+# ---- what differs per method ------------------------------------------------------------------
+
+def _text_tower_losses(learner, reference, images, labels):
+    """The CoOp text tower alone: fwd+bwd of the class features (no images)."""
+    return (lambda: learner.text_features().square().sum(),
+            lambda: reference.text_encoder(reference.prompt_learner(), reference.tokenized_prompts).square().sum())
+
+
+# The first 100 ImageNet classes cut into 4 tasks of 25, named after what they mostly hold.
+SOFTCPT_TASKS = ["fish and birds", "amphibians and reptiles", "snakes and arachnids", "birds"]
+
+
+def _softcpt_classnames(names):
+    tasks = {t: names[25 * i:25 * (i + 1)] for i, t in enumerate(SOFTCPT_TASKS)}
+    return tasks, (list(tasks), list(tasks.values()))
+
+
+def _softcpt_losses(learner, reference, images, labels):
+    """One image per task (every task is encoded); the reference takes the multi-task label matrix."""
+    labels = labels + 25 * torch.arange(4, device=labels.device)  # drawn within a task (label_classes=25)
+    matrix = learner.label_matrix(labels).to(labels.device)
+    return lambda: learner.loss(images, labels), lambda: reference.loss(images, matrix)
+
+
+_whole = lambda reference: reference  # noqa: E731  (the prompts live in the reference itself)
+
+CASES: Dict[str, CaseSpec] = {spec.name: spec for spec in [
+    CaseSpec("coop", "CoOp step, 4 images x 100 classes, 16 ctx", 7.0, "CoOpLearner", "ReferenceCoOp", 16,
+             kwargs=dict(n_ctx=16)),
+    CaseSpec("text", "CoOp text tower alone, fwd+bwd over 100 class prompts, 16 ctx", 8.0, "CoOpLearner",
+             "ReferenceCoOp", 16, images=0, kwargs=dict(n_ctx=16), losses=_text_tower_losses),
+    CaseSpec("cocoop", "CoCoOp step, 2 images x 100 classes, 4 ctx ('a photo of a')", 10.0, "CoCoOpLearner",
+             "ReferenceCoCoOp", 4, images=2, memory_target=5.0),
+    CaseSpec("maple", "MaPLe step, 4 images x 100 classes, 2 ctx ('a photo of a'), depth 9, both towers backward",
+             3.0, "MaPLeLearner", "ReferenceMaPLe", 2, state=_whole),
+    # The issue sets no PRE target; 5x is a regression floor (PRE's step is a CoOp step with a 4-token
+    # context plus an M-row encoder, measured 6-7x on a quiet 2-core CPU, like the CoOp case).
+    CaseSpec("pre", "PRE step, 4 images x 100 classes, 'a photo of a' ctx, LSTM1 residual encoder", 5.0,
+             "PRELearner", "ReferencePRE", 4),
+    # The frozen text targets (60 templates x 100 classes) are computed once at construction and are
+    # not part of a step; the reference takes the learner's instead of 60 full-length passes (tests
+    # check both computations agree).
+    CaseSpec("promptsrc", "PromptSRC step (full loss), 4 images x 100 classes, 4+4 ctx, depth 9+9, "
+             "both towers backward", 2.5, "PromptSRCLearner", "ReferencePromptSRC", 4,
+             from_learner=lambda learner: dict(fixed_embeddings=learner.zs_text_features), state=_whole,
+             params=lambda reference: reference.parameters()),
+    # The teacher's class features are a frozen constant computed once per class list on both sides;
+    # the literal template encoding (7 x 100 full-length prompts) would only slow the set-up down.
+    # Learner defaults: both towers, J = 9, M = 4.
+    CaseSpec("rpp", "RPP step, both towers (J=9, 4+4 unshared q/k/v prompts) + KL to a zero-shot teacher, "
+             "4 images x 100 classes", 3.0, "RPPLearner", "ReferenceRPP", 4,
+             from_learner=lambda learner: dict(teacher_text_features=learner.teacher.class_features)),
+    CaseSpec("softcpt", "SoftCPT-NATA step, 4 tasks x 25 classes, 4 images (one per task), 16 generated ctx", 5.0,
+             "SoftCPTLearner", "ReferenceSoftCPT", 16, label_classes=25, state=_whole,
+             params=lambda reference: reference.prompt_parameters(), classnames=_softcpt_classnames,
+             losses=_softcpt_losses),
+]}
+
+
+def load_all() -> Dict[str, CaseSpec]:
+    return CASES
