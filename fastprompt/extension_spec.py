@@ -31,7 +31,8 @@ _ISA_FLAGS = {
 }
 _ISA_RANK = {"default": 0, "avx2": 1, "avx512": 2}
 _SOURCES = {
-    "cpu": ["prompt_attention/cpu/prompt_attention_cpu.cpp", "prompt_attention/cpu/bindings.cpp"],
+    "cpu": ["prompt_attention/cpu/forward.cpp", "prompt_attention/cpu/backward.cpp",
+            "prompt_attention/cpu/bindings.cpp"],
     "cuda": ["prompt_attention/cuda/prompt_attention_fwd.cu", "prompt_attention/cuda/prompt_attention_bwd.cu",
              "prompt_attention/cuda/bindings.cpp"],
 }
