@@ -140,8 +140,8 @@ def test_deep_vision_learners_refuse_resnet():
         cfg = _recipe(name, **{"MODEL.BACKBONE.NAME": "RN50"})
         with pytest.raises(ConfigError, match="needs a ViT backbone, and RN50 has a ResNet image tower"):
             check_backbone(cfg)
-    with pytest.raises(ConfigError, match="RN50 has a ResNet image tower, which fastprompt's learners do not read yet"):
-        check_backbone(_recipe("coop/rn50_ep50"))  # text-prompt learners: not yet (VisionTower reads ViTs only)
+    # text-prompt learners run the ResNet image tower as it is (tests/test_resnet.py)
+    assert check_backbone(_recipe("coop/rn50_ep50")) == ("RN50", "openai")
     assert check_backbone(_recipe("coop/rn50_ep50", **{"MODEL.BACKBONE.NAME": "ViT-B-16"})) == ("ViT-B-16", "openai")
     assert open_clip_name("ViT-B/16") == "ViT-B-16" and open_clip_name("ViT-L/14@336px") == "ViT-L-14-336"
 

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..towers import TextTower, VisionTower
+from ..towers import TextTower, image_tower
 from ..version import __version__
 from .checkpoint import original_prompt_state, read_prompt_checkpoint, write_prompt_checkpoint
 from .pretrained import load_open_clip, recorded_pretrained
@@ -95,8 +95,26 @@ class PromptLearner(nn.Module, abc.ABC):
         self.pretrained = pretrained
         self.tokenizer = tokenizer if tokenizer is not None else default_tokenizer(model)
         self.text_tower = TextTower(model, backend=config.backend)
-        self.vision_tower = VisionTower(model.visual, backend=config.backend)
+        self.vision_tower = image_tower(model.visual, backend=config.backend)  # a ViT, or a frozen ResNet
         self._classnames: List[str] = clean_classnames(classnames)
+
+    def _require_prompted_image_tower(self) -> None:
+        """For the methods that prompt the image tower's layers: refuse a ResNet clearly."""
+        if not self.vision_tower.prompted:
+            raise ValueError(f"{type(self).__name__} prompts the layers of the image tower and needs a ViT image "
+                             f"tower; this model's is a {type(self.vision_tower.visual).__name__} (ResNet). Use a "
+                             "ViT backbone such as ViT-B-16")
+
+    def train(self, mode: bool = True) -> "PromptLearner":
+        """Train or eval mode for the prompt modules; the frozen CLIP always stays in eval mode.
+
+        The originals hand only their prompt learners to the trainer's mode switch (CoOp's
+        ``register_model("prompt_learner", ...)``), so CLIP's BatchNorm (ResNet towers) keeps its
+        running statistics; with ViT towers (no dropout in CLIP) nothing else would change.
+        """
+        super().train(mode)
+        self.clip.eval()
+        return self
 
     # ---- construction ------------------------------------------------------------------------
     @classmethod

@@ -74,6 +74,7 @@ class MaPLeLearner(PromptLearner):
 
     def __init__(self, model: nn.Module, classnames, config: MaPLeConfig, **kwargs):
         super().__init__(model, classnames, config, **kwargs)
+        self._require_prompted_image_tower()
         depth_limit = min(self.text_tower.layers, self.vision_tower.layers)
         if config.prompt_depth > depth_limit:
             raise ValueError(f"prompt_depth={config.prompt_depth} exceeds the model's depth: the text tower has "

@@ -134,6 +134,10 @@ class POMPObjective:
         if self.local_correction:
             log = torch.log10 if self.log_base == "10" else torch.log
             n_kept = k_neg - rejected.sum(-1, keepdim=True).to(torch.float64)  # K-1-r_i
+            # A row whose every negative is rejected (only possible with K = 2) has log(0) = -inf here,
+            # which would turn its -1e6 logits into NaN; its offset reaches no kept logit, so any
+            # finite value is exact. Every other row is unchanged.
+            n_kept = n_kept.clamp_min(1.0)
             offset = offset + (log(torch.tensor(float(n_classes - 1), dtype=torch.float64)) - log(n_kept))
         return POMPSample(classes, labels, negatives, inverse[:batch], inverse[batch:], rejected, offset)
 

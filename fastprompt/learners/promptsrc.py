@@ -96,6 +96,7 @@ class PromptSRCLearner(PromptLearner):
 
     def __init__(self, model: nn.Module, classnames, config: PromptSRCConfig, **kwargs):
         super().__init__(model, classnames, config, **kwargs)
+        self._require_prompted_image_tower()
         if config.prompt_depth_text > self.text_tower.layers:
             raise ValueError(f"prompt_depth_text={config.prompt_depth_text} exceeds the text tower's "
                              f"{self.text_tower.layers} layers")

@@ -91,6 +91,8 @@ class RPPLearner(PromptLearner):
         super().__init__(model, classnames, config, **kwargs)
         self.prompt_text = config.branches in ("text", "both")
         self.prompt_vision = config.branches in ("vision", "both")
+        if self.prompt_vision:
+            self._require_prompted_image_tower()
         for name, tower, used in (("text", self.text_tower, self.prompt_text),
                                   ("vision", self.vision_tower, self.prompt_vision)):
             if used and config.depth > tower.layers:
@@ -212,8 +214,7 @@ class RPPLearner(PromptLearner):
             except ValueError as err:
                 raise ValueError(f"teacher: {err} (teacher_projection)") from None
         if teacher.uses_own_images:
-            own = tuple(getattr(teacher.vision_tower.visual, "image_size", ()))
-            mine = tuple(getattr(self.vision_tower.visual, "image_size", ()))
+            own, mine = teacher.vision_tower.image_size, self.vision_tower.image_size
             if own != mine:
                 raise ValueError(f"teacher: its image tower expects {own} images but the student's expects {mine}; "
                                  "use teacher_image_encoder='student' or a teacher with the same input size")

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..towers import TextTower, VisionTower
+from ..towers import TextTower, image_tower
 from .prompts import clean_classnames, tokenize_prompts
 
 TemplateSpec = Union[str, Sequence[Union[str, Callable[[str], str]]]]
@@ -101,7 +101,7 @@ class CLIPTeacher(nn.Module):
         self.tokenizer = tokenizer if tokenizer is not None else default_tokenizer(model)
         self.text_tower = TextTower(model, backend=backend)
         visual = (image_model if image_model is not None else model).visual
-        self.vision_tower = VisionTower(visual, backend=backend)
+        self.vision_tower = image_tower(visual, backend=backend)
         self.uses_own_images = image_model is None
         text_dim, image_dim = self.text_tower.embed_dim, self.vision_tower.output_dim
         if projection is not None and self.uses_own_images:
@@ -125,6 +125,13 @@ class CLIPTeacher(nn.Module):
         self._cache: "OrderedDict[Tuple[str, ...], torch.Tensor]" = OrderedDict()
         self._classnames: Optional[List[str]] = None
         self.n_text_builds = 0  # how many class lists were encoded (for tests / logging)
+
+    def train(self, mode: bool = True) -> "CLIPTeacher":
+        """The teacher is frozen: its CLIP (and image model) stay in eval mode whatever ``mode``."""
+        super().train(mode)
+        self.clip.eval()
+        self.vision_tower.visual.eval()
+        return self
 
     # ---- class features ------------------------------------------------------------------------
     @property

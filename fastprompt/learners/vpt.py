@@ -61,6 +61,7 @@ class VPTLearner(PromptLearner):
 
     def __init__(self, model: nn.Module, classnames, config: VPTConfig, **kwargs):
         super().__init__(model, classnames, config, **kwargs)
+        self._require_prompted_image_tower()
         if config.prompt_depth > self.vision_tower.layers:
             raise ValueError(f"prompt_depth={config.prompt_depth} exceeds the vision tower's "
                              f"{self.vision_tower.layers} layers")

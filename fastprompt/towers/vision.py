@@ -22,6 +22,7 @@ from torch import nn
 
 from ..ops import declare_index_range, prompt_attention
 from .blocks import block_views
+from .image_input import check_image_batch, image_size_of
 from .prompt_rows import QKVPrompt
 
 
@@ -34,10 +35,12 @@ def image_groups(batch: int, device) -> torch.Tensor:
 class VisionTower:
     """Functional view of an open_clip ``VisionTransformer`` (no parameter copies)."""
 
+    prompted = True  # takes deep prompts (FrozenImageTower does not)
+
     def __init__(self, visual: nn.Module, backend: str = "auto"):
         if not hasattr(visual, "conv1") or not hasattr(visual, "transformer"):
-            raise ValueError(f"{type(visual).__name__} is not an open_clip ViT vision tower "
-                             "(ResNet and timm towers are not supported)")
+            raise ValueError(f"{type(visual).__name__} is not an open_clip ViT or ResNet image tower "
+                             "(timm and Hugging Face towers are not supported)")
         if getattr(visual, "attn_pool", None) is not None:
             raise ValueError("vision towers with an attentional pooler are not supported")
         if visual.pool_type not in ("tok", "avg"):
@@ -57,32 +60,11 @@ class VisionTower:
     @property
     def image_size(self) -> tuple:
         """``(H, W)`` the tower's positional embedding was built for."""
-        size = self.visual.image_size
-        return tuple(size) if isinstance(size, (tuple, list)) else (size, size)
+        return image_size_of(self.visual)
 
     def check_images(self, images: torch.Tensor) -> None:
-        """Raise a ``ValueError`` naming the expected ``[B, 3, H, W]`` for anything else.
-
-        Shape and dtype only (no reads of tensor values, so no device sync)."""
-        channels = self.visual.conv1.in_channels
-        height, width = self.image_size
-        expected = f"preprocessed images [B, {channels}, {height}, {width}]"
-        if not isinstance(images, torch.Tensor):
-            raise TypeError(f"expected {expected} as a torch.Tensor, got {type(images).__name__}")
-        shape = tuple(images.shape)
-        if images.dim() != 4:
-            hint = " (a single image? add a batch dimension: images[None])" if images.dim() == 3 else ""
-            raise ValueError(f"expected {expected}, got a {images.dim()}-D tensor of shape {shape}{hint}")
-        if shape[1] != channels:
-            hint = (" (channels last? use images.permute(0, 3, 1, 2))" if shape[3] == channels else "")
-            raise ValueError(f"expected {expected}, got shape {shape}{hint}")
-        if shape[2:] != (height, width):
-            raise ValueError(f"expected {expected}, got {shape[2]}x{shape[3]} images {shape}: this tower's "
-                             f"positional embedding is for {height}x{width}; resize with the model's preprocess "
-                             "transform (resize + center crop)")
-        if not images.is_floating_point():
-            raise ValueError(f"expected {expected} as floats (normalised by the model's preprocess transform), "
-                             f"got dtype {images.dtype}")
+        """Raise a ``ValueError`` naming the expected ``[B, 3, H, W]`` for anything else (shapes only)."""
+        check_image_batch(images, self.visual.conv1.in_channels, self.image_size)
 
     def embed(self, images: torch.Tensor) -> torch.Tensor:
         """Patch + class + positional embeddings, patch dropout; before ``ln_pre``: ``[B, 1+n, W]``."""

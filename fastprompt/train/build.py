@@ -67,11 +67,6 @@ def check_backbone(cfg: Dict[str, Any]) -> Tuple[str, str]:
         if cfg["METHOD"] in DEEP_VISION and is_resnet(name):
             raise ConfigError(f"{cfg['METHOD']} prompts the layers of a vision transformer: it needs a ViT backbone, "
                               f"and {name} has a ResNet image tower. Use e.g. ViT-B-16")
-        if is_resnet(name):
-            # The learners' frozen image path (fastprompt.towers.VisionTower) reads ViT towers only, so
-            # the originals' rn50_* / rn101_* recipes cannot run as they are yet.
-            raise ConfigError(f"{name} has a ResNet image tower, which fastprompt's learners do not read yet (ViT "
-                              f"towers only); run the recipe on a ViT with --model ViT-B-16 (or MODEL.BACKBONE.NAME)")
     return name, tag
 
 
