@@ -9,6 +9,8 @@ from fastprompt.reference import ReferenceCoCoOp, ReferenceCoOp
 from fastprompt.testing import FP32, assert_close_rel, random_images
 from fastprompt.towers import FrozenImageTower, VisionTower
 
+from test_learners import _compare_step
+
 NAMES = ["cat", "dog", "sea lion", "jack-o'-lantern"]
 
 
@@ -32,14 +34,6 @@ def resnet_clip():
     return model.eval()
 
 
-def _compare(learner, reference, images, labels, params, ref_params):
-    assert_close_rel(learner(images), reference(images), FP32.parity, "logits")
-    loss, ref_loss = learner.loss(images, labels), F.cross_entropy(reference(images), labels)
-    assert_close_rel(loss, ref_loss, FP32.parity, "loss")
-    for i, (g, r) in enumerate(zip(torch.autograd.grad(loss, params), torch.autograd.grad(ref_loss, ref_params))):
-        assert_close_rel(g, r, FP32.parity, f"grad {i}")
-
-
 def test_coop_and_cocoop_match_the_reference_on_a_resnet(resnet_clip):
     images, labels = random_images(3), torch.tensor([0, 3, 2])
     torch.manual_seed(1)
@@ -47,14 +41,14 @@ def test_coop_and_cocoop_match_the_reference_on_a_resnet(resnet_clip):
     learner = fastprompt.CoOpLearner.from_model(resnet_clip, NAMES, n_ctx=4)
     assert isinstance(learner.vision_tower, FrozenImageTower)
     learner.load_original_state_dict(ref.prompt_learner.state_dict())
-    _compare(learner, ref, images, labels, [learner.ctx], [ref.prompt_learner.ctx])
+    _compare_step(learner, ref, images, labels, [learner.ctx], [ref.prompt_learner.ctx])
     torch.manual_seed(1)
     ref = ReferenceCoCoOp(resnet_clip, NAMES)
     learner = fastprompt.CoCoOpLearner.from_model(resnet_clip, NAMES)
     learner.load_original_state_dict(ref.prompt_learner.state_dict())
     params = [learner.ctx] + list(learner.meta_net.parameters())
     ref_params = [ref.prompt_learner.ctx] + list(ref.prompt_learner.meta_net.parameters())
-    _compare(learner, ref, images, labels, params, ref_params)
+    _compare_step(learner, ref, images, labels, params, ref_params)
 
 
 @pytest.mark.parametrize("method,settings", [
