@@ -150,7 +150,7 @@ def test_dassl_constant_warmup_cosine():
     sched = schedule_from_config(_recipe("coop/vit_b16_ep50")["OPTIM"])
     assert sched.lr_at(0) == 1e-5
     assert sched.lr_at(1) == pytest.approx(0.002)
-    assert sched.lr_at(49) == pytest.approx(7.885e-6, rel=1e-3)  # PRE's logs, methods.md §0.2
+    assert sched.lr_at(49) == pytest.approx(7.885e-6, rel=1e-3)  # minhanh151/PRE's training logs
     # the same values as Dassl's ConstantWarmupScheduler over torch's CosineAnnealingLR, stepped per epoch
     p = torch.nn.Parameter(torch.zeros(1))
     opt = torch.optim.SGD([p], lr=0.002)

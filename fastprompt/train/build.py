@@ -1,7 +1,7 @@
 """Build what a resolved configuration describes: the backbone, the data, the learner.
 
 Backbone names are open_clip's (``ViT-B-16``) or the originals' OpenAI spellings
-(``MODEL.BACKBONE.NAME: "ViT-B/16"``, ``"RN50"``; ecosystem.md §9), with ``MODEL.BACKBONE.TAG``
+(``MODEL.BACKBONE.NAME: "ViT-B/16"``, ``"RN50"``, as in the originals' Dassl configs), with ``MODEL.BACKBONE.TAG``
 the open_clip pretrained tag (``openai``), a weights file, or ``none``: random weights drawn from
 ``SEED`` (``fastprompt.testing.random_clip``), so such runs are reproducible and resumable.
 ``tiny`` (with ``none``) is the few-layer random CLIP of the tests and the demo.

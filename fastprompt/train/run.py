@@ -1,6 +1,6 @@
 """A run from a resolved configuration: its directory, training, and evaluation of a checkpoint.
 
-A run directory holds everything needed to understand and resume the run (DESIGN.md §7):
+A run directory holds everything needed to understand and resume the run:
 ``config.yaml`` (resolved), ``env.txt``, ``log.txt``, ``metrics.jsonl``, ``prompt.safetensors`` +
 ``fastprompt_config.json`` (``from_pretrained``), ``state.pt`` (resumable), ``eval.json`` (the final
 test), ``curves.png``, ``tensorboard/``. A directory that already holds a run is never silently

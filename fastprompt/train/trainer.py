@@ -1,7 +1,7 @@
 """``Trainer``: one training loop for every learner, with Dassl's harness and exact resume.
 
 The loop is that of Dassl's ``SimpleTrainer`` as the CoOp family uses it (KaiyangZhou/
-Dassl.pytorch ``dassl/engine/trainer.py``; methods.md §0.2): epochs of shuffled batches
+Dassl.pytorch ``dassl/engine/trainer.py``): epochs of shuffled batches
 (:mod:`fastprompt.train.order`), ``loss = learner.loss(images, labels)``, backward, optimizer
 step; the learning rate set per epoch (:mod:`fastprompt.train.schedule`); after the last
 epoch, the test split is evaluated with the last model (``TEST.FINAL_MODEL = last_step``) or
