@@ -66,7 +66,8 @@ setup(
     python_requires=">=3.10",
     packages=find_packages(include=["fastprompt", "fastprompt.*"]) + ["fastprompt.kernels"],
     package_dir={"fastprompt.kernels": "kernels"},  # Triton source lives at the top level
-    package_data={"fastprompt.train": ["recipes/*/*.yaml"]},  # the original training configurations
+    package_data={"fastprompt.train": ["recipes/*/*.yaml",  # the original training configurations
+                                       "published/*.yaml"]},  # the papers' numbers beside the results tables
     install_requires=[
         "torch>=2.4",
         "torchvision",

@@ -9,6 +9,7 @@ Subcommands:
 * ``data check ROOT`` / ``data fewshot NAME ROOT --shots K --seed S``: dataset folders and few-shot
   subsets (``fastprompt/data/cli.py``).
 * ``train`` / ``eval``: recipes, training runs with resume, evaluation (``fastprompt/train/cli.py``).
+* ``run`` / ``results``: a protocol's grid of runs and its results table (``fastprompt/train/protocol_cli.py``).
 """
 from __future__ import annotations
 
@@ -132,6 +133,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .train.cli import add_train_parsers
 
     add_train_parsers(subparsers)  # fastprompt train|eval
+    from .train.protocol_cli import add_protocol_parsers
+
+    add_protocol_parsers(subparsers)  # fastprompt run|results
     return parser
 
 

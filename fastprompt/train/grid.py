@@ -1,0 +1,188 @@
+"""``fastprompt run``: the runs of a protocol, each trained, skipped or resumed, then evaluated.
+
+The grid lives in one output directory, laid out like the originals' ``output/`` trees
+(KaiyangZhou/CoOp ``scripts/cocoop/base2new_train.sh``: ``base2new/train_base/<dataset>/
+shots_<K>/<trainer>/<config>/seed<S>``)::
+
+    DIR/base2new/<method>/<dataset>/shots<K>/seed<S>/   trained on the base classes; eval.json (base),
+                                                        eval_<dataset>_new.json (novel classes)
+    DIR/fewshot/<method>/<dataset>/shots<K>/seed<S>/    eval.json
+    DIR/xd/<method>/imagenet/shots<K>/seed<S>/          the ImageNet source run of crossdataset and dg:
+                                                        eval.json (ImageNet), eval_<target>_all.json
+    DIR/results/<protocol>_<method>.{csv,md,png}        the tables (:mod:`fastprompt.train.tables`)
+
+Each run directory is an ordinary ``fastprompt train`` run (``fastprompt eval`` and ``--resume``
+work on it). Like the originals' scripts, a finished run is skipped; unlike them, an unfinished one
+is resumed from its last state rather than skipped or redone, and a run directory whose
+configuration differs from the one asked for (another backbone, other overrides) is an error,
+never mixed into the table.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import sys
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+
+from . import distributed
+from .config import resolve_config
+from .errors import ConfigError
+from .protocols import SOURCE, check_protocol, normalise_datasets, recipe_for
+from .recipes import load_recipe, recipe_path
+from .run import evaluate_checkpoint, run_status, train_run
+
+__all__ = ["Job", "plan", "run_grid", "eval_path", "KIND"]
+
+# protocol -> the folder of its training runs (crossdataset and dg share the ImageNet runs)
+KIND = {"base2new": "base2new", "fewshot": "fewshot", "crossdataset": "xd", "dg": "xd"}
+
+
+@dataclasses.dataclass
+class Job:
+    """One training run of the grid and the evaluations of its prompts that the protocol needs."""
+
+    run_dir: str
+    dataset: str
+    shots: int
+    seed: int
+    recipe: str
+    overrides: Tuple[Tuple[str, Any], ...]
+    subsample: str = "all"
+    evals: Tuple[Tuple[str, str], ...] = ()  # (dataset, subsample) tested with the trained prompts
+
+
+def eval_path(run_dir: str, dataset: str, subsample: str) -> str:
+    """Where the evaluation of a run's prompts on ``dataset`` / ``subsample`` is written."""
+    return os.path.join(run_dir, f"eval_{dataset}_{subsample}.json")
+
+
+def plan(protocol: str, method: str, output_dir: str, datasets: Optional[Sequence[str]] = None,
+         seeds: Sequence[int] = (1, 2, 3), shots: Optional[Sequence[int]] = None) -> List[Job]:
+    """The jobs of a grid, in the order they run (dataset, shots, seed)."""
+    from .protocols import DEFAULT_SHOTS
+
+    check_protocol(protocol, method)
+    shots = list(shots or DEFAULT_SHOTS[protocol])
+    if protocol != "fewshot" and len(shots) != 1:
+        raise ConfigError(f"--shots: {protocol} trains with one shot count (16 in the papers), got {shots}")
+    if any(int(k) < 1 for k in shots):
+        raise ConfigError(f"--shots must be >= 1, got {shots}")
+    if not seeds or any(int(s) < 0 for s in seeds):
+        raise ConfigError(f"--seeds must be integers >= 0, got {list(seeds)}")
+    names = normalise_datasets(datasets, protocol)
+    kind = KIND[protocol]
+    jobs = []
+    trained = [SOURCE] if kind == "xd" else names
+    for dataset in trained:
+        for k in shots:
+            rec = recipe_for(method, protocol, dataset, int(k))
+            for seed in seeds:
+                run_dir = os.path.join(output_dir, kind, method, dataset, f"shots{k}", f"seed{seed}")
+                if protocol == "base2new":
+                    jobs.append(Job(run_dir, dataset, int(k), int(seed), rec.recipe, rec.overrides, "base",
+                                    ((dataset, "new"),)))
+                elif kind == "xd":
+                    jobs.append(Job(run_dir, dataset, int(k), int(seed), rec.recipe, rec.overrides,
+                                    evals=tuple((t, "all") for t in names)))
+                else:
+                    jobs.append(Job(run_dir, dataset, int(k), int(seed), rec.recipe, rec.overrides))
+    return jobs
+
+
+def job_config(job: Job, method: str, data_root: str, arguments: Dict[str, Any], opts: Sequence[str]) -> Dict[str, Any]:
+    """The resolved configuration of a job: recipe, protocol settings, the user's options and overrides."""
+    settings = dict(arguments)
+    settings.update({"DATASET.ROOT": data_root, "DATASET.NAME": job.dataset, "SEED": job.seed,
+                     "DATASET.NUM_SHOTS": job.shots, "DATASET.SUBSAMPLE_CLASSES": job.subsample,
+                     "OUTPUT_DIR": job.run_dir})
+    for key, value in job.overrides:
+        settings[key] = value
+    return resolve_config([(recipe_path(job.recipe), load_recipe(job.recipe))], method=method, arguments=settings,
+                          overrides=list(opts))
+
+
+def check_data(jobs: Sequence[Job], data_root: str) -> None:
+    """Every dataset of the grid has its folder and files under ``data_root``, checked before anything
+    trains (the images themselves are checked when each run loads its dataset)."""
+    from ..data.load import dataset_dir_of
+    from ..data.registry import resolve
+
+    missing = []
+    for name in dict.fromkeys(n for job in jobs for n in (job.dataset,) + tuple(d for d, _ in job.evals)):
+        spec = resolve(name)
+        folder = dataset_dir_of(spec, data_root)
+        needed = [spec.split_file] if spec.split_file else []
+        needed += [os.path.join(spec.image_dir, "")] if spec.image_dir else []
+        absent = [os.path.join(folder, rel) for rel in [""] + needed + list(spec.needs)
+                  if not (os.path.isdir if rel.endswith("/") or not rel else os.path.isfile)(os.path.join(folder, rel))]
+        if absent:
+            missing.append(f"{name}: missing {absent[0]} (get: {spec.download})")
+    if missing:
+        raise ConfigError(f"--data {data_root}: {len(missing)} dataset(s) of the grid are not there; "
+                          + "; ".join(missing) + ". Pass --datasets to run a subset (fastprompt data check ROOT "
+                          "lists what is present)")
+
+
+def _eval_fresh(path: str, run_dir: str) -> bool:
+    prompts = os.path.join(run_dir, "prompt.safetensors")
+    return os.path.isfile(path) and os.path.isfile(prompts) and os.path.getmtime(path) >= os.path.getmtime(prompts)
+
+
+def _say(text: str) -> None:
+    if distributed.is_main():
+        print(f"fastprompt run: {text}", file=sys.stderr, flush=True)
+
+
+def run_job(job: Job, cfg: Dict[str, Any], data_root: str, *, progress: bool = False,
+            callbacks: Sequence[Callable] = (), device: str = "") -> str:
+    """Train (or skip, or resume) one job, then its evaluations; returns what was done."""
+    status = distributed.broadcast_object(run_status(job.run_dir) if distributed.is_main() else None)
+    if status == "finished":
+        done = "skipped (finished)"
+        # the run's config.yaml must be the one asked for (train_run checks and returns its result)
+        train_run(cfg, job.run_dir, resume=True, progress=False)
+    else:
+        resume = status in ("started", "partial")
+        no_config = resume and not os.path.isfile(os.path.join(job.run_dir, "config.yaml"))
+        done = "trained" if not resume else ("restarted" if no_config else "resumed")
+        _say(f"{'training' if done == 'trained' else done.replace('ed', 'ing')} {job.run_dir}")
+        train_run(cfg, job.run_dir, resume=resume and not no_config, overwrite=no_config, progress=progress,
+                  callbacks=callbacks)
+    if distributed.is_main():
+        for dataset, subsample in job.evals:
+            out = eval_path(job.run_dir, dataset, subsample)
+            if not _eval_fresh(out, job.run_dir):
+                evaluate_checkpoint(job.run_dir, data_root, dataset, subsample, device=device, out=out)
+    distributed.barrier()
+    return done
+
+
+def run_grid(protocol: str, method: str, data_root: str, output_dir: str, *, datasets: Optional[Sequence[str]] = None,
+             seeds: Sequence[int] = (1, 2, 3), shots: Optional[Sequence[int]] = None,
+             arguments: Optional[Dict[str, Any]] = None, opts: Sequence[str] = (), progress: bool = False,
+             callbacks: Sequence[Callable] = ()) -> Dict[str, int]:
+    """Run every job of the grid; returns how many were trained / resumed / skipped."""
+    if not data_root or not os.path.isdir(data_root):
+        raise ConfigError(f"--data {data_root!r}: no such folder (the folder holding the dataset folders)")
+    jobs = plan(protocol, method, output_dir, datasets, seeds, shots)
+    arguments = dict(arguments or {})
+    # every configuration resolves and every dataset is present before the first run starts
+    configs = [job_config(job, method, data_root, arguments, opts) for job in jobs]
+    check_data(jobs, data_root)
+    counts: Dict[str, int] = {}
+    for i, (job, cfg) in enumerate(zip(jobs, configs), 1):
+        _say(f"[{i}/{len(jobs)}] {method} {protocol}: {job.dataset}, {job.shots} shots, seed {job.seed} "
+             f"({job.recipe})")
+        done = run_job(job, cfg, data_root, progress=progress, callbacks=callbacks,
+                       device=str(arguments.get("TRAIN.DEVICE", "")))
+        counts[done] = counts.get(done, 0) + 1
+    return counts
+
+
+def read_json(path: str) -> Optional[Dict[str, Any]]:
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None

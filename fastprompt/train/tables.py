@@ -1,0 +1,212 @@
+"""The results tables as the papers report them, from the finished runs of a grid.
+
+* base-to-novel (CoCoOp, CVPR 2022, Table 1): per dataset, Base and Novel accuracy (mean ± std over
+  seeds) and HM = the harmonic mean of the seed-averaged Base and Novel accuracies; the Average row
+  averages Base and Novel over the datasets and takes the HM of those averages;
+* few-shot (CoOp, IJCV 2022, Fig. 3): per dataset, accuracy for each K (1, 2, 4, 8, 16 shots);
+* cross-dataset (CoCoOp Table 2): the ImageNet source, each target, the average over the targets;
+* domain generalisation (CoCoOp Table 3): ImageNet, then -V2, -Sketch, -A, -R and their average.
+
+Means and standard deviations over seeds are ``np.mean`` / ``np.std`` (population std), as CoOp's
+``parse_test_res.py`` computes them (KaiyangZhou/CoOp). Each row carries the original method's
+published numbers (:mod:`fastprompt.train.published`); a published average is shown only when the
+table covers the datasets it was computed over.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Dict, List, Optional, Sequence, Tuple
+
+from .protocols import DATASETS_11, DG_TARGETS, SOURCE, XD_TARGETS
+from .published import published
+from .results import RunResult
+
+__all__ = ["Cell", "Row", "Table", "build_tables", "DISPLAY", "harmonic_mean"]
+
+DISPLAY = {"imagenet": "ImageNet", "caltech-101": "Caltech101", "oxford_pets": "OxfordPets",
+           "stanford_cars": "StanfordCars", "oxford_flowers": "Flowers102", "food-101": "Food101",
+           "fgvc_aircraft": "FGVCAircraft", "sun397": "SUN397", "dtd": "DTD", "eurosat": "EuroSAT",
+           "ucf101": "UCF101", "imagenetv2": "ImageNet-V2", "imagenet-sketch": "ImageNet-Sketch",
+           "imagenet-adversarial": "ImageNet-A", "imagenet-rendition": "ImageNet-R", "average": "Average"}
+_ORDER = {name: i for i, name in enumerate(DATASETS_11 + DG_TARGETS)}
+TITLES = {"base2new": "Base-to-novel generalization", "fewshot": "Few-shot learning",
+          "crossdataset": "Cross-dataset transfer (ImageNet source)",
+          "dg": "Domain generalization (ImageNet source)"}
+
+
+def harmonic_mean(a: float, b: float) -> float:
+    """HM of two accuracies (0 when both are 0), as CoCoOp defines it."""
+    return 2 * a * b / (a + b) if a + b > 0 else 0.0
+
+
+@dataclasses.dataclass
+class Cell:
+    """A value over seeds: ``mean``, ``std`` (``None``: not a per-seed quantity, e.g. HM), the seeds."""
+
+    mean: float
+    std: Optional[float] = None
+    seeds: Tuple[int, ...] = ()
+
+    @classmethod
+    def of(cls, by_seed: Dict[int, float]) -> "Cell":
+        values = [by_seed[s] for s in sorted(by_seed)]
+        mean = sum(values) / len(values)
+        std = math.sqrt(sum((v - mean) ** 2 for v in values) / len(values))
+        return cls(mean, std, tuple(sorted(by_seed)))
+
+
+@dataclasses.dataclass
+class Row:
+    key: str                                   # a CoOp dataset folder name, or "average"
+    cells: Dict[str, Cell]
+    published: Dict[str, float]
+
+    @property
+    def label(self) -> str:
+        return DISPLAY.get(self.key, self.key)
+
+
+@dataclasses.dataclass
+class Table:
+    protocol: str
+    method: str
+    shots: Optional[int]                        # None for the few-shot table (shots are columns)
+    columns: List[Tuple[str, str]]              # (key, title)
+    rows: List[Row]
+    source: str = ""                            # where the published numbers come from
+    notes: List[str] = dataclasses.field(default_factory=list)
+
+    @property
+    def name(self) -> str:
+        suffix = "" if self.shots in (None, 16) else f"_{self.shots}shots"
+        return f"{self.protocol}_{self.method}{suffix}"
+
+    @property
+    def title(self) -> str:
+        shots = "" if self.shots is None else f", {self.shots} shots"
+        return f"{TITLES[self.protocol]}: {self.method}{shots}"
+
+
+def _sorted(names) -> List[str]:
+    return sorted(names, key=lambda n: (_ORDER.get(n, len(_ORDER)), n))
+
+
+def _average_row(rows: List[Row], columns: Sequence[str], per_seed: Dict[str, Dict[str, Dict[int, float]]],
+                 hm: bool) -> Row:
+    """Mean over the rows of each column; std over seeds of the per-seed averages when every row has
+    the same seeds; HM of the averaged Base / Novel."""
+    cells = {}
+    for col in columns:
+        if col == "hm":
+            continue
+        have = [r for r in rows if col in r.cells]
+        if not have:
+            continue
+        mean = sum(r.cells[col].mean for r in have) / len(have)
+        seed_sets = {r.cells[col].seeds for r in have}
+        std, seeds = None, ()
+        if len(seed_sets) == 1:
+            seeds = seed_sets.pop()
+            avg = {s: sum(per_seed[r.key][col][s] for r in have) / len(have) for s in seeds}
+            std = Cell.of(avg).std
+        cells[col] = Cell(mean, std, seeds)
+    if hm and "base" in cells and "novel" in cells:
+        cells["hm"] = Cell(harmonic_mean(cells["base"].mean, cells["novel"].mean))
+    return Row("average", cells, {})
+
+
+def _attach_published(table: Table, default_over: Sequence[str], covered: Sequence[str]) -> None:
+    pub = published(table.method, table.protocol)
+    if pub is None:
+        table.notes.append(f"No published {table.protocol} numbers for {table.method} (package data "
+                           "fastprompt/train/published/).")
+        return
+    table.source = pub.source
+    over = tuple(pub.average_over or default_over)
+    shown = set(covered) == set(over)
+    for row in table.rows:
+        if row.key == "average" and not shown:
+            continue
+        for col, _ in table.columns:
+            value = pub.value(row.key, int(col) if col.isdigit() else col)
+            if value is not None:
+                row.published[col] = value
+    average = pub.rows.get("average")
+    if average and not shown:
+        values = ", ".join(f"{dict(table.columns).get(str(k), k)} {float(v):.2f}" for k, v in average.items())
+        table.notes.append(f"The published average ({values}) covers {len(over)} datasets "
+                           f"({', '.join(DISPLAY.get(d, d) for d in over)}); this table covers {len(covered)}, "
+                           "so it is not beside a row.")
+
+
+def _base2new(method: str, shots: int, runs: List[RunResult]) -> Table:
+    per: Dict[str, Dict[str, Dict[int, float]]] = {}
+    for r in runs:
+        novel = r.evals.get((r.dataset, "new"))
+        if novel is None:
+            continue  # trained, not yet tested on the novel classes
+        d = per.setdefault(r.dataset, {"base": {}, "novel": {}})
+        d["base"][r.seed], d["novel"][r.seed] = r.accuracy, novel
+    rows = []
+    for name in _sorted(per):
+        base, novel = Cell.of(per[name]["base"]), Cell.of(per[name]["novel"])
+        rows.append(Row(name, {"base": base, "novel": novel, "hm": Cell(harmonic_mean(base.mean, novel.mean))}, {}))
+    cols = [("base", "Base"), ("novel", "Novel"), ("hm", "HM")]
+    if len(rows) > 1:
+        rows.append(_average_row(rows, [c for c, _ in cols], per, hm=True))
+    table = Table("base2new", method, shots, cols, rows,
+                  notes=["HM: harmonic mean of the seed-averaged Base and Novel accuracies (CoCoOp)."])
+    _attach_published(table, DATASETS_11, list(per))
+    return table
+
+
+def _fewshot(method: str, runs: List[RunResult]) -> Table:
+    per: Dict[str, Dict[str, Dict[int, float]]] = {}
+    for r in runs:
+        per.setdefault(r.dataset, {}).setdefault(str(r.shots), {})[r.seed] = r.accuracy
+    shots = sorted({int(k) for d in per.values() for k in d})
+    cols = [(str(k), f"{k} shot{'s' if k > 1 else ''}") for k in shots]
+    rows = [Row(name, {k: Cell.of(v) for k, v in per[name].items()}, {}) for name in _sorted(per)]
+    if len(rows) > 1:
+        rows.append(_average_row(rows, [c for c, _ in cols], per, hm=False))
+    table = Table("fewshot", method, None, cols, rows)
+    _attach_published(table, DATASETS_11, list(per))
+    return table
+
+
+def _transfer(protocol: str, method: str, shots: int, runs: List[RunResult]) -> Optional[Table]:
+    targets = XD_TARGETS if protocol == "crossdataset" else DG_TARGETS
+    per: Dict[str, Dict[str, Dict[int, float]]] = {}
+    for r in runs:
+        per.setdefault(SOURCE, {"accuracy": {}})["accuracy"][r.seed] = r.accuracy
+        for (dataset, subsample), value in r.evals.items():
+            if subsample == "all" and dataset in targets:
+                per.setdefault(dataset, {"accuracy": {}})["accuracy"][r.seed] = value
+    found = [t for t in _sorted(per) if t != SOURCE]
+    if not found:
+        return None
+    cols = [("accuracy", "Accuracy")]
+    rows = [Row(name, {"accuracy": Cell.of(per[name]["accuracy"])}, {}) for name in [SOURCE] + found]
+    if len(found) > 1:
+        rows.append(_average_row(rows[1:], ["accuracy"], per, hm=False))
+    table = Table(protocol, method, shots, cols, rows, notes=["Average: over the target datasets (not ImageNet)."])
+    _attach_published(table, targets, found)
+    return table
+
+
+def build_tables(runs: Sequence[RunResult], protocols: Optional[Sequence[str]] = None) -> List[Table]:
+    """Every table the runs make (per protocol, method and shot count), optionally of some protocols only."""
+    groups: Dict[Tuple[str, str, Optional[int]], List[RunResult]] = {}
+    for r in runs:
+        groups.setdefault((r.kind, r.method, None if r.kind == "fewshot" else r.shots), []).append(r)
+    tables: List[Table] = []
+    for (kind, method, shots), members in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1], kv[0][2] or 0)):
+        if kind == "base2new":
+            made = [_base2new(method, shots, members)]
+        elif kind == "fewshot":
+            made = [_fewshot(method, members)]
+        else:
+            made = [_transfer(p, method, shots, members) for p in ("crossdataset", "dg")]
+        tables += [t for t in made if t is not None and t.rows and (not protocols or t.protocol in protocols)]
+    return tables
