@@ -2,9 +2,10 @@
 
 Subcommands:
 
-* ``demo``: train a prompt learner (RPP by default; CoOp, CoCoOp) on the embedded synthetic shapes dataset,
-  report held-out accuracy before/after, and time a training step against the literal reference
-  implementation (``fastprompt.reference``). Runs offline on CPU in well under two minutes with
+* ``demo``: train a prompt learner (RPP by default; CoOp, CoCoOp) on the embedded synthetic shapes dataset
+  with the Trainer of ``fastprompt train`` (:class:`fastprompt.train.Trainer`), report held-out
+  accuracy before/after, and time a training step against the literal reference implementation
+  (``fastprompt.reference``). Runs offline on CPU in well under two minutes with
   the default tiny random-weight CLIP.
 * ``data check ROOT`` / ``data fewshot NAME ROOT --shots K --seed S``: dataset folders and few-shot
   subsets (``fastprompt/data/cli.py``).
@@ -35,8 +36,7 @@ TINY_CLIP_KWARGS = dict(image_size=64, patch_size=16, width=128, layers=4, heads
                         vision_width=96, vision_layers=2, vision_heads=3, embed_dim=48)
 TEST_PER_CLASS = 25
 TEST_SEED_OFFSET = 1_000_003
-WINDOW = 20          # steps in the running loss/accuracy of the progress bar
-ACC_EVERY = 5        # the running train accuracy re-scores every 5th batch
+WINDOW = 20          # steps in the running loss of the progress bar and the final train loss
 TIMED_STEPS = 7      # timed steps per implementation (after one warm-up step)
 
 
@@ -275,6 +275,43 @@ def _sgd(params, lr: float):
     return torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=5e-4)
 
 
+def _train(args, learner, train_x, train_y, batch: int, device):
+    """``args.steps`` SGD steps (momentum 0.9, weight decay 5e-4, constant ``args.lr``) of the
+    learner's full objective with :class:`fastprompt.train.Trainer`, shuffled batches of
+    ``batch``; returns the last ``WINDOW`` losses and the seconds it took."""
+    from tqdm import tqdm
+    from torch.utils.data import TensorDataset
+
+    from .train import EpochSchedule, Trainer, TrainSettings, TrainError
+    from .train.order import EpochBatches
+    from .train.records import RunRecords
+
+    per_epoch = len(EpochBatches(len(train_x), batch, args.seed))
+    epochs = -(-args.steps // per_epoch)
+    settings = TrainSettings(max_epoch=epochs, batch_size=batch, seed=args.seed, max_steps=args.steps,
+                             no_test=True, tensorboard=False, progress=False)
+    optim = {"NAME": "sgd", "LR": args.lr, "MOMENTUM": 0.9, "WEIGHT_DECAY": 5e-4, "SGD_DAMPNING": 0,
+             "SGD_NESTEROV": False}
+    schedule = EpochSchedule(args.lr, epochs, "single_step")  # no decay within the run: a constant lr
+    losses = deque(maxlen=WINDOW)
+    with tqdm(total=args.steps, desc=f"training {args.method}", unit="step", file=sys.stderr,
+              dynamic_ncols=True, leave=True) as bar:
+        def progress(event, trainer, info):
+            if event == "step":
+                losses.append(info["loss"])
+                bar.set_postfix(loss=f"{sum(losses) / len(losses):.3f}", refresh=False)
+                bar.update(1)
+
+        trainer = Trainer(learner, TensorDataset(train_x, train_y), settings, optim, schedule, device=device,
+                          callbacks=[progress], records=RunRecords(None, enabled=False, echo=False))
+        t_train = time.perf_counter()
+        try:
+            trainer.fit()  # the method's full objective (RPP: CE + teacher KL)
+        except TrainError as exc:
+            raise DemoError(f"training diverged: {exc}") from None
+    return losses, time.perf_counter() - t_train
+
+
 def _evaluate(learner, images, labels, batch_size: int, device) -> float:
     import torch
 
@@ -314,7 +351,6 @@ def _time_steps(runs, images, labels, lr: float, device) -> List[float]:
 
 def run_demo(args: argparse.Namespace) -> int:
     import torch
-    from tqdm import tqdm
 
     from .data.synthetic import SyntheticShapes, class_names
 
@@ -350,41 +386,15 @@ def run_demo(args: argparse.Namespace) -> int:
     acc_before = _evaluate(learner, test_x, test_y, max(args.batch_size, 64), device)
     _say(f"held-out accuracy before training: {acc_before:.1%}")
 
-    # training
-    optimizer = _sgd(params, args.lr)
-    gen = torch.Generator().manual_seed(args.seed)
+    # training: the Trainer of fastprompt train (fastprompt.train.Trainer), data in memory
     batch = min(args.batch_size, len(train_x))
-    perm, pos = torch.randperm(len(train_x), generator=gen), 0
-    losses, accs = deque(maxlen=WINDOW), deque(maxlen=WINDOW // ACC_EVERY)
-    learner.train(True)
-    t_train = time.perf_counter()
-    with tqdm(range(args.steps), desc=f"training {args.method}", unit="step", file=sys.stderr,
-              dynamic_ncols=True, leave=True) as bar:
-        for step in bar:
-            if pos + batch > len(perm):
-                perm, pos = torch.randperm(len(train_x), generator=gen), 0
-            idx = perm[pos:pos + batch]
-            pos += batch
-            x, y = train_x[idx].to(device), train_y[idx].to(device)
-            optimizer.zero_grad(set_to_none=True)
-            loss = learner.loss(x, y)  # the method's full objective (RPP: CE + teacher KL)
-            loss.backward()
-            optimizer.step()
-            loss_value = float(loss.detach())
-            if not math.isfinite(loss_value):
-                raise DemoError(f"training diverged (loss {loss_value}); try a smaller --lr")
-            losses.append(loss_value)
-            if step % ACC_EVERY == 0:
-                with torch.no_grad():
-                    accs.append(float((learner(x).argmax(dim=-1) == y).float().mean()))
-            bar.set_postfix(loss=f"{sum(losses) / len(losses):.3f}",
-                            acc=f"{sum(accs) / len(accs):.1%}", refresh=False)
-    train_s = time.perf_counter() - t_train
+    losses, train_s = _train(args, learner, train_x, train_y, batch, device)
+    acc_train = _evaluate(learner, train_x, train_y, max(args.batch_size, 64), device)
 
     acc_after = _evaluate(learner, test_x, test_y, max(args.batch_size, 64), device)
     _say(f"trained {args.steps} steps in {train_s:.1f} s ({train_s / args.steps * 1e3:.1f} ms/step)")
     _say(f"final train loss: {sum(losses) / len(losses):.4f} (mean of last {len(losses)} steps), "
-         f"train accuracy {sum(accs) / len(accs):.1%}")
+         f"train accuracy {acc_train:.1%}")
     _say(f"held-out accuracy: {acc_before:.1%} before -> {acc_after:.1%} after training "
          f"(chance {1 / args.n_classes:.1%})")
 
