@@ -149,7 +149,7 @@ def test_bad_inputs(grid, data, tmp_path, capsys):
     before = (_seed_dir(grid, 1) / "state.pt").stat().st_mtime_ns
     assert _run(data, grid, opts=FAST + ["OPTIM.LR", "0.01"]) == 2
     err = capsys.readouterr().err
-    assert "OPTIM.LR: run 0.002, now 0.01" in err
+    assert "OPTIM.LR: run 0.002, now 0.01" in err and "pass another --output-dir" in err
     assert (_seed_dir(grid, 1) / "state.pt").stat().st_mtime_ns == before
     assert main(["results", str(tmp_path / "nowhere")]) == 2
     assert "no such directory" in capsys.readouterr().err

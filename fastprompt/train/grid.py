@@ -27,7 +27,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from . import distributed
 from .config import resolve_config
-from .errors import ConfigError
+from .errors import ConfigError, TrainError
 from .protocols import SOURCE, check_protocol, normalise_datasets, recipe_for
 from .recipes import load_recipe, recipe_path
 from .run import evaluate_checkpoint, run_status, train_run
@@ -134,21 +134,31 @@ def _say(text: str) -> None:
         print(f"fastprompt run: {text}", file=sys.stderr, flush=True)
 
 
+def _train_job(job: Job, cfg: Dict[str, Any], status: str, progress: bool, callbacks: Sequence[Callable]) -> str:
+    if status == "finished":
+        # the run's config.yaml must be the one asked for (train_run checks it and returns its result)
+        train_run(cfg, job.run_dir, resume=True, progress=False)
+        return "skipped (finished)"
+    resume = status in ("started", "partial")
+    no_config = resume and not os.path.isfile(os.path.join(job.run_dir, "config.yaml"))
+    done = "trained" if not resume else ("restarted" if no_config else "resumed")
+    _say(f"{'training' if done == 'trained' else done[:-2] + 'ing'} {job.run_dir}")
+    train_run(cfg, job.run_dir, resume=resume and not no_config, overwrite=no_config, progress=progress,
+              callbacks=callbacks)
+    return done
+
+
 def run_job(job: Job, cfg: Dict[str, Any], data_root: str, *, progress: bool = False,
             callbacks: Sequence[Callable] = (), device: str = "") -> str:
     """Train (or skip, or resume) one job, then its evaluations; returns what was done."""
     status = distributed.broadcast_object(run_status(job.run_dir) if distributed.is_main() else None)
-    if status == "finished":
-        done = "skipped (finished)"
-        # the run's config.yaml must be the one asked for (train_run checks and returns its result)
-        train_run(cfg, job.run_dir, resume=True, progress=False)
-    else:
-        resume = status in ("started", "partial")
-        no_config = resume and not os.path.isfile(os.path.join(job.run_dir, "config.yaml"))
-        done = "trained" if not resume else ("restarted" if no_config else "resumed")
-        _say(f"{'training' if done == 'trained' else done.replace('ed', 'ing')} {job.run_dir}")
-        train_run(cfg, job.run_dir, resume=resume and not no_config, overwrite=no_config, progress=progress,
-                  callbacks=callbacks)
+    try:
+        done = _train_job(job, cfg, status, progress, callbacks)
+    except TrainError as exc:
+        if "configuration differs" not in str(exc):
+            raise
+        raise TrainError(f"{exc}. This grid directory holds runs of other settings: pass another --output-dir "
+                         "for these") from None
     if distributed.is_main():
         for dataset, subsample in job.evals:
             out = eval_path(job.run_dir, dataset, subsample)
