@@ -13,6 +13,7 @@ import sys
 import pytest
 
 from fastprompt import jit
+from fastprompt.testing import FP32
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -61,6 +62,6 @@ def test_setup_py_builds_the_cpu_extension_ahead_of_time(tmp_path):
     lines = dict(line.split(" ", 1) for line in run.stdout.splitlines() if " " in line)
     assert lines["STATE"].startswith("prebuilt module fastprompt._prompt_attention_cpu"), lines
     assert lines["AUTO"] == "cpu"
-    assert all(float(x) < 1e-5 for x in lines["ERR"].split()), lines["ERR"]
+    assert all(float(x) < FP32.parity for x in lines["ERR"].split()), lines["ERR"]  # absolute, on O(1) values
     assert lines["LOADED"].startswith("loaded (") and str(src) in lines["LOADED"], lines
     assert not (tmp_path / "empty-jit-cache").exists() or not any((tmp_path / "empty-jit-cache").rglob("*.so"))

@@ -1,4 +1,6 @@
-"""The ``cpu`` backend (C++ kernels from csrc/, built just in time) against the eager backend.
+"""The ``cpu`` backend (C++ kernels from csrc/, built just in time): the parity suite
+(tests/backend_parity.py) and what only this backend has (float64, its torch ops, threads, the
+JIT build and its fallbacks).
 
 The extension is built (or loaded from ~/.cache/fastprompt/ext) once per session by the
 ``cpu_extension`` fixture; a machine without a compiler skips these tests with the reason.
@@ -11,14 +13,13 @@ import sys
 import pytest
 import torch
 
-import fastprompt
 from fastprompt import jit
 from fastprompt.ops import AUTO_ORDER, backend_status, prompt_attention, resolve_backend
 from fastprompt.ops import cpp_backend
-from fastprompt.testing import assert_close_rel, naive_prompt_attention, random_images
+from fastprompt.testing import FP32, FP64, assert_close_rel, naive_prompt_attention
 
-from attention_cases import (GRAD_NAMES, HEAD_DIMS, LOW_PRECISION_CASES, MATRIX, MATRIX_ARGS, check_low_precision,
-                             compare_to_eager, make_case, run)
+from attention_cases import GRAD_NAMES, compare_to_eager, make_case, run
+from backend_parity import parity_suite
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -32,27 +33,9 @@ def cpu_extension():
     return jit.load_extension("cpu")
 
 
-# ---- float32 parity over the combination matrix ----------------------------------------------
+# ---- the parity suite (tests/backend_parity.py) --------------------------------------------
 
-@pytest.mark.parametrize(MATRIX_ARGS, MATRIX)
-def test_fp32_matches_eager(group_mode, causal, ragged, seq_len, head_dim, layout):
-    tensors, dout, dlse, kwargs = make_case(group_mode, seq_len, head_dim, causal, ragged, layout=layout)
-    compare_to_eager("cpu", tensors, dout, dlse, kwargs)
-
-
-@pytest.mark.parametrize("head_dim", HEAD_DIMS + [8, 88])
-@pytest.mark.parametrize("group_mode", ["one", "per_seq", "mixed"])
-def test_every_head_dim_with_every_prompt_layout(head_dim, group_mode):
-    tensors, dout, dlse, kwargs = make_case(group_mode, 9, head_dim, causal=True, ragged=True, n=7)
-    compare_to_eager("cpu", tensors, dout, dlse, kwargs)
-
-
-def test_many_sequences_sharing_one_prefix():
-    """The text-suffix pattern at a size where sequences are split into several chunks per group."""
-    tensors, dout, dlse, kwargs = make_case("one", 8, 64, causal=True, ragged=True, n=300, heads=2)
-    compare_to_eager("cpu", tensors, dout, dlse, kwargs)
-    tensors, dout, dlse, kwargs = make_case("mixed", 8, 64, causal=True, ragged=True, n=300, heads=2)
-    compare_to_eager("cpu", tensors, dout, dlse, kwargs)
+TestParity = parity_suite("cpu")
 
 
 # ---- float64 and low precision --------------------------------------------------------------
@@ -79,75 +62,16 @@ def test_float64_matches_the_naive_reference():
     out, lse = prompt_attention(*tensors, backend="cpu", **kwargs)
     ref_out, ref_lse = naive_prompt_attention(*tensors, **kwargs)
     assert out.dtype == torch.float64 and lse.dtype == torch.float64
-    assert_close_rel(out, ref_out, 1e-12, "out")
-    assert_close_rel(lse, ref_lse, 1e-12, "lse")
-
-
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
-@pytest.mark.parametrize("group_mode,seq_len,head_dim,causal", LOW_PRECISION_CASES)
-def test_low_precision_error_is_within_eagers_own(dtype, group_mode, seq_len, head_dim, causal):
-    tensors32, dout, dlse, kwargs = make_case(group_mode, seq_len, head_dim, causal, ragged=True)
-    check_low_precision("cpu", dtype, tensors32, dout, dlse, kwargs)
+    assert_close_rel(out, ref_out, FP64.exact, "out")
+    assert_close_rel(lse, ref_lse, FP64.exact, "lse")
 
 
 # ---- layouts, modes and options ---------------------------------------------------------------
-
-def test_strided_inputs_and_a_stride_zero_prompt_batch():
-    """q/k/v as views of one packed qkv tensor; a G = N block that is an expanded (stride 0) view;
-    a non-contiguous output gradient."""
-    gen = torch.Generator().manual_seed(3)
-    n, seq_len, heads, head_dim = 3, 6, 2, 32
-    qkv = torch.randn(n, seq_len, 3, heads, head_dim, generator=gen)
-    q, k, v = qkv.unbind(2)
-    base_k, base_v = (torch.randn(1, 5, heads, head_dim, generator=gen) for _ in range(2))
-    pk, pv = base_k.expand(n, -1, -1, -1), base_v.expand(n, -1, -1, -1)
-    dout = torch.randn(n, heads, seq_len, head_dim, generator=gen).transpose(1, 2)
-    dlse = torch.randn(n, heads, seq_len, generator=gen)
-    kwargs = dict(group=torch.tensor([2, 0, 1]), causal=True, seqlens=torch.tensor([6, 3, 5]))
-    compare_to_eager("cpu", [q, k, v, pk, pv], dout, dlse, kwargs)
-
 
 def test_head_dim_not_contiguous_is_handled():
     tensors, dout, dlse, kwargs = make_case("one", 5, 32, causal=True, ragged=True)
     q = tensors[0].transpose(-1, -2).contiguous().transpose(-1, -2)  # stride(-1) != 1
     compare_to_eager("cpu", [q] + tensors[1:], dout, dlse, kwargs)
-
-
-def test_return_lse_false():
-    tensors, _, _, kwargs = make_case("one", 5, 32, causal=True, ragged=True)
-    out, lse = prompt_attention(*tensors, return_lse=False, backend="cpu", **kwargs)
-    ref, _ = prompt_attention(*tensors, backend="eager", **kwargs)
-    assert lse is None
-    assert_close_rel(out, ref, 1e-5, "out")
-    # No prompt block and no lse: the fused SDPA path, as in the eager backend.
-    q, k, v = tensors[:3]
-    out, lse = prompt_attention(q, k, v, causal=True, return_lse=False, backend="cpu")
-    ref, _ = prompt_attention(q, k, v, causal=True, return_lse=False, backend="eager")
-    assert lse is None and torch.equal(out, ref)
-
-
-def test_rows_past_seqlens_are_zero_with_minus_inf_lse_and_no_gradient():
-    tensors, dout, dlse, kwargs = make_case("mixed", 7, 32, causal=False, ragged=False)
-    kwargs["seqlens"] = torch.tensor([7, 2, 0])
-    out, lse, grads = run("cpu", tensors, dout, dlse, kwargs)
-    for n, length in enumerate(kwargs["seqlens"].tolist()):
-        assert torch.all(out[n, length:] == 0) and torch.all(lse[n, :, length:] == float("-inf"))
-        for g in grads[:3]:
-            assert torch.all(g[n, length:] == 0)
-    assert torch.all(grads[3][2] == 0) and torch.all(grads[4][2] == 0)  # block 2 is read by nobody
-
-
-def test_only_prompt_gradients_requested():
-    """A frozen tower: only pk/pv need grad."""
-    tensors, dout, _, kwargs = make_case("per_seq", 5, 64, causal=True, ragged=True)
-    q, k, v, pk, pv = tensors
-    grads = {}
-    for backend in ("cpu", "eager"):
-        pk_, pv_ = pk.clone().requires_grad_(), pv.clone().requires_grad_()
-        out, _ = prompt_attention(q, k, v, pk_, pv_, backend=backend, **kwargs)
-        grads[backend] = torch.autograd.grad((out * dout).sum(), (pk_, pv_))
-    for name, g, r in zip(("dpk", "dpv"), grads["cpu"], grads["eager"]):
-        assert_close_rel(g, r, 1e-5, name)
 
 
 def test_results_do_not_depend_on_the_thread_count():
@@ -206,36 +130,7 @@ def test_torch_compile_traces_the_backend():
     ref_leaves = [t.clone().requires_grad_() for t in tensors]
     ref_grads = torch.autograd.grad(step(*ref_leaves, "eager"), ref_leaves)
     for name, g, r in zip(GRAD_NAMES, grads, ref_grads):
-        assert_close_rel(g, r, 1e-5, name)
-
-
-# ---- learners on the cpu backend ------------------------------------------------------------
-
-
-@pytest.mark.parametrize("method", ["coop", "cocoop", "maple"])
-def test_learner_training_step_cpu_equals_eager(method, tiny_model, classnames):
-    """Loss, prompt gradients and the updated prompts after one SGD step, every attention layer on
-    the cpu backend (CoOp: G = 1 text prefix; CoCoOp: G = B; MaPLe: deep vision prompts too)."""
-    cls = {"coop": fastprompt.CoOpLearner, "cocoop": fastprompt.CoCoOpLearner,
-           "maple": fastprompt.MaPLeLearner}[method]
-    extra = {"maple": dict(prompt_depth=2)}.get(method, {})
-    images, labels = random_images(2), torch.tensor([3, 5])
-    results = {}
-    for backend in ("eager", "cpu"):
-        torch.manual_seed(0)
-        learner = cls.from_model(tiny_model, classnames, backend=backend, **extra)
-        params = learner.trainable_parameters()
-        opt = torch.optim.SGD(params, lr=0.1, momentum=0.9)
-        loss = learner.loss(images, labels)
-        loss.backward()
-        grads = [p.grad.clone() for p in params]
-        opt.step()
-        results[backend] = (loss.detach(), grads, [p.detach().clone() for p in params])
-    assert_close_rel(results["cpu"][0], results["eager"][0], 1e-5, "loss")
-    for i, (g, r) in enumerate(zip(results["cpu"][1], results["eager"][1])):
-        assert_close_rel(g, r, 1e-5, f"grad {i}")
-    for i, (p, r) in enumerate(zip(results["cpu"][2], results["eager"][2])):
-        assert_close_rel(p, r, 1e-5, f"param {i} after the step")
+        assert_close_rel(g, r, FP32.parity, name)
 
 
 # ---- JIT, fallback and diagnostics ----------------------------------------------------------

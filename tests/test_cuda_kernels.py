@@ -1,4 +1,6 @@
-"""The ``cuda`` backend (CUDA kernels from csrc/) against the eager backend on the same GPU.
+"""The ``cuda`` backend (CUDA kernels from csrc/) against the eager backend on the same GPU: the
+parity suite (tests/backend_parity.py) at GPU sizes, and what only this backend has (its
+deterministic prompt-gradient reduction, float64 handed to eager, the auto choice).
 
 Every test is marked ``gpu``: conftest skips them at collection when no CUDA device is present
 (no device is probed at import). The extension is built (or loaded from the JIT cache) once per
@@ -9,10 +11,10 @@ import torch
 
 from fastprompt import jit
 from fastprompt.ops import AUTO_ORDER, backend_status, prompt_attention, resolve_backend
-from fastprompt.testing import assert_close_rel
+from fastprompt.testing import FP32, assert_close_rel
 
-from attention_cases import (GRAD_NAMES, HEAD_DIMS, LEARNER_STEP_METHODS, LOW_PRECISION_CASES, MATRIX, MATRIX_ARGS,
-                             assert_learner_step_matches_eager, check_low_precision, compare_to_eager, make_case, run)
+from attention_cases import GRAD_NAMES, compare_to_eager, make_case, run
+from backend_parity import parity_suite
 
 pytestmark = pytest.mark.gpu
 
@@ -26,24 +28,7 @@ def case(*args, **kwargs):
     return make_case(*args, device="cuda", **kwargs)
 
 
-@pytest.mark.parametrize(MATRIX_ARGS, MATRIX)
-def test_fp32_matches_eager(group_mode, causal, ragged, seq_len, head_dim, layout):
-    tensors, dout, dlse, kwargs = case(group_mode, seq_len, head_dim, causal, ragged, layout=layout)
-    compare_to_eager("cuda", tensors, dout, dlse, kwargs)
-
-
-@pytest.mark.parametrize("head_dim", HEAD_DIMS + [8, 88])
-@pytest.mark.parametrize("group_mode", ["one", "per_seq", "mixed"])
-def test_every_head_dim_with_every_prompt_layout(head_dim, group_mode):
-    tensors, dout, dlse, kwargs = case(group_mode, 9, head_dim, causal=True, ragged=True, n=7)
-    compare_to_eager("cuda", tensors, dout, dlse, kwargs)
-
-
-def test_many_sequences_sharing_one_prefix():
-    """Enough sequences that one group's dpk / dpv is summed by many blocks (atomics)."""
-    for mode in ("one", "mixed"):
-        tensors, dout, dlse, kwargs = case(mode, 8, 64, causal=True, ragged=True, n=1000, heads=8)
-        compare_to_eager("cuda", tensors, dout, dlse, kwargs)
+TestParity = parity_suite("cuda", device="cuda", many_sequences=(1000, 8))
 
 
 @pytest.mark.parametrize("mode", ["one", "mixed"])
@@ -65,47 +50,7 @@ def test_deterministic_algorithms_give_a_bitwise_reproducible_prompt_gradient(mo
         torch.use_deterministic_algorithms(previous[0], warn_only=previous[1])
     for name, a, b, c in zip(GRAD_NAMES, first, second, atomic):
         assert torch.equal(a, b), name
-        assert_close_rel(c, a, 1e-5, name)
-
-
-def test_vision_shapes():
-    """Deep prompts (G = 1, 197 tokens) and the class-token-only last layer (L = 1, G = N)."""
-    tensors, dout, dlse, kwargs = case("one", 197, 64, causal=False, ragged=False, n=4, heads=12, n_prompt=8)
-    compare_to_eager("cuda", tensors, dout, dlse, kwargs)
-    tensors, dout, dlse, kwargs = case("per_seq", 1, 64, causal=False, ragged=False, n=8, heads=12,
-                                       n_prompt=196)
-    compare_to_eager("cuda", tensors, dout, dlse, kwargs)
-
-
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
-@pytest.mark.parametrize("group_mode,seq_len,head_dim,causal", LOW_PRECISION_CASES)
-def test_low_precision_error_is_within_eagers_own(dtype, group_mode, seq_len, head_dim, causal):
-    tensors32, dout, dlse, kwargs = case(group_mode, seq_len, head_dim, causal, ragged=True)
-    check_low_precision("cuda", dtype, tensors32, dout, dlse, kwargs)
-
-
-def test_strided_inputs_and_a_stride_zero_prompt_batch():
-    gen = torch.Generator().manual_seed(3)
-    n, seq_len, heads, head_dim = 3, 6, 2, 32
-    qkv = torch.randn(n, seq_len, 3, heads, head_dim, generator=gen).cuda()
-    q, k, v = qkv.unbind(2)
-    base_k, base_v = (torch.randn(1, 5, heads, head_dim, generator=gen).cuda() for _ in range(2))
-    pk, pv = base_k.expand(n, -1, -1, -1), base_v.expand(n, -1, -1, -1)
-    dout = torch.randn(n, heads, seq_len, head_dim, generator=gen).cuda().transpose(1, 2)
-    dlse = torch.randn(n, heads, seq_len, generator=gen).cuda()
-    kwargs = dict(group=torch.tensor([2, 0, 1]).cuda(), causal=True, seqlens=torch.tensor([6, 3, 5]).cuda())
-    compare_to_eager("cuda", [q, k, v, pk, pv], dout, dlse, kwargs)
-
-
-def test_rows_past_seqlens_are_zero_with_minus_inf_lse_and_no_gradient():
-    tensors, dout, dlse, kwargs = case("mixed", 7, 32, causal=False, ragged=False)
-    kwargs["seqlens"] = torch.tensor([7, 2, 0], device="cuda")
-    out, lse, grads = run("cuda", tensors, dout, dlse, kwargs)
-    for n, length in enumerate(kwargs["seqlens"].tolist()):
-        assert torch.all(out[n, length:] == 0) and torch.all(lse[n, :, length:] == float("-inf"))
-        for g in grads[:3]:
-            assert torch.all(g[n, length:] == 0)
-    assert torch.all(grads[3][2] == 0) and torch.all(grads[4][2] == 0)
+        assert_close_rel(c, a, FP32.parity, name)
 
 
 def test_float64_is_handed_to_eager_and_large_head_dims_are_refused():
@@ -122,8 +67,3 @@ def test_probes_and_auto_choice():
     assert backend_status("cuda")["cuda"] == "available"
     assert "cuda" in AUTO_ORDER["cuda"]
     assert resolve_backend("auto", torch.device("cuda")).name == AUTO_ORDER["cuda"][0]
-
-
-@pytest.mark.parametrize("method", LEARNER_STEP_METHODS)
-def test_learner_training_step_cuda_equals_eager(method, tiny_model, classnames):
-    assert_learner_step_matches_eager("cuda", method, tiny_model, classnames, "cuda")

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 
 import fastprompt
 from fastprompt.reference import ReferenceKgCoOp
-from fastprompt.testing import assert_close_rel, random_images
+from fastprompt.testing import FP32, assert_close_rel, random_images
 
 
 def _perturb(t, seed=1):
@@ -15,7 +15,7 @@ def _perturb(t, seed=1):
         t.add_(0.05 * torch.randn(t.shape, generator=torch.Generator().manual_seed(seed)))
 
 
-def compare_step(learner, reference, images, labels, rtol=1e-5, single_pass=False):
+def compare_step(learner, reference, images, labels, rtol=FP32.parity, single_pass=False):
     """``single_pass`` (ViT-B-16): one image-tower pass per side; the objective is rebuilt from
     ``forward_with_score`` exactly as ``reference.loss`` does."""
     terms = learner.loss_terms(images, labels)
@@ -52,7 +52,8 @@ def test_kgcoop_matches_reference(model_fixture, cfg, ref_cfg, classnames, reque
     _perturb(reference.prompt_learner.ctx)
     learner = fastprompt.KgCoOpLearner.from_model(model, classnames, **cfg)
     learner.load_original_state_dict(reference.prompt_learner.state_dict())  # incl. bias_vectors, meta_net
-    assert_close_rel(learner.clip_text_features, reference.prompt_learner.text_features, 1e-5, "hand-crafted features")
+    assert_close_rel(learner.clip_text_features, reference.prompt_learner.text_features, FP32.parity,
+                     "hand-crafted features")
     compare_step(learner, reference, random_images(3), torch.tensor([0, 3, 7]))
 
 
@@ -64,7 +65,7 @@ def test_consistency_is_half_the_mean_squared_distance(tiny_model, classnames):
         text = F.normalize(learner.text_features(), dim=-1)
         half_sq = 0.5 * (text - learner.clip_text_features).square().sum(-1).mean()
     assert_close_rel(terms["consistency"], half_sq, 1e-4, "1 - cos = |a - b|^2 / 2 for unit vectors")
-    assert_close_rel(terms["total"], terms["ce"] + 8.0 * terms["consistency"], 1e-6, "total")
+    assert_close_rel(terms["total"], terms["ce"] + 8.0 * terms["consistency"], FP32.rounding, "total")
 
 
 def test_only_ctx_is_trained_and_original_leftovers_are_ignored(tiny_model, classnames):

@@ -7,7 +7,7 @@ import torch
 
 import fastprompt
 from fastprompt.reference import ReferenceCoCoOp, ReferenceCoOp
-from fastprompt.testing import assert_close_rel, random_images
+from fastprompt.testing import FP32, assert_close_rel, random_images
 
 COOP_CONFIGS = [
     dict(n_ctx=4),
@@ -21,7 +21,7 @@ COOP_CONFIGS = [
 ]
 
 
-def _compare_step(learner, reference, images, labels, params, ref_params, rtol=1e-5):
+def _compare_step(learner, reference, images, labels, params, ref_params, rtol=FP32.parity):
     logits = learner(images)
     ref_logits = reference(images)
     assert_close_rel(logits, ref_logits, rtol, "logits")
@@ -69,8 +69,8 @@ def test_cocoop_batch_is_one_text_pass_equal_to_per_image(tiny_model, classnames
     together = learner(images)
     apart = torch.cat([learner(images[i:i + 1]) for i in range(4)])
     # Batched vs one image at a time: the batch composition changes GEMM blocking and so float32
-    # summation order (measured up to 7e-7 relative); 1e-5, the suite's float32 parity bound.
-    assert_close_rel(together, apart, 1e-5, "logits")
+    # summation order (measured up to 7e-7 relative); 1e-5, the suite's float32 parity bound (FP32.parity).
+    assert_close_rel(together, apart, FP32.parity, "logits")
 
 
 def test_text_classifier_is_what_forward_uses(tiny_model, classnames):
@@ -79,7 +79,7 @@ def test_text_classifier_is_what_forward_uses(tiny_model, classnames):
     w = learner.text_classifier()
     assert w.shape == (len(classnames), tiny_model.text_projection.shape[1]) and not w.requires_grad
     img = torch.nn.functional.normalize(tiny_model.encode_image(images), dim=-1)
-    assert_close_rel(tiny_model.logit_scale.exp() * img @ w.t(), learner(images), 1e-5, "logits")
+    assert_close_rel(tiny_model.logit_scale.exp() * img @ w.t(), learner(images), FP32.parity, "logits")
     cocoop = fastprompt.CoCoOpLearner.from_model(tiny_model, classnames)
     assert cocoop.text_classifier(images).shape == (2, len(classnames), w.shape[1])
 
@@ -94,7 +94,7 @@ def test_set_classnames_keeps_prompts(tiny_model, classnames):
     reference = ReferenceCoOp(tiny_model, ["cat", "tabby_cat", "airplane"], n_ctx=4)
     with torch.no_grad():
         reference.prompt_learner.ctx.copy_(ctx)
-    assert_close_rel(learner(random_images(2)), reference(random_images(2)), 1e-5, "logits after set_classnames")
+    assert_close_rel(learner(random_images(2)), reference(random_images(2)), FP32.parity, "logits after set_classnames")
 
 
 def test_class_specific_context_cannot_change_class_count(tiny_model, classnames):

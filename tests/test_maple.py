@@ -8,7 +8,8 @@ import torch.nn.functional as F
 import fastprompt
 from fastprompt.learners.prompts import leading_context_template
 from fastprompt.reference import ReferenceMaPLe
-from fastprompt.testing import assert_close_rel, assert_gradient_flows, perturb_trainable, random_images, tiny_clip
+from fastprompt.testing import (FP32, assert_close_rel, assert_gradient_flows, perturb_trainable,
+                                random_images, tiny_clip)
 
 
 @pytest.fixture(scope="module")
@@ -27,7 +28,7 @@ def _reference_params(learner, reference):
     return [state[name] for name, _ in learner.trainable_named_parameters()]
 
 
-def compare_step(learner, reference, images, labels, rtol=1e-5, single_pass=False):
+def compare_step(learner, reference, images, labels, rtol=FP32.parity, single_pass=False):
     """Logits, loss and every prompt gradient; ``single_pass`` (ViT-B-16): the loss is the CE of the
     compared logits, so each side runs its towers once."""
     logits, ref_logits = learner(images), reference(images)
@@ -164,7 +165,7 @@ def test_set_classnames_keeps_prompts(tiny_model, classnames):
     learner_state = {"prompt_learner." + n: p for n, p in before.items()}
     reference.load_state_dict(learner_state, strict=False)
     images = random_images(2)
-    assert_close_rel(learner(images), reference(images), 1e-5, "logits after set_classnames")
+    assert_close_rel(learner(images), reference(images), FP32.parity, "logits after set_classnames")
     assert learner.text_classifier().shape == (3, tiny_model.text_projection.shape[1])
 
 

@@ -7,7 +7,7 @@ import torch
 
 from fastprompt.ops import backend_status, prompt_attention, registered_backends, resolve_backend
 from fastprompt.ops import registry
-from fastprompt.testing import assert_close_rel, naive_prompt_attention
+from fastprompt.testing import FP32, FP64, assert_close_rel, naive_prompt_attention
 
 GROUP_MODES = ["none", "one", "per_seq", "mixed"]
 
@@ -47,18 +47,18 @@ def test_matches_naive_float64_reference(group_mode, causal, ragged, head_dim, s
                                 return_lse=return_lse, backend="eager")
     ref_out, ref_lse = naive_prompt_attention(q, k, v, pk, pv, group=group, causal=causal, seqlens=seqlens)
     assert out.dtype == torch.float32 and out.shape == q.shape
-    assert_close_rel(out, ref_out, 1e-5, "out")
+    assert_close_rel(out, ref_out, FP32.parity, "out")
     if return_lse or lse is not None:
         assert lse.dtype == torch.float32 and lse.shape == (q.shape[0], q.shape[2], q.shape[1])
-        assert_close_rel(lse, ref_lse, 1e-5, "lse")
+        assert_close_rel(lse, ref_lse, FP32.parity, "lse")
 
 
 def test_float64_inputs_are_exact():
     q, k, v, pk, pv, group, seqlens = make_inputs(dtype=torch.float64, ragged=True)
     out, lse = prompt_attention(q, k, v, pk, pv, group=group, causal=True, seqlens=seqlens)
     ref_out, ref_lse = naive_prompt_attention(q, k, v, pk, pv, group=group, causal=True, seqlens=seqlens)
-    assert_close_rel(out, ref_out, 1e-12, "out")
-    assert_close_rel(lse, ref_lse, 1e-12, "lse")
+    assert_close_rel(out, ref_out, FP64.exact, "out")
+    assert_close_rel(lse, ref_lse, FP64.exact, "lse")
 
 
 def test_empty_prompt_block_equals_no_prompt():
@@ -125,8 +125,8 @@ def test_prompt_gradients_are_summed_over_the_group():
         o.square().sum().backward()
         expected_k[g] += pk_n.grad[0]
         expected_v[g] += pv_n.grad[0]
-    assert_close_rel(pk.grad, expected_k, 1e-12, "dpk")
-    assert_close_rel(pv.grad, expected_v, 1e-12, "dpv")
+    assert_close_rel(pk.grad, expected_k, FP64.exact, "dpk")
+    assert_close_rel(pv.grad, expected_v, FP64.exact, "dpv")
 
 
 def test_low_precision_runs_and_returns_fp32_lse():

@@ -7,7 +7,8 @@ import torch
 
 import fastprompt
 from fastprompt.reference import ReferenceCoOp, ReferencePRE
-from fastprompt.testing import assert_changed, assert_close_rel, assert_gradient_flows, random_images, tiny_clip
+from fastprompt.testing import (FP32, assert_changed, assert_close_rel, assert_gradient_flows,
+                                random_images, tiny_clip)
 
 CONFIGS = [
     dict(),                                           # paper scripts: "a photo of a", LSTM1, residual, shared
@@ -38,7 +39,7 @@ def _reference_params(reference):
     return list(pl.parameters())
 
 
-def _compare(learner, reference, images, labels, rtol=1e-5):
+def _compare(learner, reference, images, labels, rtol=FP32.parity):
     assert_close_rel(learner(images), reference(images), rtol, "logits")
     loss, ref_loss = learner.loss(images, labels), reference.loss(images, labels)
     assert_close_rel(loss, ref_loss, rtol, "loss")
@@ -88,7 +89,7 @@ def test_lstm2_dropout_matches_reference_in_train_mode(tiny_model, classnames):
     a = learner.encoded_ctx()
     torch.manual_seed(7)
     b = reference.prompt_learner.encoded_ctx()
-    assert_close_rel(a, b, 1e-6, "encoded ctx (train mode)")
+    assert_close_rel(a, b, FP32.rounding, "encoded ctx (train mode)")
     torch.manual_seed(8)
     assert_changed(learner.encoded_ctx(), a, "encoded ctx under another dropout mask (LSTM2 dropout active in train mode)")
     learner.eval()
@@ -102,7 +103,7 @@ def test_mlp_options_follow_their_formula(tiny_model, classnames):
     assert lin1.out_features == 8 and isinstance(act, torch.nn.Tanh)
     v = learner.ctx.detach()
     once = lambda x: ln(lin2(torch.tanh(lin1(x))))  # noqa: E731
-    assert_close_rel(learner.encoded_ctx(), v + once(once(v)), 1e-6, "MLP2 with tanh + LayerNorm")
+    assert_close_rel(learner.encoded_ctx(), v + once(once(v)), FP32.rounding, "MLP2 with tanh + LayerNorm")
 
 
 def test_single_context_token_works_where_the_original_fails(tiny_model, classnames):
@@ -115,7 +116,7 @@ def test_single_context_token_works_where_the_original_fails(tiny_model, classna
     coop = ReferenceCoOp(tiny_model, classnames, ctx_init="a")
     with torch.no_grad():
         coop.prompt_learner.ctx.copy_(encoded)
-    assert_close_rel(learner(random_images(2)), coop(random_images(2)), 1e-5, "logits with one context token")
+    assert_close_rel(learner(random_images(2)), coop(random_images(2)), FP32.parity, "logits with one context token")
 
 
 def test_separate_encoders_are_trained_here_unlike_the_original(tiny_model, classnames):
@@ -171,7 +172,7 @@ def test_set_classnames_keeps_prompts_and_encoder(tiny_model, classnames):
     reference = ReferencePRE(tiny_model, new).eval()
     reference.prompt_learner.load_state_dict(
         {**reference.prompt_learner.state_dict(), **dict(learner.trainable_named_parameters())})
-    assert_close_rel(learner(random_images(2)), reference(random_images(2)), 1e-5, "logits after set_classnames")
+    assert_close_rel(learner(random_images(2)), reference(random_images(2)), FP32.parity, "logits after set_classnames")
 
 
 def test_text_classifier_is_what_forward_uses(tiny_model, classnames):
@@ -179,7 +180,7 @@ def test_text_classifier_is_what_forward_uses(tiny_model, classnames):
     images = random_images(2)
     w = learner.text_classifier()
     img = torch.nn.functional.normalize(tiny_model.encode_image(images), dim=-1)
-    assert_close_rel(tiny_model.logit_scale.exp() * img @ w.t(), learner(images), 1e-5, "logits")
+    assert_close_rel(tiny_model.logit_scale.exp() * img @ w.t(), learner(images), FP32.parity, "logits")
 
 
 @pytest.mark.parametrize("cfg,argument", [

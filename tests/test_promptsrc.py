@@ -9,7 +9,8 @@ import torch.nn.functional as F
 import fastprompt
 from fastprompt.reference import ReferencePromptSRC
 from fastprompt.templates import IMAGENET_TEMPLATES
-from fastprompt.testing import assert_close_rel, assert_gradient_flows, perturb_trainable, random_images, tiny_clip
+from fastprompt.testing import (FP32, assert_close_rel, assert_gradient_flows, perturb_trainable,
+                                random_images, tiny_clip)
 
 TEMPLATES = ["a photo of a {}.", "a bad photo of the {}.", "art of the {}.", "itap of a {}."]
 
@@ -43,7 +44,7 @@ def _build(model, classnames, **cfg):
     return learner, reference
 
 
-def compare_step(learner, reference, images, labels, rtol=1e-5, check_logits=True):
+def compare_step(learner, reference, images, labels, rtol=FP32.parity, check_logits=True):
     if check_logits:  # (skipped on ViT-B-16 to save a pass: the loss terms below depend on the logits)
         assert_close_rel(learner(images), reference(images), rtol, "logits")
     terms, ref_terms = learner.loss_terms(images, labels), reference.loss_terms(images, labels)
@@ -80,7 +81,8 @@ CASES = [
 def test_promptsrc_matches_reference(model_fixture, cfg, classnames, request):
     model = request.getfixturevalue(model_fixture)
     learner, reference = _build(model, classnames, templates=TEMPLATES, **cfg)
-    assert_close_rel(learner.zs_text_features, reference.prompt_learner.fixed_embeddings, 1e-5, "frozen text targets")
+    assert_close_rel(learner.zs_text_features, reference.prompt_learner.fixed_embeddings, FP32.parity,
+                     "frozen text targets")
     compare_step(learner, reference, random_images(3), torch.tensor([0, 3, 7]))
 
 
@@ -95,11 +97,12 @@ def test_frozen_text_targets_average_unnormalised_features_over_the_60_templates
     with torch.no_grad():
         per_template = torch.stack([tiny_model.encode_text(tok([t.format(n) for n in names]))
                                     for t in IMAGENET_TEMPLATES])
-    assert_close_rel(learner.zs_text_features, per_template.mean(0), 1e-5, "mean of unnormalised features")
+    assert_close_rel(learner.zs_text_features, per_template.mean(0), FP32.parity, "mean of unnormalised features")
     mean_of_normalised = F.normalize(F.normalize(per_template, dim=-1).mean(0), dim=-1)
     assert (learner.frozen_text_features() - mean_of_normalised).abs().max() > 1e-4  # the two are different targets
     reference = ReferencePromptSRC(tiny_model, classnames, prompt_depth_text=2, prompt_depth_vision=2)  # literal, 60
-    assert_close_rel(learner.zs_text_features, reference.prompt_learner.fixed_embeddings, 1e-5, "literal targets")
+    assert_close_rel(learner.zs_text_features, reference.prompt_learner.fixed_embeddings, FP32.parity,
+                     "literal targets")
 
 
 def test_kl_is_zero_shot_to_prompted_divided_by_numel(tiny_model, classnames):
@@ -111,8 +114,8 @@ def test_kl_is_zero_shot_to_prompted_divided_by_numel(tiny_model, classnames):
         zs = learner.logit_scale * learner.encode_image(images) @ learner.frozen_text_features().t()
         p_zs, p = zs.softmax(-1), logits.softmax(-1)
         kl = (p_zs * (p_zs.log() - p.log())).sum() / logits.numel()
-    assert_close_rel(terms["kl"], kl, 1e-5, "KL(zero-shot || prompted) / (B * C)")
-    assert_close_rel(terms["total"], terms["ce"] + terms["kl"] + terms["text"] + terms["image"], 1e-6, "total")
+    assert_close_rel(terms["kl"], kl, FP32.parity, "KL(zero-shot || prompted) / (B * C)")
+    assert_close_rel(terms["total"], terms["ce"] + terms["kl"] + terms["text"] + terms["image"], FP32.rounding, "total")
 
 
 def test_load_original_state_dict_names(tiny_model, classnames):

@@ -5,7 +5,7 @@ import torch.nn.functional as F
 
 from fastprompt.reference import (ReferenceCoCoOp, ReferenceCoOp, ReferenceTextEncoder,
                                   reference_encode_image_deep)
-from fastprompt.testing import assert_changed, assert_gradient_flows, tiny_clip
+from fastprompt.testing import FP32, assert_changed, assert_gradient_flows, tiny_clip
 
 
 def _tokenizer(model):
@@ -48,7 +48,7 @@ def test_text_encoder_matches_encode_text(which, request, classnames):
         got = enc(model.token_embedding(ids), ids)
         want = model.encode_text(ids)
     assert got.dtype == torch.float32 and got.shape == want.shape
-    assert _rel_err(got, want) <= 1e-6
+    assert _rel_err(got, want) <= FP32.rounding
 
 
 def test_text_encoder_custom_text_clip_with_linear_projection(classnames):
@@ -65,7 +65,7 @@ def test_text_encoder_custom_text_clip_with_linear_projection(classnames):
     with torch.no_grad():
         got = ReferenceTextEncoder(model)(model.text.token_embedding(ids), ids)
         want = model.encode_text(ids)
-    assert _rel_err(got, want) <= 1e-6
+    assert _rel_err(got, want) <= FP32.rounding
 
 
 # ----------------------------------------------------------------------------- CoOp
@@ -85,7 +85,7 @@ def test_coop_init_reproduces_zero_shot(which, request, classnames):
         got = coop(images)
     want = _zero_shot_logits(model, images, texts)
     assert got.shape == (3, len(classnames))
-    assert _rel_err(got, want) <= 1e-5
+    assert _rel_err(got, want) <= FP32.parity
 
 
 @pytest.mark.parametrize("position, template", [("middle", "a photo {} of a."),
@@ -104,7 +104,7 @@ def test_coop_middle_front_with_init_are_rearranged_zero_shot(tiny_model, classn
     images = _images(tiny_model)
     with torch.no_grad():
         got = coop(images)
-    assert _rel_err(got, _zero_shot_logits(tiny_model, images, texts)) <= 1e-5
+    assert _rel_err(got, _zero_shot_logits(tiny_model, images, texts)) <= FP32.parity
 
 
 def test_coop_word_count_quirk_still_reproduces_prompt(tiny_model, classnames):
@@ -195,7 +195,7 @@ def test_cocoop_with_zero_meta_net_equals_coop(which, request, classnames):
     images = _images(model, n=2)
     with torch.no_grad():
         got, want = cocoop(images), coop(images)
-    assert _rel_err(got, want) <= 1e-6
+    assert _rel_err(got, want) <= FP32.rounding
 
 
 # ----------------------------------------------------------------------------- deep vision
@@ -208,7 +208,7 @@ def test_deep_vision_without_prompts_equals_visual(which, request):
         want = model.visual(images)
         for prompts in (None, []):
             assert _rel_err(reference_encode_image_deep(model.visual, images, prompts),
-                            want) <= 1e-6
+                            want) <= FP32.rounding
 
 
 def test_deep_vision_final_ln_after_pool_without_prompts():
@@ -219,7 +219,7 @@ def test_deep_vision_final_ln_after_pool_without_prompts():
                                mlp_ratio=2.0, output_dim=16, final_ln_after_pool=True).eval()
     images = torch.randn(2, 3, 16, 16)
     with torch.no_grad():
-        assert _rel_err(reference_encode_image_deep(visual, images), visual(images)) <= 1e-6
+        assert _rel_err(reference_encode_image_deep(visual, images), visual(images)) <= FP32.rounding
 
 
 def test_deep_vision_single_prompt_propagates(tiny_model):
@@ -236,7 +236,7 @@ def test_deep_vision_single_prompt_propagates(tiny_model):
         x = visual.transformer(x)
         pooled, _ = visual._pool(x)
         want = pooled @ visual.proj
-    assert _rel_err(got.detach(), want) <= 1e-6
+    assert _rel_err(got.detach(), want) <= FP32.rounding
     got.sum().backward()
     assert_gradient_flows(p0.grad, "prompt 0")
 

@@ -9,7 +9,7 @@ import fastprompt
 from fastprompt.learners.teacher import CLIPTeacher, distillation_kl
 from fastprompt.reference import ReferenceRPP
 from fastprompt.reference.rpp import reference_zero_shot_weights
-from fastprompt.testing import assert_close_rel, random_images, tiny_clip
+from fastprompt.testing import FP32, assert_close_rel, random_images, tiny_clip
 
 NAMES = ["red circle", "blue_square", "green triangle", "dog", "sea lion", "jack-o'-lantern"]
 
@@ -67,7 +67,7 @@ def _grads(loss, params):
     return torch.autograd.grad(loss, params, allow_unused=True, materialize_grads=True)
 
 
-def _compare(learner, reference, images, labels, seed=0, rtol=1e-5):
+def _compare(learner, reference, images, labels, seed=0, rtol=FP32.parity):
     assert_close_rel(learner(images), reference(images), rtol, "logits")
     loss = learner.loss(images, labels)
     ref_loss = reference.loss(images, labels, generator=torch.Generator().manual_seed(seed))
@@ -142,8 +142,8 @@ def test_tied_unshared_prompts_are_ordinary_deep_prompts_through_the_tower_api(t
         ivlp = tower(plan, *tower.embed(plan, text_p[0]), prefix_overrides=[None, text_p[1]])
         for candidate in (learner, shared):
             img = candidate.image_features(images)
-            assert_close_rel(img, deep / deep.norm(dim=-1, keepdim=True), 1e-5, "image features")
-            assert_close_rel(candidate.text_features(), ivlp, 1e-5, "text features")
+            assert_close_rel(img, deep / deep.norm(dim=-1, keepdim=True), FP32.parity, "image features")
+            assert_close_rel(candidate.text_features(), ivlp, FP32.parity, "text features")
 
 
 @pytest.mark.parametrize("cfg", [dict(ctx_init="a photo of a"), dict(ctx_init="a photo of a", variant="post"),
@@ -182,23 +182,23 @@ def test_text_features_of_a_class_subset(tiny3):
     learner = fastprompt.RPPLearner.from_model(tiny3, NAMES, depth=2, kl_weight=0.0)
     idx = torch.tensor([4, 0, 4, 2])
     with torch.no_grad():
-        # Subset vs all classes: float32 summation order differs (measured 4e-7); suite bound 1e-5.
-        assert_close_rel(learner.text_features(idx), learner.text_features()[idx], 1e-5, "subset")
+        # Subset vs all classes: float32 summation order differs (measured 4e-7); suite bound FP32.parity.
+        assert_close_rel(learner.text_features(idx), learner.text_features()[idx], FP32.parity, "subset")
 
 
 # ---- teacher -----------------------------------------------------------------------------------
 def test_teacher_features_match_clip_zero_shot_and_are_computed_once(tiny3):
     teacher = CLIPTeacher(tiny3, "simple")
     teacher.set_classnames(NAMES)
-    assert_close_rel(teacher.class_features, reference_zero_shot_weights(tiny3, NAMES, "simple"), 1e-5, "W")
+    assert_close_rel(teacher.class_features, reference_zero_shot_weights(tiny3, NAMES, "simple"), FP32.parity, "W")
     images = _images(3)
     with torch.no_grad():
         img = tiny3.encode_image(images)
     img = img / img.norm(dim=-1, keepdim=True)
     full = teacher.logits(images)
-    assert_close_rel(full, tiny3.logit_scale.exp() * img @ teacher.class_features.t(), 1e-5, "zero-shot logits")
+    assert_close_rel(full, tiny3.logit_scale.exp() * img @ teacher.class_features.t(), FP32.parity, "zero-shot logits")
     idx = torch.tensor([5, 1, 1])
-    assert_close_rel(teacher.logits(images, class_indices=idx), full[:, idx], 1e-6, "subset logits")
+    assert_close_rel(teacher.logits(images, class_indices=idx), full[:, idx], FP32.rounding, "subset logits")
     assert teacher.n_text_builds == 1
     teacher.set_classnames(NAMES)
     teacher.set_classnames(NAMES[:3])
@@ -226,8 +226,8 @@ def test_teacher_logits_use_the_same_pomp_columns_and_offsets(tiny3):
     t = learner.teacher_logits(images, sample)
     full = learner.teacher.logits(images)
     assert t.shape == (2, 4)
-    assert_close_rel(t[:, 0], full[torch.arange(2), labels], 1e-6, "positive column")
-    assert_close_rel(t[:, 1:], full[:, [3, 1, 5]] + sample.offset.float(), 1e-6, "negative columns + offsets")
+    assert_close_rel(t[:, 0], full[torch.arange(2), labels], FP32.rounding, "positive column")
+    assert_close_rel(t[:, 1:], full[:, [3, 1, 5]] + sample.offset.float(), FP32.rounding, "negative columns + offsets")
     assert t[1, 1] < -1e5  # image 1's label (3) drawn as a negative: rejected for the teacher too
 
 
@@ -269,7 +269,7 @@ def test_distillation_kl_definition():
     t = 2.0
     ps, pt = torch.softmax(zs / t, -1), torch.softmax(zt / t, -1)
     expected = t * t * (pt * (pt.log() - ps.log())).sum(-1).mean()
-    assert_close_rel(distillation_kl(zs, zt, t), expected, 1e-6, "kl")
+    assert_close_rel(distillation_kl(zs, zt, t), expected, FP32.rounding, "kl")
     zs[:, 3] -= 1e6
     zt[:, 3] -= 1e6  # masked on both sides -> contributes nothing, stays finite
     assert torch.isfinite(distillation_kl(zs, zt, t))
@@ -293,7 +293,7 @@ def test_save_and_from_pretrained_round_trip(tiny3, tmp_path):
     loaded = fastprompt.PromptLearner.from_pretrained(str(tmp_path), model=tiny3)
     assert isinstance(loaded, fastprompt.RPPLearner) and loaded.config == learner.config
     images = _images(2)
-    assert_close_rel(loaded(images), learner(images), 1e-6, "logits")
+    assert_close_rel(loaded(images), learner(images), FP32.rounding, "logits")
 
 
 @pytest.mark.parametrize("cfg, match", [
@@ -357,9 +357,9 @@ def test_vit_b16_rpp_matches_reference(vit_b16):
     learner, reference = _pair(vit_b16, dict(teacher_templates="single"), names=names)  # defaults: both, J=9, M=4
     images = torch.randn(1, 3, 224, 224, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
-        assert_close_rel(learner(images), reference(images), 1e-5, "logits")
+        assert_close_rel(learner(images), reference(images), FP32.parity, "logits")
     loss, ref_loss = learner.loss(images, torch.tensor([2])), reference.loss(images, torch.tensor([2]))
-    assert_close_rel(loss, ref_loss, 1e-5, "loss")
+    assert_close_rel(loss, ref_loss, FP32.parity, "loss")
     names, params, ref_params = _params(learner, reference)
     for name, g, r in zip(names, _grads(loss, params), _grads(ref_loss, ref_params)):
-        assert_close_rel(g, r, 1e-5, f"grad {name}")
+        assert_close_rel(g, r, FP32.parity, f"grad {name}")

@@ -1,5 +1,5 @@
-"""The embedded synthetic shapes dataset: deterministic, well-formed, normalised, fast."""
-import time
+"""The embedded synthetic shapes dataset: deterministic, well-formed, normalised, vectorised."""
+import sys
 
 import numpy as np
 import pytest
@@ -127,14 +127,35 @@ def test_bad_arguments(kwargs):
         SyntheticShapes(**kwargs)
 
 
-def test_generation_is_fast():
-    ds = SyntheticShapes(n_classes=8, image_size=224, n_per_class=4)
-    ds[0]
-    start = time.perf_counter()
-    for i in range(len(ds)):
-        ds[i]
-    per_image = (time.perf_counter() - start) / len(ds)
-    assert per_image < 0.025, f"{per_image * 1e3:.1f} ms per 224px image"
+def _python_calls(ds, index):
+    """Python and C function calls made while producing item ``index`` (after a first, warm-up call)."""
+    ds[index]
+    count = 0
+
+    def profile(frame, event, arg):
+        nonlocal count
+        count += event in ("call", "c_call")
+
+    sys.setprofile(profile)
+    try:
+        ds[index]
+    finally:
+        sys.setprofile(None)
+    return count
+
+
+def test_generation_is_vectorised():
+    """Rendering is a fixed number of whole-image operations: the work per image, counted in
+    function calls (not timed: a test must not depend on the machine's load), is a few hundred
+    and does not grow with the image size (a loop over rows or pixels would add 224 or 50,176
+    calls per 224-px image)."""
+    items = range(0, 32, 3)
+    small, large = (SyntheticShapes(n_classes=8, image_size=size, n_per_class=4) for size in (32, 448))
+    default = SyntheticShapes(n_classes=8, image_size=224, n_per_class=4)
+    per_image = [_python_calls(default, i) for i in items]
+    assert max(per_image) < 1000, per_image
+    small_calls, large_calls = (sum(_python_calls(ds, i) for i in items) for ds in (small, large))
+    assert large_calls <= 1.25 * small_calls, (small_calls, large_calls)
 
 
 def test_make_loaders():

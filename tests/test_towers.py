@@ -4,7 +4,7 @@ import torch
 
 import fastprompt
 from fastprompt.reference import reference_encode_image_deep
-from fastprompt.testing import assert_close_rel
+from fastprompt.testing import FP32, assert_close_rel
 from fastprompt.towers import TextTower, VisionTower, build_text_plan, ctx_source
 
 PROMPTS = ["a photo of a dog.", "a photo of a sea lion.", "a bad photo of the jack-o'-lantern.", "hello",
@@ -21,7 +21,7 @@ def _tokenize(texts):
 def test_text_tower_reproduces_encode_text(model_fixture, request):
     model = request.getfixturevalue(model_fixture)
     ids = _tokenize(PROMPTS)
-    assert_close_rel(TextTower(model).encode_token_ids(ids), model.encode_text(ids), 1e-5, "text features")
+    assert_close_rel(TextTower(model).encode_token_ids(ids), model.encode_text(ids), FP32.parity, "text features")
 
 
 def test_towers_support_open_clip_custom_block_extras():
@@ -30,16 +30,16 @@ def test_towers_support_open_clip_custom_block_extras():
 
     model = tiny_clip(seed=3, qk_norm=True, scale_heads=True, scale_attn_inner=True, scale_attn=True, scale_fc=True)
     ids = _tokenize(PROMPTS)
-    assert_close_rel(TextTower(model).encode_token_ids(ids), model.encode_text(ids), 1e-5, "text features")
+    assert_close_rel(TextTower(model).encode_token_ids(ids), model.encode_text(ids), FP32.parity, "text features")
     images = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
-    assert_close_rel(VisionTower(model.visual)(images), model.encode_image(images), 1e-5, "image features")
+    assert_close_rel(VisionTower(model.visual)(images), model.encode_image(images), FP32.parity, "image features")
 
 
 @pytest.mark.parametrize("model_fixture", ["tiny_model", "tiny_custom_model"])
 def test_vision_tower_reproduces_encode_image(model_fixture, request):
     model = request.getfixturevalue(model_fixture)
     images = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(0))
-    assert_close_rel(VisionTower(model.visual)(images), model.encode_image(images), 1e-5, "image features")
+    assert_close_rel(VisionTower(model.visual)(images), model.encode_image(images), FP32.parity, "image features")
 
 
 def _literal_text(model, embeds, ids, deep=None, start=1):
@@ -71,12 +71,12 @@ def test_text_tower_with_context_and_deep_prompts_matches_full_length(model_fixt
     embeds = model.token_embedding(ids)
     full = torch.cat([embeds[:, :1], ctx.expand(3, -1, -1), embeds[:, 1 + m:]], 1)
     slow = _literal_text(model, full, ids, deep=deep)
-    assert_close_rel(fast, slow, 1e-5, "features")
+    assert_close_rel(fast, slow, FP32.parity, "features")
     params = [ctx] + deep[1:]
     g_fast = torch.autograd.grad(fast.square().sum(), params)
     g_slow = torch.autograd.grad(slow.square().sum(), params)
     for i, (a, b) in enumerate(zip(g_fast, g_slow)):
-        assert_close_rel(a, b, 1e-5, f"grad[{i}]")
+        assert_close_rel(a, b, FP32.parity, f"grad[{i}]")
 
 
 def test_text_plan_groups_match_separate_passes(tiny_model):
@@ -90,8 +90,8 @@ def test_text_plan_groups_match_separate_passes(tiny_model):
     together = tower(plan.repeat(groups), *tower.embed(plan.repeat(groups), ctx))
     for g in range(groups):
         alone = tower(plan, *tower.embed(plan, ctx[g]))
-        # One pass vs per group: float32 summation order differs (measured up to 6e-7); suite bound 1e-5.
-        assert_close_rel(together[g * 3:(g + 1) * 3], alone, 1e-5, f"group {g}")
+        # One pass vs per group: float32 summation order differs (measured up to 6e-7); suite bound FP32.parity.
+        assert_close_rel(together[g * 3:(g + 1) * 3], alone, FP32.parity, f"group {g}")
 
 
 def test_text_plan_truncates_after_eot_and_shares_common_prefix():
@@ -118,11 +118,11 @@ def test_vision_deep_prompts_match_literal_cat(model_fixture, n_prompted, reques
     images = torch.randn(2, 3, 32, 32, generator=gen)
     fast = VisionTower(visual)(images, prompts)
     slow = reference_encode_image_deep(visual, images, prompts)
-    assert_close_rel(fast, slow, 1e-5, "image features")
+    assert_close_rel(fast, slow, FP32.parity, "image features")
     g_fast = torch.autograd.grad(fast.square().sum(), prompts)
     g_slow = torch.autograd.grad(slow.square().sum(), prompts)
     for j, (a, b) in enumerate(zip(g_fast, g_slow)):
-        assert_close_rel(a, b, 1e-5, f"grad of prompt {j}")
+        assert_close_rel(a, b, FP32.parity, f"grad of prompt {j}")
 
 
 def test_vision_prompt_errors(tiny_model):
@@ -137,10 +137,10 @@ def test_vision_prompt_errors(tiny_model):
 @pytest.mark.slow
 def test_vit_b16_towers_reproduce_open_clip(vit_b16):
     ids = _tokenize(PROMPTS)
-    assert_close_rel(TextTower(vit_b16).encode_token_ids(ids), vit_b16.encode_text(ids), 1e-5, "text")
+    assert_close_rel(TextTower(vit_b16).encode_token_ids(ids), vit_b16.encode_text(ids), FP32.parity, "text")
     images = torch.randn(2, 3, 224, 224, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
-        assert_close_rel(VisionTower(vit_b16.visual)(images), vit_b16.encode_image(images), 1e-5, "image")
+        assert_close_rel(VisionTower(vit_b16.visual)(images), vit_b16.encode_image(images), FP32.parity, "image")
 
 
 @pytest.mark.slow
@@ -150,11 +150,11 @@ def test_vit_b16_vision_deep_prompts_match_literal_cat(vit_b16):
     images = torch.randn(1, 3, 224, 224, generator=gen)
     fast = VisionTower(vit_b16.visual)(images, prompts)
     slow = reference_encode_image_deep(vit_b16.visual, images, prompts)
-    assert_close_rel(fast, slow, 1e-5, "image features")
+    assert_close_rel(fast, slow, FP32.parity, "image features")
     g_fast = torch.autograd.grad(fast.sum(), prompts)
     g_slow = torch.autograd.grad(slow.sum(), prompts)
     for j, (a, b) in enumerate(zip(g_fast, g_slow)):
-        assert_close_rel(a, b, 1e-5, f"grad of prompt {j}")
+        assert_close_rel(a, b, FP32.parity, f"grad of prompt {j}")
 
 
 def _ctx_plan(names, m=2):
@@ -170,7 +170,7 @@ def test_text_plan_select_encodes_the_chosen_sequences(tiny_model):
     full = tower(plan, *tower.embed(plan, ctx))
     picked = plan.select([3, 0, 3, 1])
     assert picked.class_index.tolist() == [3, 0, 3, 1]
-    assert_close_rel(tower(picked, *tower.embed(picked, ctx)), full[[3, 0, 3, 1]], 1e-6, "selected features")
+    assert_close_rel(tower(picked, *tower.embed(picked, ctx)), full[[3, 0, 3, 1]], FP32.rounding, "selected features")
     with pytest.raises(ValueError, match="indices"):
         plan.select([4])
 
@@ -187,8 +187,8 @@ def test_concat_plans_gives_one_group_per_class_list(tiny_model):
     assert joined.n_groups == 3 and joined.group.tolist() == [0, 0, 1, 1, 1, 2]
     together = tower(joined, *tower.embed(joined, ctx))
     apart = torch.cat([tower(p, *tower.embed(p, ctx[g])) for g, p in enumerate(plans)])
-    # One pass vs per list: float32 summation order differs (measured up to 5e-7); suite bound 1e-5.
-    assert_close_rel(together, apart, 1e-5, "features")
+    # One pass vs per list: float32 summation order differs (measured up to 5e-7); suite bound FP32.parity.
+    assert_close_rel(together, apart, FP32.parity, "features")
     # The one-class list shares its whole prompt but EOT; joined, only [SOT][ctx] stays shared.
     assert plans[2].prefix_len > joined.prefix_len == 3
 
@@ -214,4 +214,5 @@ def test_a_channels_last_memory_format_is_just_a_layout(tiny_model, classnames):
     images = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
     tower = VisionTower(tiny_model.visual)
     plain = tower(images)
-    assert_close_rel(tower(images.to(memory_format=torch.channels_last)), plain, 1e-6, "channels_last features")
+    assert_close_rel(tower(images.to(memory_format=torch.channels_last)), plain, FP32.rounding,
+                     "channels_last features")

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 
 import fastprompt
 from fastprompt.reference import ReferenceVPT
-from fastprompt.testing import assert_close_rel, assert_gradient_flows, random_images, tiny_clip
+from fastprompt.testing import FP32, assert_close_rel, assert_gradient_flows, random_images, tiny_clip
 
 
 @pytest.fixture(scope="module")
@@ -28,7 +28,7 @@ def _build(model, classnames, **cfg):
     return learner, reference
 
 
-def compare_step(learner, reference, images, labels, rtol=1e-5, single_pass=False):
+def compare_step(learner, reference, images, labels, rtol=FP32.parity, single_pass=False):
     """``single_pass`` (ViT-B-16): the loss is the CE of the compared logits (one tower pass per side)."""
     logits, ref_logits = learner(images), reference(images)
     assert_close_rel(logits, ref_logits, rtol, "logits")
@@ -60,7 +60,7 @@ CASES = [
 def test_vpt_matches_reference(model_fixture, cfg, classnames, request):
     model = request.getfixturevalue(model_fixture)
     learner, reference = _build(model, classnames, **cfg)
-    assert_close_rel(learner.fixed_text_features, reference.fixed_embeddings, 1e-5, "fixed text features")
+    assert_close_rel(learner.fixed_text_features, reference.fixed_embeddings, FP32.parity, "fixed text features")
     compare_step(learner, reference, random_images(3), torch.tensor([0, 3, 7]))
 
 
@@ -70,7 +70,7 @@ def test_text_side_is_frozen_and_prompts_only_touch_vision(tiny_model, classname
     assert not learner.fixed_text_features.requires_grad
     assert [tuple(p.shape) for p in learner.trainable_parameters()] == [(2, 96), (2, 96)]
     w = learner.text_classifier()
-    assert_close_rel(w.norm(dim=-1), torch.ones(len(classnames)), 1e-6, "unit rows")
+    assert_close_rel(w.norm(dim=-1), torch.ones(len(classnames)), FP32.rounding, "unit rows")
 
 
 def test_load_original_state_dict_names(tiny_model, classnames):
@@ -115,7 +115,8 @@ def test_dataset_template(tiny_model, classnames):
     learner = fastprompt.VPTLearner.from_model(tiny_model, classnames, n_ctx=2, prompt_depth=1, template="EuroSAT")
     ids = SimpleTokenizer()([f"a centered satellite photo of {c.replace('_', ' ')}." for c in classnames])
     with torch.no_grad():
-        assert_close_rel(learner.fixed_text_features, tiny_model.encode_text(ids), 1e-5, "EuroSAT template features")
+        assert_close_rel(learner.fixed_text_features, tiny_model.encode_text(ids), FP32.parity,
+                         "EuroSAT template features")
 
 
 @pytest.mark.slow
@@ -141,14 +142,15 @@ def test_reference_deep_encoders_agree_with_independent_literal_paths(model_fixt
     with torch.no_grad():
         embeds = model.token_embedding(ids)
         plain_text = model.encode_text(ids)
-        assert_close_rel(ReferenceMaPLeTextEncoder(model, 2)(embeds, ids, []), plain_text, 1e-6,
+        assert_close_rel(ReferenceMaPLeTextEncoder(model, 2)(embeds, ids, []), plain_text, FP32.rounding,
                          "MaPLe text, no prompts")
-        assert_close_rel(ReferenceIVLPTextEncoder(model, 2, 0)(embeds, ids), plain_text, 1e-6, "IVLP text, depth 0")
-        assert_close_rel(ReferenceIVLPImageEncoder(model.visual, 3, 0)(images), model.encode_image(images), 1e-6,
-                         "IVLP image, depth 0")
+        assert_close_rel(ReferenceIVLPTextEncoder(model, 2, 0)(embeds, ids), plain_text, FP32.rounding,
+                         "IVLP text, depth 0")
+        assert_close_rel(ReferenceIVLPImageEncoder(model.visual, 3, 0)(images), model.encode_image(images),
+                         FP32.rounding, "IVLP image, depth 0")
         ivlp = ReferenceIVLPImageEncoder(model.visual, 3, layers)
         prompts = [ivlp.VPT] + [b.VPT_shallow for b in ivlp.transformer.resblocks[1:]]
         expected = reference_encode_image_deep(model.visual, images, prompts)
-        assert_close_rel(ivlp(images), expected, 1e-6, "IVLP image, all layers prompted")
+        assert_close_rel(ivlp(images), expected, FP32.rounding, "IVLP image, all layers prompted")
         maple = ReferenceMaPLeImageEncoder(model.visual, 3)
-        assert_close_rel(maple(images, prompts[0], prompts[1:]), expected, 1e-6, "MaPLe image")
+        assert_close_rel(maple(images, prompts[0], prompts[1:]), expected, FP32.rounding, "MaPLe image")

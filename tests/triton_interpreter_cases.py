@@ -1,5 +1,7 @@
 """The interpreter tier of the ``triton`` backend: its kernels run by Triton's CPU interpreter,
-against the eager backend.
+against the eager backend: the parity suite (tests/backend_parity.py, on tiny shapes, every
+kernel output buffer poisoned) and what only the Triton kernels have (their launchers, the two
+prompt-gradient reductions, the custom ops, availability in interpreter mode).
 
 This module runs in a process of its own, started by ``tests/test_triton.py`` with
 ``TRITON_INTERPRET=1`` (Triton fixes a kernel's mode when the kernel is defined, so one process
@@ -27,12 +29,12 @@ import fastprompt  # noqa: E402
 import fastprompt.kernels as kernels  # noqa: E402
 from fastprompt.ops import AUTO_ORDER, backend_status, prompt_attention, resolve_backend  # noqa: E402
 from fastprompt.ops import triton_backend  # noqa: E402
-from fastprompt.testing import assert_close_rel  # noqa: E402
+from fastprompt.testing import FP32, assert_close_rel  # noqa: E402
 
 import attention_cases  # noqa: E402
-from attention_cases import (GRAD_NAMES, HEAD_DIMS, LAYOUTS, MATRIX, MATRIX_ARGS, check_low_precision,  # noqa: E402
-                             assert_learner_step_matches_eager, compare_to_eager, make_case, strided_layout,
-                             strided_view)
+from attention_cases import (GRAD_NAMES, HEAD_DIMS, LAYOUTS, LOW_PRECISION_CASES, compare_to_eager,  # noqa: E402
+                             make_case, strided_layout, strided_view)
+from backend_parity import parity_suite  # noqa: E402
 
 if not kernels.INTERPRET:
     pytest.skip("fastprompt.kernels was imported in compiled mode before this module set TRITON_INTERPRET=1; "
@@ -74,33 +76,16 @@ def run(backend, tensors, dout, dlse, kwargs, with_grad=True):
     return attention_cases.run(backend, tensors, dout, dlse, kwargs, with_grad=with_grad, guard=guard)
 
 
-def compare_fp32(tensors, dout, dlse, kwargs, rtol=1e-5):
+def compare_fp32(tensors, dout, dlse, kwargs, rtol=FP32.parity):
     compare_to_eager("triton", tensors, dout, dlse, kwargs, rtol=rtol, guard=poisoned_outputs)
 
 
-# ---- float32 parity over the issue's matrix -----------------------------------------------------
+# ---- the parity suite (tests/backend_parity.py), sized for the interpreter ----------------------
 
-@pytest.mark.parametrize(MATRIX_ARGS, MATRIX)
-def test_fp32_matches_eager(group_mode, causal, ragged, seq_len, head_dim, layout):
-    tensors, dout, dlse, kwargs = make_case(group_mode, seq_len, head_dim, causal, ragged, layout=layout)
-    compare_fp32(tensors, dout, dlse, kwargs)
+TestParity = parity_suite("triton", guard=poisoned_outputs, head_dims=HEAD_DIMS, head_dim_modes=("mixed",),
+                          head_dim_shape=(5, 4), low_precision_cases=LOW_PRECISION_CASES[:4], many_sequences=None,
+                          vision_shapes=False, learner_methods=("coop", "cocoop"))
 
-
-@pytest.mark.parametrize("head_dim", HEAD_DIMS)
-def test_every_head_dim_with_a_group_map(head_dim):
-    tensors, dout, dlse, kwargs = make_case("mixed", 5, head_dim, causal=True, ragged=True, n=4)
-    compare_fp32(tensors, dout, dlse, kwargs)
-
-
-# ---- low precision: within 2x (forward) / 3x (gradients) of eager's own error ---------------------
-
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
-@pytest.mark.parametrize("group_mode,seq_len,head_dim,causal", [
-    ("one", 77, 64, True), ("mixed", 5, 80, False), ("per_seq", 20, 128, True), ("empty", 9, 32, False),
-])
-def test_low_precision_error_is_within_eagers_own(dtype, group_mode, seq_len, head_dim, causal):
-    tensors32, dout, dlse, kwargs = make_case(group_mode, seq_len, head_dim, causal, ragged=True)
-    check_low_precision("triton", dtype, tensors32, dout, dlse, kwargs, guard=poisoned_outputs)
 
 
 # ---- property-based -----------------------------------------------------------------------------
@@ -144,25 +129,6 @@ def test_property_fp32_matches_eager(case):
 
 # ---- layouts, modes and options -----------------------------------------------------------------
 
-def test_strided_inputs_and_a_stride_zero_prompt_batch():
-    """q/k/v as views of one packed qkv tensor; a G = N block that is an expanded (stride 0) view."""
-    gen = torch.Generator().manual_seed(3)
-    n, seq_len, heads, head_dim = 3, 6, 2, 32
-    qkv = torch.randn(n, seq_len, 3, heads, head_dim, generator=gen)
-    q, k, v = qkv.unbind(2)
-    base_k, base_v = torch.randn(1, 5, heads, head_dim, generator=gen), torch.randn(1, 5, heads, head_dim,
-                                                                                      generator=gen)
-    pk, pv = base_k.expand(n, -1, -1, -1), base_v.expand(n, -1, -1, -1)
-    dout, dlse = torch.randn(n, seq_len, heads, head_dim, generator=gen), torch.randn(n, heads, seq_len,
-                                                                                     generator=gen)
-    kwargs = dict(group=torch.tensor([2, 0, 1]), causal=True, seqlens=torch.tensor([6, 3, 5]))
-    out, lse = prompt_attention(q, k, v, pk, pv, backend="triton", **kwargs)
-    ref_out, ref_lse = prompt_attention(q, k, v, pk, pv, backend="eager", **kwargs)
-    assert_close_rel(out, ref_out, 1e-5, "out")
-    assert_close_rel(lse, ref_lse, 1e-5, "lse")
-    compare_fp32([q, k, v, pk, pv], dout, dlse, kwargs)
-
-
 def test_group_and_seqlens_as_columns_of_a_table():
     """The issue's silent wrong answer: group and seqlens read as if contiguous. Here they are
     columns of one [N, 2] table (stride 2), the other column holding valid but different values."""
@@ -195,14 +161,6 @@ def test_backward_launcher_takes_every_argument_strided():
         assert torch.equal(a, b), name
 
 
-def test_return_lse_false_returns_none_and_same_output():
-    tensors, dout, dlse, kwargs = make_case("one", 5, 32, causal=True, ragged=True)
-    out, lse = prompt_attention(*tensors, return_lse=False, backend="triton", **kwargs)
-    ref, _ = prompt_attention(*tensors, backend="eager", **kwargs)
-    assert lse is None
-    assert_close_rel(out, ref, 1e-5, "out")
-
-
 def test_plain_layers_go_to_sdpa_like_the_other_backends(monkeypatch):
     """No prompt block and no lse: the fused SDPA path (the kernels are not launched), bitwise the
     eager backend's output; with a prompt block or the lse the kernels run."""
@@ -218,30 +176,6 @@ def test_plain_layers_go_to_sdpa_like_the_other_backends(monkeypatch):
     assert launched == [1]
 
 
-def test_rows_past_seqlens_are_zero_with_minus_inf_lse_and_no_gradient():
-    tensors, dout, dlse, kwargs = make_case("mixed", 7, 32, causal=False, ragged=False)
-    kwargs["seqlens"] = torch.tensor([7, 2, 0])
-    out, lse, grads = run("triton", tensors, dout, dlse, kwargs)
-    for n, length in enumerate(kwargs["seqlens"].tolist()):
-        assert torch.all(out[n, length:] == 0) and torch.all(lse[n, :, length:] == float("-inf"))
-        for g in grads[:3]:  # dq, dk, dv: nothing past the length gets a gradient
-            assert torch.all(g[n, length:] == 0)
-    assert torch.all(grads[3][2] == 0) and torch.all(grads[4][2] == 0)  # block 2 is read by nobody
-
-
-def test_only_prompt_gradients_requested():
-    """A frozen tower: only pk/pv need grad (the prompt kernel runs, q/k/v grads are not returned)."""
-    tensors, dout, dlse, kwargs = make_case("per_seq", 5, 64, causal=True, ragged=True)
-    q, k, v, pk, pv = tensors
-    grads = {}
-    for backend in ("triton", "eager"):
-        pk_, pv_ = pk.clone().requires_grad_(), pv.clone().requires_grad_()
-        out, _ = prompt_attention(q, k, v, pk_, pv_, backend=backend, **kwargs)
-        grads[backend] = torch.autograd.grad((out * dout).sum(), (pk_, pv_))
-    for name, g, r in zip(("dpk", "dpv"), grads["triton"], grads["eager"]):
-        assert_close_rel(g, r, 1e-5, name)
-
-
 @pytest.mark.parametrize("splits", [1, 2, 5])
 @pytest.mark.parametrize("deterministic", [True, False], ids=["deterministic", "atomic"])
 def test_prompt_gradient_reduction_modes(splits, deterministic):
@@ -255,7 +189,7 @@ def test_prompt_gradient_reduction_modes(splits, deterministic):
                                              splits=splits)
     _, _, ref = run("eager", tensors, dout, dlse, kwargs)
     for name, g, r in zip(GRAD_NAMES, grads, ref):
-        assert_close_rel(g, r, 1e-5, name)
+        assert_close_rel(g, r, FP32.parity, name)
 
 
 def test_deterministic_mode_is_bitwise_reproducible_and_selectable(monkeypatch):
@@ -268,7 +202,7 @@ def test_deterministic_mode_is_bitwise_reproducible_and_selectable(monkeypatch):
     assert not triton_backend.deterministic()
     atomic = run("triton", tensors, dout, dlse, kwargs)[2]
     for name, a, b in zip(("dq", "dk", "dv", "dpk", "dpv"), atomic, first):
-        assert_close_rel(a, b, 1e-6, name)
+        assert_close_rel(a, b, FP32.rounding, name)
     previous = torch.are_deterministic_algorithms_enabled()
     torch.use_deterministic_algorithms(True)
     try:
@@ -351,9 +285,9 @@ def test_torch_compile_traces_forward_and_backward_without_graph_breaks():
     ref_leaves = [t.clone().requires_grad_() for t in tensors]
     ref_loss = step(*ref_leaves, "eager")
     ref_grads = torch.autograd.grad(ref_loss, ref_leaves)
-    assert_close_rel(loss, ref_loss, 1e-5, "loss")
+    assert_close_rel(loss, ref_loss, FP32.parity, "loss")
     for name, g, r in zip(("dq", "dk", "dv", "dpk", "dpv"), grads, ref_grads):
-        assert_close_rel(g, r, 1e-5, name)
+        assert_close_rel(g, r, FP32.parity, name)
 
 
 def test_custom_op_with_group_map_and_seqlens_compiles_fullgraph():
@@ -366,15 +300,5 @@ def test_custom_op_with_group_map_and_seqlens_compiles_fullgraph():
 
     out, lse = torch.compile(fn, backend="eager", fullgraph=True)(*tensors, kwargs["group"], kwargs["seqlens"])
     ref_out, ref_lse = prompt_attention(*tensors, backend="eager", **kwargs)
-    assert_close_rel(out, 2 * ref_out, 1e-5, "out")
-    assert_close_rel(lse, ref_lse, 1e-5, "lse")
-
-
-# ---- a learner's training step ------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("method", ["coop", "cocoop"])
-def test_learner_step_triton_equals_eager(method, tiny_model, classnames):
-    """Same loss and prompt gradients with every attention layer on the triton backend (CoOp: G = 1
-    text prefix; CoCoOp: one prefix group per image, G = B)."""
-    assert_learner_step_matches_eager("triton", method, tiny_model, classnames, "cpu")
+    assert_close_rel(out, 2 * ref_out, FP32.parity, "out")
+    assert_close_rel(lse, ref_lse, FP32.parity, "lse")
