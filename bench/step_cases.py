@@ -71,7 +71,8 @@ def build_step(spec: CaseSpec, model_name: str, device: torch.device) -> StepCas
     extra = spec.from_learner(learner) if spec.from_learner else {}
     torch.manual_seed(0)
     reference = reference_cls(model, *reference_args, **spec.kwargs, **extra).to(device)
-    learner = learner or make_learner()
+    if learner is None:
+        learner = make_learner()
     learner.load_original_state_dict(spec.state(reference).state_dict())
     images, labels = random_batch(model, spec.images, spec.label_classes or spec.classes, device=device)
     losses = spec.losses or (lambda learner, reference, images, labels: (
