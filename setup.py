@@ -78,6 +78,7 @@ setup(
         "pillow",
         "ninja",  # builds the C++ kernels just in time on first use (fastprompt.jit)
         "pyyaml",  # recipes and config files of fastprompt train
+        "webdataset",  # ImageNet-21K WebDataset tar shards (fastprompt data pack, ShardDataset)
     ],
     extras_require={
         "test": ["pytest>=7", "pytest-benchmark", "hypothesis"],

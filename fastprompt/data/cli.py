@@ -1,4 +1,4 @@
-"""``fastprompt data check|fewshot``: argument parsing and handlers (hooked into fastprompt.cli)."""
+"""``fastprompt data check|fewshot|pack``: argument parsing and handlers (hooked into fastprompt.cli)."""
 from __future__ import annotations
 
 import argparse
@@ -54,6 +54,10 @@ def add_data_parser(subparsers) -> None:
                      help="draw the subset even when the folder holds split_fewshot/shot_K-seed_S.pkl")
     few.add_argument("--out", metavar="FILE", help="write the JSON here instead of printing it")
     few.set_defaults(func=_run_fewshot, check=_no_check, command_parser=few)
+
+    from .pack_cli import add_pack_parser
+
+    add_pack_parser(sub)  # fastprompt data pack SRC OUT (ImageNet-21K-P to WebDataset shards)
 
 
 def _error(command: str, exc: Exception) -> int:
