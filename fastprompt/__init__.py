@@ -10,6 +10,7 @@ from .learners import (CLIPTeacher, CoCoOpConfig, CoCoOpLearner, CoOpConfig, CoO
                        PromptSRCLearner, RPPConfig, RPPLearner, SoftCPTConfig, SoftCPTLearner, VPTConfig,
                        VPTLearner)
 from .version import __version__
+from .zero_shot import zero_shot_classifier
 
 __all__ = [
     "ops", "PromptLearner", "PretrainedNotAvailableError", "__version__",
@@ -17,4 +18,5 @@ __all__ = [
     "MaPLeLearner", "MaPLeConfig", "PromptSRCLearner", "PromptSRCConfig", "VPTLearner", "VPTConfig",
     "KgCoOpLearner", "KgCoOpConfig", "PRELearner", "PREConfig", "SoftCPTLearner", "SoftCPTConfig",
     "RPPLearner", "RPPConfig", "POMPLearner", "POMPConfig", "POMPObjective", "CLIPTeacher",
+    "zero_shot_classifier",
 ]

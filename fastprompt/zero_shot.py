@@ -1,0 +1,108 @@
+"""``zero_shot_classifier``: CLIP's zero-shot head, built through the packed text path.
+
+CLIP's zero-shot classifier (Radford et al., ICML 2021; openai/CLIP's prompt-engineering notebook;
+mlfoundations/open_clip ``build_zero_shot_classifier``): for each class ``c`` and template ``t``
+encode ``t(c)``, L2-normalise, average over the templates, L2-normalise again; the weights are
+``[E, C]`` so that ``logits = logit_scale * image_features @ W``.
+
+Here each template's prompts go through :meth:`fastprompt.towers.TextTower.encode_token_ids` in
+chunks of ``batch_size``: the prompts of one template share their leading tokens (``[SOT] a
+photo of a``), which the tower encodes once per chunk, and every prompt is cut after its EOT and
+packed — the same features as the full 77-token ``encode_text`` (exact up to fp32 rounding), a
+fraction of the work. POMP (Ren et al., NeurIPS 2023) and RPP (Chen et al. 2024) need this head
+for 10K-21K ImageNet-21K classes (RPP's teacher soft labels, POMP's transfer evaluation); with
+``cache=True`` the result is kept on disk (:mod:`fastprompt.zero_shot_cache`).
+"""
+from __future__ import annotations
+
+from typing import Callable, Optional, Sequence, Union
+
+import torch
+from torch import nn
+
+__all__ = ["zero_shot_classifier"]
+
+Templates = Union[str, Sequence[Union[str, Callable[[str], str]]]]
+
+
+def zero_shot_classifier(model: nn.Module, classnames: Sequence[str], templates: Templates, *, tokenizer=None,
+                         batch_size: int = 4096, progress: bool = False, cache: bool = False,
+                         model_name: Optional[str] = None, pretrained: Optional[str] = None,
+                         cache_root: Optional[str] = None, backend: str = "auto") -> torch.Tensor:
+    """Zero-shot classifier weights ``[E, C]`` (float32, on the model's device), L2-normalised per class.
+
+    Args:
+        model: an open_clip CLIP (or CustomTextCLIP) with CLIP's causal text tower.
+        classnames: ``C`` class names, used as given (open_clip's builder does not replace ``_``
+            either); a :class:`fastprompt.data.ClassTable`'s ``names`` for ImageNet-21K.
+        templates: ``"{}"`` strings or callables (open_clip's ``OPENAI_IMAGENET_TEMPLATES`` /
+            ``SIMPLE_IMAGENET_TEMPLATES``), or a name: ``"openai"`` (80), ``"simple"`` (7),
+            ``"single"`` (``"a photo of a {}."``).
+        tokenizer: the model's tokenizer (default: CLIP BPE at the model's context length).
+        batch_size: prompts per text-tower call (bounds memory).
+        progress: show a tqdm bar over the calls.
+        cache: read/write the result under the user cache folder, keyed by ``model_name``,
+            ``pretrained`` (tag or weights file), the text tower's weights, the tokenizer, the class
+            names and the templates (:mod:`fastprompt.zero_shot_cache`); ``cache_root`` overrides
+            the folder.
+        backend: ``prompt_attention`` backend of the text tower.
+
+    Raises:
+        ValueError: empty class list or templates, ``batch_size < 1``, or a prompt longer than the
+            context length (naming the class: the tokenizer would cut the class name off).
+    """
+    from .learners.base import default_tokenizer
+    from .learners.teacher import resolve_templates
+
+    if isinstance(classnames, str) or not len(classnames):
+        raise ValueError("classnames must be a non-empty list of class names")
+    names = [str(n) for n in getattr(classnames, "names", classnames)]
+    fns = resolve_templates(templates)
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+    tokenizer = tokenizer if tokenizer is not None else default_tokenizer(model)
+    key = path = None
+    if cache:
+        from .zero_shot_cache import cache_path, classifier_key, load_classifier
+
+        key = classifier_key(model, tokenizer, names, fns, model_name, pretrained)
+        path = cache_path(key, cache_root)
+        hit = load_classifier(path, key)
+        if hit is not None:
+            return hit.to(_device(model))
+    weights = _build(model, tokenizer, names, fns, batch_size, progress, backend)
+    if cache:
+        from .zero_shot_cache import save_classifier
+
+        save_classifier(path, weights, key)
+    return weights
+
+
+def _device(model: nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+@torch.no_grad()
+def _build(model, tokenizer, names, templates, batch_size: int, progress: bool, backend: str) -> torch.Tensor:
+    from tqdm import tqdm
+
+    from .learners.prompts import tokenize_prompts
+    from .towers import TextTower
+
+    tower = TextTower(model, backend=backend)
+    chunks = [slice(s, s + batch_size) for s in range(0, len(names), batch_size)]
+    total = None
+    with tqdm(total=len(templates) * len(names), unit="prompt", desc="zero-shot classifier", disable=not progress,
+              dynamic_ncols=True) as bar:
+        for template in templates:
+            texts = [template(n) for n in names]
+            parts = []
+            for chunk in chunks:
+                ids = tokenize_prompts(tokenizer, texts[chunk], names[chunk]).to(tower.device)
+                f = tower.encode_token_ids(ids).float()
+                parts.append(f / f.norm(dim=-1, keepdim=True))
+                bar.update(len(ids))
+            f = torch.cat(parts)
+            total = f if total is None else total.add_(f)
+    mean = total / len(templates)
+    return (mean / mean.norm(dim=-1, keepdim=True)).t().contiguous()
