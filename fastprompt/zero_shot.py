@@ -5,11 +5,10 @@ mlfoundations/open_clip ``build_zero_shot_classifier``): for each class ``c`` an
 encode ``t(c)``, L2-normalise, average over the templates, L2-normalise again; the weights are
 ``[E, C]`` so that ``logits = logit_scale * image_features @ W``.
 
-Here each template's prompts go through :meth:`fastprompt.towers.TextTower.encode_token_ids` in
-chunks of ``batch_size``: the prompts of one template share their leading tokens (``[SOT] a
-photo of a``), which the tower encodes once per chunk, and every prompt is cut after its EOT and
-packed — the same features as the full 77-token ``encode_text`` (exact up to fp32 rounding), a
-fraction of the work. POMP (Ren et al., NeurIPS 2023) and RPP (Chen et al. 2024) need this head
+The template-averaged class features come from
+:func:`fastprompt.learners.template_features.mean_template_features` (prefix-shared, EOT-truncated,
+packed: the features of the full 77-token ``encode_text`` up to fp32 rounding, a fraction of the
+work), which RPP's frozen teacher uses too. POMP (Ren et al., NeurIPS 2023) and RPP (Chen et al. 2024) need this head
 for 10K-21K ImageNet-21K classes (RPP's teacher soft labels, POMP's transfer evaluation); with
 ``cache=True`` the result is kept on disk (:mod:`fastprompt.zero_shot_cache`).
 """
@@ -82,27 +81,10 @@ def _device(model: nn.Module) -> torch.device:
     return next(model.parameters()).device
 
 
-@torch.no_grad()
 def _build(model, tokenizer, names, templates, batch_size: int, progress: bool, backend: str) -> torch.Tensor:
-    from tqdm import tqdm
-
-    from .learners.prompts import tokenize_prompts
+    from .learners.template_features import mean_template_features
     from .towers import TextTower
 
-    tower = TextTower(model, backend=backend)
-    chunks = [slice(s, s + batch_size) for s in range(0, len(names), batch_size)]
-    total = None
-    with tqdm(total=len(templates) * len(names), unit="prompt", desc="zero-shot classifier", disable=not progress,
-              dynamic_ncols=True) as bar:
-        for template in templates:
-            texts = [template(n) for n in names]
-            parts = []
-            for chunk in chunks:
-                ids = tokenize_prompts(tokenizer, texts[chunk], names[chunk]).to(tower.device)
-                f = tower.encode_token_ids(ids).float()
-                parts.append(f / f.norm(dim=-1, keepdim=True))
-                bar.update(len(ids))
-            f = torch.cat(parts)
-            total = f if total is None else total.add_(f)
-    mean = total / len(templates)
+    mean = mean_template_features(TextTower(model, backend=backend), tokenizer, names, templates, batch_size,
+                                  progress)
     return (mean / mean.norm(dim=-1, keepdim=True)).t().contiguous()

@@ -27,7 +27,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..towers import TextTower, image_tower
-from .prompts import clean_classnames, tokenize_prompts
+from .prompts import clean_classnames
+from .template_features import mean_template_features
 
 TemplateSpec = Union[str, Sequence[Union[str, Callable[[str], str]]]]
 NAMED_TEMPLATES = ("simple", "openai", "single")
@@ -171,18 +172,7 @@ class CLIPTeacher(nn.Module):
 
     @torch.no_grad()
     def _encode_classes(self, names: List[str]) -> torch.Tensor:
-        total = None
-        for template in self.templates:
-            texts = [template(name) for name in names]
-            chunks = []
-            for start in range(0, len(texts), TEXT_CHUNK):
-                chunk = slice(start, start + TEXT_CHUNK)
-                ids = tokenize_prompts(self.tokenizer, texts[chunk], names[chunk]).to(self.text_tower.device)
-                chunks.append(self.text_tower.encode_token_ids(ids).float())
-            f = torch.cat(chunks)
-            f = f / f.norm(dim=-1, keepdim=True)
-            total = f if total is None else total + f
-        mean = total / len(self.templates)
+        mean = mean_template_features(self.text_tower, self.tokenizer, names, self.templates, TEXT_CHUNK)
         if self.projection is not None:
             mean = self.projection(mean) if isinstance(self.projection, nn.Module) else mean @ self.projection.float()
         return mean / mean.norm(dim=-1, keepdim=True)
