@@ -9,7 +9,7 @@ import torch.nn.functional as F
 import fastprompt
 from fastprompt.learners.pomp_objective import POMPObjective
 from fastprompt.reference import ReferencePOMP
-from fastprompt.testing import assert_close_rel, random_images
+from fastprompt.testing import FP32, FP64, assert_close_rel, random_images
 
 POMP_CONFIGS = [
     dict(),
@@ -49,13 +49,13 @@ def test_pomp_matches_the_original_forward(cfg, model_fixture, classnames, reque
                                           F.normalize(learner.text_features(sample.classes), dim=-1), sample,
                                           learner.logit_scale)
         ref_logits = reference(images, labels, label_oob=sample.negatives)
-    assert_close_rel(logits, ref_logits, 1e-5, "[B, K] logits")
+    assert_close_rel(logits, ref_logits, FP32.parity, "[B, K] logits")
     loss, ref_loss = learner.loss(images, labels), reference.loss(images, labels, generator=gen)
-    assert_close_rel(loss, ref_loss, 1e-5, "loss")
+    assert_close_rel(loss, ref_loss, FP32.parity, "loss")
     (g,) = torch.autograd.grad(loss, [learner.ctx])
     (r,) = torch.autograd.grad(ref_loss, [reference.prompt_learner.ctx])
-    assert_close_rel(g, r, 1e-5, "grad ctx")
-    assert_close_rel(learner(images), reference(images), 1e-5, "test logits over all classes")
+    assert_close_rel(g, r, FP32.parity, "grad ctx")
+    assert_close_rel(learner(images), reference(images), FP32.parity, "test logits over all classes")
 
 
 def test_negatives_are_shared_distinct_and_seeded():
@@ -84,7 +84,7 @@ def test_rejection_mask_and_local_correction_offsets(log_base, log):
     one_rejected = log(n - 1) - log(k - 2)
     expected = torch.tensor([[one_rejected, one_rejected - 1e6, one_rejected, one_rejected], [kept] * 4,
                              [one_rejected, one_rejected - 1e6, one_rejected, one_rejected]], dtype=torch.float64)
-    assert_close_rel(sample.offset, expected, 1e-12, "offsets")
+    assert_close_rel(sample.offset, expected, FP64.exact, "offsets")
     assert sample.classes.tolist() == [0, 3, 7, 9, 12]  # every needed class once
     assert sample.classes[sample.positive_col].tolist() == labels.tolist()
     no_correction = POMPObjective(k, local_correction=False).sample(labels, n, negatives=torch.tensor([9, 3, 12, 0]))
@@ -96,7 +96,7 @@ def test_full_mode_is_the_exact_softmax_over_all_classes(tiny_model, classnames)
     pomp = fastprompt.POMPLearner.from_model(tiny_model, classnames, mode="full")
     pomp.load_prompt_state(dict(coop.trainable_named_parameters()))
     images, labels = _images(3), torch.tensor([1, 5, 5])
-    assert_close_rel(pomp.loss(images, labels), F.cross_entropy(coop(images), labels), 1e-6, "full-mode loss")
+    assert_close_rel(pomp.loss(images, labels), F.cross_entropy(coop(images), labels), FP32.rounding, "full-mode loss")
 
 
 def test_objective_works_with_a_plain_coop_learner(tiny_model, classnames):
@@ -105,7 +105,7 @@ def test_objective_works_with_a_plain_coop_learner(tiny_model, classnames):
     pomp.load_prompt_state(dict(coop.trainable_named_parameters()))
     images, labels = _images(2), torch.tensor([2, 6])
     loss = POMPObjective(4, seed=0).loss(coop, images, labels)
-    assert_close_rel(loss, pomp.loss(images, labels), 1e-6, "loss")
+    assert_close_rel(loss, pomp.loss(images, labels), FP32.rounding, "loss")
 
 
 @pytest.mark.parametrize("cfg", [dict(n_ctx=3), dict(n_ctx=2, csc=True)])
@@ -113,7 +113,7 @@ def test_coop_text_features_of_a_class_subset(tiny_model, classnames, cfg):
     learner = fastprompt.CoOpLearner.from_model(tiny_model, classnames, **cfg)
     idx = torch.tensor([6, 0, 6, 3])
     with torch.no_grad():
-        assert_close_rel(learner.text_features(idx), learner.text_features()[idx], 1e-6, "subset features")
+        assert_close_rel(learner.text_features(idx), learner.text_features()[idx], FP32.rounding, "subset features")
 
 
 def test_errors_name_the_argument(tiny_model, classnames):
@@ -142,3 +142,18 @@ def test_save_and_load_round_trip(tiny_model, classnames, tmp_path):
     loaded = fastprompt.PromptLearner.from_pretrained(str(tmp_path), model=tiny_model)
     assert isinstance(loaded, fastprompt.POMPLearner) and loaded.objective.log_base == "e"
     assert torch.equal(loaded.ctx, learner.ctx)
+
+
+def test_a_row_with_every_negative_rejected_has_a_finite_loss(tiny_model, classnames):
+    """K = 2: the one negative can be the image's own class (all rejected): log(K-1-r) = log(0)
+    would make the loss NaN; the row's offset reaches no kept logit, so the loss is its CE over
+    the positive alone, i.e. 0 up to the rejected logit's exp(-1e6)."""
+    objective = POMPObjective(2)
+    sample = objective.sample(torch.tensor([1, 3]), len(classnames), negatives=torch.tensor([1]))
+    assert sample.rejected.tolist() == [[True], [False]] and torch.isfinite(sample.offset).all()
+    coop = fastprompt.CoOpLearner.from_model(tiny_model, classnames, n_ctx=2)
+    image = coop.encode_image(random_images(2))
+    text = coop.text_features(sample.classes)
+    logits = objective.logits(image, text / text.norm(dim=-1, keepdim=True), sample, coop.logit_scale)
+    per_row = F.cross_entropy(logits, objective.targets(sample), reduction="none")
+    assert torch.isfinite(per_row).all() and float(per_row[0].detach()) == 0.0
