@@ -16,11 +16,12 @@ import torch
 
 from .errors import ConfigError
 from .methods import DEEP_VISION, METHODS, learner_kwargs
+from .views import MultiView, with_randaugment2
 
 __all__ = ["open_clip_name", "is_resnet", "set_random_seed", "build_model", "build_learner", "load_data",
            "SUPPORTED_TRANSFORMS", "TINY_CLIP_KWARGS"]
 
-SUPPORTED_TRANSFORMS = ("random_resized_crop", "random_flip", "normalize")
+SUPPORTED_TRANSFORMS = ("random_resized_crop", "random_flip", "randaugment2", "normalize")
 # The demo's tiny CLIP (fastprompt/cli.py), 64 px: seconds per epoch on a CPU.
 TINY_CLIP_KWARGS = dict(image_size=64, patch_size=16, width=128, layers=4, heads=4, vision_width=96, vision_layers=2,
                         vision_heads=3, embed_dim=48)
@@ -108,7 +109,12 @@ def build_learner(cfg: Dict[str, Any], model, tokenizer, classnames, dataset_nam
 
 
 def load_data(cfg: Dict[str, Any], model, subsample: Optional[str] = None):
-    """``(dataset, train_transform, test_transform)`` of ``DATASET.*`` for ``model``'s input."""
+    """``(dataset, train_transform, test_transform)`` of ``DATASET.*`` for ``model``'s input.
+
+    The training transform follows ``INPUT.TRANSFORMS`` (crop + flip + normalize, optionally
+    ``randaugment2``: :mod:`fastprompt.train.views`) and gives ``DATALOADER.K_TRANSFORMS`` stacked
+    views per image when that is above 1.
+    """
     from ..data import load_dataset
     from ..data.transforms import transforms_for_model
 
@@ -117,9 +123,10 @@ def load_data(cfg: Dict[str, Any], model, subsample: Optional[str] = None):
     if unknown:
         raise ConfigError(f"INPUT.TRANSFORMS {unknown} are not implemented (supported: {list(SUPPORTED_TRANSFORMS)}); "
                           "override with INPUT.TRANSFORMS \"['random_resized_crop', 'random_flip', 'normalize']\"")
-    if int(cfg["DATALOADER"]["K_TRANSFORMS"]) != 1:
-        raise ConfigError(f"DATALOADER.K_TRANSFORMS {cfg['DATALOADER']['K_TRANSFORMS']} (several augmented views per "
-                          "image) is not implemented; set it to 1")
+    views = cfg["DATALOADER"]["K_TRANSFORMS"]
+    if isinstance(views, bool) or not isinstance(views, int) or views < 1:
+        raise ConfigError(f"DATALOADER.K_TRANSFORMS must be an int >= 1 (augmented views per training image), "
+                          f"got {views!r}")
     ds = cfg["DATASET"]
     if not ds["NAME"]:
         raise ConfigError("no dataset: pass --dataset NAME (or set DATASET.NAME)")
@@ -128,9 +135,12 @@ def load_data(cfg: Dict[str, Any], model, subsample: Optional[str] = None):
     dataset = load_dataset(ds["NAME"], ds["ROOT"], shots=max(int(ds["NUM_SHOTS"]), 0), seed=max(int(cfg["SEED"]), 0),
                            subsample=subsample or ds["SUBSAMPLE_CLASSES"])
     train_tf, test_tf = transforms_for_model(model, scale=tuple(cfg["INPUT"]["RRCROP_SCALE"]))
-    if set(transforms) <= {"normalize"}:  # no augmentation: train on the test transform
+    crop_flip = {"random_resized_crop", "random_flip", "normalize"}
+    if set(transforms) - {"randaugment2"} <= {"normalize"}:  # no crop/flip: train on the test transform
         train_tf = test_tf
-    elif set(transforms) != set(SUPPORTED_TRANSFORMS):
-        raise ConfigError(f"INPUT.TRANSFORMS {list(transforms)}: use all of {list(SUPPORTED_TRANSFORMS)} (the CoOp "
-                          "family's augmentation) or only 'normalize'")
-    return dataset, train_tf, test_tf
+    elif not crop_flip <= set(transforms):
+        raise ConfigError(f"INPUT.TRANSFORMS {list(transforms)}: use all of {sorted(crop_flip)} (the CoOp family's "
+                          "augmentation, optionally with randaugment2) or only 'normalize'")
+    if "randaugment2" in transforms:
+        train_tf = with_randaugment2(train_tf, cfg["INPUT"]["RANDAUGMENT_N"])
+    return dataset, MultiView(train_tf, views), test_tf

@@ -141,9 +141,10 @@ def train_run(cfg: Dict[str, Any], run_dir: str, *, resume: bool = False, overwr
         with open(finished, encoding="utf-8") as f:
             return json.load(f)
 
-    # model and data first: a bad name or data root fails before anything is written
+    # model, data and precision first: a bad name, data root or precision fails before anything is written
     model, tokenizer, model_name, pretrained = build_model(cfg, device)
     dataset, train_tf, test_tf = load_data(cfg, model)
+    precision, why = resolve_precision(cfg["TRAIN"]["PRECISION"], cfg["TRAINER"][_section(cfg)].get("PREC"), device)
     if rank == 0 and saved is None:
         from ..env import report
 
@@ -154,8 +155,6 @@ def train_run(cfg: Dict[str, Any], run_dir: str, *, resume: bool = False, overwr
     set_random_seed(int(cfg["SEED"]))
     learner = build_learner(cfg, model, tokenizer, dataset.classnames, dataset.name, spec.cls if spec else None,
                             model_name, pretrained).to(device)
-    method_section = cfg["TRAINER"][_section(cfg)]
-    precision, why = resolve_precision(cfg["TRAIN"]["PRECISION"], method_section.get("PREC"), device)
     aggregator = None
     if cfg["METHOD"] == "promptsrc":
         from .gpa import GaussianPromptAggregation

@@ -5,10 +5,18 @@ Dassl.pytorch ``dassl/engine/trainer.py``): epochs of shuffled batches
 (:mod:`fastprompt.train.order`), ``loss = learner.loss(images, labels)``, backward, optimizer
 step; the learning rate set per epoch (:mod:`fastprompt.train.schedule`); after the last
 epoch, the test split is evaluated with the last model (``TEST.FINAL_MODEL = last_step``) or
-with the best-on-val prompts (``best_val``). Added here: bf16/fp16 autocast (with a
-``GradScaler`` for fp16), gradient accumulation, evaluation every N epochs, torchrun
-data parallelism (:mod:`fastprompt.train.distributed`), a resumable state at every epoch end
-and, optionally, every N steps (:mod:`fastprompt.train.state`), a non-finite loss check.
+with the best-on-val prompts (``best_val``: as in Dassl, the val split is evaluated after every
+epoch only when the run tests, so with ``TEST.NO_TEST`` the last prompts are kept). A training
+sample may hold K augmented views ``[K, C, H, W]`` (``DATALOADER.K_TRANSFORMS``): the batch is
+trained as its K * B views (:func:`fastprompt.train.views.flatten_views`, POMP's input).
+
+Added here: bf16/fp16 autocast (with a ``GradScaler`` for fp16), gradient accumulation
+(``grad_accum_steps`` batches per optimizer step, each loss divided by the number of batches of
+its step, so a step's gradient is the mean over its batches, also for a short last group of an
+epoch), evaluation every N epochs, torchrun data parallelism
+(:mod:`fastprompt.train.distributed`), a resumable state at every epoch end and, optionally,
+every N steps (:mod:`fastprompt.train.state`), and a stop with the step number when the loss or
+the prompts after a step are not finite, before anything non-finite is checkpointed.
 
 The trainer sees the learner only through its public API: ``loss(images, labels)``,
 ``forward(images)``, ``trainable_named_parameters()``, ``train()``, ``save_pretrained(dir)``,
@@ -41,6 +49,7 @@ from .precision import Precision
 from .records import RunRecords, plot_curves
 from .schedule import EpochSchedule, build_optimizer
 from .state import STATE_FILE, STATE_FORMAT, load_state, rng_state, save_state, set_rng_state, write_json
+from .views import flatten_views
 
 __all__ = ["Trainer", "TrainSettings"]
 
@@ -130,6 +139,7 @@ class Trainer:
         self.last_eval: Optional[Dict[str, Any]] = None
         self.last_saved_step: Optional[int] = None
         self.epoch_sums: List[float] = [0.0, 0]  # loss sum and batch count of the epoch so far
+        self.skipped_before = 0  # unreadable images counted before the state this run resumed from
 
     # ---- state ---------------------------------------------------------------------------------
     @property
@@ -160,6 +170,7 @@ class Trainer:
         self.epoch, self.batch, self.step = int(state["epoch"]), int(state["batch"]), int(state["step"])
         self.finished, self.best = bool(state["finished"]), dict(state.get("best") or {})
         self.epoch_sums = list(state.get("epoch_sums") or [0.0, 0])
+        self.skipped_before = int(state.get("skipped_images") or 0) - int(getattr(self.train_data, "skipped", 0) or 0)
 
     def resume(self, path: Optional[str] = None) -> None:
         path = path or self.state_path
@@ -175,8 +186,14 @@ class Trainer:
         self.last_saved_step = self.step
 
     # ---- helpers ---------------------------------------------------------------------------------
+    @property
+    def _select_best(self) -> bool:
+        # Dassl's after_epoch / after_train: best-on-val selection only when the run tests (not NO_TEST)
+        return self.settings.final_model == "best_val" and not self.settings.no_test
+
     def _skipped(self) -> int:
-        return int(getattr(self.train_data, "skipped", 0) or 0)
+        """Unreadable training images so far: those of the resumed state plus this process's."""
+        return self.skipped_before + int(getattr(self.train_data, "skipped", 0) or 0)
 
     def _eval_batches(self, data: Dataset):
         indices = list(range(self.rank, len(data), self.world))
@@ -214,6 +231,11 @@ class Trainer:
             self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
+        # a finite loss can still give non-finite prompts (a huge learning rate): never checkpoint them
+        if not bool(torch.stack([torch.isfinite(p).all() for p in self.params]).all()):
+            bad = [n for n, p in self.named_params if not bool(torch.isfinite(p).all())]
+            self._diverged(f"non-finite prompt parameters {bad} after step {self.step} (epoch {self.epoch + 1}, "
+                           f"batch {self.batch})")
 
     # ---- the loop --------------------------------------------------------------------------------
     def fit(self) -> Optional[Dict[str, Any]]:
@@ -241,36 +263,35 @@ class Trainer:
             self.epoch_sums = [0.0, 0]
         loss_sum, loss_n = self.epoch_sums
         images, t0 = 0, time.perf_counter()
-        micro = 0
+        group_losses: List[float] = []  # the losses of the batches accumulated since the last step
         stop = False
         for batch in self.loader:
             b = self.batch
             if batch is not None:
-                x, y = batch
+                x, y = flatten_views(*batch)
                 x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
                 with self.precision.autocast():
                     loss = self.learner.loss(x, y)
                 value = float(loss.detach())
                 if not math.isfinite(value):
-                    kept = (f"the last good checkpoint (step {self.last_saved_step}) is kept in {self.run_dir}"
-                            if self.last_saved_step is not None else "no checkpoint was written yet")
-                    raise TrainError(f"non-finite loss ({value}) at step {self.step + 1} (epoch {self.epoch + 1}, "
-                                     f"batch {b + 1}); {kept}. Lower OPTIM.LR or use TRAIN.PRECISION fp32")
-                scaled = loss / s.grad_accum_steps
+                    self._diverged(f"non-finite loss ({value}) at step {self.step + 1} (epoch {self.epoch + 1}, "
+                                   f"batch {b + 1})")
+                # a step's gradient is the mean over its batches (the last group of an epoch may be short)
+                scaled = loss / self._group_size(b, n_batches)
                 (self.precision.scaler.scale(scaled) if self.precision.scaler else scaled).backward()
                 loss_sum, loss_n, images = loss_sum + value, loss_n + 1, images + len(y) * self.world
-                micro += 1
+                group_losses.append(value)
             self.batch = b + 1
             last = self.batch == n_batches
-            if micro and (micro % s.grad_accum_steps == 0 or last):
+            if group_losses and (self.batch % s.grad_accum_steps == 0 or last):
                 self._optimizer_step()
-                micro = 0
+                group_loss, group_losses = sum(group_losses) / len(group_losses), []
                 self.epoch_sums = [loss_sum, loss_n]
                 stop = s.max_steps > 0 and self.step >= s.max_steps
                 self._after_step(bar, lr, loss_sum, loss_n, images, t0, t_run, steps_at_start, last or stop)
                 if s.checkpoint_steps and self.step % s.checkpoint_steps == 0 and not last:
                     self.save()
-                self._notify("step", epoch=self.epoch, batch=self.batch, step=self.step, loss=value)
+                self._notify("step", epoch=self.epoch, batch=self.batch, step=self.step, loss=group_loss)
             elif bar is not None:
                 bar.update(1)
             if stop:
@@ -283,6 +304,19 @@ class Trainer:
         self._end_epoch(lr, distributed.mean_over_ranks(loss_sum, loss_n), images / max(seconds, 1e-9), seconds,
                         complete=not stop)
         return stop
+
+    def _group_size(self, batch: int, n_batches: int) -> int:
+        """How many batches the optimizer step that ``batch`` belongs to accumulates."""
+        k = self.settings.grad_accum_steps
+        return min(k, n_batches - batch // k * k)
+
+    def _diverged(self, what: str) -> None:
+        """Stop the run: ``what`` went non-finite; the last checkpoint (written before) is left as it is."""
+        kept = (f"the last good checkpoint (step {self.last_saved_step}) is kept in {self.run_dir}"
+                if self.last_saved_step is not None else "no checkpoint was written yet")
+        message = f"{what}; {kept}. Lower OPTIM.LR or use TRAIN.PRECISION fp32"
+        self.records.log(f"error: {message}")
+        raise TrainError(message)
 
     def _after_step(self, bar, lr, loss_sum, loss_n, images, t0, t_run, steps_at_start, force_record) -> None:
         s = self.settings
@@ -318,7 +352,7 @@ class Trainer:
             if self.aggregator is not None:
                 self.aggregator.update()
             self.epoch, self.batch = epoch + 1, 0
-            if s.final_model == "best_val":
+            if self._select_best:
                 result = self.evaluate("val")
                 if result is not None and result["accuracy"] > self.best.get("score", -1.0):
                     self.best = {"score": result["accuracy"], "epoch": epoch,
@@ -332,7 +366,7 @@ class Trainer:
         if self.aggregator is not None:
             self.aggregator.apply()
             self.records.log("applied the epoch aggregation of the prompts (GPA)")
-        if self.settings.final_model == "best_val" and self.best.get("params"):
+        if self._select_best and self.best.get("params"):
             self.learner.load_prompt_state(self.best["params"], source="best-on-val prompts")
             self.records.log(f"testing the prompts of epoch {self.best['epoch'] + 1} (best val accuracy "
                              f"{self.best['score']:.2f}%)")
