@@ -1,7 +1,8 @@
 """Benchmark results as data: CSV rows that say what was measured where, and the exit status.
 
 Every row starts with ``common_fields``: when, on which device, at which commit
-(``git rev-parse HEAD``, ``-dirty`` when tracked files differ from it) and with which versions.
+(``git rev-parse HEAD``, ``-dirty`` when tracked files differ from it; read when the benchmark
+starts) and with which versions.
 ``report_rows`` appends the rows and turns missed targets into a non-zero exit status, unless
 the benchmark was started with ``--no-fail`` (``add_report_arguments``).
 """
@@ -39,6 +40,11 @@ def commit() -> str:
     except (OSError, subprocess.SubprocessError):
         return "unknown"
     return head + ("-dirty" if dirty else "")
+
+
+# Read once, when the benchmark starts (imports this module): the tree whose code it then loads and
+# measures, not whatever the tree holds when the first row is written minutes later.
+commit()
 
 
 def _version(distribution: str) -> str:
