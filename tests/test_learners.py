@@ -30,7 +30,7 @@ def _compare_step(learner, reference, images, labels, params, ref_params, rtol=F
     grads = torch.autograd.grad(loss, params)
     ref_grads = torch.autograd.grad(ref_loss, ref_params)
     for (name, g), r in zip(grads_named(params, grads), ref_grads):
-        assert_close_rel(g, r, rtol, f"grad {name}")
+        assert_close_rel(g, r, FP32.gradient_parity, f"grad {name}")
 
 
 def grads_named(params, grads):

@@ -42,7 +42,7 @@ def compare_step(learner, reference, images, labels, rtol=FP32.parity, single_pa
     grads = torch.autograd.grad(loss, learner.trainable_parameters())
     ref_grads = torch.autograd.grad(ref_loss, _reference_params(learner, reference))
     for name, g, r in zip(names, grads, ref_grads):
-        assert_close_rel(g, r, rtol, f"grad {name}")
+        assert_close_rel(g, r, FP32.gradient_parity, f"grad {name}")
         assert_gradient_flows(g, f"grad {name}")
 
 

@@ -48,7 +48,7 @@ def _compare(learner, reference, images, labels, rtol=FP32.parity):
     ref_grads = torch.autograd.grad(ref_loss, _reference_params(reference))
     assert len(grads) == len(ref_grads)
     for (name, _), g, r in zip(named, grads, ref_grads):
-        assert_close_rel(g, r, rtol, f"grad {name}")
+        assert_close_rel(g, r, FP32.gradient_parity, f"grad {name}")
         # A separate encoder sees a length-1 sequence: its recurrent weights act on h0 = 0 only.
         if not (learner.config.separate and "weight_hh" in name):
             assert_gradient_flows(g, name)

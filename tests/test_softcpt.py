@@ -61,7 +61,7 @@ def _compare(learner, reference, images, labels, rtol=FP32.parity):
         if r is None:  # e.g. the task context with pg_type="lincls" (the class half only)
             assert g is None or not g.any(), name
             continue
-        assert_close_rel(g, r, rtol, f"grad {name}")
+        assert_close_rel(g, r, FP32.gradient_parity, f"grad {name}")
 
 
 @pytest.mark.parametrize("cfg", CONFIGS, ids=lambda c: ",".join(f"{k}={v}" for k, v in c.items()) or "NATA")
