@@ -37,3 +37,20 @@ def test_two_processes_equal_one(tmp_path):
     evals = [r for r in read_metrics(str(tmp_path / "ddp" / "metrics.jsonl")) if r["kind"] == "eval"]
     assert evals[-1]["total"] == 8
     assert (tmp_path / "ddp" / "log.txt").read_text().count("test: accuracy") == 1
+
+
+def test_a_non_finite_loss_on_one_rank_stops_every_rank_at_the_same_step(tmp_path):
+    """Rank 1's loss turns NaN at its 3rd batch: both ranks stop at that step's gradient reduction
+    with the step number (the other rank is told, instead of waiting forever for a rank that left)."""
+    data = tmp_path / "data"
+    make_split_dataset(str(data), "dtd", [(6, 2, 2)] * 4, image_bytes=tiny_jpeg(16))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE"}
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                           train_job.__file__, str(data), str(tmp_path / "ddp"), "--nan-at-call", "3"], env=env,
+                          capture_output=True, text=True, timeout=300)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0
+    assert "non-finite loss (nan) at batch 3 of this rank, step 3" in out
+    assert "non-finite loss on another rank, step 3" in out
+    assert "non-finite loss on another rank, step 3" in (tmp_path / "ddp" / "log.txt").read_text()
+

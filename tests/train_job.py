@@ -1,6 +1,7 @@
 """A training run in its own process, for the resume tests (not a test module).
 
     python train_job.py DATA_ROOT RUN_DIR [--resume] [--kill-at-step N | --kill-after-epoch N]
+                        [--nan-at-call N]    (with torchrun: NaN loss on rank 1's N-th batch)
 
 CoOp on the generated ``dtd`` tree with the tiny random CLIP, 2 epochs of 6 batches, the
 resumable state every 2 steps. ``--kill-*`` makes the process SIGKILL itself right after that
@@ -34,7 +35,19 @@ def main():
     ap.add_argument("--resume", action="store_true")
     ap.add_argument("--kill-at-step", type=int)
     ap.add_argument("--kill-after-epoch", type=int)
+    ap.add_argument("--nan-at-call", type=int)
     a = ap.parse_args()
+    if a.nan_at_call and os.environ.get("RANK") == "1":
+        import fastprompt
+
+        calls, original = [0], fastprompt.CoOpLearner.loss
+
+        def loss(self, images, labels):
+            calls[0] += 1
+            value = original(self, images, labels)
+            return value * float("nan") if calls[0] == a.nan_at_call else value
+
+        fastprompt.CoOpLearner.loss = loss
 
     def killer(event, trainer, info):
         if (event == "step" and info["step"] == a.kill_at_step) or \

@@ -48,19 +48,25 @@ def is_main() -> bool:
     return world()[0] == 0
 
 
-def average_gradients(params: List[torch.nn.Parameter]) -> None:
-    """Average ``p.grad`` over the ranks. A parameter with a gradient on some rank only gets zeros
-    elsewhere; one with no gradient on any rank keeps ``None`` (as in a single process, so SGD's
-    weight decay and momentum skip it alike)."""
+def average_gradients(params: List[torch.nn.Parameter], ok: bool = True) -> bool:
+    """Average ``p.grad`` over the ranks; ``False`` (grads untouched) when some rank is not ``ok``.
+
+    A parameter with a gradient on some rank only gets zeros elsewhere; one with no gradient on any
+    rank keeps ``None`` (as in a single process, so SGD's weight decay and momentum skip it alike).
+    ``ok=False`` (this rank's loss was not finite) travels in the same reduction, so every rank
+    learns of it at the same step and stops together instead of waiting for a rank that stopped.
+    """
     _, size = world()
     if size == 1:
-        return
+        return ok
     device = params[0].device
-    has = torch.tensor([p.grad is not None for p in params], dtype=torch.float32, device=device)
+    has = torch.tensor([p.grad is not None for p in params] + [not ok], dtype=torch.float32, device=device)
     dist.all_reduce(has)
-    active = [p for p, h in zip(params, has.tolist()) if h > 0]
+    if has[-1] > 0:
+        return False
+    active = [p for p, h in zip(params, has[:-1].tolist()) if h > 0]
     if not active:
-        return
+        return True
     flat = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1).float() for p in active])
     dist.all_reduce(flat)
     flat /= size
@@ -69,6 +75,7 @@ def average_gradients(params: List[torch.nn.Parameter]) -> None:
         n = p.numel()
         p.grad = flat[offset:offset + n].view_as(p).to(p.dtype)
         offset += n
+    return True
 
 
 def gather_cat(t: torch.Tensor) -> torch.Tensor:

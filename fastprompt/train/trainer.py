@@ -113,6 +113,7 @@ class Trainer:
         self.schedule = schedule
         self.device = device or torch.device("cpu")
         self.rank, self.world = distributed.world()
+        self._bad_loss = None  # (loss, batch) of this rank's first non-finite loss under torchrun
         self.main = self.rank == 0
         self.run_dir = run_dir
         self.val_data, self.test_data = val_data, test_data
@@ -222,7 +223,10 @@ class Trainer:
             fn(event, self, info)
 
     def _optimizer_step(self) -> None:
-        distributed.average_gradients(self.params)
+        if not distributed.average_gradients(self.params, ok=self._bad_loss is None):
+            where = (f"({self._bad_loss[0]}) at batch {self._bad_loss[1]} of this rank" if self._bad_loss
+                     else "on another rank")
+            self._diverged(f"non-finite loss {where}, step {self.step + 1} (epoch {self.epoch + 1})")
         scaler = self.precision.scaler
         if scaler is not None:
             scaler.step(self.optimizer)
@@ -273,12 +277,17 @@ class Trainer:
                 with self.precision.autocast():
                     loss = self.learner.loss(x, y)
                 value = float(loss.detach())
-                if not math.isfinite(value):
+                if not math.isfinite(value) and self.world > 1:
+                    # Stop with the other ranks at this step's gradient reduction, not alone (they would wait).
+                    self._bad_loss = self._bad_loss or (value, b + 1)
+                    value, loss = 0.0, None
+                elif not math.isfinite(value):
                     self._diverged(f"non-finite loss ({value}) at step {self.step + 1} (epoch {self.epoch + 1}, "
                                    f"batch {b + 1})")
                 # a step's gradient is the mean over its batches (the last group of an epoch may be short)
-                scaled = loss / self._group_size(b, n_batches)
-                (self.precision.scaler.scale(scaled) if self.precision.scaler else scaled).backward()
+                if loss is not None:
+                    scaled = loss / self._group_size(b, n_batches)
+                    (self.precision.scaler.scale(scaled) if self.precision.scaler else scaled).backward()
                 loss_sum, loss_n, images = loss_sum + value, loss_n + 1, images + len(y) * self.world
                 group_losses.append(value)
             self.batch = b + 1
