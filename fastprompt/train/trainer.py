@@ -387,7 +387,8 @@ class Trainer:
         if self.main and self.run_dir:
             if result is not None:
                 write_json(os.path.join(self.run_dir, "eval.json"), {**result, "step": self.step})
-            plot_curves(os.path.join(self.run_dir, "metrics.jsonl"), os.path.join(self.run_dir, "curves.png"))
+            if not plot_curves(os.path.join(self.run_dir, "metrics.jsonl"), os.path.join(self.run_dir, "curves.png")):
+                self.records.log("curves.png not written: matplotlib is not installed (pip install -e \".[train]\")")
         return result
 
     def _bar(self, total: int):
