@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from fastprompt import cli
+from fastprompt import cli, demo
 
 # Small and quick: 2 classes, 2 shots, a few steps.
 QUICK = ["--steps", "3", "--n-classes", "2", "--shots", "2", "--batch-size", "4"]
@@ -32,12 +32,12 @@ def test_demo_options_parse():
 
 
 def test_ctx_settings_follow_method_defaults():
-    assert cli._ctx_settings(parse("demo")) == (4, "")
-    assert cli._ctx_settings(parse("demo", "--method", "coop")) == (16, "")
-    assert cli._ctx_settings(parse("demo", "--method", "cocoop")) == (4, "a photo of a")
-    assert cli._ctx_settings(parse("demo", "--method", "coop", "--n-ctx", "8")) == (8, "")
-    assert cli._ctx_settings(parse("demo", "--ctx-init", "a_photo_of")) == (3, "a_photo_of")
-    assert cli._ctx_settings(parse("demo", "--method", "cocoop", "--ctx-init", "")) == (4, "")
+    assert demo._ctx_settings(parse("demo")) == (4, "")
+    assert demo._ctx_settings(parse("demo", "--method", "coop")) == (16, "")
+    assert demo._ctx_settings(parse("demo", "--method", "cocoop")) == (4, "a photo of a")
+    assert demo._ctx_settings(parse("demo", "--method", "coop", "--n-ctx", "8")) == (8, "")
+    assert demo._ctx_settings(parse("demo", "--ctx-init", "a_photo_of")) == (3, "a_photo_of")
+    assert demo._ctx_settings(parse("demo", "--method", "cocoop", "--ctx-init", "")) == (4, "")
 
 
 def test_no_command_is_an_error(capsys):

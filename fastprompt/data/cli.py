@@ -1,26 +1,13 @@
 """``fastprompt data check|fewshot|pack``: argument parsing and handlers (hooked into fastprompt.cli)."""
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
 
+from ..cli_args import no_check, nonnegative_int
+
 __all__ = ["add_data_parser"]
-
-
-def _shots(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text}")
-    return value
-
-
-def _no_check(args, parser) -> None:
-    return None
 
 
 def add_data_parser(subparsers) -> None:
@@ -38,7 +25,7 @@ def add_data_parser(subparsers) -> None:
     check.add_argument("root", metavar="ROOT", help="folder holding the dataset folders (Dassl's DATASET.ROOT)")
     check.add_argument("--dataset", metavar="NAME", help="check only this dataset (folder or class name)")
     check.add_argument("--no-cache", action="store_true", help="do not use the listing cache")
-    check.set_defaults(func=_run_check, check=_no_check, command_parser=check)
+    check.set_defaults(func=_run_check, check=no_check, command_parser=check)
 
     few = sub.add_parser(
         "fewshot", help="print or write the few-shot subset of (shots, seed) as JSON",
@@ -46,14 +33,14 @@ def add_data_parser(subparsers) -> None:
                     "(rows [path relative to image_dir, label, classname]).")
     few.add_argument("name", metavar="NAME", help="dataset (CoOp folder or class name, or imagefolder/csv/json)")
     few.add_argument("root", metavar="ROOT", help="data root (for custom data: the tree or list file)")
-    few.add_argument("--shots", type=_shots, required=True, metavar="K", help="images per class (0 = all)")
-    few.add_argument("--seed", type=_shots, default=1, metavar="S", help="run seed (default: 1)")
+    few.add_argument("--shots", type=nonnegative_int, required=True, metavar="K", help="images per class (0 = all)")
+    few.add_argument("--seed", type=nonnegative_int, default=1, metavar="S", help="run seed (default: 1)")
     few.add_argument("--subsample", choices=("all", "base", "new"), default="all",
                      help="class subset of the base-to-novel protocol (default: all)")
     few.add_argument("--no-original-cache", action="store_true",
                      help="draw the subset even when the folder holds split_fewshot/shot_K-seed_S.pkl")
     few.add_argument("--out", metavar="FILE", help="write the JSON here instead of printing it")
-    few.set_defaults(func=_run_fewshot, check=_no_check, command_parser=few)
+    few.set_defaults(func=_run_fewshot, check=no_check, command_parser=few)
 
     from .pack_cli import add_pack_parser
 

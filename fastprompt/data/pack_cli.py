@@ -8,7 +8,7 @@ __all__ = ["add_pack_parser"]
 
 def add_pack_parser(sub) -> None:
     """Add ``pack`` to the ``fastprompt data`` subparsers."""
-    from ..cli import _nonnegative_int, _positive_int  # the CLI's own validators
+    from ..cli_args import nonnegative_int, positive_int
     from .imagenet21k_classes import NAME_STYLES, UNIVERSES
 
     pack = sub.add_parser(
@@ -20,9 +20,9 @@ def add_pack_parser(sub) -> None:
                     "that do not decode are skipped and counted.")
     pack.add_argument("src", metavar="SRC", help="data root, imagenet21k_resized/, or one split folder of <wnid>/")
     pack.add_argument("out", metavar="OUT", help="output folder for the shards")
-    pack.add_argument("--shots", type=_nonnegative_int, default=16, metavar="K", help="images per class (0 = all; default 16)")
-    pack.add_argument("--seed", type=_nonnegative_int, default=1, metavar="S", help="seed of the few-shot draw (default 1)")
-    pack.add_argument("--shard-size", type=_positive_int, default=1000, metavar="N", help="samples per shard (default 1000)")
+    pack.add_argument("--shots", type=nonnegative_int, default=16, metavar="K", help="images per class (0 = all; default 16)")
+    pack.add_argument("--seed", type=nonnegative_int, default=1, metavar="S", help="seed of the few-shot draw (default 1)")
+    pack.add_argument("--shard-size", type=positive_int, default=1000, metavar="N", help="samples per shard (default 1000)")
     pack.add_argument("--split", choices=("train", "val"), default="train", help="which split folder (default train)")
     pack.add_argument("--universe", choices=("folders",) + tuple(UNIVERSES), default="folders",
                       help="class universe the labels index: the folders present (POMP), winter21 (10,450), "
@@ -30,7 +30,7 @@ def add_pack_parser(sub) -> None:
     pack.add_argument("--names", choices=NAME_STYLES, default="lemmas",
                       help="class names from timm's WordNet table: all lemmas or the first one (default lemmas)")
     pack.add_argument("--classnames", metavar="FILE", help="'<wnid> <name>' lines overriding timm's names")
-    pack.add_argument("--workers", type=_positive_int, default=4, metavar="W", help="reader/decoder threads (default 4)")
+    pack.add_argument("--workers", type=positive_int, default=4, metavar="W", help="reader/decoder threads (default 4)")
     pack.add_argument("--overwrite", action="store_true", help="discard a pack of other arguments in OUT")
     pack.add_argument("--no-progress", action="store_true", help="no progress bar")
     pack.set_defaults(func=_run_pack, check=lambda args, parser: None, command_parser=pack)

@@ -15,6 +15,8 @@ import json
 import os
 import sys
 
+from ..cli_args import no_check, nonnegative_int
+
 __all__ = ["add_train_parsers"]
 
 
@@ -25,13 +27,8 @@ def _errors():
     return (ConfigError, TrainError, DataError, FileNotFoundError)
 
 
-def _no_check(args, parser) -> None:
-    return None
-
-
 def add_train_parsers(subparsers) -> None:
     """Add ``train`` and ``eval`` to a subparsers object."""
-    from ..cli import _nonnegative_int as _seed  # "an integer >= 0", the CLI's own validator
     train = subparsers.add_parser(
         "train", help="train a prompt learner on a dataset (recipes of the original papers)",
         description="Train a prompt learner with a recipe (--recipe coop/vit_b16_ep50; --list-recipes) or a config "
@@ -54,20 +51,20 @@ def add_train_parsers(subparsers) -> None:
     train.add_argument("--pretrained", metavar="TAG",
                        help="open_clip pretrained tag or weights file (default openai); 'none' = random weights "
                             "drawn from --seed")
-    train.add_argument("--seed", type=_seed, default=None, metavar="S", help="run seed (default 1)")
-    train.add_argument("--shots", type=_seed, default=None, metavar="K", help="images per class (DATASET.NUM_SHOTS)")
+    train.add_argument("--seed", type=nonnegative_int, default=None, metavar="S", help="run seed (default 1)")
+    train.add_argument("--shots", type=nonnegative_int, default=None, metavar="K", help="images per class (DATASET.NUM_SHOTS)")
     train.add_argument("--subsample", choices=("all", "base", "new"), default=None,
                        help="base-to-novel class subset (DATASET.SUBSAMPLE_CLASSES)")
     train.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default=None,
                        help="TRAIN.PRECISION (default: from the method's PREC; fp32 on CPU)")
-    train.add_argument("--workers", type=_seed, default=None, metavar="N", help="DataLoader workers (DATALOADER.NUM_WORKERS)")
+    train.add_argument("--workers", type=nonnegative_int, default=None, metavar="N", help="DataLoader workers (DATALOADER.NUM_WORKERS)")
     train.add_argument("--device", default=None, help="torch device (default: cuda when available)")
     mode = train.add_mutually_exclusive_group()
     mode.add_argument("--resume", action="store_true", help="continue the run in --output-dir")
     mode.add_argument("--overwrite", action="store_true", help="delete the run in --output-dir and start again")
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
     train.add_argument("opts", nargs=argparse.REMAINDER, metavar="KEY VALUE", help="config overrides")
-    train.set_defaults(func=_run_train, check=_no_check, command_parser=train)
+    train.set_defaults(func=_run_train, check=no_check, command_parser=train)
 
     ev = subparsers.add_parser(
         "eval", help="evaluate a trained run on a dataset's test split (accuracy, macro-F1)",
@@ -77,11 +74,11 @@ def add_train_parsers(subparsers) -> None:
     ev.add_argument("--data", metavar="ROOT", required=True, help="folder holding the dataset folders")
     ev.add_argument("--dataset", metavar="NAME", required=True, help="dataset to test on")
     ev.add_argument("--subsample", choices=("all", "base", "new"), default="all", help="class subset (default: all)")
-    ev.add_argument("--batch-size", type=_seed, default=None, metavar="B", help="default: the run's test batch size")
-    ev.add_argument("--workers", type=_seed, default=0, metavar="N", help="DataLoader workers (default 0)")
+    ev.add_argument("--batch-size", type=nonnegative_int, default=None, metavar="B", help="default: the run's test batch size")
+    ev.add_argument("--workers", type=nonnegative_int, default=0, metavar="N", help="DataLoader workers (default 0)")
     ev.add_argument("--device", default="", help="torch device (default: cuda when available)")
     ev.add_argument("--out", metavar="FILE", help="JSON file (default: DIR/eval_<dataset>_<subsample>.json)")
-    ev.set_defaults(func=_run_eval, check=_no_check, command_parser=ev)
+    ev.set_defaults(func=_run_eval, check=no_check, command_parser=ev)
 
 
 def _fail(command: str, exc: Exception) -> int:

@@ -19,8 +19,7 @@ __all__ = ["add_protocol_parsers"]
 
 def add_protocol_parsers(subparsers) -> None:
     """Add ``run`` and ``results`` to a subparsers object."""
-    from ..cli import _nonnegative_int
-    from .cli import _no_check
+    from ..cli_args import no_check, nonnegative_int
     from .protocols import PROTOCOL_RECIPES, PROTOCOLS
 
     run = subparsers.add_parser(
@@ -43,7 +42,7 @@ def add_protocol_parsers(subparsers) -> None:
     run.add_argument("--output-dir", default="output", metavar="DIR", help="grid directory (default: output)")
     run.add_argument("--model", metavar="NAME", help="open_clip architecture (default: the recipe's, ViT-B-16)")
     run.add_argument("--pretrained", metavar="TAG", help="pretrained tag or file (default openai); 'none' = random")
-    run.add_argument("--workers", type=_nonnegative_int, metavar="N", help="DataLoader workers")
+    run.add_argument("--workers", type=nonnegative_int, metavar="N", help="DataLoader workers")
     run.add_argument("--device", help="torch device (default: cuda when available)")
     run.add_argument("--progress", action="store_true", help="progress bars for each run")
     run.add_argument("--no-plot", action="store_true", help="no PNG plot")
@@ -58,7 +57,7 @@ def add_protocol_parsers(subparsers) -> None:
     res.add_argument("--protocol", choices=PROTOCOLS, action="append", help="only this protocol (repeatable)")
     res.add_argument("--method", help="only this method")
     res.add_argument("--no-plot", action="store_true", help="no PNG plot")
-    res.set_defaults(func=_results, check=_no_check, command_parser=res)
+    res.set_defaults(func=_results, check=no_check, command_parser=res)
 
 
 _KEY = re.compile(r"^[A-Z][A-Z0-9_]*(\.[A-Z0-9_]+)+$")
@@ -67,7 +66,7 @@ _KEY = re.compile(r"^[A-Z][A-Z0-9_]*(\.[A-Z0-9_]+)+$")
 def _check_run(args, parser) -> None:
     """Give back the ``KEY VALUE`` overrides that a list option (``--datasets a b``, ``--seeds``,
     ``--shots``) swallowed, and check the numbers (argparse errors: one line, status 2)."""
-    from ..cli import _nonnegative_int, _positive_int
+    from ..cli_args import nonnegative_int, positive_int
 
     for name in ("datasets", "seeds", "shots"):
         values = getattr(args, name)
@@ -77,7 +76,7 @@ def _check_run(args, parser) -> None:
             setattr(args, name, values[:cut])
             if not values[:cut]:
                 parser.error(f"--{name} needs at least one value before the KEY VALUE overrides")
-    for name, convert in (("seeds", _nonnegative_int), ("shots", _positive_int)):
+    for name, convert in (("seeds", nonnegative_int), ("shots", positive_int)):
         try:
             setattr(args, name, None if getattr(args, name) is None else [convert(v) for v in getattr(args, name)])
         except argparse.ArgumentTypeError as exc:
