@@ -119,6 +119,11 @@ def tiny_clip(seed: int = 0, *, width: int = 64, layers: int = 2, heads: int = 2
                     p.uniform_(0.5, 1.5)
     finally:
         torch.random.set_rng_state(gen_state)
+    return _frozen(model)
+
+
+def _frozen(model):
+    """``model`` in eval mode with every parameter frozen, as the learners hold CLIP."""
     model.eval()
     for p in model.parameters():
         p.requires_grad_(False)
@@ -135,10 +140,7 @@ def random_clip(name: str = "ViT-B-16", seed: int = 0):
         model = open_clip.create_model(name, pretrained=None)
     finally:
         torch.random.set_rng_state(gen_state)
-    model.eval()
-    for p in model.parameters():
-        p.requires_grad_(False)
-    return model
+    return _frozen(model)
 
 
 def random_images(n: int, size: int = 32, seed: int = 0) -> torch.Tensor:

@@ -218,12 +218,16 @@ class PromptLearner(nn.Module, abc.ABC):
             "config": self.config.to_dict(),
             "model_name": self.model_name,
             "pretrained": self.pretrained,
-            "classnames": self.classnames,
+            "classnames": self._checkpoint_classnames(),
             "fastprompt_version": __version__,
         }
         metadata = {"method": self.method, "backbone": str(self.model_name), "pretrained": str(self.pretrained),
                     "fastprompt_version": __version__}
         write_prompt_checkpoint(directory, dict(self.trainable_named_parameters()), config, metadata)
+
+    def _checkpoint_classnames(self):
+        """The class list as the checkpoint records it (what ``from_pretrained`` passes back)."""
+        return self.classnames
 
     @classmethod
     def from_pretrained(cls, directory: str, model: Optional[nn.Module] = None,

@@ -56,9 +56,8 @@ from torch import nn
 
 from ..towers import TextPlan
 from ..towers.text_plan import concat_plans
-from ..version import __version__
 from .base import PromptLearner
-from .checkpoint import original_prompt_state, write_prompt_checkpoint
+from .checkpoint import original_prompt_state
 from .prompts import ContextTemplate, context_template, coop_plan, initial_context, tokenize_prompts
 from .softcpt_config import SoftCPTConfig
 from .softcpt_prompt_gen import ContextHolder, PromptGen
@@ -361,19 +360,9 @@ class SoftCPTLearner(PromptLearner):
         return total / batch
 
     # ---- checkpoints -------------------------------------------------------------------------
-    def save_pretrained(self, directory: str) -> None:
-        """As ``PromptLearner.save_pretrained``; ``classnames`` records the ordered ``(task, classes)`` pairs."""
-        config = {
-            "method": self.method,
-            "config": self.config.to_dict(),
-            "model_name": self.model_name,
-            "pretrained": self.pretrained,
-            "classnames": self._layout.pairs(),
-            "fastprompt_version": __version__,
-        }
-        metadata = {"method": self.method, "backbone": str(self.model_name), "pretrained": str(self.pretrained),
-                    "fastprompt_version": __version__}
-        write_prompt_checkpoint(directory, dict(self.trainable_named_parameters()), config, metadata)
+    def _checkpoint_classnames(self):
+        """The ordered ``[task, classes]`` pairs: ``from_pretrained`` rebuilds the tasks from them."""
+        return self._layout.pairs()
 
     def load_original_state_dict(self, state) -> None:
         """Load the original ``CustomCLIP`` prompt tensors.
