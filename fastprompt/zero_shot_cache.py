@@ -112,7 +112,7 @@ def save_classifier(path: str, weights: torch.Tensor, key: Dict[str, str]) -> No
     cannot be written is skipped with a warning."""
     from safetensors.torch import save_file
 
-    from .train.state import atomic_write
+    from .atomic_io import atomic_write
 
     try:
         os.makedirs(os.path.dirname(path), exist_ok=True)

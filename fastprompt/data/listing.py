@@ -17,10 +17,10 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 import time
 from typing import Dict, Iterable, List, Optional, Sequence
 
+from ..atomic_io import atomic_write_text
 from .items import DataError
 
 __all__ = ["cache_dir", "list_dirs", "missing_paths", "atomic_write_text", "listdir_nohidden"]
@@ -40,33 +40,6 @@ def cache_dir() -> str:
         return os.path.abspath(os.path.expanduser(explicit))
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return os.path.join(os.path.abspath(base), "fastprompt")
-
-
-def atomic_write_text(path: str, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file in the same folder, fsync, rename."""
-    folder = os.path.dirname(path) or "."
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=folder)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    try:
-        dfd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
-    except OSError:
-        pass
 
 
 def _signature(dirs: Sequence[str]) -> List[List[int]]:

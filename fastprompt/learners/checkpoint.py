@@ -4,27 +4,14 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from typing import Any, Dict, Mapping
 
 import torch
 
+from ..atomic_io import atomic_write
+
 PROMPT_FILE = "prompt.safetensors"
 CONFIG_FILE = "fastprompt_config.json"
-
-
-def _atomic_write(path: str, write) -> None:
-    """Write through a temporary file in the same directory, then rename over ``path``."""
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=os.path.basename(path))
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def write_prompt_checkpoint(directory: str, tensors: Dict[str, torch.Tensor], config: Dict[str, Any],
@@ -33,14 +20,14 @@ def write_prompt_checkpoint(directory: str, tensors: Dict[str, torch.Tensor], co
 
     os.makedirs(directory, exist_ok=True)
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
-    _atomic_write(os.path.join(directory, PROMPT_FILE), lambda p: save_file(tensors, p, metadata=metadata))
+    atomic_write(os.path.join(directory, PROMPT_FILE), lambda p: save_file(tensors, p, metadata=metadata))
 
     def write_json(p):
         with open(p, "w", encoding="utf-8") as f:
             json.dump(config, f, indent=2, sort_keys=True)
             f.write("\n")
 
-    _atomic_write(os.path.join(directory, CONFIG_FILE), write_json)
+    atomic_write(os.path.join(directory, CONFIG_FILE), write_json)
 
 
 def read_prompt_checkpoint(directory: str):

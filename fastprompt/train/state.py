@@ -20,14 +20,13 @@ restores the run (the ``prompt.safetensors`` beside it is for ``from_pretrained`
 from __future__ import annotations
 
 import json
-import os
 import random
-import tempfile
-from typing import Any, Callable, Dict
+from typing import Any, Dict
 
 import numpy as np
 import torch
 
+from ..atomic_io import atomic_write, atomic_write_text
 from .errors import TrainError
 
 __all__ = ["atomic_write", "write_text", "write_json", "save_state", "load_state", "rng_state", "set_rng_state",
@@ -37,41 +36,8 @@ STATE_FILE = "state.pt"
 STATE_FORMAT = 1
 
 
-def _fsync_dir(directory: str) -> None:
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:  # e.g. Windows: folders cannot be opened
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def atomic_write(path: str, write: Callable[[str], None]) -> None:
-    """Call ``write(tmp_path)``, fsync it and rename it over ``path``; the folder must exist."""
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix="-" + os.path.basename(path))
-    os.close(fd)
-    try:
-        write(tmp)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    _fsync_dir(directory)
-
-
 def write_text(path: str, text: str) -> None:
-    def write(tmp):
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(text)
-    atomic_write(path, write)
+    atomic_write_text(path, text)
 
 
 def write_json(path: str, data: Any) -> None:
