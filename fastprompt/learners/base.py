@@ -75,6 +75,12 @@ class PromptLearner(nn.Module, abc.ABC):
 
     method: ClassVar[str] = ""
     config_class: ClassVar[Type[LearnerConfig]] = LearnerConfig
+    # Class-sharded text encoding for the full-vocabulary losses (POMP's mode="full", RPP's plain
+    # cross-entropy) under torchrun: set ``learner.shard_classes = True`` and each rank encodes only
+    # its slice of the classes, the features all-gathered with autograd
+    # (fastprompt.learners.class_sharding). Off by default, so one process runs exactly as before;
+    # without a process group it changes nothing either.
+    shard_classes: bool = False
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)

@@ -34,6 +34,8 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
+from .class_sharding import full_text_features
+
 POMP_MODES = ("local", "full")
 LOG_BASES = ("10", "e")
 REJECTED_LOGIT_OFFSET = 1e6  # subtracted from a negative that equals the image's label (as the original)
@@ -177,11 +179,15 @@ class POMPObjective:
         """POMP loss of a text-prompt learner (``CoOpLearner`` and subclasses).
 
         Uses ``learner.encode_image(images)`` (normalised, frozen) and
-        ``learner.text_features(class_indices)`` (unnormalised, with autograd into the prompts).
+        ``learner.text_features(class_indices)`` (unnormalised, with autograd into the prompts); in
+        full mode with ``learner.shard_classes`` on, the class-sharded features of
+        :func:`fastprompt.learners.class_sharding.full_text_features`.
         """
         sample = self.sample(labels, learner.n_classes)
         image = learner.encode_image(images)
-        text = learner.text_features(sample.classes)
+        # Full mode reads all N classes: under torchrun with learner.shard_classes each rank encodes
+        # only its slice. Local mode encodes just the step's K sampled classes and stays unsharded.
+        text = learner.text_features(sample.classes) if sample.local else full_text_features(learner)
         text = text / text.norm(dim=-1, keepdim=True)
         return self.loss_from_logits(self.logits(image, text, sample, learner.logit_scale), sample)
 

@@ -57,6 +57,7 @@ from torch import nn
 
 from ..towers import QKVPrompt
 from .base import PromptLearner
+from .class_sharding import full_text_features
 from .pretrained import load_open_clip, recorded_pretrained
 from .pomp_objective import POMPObjective
 from .prompts import context_template, context_word_embeddings, coop_plan, tokenize_prompts
@@ -290,7 +291,7 @@ class RPPLearner(PromptLearner):
             logits = self.objective.logits(image, text, sample, self.logit_scale)
             loss = self.objective.loss_from_logits(logits, sample)
         else:
-            text = self.text_features()
+            text = full_text_features(self)  # this rank's class slice, all-gathered, when shard_classes is on
             text = text / text.norm(dim=-1, keepdim=True)
             logits = self.logit_scale * image @ text.to(image.dtype).t()
             loss = F.cross_entropy(logits, labels)
