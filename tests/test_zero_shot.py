@@ -59,3 +59,23 @@ def test_cache_round_trip_and_invalidation(tiny_model, tmp_path, monkeypatch):
     assert torch.equal(fixed, first) and len(built) == 5
     assert torch.equal(fastprompt.zero_shot_classifier(tiny_model, NAMES, TEMPLATES, **kw), first)
     assert len(built) == 5
+
+
+def test_teacher_class_features_cached_on_disk(tiny_model, tmp_path, monkeypatch):
+    from fastprompt.learners.teacher import CLIPTeacher
+    from fastprompt.testing import FP32
+
+    monkeypatch.setenv("FASTPROMPT_CACHE", str(tmp_path))
+    plain = CLIPTeacher(tiny_model, TEMPLATES, backend="eager")
+    cached = CLIPTeacher(tiny_model, TEMPLATES, backend="eager", cache=True)
+    plain.set_classnames(NAMES)
+    cached.set_classnames(NAMES)
+    torch.testing.assert_close(cached.class_features, plain.class_features, atol=FP32.parity, rtol=0)
+    assert len(list((tmp_path / "zero_shot").glob("*.safetensors"))) == 1
+
+    built = []
+    real = zero_shot_module._build
+    monkeypatch.setattr(zero_shot_module, "_build", lambda *a, **k: built.append(1) or real(*a, **k))
+    again = CLIPTeacher(tiny_model, TEMPLATES, backend="eager", cache=True)  # a resumed run: read back
+    again.set_classnames(NAMES)
+    assert not built and torch.equal(again.class_features, cached.class_features)

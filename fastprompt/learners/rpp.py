@@ -211,7 +211,7 @@ class RPPLearner(PromptLearner):
                 tokenizer = self.tokenizer
             try:
                 teacher = CLIPTeacher(teacher_model, cfg.teacher_templates, tokenizer=tokenizer, backend=cfg.backend,
-                                      image_model=image_model, projection=projection)
+                                      image_model=image_model, projection=projection, cache=cfg.teacher_cache)
             except ValueError as err:
                 raise ValueError(f"teacher: {err} (teacher_projection)") from None
         if teacher.uses_own_images:

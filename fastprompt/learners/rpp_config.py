@@ -45,6 +45,8 @@ class RPPConfig(LearnerConfig):
         teacher_image_encoder: ``"teacher"`` (default: a complete zero-shot CLIP) or
             ``"student"`` (the student's unprompted image tower scores the teacher's text
             features; needs equal embedding widths or ``teacher_projection``).
+        teacher_cache: keep the teacher's class features on disk (:class:`CLIPTeacher` ``cache``;
+            ``fastprompt pretrain`` turns it on for the 10K-21K ImageNet-21K classes).
         pomp: train with POMP's local contrast instead of the full softmax (default off).
         pomp_num_sampled_classes: POMP's ``K`` (default 1000, as POMP's scripts).
         pomp_local_correction: POMP's logit correction (default on, as POMP).
@@ -65,6 +67,7 @@ class RPPConfig(LearnerConfig):
     temperature: float = 1.0
     teacher_templates: Union[str, List[str]] = "simple"
     teacher_image_encoder: str = "teacher"
+    teacher_cache: bool = False
     pomp: bool = False
     pomp_num_sampled_classes: int = 1000
     pomp_local_correction: bool = True

@@ -7,7 +7,9 @@ zero-shot probabilities over the classes the student is scoring. :class:`CLIPTea
   encoded by the teacher's frozen text tower (fastprompt's packed path, equal to
   ``encode_text``), L2-normalised, averaged over templates and renormalised — CLIP's own
   zero-shot ensembling. Computed **once per class list** (cached; switching back to a list seen
-  before costs nothing);
+  before costs nothing); with ``cache=True`` also kept on disk through
+  :func:`fastprompt.zero_shot_classifier` (the 10K-21K ImageNet-21K classes of a pretraining run
+  are encoded once per model, weights, class table and templates, not once per run or resume);
 * image features: the teacher's own frozen image tower (a complete zero-shot CLIP, any
   embedding width), or, with ``image_model``, another model's frozen image tower (the student's
   unprompted CLIP: the teacher then only contributes text features). Image and text features
@@ -82,6 +84,11 @@ class CLIPTeacher(nn.Module):
         image_model: score against this model's frozen image tower instead of the teacher's own.
         projection: ``[E_teacher, E_image]`` tensor (or a module) applied to the teacher's class
             features before normalisation; needed when ``image_model``'s embedding width differs.
+        cache: keep the class features on disk (:mod:`fastprompt.zero_shot_cache`), with a
+            progress bar while they are computed. The cached entry is CLIP's zero-shot head
+            (template mean, renormalised); a tensor ``projection`` is applied after it, which only
+            rescales each row before the final normalisation (the same features up to fp32
+            rounding). Not used with a module ``projection`` (it need not be linear).
 
     Raises:
         ValueError: bad templates, or an embedding-width mismatch between the image features and
@@ -90,7 +97,7 @@ class CLIPTeacher(nn.Module):
 
     def __init__(self, model: nn.Module, templates: TemplateSpec = "simple", *, tokenizer=None, backend: str = "auto",
                  image_model: Optional[nn.Module] = None,
-                 projection: Optional[Union[torch.Tensor, nn.Module]] = None):
+                 projection: Optional[Union[torch.Tensor, nn.Module]] = None, cache: bool = False):
         super().__init__()
         from .base import default_tokenizer
 
@@ -126,6 +133,7 @@ class CLIPTeacher(nn.Module):
         self._cache: "OrderedDict[Tuple[str, ...], torch.Tensor]" = OrderedDict()
         self._classnames: Optional[List[str]] = None
         self.n_text_builds = 0  # how many class lists were encoded (for tests / logging)
+        self.cache = bool(cache) and not isinstance(projection, nn.Module)
 
     def train(self, mode: bool = True) -> "CLIPTeacher":
         """The teacher is frozen: its CLIP (and image model) stay in eval mode whatever ``mode``."""
@@ -172,7 +180,13 @@ class CLIPTeacher(nn.Module):
 
     @torch.no_grad()
     def _encode_classes(self, names: List[str]) -> torch.Tensor:
-        mean = mean_template_features(self.text_tower, self.tokenizer, names, self.templates, TEXT_CHUNK)
+        if self.cache:
+            from ..zero_shot import zero_shot_classifier
+
+            mean = zero_shot_classifier(self.clip, names, self.templates, tokenizer=self.tokenizer, batch_size=TEXT_CHUNK,
+                                        progress=True, cache=True, backend=self.text_tower.backend).t()
+        else:
+            mean = mean_template_features(self.text_tower, self.tokenizer, names, self.templates, TEXT_CHUNK)
         if self.projection is not None:
             mean = self.projection(mean) if isinstance(self.projection, nn.Module) else mean @ self.projection.float()
         return mean / mean.norm(dim=-1, keepdim=True)

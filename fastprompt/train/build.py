@@ -18,7 +18,7 @@ from .errors import ConfigError
 from .methods import DEEP_VISION, METHODS, learner_kwargs
 from .views import MultiView, with_randaugment2
 
-__all__ = ["open_clip_name", "is_resnet", "set_random_seed", "build_model", "build_learner", "load_data",
+__all__ = ["open_clip_name", "is_resnet", "set_random_seed", "build_model", "build_learner", "load_data", "build_transforms",
            "SUPPORTED_TRANSFORMS", "TINY_CLIP_KWARGS"]
 
 SUPPORTED_TRANSFORMS = ("random_resized_crop", "random_flip", "randaugment2", "normalize")
@@ -116,6 +116,21 @@ def load_data(cfg: Dict[str, Any], model, subsample: Optional[str] = None):
     views per image when that is above 1.
     """
     from ..data import load_dataset
+
+    train_tf, test_tf = build_transforms(cfg, model)
+    ds = cfg["DATASET"]
+    if not ds["NAME"]:
+        raise ConfigError("no dataset: pass --dataset NAME (or set DATASET.NAME)")
+    if not ds["ROOT"]:
+        raise ConfigError("no data root: pass --data ROOT (or set DATASET.ROOT)")
+    dataset = load_dataset(ds["NAME"], ds["ROOT"], shots=max(int(ds["NUM_SHOTS"]), 0), seed=max(int(cfg["SEED"]), 0),
+                           subsample=subsample or ds["SUBSAMPLE_CLASSES"])
+    return dataset, train_tf, test_tf
+
+
+def build_transforms(cfg: Dict[str, Any], model):
+    """``(train_transform, test_transform)`` of ``INPUT.*`` / ``DATALOADER.K_TRANSFORMS`` for ``model``'s input
+    (the training one gives ``K_TRANSFORMS`` stacked views per image when that is above 1)."""
     from ..data.transforms import transforms_for_model
 
     transforms = tuple(cfg["INPUT"]["TRANSFORMS"])
@@ -127,13 +142,6 @@ def load_data(cfg: Dict[str, Any], model, subsample: Optional[str] = None):
     if isinstance(views, bool) or not isinstance(views, int) or views < 1:
         raise ConfigError(f"DATALOADER.K_TRANSFORMS must be an int >= 1 (augmented views per training image), "
                           f"got {views!r}")
-    ds = cfg["DATASET"]
-    if not ds["NAME"]:
-        raise ConfigError("no dataset: pass --dataset NAME (or set DATASET.NAME)")
-    if not ds["ROOT"]:
-        raise ConfigError("no data root: pass --data ROOT (or set DATASET.ROOT)")
-    dataset = load_dataset(ds["NAME"], ds["ROOT"], shots=max(int(ds["NUM_SHOTS"]), 0), seed=max(int(cfg["SEED"]), 0),
-                           subsample=subsample or ds["SUBSAMPLE_CLASSES"])
     train_tf, test_tf = transforms_for_model(model, scale=tuple(cfg["INPUT"]["RRCROP_SCALE"]))
     crop_flip = {"random_resized_crop", "random_flip", "normalize"}
     if set(transforms) - {"randaugment2"} <= {"normalize"}:  # no crop/flip: train on the test transform
@@ -143,4 +151,4 @@ def load_data(cfg: Dict[str, Any], model, subsample: Optional[str] = None):
                           "augmentation, optionally with randaugment2) or only 'normalize'")
     if "randaugment2" in transforms:
         train_tf = with_randaugment2(train_tf, cfg["INPUT"]["RANDAUGMENT_N"])
-    return dataset, MultiView(train_tf, views), test_tf
+    return MultiView(train_tf, views), test_tf

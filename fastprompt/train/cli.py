@@ -17,10 +17,10 @@ import sys
 
 from ..cli_args import no_check, nonnegative_int
 
-__all__ = ["add_train_parsers"]
+__all__ = ["add_train_parsers", "resolve_args", "fail", "train_errors"]
 
 
-def _errors():
+def train_errors():
     from ..data.items import DataError
     from .errors import ConfigError, TrainError
 
@@ -81,7 +81,7 @@ def add_train_parsers(subparsers) -> None:
     ev.set_defaults(func=_run_eval, check=no_check, command_parser=ev)
 
 
-def _fail(command: str, exc: Exception) -> int:
+def fail(command: str, exc: Exception) -> int:
     msg = str(exc)
     if isinstance(exc, FileNotFoundError) and exc.filename and exc.filename not in msg:
         msg = f"{msg}: {exc.filename}"
@@ -101,13 +101,14 @@ def _arguments(args) -> dict:
     return out
 
 
-def _resolve(args) -> dict:
+def resolve_args(args, arguments: dict) -> dict:
+    """The configuration of a command line: config files, ``arguments`` (key -> value), ``KEY VALUE`` overrides."""
     from .config import read_yaml, resolve_config
     from .errors import ConfigError
     from .recipes import load_recipe, recipe_path
 
     files = []
-    if args.dataset_config:
+    if getattr(args, "dataset_config", None):
         files.append((args.dataset_config, read_yaml(args.dataset_config)))
     if args.recipe:
         files.append((recipe_path(args.recipe), load_recipe(args.recipe)))
@@ -120,10 +121,9 @@ def _resolve(args) -> dict:
         files.append((saved, read_yaml(saved)))
     else:
         raise ConfigError("pass --recipe NAME (see --list-recipes) or --config FILE")
-    arguments = _arguments(args)
     if not (args.resume and not (args.recipe or args.config)):
         arguments.setdefault("SEED", 1)
-    return resolve_config(files, method=args.method, arguments=arguments, overrides=args.opts)
+    return resolve_config(files, method=getattr(args, "method", None), arguments=arguments, overrides=args.opts)
 
 
 def _run_train(args) -> int:
@@ -133,15 +133,15 @@ def _run_train(args) -> int:
         print("\n".join(list_recipes()))
         return 0
     if not args.output_dir:
-        return _fail("train", ValueError("--output-dir DIR is required"))
+        return fail("train", ValueError("--output-dir DIR is required"))
     from .run import train_run
 
     try:
-        cfg = _resolve(args)
+        cfg = resolve_args(args, _arguments(args))
         result = train_run(cfg, args.output_dir, resume=args.resume, overwrite=args.overwrite,
                            progress=not args.no_progress)
-    except _errors() as exc:
-        return _fail("train", exc)
+    except train_errors() as exc:
+        return fail("train", exc)
     if result is not None:
         print(f"test accuracy {result['accuracy']:.2f}%, macro-F1 {result['macro_f1']:.2f}% "
               f"({result['correct']}/{result['total']}); run directory {args.output_dir}")
@@ -154,8 +154,8 @@ def _run_eval(args) -> int:
     try:
         result = evaluate_checkpoint(args.checkpoint, args.data, args.dataset, args.subsample, args.batch_size,
                                      args.workers, args.device, args.out)
-    except _errors() + (ValueError,) as exc:
-        return _fail("eval", exc)
+    except train_errors() + (ValueError,) as exc:
+        return fail("eval", exc)
     brief = {k: result[k] for k in ("dataset", "subsample", "accuracy", "error", "macro_f1", "correct", "total")}
     print(json.dumps(brief, indent=2))
     print(f"written to {result['written_to']}", file=sys.stderr)

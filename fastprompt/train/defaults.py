@@ -73,6 +73,17 @@ FASTPROMPT_KEYS: Dict[str, Any] = {
     "TRAIN.MAX_STEPS": (0, "stop after N optimizer steps (0 = run every epoch); for smoke runs"),
     "TRAIN.TENSORBOARD": (True, "write TensorBoard events when the tensorboard package is installed"),
     "TRAIN.DEVICE": ("", "torch device; empty = cuda when available, else cpu"),
+    # fastprompt pretrain (ImageNet-21K prompt pretraining, fastprompt.train.pretrain)
+    "TRAIN.OBJECTIVE": ("auto", "pomp/rpp pretraining: full (exact softmax over every class), local (POMP's "
+                                "sampled local contrast), auto (full when the step fits in memory)"),
+    "DATASET.UNIVERSE": ("folders", "ImageNet-21K class universe: folders (the tree's), winter21, fall11, full"),
+    "DATASET.SHARDS": ("", "WebDataset shard set (folder or brace pattern) streamed instead of DATASET.ROOT's tree"),
+    "DATALOADER.SHUFFLE_BUFFER": (2000, "samples in the shard stream's seeded shuffle buffer (0: shard order)"),
+    "TEST.TRANSFER_ROOT": ("", "data root of the zero-shot transfer datasets tested after pretraining"),
+    "TEST.TRANSFER_DATASETS": (["imagenet", "caltech-101", "oxford_pets", "stanford_cars", "oxford_flowers",
+                                "food-101", "fgvc_aircraft", "sun397", "dtd", "eurosat", "ucf101", "imagenetv2",
+                                "imagenet-sketch", "imagenet-adversarial", "imagenet-rendition"],
+                               "datasets of the transfer evaluation (those found under TEST.TRANSFER_ROOT)"),
 }
 
 

@@ -17,7 +17,7 @@ import torch
 import torch.distributed as dist
 
 __all__ = ["init_from_env", "world", "is_main", "average_gradients", "gather_cat", "barrier", "broadcast_object",
-           "mean_over_ranks"]
+           "all_gather_objects", "mean_over_ranks"]
 
 
 def init_from_env(device: str = "") -> Tuple[int, int, torch.device]:
@@ -106,6 +106,16 @@ def broadcast_object(obj):
     box = [obj]
     dist.broadcast_object_list(box, src=0)
     return box[0]
+
+
+def all_gather_objects(obj) -> list:
+    """``[obj of rank 0, obj of rank 1, ...]`` on every rank (``[obj]`` in one process)."""
+    _, size = world()
+    if size == 1:
+        return [obj]
+    out = [None] * size
+    dist.all_gather_object(out, obj)
+    return out
 
 
 def barrier() -> None:

@@ -108,13 +108,13 @@ METHODS: Dict[str, MethodSpec] = {s.method: s for s in [
     MethodSpec("rpp", "RPPLearner", ("RPP",), "RPP",
                dict(BRANCHES="both", DEPTH=9, N_CTX=4, N_CTX_VISION=4, CTX_INIT="", VARIANT="pre",
                     RESIDUAL_ROW="value", SHARED=False, INIT_STD=0.02, KL_WEIGHT=1.0, TEMPERATURE=1.0,
-                    TEACHER_TEMPLATES="simple", POMP=False, POMP_NUM_SAMPLED_CLASSES=1000,
+                    TEACHER_TEMPLATES="simple", TEACHER_CACHE=False, POMP=False, POMP_NUM_SAMPLED_CLASSES=1000,
                     POMP_LOCAL_CORRECTION=True, PREC="fp16"),
                {**_k(BRANCHES="branches", DEPTH="depth", N_CTX="n_ctx", N_CTX_VISION="n_ctx_vision",
                      CTX_INIT="ctx_init", VARIANT="variant", RESIDUAL_ROW="residual_row", SHARED="shared",
                      TEACHER_TEMPLATES="teacher_templates", POMP="pomp",
                      POMP_NUM_SAMPLED_CLASSES="pomp_num_sampled_classes", POMP_LOCAL_CORRECTION="pomp_local_correction"),
-                "INIT_STD": ("init_std", float), "KL_WEIGHT": ("kl_weight", float),
+                "INIT_STD": ("init_std", float), "KL_WEIGHT": ("kl_weight", float), "TEACHER_CACHE": ("teacher_cache", bool),
                 "TEMPERATURE": ("temperature", float)}, deep_vision=True),
 ]}
 

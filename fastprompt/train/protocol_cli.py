@@ -104,7 +104,7 @@ def _report(directory: str, protocols, method, plot: bool) -> int:
 
 
 def _run(args) -> int:
-    from .cli import _errors, _fail
+    from .cli import fail, train_errors
     from .grid import run_grid
     from .protocols import check_protocol
     from . import distributed
@@ -117,8 +117,8 @@ def _run(args) -> int:
         counts = run_grid(args.protocol, args.method, args.data, args.output_dir, datasets=args.datasets,
                           seeds=args.seeds, shots=args.shots, arguments=settings, opts=args.opts,
                           progress=args.progress)
-    except _errors() as exc:
-        return _fail("run", exc)
+    except train_errors() as exc:
+        return fail("run", exc)
     if not distributed.is_main():
         return 0
     print("fastprompt run: " + ", ".join(f"{n} {what}" for what, n in counts.items()), file=sys.stderr)
@@ -128,8 +128,8 @@ def _run(args) -> int:
 def _results(args) -> int:
     import os
 
-    from .cli import _fail
+    from .cli import fail
 
     if not os.path.isdir(args.directory):
-        return _fail("results", FileNotFoundError(f"no such directory: {args.directory}"))
+        return fail("results", FileNotFoundError(f"no such directory: {args.directory}"))
     return _report(args.directory, args.protocol, args.method, not args.no_plot)

@@ -26,10 +26,13 @@ from .schedule import schedule_from_config
 from .state import STATE_FILE, load_state, write_json, write_text
 from .trainer import Trainer, TrainSettings
 
-__all__ = ["RUN_FILES", "prepare_run_dir", "train_run", "evaluate_checkpoint", "run_status"]
+__all__ = ["RUN_FILES", "prepare_run_dir", "open_run", "write_run_header", "train_run", "evaluate_checkpoint",
+           "run_status", "run_settings"]
 
 RUN_FILES = ("config.yaml", "env.txt", "log.txt", "metrics.jsonl", STATE_FILE, "prompt.safetensors",
-             "fastprompt_config.json", "eval.json", "curves.png", "tensorboard")
+             "fastprompt_config.json", "eval.json", "curves.png", "tensorboard",
+             # fastprompt pretrain's own (fastprompt.train.pretrain)
+             "pretrain.json", "classes.json", "classnames.txt", "transfer")
 # Keys that may differ between a run's saved configuration and the one given with --resume.
 _RESUME_FREE = ("OUTPUT_DIR", "RESUME", "DATASET.ROOT", "DATALOADER.NUM_WORKERS", "TRAIN.DEVICE", "TRAIN.TENSORBOARD",
                 "TRAIN.PRINT_FREQ")
@@ -100,7 +103,39 @@ def _check_same(saved: Dict[str, Any], given: Dict[str, Any], run_dir: str) -> N
                          f"{'; ...' if len(diff) > 5 else ''}); resume with the run's own settings or use --overwrite")
 
 
-def _settings(cfg: Dict[str, Any], world: int, progress: bool) -> TrainSettings:
+def open_run(cfg: Dict[str, Any], run_dir: str, rank: int, resume: bool, overwrite: bool):
+    """``(cfg, saved, finished_result)``: the run directory checked and prepared (rank 0), the
+    configuration to use (the run's own when resuming), and the finished run's ``eval.json``
+    contents when ``resume`` finds nothing left to do (``None`` otherwise)."""
+    if int(cfg["SEED"]) < 0:
+        raise ConfigError("SEED must be >= 0 (pass --seed)")
+    saved = None
+    if rank == 0:
+        saved = prepare_run_dir(run_dir, resume, overwrite)
+        if saved is not None:
+            _check_same(saved, cfg, run_dir)
+            cfg = resolve_config([(os.path.join(run_dir, "config.yaml"), saved)],
+                                 arguments={k: flatten(cfg)[k] for k in _RESUME_FREE if k in flatten(cfg)})
+    cfg = distributed.broadcast_object(cfg)
+    finished = os.path.join(run_dir, "eval.json")
+    if resume and run_status(run_dir) == "finished" and os.path.isfile(finished):
+        import json
+
+        print(f"{run_dir} is finished; its test result is in {finished}", file=sys.stderr)
+        with open(finished, encoding="utf-8") as f:
+            return cfg, saved, json.load(f)
+    return cfg, saved, None
+
+
+def write_run_header(cfg: Dict[str, Any], run_dir: str) -> None:
+    """``config.yaml`` (resolved) and ``env.txt`` of a new run (rank 0)."""
+    from ..env import report
+
+    write_text(os.path.join(run_dir, "config.yaml"), dump_yaml(cfg))
+    write_text(os.path.join(run_dir, "env.txt"), "".join(f"{k}: {v}\n" for k, v in report()))
+
+
+def run_settings(cfg: Dict[str, Any], world: int, progress: bool) -> TrainSettings:
     t, dl = cfg["TRAIN"], cfg["DATALOADER"]
     batch = int(dl["TRAIN_X"]["BATCH_SIZE"])
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
@@ -123,33 +158,16 @@ def train_run(cfg: Dict[str, Any], run_dir: str, *, resume: bool = False, overwr
     from ..data.registry import resolve
 
     rank, world, device = distributed.init_from_env(cfg["TRAIN"]["DEVICE"])
-    if int(cfg["SEED"]) < 0:
-        raise ConfigError("SEED must be >= 0 (pass --seed)")
-    saved = None
-    if rank == 0:
-        saved = prepare_run_dir(run_dir, resume, overwrite)
-        if saved is not None:
-            _check_same(saved, cfg, run_dir)
-            cfg = resolve_config([(os.path.join(run_dir, "config.yaml"), saved)],
-                                 arguments={k: flatten(cfg)[k] for k in _RESUME_FREE if k in flatten(cfg)})
-    cfg = distributed.broadcast_object(cfg)
-    finished = os.path.join(run_dir, "eval.json")
-    if resume and run_status(run_dir) == "finished" and os.path.isfile(finished):
-        import json
-
-        print(f"{run_dir} is finished; its test result is in {finished}", file=sys.stderr)
-        with open(finished, encoding="utf-8") as f:
-            return json.load(f)
+    cfg, saved, done = open_run(cfg, run_dir, rank, resume, overwrite)
+    if done is not None:
+        return done
 
     # model, data and precision first: a bad name, data root or precision fails before anything is written
     model, tokenizer, model_name, pretrained = build_model(cfg, device)
     dataset, train_tf, test_tf = load_data(cfg, model)
     precision, why = resolve_precision(cfg["TRAIN"]["PRECISION"], cfg["TRAINER"][_section(cfg)].get("PREC"), device)
     if rank == 0 and saved is None:
-        from ..env import report
-
-        write_text(os.path.join(run_dir, "config.yaml"), dump_yaml(cfg))
-        write_text(os.path.join(run_dir, "env.txt"), "".join(f"{k}: {v}\n" for k, v in report()))
+        write_run_header(cfg, run_dir)
     distributed.barrier()
     spec = resolve(cfg["DATASET"]["NAME"])
     set_random_seed(int(cfg["SEED"]))
@@ -162,7 +180,7 @@ def train_run(cfg: Dict[str, Any], run_dir: str, *, resume: bool = False, overwr
         aggregator = GaussianPromptAggregation.from_learner(learner, epochs=int(cfg["OPTIM"]["MAX_EPOCH"]))
     identity = {"method": cfg["METHOD"], "model": model_name, "pretrained": pretrained,
                 "classnames": list(dataset.classnames), "seed": int(cfg["SEED"])}
-    trainer = Trainer(learner, ImageDataset(dataset.train, train_tf), _settings(cfg, world, progress), cfg["OPTIM"],
+    trainer = Trainer(learner, ImageDataset(dataset.train, train_tf), run_settings(cfg, world, progress), cfg["OPTIM"],
                       schedule_from_config(cfg["OPTIM"]), precision=precision, device=device, run_dir=run_dir,
                       val_data=ImageDataset(dataset.val, test_tf) if dataset.val else None,
                       test_data=ImageDataset(dataset.test, test_tf), n_classes=len(dataset.classnames),

@@ -76,6 +76,7 @@ class Table:
     rows: List[Row]
     source: str = ""                            # where the published numbers come from
     notes: List[str] = dataclasses.field(default_factory=list)
+    heading: Optional[str] = None               # a title other than the protocol's (pretraining transfer)
 
     @property
     def name(self) -> str:
@@ -84,6 +85,8 @@ class Table:
 
     @property
     def title(self) -> str:
+        if self.heading:
+            return self.heading
         shots = "" if self.shots is None else f", {self.shots} shots"
         return f"{TITLES[self.protocol]}: {self.method}{shots}"
 

@@ -42,9 +42,9 @@ from torch.utils.data import DataLoader, Dataset
 
 from ..data.images import skip_collate
 from . import distributed
+from .batches import MapBatches
 from .errors import TrainError
 from .evaluate import evaluate
-from .order import EpochBatches, SeededSamples
 from .precision import Precision
 from .records import RunRecords, plot_curves
 from .schedule import EpochSchedule, build_optimizer
@@ -100,6 +100,9 @@ class Trainer:
         callbacks: ``fn(event, trainer, info)`` for ``"step"`` (after each optimizer step and its
             checkpoint; ``info``: epoch, batch, step, the batch's loss) and ``"epoch"`` (after each
             epoch's checkpoint).
+        batches: the batch source (:mod:`fastprompt.train.batches`); default: ``train_data`` in
+            the seeded order of :class:`~fastprompt.train.batches.MapBatches`. A stream
+            (WebDataset shards) keeps its position in the resumable state.
     """
 
     def __init__(self, learner, train_data: Dataset, settings: TrainSettings, optim: Dict[str, Any],
@@ -107,7 +110,7 @@ class Trainer:
                  run_dir: Optional[str] = None, val_data: Optional[Dataset] = None,
                  test_data: Optional[Dataset] = None, n_classes: Optional[int] = None,
                  identity: Optional[Dict[str, Any]] = None, aggregator=None,
-                 callbacks: Sequence[Callable] = (), records: Optional[RunRecords] = None):
+                 callbacks: Sequence[Callable] = (), records: Optional[RunRecords] = None, batches=None):
         self.learner = learner
         self.settings = settings
         self.schedule = schedule
@@ -126,12 +129,9 @@ class Trainer:
         self.optimizer = build_optimizer(self.params, optim)
         self.precision = Precision(precision, self.device)
         self.train_data = train_data
-        self.order = EpochBatches(len(train_data), settings.batch_size, settings.seed, self.rank, self.world)
-        self.loader = DataLoader(SeededSamples(train_data, settings.seed), batch_sampler=self.order,
-                                 num_workers=settings.num_workers, collate_fn=skip_collate,
-                                 pin_memory=self.device.type == "cuda", persistent_workers=settings.num_workers > 0,
-                                 # its own generator: starting an epoch must not draw from the global RNG
-                                 generator=torch.Generator().manual_seed(settings.seed))
+        self.batches = batches if batches is not None else MapBatches(
+            train_data, settings.batch_size, settings.seed, self.rank, self.world,
+            num_workers=settings.num_workers, pin_memory=self.device.type == "cuda")
         self.records = records or RunRecords(run_dir, enabled=self.main, tensorboard=settings.tensorboard,
                                              echo=self.main)
         self.epoch = self.batch = self.step = 0
@@ -141,6 +141,7 @@ class Trainer:
         self.last_saved_step: Optional[int] = None
         self.epoch_sums: List[float] = [0.0, 0]  # loss sum and batch count of the epoch so far
         self.skipped_before = 0  # unreadable images counted before the state this run resumed from
+        self._stream_states = None  # every rank's batch-source state, gathered at the last save()
 
     # ---- state ---------------------------------------------------------------------------------
     @property
@@ -154,7 +155,8 @@ class Trainer:
                 "optimizer": self.optimizer.state_dict(),
                 "scaler": self.precision.scaler.state_dict() if self.precision.scaler else {},
                 "rng": rng_state(), "aggregator": self.aggregator.state_dict() if self.aggregator else {},
-                "best": self.best, "skipped_images": self._skipped(), "epoch_sums": list(self.epoch_sums)}
+                "best": self.best, "skipped_images": self._skipped(), "epoch_sums": list(self.epoch_sums),
+                "stream": self._stream_states}
 
     def load_state_dict(self, state: Dict[str, Any], source: str = "state") -> None:
         for key, value in self.identity.items():
@@ -171,6 +173,10 @@ class Trainer:
         self.epoch, self.batch, self.step = int(state["epoch"]), int(state["batch"]), int(state["step"])
         self.finished, self.best = bool(state["finished"]), dict(state.get("best") or {})
         self.epoch_sums = list(state.get("epoch_sums") or [0.0, 0])
+        try:
+            self.batches.load_state_dict(state.get("stream"))
+        except ValueError as exc:
+            raise TrainError(f"{source}: {exc}") from None
         self.skipped_before = int(state.get("skipped_images") or 0) - int(getattr(self.train_data, "skipped", 0) or 0)
 
     def resume(self, path: Optional[str] = None) -> None:
@@ -179,6 +185,9 @@ class Trainer:
         self.records.log(f"resumed from {path}: epoch {self.epoch + 1}, batch {self.batch}, step {self.step}")
 
     def save(self) -> None:
+        # every rank's stream position (a collective, so before rank 0 alone goes on to write)
+        own = self.batches.state_dict()
+        self._stream_states = None if own is None else distributed.all_gather_objects(own)
         if not (self.main and self.run_dir):
             return
         state = self.state_dict()
@@ -260,8 +269,8 @@ class Trainer:
         lr = self.schedule.lr_at(self.epoch)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        self.order.epoch, self.order.start = self.epoch, self.batch
-        n_batches = len(self.order)
+        self.batches.set_position(self.epoch, self.batch)
+        n_batches = len(self.batches)
         bar = self._bar(n_batches)
         if self.batch == 0:
             self.epoch_sums = [0.0, 0]
@@ -269,7 +278,7 @@ class Trainer:
         images, t0 = 0, time.perf_counter()
         group_losses: List[float] = []  # the losses of the batches accumulated since the last step
         stop = False
-        for batch in self.loader:
+        for batch in self.batches:
             b = self.batch
             if batch is not None:
                 x, y = flatten_views(*batch)
@@ -335,7 +344,7 @@ class Trainer:
         if bar is not None:
             done = self.step - steps_at_start
             per_step = (time.perf_counter() - t_run) / max(done, 1)
-            left = (s.max_epoch - self.epoch) * len(self.order) - self.batch
+            left = (s.max_epoch - self.epoch) * len(self.batches) - self.batch
             left_steps = math.ceil(left / s.grad_accum_steps)
             if s.max_steps:
                 left_steps = min(left_steps, s.max_steps - self.step)
