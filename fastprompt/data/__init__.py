@@ -1,6 +1,7 @@
 """Datasets: CoOp's folder layouts (identical items, few-shot draws and base/new splits),
 custom ImageFolder/CSV/JSON data, transforms, ``SyntheticShapes`` (no files), and ImageNet-21K-P
-folders / WebDataset shards (``load_imagenet21k``, ``ShardDataset``, ``pack_folder``).
+folders / WebDataset shards (``load_imagenet21k``, ``ShardDataset``, ``pack_folder``) and their
+resumable training batches (``ShardBatchStream``).
 
     from fastprompt.data import load_dataset
     ds = load_dataset("dtd", "/data", shots=16, seed=1, subsample="base")
@@ -17,7 +18,8 @@ from .listing import cache_dir, list_dirs
 from .load import load_dataset
 from .pack import pack_folder
 from .registry import known_names
-from .shards import ShardDataset, open_shards
+from .shard_stream import ShardBatchStream
+from .shards import ShardDataset, count_samples, open_shards
 from .subsample import subsample_classes
 from .synthetic import (CLIP_MEAN, CLIP_STD, COLOURS, MAX_CLASSES, SHAPES, SyntheticShapes,
                         class_names, class_pairs, make_loaders)
@@ -32,5 +34,5 @@ __all__ = [
     "SyntheticShapes", "make_loaders", "class_names", "class_pairs", "CLIP_MEAN", "CLIP_STD",
     "COLOURS", "SHAPES", "MAX_CLASSES",
     "load_imagenet21k", "ImageNet21KDataset", "ClassTable", "build_class_table", "read_class_table",
-    "universe_wnids", "pack_folder", "ShardDataset", "open_shards",
+    "universe_wnids", "pack_folder", "ShardDataset", "open_shards", "count_samples", "ShardBatchStream",
 ]

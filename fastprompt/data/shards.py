@@ -11,7 +11,10 @@ from ``seed`` (:meth:`ShardDataset.set_epoch`), split by rank (``torch.distribut
 DataLoader worker, then optionally a seeded shuffle buffer. A sample that does not decode, has
 no image or no readable ``cls``, or a damaged tar member is skipped with a warning and counted
 (:attr:`ShardDataset.skipped`, shared with worker processes); a label outside the class table
-is a :class:`~fastprompt.data.items.DataError`.
+is a :class:`~fastprompt.data.items.DataError`. :meth:`ShardDataset.raw_samples` and
+:meth:`ShardDataset.decode` are the two halves of that stream (reading, then decoding), for
+:class:`fastprompt.data.shard_stream.ShardBatchStream`, which trains from shards with a fixed
+epoch length and an exact resume.
 """
 from __future__ import annotations
 
@@ -21,6 +24,8 @@ import json
 import logging
 import os
 import random
+import re
+import tarfile
 from typing import Callable, Iterator, List, Optional, Sequence, Tuple, Union
 
 import torch
@@ -29,7 +34,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 from .imagenet21k_classes import ClassTable, read_class_table
 from .items import DataError
 
-__all__ = ["ShardDataset", "open_shards", "IMAGE_KEYS"]
+__all__ = ["ShardDataset", "open_shards", "count_samples", "IMAGE_KEYS"]
 
 logger = logging.getLogger("fastprompt.data")
 IMAGE_KEYS = ("jpg", "jpeg", "webp", "png")
@@ -79,6 +84,31 @@ def open_shards(source: Union[str, Sequence[str]], classes: Optional[str] = None
     return paths, table, total
 
 
+def count_samples(paths: Sequence[str]) -> int:
+    """Raw samples in the shards at ``paths``, as webdataset groups them (consecutive regular
+    members sharing a key, ``__meta__`` members left out), from the tar headers alone: member
+    data is seeked over, not read. For shard sets without a ``shards.json`` index. A shard whose
+    headers break off midway counts the samples before the break (with a warning), as reading it
+    would yield them."""
+    base_plus_ext = _webdataset().tariterators.base_plus_ext
+    total = 0
+    for path in paths:
+        last = None
+        try:
+            with tarfile.open(path, "r:") as tar:
+                for member in tar:
+                    name = member.name
+                    if not member.isreg() or re.match(r"__[^/]*__($|/)", name):
+                        continue
+                    key, _ = base_plus_ext(name)
+                    if key is not None and key != last:
+                        total, last = total + 1, key
+        except (tarfile.TarError, OSError) as exc:
+            logger.warning("fastprompt: counting %s stopped at a damaged header (%s: %s)", path,
+                           type(exc).__name__, exc)
+    return total
+
+
 class ShardDataset(IterableDataset):
     """``(image, label)`` streamed from WebDataset shards (see the module docstring).
 
@@ -119,19 +149,41 @@ class ShardDataset(IterableDataset):
         self._skipped[0 if info is None else 1 + info.id % (len(self._skipped) - 1)] += 1
         logger.warning("fastprompt: skipping %s", what)
 
-    def shard_order(self) -> List[str]:
-        """This rank's and worker's shards for the current epoch."""
+    def shard_order(self, epoch: Optional[int] = None, *, rank: Optional[int] = None, world: Optional[int] = None,
+                    worker: Optional[int] = None, num_workers: Optional[int] = None) -> List[str]:
+        """One rank's and worker's shards in one epoch: the epoch's order (shuffled from
+        ``seed + epoch`` with ``shuffle_shards``), then ``[rank::world]``, then ``[worker::num_workers]``.
+
+        Left as ``None``: the epoch of :meth:`set_epoch`; the ``torch.distributed`` rank and world
+        size (when ``split_by_node`` and initialised, else all shards); the calling DataLoader
+        worker (all of the rank's shards in the main process).
+        """
+        if (rank is None) != (world is None) or (worker is None) != (num_workers is None):
+            raise ValueError(f"give rank with world and worker with num_workers, or neither; got rank={rank}, "
+                             f"world={world}, worker={worker}, num_workers={num_workers}")
+        epoch = self.epoch if epoch is None else int(epoch)
         shards = list(self.shards)
         if self.shuffle_shards:
-            random.Random(self.seed + self.epoch).shuffle(shards)
-        if self.split_by_node and torch.distributed.is_available() and torch.distributed.is_initialized():
-            shards = shards[torch.distributed.get_rank()::torch.distributed.get_world_size()]
-        info = get_worker_info()
-        if info is not None:
-            shards = shards[info.id::info.num_workers]
+            random.Random(self.seed + epoch).shuffle(shards)
+        dist = torch.distributed
+        if rank is None and self.split_by_node and dist.is_available() and dist.is_initialized():
+            rank, world = dist.get_rank(), dist.get_world_size()
+        if rank is not None:
+            shards = shards[rank::world]
+        if worker is None:
+            info = get_worker_info()
+            worker, num_workers = (None, None) if info is None else (info.id, info.num_workers)
+        if worker is not None:
+            shards = shards[worker::num_workers]
         return shards
 
-    def _decode(self, sample: dict):
+    def decode(self, sample: dict, transform_seed: Optional[int] = None):
+        """``(transformed image, label)`` of one raw sample, or ``None`` when it is skipped (counted).
+
+        ``transform_seed``: run the transform under torch and Python ``random`` seeded with it
+        (the callers' RNG states are restored), so a random augmentation of the sample does not
+        depend on which process decodes it or on where a run resumed.
+        """
         where = f"{sample.get('__url__', '?')}:{sample.get('__key__', '?')}"
         key = next((k for k in IMAGE_KEYS if k in sample), None)
         if key is None or "cls" not in sample:
@@ -152,24 +204,46 @@ class ShardDataset(IterableDataset):
         except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
             self._count_skip(f"{where}.{key} ({type(exc).__name__}: {exc})")
             return None
-        return (self.transform(image) if self.transform is not None else image), label
+        if self.transform is None:
+            return image, label
+        if transform_seed is None:
+            return self.transform(image), label
+        py_state = random.getstate()
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(transform_seed)
+            random.seed(transform_seed)
+            try:
+                return self.transform(image), label
+            finally:
+                random.setstate(py_state)
 
-    def _tar_error(self, exc: Exception) -> bool:
+    def tar_error(self, exc: Exception) -> bool:
+        """The default damaged-member handler of :meth:`raw_samples`: count, warn, go on (``True``)."""
         self._count_skip(f"a damaged shard member ({type(exc).__name__}: {exc})")
         return True
 
-    def _samples(self) -> Iterator[dict]:
+    def raw_samples(self, epoch: Optional[int] = None, *, rank: Optional[int] = None, world: Optional[int] = None,
+                    worker: Optional[int] = None, num_workers: Optional[int] = None,
+                    handler: Optional[Callable[[Exception], bool]] = None) -> Iterator[dict]:
+        """Undecoded samples (webdataset dicts: ``__key__``, ``__url__``, one entry per member) of
+        :meth:`shard_order`'s shards (same arguments), through the shuffle buffer: a pure function
+        of the shard files and the arguments. ``handler``: called with each damaged tar member's
+        exception instead of :meth:`tar_error`; it returns ``True`` to go on."""
+        epoch = self.epoch if epoch is None else int(epoch)
+        shards = self.shard_order(epoch, rank=rank, world=world, worker=worker, num_workers=num_workers)
+        if worker is None:
+            worker = getattr(get_worker_info(), "id", 0)
         wds = _webdataset()
-        pipeline = wds.DataPipeline(wds.SimpleShardList(self.shard_order()),
-                                    wds.tarfile_to_samples(handler=self._tar_error))
-        return iter(pipeline)
+        pipeline = wds.DataPipeline(wds.SimpleShardList(shards),
+                                    wds.tarfile_to_samples(handler=handler or self.tar_error))
+        return self._shuffled(iter(pipeline), epoch, worker)
 
-    def _shuffled(self, samples: Iterator[dict]) -> Iterator[dict]:
-        """``samples`` through a seeded shuffle buffer of raw (undecoded) samples."""
+    def _shuffled(self, samples: Iterator[dict], epoch: int, worker: int) -> Iterator[dict]:
+        """``samples`` through a shuffle buffer of raw (undecoded) samples seeded by (seed, epoch, worker)."""
         if self.shuffle_buffer <= 1:
             yield from samples
             return
-        rng = random.Random(f"{self.seed}-{self.epoch}-{getattr(get_worker_info(), 'id', 0)}")
+        rng = random.Random(f"{self.seed}-{epoch}-{worker}")
         buffer = []
         for sample in samples:
             buffer.append(sample)
@@ -181,7 +255,7 @@ class ShardDataset(IterableDataset):
         yield from buffer
 
     def __iter__(self):
-        for sample in self._shuffled(self._samples()):
-            out = self._decode(sample)
+        for sample in self.raw_samples():
+            out = self.decode(sample)
             if out is not None:
                 yield out
