@@ -5,9 +5,11 @@ over the prompt parameters — of a fastprompt learner and of its reference in
 ``fastprompt.reference`` on a random-weight open_clip model (default ViT-B-16) with ImageNet
 class names, round-robin, and reports medians and the ratio; a ratio below the case's target
 exits with status 1 (``--no-fail``: report only). ``--memory`` also measures each
-side's peak memory of one unit (after a warm-up) in a fresh subprocess: the peak RSS above the
-starting RSS on CPU, ``max_memory_allocated`` above the starting allocation on CUDA. Rows are
-appended to a CSV that names the device, the commit and the versions.
+side's peak memory of one unit (after a warm-up) in a fresh subprocess (``side_child.py``): the
+peak RSS above the starting RSS on CPU, ``max_memory_allocated`` above the starting allocation on
+CUDA. Rows are appended to a CSV that names the device, the commit and the versions.
+``bench/suite.py`` runs these cases together with their evaluation units, the attention providers
+and the scaling curves.
 
     python bench/bench_step.py                          # every case, CPU, 2 threads
     python bench/bench_step.py --cases coop cocoop --repeats 5 --memory
@@ -17,14 +19,12 @@ appended to a CSV that names the device, the commit and the versions.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import subprocess
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from timing import median, setup_threads, time_interleaved  # noqa: E402  (first: sets OMP_WAIT_POLICY)
-from memory import PeakRSS  # noqa: E402
+from side_child import Unit, run_side  # noqa: E402
 from report import add_report_arguments, common_fields, report_rows  # noqa: E402
 from step_cases import load_all  # noqa: E402
 
@@ -35,27 +35,8 @@ DEFAULT_CSV = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"
 
 def measure_memory(case: str, side: str, model_name: str, device: str, threads: int) -> int:
     """Peak memory of one unit of ``side`` in a fresh process (bytes)."""
-    out = subprocess.run([sys.executable, os.path.abspath(__file__), "--_memory-child", case, side,
-                          "--model", model_name, "--device", device, "--threads", str(threads)],
-                         check=True, capture_output=True, text=True)
-    return int(json.loads(out.stdout.strip().splitlines()[-1])["peak_bytes"])
-
-
-def memory_child(case: str, side: str, model_name: str, device: torch.device) -> None:
-    step = getattr(load_all()[case].build(model_name, device), side)
-    step()  # warm-up: optimizer state and allocator caches exist before measuring
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        base = torch.cuda.memory_allocated()
-        step()
-        torch.cuda.synchronize()
-        peak = torch.cuda.max_memory_allocated() - base
-    else:
-        with PeakRSS() as measured:
-            step()
-        peak = measured.peak_bytes
-    print(json.dumps({"peak_bytes": peak}))
+    unit = Unit("train", case, model=model_name, device=device, threads=threads)
+    return run_side(unit, side, repeats=0, budget_s=float("inf"), hard_limit_s=3600).peak_bytes
 
 
 def main(argv=None) -> int:
@@ -69,7 +50,6 @@ def main(argv=None) -> int:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--memory", action="store_true", help="also measure peak memory (subprocesses)")
     add_report_arguments(parser, DEFAULT_CSV)
-    parser.add_argument("--_memory-child", nargs=2, metavar=("CASE", "SIDE"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.list:
         for spec in cases.values():
@@ -78,9 +58,6 @@ def main(argv=None) -> int:
         return 0
     setup_threads(args.threads)
     device = torch.device(args.device)
-    if args._memory_child:
-        memory_child(args._memory_child[0], args._memory_child[1], args.model, device)
-        return 0
 
     from fastprompt.ops import resolve_backend
 

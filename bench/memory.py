@@ -1,4 +1,5 @@
-"""Peak resident memory of a code region on Linux (the CPU side of ``bench_step.py --memory``)."""
+"""Peak memory of a code region: resident memory on Linux (:class:`PeakRSS`), allocated memory on
+CUDA (:func:`measure_peak` picks by device)."""
 from __future__ import annotations
 
 import ctypes
@@ -34,3 +35,20 @@ class PeakRSS:
     def __exit__(self, *exc):
         self.peak_bytes = max(_status_kib("VmHWM") - self.start_kib, 0) * 1024
         return False
+
+
+def measure_peak(fn, device) -> int:
+    """Peak memory of one call of ``fn`` above what was in use before it (bytes): the peak RSS on
+    CPU (:class:`PeakRSS`), ``max_memory_allocated`` above the allocation on CUDA."""
+    import torch
+
+    if device.type != "cuda":
+        with PeakRSS() as measured:
+            fn()
+        return measured.peak_bytes
+    torch.cuda.synchronize(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    base = torch.cuda.memory_allocated(device)
+    fn()
+    torch.cuda.synchronize(device)
+    return torch.cuda.max_memory_allocated(device) - base

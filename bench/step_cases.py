@@ -6,11 +6,12 @@ reference's prompt values: by default one SGD step (zero_grad, loss, backward, s
 prompt parameters on ``images`` random images of the first ``classes`` ImageNet classes.
 ``CASES`` lists every case; ``build_step`` is the one builder they all go through, and a case
 states only how its method differs (constructor arguments, which reference module holds the
-prompts, another loss).
+prompts, another loss). ``bench/eval_cases.py`` builds the evaluation unit of the same cases
+from the same pair (:func:`build_pair`).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable, Dict, List, Optional
 
 import torch
@@ -51,20 +52,53 @@ class CaseSpec:
     classnames: Callable = lambda names: (names, (names,))
     # (learner, reference, images, labels) -> (fastprompt loss closure, reference loss closure)
     losses: Optional[Callable] = None
+    # The classifier depends on the image (CoCoOp): evaluation cannot compute class features once.
+    image_conditioned: bool = False
+    # Class count and batch are fixed by the case's layout (SoftCPT: 4 tasks x 25 classes, one image
+    # per task): the case does not scale.
+    fixed_layout: bool = False
 
     def build(self, model_name: str, device: torch.device) -> StepCase:
         return build_step(self, model_name, device)
 
+    def sized(self, classes: Optional[int] = None, images: Optional[int] = None, **kwargs) -> "CaseSpec":
+        """This case at another class count / batch size (``kwargs``: extra constructor arguments)."""
+        if self.fixed_layout and (classes not in (None, self.classes) or images not in (None, self.images)):
+            raise ValueError(f"case {self.name!r} has a fixed layout ({self.images} images x {self.classes} classes); "
+                             "scale a case with one class list (coop, cocoop, maple, rpp, ...) instead")
+        return replace(self, classes=self.classes if classes is None else classes,
+                       images=self.images if images is None else images, kwargs={**self.kwargs, **kwargs})
 
-def build_step(spec: CaseSpec, model_name: str, device: torch.device) -> StepCase:
-    """The learner and its reference on one random-weight ``model_name``, the learner loaded with
-    the reference's prompts (the reference seeded with 0), and one SGD closure for each side."""
+
+@dataclass
+class Pair:
+    """A learner and its reference on one model, the learner holding the reference's prompts."""
+    learner: torch.nn.Module
+    reference: torch.nn.Module
+    model: torch.nn.Module
+    images: torch.Tensor   # [images, 3, H, W] random
+    labels: torch.Tensor   # [images] in range(label_classes or classes)
+    info: Dict[str, object]
+
+
+def bench_model(model_name: str) -> torch.nn.Module:
+    """A random-weight open_clip ``model_name``, or ``"tiny"``: a 64-wide CLIP with 12 layers in each
+    tower (every case's prompt depth applies; a step takes milliseconds, for smoke runs)."""
+    from fastprompt.testing import random_clip, tiny_clip
+
+    if model_name == "tiny":
+        return tiny_clip(0, layers=12, vision_layers=12)
+    return random_clip(model_name)
+
+
+def build_pair(spec: CaseSpec, model_name: str, device: torch.device) -> Pair:
+    """The learner and its reference on one random-weight ``model_name`` (:func:`bench_model`), the
+    learner loaded with the reference's prompts (the reference seeded with 0), and one random batch."""
     import fastprompt
     import fastprompt.reference
-    from fastprompt.testing import random_clip
 
     learner_cls, reference_cls = getattr(fastprompt, spec.learner), getattr(fastprompt.reference, spec.reference)
-    model = random_clip(model_name).to(device)
+    model = bench_model(model_name).to(device)
     learner_classes, reference_args = spec.classnames(imagenet_classnames(spec.classes))
     make_learner = lambda: learner_cls.from_model(model, learner_classes, **spec.kwargs).to(device)
     learner = make_learner() if spec.from_learner else None
@@ -75,13 +109,21 @@ def build_step(spec: CaseSpec, model_name: str, device: torch.device) -> StepCas
         learner = make_learner()
     learner.load_original_state_dict(spec.state(reference).state_dict())
     images, labels = random_batch(model, spec.images, spec.label_classes or spec.classes, device=device)
+    info = dict(method=spec.reference.replace("Reference", "").lower(), images=spec.images, classes=spec.classes,
+                n_ctx=spec.n_ctx)
+    return Pair(learner, reference, model, images, labels, info)
+
+
+def build_step(spec: CaseSpec, model_name: str, device: torch.device) -> StepCase:
+    """One SGD closure for each side of :func:`build_pair`."""
+    pair = build_pair(spec, model_name, device)
+    learner, reference = pair.learner, pair.reference
     losses = spec.losses or (lambda learner, reference, images, labels: (
         lambda: learner.loss(images, labels), lambda: reference.loss(images, labels)))
-    fast_loss, ref_loss = losses(learner, reference, images, labels)
+    fast_loss, ref_loss = losses(learner, reference, pair.images, pair.labels)
     fast, ref = sgd_steps(fast_loss, learner.trainable_parameters(), ref_loss,
                           [p for p in spec.params(reference) if p.requires_grad])
-    return StepCase(fast, ref, dict(method=spec.reference.replace("Reference", "").lower(), images=spec.images,
-                                    classes=spec.classes, n_ctx=spec.n_ctx))
+    return StepCase(fast, ref, pair.info)
 
 
 def sgd_steps(fast_loss: Callable[[], torch.Tensor], fast_params: List[torch.Tensor],
@@ -99,7 +141,8 @@ def sgd_steps(fast_loss: Callable[[], torch.Tensor], fast_params: List[torch.Ten
 
 
 def random_batch(model, n_images: int, n_classes: int, seed: int = 0, device="cpu"):
-    size = model.visual.image_size[0]
+    size = model.visual.image_size
+    size = size[0] if isinstance(size, (tuple, list)) else size
     gen = torch.Generator().manual_seed(seed)
     images = torch.randn(n_images, 3, size, size, generator=gen).to(device)
     labels = torch.randint(0, n_classes, (n_images,), generator=gen).to(device)
@@ -107,9 +150,22 @@ def random_batch(model, n_images: int, n_classes: int, seed: int = 0, device="cp
 
 
 def imagenet_classnames(n: int) -> List[str]:
+    """The first ``n`` ImageNet-1K class names; past 1,000, the first WordNet lemma of each
+    ImageNet-21K synset in turn (timm's packaged tables, the ``full`` universe in wnid order), up to
+    1,000 + 21,841 names. Names may repeat (ImageNet-1K itself has two "crane"s): the benchmarks
+    measure cost, which does not depend on names being distinct."""
     from open_clip.zero_shot_metadata import IMAGENET_CLASSNAMES
 
-    return list(IMAGENET_CLASSNAMES[:n])
+    names = list(IMAGENET_CLASSNAMES[:n])
+    if n > len(names):
+        from fastprompt.data.imagenet21k_classes import build_class_table
+
+        more = [lemmas.split(", ")[0] for lemmas in build_class_table(universe="full").names]
+        if n > len(names) + len(more):
+            raise ValueError(f"{n} classes asked for; the ImageNet-1K and -21K names give at most "
+                             f"{len(names) + len(more)}")
+        names += more[:n - len(names)]
+    return names
 
 
 # ---- what differs per method ------------------------------------------------------------------
@@ -144,7 +200,7 @@ CASES: Dict[str, CaseSpec] = {spec.name: spec for spec in [
     CaseSpec("text", "CoOp text tower alone, fwd+bwd over 100 class prompts, 16 ctx", 8.0, "CoOpLearner",
              "ReferenceCoOp", 16, images=0, kwargs=dict(n_ctx=16), losses=_text_tower_losses),
     CaseSpec("cocoop", "CoCoOp step, 2 images x 100 classes, 4 ctx ('a photo of a')", 10.0, "CoCoOpLearner",
-             "ReferenceCoCoOp", 4, images=2, memory_target=5.0),
+             "ReferenceCoCoOp", 4, images=2, memory_target=5.0, image_conditioned=True),
     CaseSpec("maple", "MaPLe step, 4 images x 100 classes, 2 ctx ('a photo of a'), depth 9, both towers backward",
              3.0, "MaPLeLearner", "ReferenceMaPLe", 2, state=_whole),
     # The issue sets no PRE target; 5x is a regression floor (PRE's step is a CoOp step with a 4-token
@@ -167,7 +223,7 @@ CASES: Dict[str, CaseSpec] = {spec.name: spec for spec in [
     CaseSpec("softcpt", "SoftCPT-NATA step, 4 tasks x 25 classes, 4 images (one per task), 16 generated ctx", 5.0,
              "SoftCPTLearner", "ReferenceSoftCPT", 16, label_classes=25, state=_whole,
              params=lambda reference: reference.prompt_parameters(), classnames=_softcpt_classnames,
-             losses=_softcpt_losses),
+             losses=_softcpt_losses, fixed_layout=True),
 ]}
 
 

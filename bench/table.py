@@ -1,0 +1,181 @@
+"""The Markdown table the README includes, generated from the suite's CSVs (and the plots with it).
+
+``markdown`` turns one suite run (training steps, evaluation passes, attention providers) and one
+scaling run into Markdown that states the device, versions and commit measured and the command
+that reproduces it. Run alone, this file regenerates ``README_table.md`` and the plots from the
+last runs recorded in ``suite.csv`` / ``scaling.csv`` without measuring anything:
+
+    python bench/table.py                          # bench/results/{suite,scaling}.csv -> README_table.md, plots/
+    python bench/table.py --out /tmp/suite --suite-run 20261201T043900Z
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import List, Optional, Sequence
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from rows import Row, number, read_rows, select_run  # noqa: E402
+
+RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+TABLE_FILE = "README_table.md"
+
+
+def _fmt(value: Optional[float], unit: str = "", digits: int = 3) -> str:
+    return "—" if value is None else f"{value:.{digits}g}{unit}"
+
+
+def _mib(value: Optional[float]) -> str:
+    """Memory for a reader: MiB below 10 GiB, GiB above."""
+    if value is None:
+        return "—"
+    return f"{value / 1024:.1f} GiB" if abs(value) >= 10240 else f"{value:.4g} MiB"
+
+
+def _pick(rows: Sequence[Row], kind: str, case: str, side: str) -> Optional[Row]:
+    for row in rows:
+        if (row.get("kind"), str(row.get("case")), row.get("side")) == (kind, case, side):
+            return row
+    return None
+
+
+def provenance(rows: Sequence[Row], lead: str = "Measured") -> str:
+    """Where and with what the rows were measured: one sentence starting with ``lead``."""
+    row = rows[0]
+    commit = str(row.get("commit", ""))
+    short = commit[:10] + ("-dirty" if commit.endswith("-dirty") else "")
+    return (f"{lead} on **{row.get('device', '?')}**, {str(row.get('timestamp', ''))[:10]}, torch {row.get('torch', '?')}, "
+            f"python {row.get('python', '?')}, open_clip {row.get('open_clip', '?')}, fastprompt "
+            f"{row.get('fastprompt', '?')}, commit `{short}`; model {row.get('model', '?')} with random weights.")
+
+
+def steps_table(rows: Sequence[Row]) -> List[str]:
+    """Training step and evaluation per method, fastprompt vs reference."""
+    cases = list(dict.fromkeys(str(r["case"]) for r in rows if r.get("kind") in ("train", "eval")))
+    if not cases:
+        return []
+    lines = ["| case | training step fastprompt / reference | speed-up (target) | peak MiB fastprompt / reference "
+             "| eval images/s fastprompt / reference | eval speed-up |", "|---|---|---|---|---|---|"]
+    for case in cases:
+        tf, tr = _pick(rows, "train", case, "fastprompt"), _pick(rows, "train", case, "reference")
+        ef, er = _pick(rows, "eval", case, "fastprompt"), _pick(rows, "eval", case, "reference")
+        step = speedup = peak = ev = ev_x = "—"
+        if tf and tr:
+            step = f"{_fmt(number(tf, 'median_s'), ' s')} / {_fmt(number(tr, 'median_s'), ' s')}"
+            target = number(tf, "target")
+            speedup = _fmt(number(tf, "speedup"), "×") + (f" ({_fmt(target, '×')})" if target else "")
+            if number(tf, "peak_mb") is not None:
+                peak = (f"{_fmt(number(tf, 'peak_mb'), '', 4)} / {_fmt(number(tr, 'peak_mb'), '', 4)} "
+                        f"({_fmt(number(tf, 'memory_ratio'), '×')} less)")
+        if ef and er:
+            ev = f"{_fmt(number(ef, 'images_per_s'))} / {_fmt(number(er, 'images_per_s'))}"
+            ev_x = _fmt(number(ef, "speedup"), "×")
+        lines.append(f"| {case}: {(tf or ef)['description']} | {step} | {speedup} | {peak} | {ev} | {ev_x} |")
+    eval_row = next((r for r in rows if r.get("kind") == "eval"), None)
+    if eval_row:
+        lines.append("")
+        lines.append(f"Evaluation: {eval_row.get('eval_images')} images classified in batches of "
+                     f"{eval_row.get('eval_batch')}; fastprompt computes the class features once per test set, "
+                     "the reference runs its full text pass in every batch (CoCoOp: per image, both sides).")
+    return lines
+
+
+def attention_table(rows: Sequence[Row]) -> List[str]:
+    attention = [r for r in rows if r.get("kind") == "attention"]
+    if not attention:
+        return []
+    lines = ["| shape | mode | provider | time | vs eager (cat + SDPA) |", "|---|---|---|---|---|"]
+    for row in attention:
+        lines.append(f"| {row['case']} ({row.get('description', '')}) | {row['mode']} | {row['side']} | "
+                     f"{_fmt(1e3 * number(row, 'median_s'), ' ms')} | {_fmt(number(row, 'speedup'), '×')} |")
+    return lines
+
+
+def scaling_table(rows: Sequence[Row]) -> List[str]:
+    fits = [r for r in rows if r.get("status") == "fit"]
+    stops = {(str(r["case"]), r["axis"], r["side"]): r for r in rows if r.get("status") == "stopped"}
+    curves = list(dict.fromkeys((str(r["case"]), r["axis"], r["side"]) for r in rows if r.get("status") != "fit"))
+    if not curves:
+        return []
+    lines = ["| method | grows with | side | measured up to | cost per added class / image | memory per added "
+             "class / image | projected to 21,841 classes | stopped |", "|---|---|---|---|---|---|---|---|"]
+    for case, axis, side in curves:
+        measured = [r for r in rows if (str(r["case"]), r["axis"], r["side"]) == (case, axis, side)
+                    and r.get("status") == "measured"]
+        column = "classes" if axis == "classes" else "images"
+        reach = max((number(r, column) for r in measured), default=None)
+        fit = next((r for r in fits if (str(r["case"]), r["axis"], r["side"]) == (case, axis, side)), None)
+        cost = memory = projected = "—"
+        if fit:
+            cost = f"{_fmt(1e3 * number(fit, 'fit_s_per_unit'), ' ms')}"
+            memory = _mib(number(fit, "fit_mb_per_unit"))
+            if number(fit, "projected_s") is not None:
+                projected = f"{_fmt(number(fit, 'projected_s'), ' s')}, {_mib(number(fit, 'projected_mb'))}"
+        stop = stops.get((case, axis, side))
+        stopped = f"at {stop[column]}: {stop['reason']}" if stop else "no"
+        lines.append(f"| {case} | {'classes' if axis == 'classes' else 'batch'} | {side} | "
+                     f"{_fmt(reach, '', 6)} | {cost} | {memory} | {projected} | {stopped} |")
+    return lines
+
+
+def markdown(suite_rows: Sequence[Row], scaling_rows: Sequence[Row]) -> str:
+    """The whole generated section (no heading: the README gives it one)."""
+    parts = ["<!-- generated by bench/suite.py (or bench/table.py from its CSVs): edit those, not this -->"]
+    if suite_rows:
+        first = suite_rows[0]
+        parts += [provenance(suite_rows) + f" Medians of {first.get('repeats', '?')} interleaved runs; run "
+                  f"`{first.get('run_id', '')}`, reproduced by `{first.get('command', 'python bench/suite.py')}`.",
+                  ""]
+        parts += steps_table(suite_rows) + [""]
+        attention = attention_table(suite_rows)
+        if attention:
+            parts += ["Attention op, one layer:", ""] + attention + [""]
+    if scaling_rows:
+        parts += ["Scaling of the training step (least-squares line through the measured points; "
+                  f"{provenance(scaling_rows, 'measured')} Run "
+                  f"`{scaling_rows[0].get('run_id', '')}`, budget {_fmt(number(scaling_rows[0], 'budget_s'), ' s', 4)} "
+                  f"and {_mib(number(scaling_rows[0], 'memory_budget_mb'))} per side and point):", ""]
+        parts += scaling_table(scaling_rows) + [""]
+    return "\n".join(parts).rstrip() + "\n"
+
+
+def write_table(path: str, suite_rows: Sequence[Row], scaling_rows: Sequence[Row]) -> str:
+    from fastprompt.atomic_io import atomic_write_text
+
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    atomic_write_text(path, markdown(suite_rows, scaling_rows))
+    return path
+
+
+def load_runs(out_dir: str, suite_run: Optional[str] = None, scaling_run: Optional[str] = None):
+    """The selected (default: last) runs of ``out_dir/suite.csv`` and ``out_dir/scaling.csv`` (empty
+    when a file does not exist)."""
+    runs = []
+    for name, run in (("suite.csv", suite_run), ("scaling.csv", scaling_run)):
+        path = os.path.join(out_dir, name)
+        runs.append(select_run(read_rows(path), run) if os.path.exists(path) else [])
+    if not any(runs):
+        raise FileNotFoundError(f"neither suite.csv nor scaling.csv is in {out_dir}; run bench/suite.py first")
+    return runs
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", default=RESULTS, help="the folder holding suite.csv / scaling.csv")
+    parser.add_argument("--suite-run", help="run id in suite.csv (default: its last)")
+    parser.add_argument("--scaling-run", help="run id in scaling.csv (default: its last)")
+    parser.add_argument("--no-plots", action="store_true")
+    args = parser.parse_args(argv)
+    suite_rows, scaling_rows = load_runs(args.out, args.suite_run, args.scaling_run)
+    print(f"wrote {write_table(os.path.join(args.out, TABLE_FILE), suite_rows, scaling_rows)}")
+    if not args.no_plots:
+        from plots import write_plots
+
+        for line in write_plots(suite_rows, scaling_rows, args.out):
+            print(line)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
