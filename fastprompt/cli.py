@@ -38,6 +38,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .train.cli import add_train_parsers
 
     add_train_parsers(subparsers)  # fastprompt train|eval
+    from .train.pretrain_cli import add_pretrain_parser
+
+    add_pretrain_parser(subparsers)  # fastprompt pretrain
     from .train.protocol_cli import add_protocol_parsers
 
     add_protocol_parsers(subparsers)  # fastprompt run|results

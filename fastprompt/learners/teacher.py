@@ -183,8 +183,9 @@ class CLIPTeacher(nn.Module):
         if self.cache:
             from ..zero_shot import zero_shot_classifier
 
-            mean = zero_shot_classifier(self.clip, names, self.templates, tokenizer=self.tokenizer, batch_size=TEXT_CHUNK,
-                                        progress=True, cache=True, backend=self.text_tower.backend).t()
+            mean = zero_shot_classifier(self.clip, names, self.templates, tokenizer=self.tokenizer,
+                                        batch_size=TEXT_CHUNK, progress=True, cache=True,
+                                        backend=self.text_tower.backend).t()
         else:
             mean = mean_template_features(self.text_tower, self.tokenizer, names, self.templates, TEXT_CHUNK)
         if self.projection is not None:

@@ -17,7 +17,7 @@ import sys
 
 from ..cli_args import no_check, nonnegative_int
 
-__all__ = ["add_train_parsers", "resolve_args", "fail", "train_errors"]
+__all__ = ["add_train_parsers", "add_run_options", "resolve_args", "fail", "train_errors"]
 
 
 def train_errors():
@@ -25,6 +25,28 @@ def train_errors():
     from .errors import ConfigError, TrainError
 
     return (ConfigError, TrainError, DataError, FileNotFoundError)
+
+
+def add_run_options(p, seed_help: str = "run seed (default 1)") -> None:
+    """The options ``train`` and ``pretrain`` share: backbone, seed, precision, workers, device, resume or
+    overwrite, progress, and the trailing ``KEY VALUE`` overrides."""
+    p.add_argument("--model", metavar="NAME",
+                   help="open_clip architecture (default: the recipe's backbone, e.g. ViT-B/16 -> ViT-B-16); "
+                        "'tiny' = a few-layer random CLIP for smoke runs")
+    p.add_argument("--pretrained", metavar="TAG",
+                   help="open_clip pretrained tag or weights file (default openai); 'none' = random weights "
+                        "drawn from --seed")
+    p.add_argument("--seed", type=nonnegative_int, default=None, metavar="S", help=seed_help)
+    p.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default=None,
+                   help="TRAIN.PRECISION (default: from the method's PREC; fp32 on CPU)")
+    p.add_argument("--workers", type=nonnegative_int, default=None, metavar="N",
+                   help="DataLoader workers (DATALOADER.NUM_WORKERS)")
+    p.add_argument("--device", default=None, help="torch device (default: cuda when available)")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--resume", action="store_true", help="continue the run in --output-dir")
+    mode.add_argument("--overwrite", action="store_true", help="delete the run in --output-dir and start again")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("opts", nargs=argparse.REMAINDER, metavar="KEY VALUE", help="config overrides")
 
 
 def add_train_parsers(subparsers) -> None:
@@ -45,25 +67,10 @@ def add_train_parsers(subparsers) -> None:
     train.add_argument("--data", metavar="ROOT", help="folder holding the dataset folders (DATASET.ROOT)")
     train.add_argument("--dataset", metavar="NAME", help="dataset (CoOp folder or class name, imagefolder/csv/json)")
     train.add_argument("--output-dir", metavar="DIR", help="the run directory")
-    train.add_argument("--model", metavar="NAME",
-                       help="open_clip architecture (default: the recipe's backbone, e.g. ViT-B/16 -> ViT-B-16); "
-                            "'tiny' = a few-layer random CLIP for smoke runs")
-    train.add_argument("--pretrained", metavar="TAG",
-                       help="open_clip pretrained tag or weights file (default openai); 'none' = random weights "
-                            "drawn from --seed")
-    train.add_argument("--seed", type=nonnegative_int, default=None, metavar="S", help="run seed (default 1)")
     train.add_argument("--shots", type=nonnegative_int, default=None, metavar="K", help="images per class (DATASET.NUM_SHOTS)")
     train.add_argument("--subsample", choices=("all", "base", "new"), default=None,
                        help="base-to-novel class subset (DATASET.SUBSAMPLE_CLASSES)")
-    train.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default=None,
-                       help="TRAIN.PRECISION (default: from the method's PREC; fp32 on CPU)")
-    train.add_argument("--workers", type=nonnegative_int, default=None, metavar="N", help="DataLoader workers (DATALOADER.NUM_WORKERS)")
-    train.add_argument("--device", default=None, help="torch device (default: cuda when available)")
-    mode = train.add_mutually_exclusive_group()
-    mode.add_argument("--resume", action="store_true", help="continue the run in --output-dir")
-    mode.add_argument("--overwrite", action="store_true", help="delete the run in --output-dir and start again")
-    train.add_argument("--no-progress", action="store_true", help="no progress bar")
-    train.add_argument("opts", nargs=argparse.REMAINDER, metavar="KEY VALUE", help="config overrides")
+    add_run_options(train)
     train.set_defaults(func=_run_train, check=no_check, command_parser=train)
 
     ev = subparsers.add_parser(

@@ -113,8 +113,10 @@ METHODS: Dict[str, MethodSpec] = {s.method: s for s in [
                {**_k(BRANCHES="branches", DEPTH="depth", N_CTX="n_ctx", N_CTX_VISION="n_ctx_vision",
                      CTX_INIT="ctx_init", VARIANT="variant", RESIDUAL_ROW="residual_row", SHARED="shared",
                      TEACHER_TEMPLATES="teacher_templates", POMP="pomp",
-                     POMP_NUM_SAMPLED_CLASSES="pomp_num_sampled_classes", POMP_LOCAL_CORRECTION="pomp_local_correction"),
-                "INIT_STD": ("init_std", float), "KL_WEIGHT": ("kl_weight", float), "TEACHER_CACHE": ("teacher_cache", bool),
+                     POMP_NUM_SAMPLED_CLASSES="pomp_num_sampled_classes",
+                     POMP_LOCAL_CORRECTION="pomp_local_correction"),
+                "INIT_STD": ("init_std", float), "KL_WEIGHT": ("kl_weight", float),
+                "TEACHER_CACHE": ("teacher_cache", bool),
                 "TEMPERATURE": ("temperature", float)}, deep_vision=True),
 ]}
 
