@@ -194,15 +194,18 @@ def _softcpt_losses(learner, reference, images, labels):
 
 _whole = lambda reference: reference  # noqa: E731  (the prompts live in the reference itself)
 
+# Targets (fixed; never lowered after a measurement): whole training step vs the reference on a random-weight
+# ViT-B-16, augmentation on, no feature cache -- CoOp 10x, text tower alone 15x (its token-count floor is
+# about 17x), CoCoOp 15x with 1/10 of the reference's peak memory, MaPLe 4x, PromptSRC 3.5x, RPP both towers 4x.
 CASES: Dict[str, CaseSpec] = {spec.name: spec for spec in [
-    CaseSpec("coop", "CoOp step, 4 images x 100 classes, 16 ctx", 7.0, "CoOpLearner", "ReferenceCoOp", 16,
+    CaseSpec("coop", "CoOp step, 4 images x 100 classes, 16 ctx", 10.0, "CoOpLearner", "ReferenceCoOp", 16,
              kwargs=dict(n_ctx=16)),
-    CaseSpec("text", "CoOp text tower alone, fwd+bwd over 100 class prompts, 16 ctx", 8.0, "CoOpLearner",
+    CaseSpec("text", "CoOp text tower alone, fwd+bwd over 100 class prompts, 16 ctx", 15.0, "CoOpLearner",
              "ReferenceCoOp", 16, images=0, kwargs=dict(n_ctx=16), losses=_text_tower_losses),
-    CaseSpec("cocoop", "CoCoOp step, 2 images x 100 classes, 4 ctx ('a photo of a')", 10.0, "CoCoOpLearner",
-             "ReferenceCoCoOp", 4, images=2, memory_target=5.0, image_conditioned=True),
+    CaseSpec("cocoop", "CoCoOp step, 2 images x 100 classes, 4 ctx ('a photo of a')", 15.0, "CoCoOpLearner",
+             "ReferenceCoCoOp", 4, images=2, memory_target=10.0, image_conditioned=True),
     CaseSpec("maple", "MaPLe step, 4 images x 100 classes, 2 ctx ('a photo of a'), depth 9, both towers backward",
-             3.0, "MaPLeLearner", "ReferenceMaPLe", 2, state=_whole),
+             4.0, "MaPLeLearner", "ReferenceMaPLe", 2, state=_whole),
     # The issue sets no PRE target; 5x is a regression floor (PRE's step is a CoOp step with a 4-token
     # context plus an M-row encoder, measured 6-7x on a quiet 2-core CPU, like the CoOp case).
     CaseSpec("pre", "PRE step, 4 images x 100 classes, 'a photo of a' ctx, LSTM1 residual encoder", 5.0,
@@ -211,14 +214,14 @@ CASES: Dict[str, CaseSpec] = {spec.name: spec for spec in [
     # not part of a step; the reference takes the learner's instead of 60 full-length passes (tests
     # check both computations agree).
     CaseSpec("promptsrc", "PromptSRC step (full loss), 4 images x 100 classes, 4+4 ctx, depth 9+9, "
-             "both towers backward", 2.5, "PromptSRCLearner", "ReferencePromptSRC", 4,
+             "both towers backward", 3.5, "PromptSRCLearner", "ReferencePromptSRC", 4,
              from_learner=lambda learner: dict(fixed_embeddings=learner.zs_text_features), state=_whole,
              params=lambda reference: reference.parameters()),
     # The teacher's class features are a frozen constant computed once per class list on both sides;
     # the literal template encoding (7 x 100 full-length prompts) would only slow the set-up down.
     # Learner defaults: both towers, J = 9, M = 4.
     CaseSpec("rpp", "RPP step, both towers (J=9, 4+4 unshared q/k/v prompts) + KL to a zero-shot teacher, "
-             "4 images x 100 classes", 3.0, "RPPLearner", "ReferenceRPP", 4,
+             "4 images x 100 classes", 4.0, "RPPLearner", "ReferenceRPP", 4,
              from_learner=lambda learner: dict(teacher_text_features=learner.teacher.class_features)),
     CaseSpec("softcpt", "SoftCPT-NATA step, 4 tasks x 25 classes, 4 images (one per task), 16 generated ctx", 5.0,
              "SoftCPTLearner", "ReferenceSoftCPT", 16, label_classes=25, state=_whole,
