@@ -4,8 +4,8 @@
     learner = fastprompt.RPPLearner.from_open_clip("ViT-B-16", "openai", classnames)
 """
 from . import ops
-from .learners import (CLIPTeacher, CoCoOpConfig, CoCoOpLearner, CoOpConfig, CoOpLearner, KgCoOpConfig,
-                       KgCoOpLearner, MaPLeConfig, MaPLeLearner, POMPConfig, POMPLearner, POMPObjective,
+from .learners import (CLIPTeacher, CoCoOpConfig, CoCoOpLearner, CoOpConfig, CoOpLearner, ImageFeatures,
+                       KgCoOpConfig, KgCoOpLearner, MaPLeConfig, MaPLeLearner, POMPConfig, POMPLearner, POMPObjective,
                        PREConfig, PRELearner, PretrainedNotAvailableError, PromptLearner, PromptSRCConfig,
                        PromptSRCLearner, RPPConfig, RPPLearner, SoftCPTConfig, SoftCPTLearner, VPTConfig,
                        VPTLearner)
@@ -18,5 +18,5 @@ __all__ = [
     "MaPLeLearner", "MaPLeConfig", "PromptSRCLearner", "PromptSRCConfig", "VPTLearner", "VPTConfig",
     "KgCoOpLearner", "KgCoOpConfig", "PRELearner", "PREConfig", "SoftCPTLearner", "SoftCPTConfig",
     "RPPLearner", "RPPConfig", "POMPLearner", "POMPConfig", "POMPObjective", "CLIPTeacher",
-    "zero_shot_classifier",
+    "zero_shot_classifier", "ImageFeatures",
 ]

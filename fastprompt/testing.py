@@ -80,7 +80,14 @@ _LOW_PRECISION = dict(
     benchmark=(3e-2, "a benchmark's providers against eager on full-size shapes, in the dtype itself: a few "
                      "units of bf16's 2^-8 rounding accumulated over long rows"),
 )
-BF16 = Tolerances(torch.bfloat16, **_LOW_PRECISION)
+BF16 = Tolerances(
+    torch.bfloat16, **_LOW_PRECISION,
+    frozen_image=(2e-2, "image features of the frozen tower under bf16 autocast against fp32, relative "
+                        "(max over images of ||f_bf16 - f_fp32|| / ||f_fp32||): bf16 rounds every GEMM input to 8 "
+                        "mantissa bits (2^-9 relative); measured 0.95% on a random-weight ViT-B/16 and 0.68% on the "
+                        "tiny test model (2026-11-30), so 2% leaves a margin of two. The bf16 tests also ask for an "
+                        "error above 1e-4: a path that silently stayed in fp32 errs by under 1e-6"),
+)
 FP16 = Tolerances(torch.float16, **_LOW_PRECISION)
 
 TOLERANCES: Dict[torch.dtype, Tolerances] = {t.dtype: t for t in (FP32, FP64, BF16, FP16)}

@@ -22,16 +22,17 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
 import os
-from typing import Callable, Dict, Optional, Sequence
+from typing import Callable, Dict, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import nn
 
-__all__ = ["classifier_key", "text_tower_fingerprint", "cache_path", "load_classifier", "save_classifier"]
+from .keyed_file import read_keyed, write_keyed
 
-logger = logging.getLogger("fastprompt")
+__all__ = ["classifier_key", "text_tower_fingerprint", "tensors_fingerprint", "cache_path", "load_classifier",
+           "save_classifier"]
+
 _FORMAT = "1"
 
 
@@ -40,10 +41,16 @@ def text_tower_fingerprint(model: nn.Module) -> str:
     from .towers.text import _text_modules
 
     text = _text_modules(model)
+    return tensors_fingerprint([("token_embedding", text.token_embedding),
+                                ("positional_embedding", text.positional_embedding),
+                                ("transformer", text.transformer), ("ln_final", text.ln_final),
+                                ("text_projection", text.text_projection)])
+
+
+def tensors_fingerprint(parts: Sequence[Tuple[str, Union[nn.Module, torch.Tensor, None]]]) -> str:
+    """SHA-256 over the names, shapes, dtypes and bytes of ``parts``: ``(prefix, module or tensor)``
+    pairs (a module contributes its whole ``state_dict``; ``None`` parts are skipped)."""
     h = hashlib.sha256()
-    parts = [("token_embedding", text.token_embedding), ("positional_embedding", text.positional_embedding),
-             ("transformer", text.transformer), ("ln_final", text.ln_final),
-             ("text_projection", text.text_projection)]
     for prefix, part in parts:
         if part is None:
             continue
@@ -89,20 +96,9 @@ def cache_path(key: Dict[str, str], cache_root: Optional[str] = None) -> str:
 
 def load_classifier(path: str, key: Dict[str, str]) -> Optional[torch.Tensor]:
     """The cached ``[E, C]`` weights at ``path`` if they exist and carry ``key``; else ``None``."""
-    if not os.path.isfile(path):
-        return None
-    from safetensors import safe_open
-
-    try:
-        with safe_open(path, framework="pt") as f:
-            if f.metadata() != key:
-                logger.warning("fastprompt: zero-shot cache %s has other key fields; recomputing", path)
-                return None
-            weights = f.get_tensor("classifier")
-    except Exception as exc:  # noqa: BLE001 - any unreadable entry is recomputed, never trusted
-        logger.warning("fastprompt: cannot read the zero-shot cache %s (%s); recomputing", path, exc)
-        return None
-    if weights.dim() != 2 or weights.shape[1] != int(key["num_classes"]):
+    tensors = read_keyed(path, key, "zero-shot cache")
+    weights = None if tensors is None else tensors.get("classifier")
+    if weights is None or weights.dim() != 2 or weights.shape[1] != int(key["num_classes"]):
         return None
     return weights
 
@@ -110,14 +106,5 @@ def load_classifier(path: str, key: Dict[str, str]) -> Optional[torch.Tensor]:
 def save_classifier(path: str, weights: torch.Tensor, key: Dict[str, str]) -> None:
     """Write ``weights`` with ``key`` as metadata: temporary file, fsync, rename. A cache that
     cannot be written is skipped with a warning."""
-    from safetensors.torch import save_file
-
-    from .atomic_io import atomic_write
-
-    try:
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        atomic_write(path, lambda tmp: save_file({"classifier": weights.detach().to("cpu", torch.float32).contiguous()},
-                                                 tmp, metadata=key))
-    except OSError as exc:
-        logger.warning("fastprompt: cannot write the zero-shot cache %s (%s); set FASTPROMPT_CACHE to a writable "
-                       "folder", path, exc.strerror or exc)
+    write_keyed(path, {"classifier": weights.to(torch.float32)}, key, "zero-shot cache",
+                "set FASTPROMPT_CACHE to a writable folder")

@@ -2,6 +2,7 @@
 
     python train_job.py DATA_ROOT RUN_DIR [--resume] [--kill-at-step N | --kill-after-epoch N]
                         [--nan-at-call N]    (with torchrun: NaN loss on rank 1's N-th batch)
+                        [--set KEY VALUE ...] (more config overrides)
 
 CoOp on the generated ``dtd`` tree with the tiny random CLIP, 2 epochs of 6 batches, the
 resumable state every 2 steps. ``--kill-*`` makes the process SIGKILL itself right after that
@@ -20,12 +21,12 @@ OVERRIDES = ["OPTIM.MAX_EPOCH", "2", "DATALOADER.TRAIN_X.BATCH_SIZE", "4", "DATA
              "OPTIM.LR", "0.05", "OPTIM.WARMUP_EPOCH", "0"]
 
 
-def config(data_root):
+def config(data_root, extra=()):
     return resolve_config([("coop/vit_b16_ep50", load_recipe("coop/vit_b16_ep50"))],
                           arguments={"DATASET.ROOT": data_root, "DATASET.NAME": "dtd", "SEED": 3,
                                      "MODEL.BACKBONE.NAME": "tiny", "MODEL.BACKBONE.TAG": "none",
                                      "TRAIN.TENSORBOARD": False},
-                          overrides=OVERRIDES)
+                          overrides=OVERRIDES + list(extra))
 
 
 def main():
@@ -36,6 +37,7 @@ def main():
     ap.add_argument("--kill-at-step", type=int)
     ap.add_argument("--kill-after-epoch", type=int)
     ap.add_argument("--nan-at-call", type=int)
+    ap.add_argument("--set", nargs=2, action="append", default=[], metavar=("KEY", "VALUE"))
     a = ap.parse_args()
     if a.nan_at_call and os.environ.get("RANK") == "1":
         import fastprompt
@@ -54,7 +56,8 @@ def main():
                 (event == "epoch" and info["epoch"] + 1 == a.kill_after_epoch):
             os.kill(os.getpid(), signal.SIGKILL)
 
-    train_run(config(a.data), a.run_dir, resume=a.resume, callbacks=[killer], progress=False)
+    extra = [token for pair in a.set for token in pair]
+    train_run(config(a.data, extra), a.run_dir, resume=a.resume, callbacks=[killer], progress=False)
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 from .base import LEARNERS, LearnerConfig, PromptLearner
 from .pretrained import PretrainedNotAvailableError, load_open_clip
 from .cocoop import CoCoOpConfig, CoCoOpLearner
+from .image_features import ImageFeatures
 from .coop import CoOpConfig, CoOpLearner
 from .kgcoop import KgCoOpConfig, KgCoOpLearner
 from .maple import MaPLeConfig, MaPLeLearner
@@ -15,7 +16,7 @@ from .teacher import CLIPTeacher
 from .vpt import VPTConfig, VPTLearner
 
 __all__ = [
-    "PromptLearner", "LearnerConfig", "LEARNERS", "PretrainedNotAvailableError", "load_open_clip",
+    "PromptLearner", "LearnerConfig", "LEARNERS", "PretrainedNotAvailableError", "load_open_clip", "ImageFeatures",
     "CoOpLearner", "CoOpConfig", "CoCoOpLearner", "CoCoOpConfig",
     "MaPLeLearner", "MaPLeConfig", "PromptSRCLearner", "PromptSRCConfig", "VPTLearner", "VPTConfig",
     "KgCoOpLearner", "KgCoOpConfig", "PRELearner", "PREConfig", "SoftCPTLearner", "SoftCPTConfig",

@@ -46,6 +46,7 @@ class CoCoOpLearner(PromptLearner):
 
     method = "cocoop"
     config_class = CoCoOpConfig
+    frozen_image_side = True  # the meta-net reads encode_image's frozen features
 
     def __init__(self, model: nn.Module, classnames, config: CoCoOpConfig, **kwargs):
         super().__init__(model, classnames, config, **kwargs)

@@ -49,6 +49,7 @@ class CoOpLearner(PromptLearner):
 
     method = "coop"
     config_class = CoOpConfig
+    frozen_image_side = True  # images enter only through encode_image (also KgCoOp, PRE, POMP)
 
     def __init__(self, model: nn.Module, classnames, config: CoOpConfig, **kwargs):
         super().__init__(model, classnames, config, **kwargs)

@@ -87,6 +87,13 @@ class RPPLearner(PromptLearner):
     method = "rpp"
     config_class = RPPConfig
 
+    @property
+    def frozen_image_side(self) -> bool:
+        """Images enter only through the frozen tower: no vision prompts, and a teacher (if any)
+        that shares the student's image tower (so it reads the student's features)."""
+        return not self.prompt_vision and (self.teacher is None
+                                           or self.teacher.vision_tower.visual is self.vision_tower.visual)
+
     def __init__(self, model: nn.Module, classnames, config: RPPConfig, *, teacher=None,
                  teacher_projection=None, teacher_tokenizer=None, **kwargs):
         super().__init__(model, classnames, config, **kwargs)
@@ -272,6 +279,7 @@ class RPPLearner(PromptLearner):
         """L2-normalised image features ``[B, E]`` (prompted when the vision branch is on)."""
         if not self.prompt_vision:
             return self.encode_image(images)
+        self._refuse_features(images)
         if self.config.shared:
             features = self.vision_tower(images, deep_prompts=list(self.vision_prompts.unbind(0)))
         else:

@@ -82,6 +82,7 @@ class SoftCPTLearner(PromptLearner):
 
     method = "softcpt"
     config_class = SoftCPTConfig
+    frozen_image_side = True  # images enter only through encode_image
 
     def __init__(self, model: nn.Module, tasks: TaskSpec, config: SoftCPTConfig, **kwargs):
         layout = TaskLayout.parse(tasks)

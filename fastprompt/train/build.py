@@ -98,6 +98,7 @@ def build_learner(cfg: Dict[str, Any], model, tokenizer, classnames, dataset_nam
     method = cfg["METHOD"]
     spec = METHODS[method]
     kwargs = learner_kwargs(method, cfg["TRAINER"][spec.section], dataset_class)
+    kwargs["frozen_image_precision"] = str(cfg["TRAIN"].get("FROZEN_IMAGE_PRECISION") or "fp32").lower()
     cls = getattr(fastprompt, spec.learner)
     target = {dataset_name: list(classnames)} if method == "softcpt" else list(classnames)
     try:

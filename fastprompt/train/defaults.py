@@ -73,6 +73,17 @@ FASTPROMPT_KEYS: Dict[str, Any] = {
     "TRAIN.MAX_STEPS": (0, "stop after N optimizer steps (0 = run every epoch); for smoke runs"),
     "TRAIN.TENSORBOARD": (True, "write TensorBoard events when the tensorboard package is installed"),
     "TRAIN.DEVICE": ("", "torch device; empty = cuda when available, else cpu"),
+    # the image side (fastprompt.train.feature_setup)
+    "TRAIN.FEATURE_CACHE": ("", "frozen image features computed once and reused (text-prompt methods): 'all' = "
+                                "training and evaluation (needs a deterministic training view: INPUT.TRANSFORMS "
+                                "['normalize'] or TRAIN.FEATURE_CACHE_VIEWS), 'eval' = the val/test splits only, "
+                                "'' = off"),
+    "TRAIN.FEATURE_CACHE_DIR": ("", "also keep cached features on disk in this folder ('default': <fastprompt "
+                                    "cache>/image_features), reused by later runs; empty = memory only"),
+    "TRAIN.FEATURE_CACHE_VIEWS": (0, "V >= 1: train on V seeded augmented views per image drawn once, each epoch "
+                                     "picking one (cacheable); 0 = the training transform as it is"),
+    "TRAIN.FROZEN_IMAGE_PRECISION": ("fp32", "the frozen image tower: fp32, or bf16 autocast (about 1% feature "
+                                             "error, 2-3x faster where the hardware has bf16 matrix units)"),
     # fastprompt pretrain (ImageNet-21K prompt pretraining, fastprompt.train.pretrain)
     "TRAIN.OBJECTIVE": ("auto", "pomp/rpp pretraining: full (exact softmax over every class), local (POMP's "
                                 "sampled local contrast), auto (full when the step fits in memory)"),

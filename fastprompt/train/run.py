@@ -21,7 +21,8 @@ from . import distributed
 from .build import build_learner, build_model, load_data, set_random_seed
 from .config import dump_yaml, flatten, read_yaml, resolve_config
 from .errors import ConfigError, TrainError
-from .precision import resolve_precision
+from .feature_setup import build_feature_cache, feature_settings, training_data
+from .precision import Precision, resolve_precision
 from .schedule import schedule_from_config
 from .state import STATE_FILE, load_state, write_json, write_text
 from .trainer import Trainer, TrainSettings
@@ -35,7 +36,7 @@ RUN_FILES = ("config.yaml", "env.txt", "log.txt", "metrics.jsonl", STATE_FILE, "
              "pretrain.json", "classes.json", "classnames.txt", "transfer")
 # Keys that may differ between a run's saved configuration and the one given with --resume.
 _RESUME_FREE = ("OUTPUT_DIR", "RESUME", "DATASET.ROOT", "DATALOADER.NUM_WORKERS", "TRAIN.DEVICE", "TRAIN.TENSORBOARD",
-                "TRAIN.PRINT_FREQ")
+                "TRAIN.PRINT_FREQ", "TRAIN.FEATURE_CACHE_DIR")
 
 
 def run_status(run_dir: str) -> str:
@@ -166,6 +167,7 @@ def train_run(cfg: Dict[str, Any], run_dir: str, *, resume: bool = False, overwr
     model, tokenizer, model_name, pretrained = build_model(cfg, device)
     dataset, train_tf, test_tf = load_data(cfg, model)
     precision, why = resolve_precision(cfg["TRAIN"]["PRECISION"], cfg["TRAINER"][_section(cfg)].get("PREC"), device)
+    features = feature_settings(cfg, device)
     if rank == 0 and saved is None:
         write_run_header(cfg, run_dir)
     distributed.barrier()
@@ -180,17 +182,30 @@ def train_run(cfg: Dict[str, Any], run_dir: str, *, resume: bool = False, overwr
         aggregator = GaussianPromptAggregation.from_learner(learner, epochs=int(cfg["OPTIM"]["MAX_EPOCH"]))
     identity = {"method": cfg["METHOD"], "model": model_name, "pretrained": pretrained,
                 "classnames": list(dataset.classnames), "seed": int(cfg["SEED"])}
-    trainer = Trainer(learner, ImageDataset(dataset.train, train_tf), run_settings(cfg, world, progress), cfg["OPTIM"],
-                      schedule_from_config(cfg["OPTIM"]), precision=precision, device=device, run_dir=run_dir,
+    settings = run_settings(cfg, world, progress)
+    train_data = training_data(dataset.train, train_tf, features, settings.seed)
+    cache = build_feature_cache(features, learner, device, Precision(precision, device).autocast,
+                                settings.test_batch_size, settings.num_workers)
+    batches = (cache.train_batches(train_data, settings.batch_size, settings.seed, rank, world)
+               if features.mode == "all" else None)
+    trainer = Trainer(learner, train_data, settings, cfg["OPTIM"], schedule_from_config(cfg["OPTIM"]),
+                      precision=precision, device=device, run_dir=run_dir,
                       val_data=ImageDataset(dataset.val, test_tf) if dataset.val else None,
                       test_data=ImageDataset(dataset.test, test_tf), n_classes=len(dataset.classnames),
-                      identity=identity, aggregator=aggregator, callbacks=callbacks)
+                      identity=identity, aggregator=aggregator, callbacks=callbacks, batches=batches,
+                      feature_cache=cache)
+    if cache is not None:
+        cache.log = trainer.records.log
     try:
         rec = trainer.records
         rec.log(f"{cfg['METHOD']} on {dataset.name} ({len(dataset.classnames)} classes, {len(dataset.train)} training "
                 f"images, shots {dataset.shots}, subsample {dataset.subsample}), backbone {model_name} "
                 f"({pretrained or 'random weights'}), seed {cfg['SEED']}, {world} process(es) on {device}, precision "
                 f"{precision} ({why})")
+        if features.mode or features.views or features.precision != "fp32":
+            kept = f"{features.mode} ({features.folder or 'in memory'})" if features.mode else "off"
+            rec.log(f"image side: feature cache {kept}, {features.views or 'no'} fixed views per training image, "
+                    f"frozen image tower in {features.precision}")
         state_path = os.path.join(run_dir, STATE_FILE)
         if resume and os.path.isfile(state_path):
             trainer.resume(state_path)

@@ -102,7 +102,10 @@ class Trainer:
             epoch's checkpoint).
         batches: the batch source (:mod:`fastprompt.train.batches`); default: ``train_data`` in
             the seeded order of :class:`~fastprompt.train.batches.MapBatches`. A stream
-            (WebDataset shards) keeps its position in the resumable state.
+            (WebDataset shards) keeps its position in the resumable state; a feature-cached run
+            passes :meth:`FeatureCache.train_batches <fastprompt.train.feature_cache.FeatureCache.train_batches>`.
+        feature_cache: a :class:`~fastprompt.train.feature_cache.FeatureCache`: the val and test
+            splits are evaluated on their cached frozen features (computed once, not per evaluation).
     """
 
     def __init__(self, learner, train_data: Dataset, settings: TrainSettings, optim: Dict[str, Any],
@@ -110,7 +113,8 @@ class Trainer:
                  run_dir: Optional[str] = None, val_data: Optional[Dataset] = None,
                  test_data: Optional[Dataset] = None, n_classes: Optional[int] = None,
                  identity: Optional[Dict[str, Any]] = None, aggregator=None,
-                 callbacks: Sequence[Callable] = (), records: Optional[RunRecords] = None, batches=None):
+                 callbacks: Sequence[Callable] = (), records: Optional[RunRecords] = None, batches=None,
+                 feature_cache=None):
         self.learner = learner
         self.settings = settings
         self.schedule = schedule
@@ -129,6 +133,7 @@ class Trainer:
         self.optimizer = build_optimizer(self.params, optim)
         self.precision = Precision(precision, self.device)
         self.train_data = train_data
+        self.feature_cache = feature_cache
         self.batches = batches if batches is not None else MapBatches(
             train_data, settings.batch_size, settings.seed, self.rank, self.world,
             num_workers=settings.num_workers, pin_memory=self.device.type == "cuda")
@@ -206,6 +211,8 @@ class Trainer:
         return self.skipped_before + int(getattr(self.train_data, "skipped", 0) or 0)
 
     def _eval_batches(self, data: Dataset):
+        if self.feature_cache is not None:
+            return self.feature_cache.eval_batches(data, self.settings.test_batch_size, self.rank, self.world)
         indices = list(range(self.rank, len(data), self.world))
         subset = torch.utils.data.Subset(data, indices)
         return DataLoader(subset, batch_size=self.settings.test_batch_size, shuffle=False,
