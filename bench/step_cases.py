@@ -41,6 +41,7 @@ class CaseSpec:
     memory_target: Optional[float] = None  # required memory ratio, or None
     label_classes: Optional[int] = None    # labels drawn from range(label_classes), default range(classes)
     kwargs: Dict[str, object] = field(default_factory=dict)  # to both constructors
+    learner_kwargs: Dict[str, object] = field(default_factory=dict)  # to fastprompt's learner only (options)
     # The reference takes constants the learner computes once at construction (then the learner is
     # built first): learner -> extra reference keyword arguments.
     from_learner: Optional[Callable] = None
@@ -100,7 +101,8 @@ def build_pair(spec: CaseSpec, model_name: str, device: torch.device) -> Pair:
     learner_cls, reference_cls = getattr(fastprompt, spec.learner), getattr(fastprompt.reference, spec.reference)
     model = bench_model(model_name).to(device)
     learner_classes, reference_args = spec.classnames(imagenet_classnames(spec.classes))
-    make_learner = lambda: learner_cls.from_model(model, learner_classes, **spec.kwargs).to(device)
+    make_learner = lambda: learner_cls.from_model(model, learner_classes, **spec.kwargs,  # noqa: E731
+                                                  **spec.learner_kwargs).to(device)
     learner = make_learner() if spec.from_learner else None
     extra = spec.from_learner(learner) if spec.from_learner else {}
     torch.manual_seed(0)
@@ -200,6 +202,11 @@ _whole = lambda reference: reference  # noqa: E731  (the prompts live in the ref
 CASES: Dict[str, CaseSpec] = {spec.name: spec for spec in [
     CaseSpec("coop", "CoOp step, 4 images x 100 classes, 16 ctx", 10.0, "CoOpLearner", "ReferenceCoOp", 16,
              kwargs=dict(n_ctx=16)),
+    # The same step with the frozen image tower under bf16 autocast (an option, off by default: 0.9-1% feature
+    # error against fp32), on hardware that multiplies in bf16; the target is the CoOp step's.
+    CaseSpec("coop_bf16img", "CoOp step as 'coop', frozen image tower in bf16 (frozen_image_precision='bf16')", 10.0,
+             "CoOpLearner", "ReferenceCoOp", 16, kwargs=dict(n_ctx=16),
+             learner_kwargs=dict(frozen_image_precision="bf16")),
     CaseSpec("text", "CoOp text tower alone, fwd+bwd over 100 class prompts, 16 ctx", 15.0, "CoOpLearner",
              "ReferenceCoOp", 16, images=0, kwargs=dict(n_ctx=16), losses=_text_tower_losses),
     CaseSpec("cocoop", "CoCoOp step, 2 images x 100 classes, 4 ctx ('a photo of a')", 15.0, "CoCoOpLearner",
