@@ -55,12 +55,14 @@ def class_names(n: int, seed: int = 0):
     return names if n == len(names) else random.Random(seed).sample(names, n)
 
 
-def packed_tokens(tokenizer, names) -> int:
-    """Tokens one full-vocabulary step runs: the packed suffixes plus the shared prefix once."""
+def packed_tokens(tokenizer, names):
+    """``(tokens, padded)`` of one full-vocabulary step: the packed suffixes plus the shared prefix
+    once, and the same with the suffixes' rows in the padded attention layout (its length buckets)."""
     from fastprompt.learners.prompts import context_template, coop_plan
 
     plan = coop_plan(tokenizer, names, context_template(tokenizer, N_CTX))
-    return plan.n_tokens + plan.prefix_len * plan.n_groups
+    prefix = plan.prefix_len * plan.n_groups
+    return plan.n_tokens + prefix, plan.padded_tokens + prefix
 
 
 def measure(fn, device, repeats: int):
@@ -131,7 +133,7 @@ def main(argv=None) -> int:
 
     t_fast, m_fast = measure(fast_step, device, args.repeats)
     t_ref, m_ref = measure(ref_step, device, args.repeats)
-    tok_fast = packed_tokens(tokenizer, names)
+    tok_fast, pad_fast = packed_tokens(tokenizer, names)
     tok_ref = (BATCH + args.sampled - 1) * 77
     rate_t_fast, rate_m_fast = t_fast / tok_fast, m_fast / tok_fast
     rate_t_ref, rate_m_ref = t_ref / tok_ref, m_ref / tok_ref
@@ -139,13 +141,14 @@ def main(argv=None) -> int:
     common = {**common_fields(device), "benchmark": "full_vocab_text_step", "model": "ViT-B-16 (random)",
               "n_ctx": N_CTX, "batch": BATCH, "backend": args.backend}
     rows = [{**common, "path": "fastprompt full vocabulary", "classes": args.classes, "tokens_per_step": tok_fast,
-             "seconds": round(t_fast, 3), "peak_mib": round(m_fast / 2**20, 1), "projected": False},
+             "seconds": round(t_fast, 3), "peak_mib": round(m_fast / 2**20, 1), "projected": False,
+             "padded_tokens": pad_fast},
             {**common, "path": f"original sampled K={args.sampled}", "classes": args.sampled,
              "tokens_per_step": tok_ref, "seconds": round(t_ref, 3), "peak_mib": round(m_ref / 2**20, 1),
-             "projected": False}]
+             "projected": False, "padded_tokens": tok_ref}]
     print(f"measured on {common['device']}:")
-    print(f"  fastprompt full vocabulary, {args.classes} classes: {tok_fast} tokens, {t_fast:.2f} s, "
-          f"peak {m_fast / 2**20:.0f} MiB")
+    print(f"  fastprompt full vocabulary, {args.classes} classes: {tok_fast} tokens ({pad_fast} in the padded "
+          f"attention layout), {t_fast:.2f} s, peak {m_fast / 2**20:.0f} MiB")
     print(f"  original sampled, K={args.sampled} (B+K-1={BATCH + args.sampled - 1} prompts x 77): {tok_ref} tokens, "
           f"{t_ref:.2f} s, peak {m_ref / 2**20:.0f} MiB")
 
@@ -155,19 +158,21 @@ def main(argv=None) -> int:
     if args.sampled != SAMPLED_K:
         rows.append({**common, "path": f"original sampled K={SAMPLED_K}", "classes": SAMPLED_K,
                      "tokens_per_step": tok_ref_k, "seconds": round(t_ref_k, 2), "peak_mib": round(m_ref_k / 2**20),
-                     "projected": True})
+                     "projected": True, "padded_tokens": tok_ref_k})
     print(f"original sampled K={SAMPLED_K}: {tok_ref_k} tokens, {t_ref_k:.1f} s, peak {m_ref_k / 2**20:.0f} MiB"
           + (" (projected per token)" if args.sampled != SAMPLED_K else ""))
     t_5000 = None
     for size in FULL_SIZES:
-        tok = tok_fast if size == args.classes else packed_tokens(tokenizer, class_names(size))
+        tok, pad = (tok_fast, pad_fast) if size == args.classes else packed_tokens(tokenizer, class_names(size))
         t = t_fast if size == args.classes else rate_t_fast * tok
         m = m_fast if size == args.classes else rate_m_fast * tok
         t_5000 = t if size == FULL_SIZES[0] else t_5000
         if size != args.classes:
             rows.append({**common, "path": "fastprompt full vocabulary", "classes": size, "tokens_per_step": tok,
-                         "seconds": round(t, 2), "peak_mib": round(m / 2**20), "projected": True})
-        print(f"full vocabulary {size} classes: {tok} tokens ({tok / tok_ref_k:.2f}x the original's K={SAMPLED_K}), "
+                         "seconds": round(t, 2), "peak_mib": round(m / 2**20), "projected": True,
+                         "padded_tokens": pad})
+        print(f"full vocabulary {size} classes: {tok} tokens ({tok / tok_ref_k:.2f}x the original's K={SAMPLED_K}; "
+              f"{pad} padded), "
               f"{t:.1f} s ({t / t_ref_k:.2f}x), peak {m / 2**20:.0f} MiB"
               + (" (projected per token)" if size != args.classes else ""))
     below = []

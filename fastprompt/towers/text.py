@@ -11,7 +11,11 @@ For a :class:`TextPlan` the tower
 
 This is exactly CLIP's causal text encoder read at EOT, with none of the rows that cannot reach
 an EOT feature computed. Dense layers (LN, projections, MLP) run on the packed ``[T, D]`` rows;
-only attention sees a padded ``[N, max_len]`` layout, masked with ``seqlens``.
+only attention sees a padded layout, masked with ``seqlens``: the plan's length buckets
+(:class:`~fastprompt.towers.text_plan.BucketRule`), one ``prompt_attention`` call each, every
+bucket padded only to its own longest sequence and reading the same per-layer prefix K/V block
+(``group`` per bucket). The buckets change the layout, not the values: every sequence attends to
+exactly its prefix and its own earlier tokens, as in one ``[N, max_len]`` block.
 """
 from __future__ import annotations
 
@@ -157,7 +161,7 @@ class TextTower:
                 override_start+M-1`` in layers ``0 .. J-1`` (RPP); see :meth:`_prompted_prefix_layer`.
         """
         plan = plan.to(self.device)
-        groups, p_len, n_seq, max_len = plan.n_groups, plan.prefix_len, plan.n_sequences, plan.max_len
+        groups, p_len = plan.n_groups, plan.prefix_len
         if prefix.shape[:2] != (groups, p_len):
             raise ValueError(f"prefix must have shape [G={groups}, P={p_len}, D], got {tuple(prefix.shape)}")
         if suffix.shape[0] != plan.n_tokens:
@@ -165,8 +169,7 @@ class TextTower:
         pos = self.text.positional_embedding.to(self.dtype)
         xp = prefix + pos[:p_len]
         xs = suffix + pos[plan.positions]
-        group = plan.group if groups > 1 else None
-        seqlens = plan.seqlens
+        buckets, pad_index, padded_rows = plan.buckets, plan.pad_index, plan.padded_tokens
         heads, head_dim = self.heads, self.width // self.heads
         prefix_prompts = self._check_prefix_prompts(prefix_prompts, prefix_overrides, override_start, p_len)
 
@@ -185,17 +188,21 @@ class TextTower:
                     op, _ = prompt_attention(qp, pk, pv, causal=True, return_lse=False, backend=self.backend)
                     xp = blk.add_mlp(blk.add_attention(xp, blk.attention_output(op)))
 
-            qkv = blk.qkv_fused(xs)  # [G*T, 3, H, d]: scattered to the padded layout for attention only
-            padded = qkv.new_zeros(n_seq * max_len, 3, heads, head_dim).index_copy(0, plan.pad_index, qkv)
-            qpad, kpad, vpad = padded.view(n_seq, max_len, 3, heads, head_dim).unbind(2)
-            o, _ = prompt_attention(qpad, kpad, vpad, pk, pv, group=group, causal=True, seqlens=seqlens,
-                                    return_lse=False, backend=self.backend)
-            o = o.reshape(n_seq * max_len, heads, head_dim)
+            qkv = blk.qkv_fused(xs)  # [T, 3, H, d]: scattered to the padded layout for attention only
+            padded = qkv.new_zeros(padded_rows, 3, heads, head_dim).index_copy(0, pad_index, qkv)
+            outs = []
+            for b in buckets:  # [n_b, length_b] each, padded to its own longest sequence
+                qb, kb, vb = padded[b.start:b.stop].view(b.n, b.length, 3, heads, head_dim).unbind(2)
+                ob, _ = prompt_attention(qb, kb, vb, pk, pv, group=b.group if groups > 1 else None, causal=True,
+                                         seqlens=b.seqlens, return_lse=False, backend=self.backend)
+                outs.append(ob.reshape(b.rows, heads, head_dim))
+            o = outs[0] if len(outs) == 1 else torch.cat(outs) if outs else qkv.new_zeros(0, heads, head_dim)
             if last:  # only the EOT rows are pooled: finish the block for them alone
-                rows = plan.pad_index[plan.eot_index]
+                rows = plan.derived("eot_pad_index")
                 xs = blk.add_mlp(blk.add_attention(xs[plan.eot_index], blk.attention_output(o[rows])))
             else:
-                xs = blk.add_mlp(blk.add_attention(xs, blk.attention_output(o[plan.pad_index])))
+                xs = blk.add_mlp(blk.add_attention(xs, blk.attention_output(o[pad_index])))
+            del padded, outs, o
         return self.project(xs)
 
     __call__ = forward
