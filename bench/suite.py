@@ -94,32 +94,37 @@ def main(argv=None) -> int:
     check_targets = opts.model == TARGET_MODEL and not opts.quick
     print(f"suite run {run_id} on {base['device']}: {', '.join(opts.parts)}; model {opts.model}"
           + ("" if check_targets else f" (targets are set for {TARGET_MODEL}: not checked)"), flush=True)
-    rows, below, notes = [], [], []
+    rows, notes, status = [], [], 0
+    suite_csv = os.path.join(opts.out, "suite.csv")
+
+    def keep(new, missed):
+        """Append a part's rows as soon as it is measured: a run stopped later keeps them."""
+        nonlocal rows, status
+        rows = rows + new
+        if new:
+            status = max(status, report_rows(suite_csv, uniform(new), missed, opts.no_fail))
+        elif missed:  # nothing measured, but something failed: say it and fail
+            print("failed: " + "; ".join(missed))
+            status = max(status, 0 if opts.no_fail else 1)
+
+    os.makedirs(opts.out, exist_ok=True)
     if "train" in opts.parts:
         from suite_steps import step_rows
 
-        new, missed = step_rows(cases, opts, base, check_targets)
-        rows, below = rows + new, below + missed
+        keep(*step_rows(cases, opts, base, check_targets))
     if "eval" in opts.parts:
         from suite_steps import eval_rows
 
-        new, missed = eval_rows(cases, opts, base)
-        rows, below = rows + new, below + missed
+        keep(*eval_rows(cases, opts, base))
     if "attention" in opts.parts:
         from suite_attention import attention_rows
 
         new, failures, left_out = attention_rows(opts, base)
-        rows, below, notes = rows + new, below + failures, notes + left_out
+        keep(new, failures)
+        notes += left_out
     scaling_rows = run_scaling(opts, run_id) if "scaling" in opts.parts else []
-
-    os.makedirs(opts.out, exist_ok=True)
     if scaling_rows:
-        path = os.path.join(opts.out, "scaling.csv")
-        report_rows(path, uniform(scaling_rows))
-    status = report_rows(os.path.join(opts.out, "suite.csv"), uniform(rows), below, opts.no_fail) if rows else 0
-    if not rows and below:  # nothing measured, but something failed: say it and fail
-        print("failed: " + "; ".join(below))
-        status = 0 if opts.no_fail else 1
+        report_rows(os.path.join(opts.out, "scaling.csv"), uniform(scaling_rows))
     for note in notes:
         print(note)
     write_outputs(opts, rows, scaling_rows)
