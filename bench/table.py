@@ -7,6 +7,7 @@ last runs recorded in ``suite.csv`` / ``scaling.csv`` without measuring anything
 
     python bench/table.py                          # bench/results/{suite,scaling}.csv -> README_table.md, plots/
     python bench/table.py --out /tmp/suite --suite-run 20261201T043900Z
+    python bench/table.py --readme README.md       # and into the README's bench-table block
 """
 from __future__ import annotations
 
@@ -148,6 +149,17 @@ def write_table(path: str, suite_rows: Sequence[Row], scaling_rows: Sequence[Row
     return path
 
 
+README_START, README_END = "<!-- bench table: start -->", "<!-- bench table: end -->"
+
+
+def include_in(readme: str, table: str) -> str:
+    """``readme`` (text) with the block between its bench-table markers replaced by ``table``."""
+    start, end = readme.find(README_START), readme.find(README_END)
+    if start < 0 or end < start:
+        raise ValueError(f"the README has no {README_START} ... {README_END} block to put the table in")
+    return readme[:start + len(README_START)] + "\n" + table + readme[end:]
+
+
 def load_runs(out_dir: str, suite_run: Optional[str] = None, scaling_run: Optional[str] = None):
     """The selected (default: last) runs of ``out_dir/suite.csv`` and ``out_dir/scaling.csv`` (empty
     when a file does not exist)."""
@@ -166,9 +178,18 @@ def main(argv=None) -> int:
     parser.add_argument("--suite-run", help="run id in suite.csv (default: its last)")
     parser.add_argument("--scaling-run", help="run id in scaling.csv (default: its last)")
     parser.add_argument("--no-plots", action="store_true")
+    parser.add_argument("--readme", metavar="README.md",
+                        help=f"also put the table into this README, between {README_START} and {README_END}")
     args = parser.parse_args(argv)
     suite_rows, scaling_rows = load_runs(args.out, args.suite_run, args.scaling_run)
     print(f"wrote {write_table(os.path.join(args.out, TABLE_FILE), suite_rows, scaling_rows)}")
+    if args.readme:
+        from fastprompt.atomic_io import atomic_write_text
+
+        with open(args.readme, encoding="utf-8") as f:
+            text = include_in(f.read(), markdown(suite_rows, scaling_rows))
+        atomic_write_text(args.readme, text)
+        print(f"wrote the table into {args.readme}")
     if not args.no_plots:
         from plots import write_plots
 

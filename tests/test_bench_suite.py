@@ -200,3 +200,12 @@ def test_plots_are_written_as_png(tmp_path):
     for name in names:
         with open(tmp_path / "plots" / name, "rb") as f:
             assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+def test_the_table_goes_between_the_readme_markers():
+    readme = f"# x\n\nbefore\n{table.README_START}\nold table\n{table.README_END}\nafter\n"
+    out = table.include_in(readme, "| new |\n")
+    assert out == f"# x\n\nbefore\n{table.README_START}\n| new |\n{table.README_END}\nafter\n"
+    assert table.include_in(out, "| newer |\n").count("| new") == 1  # replaced, not appended
+    with pytest.raises(ValueError, match="bench table"):
+        table.include_in("# no markers\n", "| t |\n")
