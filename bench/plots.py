@@ -46,9 +46,11 @@ def plot_speedup(rows: Sequence[Row], path: str) -> str:
     fig, ax = plt.subplots(figsize=(max(6, 1.1 * len(cases)), 4))
     width = 0.38
     for offset, kind, label in ((-width / 2, "train", "training step"), (width / 2, "eval", "evaluation")):
-        values = [_value(rows, kind, c, "fastprompt", "speedup") or 0.0 for c in cases]
-        bars = ax.bar([i + offset for i in range(len(cases))], values, width, label=label)
-        ax.bar_label(bars, fmt="%.1fx", fontsize=7)
+        values = [_value(rows, kind, c, "fastprompt", "speedup") for c in cases]
+        if not any(values):  # a part this run did not measure: no empty bars labelled 0.0x
+            continue
+        bars = ax.bar([i + offset for i in range(len(cases))], [v or 0.0 for v in values], width, label=label)
+        ax.bar_label(bars, labels=[f"{v:.1f}x" if v else "" for v in values], fontsize=7)
     targets = [_value(rows, "train", c, "fastprompt", "target") for c in cases]
     if any(targets):
         ax.scatter([i - width / 2 for i, t in enumerate(targets) if t], [t for t in targets if t], marker="_",
@@ -67,6 +69,9 @@ def plot_memory(rows: Sequence[Row], path: str) -> str:
     width = 0.38
     for ax, kind, title in ((axes[0], "train", "training step"), (axes[1], "eval", "evaluation")):
         cases = _cases(rows, kind)
+        if not cases:  # a part this run did not measure
+            ax.set_title(f"peak memory, {title}: not measured in this run", fontsize=9)
+            continue
         for offset, side in ((-width / 2, "fastprompt"), (width / 2, "reference")):
             values = [_value(rows, kind, c, side, "peak_mb") or 0.0 for c in cases]
             ax.bar([i + offset for i in range(len(cases))], values, width, label=side)
