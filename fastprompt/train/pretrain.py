@@ -171,9 +171,12 @@ def pretrain_run(cfg: Dict[str, Any], run_dir: str, *, resume: bool = False, ove
     learner = build_learner(cfg, model, tokenizer, data.classnames, "imagenet21k", None, model_name,
                             pretrained).to(device)
     views = int(cfg["DATALOADER"]["K_TRANSFORMS"])
-    resuming = saved is not None
-    mode, reason, record = _choose(cfg, learner, settings.batch_size * views, device, precision, world, run_dir,
-                                   resuming)
+    resuming = saved is not None  # known on rank 0, which also holds the run's records
+    decision = None
+    if rank == 0:  # one decision for every rank (another rank's free memory, or a file it cannot see, must
+        # not give it another objective)
+        decision = _choose(cfg, learner, settings.batch_size * views, device, precision, world, run_dir, resuming)
+    mode, reason, record = distributed.broadcast_object(decision)
     set_objective(learner, mode)
     if world > 1 and mode == "full":
         learner.shard_classes = True
