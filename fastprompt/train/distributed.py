@@ -16,7 +16,7 @@ from typing import List, Tuple
 import torch
 import torch.distributed as dist
 
-__all__ = ["init_from_env", "world", "is_main", "average_gradients", "gather_cat", "barrier", "broadcast_object",
+__all__ = ["init_from_env", "shutdown", "world", "is_main", "average_gradients", "gather_cat", "barrier", "broadcast_object",
            "all_gather_objects", "mean_over_ranks"]
 
 
@@ -31,11 +31,28 @@ def init_from_env(device: str = "") -> Tuple[int, int, torch.device]:
     if dev.type == "cuda" and dev.index is None:
         dev = torch.device("cuda", local)
     if size > 1 and not dist.is_initialized():
+        global _OWNED
         if dev.type == "cuda":
             torch.cuda.set_device(dev)
         dist.init_process_group(backend="nccl" if dev.type == "cuda" else "gloo")
+        _OWNED = True
     rank, size = world()
     return rank, size, dev
+
+
+_OWNED = False  # whether init_from_env started the process group (then shutdown() ends it)
+
+
+def shutdown() -> None:
+    """End of a run on every rank: wait for the others, then destroy the process group that
+    :func:`init_from_env` started (one the caller started is left alone). A rank that exits with
+    the group alive can abort at interpreter exit ("terminate called without an active exception")
+    while gloo's threads still run."""
+    global _OWNED
+    if _OWNED and dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+    _OWNED = False
 
 
 def world() -> Tuple[int, int]:

@@ -155,6 +155,7 @@ def pretrain_run(cfg: Dict[str, Any], run_dir: str, *, resume: bool = False, ove
     rank, world, device = distributed.init_from_env(cfg["TRAIN"]["DEVICE"])
     cfg, saved, done = open_run(cfg, run_dir, rank, resume, overwrite)
     if done is not None:
+        distributed.shutdown()
         return done
 
     model, tokenizer, model_name, pretrained = build_model(cfg, device)
@@ -208,6 +209,7 @@ def pretrain_run(cfg: Dict[str, Any], run_dir: str, *, resume: bool = False, ove
         transfer = _transfer(cfg, trainer, learner, test_tf, device, run_dir, method)
     finally:
         records.close()
+    distributed.shutdown()
     return {"test": test, "transfer": transfer, "objective": mode}
 
 

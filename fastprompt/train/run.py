@@ -161,6 +161,7 @@ def train_run(cfg: Dict[str, Any], run_dir: str, *, resume: bool = False, overwr
     rank, world, device = distributed.init_from_env(cfg["TRAIN"]["DEVICE"])
     cfg, saved, done = open_run(cfg, run_dir, rank, resume, overwrite)
     if done is not None:
+        distributed.shutdown()
         return done
 
     # model, data and precision first: a bad name, data root or precision fails before anything is written
@@ -209,9 +210,11 @@ def train_run(cfg: Dict[str, Any], run_dir: str, *, resume: bool = False, overwr
         state_path = os.path.join(run_dir, STATE_FILE)
         if resume and os.path.isfile(state_path):
             trainer.resume(state_path)
-        return trainer.fit()
+        result = trainer.fit()
     finally:
         trainer.records.close()
+    distributed.shutdown()
+    return result
 
 
 def _section(cfg: Dict[str, Any]) -> str:
