@@ -27,11 +27,14 @@ def _fsync_dir(directory: str) -> None:
         os.close(fd)
 
 
+TEMP_PREFIX = ".tmp-"  # temporary files are ".tmp-<random>-<target name>" beside their target
+
+
 def atomic_write(path: str, write: Callable[[str], None]) -> None:
     """Call ``write(tmp_path)``, fsync it and rename it over ``path``; the folder must exist.
     On any error the temporary file is removed and ``path`` is left as it was."""
     directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix="-" + os.path.basename(path))
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=TEMP_PREFIX, suffix="-" + os.path.basename(path))
     os.close(fd)
     try:
         write(tmp)

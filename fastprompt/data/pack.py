@@ -30,11 +30,11 @@ import logging
 import os
 import random
 import tarfile
-import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import Dict, List, Optional, Tuple
 
+from ..atomic_io import TEMP_PREFIX, atomic_write
 from .fewshot import sample_fewshot
 from .imagenet21k import SPLIT_FOLDERS, load_imagenet21k
 from .imagenet21k_classes import ClassTable, read_class_table
@@ -137,33 +137,28 @@ def _write_shard(out: str, index: int, base: str, rows: List[list], table: Class
                  n_corrupt: List[int]) -> dict:
     """Write one shard atomically; returns its state entry (``n_corrupt[0]``: the running count)."""
     final = os.path.join(out, SHARD_PATTERN.format(index))
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(final)}.", suffix=".tmp", dir=out)
     written, corrupt = 0, []
-    try:
-        with os.fdopen(fd, "wb") as f:
-            with tarfile.open(fileobj=f, mode="w", format=tarfile.USTAR_FORMAT) as tar:
-                for row, (sample, reason) in zip(rows, pool.map(lambda r: _load_sample(base, r), rows)):
-                    bar.update(1)
-                    if sample is None:
-                        corrupt.append(reason)
-                        n_corrupt[0] += 1
-                        logger.warning("fastprompt data pack: skipping %s", reason)
-                        bar.set_postfix(corrupt=n_corrupt[0], refresh=False)
-                        continue
-                    ext, data = sample
-                    rel, label = row
-                    key = f"{index:06d}_{written:05d}"
-                    _add(tar, f"{key}.{ext}", data)
-                    _add(tar, f"{key}.cls", str(label).encode("ascii"))
-                    _add(tar, f"{key}.wnid", table.wnids[label].encode("ascii"))
-                    written += 1
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, final)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+
+    def write(tmp: str) -> None:
+        nonlocal written
+        with open(tmp, "wb") as f, tarfile.open(fileobj=f, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+            for row, (sample, reason) in zip(rows, pool.map(lambda r: _load_sample(base, r), rows)):
+                bar.update(1)
+                if sample is None:
+                    corrupt.append(reason)
+                    n_corrupt[0] += 1
+                    logger.warning("fastprompt data pack: skipping %s", reason)
+                    bar.set_postfix(corrupt=n_corrupt[0], refresh=False)
+                    continue
+                ext, data = sample
+                rel, label = row
+                key = f"{index:06d}_{written:05d}"
+                _add(tar, f"{key}.{ext}", data)
+                _add(tar, f"{key}.cls", str(label).encode("ascii"))
+                _add(tar, f"{key}.wnid", table.wnids[label].encode("ascii"))
+                written += 1
+
+    atomic_write(final, write)  # a shard file is complete or absent
     return {"file": os.path.basename(final), "samples": written, "corrupt": corrupt,
             "bytes": os.path.getsize(final)}
 
@@ -172,7 +167,7 @@ def _start(out: str, args: PackArgs, overwrite: bool) -> Tuple[dict, ClassTable]
     """The plan of ``out``: read back (same arguments) or made now and written first."""
     os.makedirs(out, exist_ok=True)
     for name in os.listdir(out):  # temporary files of an interrupted shard
-        if name.startswith(".shard-") and name.endswith(".tmp"):
+        if name.startswith(TEMP_PREFIX) and name.endswith(".tar"):
             os.unlink(os.path.join(out, name))
     plan_path = os.path.join(out, PLAN_FILE)
     plan = None if overwrite else _read_json(plan_path)
