@@ -90,13 +90,18 @@ def _load_data(cfg: Dict[str, Any], train_tf, test_tf, batch: int, rank: int, wo
                             description=f"shards {ds['SHARDS']} ({len(data.shards)} shards, {total})")
     if not ds["ROOT"]:
         raise ConfigError("no data: pass --data ROOT (an ImageNet-21K-P tree) or --shards DIR (fastprompt data pack)")
-    shots = int(ds["NUM_SHOTS"])
-    shots = POMP_SHOTS if shots < 0 else shots
+    shots = _shots(cfg)
     d = load_imagenet21k(ds["ROOT"], shots=shots, seed=seed, universe=ds["UNIVERSE"])
     test = ImageDataset(d.test, test_tf) if d.test else None
     return PretrainData(d.class_table, ImageDataset(d.train, train_tf), None, test, test,
                         description=f"{d.root} ({len(d.train)} training images, {shots or 'all'} shots, "
                                     f"subset {d.fewshot_source})")
+
+
+def _shots(cfg: Dict[str, Any]) -> int:
+    """Images per class of the training subset: ``DATASET.NUM_SHOTS``, POMP's 16 when unset (Dassl's -1)."""
+    shots = int(cfg["DATASET"]["NUM_SHOTS"])
+    return POMP_SHOTS if shots < 0 else shots
 
 
 def set_objective(learner, mode: str) -> None:
@@ -229,8 +234,7 @@ def _transfer(cfg, trainer: Trainer, learner, test_tf, device, run_dir: str, met
                                   num_workers=trainer.settings.num_workers, autocast=trainer.precision.autocast,
                                   seed=int(cfg["SEED"]), run_dir=run_dir, log=trainer.records.log)
     if distributed.is_main() and results:
-        shots = int(cfg["DATASET"]["NUM_SHOTS"])
-        tables = transfer_tables(method, POMP_SHOTS if shots < 0 else shots, results, int(cfg["SEED"]))
+        tables = transfer_tables(method, _shots(cfg), results, int(cfg["SEED"]))
         out = write_tables(tables, os.path.join(run_dir, TRANSFER_DIR))
         write_json(os.path.join(run_dir, TRANSFER_DIR, "transfer.json"), results)
         for note in out["notes"]:
