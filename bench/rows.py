@@ -68,6 +68,18 @@ def select_run(rows: List[Row], run_id: Optional[str] = None) -> List[Row]:
     return [row for row in rows if str(row.get("run_id", "")) == wanted]
 
 
+def latest_per_kind(rows: List[Row], kinds: Iterable[str] = ("train", "eval", "attention")) -> List[Row]:
+    """For each of ``kinds``, the rows of the last run that measured it: a table stays whole when a
+    later run measured only some parts (e.g. ``--parts eval attention`` after a ``--parts train`` run)."""
+    picked: List[Row] = []
+    for kind in kinds:
+        of_kind = [row for row in rows if row.get("kind") == kind]
+        ids = run_ids(of_kind)
+        if ids:
+            picked += [row for row in of_kind if str(row.get("run_id", "")) == ids[-1]]
+    return picked
+
+
 def describe(row: Row) -> str:
     """A short name of what a row measured, e.g. ``train coop fastprompt 4x100``."""
     kind, case, side = (_text(row.get(c)) for c in ("kind", "case", "side"))

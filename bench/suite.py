@@ -44,7 +44,7 @@ if not torch.cuda.is_available():
 from compare import comparison_lines  # noqa: E402
 from plots import write_plots  # noqa: E402
 from report import common_fields, report_rows  # noqa: E402
-from rows import new_run_id, read_rows, select_run, uniform  # noqa: E402
+from rows import latest_per_kind, new_run_id, read_rows, select_run, uniform  # noqa: E402
 from scaling import add_scaling_arguments, run_scaling  # noqa: E402
 from step_cases import load_all  # noqa: E402
 from table import TABLE_FILE, write_table  # noqa: E402
@@ -135,13 +135,12 @@ def main(argv=None) -> int:
 
 def write_outputs(opts, rows, scaling_rows) -> None:
     """README_table.md and the plots, from this run's rows; a part not run this time is taken from the
-    last run in its CSV, so the table stays whole."""
-    def last_run(name):
-        path = os.path.join(opts.out, name)
-        return select_run(read_rows(path)) if os.path.exists(path) else []
-
-    suite_rows = rows or last_run("suite.csv")
-    scaling_rows = scaling_rows or last_run("scaling.csv")
+    last run in its CSV that measured it, so the table stays whole."""
+    suite_path, scaling_path = os.path.join(opts.out, "suite.csv"), os.path.join(opts.out, "scaling.csv")
+    earlier = latest_per_kind(read_rows(suite_path)) if os.path.exists(suite_path) else []
+    measured = {row.get("kind") for row in rows}
+    suite_rows = list(rows) + [row for row in earlier if row.get("kind") not in measured]
+    scaling_rows = scaling_rows or (select_run(read_rows(scaling_path)) if os.path.exists(scaling_path) else [])
     print(f"wrote {write_table(os.path.join(opts.out, TABLE_FILE), suite_rows, scaling_rows)}")
     if not opts.no_plots:
         for line in write_plots(suite_rows, scaling_rows, opts.out):

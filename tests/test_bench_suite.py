@@ -189,6 +189,23 @@ def test_load_runs_reads_the_last_runs_and_says_when_there_is_nothing(tmp_path):
     assert suite_rows == [] and len(scaling_rows) == len(scale)
 
 
+def test_the_table_takes_each_part_from_the_last_run_that_measured_it(tmp_path):
+    train_old = [step("train", "coop", side, 3.0, 5.0, run="r0") for side in ("fastprompt", "reference")]
+    train = [dict(step("train", "coop", side, 2.0, 7.0, run="r1"), command="python bench/suite.py --parts train")
+             for side in ("fastprompt", "reference")]
+    evals = [dict(step("eval", "coop", side, 1.0, 6.0, run="r2", eval_images=8, eval_batch=4, images_per_s=4.0),
+                  command="python bench/suite.py --parts eval") for side in ("fastprompt", "reference")]
+    report.append_csv(str(tmp_path / "suite.csv"), rows_mod.uniform(train_old + train + evals))
+    suite_rows, _ = table.load_runs(str(tmp_path))
+    assert [(r["kind"], r["run_id"]) for r in suite_rows] == [("train", "r1")] * 2 + [("eval", "r2")] * 2
+    text = table.markdown(suite_rows, [])
+    assert "Training steps measured on" in text and "run `r1`, reproduced by `python bench/suite.py --parts train`" in text
+    assert "Evaluation measured on" in text and "run `r2`, reproduced by `python bench/suite.py --parts eval`" in text
+    assert "| coop: coop step | 2 s / 2 s | 7× | — | 4 / 4 | 6× |" in text  # one line: r1's step, r2's eval
+    named, _ = table.load_runs(str(tmp_path), suite_runs=["r0"])
+    assert {r["run_id"] for r in named} == {"r0"}
+
+
 def test_plots_are_written_as_png(tmp_path):
     pytest.importorskip("matplotlib")
     import plots
