@@ -66,6 +66,45 @@ def test_float64_matches_the_naive_reference():
     assert_close_rel(lse, ref_lse, FP64.exact, "lse")
 
 
+# ---- the prompted ViT layers go to SDPA ------------------------------------------------------
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["fp32", "fp64"])
+def test_vit_layers_with_a_shared_block_match_the_naive_reference_through_sdpa(monkeypatch, dtype):
+    """Non-causal, full lengths, one batch-shared block, no lse: the keys and values are concatenated
+    and handed to SDPA (the kernels are not called); the results match float64 naive attention
+    (outputs) and the eager backend in float64 (gradients; the block's summed over the batch)."""
+    tensors, dout, _, kwargs = make_case("one", 37, 32, causal=False, ragged=False, dtype=dtype, n=4, heads=3,
+                                         n_prompt=5)
+    assert kwargs.get("group") is None and kwargs.get("seqlens") is None and not kwargs["causal"]
+
+    def no_kernels(args):
+        raise AssertionError("the C++ kernels ran for a shared-block ViT layer")
+    monkeypatch.setattr(cpp_backend, "_run_kernels", no_kernels)
+    leaves = [t.detach().clone().requires_grad_() for t in tensors]
+    out, lse = prompt_attention(*leaves, backend="cpu", return_lse=False, **kwargs)
+    assert lse is None and out.dtype == dtype
+    grads = torch.autograd.grad((out * dout.to(dtype)).sum(), leaves)
+    tol = FP64.exact if dtype == torch.float64 else FP32.parity
+    assert_close_rel(out, naive_prompt_attention(*tensors, **kwargs)[0], tol, "out")
+    # Gradients: the eager backend's score-level join (no concatenation) in float64, through autograd.
+    ref_leaves = [t.detach().double().requires_grad_() for t in tensors]
+    ref, _ = prompt_attention(*ref_leaves, backend="eager", **kwargs)
+    ref_grads = torch.autograd.grad((ref * dout.double()).sum(), ref_leaves)
+    for name, g, r in zip(GRAD_NAMES, grads, ref_grads):
+        assert_close_rel(g, r, tol, name)
+
+
+@pytest.mark.parametrize("change", ["causal", "lse", "ragged", "grouped"])
+def test_every_other_call_with_a_block_runs_the_kernels(monkeypatch, change):
+    calls = []
+    real = cpp_backend._run_kernels
+    monkeypatch.setattr(cpp_backend, "_run_kernels", lambda args: calls.append(1) or real(args))
+    tensors, _, _, kwargs = make_case("per_seq" if change == "grouped" else "one", 6, 16, causal=change == "causal",
+                                      ragged=change == "ragged", n=3)
+    prompt_attention(*tensors, backend="cpu", return_lse=change == "lse", **kwargs)
+    assert calls == [1]
+
+
 # ---- layouts, modes and options ---------------------------------------------------------------
 
 def test_head_dim_not_contiguous_is_handled():

@@ -13,7 +13,10 @@ and reduces dpk / dpv over every sequence of a group inside the kernel.
   handed to the eager backend.
 
 Calls without a prompt block that do not ask for the lse (the plain layers of both towers) go to
-``F.scaled_dot_product_attention`` like the eager backend: it is already a fused kernel there.
+``F.scaled_dot_product_attention`` like the eager backend: it is already a fused kernel there. On
+CPU, so do the non-causal calls with one batch-shared prompt block and no lse (the prompted ViT
+layers), with the block's keys and values placed in front of each sequence's own: there the fused
+kernel beats the C++ one.
 
 The extensions are loaded (built on first use if needed) by :mod:`fastprompt.jit`; the
 availability probes only look for a prebuilt module, a cached build, or a toolchain able to build
@@ -29,7 +32,7 @@ from typing import Optional, Tuple
 import torch
 
 from .. import jit
-from .eager import _sdpa_attention, eager_prompt_attention
+from .eager import _sdpa_attention, _sdpa_shared_prompt_attention, eager_prompt_attention
 from .registry import register_backend
 from .validation import AttentionArgs
 
@@ -105,10 +108,23 @@ def _run_kernels(args: AttentionArgs) -> Tuple[torch.Tensor, Optional[torch.Tens
     return out, (lse if args.return_lse else None)
 
 
+def shares_one_block_without_mask(args: AttentionArgs) -> bool:
+    """A non-causal call with full lengths reading one batch-shared prompt block, without the lse:
+    the prompted layers of a ViT image tower (deep vision prompts, MaPLe, PromptSRC, RPP)."""
+    return (args.pk is not None and args.group is None and not args.causal and args.seqlens is None
+            and not args.return_lse)
+
+
 def cpu_prompt_attention(args: AttentionArgs):
     """The ``cpu`` backend (see the module docstring)."""
     if args.pk is None and not args.return_lse:
         return _sdpa_attention(args), None
+    if shares_one_block_without_mask(args):
+        # ViT layers: ~200 own keys per sequence and a few prompt rows. SDPA's fused CPU kernel over the
+        # concatenated keys ran 1.2-1.8x faster (forward + backward) than the C++ kernel there on a
+        # 2-core CPU (batch 4 and 32 x 197 tokens, 4 or 16 prompts; L = 50); the C++ kernel keeps the
+        # short causal and grouped text layers, where it is 2-3x faster than the alternatives.
+        return _sdpa_shared_prompt_attention(args), None
     _load("cpu")
     return _run_kernels(args)
 

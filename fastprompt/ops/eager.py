@@ -60,6 +60,20 @@ def _sdpa_attention(args: AttentionArgs) -> torch.Tensor:
     return out.masked_fill(~row_valid[:, :, None, None], 0.0)
 
 
+def _sdpa_shared_prompt_attention(args: AttentionArgs) -> torch.Tensor:
+    """Non-causal attention over a batch-shared prompt block (``group is None``, ``pk [1, P, H, d]``)
+    and all ``L`` own keys, through one ``F.scaled_dot_product_attention`` call on keys and values with
+    the block placed in front of each sequence's own (``[N, P + L, H, d]``; no lse).
+
+    Without a causal mask or ragged lengths the order of the keys does not matter, so this is the op's
+    result; the copy costs ``P / (P + L)`` of the keys, a few percent for the prompted ViT layers."""
+    n = args.q.shape[0]
+    k = torch.cat([args.pk.expand(n, *args.pk.shape[1:]), args.k], dim=1)
+    v = torch.cat([args.pv.expand(n, *args.pv.shape[1:]), args.v], dim=1)
+    q, k, v = (t.transpose(1, 2) for t in (args.q, k, v))  # [N, H, len, d]
+    return F.scaled_dot_product_attention(q, k, v, scale=args.scale).transpose(1, 2)
+
+
 def _math_attention(args: AttentionArgs) -> Tuple[torch.Tensor, torch.Tensor]:
     """Scores, softmax and lse spelled out; the prompt block joins at the score level."""
     q, k, v = args.q, args.k, args.v
