@@ -12,13 +12,17 @@ reference's prompts):
   77-token text pass over every class in every batch (CoCoOp's: once per image).
 
 Before anything is timed the two sides' logits of the first batch must agree
-(:data:`AGREEMENT` relative error); the error is returned with the case.
+(:data:`AGREEMENT` relative error); the error is returned with the case. A case whose learner runs
+the frozen image tower in bf16 (``frozen_image_precision="bf16"``, an option that changes the image
+features by design) is checked in two parts: its logits on the fp32 image features against the
+reference's (:data:`AGREEMENT`), and its image features against fp32
+(``feature_error``, within ``fastprompt.testing.BF16.frozen_image``).
 Cases without images (the text-tower case) have no evaluation unit.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Dict, List
+from typing import Callable, Dict, List, Optional
 
 import torch
 
@@ -34,6 +38,7 @@ class EvalCase:
     reference: Callable[[], None]    # the same on the reference path
     info: Dict[str, object]          # shapes, written to the CSV
     rel_error: float                 # max relative error of the first batch's logits, fastprompt vs reference
+    feature_error: Optional[float] = None  # bf16 image tower only: max over images of |f - f_fp32| / |f_fp32|
 
 
 def has_eval(spec: CaseSpec) -> bool:
@@ -79,7 +84,14 @@ def build_eval(spec: CaseSpec, model_name: str, device: torch.device, n_images: 
 
     with torch.no_grad():
         classifier = None if spec.image_conditioned else learner.text_classifier()
-        error = max_rel_error(fast_logits(classifier, batches[0]).float(),
-                              _reference_logits(reference, batches[0]).float())
+        first, feature_error = batches[0], None
+        if getattr(learner.config, "frozen_image_precision", "fp32") == "bf16" and classifier is not None:
+            exact = pair.model.encode_image(first, normalize=True)  # fp32 features, as the reference's
+            feature_error = max(((f.float() - e).norm() / e.norm()).item()
+                                for f, e in zip(learner.image_features(first), exact))
+            logits = learner.logit_scale * exact @ classifier.to(exact.dtype).t()
+        else:
+            logits = fast_logits(classifier, first)
+        error = max_rel_error(logits.float(), _reference_logits(reference, first).float())
     info = dict(pair.info, eval_images=n_images, eval_batch=batch)
-    return EvalCase(fast, ref, info, error)
+    return EvalCase(fast, ref, info, error, feature_error)

@@ -15,6 +15,7 @@ from typing import Dict, List, Tuple
 import torch
 
 from eval_cases import AGREEMENT, build_eval, has_eval
+from fastprompt.testing import BF16
 from side_child import Unit, run_side
 from step_cases import CaseSpec
 from timing import median, time_interleaved
@@ -88,12 +89,18 @@ def eval_rows(cases: Dict[str, CaseSpec], opts,
         if not has_eval(spec):
             continue
         case = build_eval(spec, opts.model, device, opts.eval_images, opts.eval_batch)
+        extra = {"rel_error": f"{case.rel_error:.1e}"}
+        if case.feature_error is not None:
+            extra["feature_error"] = f"{case.feature_error:.1e}"
         pair = pair_rows("eval", spec, {"fastprompt": case.fastprompt, "reference": case.reference}, case.info,
-                         opts, base, {"rel_error": f"{case.rel_error:.1e}"})
+                         opts, base, extra)
         _print(pair)
         if not case.rel_error <= AGREEMENT:
             below.append(f"eval {spec.name} logits differ from the reference's: rel err {case.rel_error:.1e} > "
                          f"{AGREEMENT:.0e}")
+        if case.feature_error is not None and not case.feature_error <= BF16.frozen_image:
+            below.append(f"eval {spec.name} bf16 image features differ from fp32 by {case.feature_error:.1e} > "
+                         f"{BF16.frozen_image:.0e} ({BF16.why('frozen_image')})")
         rows += pair
     return rows, below
 
@@ -106,6 +113,8 @@ def _print(pair: List[Dict[str, object]]) -> None:
         line += f" (target >= {fast['target']}x)"
     if fast["kind"] == "eval":
         line += f"; {fast['images_per_s']:.2f} vs {ref['images_per_s']:.2f} images/s, logits rel err {fast['rel_error']}"
+        if fast.get("feature_error"):
+            line += f" (on fp32 image features; bf16 features {fast['feature_error']} off)"
     if "peak_mb" in fast:
         line += f"; peak {fast['peak_mb']:.0f} vs {ref['peak_mb']:.0f} MiB ({fast['memory_ratio']:.1f}x less)"
     print(line, flush=True)
