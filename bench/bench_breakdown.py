@@ -11,12 +11,20 @@ cases of ``step_cases.py`` this times, side by side in one process (round-robin 
   (``learner.frozen_features``): the text side and the loss alone;
 * ``reference``: the reference's whole step.
 
+* ``dense``: for the learners with one class-list plan (CoOp-style, and CoCoOp's, run once per
+  image on both sides), the text tower's dense layers alone -- in-projection, out-projection and
+  the two MLP matrices of every block, forward and backward to the input, nothing else -- over the
+  rows the packed text pass really has (packed suffix tokens plus the prefix rows), and
+  ``dense_ref`` the same over the reference's rows (classes x 77).
+
 The image tower computes the same GEMMs on both sides, so ``reference / image`` is an upper
 bound of the whole-step ratio even with a free text side, and ``reference / (image + text)`` is
-what the measured parts allow. Nothing here has a target; it explains the targets of
-``bench_step.py``.
+what the measured parts allow. Likewise the packed text pass cannot run faster than its own dense
+layers: ``reference / dense`` bounds the text tower's ratio, and ``dense_ref / dense`` (below
+the row ratio) is what the smaller GEMMs lose in throughput on the device. Nothing here has a
+target; it explains the targets of ``bench_step.py``.
 
-    OMP_WAIT_POLICY=PASSIVE python bench/bench_breakdown.py --cases coop cocoop promptsrc rpp
+    OMP_WAIT_POLICY=PASSIVE python bench/bench_breakdown.py --cases text coop cocoop promptsrc rpp
 """
 from __future__ import annotations
 
@@ -29,6 +37,36 @@ from timing import median, setup_threads, time_interleaved  # noqa: E402  (first
 from step_cases import CASES, build_pair, sgd_steps  # noqa: E402
 
 import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+
+def _dense_layers(model: torch.nn.Module, rows: int, device: torch.device):
+    """Forward and backward (to the input only: the weights are frozen) of the text tower's four dense
+    layers per block over ``rows`` rows -- the GEMMs any text pass over that many rows runs."""
+    blocks = model.transformer.resblocks
+    width = blocks[0].attn.in_proj_weight.shape[1]
+    x = torch.randn(rows, width, device=device, requires_grad=True)
+
+    def run():
+        h = x
+        for blk in blocks:
+            qkv = F.linear(h, blk.attn.in_proj_weight.detach(), blk.attn.in_proj_bias.detach())
+            h = F.linear(qkv[:, :width], blk.attn.out_proj.weight.detach(), blk.attn.out_proj.bias.detach())
+            h = F.linear(h, blk.mlp.c_fc.weight.detach(), blk.mlp.c_fc.bias.detach())
+            h = F.linear(h, blk.mlp.c_proj.weight.detach(), blk.mlp.c_proj.bias.detach())
+        h.sum().backward()
+        x.grad = None
+    return run
+
+
+def _text_rows(learner, reference, passes: int):
+    """(rows of the packed text pass, rows of the reference's) for a learner with one class-list plan
+    run ``passes`` times per step (CoCoOp: once per image, on both sides)."""
+    plan = getattr(learner, "plan", None)
+    tokens = getattr(reference, "tokenized_prompts", None)
+    if plan is None or tokens is None:
+        return None
+    return passes * (plan.n_tokens + plan.n_groups * plan.prefix_len), passes * tokens.numel()
 
 
 def _units(spec, model: str, device: torch.device):
@@ -36,9 +74,19 @@ def _units(spec, model: str, device: torch.device):
     learner, reference, images, labels = pair.learner, pair.reference, pair.images, pair.labels
     params = learner.trainable_parameters()
     ref_params = [p for p in spec.params(reference) if p.requires_grad]
-    step, ref_step = sgd_steps(lambda: learner.loss(images, labels), params, lambda: reference.loss(images, labels),
-                               ref_params)
+    if spec.losses is not None:
+        fast_loss, ref_loss = spec.losses(learner, reference, images, labels)
+    else:
+        fast_loss, ref_loss = (lambda: learner.loss(images, labels)), (lambda: reference.loss(images, labels))
+    step, ref_step = sgd_steps(fast_loss, params, ref_loss, ref_params)
     units = {"step": step, "reference": ref_step}
+    rows = _text_rows(learner, reference, spec.images if spec.image_conditioned else 1)
+    if rows is not None:
+        units["dense"], units["dense_ref"] = (_dense_layers(pair.model, n, device) for n in rows)
+        print(f"{spec.name}: dense layers over {rows[0]} packed rows vs the reference's {rows[1]} "
+              f"({rows[1] / rows[0]:.1f}x fewer rows)")
+    if not spec.images:
+        return units
     if getattr(learner, "frozen_image_side", False):
         units["image"] = lambda: learner.encode_image(images)
         features = learner.frozen_features(images)
@@ -57,8 +105,8 @@ def _units(spec, model: str, device: torch.device):
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--cases", nargs="+", default=["coop", "cocoop", "maple", "promptsrc", "rpp"],
-                        choices=[c for c in CASES if CASES[c].images], metavar="CASE")
+    parser.add_argument("--cases", nargs="+", default=["text", "coop", "cocoop", "maple", "promptsrc", "rpp"],
+                        choices=list(CASES), metavar="CASE")
     parser.add_argument("--model", default="ViT-B-16")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=2)
@@ -69,12 +117,22 @@ def main(argv=None) -> int:
     for name in args.cases:
         units = _units(CASES[name], args.model, device)
         t = {k: median(v) for k, v in time_interleaved(units, args.repeats, device).items()}
-        parts = f"image {t['image']:.3f} s" + (f", text {t['text']:.3f} s" if "text" in t else "")
-        known = t["image"] + t.get("text", 0.0)
-        measured = f", with the measured parts {t['reference'] / known:.1f}x" if "text" in t else ""
-        print(f"{name:10s} step {t['step']:.3f} s ({parts}; rest {max(t['step'] - known, 0.0):.3f} s), reference "
-              f"{t['reference']:.3f} s: speed-up {t['reference'] / t['step']:.1f}x; bound with a free text side "
-              f"{t['reference'] / t['image']:.1f}x{measured}")
+        line = f"{name:10s} step {t['step']:.3f} s, reference {t['reference']:.3f} s: speed-up " \
+               f"{t['reference'] / t['step']:.1f}x"
+        if "image" in t:
+            parts = f"image {t['image']:.3f} s" + (f", text {t['text']:.3f} s" if "text" in t else "")
+            known = t["image"] + t.get("text", 0.0)
+            measured = f", with the measured parts {t['reference'] / known:.1f}x" if "text" in t else ""
+            line += (f" ({parts}; rest {max(t['step'] - known, 0.0):.3f} s); bound with a free text side "
+                     f"{t['reference'] / t['image']:.1f}x{measured}")
+        if "dense" in t:
+            text_ref = t["reference"] - t.get("image", 0.0)
+            line += (f"; text dense layers {t['dense']:.3f} s vs {t['dense_ref']:.3f} s over the reference's rows "
+                     f"({t['dense_ref'] / t['dense']:.1f}x): the text side's ratio is at most "
+                     f"{text_ref / t['dense']:.1f}x")
+            if "image" in t:
+                line += f", the step's at most {t['reference'] / (t['image'] + t['dense']):.1f}x"
+        print(line)
     return 0
 
 
