@@ -69,14 +69,16 @@ def select_run(rows: List[Row], run_id: Optional[str] = None) -> List[Row]:
 
 
 def latest_per_kind(rows: List[Row], kinds: Iterable[str] = ("train", "eval", "attention")) -> List[Row]:
-    """For each of ``kinds``, the rows of the last run that measured it: a table stays whole when a
-    later run measured only some parts (e.g. ``--parts eval attention`` after a ``--parts train`` run)."""
+    """For each of ``kinds`` and each case, the rows of the last run that measured it: a table stays
+    whole when a later run measured only some parts or cases (``--parts eval --cases maple`` after a
+    full run), in the order the cases first appear."""
     picked: List[Row] = []
     for kind in kinds:
         of_kind = [row for row in rows if row.get("kind") == kind]
-        ids = run_ids(of_kind)
-        if ids:
-            picked += [row for row in of_kind if str(row.get("run_id", "")) == ids[-1]]
+        for case in dict.fromkeys(str(row.get("case")) for row in of_kind):
+            of_case = [row for row in of_kind if str(row.get("case")) == case]
+            last = run_ids(of_case)[-1]
+            picked += [row for row in of_case if str(row.get("run_id", "")) == last]
     return picked
 
 

@@ -134,12 +134,12 @@ def main(argv=None) -> int:
 
 
 def write_outputs(opts, rows, scaling_rows) -> None:
-    """README_table.md and the plots, from this run's rows; a part not run this time is taken from the
-    last run in its CSV that measured it, so the table stays whole."""
+    """README_table.md and the plots, from this run's rows; a part or case not run this time is taken
+    from the last run in its CSV that measured it, so the table stays whole."""
     suite_path, scaling_path = os.path.join(opts.out, "suite.csv"), os.path.join(opts.out, "scaling.csv")
-    earlier = latest_per_kind(read_rows(suite_path)) if os.path.exists(suite_path) else []
-    measured = {row.get("kind") for row in rows}
-    suite_rows = list(rows) + [row for row in earlier if row.get("kind") not in measured]
+    # This run's rows are already appended to suite.csv: its latest rows per part and case hold them, in
+    # the order the cases first appeared there.
+    suite_rows = latest_per_kind(read_rows(suite_path)) if os.path.exists(suite_path) else list(rows)
     scaling_rows = scaling_rows or (select_run(read_rows(scaling_path)) if os.path.exists(scaling_path) else [])
     print(f"wrote {write_table(os.path.join(opts.out, TABLE_FILE), suite_rows, scaling_rows)}")
     if not opts.no_plots:

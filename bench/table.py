@@ -168,8 +168,8 @@ def include_in(readme: str, table: str) -> str:
 
 def load_runs(out_dir: str, suite_runs: Optional[Sequence[str]] = None, scaling_run: Optional[str] = None):
     """The rows of ``out_dir/suite.csv`` and ``out_dir/scaling.csv`` (empty when a file does not exist):
-    the suite runs named in ``suite_runs``, by default for each part (train, eval, attention) the last
-    run that measured it; the scaling run ``scaling_run``, by default the last."""
+    the suite runs named in ``suite_runs``, by default for each part (train, eval, attention) and case
+    the last run that measured it; the scaling run ``scaling_run``, by default the last."""
     runs = []
     suite_path, scaling_path = os.path.join(out_dir, "suite.csv"), os.path.join(out_dir, "scaling.csv")
     if os.path.exists(suite_path):
@@ -188,7 +188,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default=RESULTS, help="the folder holding suite.csv / scaling.csv")
     parser.add_argument("--suite-run", nargs="+", metavar="RUN_ID", help="run ids in suite.csv (default: for each "
-                        "part, the last run that measured it)")
+                        "part and case, the last run that measured it)")
     parser.add_argument("--scaling-run", help="run id in scaling.csv (default: its last)")
     parser.add_argument("--no-plots", action="store_true")
     parser.add_argument("--readme", metavar="README.md",

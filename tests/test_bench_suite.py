@@ -206,6 +206,14 @@ def test_the_table_takes_each_part_from_the_last_run_that_measured_it(tmp_path):
     assert {r["run_id"] for r in named} == {"r0"}
 
 
+def test_a_rerun_of_some_cases_replaces_only_their_rows():
+    full = [step("train", case, side, 2.0, 7.0, run="r1") for case in ("coop", "maple", "rpp")
+            for side in ("fastprompt", "reference")]
+    maple = [step("train", "maple", side, 1.0, 9.0, run="r2") for side in ("fastprompt", "reference")]
+    picked = rows_mod.latest_per_kind(full + maple)
+    assert [(r["case"], r["run_id"]) for r in picked[::2]] == [("coop", "r1"), ("maple", "r2"), ("rpp", "r1")]
+
+
 def test_plots_are_written_as_png(tmp_path):
     pytest.importorskip("matplotlib")
     import plots
