@@ -9,6 +9,8 @@ cases of ``step_cases.py`` this times, side by side in one process (round-robin 
   (``learner.image_features(images).sum().backward()``) for the deep-vision learners;
 * ``text``: for the learners whose image side is frozen, the step on precomputed image features
   (``learner.frozen_features``): the text side and the loss alone;
+* ``teacher``: RPP with its vision branch: the teacher's frozen image forward (a second image-tower
+  pass, since the student's features are prompted; the reference runs it too);
 * ``reference``: the reference's whole step.
 
 * ``dense``: for the learners with one class-list plan (CoOp-style, and CoCoOp's, run once per
@@ -100,6 +102,11 @@ def _units(spec, model: str, device: torch.device):
                 p.grad = None
             learner.image_features(images).sum().backward()
         units["image"] = image_side
+    teacher = getattr(learner, "teacher", None)
+    if teacher is not None and getattr(learner, "prompt_vision", False):
+        # RPP with its vision branch: the teacher's frozen image forward is a second pass over the
+        # images (the student's are prompted), run by both sides.
+        units["teacher"] = torch.no_grad()(lambda: teacher.image_features(images))
     return units
 
 
@@ -120,18 +127,20 @@ def main(argv=None) -> int:
         line = f"{name:10s} step {t['step']:.3f} s, reference {t['reference']:.3f} s: speed-up " \
                f"{t['reference'] / t['step']:.1f}x"
         if "image" in t:
-            parts = f"image {t['image']:.3f} s" + (f", text {t['text']:.3f} s" if "text" in t else "")
-            known = t["image"] + t.get("text", 0.0)
+            images = t["image"] + t.get("teacher", 0.0)  # every image-tower pass: the same GEMMs on both sides
+            parts = f"image {t['image']:.3f} s" + (f", teacher image {t['teacher']:.3f} s" if "teacher" in t else "")
+            parts += f", text {t['text']:.3f} s" if "text" in t else ""
+            known = images + t.get("text", 0.0)
             measured = f", with the measured parts {t['reference'] / known:.1f}x" if "text" in t else ""
             line += (f" ({parts}; rest {max(t['step'] - known, 0.0):.3f} s); bound with a free text side "
-                     f"{t['reference'] / t['image']:.1f}x{measured}")
+                     f"{t['reference'] / images:.1f}x{measured}")
         if "dense" in t:
-            text_ref = t["reference"] - t.get("image", 0.0)
+            text_ref = t["reference"] - t.get("image", 0.0) - t.get("teacher", 0.0)
             line += (f"; text dense layers {t['dense']:.3f} s vs {t['dense_ref']:.3f} s over the reference's rows "
                      f"({t['dense_ref'] / t['dense']:.1f}x): the text side's ratio is at most "
                      f"{text_ref / t['dense']:.1f}x")
             if "image" in t:
-                line += f", the step's at most {t['reference'] / (t['image'] + t['dense']):.1f}x"
+                line += f", the step's at most {t['reference'] / (images + t['dense']):.1f}x"
         print(line)
     return 0
 
