@@ -30,13 +30,14 @@ def add_report_arguments(parser: argparse.ArgumentParser, default_csv: str) -> N
 
 @functools.lru_cache(maxsize=None)
 def commit() -> str:
-    """The checked-out commit of this repository, ``-dirty`` when tracked files have changes."""
+    """The checked-out commit of this repository, ``-dirty`` when tracked files other than the results
+    (``bench/results/``: what earlier runs wrote, not code that runs) have changes."""
     def git(*args):
         return subprocess.run(["git", "-C", REPO, *args], capture_output=True, text=True, timeout=30,
                               check=True).stdout.strip()
     try:
         head = git("rev-parse", "HEAD")
-        dirty = git("status", "--porcelain", "--untracked-files=no")
+        dirty = git("status", "--porcelain", "--untracked-files=no", "--", ".", ":(exclude)bench/results")
     except (OSError, subprocess.SubprocessError):
         return "unknown"
     return head + ("-dirty" if dirty else "")
