@@ -10,7 +10,8 @@ For a :class:`TextPlan` the tower
 3. pools the EOT rows through ``ln_final`` and the text projection.
 
 This is exactly CLIP's causal text encoder read at EOT, with none of the rows that cannot reach
-an EOT feature computed. Dense layers (LN, projections, MLP) run on the packed ``[T, D]`` rows;
+an EOT feature computed. Dense layers (LN, projections, MLP) run on the packed ``[T, D]`` rows
+(with the ``G * P`` prefix rows in one block when no deep prompt replaces prefix rows);
 only attention sees a padded layout, masked with ``seqlens``: the plan's length buckets
 (:class:`~fastprompt.towers.text_plan.BucketRule`), one ``prompt_attention`` call each, every
 bucket padded only to its own longest sequence and reading the same per-layer prefix K/V block
@@ -169,12 +170,29 @@ class TextTower:
         pos = self.text.positional_embedding.to(self.dtype)
         xp = prefix + pos[:p_len]
         xs = suffix + pos[plan.positions]
-        buckets, pad_index, padded_rows = plan.buckets, plan.pad_index, plan.padded_tokens
+        pad_index = plan.pad_index
         heads, head_dim = self.heads, self.width // self.heads
         prefix_prompts = self._check_prefix_prompts(prefix_prompts, prefix_overrides, override_start, p_len)
+        # Without deep prompts the prefix rows and the suffix rows go through each layer's dense parts
+        # (LN, projections, MLP) as one [G*P + T, D] block: one GEMM per weight instead of two, the
+        # weights read once (the prefix alone is a few rows, whose GEMMs are bound by reading them).
+        n_prefix_rows = groups * p_len
+        x = None
+        together = prefix_overrides is None and not prefix_prompts and n_prefix_rows > 0
 
         for layer, blk in enumerate(self.blocks):
             last = layer == self.layers - 1
+            if together and not last:
+                x = torch.cat([xp.flatten(0, 1), xs]) if x is None else x
+                qkv_p, qkv = blk.qkv_fused(x).split([n_prefix_rows, plan.n_tokens])
+                qp, pk, pv = qkv_p.view(groups, p_len, 3, heads, head_dim).unbind(2)
+                op, _ = prompt_attention(qp, pk, pv, causal=True, return_lse=False, backend=self.backend)
+                o = self._suffix_attention(plan, qkv, pk, pv)
+                o = torch.cat([op.reshape(n_prefix_rows, heads, head_dim), o[pad_index]])
+                x = blk.add_mlp(blk.add_attention(x, blk.attention_output(o)))
+                continue
+            if x is not None:
+                xp, xs, x = x[:n_prefix_rows].view(groups, p_len, -1), x[n_prefix_rows:], None
             if prefix_overrides is not None and layer < len(prefix_overrides) and prefix_overrides[layer] is not None:
                 xp = _replace_rows(xp, prefix_overrides[layer], override_start)
             pk = pv = None
@@ -188,24 +206,32 @@ class TextTower:
                     op, _ = prompt_attention(qp, pk, pv, causal=True, return_lse=False, backend=self.backend)
                     xp = blk.add_mlp(blk.add_attention(xp, blk.attention_output(op)))
 
-            qkv = blk.qkv_fused(xs)  # [T, 3, H, d]: scattered to the padded layout for attention only
-            padded = qkv.new_zeros(padded_rows, 3, heads, head_dim).index_copy(0, pad_index, qkv)
-            outs = []
-            for b in buckets:  # [n_b, length_b] each, padded to its own longest sequence
-                qb, kb, vb = padded[b.start:b.stop].view(b.n, b.length, 3, heads, head_dim).unbind(2)
-                ob, _ = prompt_attention(qb, kb, vb, pk, pv, group=b.group if groups > 1 else None, causal=True,
-                                         seqlens=b.seqlens, return_lse=False, backend=self.backend)
-                outs.append(ob.reshape(b.rows, heads, head_dim))
-            o = outs[0] if len(outs) == 1 else torch.cat(outs) if outs else qkv.new_zeros(0, heads, head_dim)
+            o = self._suffix_attention(plan, blk.qkv_fused(xs), pk, pv)
             if last:  # only the EOT rows are pooled: finish the block for them alone
                 rows = plan.derived("eot_pad_index")
                 xs = blk.add_mlp(blk.add_attention(xs[plan.eot_index], blk.attention_output(o[rows])))
             else:
                 xs = blk.add_mlp(blk.add_attention(xs, blk.attention_output(o[pad_index])))
-            del padded, outs, o
+            del o
         return self.project(xs)
 
     __call__ = forward
+
+    def _suffix_attention(self, plan: TextPlan, qkv: torch.Tensor, pk: Optional[torch.Tensor],
+                          pv: Optional[torch.Tensor]) -> torch.Tensor:
+        """The suffixes' attention: ``qkv [T, 3, H, d]`` (packed) reading the prefix block ``pk``/``pv``
+        (``[G, P, H, d]`` or None), one call per length bucket; returns ``[padded_tokens, H, d]`` in
+        the padded layout (packed rows at ``plan.pad_index``)."""
+        heads, head_dim = qkv.shape[-2:]
+        # Scattered to the padded layout for attention only.
+        padded = qkv.new_zeros(plan.padded_tokens, 3, heads, head_dim).index_copy(0, plan.pad_index, qkv)
+        outs = []
+        for b in plan.buckets:  # [n_b, length_b] each, padded to its own longest sequence
+            qb, kb, vb = padded[b.start:b.stop].view(b.n, b.length, 3, heads, head_dim).unbind(2)
+            ob, _ = prompt_attention(qb, kb, vb, pk, pv, group=b.group if plan.n_groups > 1 else None, causal=True,
+                                     seqlens=b.seqlens, return_lse=False, backend=self.backend)
+            outs.append(ob.reshape(b.rows, heads, head_dim))
+        return outs[0] if len(outs) == 1 else torch.cat(outs) if outs else qkv.new_zeros(0, heads, head_dim)
 
     def _check_prefix_prompts(self, prompts, overrides, start: int, p_len: int):
         if prompts is None:
