@@ -199,8 +199,10 @@ def test_the_table_takes_each_part_from_the_last_run_that_measured_it(tmp_path):
     suite_rows, _ = table.load_runs(str(tmp_path))
     assert [(r["kind"], r["run_id"]) for r in suite_rows] == [("train", "r1")] * 2 + [("eval", "r2")] * 2
     text = table.markdown(suite_rows, [])
-    assert "Training steps measured on" in text and "run `r1`, reproduced by `python bench/suite.py --parts train`" in text
-    assert "Evaluation measured on" in text and "run `r2`, reproduced by `python bench/suite.py --parts eval`" in text
+    assert "Training steps (coop) measured on" in text
+    assert "run `r1`, reproduced by `python bench/suite.py --parts train`" in text
+    assert "Evaluation (coop) measured on" in text
+    assert "run `r2`, reproduced by `python bench/suite.py --parts eval`" in text
     assert "| coop: coop step | 2 s / 2 s | 7× | — | 4 / 4 | 6× |" in text  # one line: r1's step, r2's eval
     named, _ = table.load_runs(str(tmp_path), suite_runs=["r0"])
     assert {r["run_id"] for r in named} == {"r0"}
