@@ -36,7 +36,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from timing import median, setup_threads, time_interleaved  # noqa: E402  (first: sets OMP_WAIT_POLICY)
-from step_cases import CASES, build_pair, sgd_steps  # noqa: E402
+from step_cases import CASES, build_pair, pair_steps, sgd_steps  # noqa: E402
 
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
@@ -75,12 +75,7 @@ def _units(spec, model: str, device: torch.device):
     pair = build_pair(spec, model, device)
     learner, reference, images, labels = pair.learner, pair.reference, pair.images, pair.labels
     params = learner.trainable_parameters()
-    ref_params = [p for p in spec.params(reference) if p.requires_grad]
-    if spec.losses is not None:
-        fast_loss, ref_loss = spec.losses(learner, reference, images, labels)
-    else:
-        fast_loss, ref_loss = (lambda: learner.loss(images, labels)), (lambda: reference.loss(images, labels))
-    step, ref_step = sgd_steps(fast_loss, params, ref_loss, ref_params)
+    step, ref_step = pair_steps(spec, pair)
     units = {"step": step, "reference": ref_step}
     rows = _text_rows(learner, reference, spec.images if spec.image_conditioned else 1)
     if rows is not None:

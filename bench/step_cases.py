@@ -119,13 +119,19 @@ def build_pair(spec: CaseSpec, model_name: str, device: torch.device) -> Pair:
 def build_step(spec: CaseSpec, model_name: str, device: torch.device) -> StepCase:
     """One SGD closure for each side of :func:`build_pair`."""
     pair = build_pair(spec, model_name, device)
+    fast, ref = pair_steps(spec, pair)
+    return StepCase(fast, ref, pair.info)
+
+
+def pair_steps(spec: CaseSpec, pair: Pair):
+    """``(fast, ref)``: one SGD closure per side of ``pair`` on the case's losses (``spec.losses``,
+    else each side's ``loss(images, labels)``)."""
     learner, reference = pair.learner, pair.reference
     losses = spec.losses or (lambda learner, reference, images, labels: (
         lambda: learner.loss(images, labels), lambda: reference.loss(images, labels)))
     fast_loss, ref_loss = losses(learner, reference, pair.images, pair.labels)
-    fast, ref = sgd_steps(fast_loss, learner.trainable_parameters(), ref_loss,
-                          [p for p in spec.params(reference) if p.requires_grad])
-    return StepCase(fast, ref, pair.info)
+    return sgd_steps(fast_loss, learner.trainable_parameters(), ref_loss,
+                     [p for p in spec.params(reference) if p.requires_grad])
 
 
 def sgd_steps(fast_loss: Callable[[], torch.Tensor], fast_params: List[torch.Tensor],
