@@ -58,7 +58,7 @@ def build_eval(spec: CaseSpec, model_name: str, device: torch.device, n_images: 
                          "choose a case that classifies images")
     if n_images < 1 or batch < 1:
         raise ValueError(f"eval needs n_images >= 1 and batch >= 1, got {n_images} and {batch}")
-    from fastprompt.testing import max_rel_error
+    from fastprompt.testing import max_rel_error, relative_feature_error
 
     pair = build_pair(spec, model_name, device)
     learner, reference = pair.learner.train(False), pair.reference.eval()
@@ -87,8 +87,7 @@ def build_eval(spec: CaseSpec, model_name: str, device: torch.device, n_images: 
         first, feature_error = batches[0], None
         if getattr(learner.config, "frozen_image_precision", "fp32") == "bf16" and classifier is not None:
             exact = pair.model.encode_image(first, normalize=True)  # fp32 features, as the reference's
-            feature_error = max(((f.float() - e).norm() / e.norm()).item()
-                                for f, e in zip(learner.image_features(first), exact))
+            feature_error = relative_feature_error(learner.image_features(first), exact)
             logits = learner.logit_scale * exact @ classifier.to(exact.dtype).t()
         else:
             logits = fast_logits(classifier, first)

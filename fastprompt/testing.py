@@ -195,6 +195,13 @@ def naive_prompt_attention(q, k, v, pk=None, pv=None, *, group=None, causal=Fals
     return out, lse
 
 
+def relative_feature_error(features: torch.Tensor, reference: torch.Tensor) -> float:
+    """max over rows (images) of ``||f - f_ref|| / ||f_ref||`` for features ``[B, E]``: the error that
+    ``BF16.frozen_image`` bounds."""
+    diff = (features.double() - reference.double()).norm(dim=-1)
+    return float((diff / reference.double().norm(dim=-1)).max())
+
+
 def max_rel_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
     """max|actual - expected| / max|expected| over finite entries (infinite entries must match)."""
     actual, expected = actual.detach().double(), expected.detach().double()

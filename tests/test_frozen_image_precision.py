@@ -6,15 +6,9 @@ import torch
 
 import fastprompt
 from fastprompt.learners import frozen_precision
-from fastprompt.testing import BF16, FP32, max_rel_error, random_images
+from fastprompt.testing import BF16, FP32, max_rel_error, random_images, relative_feature_error
 from fastprompt.train.errors import ConfigError
 from fastprompt.train.feature_setup import feature_settings
-
-
-def relative_feature_error(features: torch.Tensor, reference: torch.Tensor) -> float:
-    """max over images of ||f - f_ref|| / ||f_ref|| (the error frozen_precision's docstring states)."""
-    diff = (features.double() - reference.double()).norm(dim=-1)
-    return float((diff / reference.double().norm(dim=-1)).max())
 
 
 @pytest.fixture
