@@ -16,8 +16,10 @@ from typing import List, Tuple
 import torch
 import torch.distributed as dist
 
-__all__ = ["init_from_env", "shutdown", "world", "is_main", "average_gradients", "gather_cat", "barrier", "broadcast_object",
-           "all_gather_objects", "mean_over_ranks"]
+__all__ = ["init_from_env", "shutdown", "world", "is_main", "average_gradients", "gather_cat", "barrier",
+           "broadcast_object", "all_gather_objects", "mean_over_ranks"]
+
+_OWNED = False  # whether init_from_env started the process group (then shutdown() ends it)
 
 
 def init_from_env(device: str = "") -> Tuple[int, int, torch.device]:
@@ -38,9 +40,6 @@ def init_from_env(device: str = "") -> Tuple[int, int, torch.device]:
         _OWNED = True
     rank, size = world()
     return rank, size, dev
-
-
-_OWNED = False  # whether init_from_env started the process group (then shutdown() ends it)
 
 
 def shutdown() -> None:
