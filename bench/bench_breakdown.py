@@ -19,6 +19,12 @@ cases of ``step_cases.py`` this times, side by side in one process (round-robin 
   rows the packed text pass really has (packed suffix tokens plus the prefix rows), and
   ``dense_ref`` the same over the reference's rows (classes x 77).
 
+Then both whole steps run once more under ``torch.utils.flop_counter`` (``flop_count.py``: GEMMs,
+convolutions and every attention kernel): the reference's FLOPs over fastprompt's is the speed-up
+the step would have if both sides ran at the same FLOP/s -- the bound of a ratio that only fewer
+FLOPs can raise -- and each side's FLOP/s over its measured median says which side runs its work
+faster.
+
 The image tower computes the same GEMMs on both sides, so ``reference / image`` is an upper
 bound of the whole-step ratio even with a free text side, and ``reference / (image + text)`` is
 what the measured parts allow. Likewise the packed text pass cannot run faster than its own dense
@@ -27,6 +33,7 @@ the row ratio) is what the smaller GEMMs lose in throughput on the device. Nothi
 target; it explains the targets of ``bench_step.py``.
 
     OMP_WAIT_POLICY=PASSIVE python bench/bench_breakdown.py --cases text coop cocoop promptsrc rpp
+    python bench/bench_breakdown.py --model tiny --cases coop rpp --repeats 1     # smoke run
 """
 from __future__ import annotations
 
@@ -37,6 +44,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from timing import median, setup_threads, time_interleaved  # noqa: E402  (first: sets OMP_WAIT_POLICY)
 from step_cases import CASES, build_pair, pair_steps, sgd_steps  # noqa: E402
+from flop_count import count_flops  # noqa: E402
 
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
@@ -137,6 +145,11 @@ def main(argv=None) -> int:
             if "image" in t:
                 line += f", the step's at most {t['reference'] / (images + t['dense']):.1f}x"
         print(line)
+        flops = {side: count_flops(units[side])[0] for side in ("step", "reference")}
+        fast, ref = flops["step"], flops["reference"]
+        print(f"{name:10s} FLOPs per step {fast / 1e9:.1f} GF vs the reference's {ref / 1e9:.1f} GF: "
+              f"{ref / fast:.2f}x at equal FLOP/s (measured: fastprompt {fast / t['step'] / 1e9:.0f} GF/s, "
+              f"reference {ref / t['reference'] / 1e9:.0f} GF/s)")
     return 0
 
 

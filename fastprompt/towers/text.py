@@ -11,7 +11,7 @@ For a :class:`TextPlan` the tower
 
 This is exactly CLIP's causal text encoder read at EOT, with none of the rows that cannot reach
 an EOT feature computed. Dense layers (LN, projections, MLP) run on the packed ``[T, D]`` rows
-(with the ``G * P`` prefix rows in one block when no deep prompt replaces prefix rows);
+and the ``G * P`` prefix rows as one block (deep prompts act on its prefix part);
 only attention sees a padded layout, masked with ``seqlens``: the plan's length buckets
 (:class:`~fastprompt.towers.text_plan.BucketRule`), one ``prompt_attention`` call each, every
 bucket padded only to its own longest sequence and reading the same per-layer prefix K/V block
@@ -159,7 +159,7 @@ class TextTower:
             override_start: first prefix row replaced by the overrides (1 = right after SOT).
             prefix_prompts: instead of ``prefix_overrides``, J :class:`QKVPrompt` with separate
                 query, key and value rows for prefix rows ``override_start ..
-                override_start+M-1`` in layers ``0 .. J-1`` (RPP); see :meth:`_prompted_prefix_layer`.
+                override_start+M-1`` in layers ``0 .. J-1`` (RPP); see :meth:`_insert_prompt_heads`.
         """
         plan = plan.to(self.device)
         groups, p_len = plan.n_groups, plan.prefix_len
@@ -168,51 +168,60 @@ class TextTower:
         if suffix.shape[0] != plan.n_tokens:
             raise ValueError(f"suffix must have {plan.n_tokens} packed rows, got {suffix.shape[0]}")
         pos = self.text.positional_embedding.to(self.dtype)
-        xp = prefix + pos[:p_len]
-        xs = suffix + pos[plan.positions]
-        pad_index = plan.pad_index
-        heads, head_dim = self.heads, self.width // self.heads
         prefix_prompts = self._check_prefix_prompts(prefix_prompts, prefix_overrides, override_start, p_len)
-        # Without deep prompts the prefix rows and the suffix rows go through each layer's dense parts
-        # (LN, projections, MLP) as one [G*P + T, D] block: one GEMM per weight instead of two, the
-        # weights read once (the prefix alone is a few rows, whose GEMMs are bound by reading them).
-        n_prefix_rows = groups * p_len
-        x = None
-        together = prefix_overrides is None and not prefix_prompts and n_prefix_rows > 0
+        n_prompted = len(prefix_prompts) if prefix_prompts else 0
+        if n_prompted:  # layer 0's width-space rows get their positions' embedding, as CoOp's context does
+            m = prefix_prompts[0].n_rows
+            prefix_prompts[0] = prefix_prompts[0].map_width_rows(
+                lambda r: r.to(self.dtype) + pos[override_start:override_start + m])
+        # The G*P prefix rows and the T packed suffix rows go through each layer's dense parts (LN,
+        # projections, MLP) as one [G*P + T, D] block: one GEMM per weight instead of two, the weights
+        # read once (the prefix alone is a few rows, whose GEMMs are bound by reading the weights).
+        # Deep prompts act on the prefix part of the block: overrides replace its rows before a layer,
+        # q/k/v prompts replace its heads after the in-projection.
+        n_prefix = groups * p_len
+        x = torch.cat([(prefix + pos[:p_len]).flatten(0, 1), suffix + pos[plan.positions]])
 
         for layer, blk in enumerate(self.blocks):
             last = layer == self.layers - 1
-            if together and not last:
-                x = torch.cat([xp.flatten(0, 1), xs]) if x is None else x
-                qkv_p, qkv = blk.qkv_fused(x).split([n_prefix_rows, plan.n_tokens])
-                qp, pk, pv = qkv_p.view(groups, p_len, 3, heads, head_dim).unbind(2)
+            prompted = layer < n_prompted
+            survive = prompted and layer == n_prompted - 1 and not last
+            override = None
+            if prefix_overrides is not None and layer < len(prefix_overrides):
+                override = prefix_overrides[layer]
+            if survive and prefix_prompts[layer].residual is None:
+                raise ValueError(f"prefix_prompts[{layer}].residual is needed: layer {layer} is the last prompted "
+                                 "layer, whose prompt outputs propagate")
+            replacement = prefix_prompts[layer].residual if survive else override
+            if replacement is not None:
+                xp = _replace_rows(x[:n_prefix].view(groups, p_len, -1), replacement, override_start)
+                x = torch.cat([xp.flatten(0, 1), x[n_prefix:]])
+            if last:  # only the EOT rows are pooled; prefix outputs are never read after the last layer
+                break
+            qkv_p, qkv = blk.qkv_fused(x).split([n_prefix, plan.n_tokens])
+            pk = pv = op = None
+            if n_prefix:
+                qp, pk, pv = qkv_p.view(groups, p_len, 3, self.heads, -1).unbind(2)
+                if prompted:
+                    qp, pk, pv = self._insert_prompt_heads(blk, prefix_prompts[layer], override_start, qp, pk, pv,
+                                                           need_q=survive)
                 op, _ = prompt_attention(qp, pk, pv, causal=True, return_lse=False, backend=self.backend)
-                o = self._suffix_attention(plan, qkv, pk, pv)
-                o = torch.cat([op.reshape(n_prefix_rows, heads, head_dim), o[pad_index]])
-                x = blk.add_mlp(blk.add_attention(x, blk.attention_output(o)))
-                continue
-            if x is not None:
-                xp, xs, x = x[:n_prefix_rows].view(groups, p_len, -1), x[n_prefix_rows:], None
-            if prefix_overrides is not None and layer < len(prefix_overrides) and prefix_overrides[layer] is not None:
-                xp = _replace_rows(xp, prefix_overrides[layer], override_start)
-            pk = pv = None
-            if prefix_prompts and layer < len(prefix_prompts):
-                xp, pk, pv = self._prompted_prefix_layer(blk, layer, xp, prefix_prompts, override_start, pos)
-            elif p_len > 0:
-                if last:  # prefix outputs are never read after the last layer: K/V only
-                    pk, pv = blk.kv(xp)
-                else:
-                    qp, pk, pv = blk.qkv(xp)
-                    op, _ = prompt_attention(qp, pk, pv, causal=True, return_lse=False, backend=self.backend)
-                    xp = blk.add_mlp(blk.add_attention(xp, blk.attention_output(op)))
-
-            o = self._suffix_attention(plan, blk.qkv_fused(xs), pk, pv)
-            if last:  # only the EOT rows are pooled: finish the block for them alone
-                rows = plan.derived("eot_pad_index")
-                xs = blk.add_mlp(blk.add_attention(xs[plan.eot_index], blk.attention_output(o[rows])))
-            else:
-                xs = blk.add_mlp(blk.add_attention(xs, blk.attention_output(o[pad_index])))
+            o = self._suffix_attention(plan, qkv, pk, pv)[plan.pad_index]
+            if op is not None:
+                o = torch.cat([op.flatten(0, 1), o])
+            x = blk.add_mlp(blk.add_attention(x, blk.attention_output(o)))
             del o
+
+        blk, xs = self.blocks[-1], x[n_prefix:]
+        pk = pv = None
+        if n_prefix:  # the prefix's keys and values only
+            pk, pv = blk.kv(x[:n_prefix].view(groups, p_len, -1))
+            if n_prompted == self.layers:
+                _, pk, pv = self._insert_prompt_heads(blk, prefix_prompts[-1], override_start, None, pk, pv,
+                                                      need_q=False)
+        o = self._suffix_attention(plan, blk.qkv_fused(xs), pk, pv)
+        rows = plan.derived("eot_pad_index")
+        xs = blk.add_mlp(blk.add_attention(xs[plan.eot_index], blk.attention_output(o[rows])))
         return self.project(xs)
 
     __call__ = forward
@@ -250,53 +259,34 @@ class TextTower:
                              f"prefix of {p_len} rows after SOT")
         return prompts
 
-    def _prompted_prefix_layer(self, blk, layer: int, xp: torch.Tensor, prompts: Sequence[QKVPrompt], start: int,
-                               pos: torch.Tensor):
-        """One layer of the shared prefix with unshared q/k/v prompt rows (RPP).
+    @staticmethod
+    def _insert_prompt_heads(blk, prompt: QKVPrompt, start: int, qp: Optional[torch.Tensor], kp: torch.Tensor,
+                             vp: torch.Tensor, need_q: bool):
+        """The prefix heads ``(q, k, v)``, each ``[G, P, H, d]``, of one layer with RPP's unshared
+        q/k/v prompt rows put in place of prefix rows ``start .. start+M-1``.
 
-        Returns ``(xp after the layer, prefix keys [G, P, H, d], prefix values)``. The prompt rows
-        occupy prefix positions ``start .. start+M-1`` (the context slots), so the causal order
-        is that of the literal prompt ``[SOT][prompt rows][rest of the prefix]``: SOT never sees
-        the prompt rows, every later prefix row and every class suffix (which sees the whole
-        prefix block) sees all of them. Their keys and values replace the rows' own in the
-        per-layer prefix K/V block that all classes read.
+        The prompt rows occupy the context slots, so the causal order is that of the literal prompt
+        ``[SOT][prompt rows][rest of the prefix]``: SOT never sees the prompt rows, every later
+        prefix row and every class suffix (which sees the whole prefix block) sees all of them.
+        Their keys and values replace the rows' own in the per-layer prefix K/V block that all
+        classes read.
 
-        * Layer 0: width-space rows get the positional embedding of their positions (as CoOp's
-          context vectors do); head-space rows do not.
+        * Layer 0: width-space rows come with the positional embedding of their positions (as
+          CoOp's context vectors do; :meth:`forward` adds it); head-space rows do not.
         * Layers ``j < J-1``: the rows' outputs are discarded (the next layer replaces them), so
-          only their keys/values are used; their queries and residual rows are never read.
-        * Layer ``J-1`` (unless it is the last layer): the rows' outputs survive, so the query
-          prompts drive their attention and ``residual`` replaces their hidden rows; from layer
-          ``J`` on they are ordinary prefix rows.
+          only their keys/values are used; ``qp`` keeps the rows' stale queries, whose outputs never
+          reach a real row (causal, keys/values replaced) and are replaced at the next layer.
+        * Layer ``J-1`` (unless it is the last layer, ``need_q``): the rows' outputs survive, so the
+          query prompts drive their attention (the caller has already put ``residual`` in their
+          hidden rows); from layer ``J`` on they are ordinary prefix rows.
         """
-        p = prompts[layer]
-        m, groups = p.n_rows, xp.shape[0]
-        last = layer == self.layers - 1
-        survive = layer == len(prompts) - 1 and not last
-        if layer == 0:
-            p = p.map_width_rows(lambda r: r.to(xp.dtype) + pos[start:start + m])
-        qh, kh, vh = blk.prompt_heads(p, need_q=survive, dtype=xp.dtype)
+        m, groups = prompt.n_rows, kp.shape[0]
+        qh, kh, vh = blk.prompt_heads(prompt, need_q=need_q, dtype=kp.dtype)
 
         def put(t, rows):
             return torch.cat([t[:, :start], rows.expand(groups, *rows.shape), t[:, start + m:]], dim=1)
 
-        if last:  # prefix outputs are never read after the last layer: K/V only
-            kp, vp = blk.kv(xp)
-            return xp, put(kp, kh), put(vp, vh)
-        if survive:
-            if p.residual is None:
-                raise ValueError(f"prefix_prompts[{layer}].residual is needed: layer {layer} is the last prompted "
-                                 "layer, whose prompt outputs propagate")
-            xp = _replace_rows(xp, p.residual, start)
-        qp, kp, vp = blk.qkv(xp)
-        kp, vp = put(kp, kh), put(vp, vh)
-        if survive:
-            qp = put(qp, qh)
-        # Non-surviving layers: the prompt rows' own outputs (from stale queries) are computed with the
-        # other prefix rows but never reach a real row (causal + K/V replaced) and are replaced next layer.
-        op, _ = prompt_attention(qp, kp, vp, causal=True, return_lse=False, backend=self.backend)
-        xp = blk.add_mlp(blk.add_attention(xp, blk.attention_output(op)))
-        return xp, kp, vp
+        return (put(qp, qh) if need_q else qp), put(kp, kh), put(vp, vh)
 
     def project(self, eot_rows: torch.Tensor) -> torch.Tensor:
         """``ln_final`` and the text projection of the pooled EOT rows ``[N, D] -> [N, E]``."""
