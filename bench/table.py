@@ -57,26 +57,31 @@ def steps_table(rows: Sequence[Row]) -> List[str]:
     cases = list(dict.fromkeys(str(r["case"]) for r in rows if r.get("kind") in ("train", "eval")))
     if not cases:
         return []
-    lines = ["| case | training step fastprompt / reference | speed-up (target) | peak MiB fastprompt / reference "
-             "| eval images/s fastprompt / reference | eval speed-up |", "|---|---|---|---|---|---|"]
+    lines = ["| case | training step fastprompt / reference | speed-up (target) | FLOP ratio "
+             "| peak MiB fastprompt / reference | eval images/s fastprompt / reference | eval speed-up |",
+             "|---|---|---|---|---|---|---|"]
     for case in cases:
         tf, tr = _pick(rows, "train", case, "fastprompt"), _pick(rows, "train", case, "reference")
         ef, er = _pick(rows, "eval", case, "fastprompt"), _pick(rows, "eval", case, "reference")
-        step = speedup = peak = ev = ev_x = "—"
+        step = speedup = flops = peak = ev = ev_x = "—"
         if tf and tr:
             step = f"{_fmt(number(tf, 'median_s'), ' s')} / {_fmt(number(tr, 'median_s'), ' s')}"
             target = number(tf, "target")
             speedup = _fmt(number(tf, "speedup"), "×") + (f" ({_fmt(target, '×')})" if target else "")
+            flops = _fmt(number(tf, "flop_ratio"), "×")
             if number(tf, "peak_mb") is not None:
                 peak = (f"{_fmt(number(tf, 'peak_mb'), '', 4)} / {_fmt(number(tr, 'peak_mb'), '', 4)} "
                         f"({_fmt(number(tf, 'memory_ratio'), '×')} less)")
         if ef and er:
             ev = f"{_fmt(number(ef, 'images_per_s'))} / {_fmt(number(er, 'images_per_s'))}"
             ev_x = _fmt(number(ef, "speedup"), "×")
-        lines.append(f"| {case}: {(tf or ef)['description']} | {step} | {speedup} | {peak} | {ev} | {ev_x} |")
+        lines.append(f"| {case}: {(tf or ef)['description']} | {step} | {speedup} | {flops} | {peak} | {ev} | {ev_x} |")
+    lines.append("")
+    lines.append("FLOP ratio: the reference's FLOPs per training step over fastprompt's (`bench/flop_count.py`), "
+                 "the speed-up at equal FLOP/s; a target above it needs fewer FLOPs, or more FLOP/s than the reference "
+                 "gets from the same GEMMs.")
     eval_row = next((r for r in rows if r.get("kind") == "eval"), None)
     if eval_row:
-        lines.append("")
         lines.append(f"Evaluation: {eval_row.get('eval_images')} images classified in batches of "
                      f"{eval_row.get('eval_batch')}; fastprompt computes the class features once per test set, "
                      "the reference runs its full text pass in every batch (CoCoOp: per image, both sides).")

@@ -149,7 +149,7 @@ def test_fit_rows_project_the_classes_axis_only():
 # ---- Markdown and plots -----------------------------------------------------------------------------
 
 def _suite_and_scaling():
-    suite = [step("train", "coop", "fastprompt", 2.0, 7.0, peak=240, target=7.0, memory_ratio=11.2),
+    suite = [step("train", "coop", "fastprompt", 2.0, 7.0, peak=240, target=7.0, memory_ratio=11.2, flop_ratio=6.5),
              step("train", "coop", "reference", 14.0, 7.0, peak=2690, memory_ratio=11.2),
              step("eval", "coop", "fastprompt", 9.0, 2.1, peak=100, eval_images=32, eval_batch=8, images_per_s=3.6),
              step("eval", "coop", "reference", 19.0, 2.1, peak=200, eval_images=32, eval_batch=8, images_per_s=1.7),
@@ -172,7 +172,8 @@ def test_markdown_states_the_device_the_figures_and_where_a_side_stopped(tmp_pat
     suite, scale = _suite_and_scaling()
     text = table.markdown(suite, scale)
     assert "**Test CPU (2 threads)**" in text and "`0123456789-dirty`" in text
-    assert "| coop: coop step | 2 s / 14 s | 7× (7×) | 240 / 2690 (11.2× less) | 3.6 / 1.7 | 2.1× |" in text
+    assert "| coop: coop step | 2 s / 14 s | 7× (7×) | 6.5× | 240 / 2690 (11.2× less) | 3.6 / 1.7 | 2.1× |" in text
+    assert "FLOP ratio: the reference's FLOPs per training step over fastprompt's" in text
     assert "| text (text suffix layer) | fwd+bwd | cpu | 8 ms | 2.3× |" in text
     assert "at 1000: predicted peak 10000 MiB > budget" in text
     assert "140 ms" in text and "3.06e+03 s" in text  # 0.14 s per class; 1 + 0.14 * 21841
@@ -203,9 +204,22 @@ def test_the_table_takes_each_part_from_the_last_run_that_measured_it(tmp_path):
     assert "run `r1`, reproduced by `python bench/suite.py --parts train`" in text
     assert "Evaluation (coop) measured on" in text
     assert "run `r2`, reproduced by `python bench/suite.py --parts eval`" in text
-    assert "| coop: coop step | 2 s / 2 s | 7× | — | 4 / 4 | 6× |" in text  # one line: r1's step, r2's eval
+    assert "| coop: coop step | 2 s / 2 s | 7× | — | — | 4 / 4 | 6× |" in text  # one line: r1's step, r2's eval
     named, _ = table.load_runs(str(tmp_path), suite_runs=["r0"])
     assert {r["run_id"] for r in named} == {"r0"}
+
+
+def test_a_missed_speed_up_says_whether_the_flop_ratio_bounds_it():
+    import suite_steps
+    from step_cases import CASES
+
+    spec = CASES["rpp"]  # target 4x
+    bounded, = suite_steps.misses(spec, dict(speedup=3.9, flop_ratio=3.42))
+    assert "3.90x < 4.0x" in bounded and "3.42x fastprompt's FLOPs" in bounded and "needs fewer FLOPs" in bounded
+    slow, = suite_steps.misses(spec, dict(speedup=3.9, flop_ratio=6.0))
+    assert "the FLOPs allow the target" in slow and "bench_breakdown.py" in slow
+    assert suite_steps.misses(spec, dict(speedup=4.1, flop_ratio=3.42)) == []
+    assert "FLOPs" not in suite_steps.misses(spec, dict(speedup=3.9))[0]  # a row measured before the FLOP column
 
 
 def test_a_rerun_of_some_cases_replaces_only_their_rows():
