@@ -82,6 +82,7 @@ def steps_table(rows: Sequence[Row]) -> List[str]:
                  "gets from the same GEMMs.")
     eval_row = next((r for r in rows if r.get("kind") == "eval"), None)
     if eval_row:
+        lines.append("")
         lines.append(f"Evaluation: {eval_row.get('eval_images')} images classified in batches of "
                      f"{eval_row.get('eval_batch')}; fastprompt computes the class features once per test set, "
                      "the reference runs its full text pass in every batch (CoCoOp: per image, both sides).")
