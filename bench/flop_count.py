@@ -44,17 +44,14 @@ def _prompt_bwd(dout, dlse, q, k, v, pk, pv, *args, out_shape=None, **kwargs) ->
     return flop_counter.sdpa_backward_flop_count(_heads_first(dout), _heads_first(q), keys, keys)
 
 
-def _sdpa_cpu(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
-    return flop_counter.sdpa_flop_count(query_shape, key_shape, value_shape)
-
-
-def _sdpa_cpu_bwd(grad_out_shape, query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
-    return flop_counter.sdpa_backward_flop_count(grad_out_shape, query_shape, key_shape, value_shape)
-
+# The CPU flash kernels take their arguments in the CUDA flash kernels' order (query, key, value;
+# backward: grad_out, query, key, value), so they reuse the counter's own formulas for those.
+_SAME_AS = {
+    "_scaled_dot_product_flash_attention_for_cpu": "_scaled_dot_product_flash_attention",
+    "_scaled_dot_product_flash_attention_for_cpu_backward": "_scaled_dot_product_flash_attention_backward",
+}
 
 _FORMULAS = {
-    ("aten", "_scaled_dot_product_flash_attention_for_cpu"): _sdpa_cpu,
-    ("aten", "_scaled_dot_product_flash_attention_for_cpu_backward"): _sdpa_cpu_bwd,
     ("fastprompt", "cpp_prompt_attention_fwd"): _prompt_fwd,
     ("fastprompt", "cpp_prompt_attention_bwd"): _prompt_bwd,
     ("fastprompt", "prompt_attention_triton"): _prompt_fwd,
@@ -65,6 +62,11 @@ _FORMULAS = {
 def _register() -> None:
     """Register each formula whose op exists in this process (fastprompt's appear when their backend
     loads, so this is retried on every count)."""
+    aten = torch.ops.aten
+    for cpu, cuda in _SAME_AS.items():
+        op = getattr(aten, cpu)
+        if op not in flop_counter.flop_registry:  # registered already wrapped: take it as it is
+            flop_counter.register_flop_formula(op, get_raw=True)(flop_counter.flop_registry[getattr(aten, cuda)])
     for (namespace, name), formula in _FORMULAS.items():
         if (namespace, name) in _registered:
             continue
