@@ -176,6 +176,10 @@ def test_tower_qkv_prompt_errors(tiny3):
         tower(images, qkv_prompts=[QKVPrompt(rows, rows, rows)])
     with pytest.raises(ValueError, match="q is None"):
         tower(images, qkv_prompts=[QKVPrompt(rows, rows, None, rows)])
+    learner = fastprompt.RPPLearner.from_model(tiny3, NAMES, depth=2, kl_weight=0.0)
+    text, plan, width_rows = learner.text_tower, learner.plan, torch.randn(learner.n_ctx, learner.text_tower.width)
+    with pytest.raises(ValueError, match=r"prefix_prompts\[0\].residual is needed"):  # checked before any layer runs
+        text.encode(plan, width_rows, prefix_prompts=[QKVPrompt(width_rows, width_rows, width_rows)])
 
 
 def test_text_features_of_a_class_subset(tiny3):

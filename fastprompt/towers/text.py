@@ -189,9 +189,6 @@ class TextTower:
             override = None
             if prefix_overrides is not None and layer < len(prefix_overrides):
                 override = prefix_overrides[layer]
-            if survive and prefix_prompts[layer].residual is None:
-                raise ValueError(f"prefix_prompts[{layer}].residual is needed: layer {layer} is the last prompted "
-                                 "layer, whose prompt outputs propagate")
             replacement = prefix_prompts[layer].residual if survive else override
             if replacement is not None:
                 xp = _replace_rows(x[:n_prefix].view(groups, p_len, -1), replacement, override_start)
@@ -254,6 +251,10 @@ class TextTower:
             if not isinstance(p, QKVPrompt):
                 raise ValueError(f"prefix_prompts[{j}] must be a QKVPrompt, got {type(p).__name__}")
             p.check(f"prefix_prompts[{j}]", self.width, self.heads, prompts[0].n_rows)
+        last = len(prompts) - 1
+        if 0 <= last < self.layers - 1 and prompts[last].residual is None:
+            raise ValueError(f"prefix_prompts[{last}].residual is needed: layer {last} is the last prompted "
+                             "layer, whose prompt outputs propagate")
         if prompts and (start < 1 or start + prompts[0].n_rows > p_len):
             raise ValueError(f"{prompts[0].n_rows} prompt rows starting at override_start={start} do not fit in a "
                              f"prefix of {p_len} rows after SOT")
