@@ -27,7 +27,7 @@ def compiled_extensions():
 
     ``FASTPROMPT_BUILD_EXT=1 pip install -e . --no-build-isolation`` builds the CPU extension and,
     when ``CUDA_HOME`` is set, the CUDA one (architectures from ``FASTPROMPT_CUDA_ARCH_LIST``,
-    default ``8.0;9.0+PTX``). Sources and flags come from ``fastprompt/extension_spec.py``, loaded as
+    default ``8.0;9.0+PTX``). Sources and flags come from ``fastprompt/ops/extension_spec.py``, loaded as
     a file so that the default install never imports torch. Without it the kernels build just in time.
     """
     if os.environ.get("FASTPROMPT_BUILD_EXT", "0") != "1":
@@ -35,7 +35,7 @@ def compiled_extensions():
     import importlib.util
 
     spec = importlib.util.spec_from_file_location("_fastprompt_extension_spec",
-                                                  os.path.join(HERE, "fastprompt", "extension_spec.py"))
+                                                  os.path.join(HERE, "fastprompt", "ops", "extension_spec.py"))
     extension_spec = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(extension_spec)
     from torch.utils.cpp_extension import BuildExtension, CppExtension, CUDAExtension
@@ -66,8 +66,8 @@ setup(
     python_requires=">=3.10",
     packages=find_packages(include=["fastprompt", "fastprompt.*"]) + ["fastprompt.kernels"],
     package_dir={"fastprompt.kernels": "kernels"},  # Triton source lives at the top level
-    package_data={"fastprompt.train": ["recipes/*/*.yaml",  # the original training configurations
-                                       "published/*.yaml"]},  # the papers' numbers beside the results tables
+    package_data={"fastprompt.train": ["recipes/*/*.yaml"],  # the original training configurations
+                  "fastprompt.protocols": ["published/*.yaml"]},  # the papers' numbers beside the results tables
     install_requires=[
         "torch>=2.4",
         "torchvision",
@@ -76,7 +76,7 @@ setup(
         "tqdm",
         "numpy",
         "pillow",
-        "ninja",  # builds the C++ kernels just in time on first use (fastprompt.jit)
+        "ninja",  # builds the C++ kernels just in time on first use (fastprompt.ops.jit)
         "pyyaml",  # recipes and config files of fastprompt train
         "webdataset",  # ImageNet-21K WebDataset tar shards (fastprompt data pack, ShardDataset)
     ],

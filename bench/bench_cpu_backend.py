@@ -33,7 +33,7 @@ from report import add_report_arguments, common_fields, report_rows  # noqa: E40
 
 import torch  # noqa: E402
 
-from fastprompt import jit  # noqa: E402
+from fastprompt.ops import jit  # noqa: E402
 from fastprompt.ops import prompt_attention  # noqa: E402
 from fastprompt.testing import FP32, max_rel_error  # noqa: E402
 

@@ -34,7 +34,7 @@ import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from fastprompt.data import ImageDataset, Item, load_dataset, make_loader  # noqa: E402
-from fastprompt.data.fake_trees import make_imagenet  # noqa: E402
+from fastprompt.testing.fake_trees import make_imagenet  # noqa: E402
 from fastprompt.data.transforms import test_transform, train_transform  # noqa: E402
 
 DEFAULT_CSV = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "bench_data.csv")

@@ -99,8 +99,8 @@ def epoch_pair(model, args, device: torch.device):
     import fastprompt
     import fastprompt.reference
     from fastprompt.train import EpochSchedule, Trainer, TrainSettings
-    from fastprompt.train.feature_batches import CachedFeatureBatches
-    from fastprompt.train.feature_store import FeatureTable
+    from fastprompt.features.batches import CachedFeatureBatches
+    from fastprompt.features.store import FeatureTable
     from fastprompt.train.records import RunRecords
 
     names = list(IMAGENET_CLASSNAMES[:args.classes])

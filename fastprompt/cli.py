@@ -7,7 +7,7 @@ Subcommands:
 * ``data check ROOT`` / ``data fewshot NAME ROOT --shots K --seed S`` / ``data pack SRC OUT``:
   dataset folders, few-shot subsets, ImageNet-21K shards (``fastprompt/data/cli.py``).
 * ``train`` / ``eval``: recipes, training runs with resume, evaluation (``fastprompt/train/cli.py``).
-* ``run`` / ``results``: a protocol's grid of runs and its results table (``fastprompt/train/protocol_cli.py``).
+* ``run`` / ``results``: a protocol's grid of runs and its results table (``fastprompt/protocols/cli.py``).
 """
 from __future__ import annotations
 
@@ -38,10 +38,10 @@ def build_parser() -> argparse.ArgumentParser:
     from .train.cli import add_train_parsers
 
     add_train_parsers(subparsers)  # fastprompt train|eval
-    from .train.pretrain_cli import add_pretrain_parser
+    from .pretrain.cli import add_pretrain_parser
 
     add_pretrain_parser(subparsers)  # fastprompt pretrain
-    from .train.protocol_cli import add_protocol_parsers
+    from .protocols.cli import add_protocol_parsers
 
     add_protocol_parsers(subparsers)  # fastprompt run|results
     return parser

@@ -228,7 +228,7 @@ def _train(args, learner, train_x, train_y, batch: int, device):
     from torch.utils.data import TensorDataset
 
     from .train import EpochSchedule, Trainer, TrainSettings, TrainError
-    from .train.order import EpochBatches
+    from .data.order import EpochBatches
     from .train.records import RunRecords
 
     per_epoch = len(EpochBatches(len(train_x), batch, args.seed))

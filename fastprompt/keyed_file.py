@@ -1,7 +1,7 @@
 """A safetensors file whose metadata is the key it was computed for: the caches' one read and write.
 
 fastprompt's caches (the zero-shot classifier, :mod:`fastprompt.zero_shot_cache`; the frozen
-image features, :mod:`fastprompt.train.feature_store`) store tensors that are a pure function of
+image features, :mod:`fastprompt.features.store`) store tensors that are a pure function of
 the key fields. The fields are the file's metadata: a file is trusted only when they equal the
 key asked for, and any file that cannot be read is recomputed (a warning, never an error). Writes
 go through :func:`fastprompt.atomic_io.atomic_write` (temporary file, fsync, rename); a folder that

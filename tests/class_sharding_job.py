@@ -18,7 +18,7 @@ import torch.distributed as dist
 import fastprompt
 from fastprompt.learners.class_sharding import all_gather_rows
 from fastprompt.testing import perturb_trainable, random_images, tiny_clip
-from fastprompt.train.distributed import average_gradients
+from fastprompt.distributed import average_gradients
 
 N_CLASSES = 37  # odd: the two slices have 19 and 18 classes, the second padded by one row
 BATCH = 6

@@ -11,7 +11,7 @@ import os
 import signal
 
 from fastprompt.train.config import resolve_config
-from fastprompt.train.pretrain import pretrain_run
+from fastprompt.pretrain.run import pretrain_run
 from fastprompt.train.recipes import load_recipe, recipe_path
 
 # tiny random CLIP, small batches, K = 8 sampled classes for the local objective; no IN-21K val test
@@ -28,8 +28,8 @@ def make_data(base: str, transfer: bool = False) -> dict:
     """A 30-class x 4-image ImageNet-21K-P tree, its shards (120 samples in 5 shards) and, with
     ``transfer``, a folder of transfer test sets (ImageNet, ImageNet-V2, DTD)."""
     from fastprompt.data import pack_folder, universe_wnids
-    from fastprompt.data.fake_imagenet21k import make_imagenet21k
-    from fastprompt.data.fake_trees import make_imagenet, make_split_dataset, make_variant
+    from fastprompt.testing.fake_imagenet21k import make_imagenet21k
+    from fastprompt.testing.fake_trees import make_imagenet, make_split_dataset, make_variant
 
     root, shards = os.path.join(base, "in21k"), os.path.join(base, "shards")
     make_imagenet21k(root, N_CLASSES, 4, wnids=list(universe_wnids("winter21")[:N_CLASSES]))

@@ -12,14 +12,14 @@ import sys
 
 import pytest
 
-from fastprompt import jit
+from fastprompt.ops import jit
 from fastprompt.testing import FP32
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 CHECK = """
 import torch
-from fastprompt import jit
+from fastprompt.ops import jit
 from fastprompt.ops import prompt_attention, resolve_backend
 print("STATE", jit.extension_state("cpu"))
 print("AUTO", resolve_backend("auto", torch.device("cpu")).name)

@@ -13,7 +13,7 @@ import sys
 import pytest
 import torch
 
-from fastprompt import jit
+from fastprompt.ops import jit
 from fastprompt.ops import AUTO_ORDER, backend_status, prompt_attention, resolve_backend
 from fastprompt.ops import cpp_backend
 from fastprompt.testing import FP32, FP64, assert_close_rel, naive_prompt_attention
@@ -183,7 +183,7 @@ def _python(code, env_extra, timeout=300):
 def test_the_build_is_cached(cpu_extension):
     """A second process loads the cached build: no build log line, no compiler run."""
     code = ("import logging; logging.basicConfig(level=logging.INFO)\n"
-            "from fastprompt import jit; jit.load_extension('cpu'); print(jit.extension_state('cpu'))")
+            "from fastprompt.ops import jit; jit.load_extension('cpu'); print(jit.extension_state('cpu'))")
     result = _python(code, {})
     assert result.returncode == 0, result.stderr
     assert "building" not in result.stderr
@@ -195,7 +195,7 @@ def test_jit_disabled_falls_back_with_a_reason_and_explicit_use_says_how_to_fix(
     code = """
 import logging, torch
 logging.basicConfig(level=logging.DEBUG, format="%(name)s %(message)s")
-from fastprompt import jit
+from fastprompt.ops import jit
 from fastprompt.ops import prompt_attention, backend_status, resolve_backend
 q = torch.randn(2, 3, 1, 8)
 pk = torch.randn(1, 2, 1, 8)

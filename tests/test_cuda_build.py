@@ -12,7 +12,7 @@ import subprocess
 import pytest
 import torch
 
-from fastprompt import jit
+from fastprompt.ops import jit
 
 
 def _toolkit():

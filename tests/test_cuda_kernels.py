@@ -9,7 +9,7 @@ session; tests/test_cuda_build.py compiles it on machines without a GPU.
 import pytest
 import torch
 
-from fastprompt import jit
+from fastprompt.ops import jit
 from fastprompt.ops import AUTO_ORDER, backend_status, prompt_attention, resolve_backend
 from fastprompt.testing import FP32, assert_close_rel
 

@@ -6,7 +6,7 @@ import pytest
 
 from fastprompt.cli import main
 from fastprompt.data import load_dataset
-from fastprompt.data.fake_trees import make_imagenet, make_split_dataset
+from fastprompt.testing.fake_trees import make_imagenet, make_split_dataset
 
 SIZES = [(6, 2, 2), (3, 2, 2), (9, 1, 1)]
 

@@ -6,7 +6,7 @@ import random
 import pytest
 
 from fastprompt.data import DataError, Item, load_dataset, sample_fewshot, subsample_classes
-from fastprompt.data.fake_trees import tiny_jpeg
+from fastprompt.testing.fake_trees import tiny_jpeg
 
 JPEG = tiny_jpeg()
 

@@ -5,7 +5,7 @@ import os
 import pytest
 
 from fastprompt.data import DataError, load_dataset
-from fastprompt.data.fake_trees import make_aircraft, make_imagenet, make_split_dataset
+from fastprompt.testing.fake_trees import make_aircraft, make_imagenet, make_split_dataset
 
 SIZES = [(4, 2, 2), (3, 1, 2), (5, 1, 1)]
 

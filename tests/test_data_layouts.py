@@ -10,7 +10,7 @@ from collections import OrderedDict
 import pytest
 
 from fastprompt.data import DataError, Item, load_dataset
-from fastprompt.data.fake_trees import make_aircraft, make_imagenet, make_split_dataset, make_variant
+from fastprompt.testing.fake_trees import make_aircraft, make_imagenet, make_split_dataset, make_variant
 from fastprompt.data.registry import SPECS
 from fastprompt.reference import dassl_sampling as ref
 

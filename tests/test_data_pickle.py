@@ -8,7 +8,7 @@ import types
 import pytest
 
 from fastprompt.data import DataError, Item, load_dataset, load_datum_pickle
-from fastprompt.data.fake_trees import make_imagenet, make_split_dataset
+from fastprompt.testing.fake_trees import make_imagenet, make_split_dataset
 
 SIZES = [(20, 5, 7), (3, 2, 4), (17, 1, 2), (9, 4, 3)]
 

@@ -24,9 +24,9 @@ from fastprompt.data.items import Item
 from fastprompt.learners.image_features import ImageFeatures
 from fastprompt.testing import FP32, max_rel_error, perturb_trainable, random_images, tiny_clip
 from fastprompt.train import EpochSchedule, Trainer, TrainSettings
-from fastprompt.train.feature_cache import FeatureCache
-from fastprompt.train.fixed_views import FixedViews, view_choices
-from fastprompt.train.order import SeededSamples
+from fastprompt.features.cache import FeatureCache
+from fastprompt.features.fixed_views import FixedViews, view_choices
+from fastprompt.data.order import SeededSamples
 from fastprompt.train.records import RunRecords
 
 NAMES = ["red circle", "blue_square", "green triangle", "yellow star", "dog", "sea lion"]
@@ -269,7 +269,7 @@ NORMALIZE = ["INPUT.TRANSFORMS", "['normalize']"]
 def data_root(tmp_path_factory):
     from PIL import Image
 
-    from fastprompt.data.fake_trees import make_split_dataset
+    from fastprompt.testing.fake_trees import make_split_dataset
 
     root = tmp_path_factory.mktemp("data")
     split = make_split_dataset(str(root), "dtd", [(6, 1, 2)] * 4)

@@ -7,7 +7,7 @@ import torch
 import fastprompt
 from fastprompt.learners import frozen_precision
 from fastprompt.testing import BF16, FP32, max_rel_error, random_images, relative_feature_error
-from fastprompt.train.errors import ConfigError
+from fastprompt.errors import ConfigError
 from fastprompt.train.feature_setup import feature_settings
 
 

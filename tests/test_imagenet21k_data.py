@@ -4,7 +4,7 @@ import random
 import pytest
 
 from fastprompt.data import DataError, load_imagenet21k, read_class_table, universe_wnids
-from fastprompt.data.fake_imagenet21k import make_imagenet21k
+from fastprompt.testing.fake_imagenet21k import make_imagenet21k
 from fastprompt.data.fewshot import split_by_label
 from fastprompt.data.imagenet21k_classes import build_class_table, wordnet_lemmas
 

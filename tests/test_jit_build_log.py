@@ -5,7 +5,7 @@ import types
 
 import pytest
 
-from fastprompt import jit
+from fastprompt.ops import jit
 
 
 def test_a_build_announces_itself_and_says_when_it_is_done(monkeypatch, tmp_path, caplog):
@@ -16,9 +16,9 @@ def test_a_build_announces_itself_and_says_when_it_is_done(monkeypatch, tmp_path
     built = types.SimpleNamespace(name="fake extension")
     compiler = types.SimpleNamespace(load=lambda **kwargs: built)  # stands in for cpp_extension.load
     monkeypatch.setattr(jit, "_cpp_extension", lambda: compiler)
-    with caplog.at_level(logging.WARNING, logger="fastprompt.jit"):
+    with caplog.at_level(logging.WARNING, logger="fastprompt.ops.jit"):
         assert jit._build("cpu") is built
-    lines = [(r.levelno, r.getMessage()) for r in caplog.records if r.name == "fastprompt.jit"]
+    lines = [(r.levelno, r.getMessage()) for r in caplog.records if r.name == "fastprompt.ops.jit"]
     assert len(lines) == 2, lines
     # WARNING: Python's last-resort handler prints it to stderr in a plain script, as the module says.
     assert all(level == logging.WARNING for level, _ in lines)

@@ -8,8 +8,8 @@ import pytest
 from fastprompt.cli import main as cli_main
 from fastprompt.data import DataError, ShardDataset, load_imagenet21k, pack_folder, read_class_table
 from fastprompt.data import pack as pack_module
-from fastprompt.data.fake_imagenet21k import make_imagenet21k
-from fastprompt.data.fake_trees import tiny_jpeg
+from fastprompt.testing.fake_imagenet21k import make_imagenet21k
+from fastprompt.testing.fake_trees import tiny_jpeg
 
 pytest.importorskip("webdataset")
 

@@ -9,7 +9,7 @@ from safetensors.torch import load_file
 
 from fastprompt.cli import main as cli_main
 from fastprompt.train import ConfigError
-from fastprompt.train.pretrain import pretrain_run, set_objective
+from fastprompt.pretrain.run import pretrain_run, set_objective
 from fastprompt.train.records import read_metrics
 from fastprompt.train.state import load_state
 
@@ -62,7 +62,7 @@ def test_folder_tree_full_vocabulary_then_transfer_table(data, tmp_path, capsys)
 
 @pytest.mark.parametrize("recipe", ["pomp/vit_b16_ep5", "rpp/vit_b16_ep5"])
 def test_auto_falls_back_to_local_contrast_when_the_step_does_not_fit(data, tmp_path, monkeypatch, recipe):
-    from fastprompt.train import step_memory
+    from fastprompt.pretrain import step_memory
 
     monkeypatch.setattr(step_memory, "available_memory", lambda device: 1 << 20)  # 1 MiB
     run = str(tmp_path / "run")
@@ -109,7 +109,7 @@ def test_shards_resume_mid_epoch_is_bit_identical(data, tmp_path):
 
 
 def test_resume_keeps_the_objective_chosen_at_the_start(data, tmp_path, monkeypatch):
-    from fastprompt.train import step_memory
+    from fastprompt.pretrain import step_memory
 
     run = str(tmp_path / "run")
     cfg = _cfg("pomp/vit_b16_ep5", "TRAIN.CHECKPOINT_STEPS", "1", **{"DATASET.ROOT": data["root"]})

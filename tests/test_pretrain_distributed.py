@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import load_file
 
 from fastprompt import testing
-from fastprompt.train.pretrain import pretrain_run
+from fastprompt.pretrain.run import pretrain_run
 from fastprompt.train.records import read_metrics
 from fastprompt.train.state import load_state
 

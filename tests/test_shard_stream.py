@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from fastprompt.data import ShardDataset, pack_folder
-from fastprompt.data.fake_imagenet21k import make_imagenet21k
+from fastprompt.testing.fake_imagenet21k import make_imagenet21k
 from fastprompt.data.shard_stream import ShardBatchStream
 
 pytest.importorskip("webdataset")

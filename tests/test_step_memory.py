@@ -1,4 +1,4 @@
-"""The step-memory estimate (fastprompt.train.step_memory): probes of a few dozen classes predict the
+"""The step-memory estimate (fastprompt.pretrain.step_memory): probes of a few dozen classes predict the
 bytes a real step saves for its backward, the estimate orders modes and class counts, the choice
 between the full-vocabulary step and local contrast follows the available memory (or ``force``),
 and the probes leave the learner as it was."""
@@ -10,10 +10,10 @@ import torch
 import fastprompt
 from fastprompt.data.imagenet21k_classes import build_class_table
 from fastprompt.testing import random_images, tiny_clip
-from fastprompt.train import step_memory
-from fastprompt.train.memory_probe import SavedBytes, storage_key
-from fastprompt.train.step_probes import PROBE_CLASSES
-from fastprompt.train.step_memory import (StepMemoryEstimate, available_memory, choose_objective_mode,
+from fastprompt.pretrain import step_memory
+from fastprompt.pretrain.memory_probe import SavedBytes, storage_key
+from fastprompt.pretrain.step_probes import PROBE_CLASSES
+from fastprompt.pretrain.step_memory import (StepMemoryEstimate, available_memory, choose_objective_mode,
                                           decide_objective_mode, estimate_step_memory, format_bytes)
 
 N_CLASSES = 300  # well above the probes' 2 * PROBE_CLASSES, so the check is an extrapolation

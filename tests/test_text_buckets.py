@@ -11,7 +11,7 @@ import torch
 
 import fastprompt
 import fastprompt.towers.text_plan as text_plan
-from fastprompt import jit
+from fastprompt.ops import jit
 from fastprompt.ops.validation import declared_index_range
 from fastprompt.testing import FP32, assert_close_rel, random_images
 from fastprompt.towers import BucketRule, TextTower, build_text_plan, ctx_source

@@ -6,7 +6,7 @@ import os
 import pytest
 
 from fastprompt.cli import main
-from fastprompt.data.fake_trees import make_split_dataset, tiny_jpeg
+from fastprompt.testing.fake_trees import make_split_dataset, tiny_jpeg
 
 FAST = ["OPTIM.MAX_EPOCH", "2", "DATALOADER.TRAIN_X.BATCH_SIZE", "8", "DATALOADER.NUM_WORKERS", "0",
         "TRAIN.TENSORBOARD", "False"]

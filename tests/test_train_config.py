@@ -5,7 +5,7 @@ import torch
 
 from fastprompt.train.build import check_backbone, open_clip_name
 from fastprompt.train.config import dump_yaml, read_yaml, resolve_config
-from fastprompt.train.errors import ConfigError
+from fastprompt.errors import ConfigError
 from fastprompt.train.methods import METHODS, learner_kwargs
 from fastprompt.train.recipes import list_recipes, load_recipe, recipe_path
 from fastprompt.train.schedule import EpochSchedule, build_optimizer, schedule_from_config

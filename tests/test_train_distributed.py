@@ -7,7 +7,7 @@ import sys
 from safetensors.torch import load_file
 
 from fastprompt import testing
-from fastprompt.data.fake_trees import make_split_dataset, tiny_jpeg
+from fastprompt.testing.fake_trees import make_split_dataset, tiny_jpeg
 from fastprompt.train.records import read_metrics
 from fastprompt.train.run import train_run
 

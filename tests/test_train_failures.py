@@ -8,11 +8,11 @@ import torch
 from safetensors.torch import load_file
 
 import fastprompt
-from fastprompt.data.fake_trees import make_split_dataset, tiny_jpeg
+from fastprompt.testing.fake_trees import make_split_dataset, tiny_jpeg
 from fastprompt.data.registry import resolve
 from fastprompt.train.build import TINY_CLIP_KWARGS
 from fastprompt.train.config import resolve_config
-from fastprompt.train.errors import TrainError
+from fastprompt.errors import TrainError
 from fastprompt.train.recipes import load_recipe
 from fastprompt.train.records import read_metrics
 from fastprompt.train.run import train_run

@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from fastprompt.cli import main
-from fastprompt.data.fake_trees import make_split_dataset, tiny_jpeg
-from fastprompt.train.errors import ConfigError
-from fastprompt.train.order import EpochBatches
+from fastprompt.testing.fake_trees import make_split_dataset, tiny_jpeg
+from fastprompt.errors import ConfigError
+from fastprompt.data.order import EpochBatches
 from fastprompt.train.precision import autocast_supported, resolve_precision
 from fastprompt.train.schedule import build_optimizer
 from fastprompt.train.state import load_state

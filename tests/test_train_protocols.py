@@ -10,12 +10,12 @@ import random
 import pytest
 
 from fastprompt.cli import main
-from fastprompt.data.fake_trees import make_split_dataset, tiny_jpeg
+from fastprompt.testing.fake_trees import make_split_dataset, tiny_jpeg
 from fastprompt.data.registry import resolve
-from fastprompt.train.errors import ConfigError
-from fastprompt.train.grid import run_grid
+from fastprompt.errors import ConfigError
+from fastprompt.protocols.grid import run_grid
 from fastprompt.train.run import run_status
-from fastprompt.train.tables import harmonic_mean
+from fastprompt.protocols.tables import harmonic_mean
 
 # 1 epoch; 3 base classes x 6 images in batches of 4 = 5 steps, a resumable state after each
 FAST = ["OPTIM.MAX_EPOCH", "1", "DATALOADER.TRAIN_X.BATCH_SIZE", "4", "DATALOADER.NUM_WORKERS", "0",

@@ -10,12 +10,12 @@ from PIL import Image
 import fastprompt
 import fastprompt.train.randaugment as ra
 from fastprompt.cli import main
-from fastprompt.data.fake_trees import make_split_dataset
+from fastprompt.testing.fake_trees import make_split_dataset
 from fastprompt.data.images import ImageDataset
 from fastprompt.train.build import build_model, load_data
 from fastprompt.train.config import resolve_config
-from fastprompt.train.errors import ConfigError
-from fastprompt.train.order import SeededSamples
+from fastprompt.errors import ConfigError
+from fastprompt.data.order import SeededSamples
 from fastprompt.train.recipes import load_recipe
 from fastprompt.train.state import load_state
 from fastprompt.train.views import MultiView, flatten_views

@@ -6,7 +6,7 @@ from torch import nn
 
 from fastprompt import CoOpLearner, testing
 from fastprompt.data import ImageDataset, load_dataset
-from fastprompt.data.fake_trees import make_split_dataset, tiny_jpeg
+from fastprompt.testing.fake_trees import make_split_dataset, tiny_jpeg
 from fastprompt.data.transforms import transforms_for_model
 from fastprompt.reference import ReferenceCoOp
 from fastprompt.train import EpochSchedule, Trainer, TrainSettings

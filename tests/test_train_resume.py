@@ -9,7 +9,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from fastprompt.data.fake_trees import make_split_dataset, tiny_jpeg
+from fastprompt.testing.fake_trees import make_split_dataset, tiny_jpeg
 from fastprompt.train.records import read_metrics
 from fastprompt.train.run import train_run
 from fastprompt.train.state import load_state

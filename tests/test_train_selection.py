@@ -7,7 +7,7 @@ import torch
 from safetensors.torch import load_file
 
 import fastprompt.train.trainer as trainer_module
-from fastprompt.data.fake_trees import make_split_dataset, tiny_jpeg
+from fastprompt.testing.fake_trees import make_split_dataset, tiny_jpeg
 from fastprompt.train.config import resolve_config
 from fastprompt.train.gpa import gaussian_epoch_weights
 from fastprompt.train.recipes import load_recipe

@@ -5,13 +5,13 @@ import pytest
 
 from fastprompt.cli import main
 from fastprompt.train.config import resolve_config
-from fastprompt.train.errors import ConfigError
-from fastprompt.train.grid import job_config, plan
-from fastprompt.train.protocols import DATASETS_11, DG_TARGETS, PROTOCOL_RECIPES, PROTOCOLS, XD_TARGETS, recipe_for
+from fastprompt.errors import ConfigError
+from fastprompt.protocols.grid import job_config, plan
+from fastprompt.protocols.definitions import DATASETS_11, DG_TARGETS, PROTOCOL_RECIPES, PROTOCOLS, XD_TARGETS, recipe_for
 from fastprompt.train.recipes import load_recipe, recipe_path
-from fastprompt.train.report import table_csv, table_markdown
-from fastprompt.train.results import RunResult
-from fastprompt.train.tables import build_tables
+from fastprompt.protocols.report import table_csv, table_markdown
+from fastprompt.protocols.results import RunResult
+from fastprompt.protocols.tables import build_tables
 
 
 def test_every_protocol_recipe_resolves_for_its_method():

@@ -56,7 +56,7 @@ class _AllGatherRows(torch.autograd.Function):
     ``sum_q dL_q/dF_r`` through its encoder, which the ``all_reduce(SUM)`` of the gathered gradient
     gives. Each rank then holds ``sum_q dL_q/dtheta`` restricted to its text slice plus its own
     ``dL_r/dtheta`` through the image side; the trainer's gradient averaging over ranks
-    (``fastprompt.train.distributed.average_gradients``: sum, then divide by ``W``) adds the slices
+    (``fastprompt.distributed.average_gradients``: sum, then divide by ``W``) adds the slices
     and yields ``(1/W) sum_q dL_q/dtheta``, the gradient of the mean of the per-rank losses, which
     for equal per-rank batches is the one-process gradient of the whole batch.
     """

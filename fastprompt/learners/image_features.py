@@ -4,7 +4,7 @@ The text-prompt methods (CoOp, CoCoOp, KgCoOp, PRE, SoftCPT, POMP, RPP with ``br
 read their images only through :meth:`~fastprompt.learners.base.PromptLearner.encode_image`, the
 frozen CLIP image tower without prompts, whose output does not change while the prompts train.
 Features computed once (:meth:`PromptLearner.frozen_features`, or the trainer's feature cache,
-:mod:`fastprompt.train.feature_cache`) are wrapped in :class:`ImageFeatures` and passed wherever
+:mod:`fastprompt.features.cache`) are wrapped in :class:`ImageFeatures` and passed wherever
 the learner takes images::
 
     feats = learner.frozen_features(images)     # ImageFeatures [B, E], L2-normalised

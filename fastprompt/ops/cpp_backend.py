@@ -18,7 +18,7 @@ CPU, so do the non-causal calls with one batch-shared prompt block and no lse (t
 layers), with the block's keys and values placed in front of each sequence's own: there the fused
 kernel beats the C++ one.
 
-The extensions are loaded (built on first use if needed) by :mod:`fastprompt.jit`; the
+The extensions are loaded (built on first use if needed) by :mod:`fastprompt.ops.jit`; the
 availability probes only look for a prebuilt module, a cached build, or a toolchain able to build
 one, so importing this module compiles nothing. Kernels are registered as the torch ops
 ``torch.ops.fastprompt.cpp_prompt_attention_fwd`` / ``_bwd`` (with fake implementations for
@@ -31,7 +31,7 @@ from typing import Optional, Tuple
 
 import torch
 
-from .. import jit
+from . import jit
 from .eager import _sdpa_attention, _sdpa_shared_prompt_attention, eager_prompt_attention
 from .registry import register_backend
 from .validation import AttentionArgs

@@ -5,7 +5,7 @@ from typing import Optional, Tuple
 
 import torch
 
-from ..jit import ExtensionUnavailableError
+from .jit import ExtensionUnavailableError
 from .registry import logger, resolve_backend
 from .validation import check_prompt_attention_args
 

@@ -14,9 +14,9 @@
   augmented views per training image (``TRAIN.FEATURE_CACHE_VIEWS``).
 """
 from .config import read_yaml, resolve_config
-from .errors import ConfigError, TrainError
-from .feature_cache import FeatureCache
-from .fixed_views import FixedViews
+from ..errors import ConfigError, TrainError
+from ..features.cache import FeatureCache
+from ..features.fixed_views import FixedViews
 from .gpa import GaussianPromptAggregation, gaussian_epoch_weights
 from .recipes import list_recipes, load_recipe, recipe_path
 from .run import evaluate_checkpoint, train_run

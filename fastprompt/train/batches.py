@@ -23,7 +23,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from ..data.images import skip_collate
-from .order import EpochBatches, SeededSamples
+from ..data.order import EpochBatches, SeededSamples
 
 __all__ = ["MapBatches"]
 

@@ -14,7 +14,7 @@ from typing import Any, Dict, Optional, Tuple
 import numpy as np
 import torch
 
-from .errors import ConfigError
+from ..errors import ConfigError
 from .methods import DEEP_VISION, METHODS, learner_kwargs
 from .views import MultiView, with_randaugment2
 

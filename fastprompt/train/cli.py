@@ -22,7 +22,7 @@ __all__ = ["add_train_parsers", "add_run_options", "resolve_args", "fail", "trai
 
 def train_errors():
     from ..data.items import DataError
-    from .errors import ConfigError, TrainError
+    from ..errors import ConfigError, TrainError
 
     return (ConfigError, TrainError, DataError, FileNotFoundError)
 
@@ -111,7 +111,7 @@ def _arguments(args) -> dict:
 def resolve_args(args, arguments: dict) -> dict:
     """The configuration of a command line: config files, ``arguments`` (key -> value), ``KEY VALUE`` overrides."""
     from .config import read_yaml, resolve_config
-    from .errors import ConfigError
+    from ..errors import ConfigError
     from .recipes import load_recipe, recipe_path
 
     files = []

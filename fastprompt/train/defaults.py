@@ -84,7 +84,7 @@ FASTPROMPT_KEYS: Dict[str, Any] = {
                                      "picking one (cacheable); 0 = the training transform as it is"),
     "TRAIN.FROZEN_IMAGE_PRECISION": ("fp32", "the frozen image tower: fp32, or bf16 autocast (about 1% feature "
                                              "error, 2-3x faster where the hardware has bf16 matrix units)"),
-    # fastprompt pretrain (ImageNet-21K prompt pretraining, fastprompt.train.pretrain)
+    # fastprompt pretrain (ImageNet-21K prompt pretraining, fastprompt.pretrain.run)
     "TRAIN.OBJECTIVE": ("auto", "pomp/rpp pretraining: full (exact softmax over every class), local (POMP's "
                                 "sampled local contrast), auto (full when the step fits in memory)"),
     "DATASET.UNIVERSE": ("folders", "ImageNet-21K class universe: folders (the tree's), winter21, fall11, full"),

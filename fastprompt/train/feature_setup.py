@@ -5,11 +5,11 @@
   tower every step, so any augmentation is fine).
 * ``TRAIN.FEATURE_CACHE_DIR``: empty = the features live in memory for the run; a folder (or
   ``default``: ``<fastprompt cache>/image_features``) = also on disk, reused by later runs on the
-  same images, model, transform and precision (:mod:`fastprompt.train.feature_store`).
+  same images, model, transform and precision (:mod:`fastprompt.features.store`).
 * ``TRAIN.FEATURE_CACHE_VIEWS``: 0 = the training transform as it is (with ``FEATURE_CACHE all``
   it must be deterministic: ``INPUT.TRANSFORMS ['normalize']``); V >= 1 = V seeded augmented
   views per training image drawn once, each epoch training on one (K with ``K_TRANSFORMS``) of
-  them, with or without the cache (:mod:`fastprompt.train.fixed_views`).
+  them, with or without the cache (:mod:`fastprompt.features.fixed_views`).
 * ``TRAIN.FROZEN_IMAGE_PRECISION``: ``fp32`` or ``bf16`` (the learners' ``frozen_image_precision``;
   refused on a device without bf16 matrix units).
 
@@ -22,8 +22,8 @@ from typing import Any, Dict, Optional
 
 import torch
 
-from .errors import ConfigError
-from .fixed_views import FixedViews
+from ..errors import ConfigError
+from ..features.fixed_views import FixedViews
 from .methods import DEEP_VISION
 
 __all__ = ["FEATURE_CACHE_MODES", "FeatureSettings", "feature_settings", "training_data", "build_feature_cache"]
@@ -44,7 +44,7 @@ class FeatureSettings:
 def feature_settings(cfg: Dict[str, Any], device: torch.device) -> FeatureSettings:
     """The checked settings of ``cfg``; a ``ConfigError`` that names the key and the way out."""
     from ..learners.frozen_precision import FROZEN_IMAGE_PRECISIONS, bf16_unsupported_reason
-    from .feature_store import default_folder
+    from ..features.store import default_folder
 
     train = cfg["TRAIN"]
     mode, folder = str(train["FEATURE_CACHE"]).strip().lower(), str(train["FEATURE_CACHE_DIR"]).strip()
@@ -96,10 +96,10 @@ def training_data(items, train_tf, settings: FeatureSettings, seed: int):
 
 def build_feature_cache(settings: FeatureSettings, learner, device: torch.device, autocast, batch_size: int,
                         num_workers: int):
-    """The run's :class:`~fastprompt.train.feature_cache.FeatureCache`, or ``None`` when it is off."""
+    """The run's :class:`~fastprompt.features.cache.FeatureCache`, or ``None`` when it is off."""
     if not settings.mode:
         return None
-    from .feature_cache import FeatureCache
+    from ..features.cache import FeatureCache
 
     try:
         return FeatureCache(learner, device, folder=settings.folder, autocast=autocast, batch_size=batch_size,

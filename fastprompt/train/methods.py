@@ -18,7 +18,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Callable, Dict, Optional, Tuple
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 __all__ = ["MethodSpec", "METHODS", "method_of_trainer", "learner_kwargs", "DEEP_VISION"]
 

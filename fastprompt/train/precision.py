@@ -17,7 +17,7 @@ from typing import Optional, Tuple
 
 import torch
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 __all__ = ["PRECISIONS", "resolve_precision", "autocast_supported", "Precision"]
 

@@ -13,7 +13,7 @@ skipped when ``random.random() > p``, otherwise applied with the value ``low + m
 value with probability 1/2 (``random.random() > 0.5``). Translations are fractions of the image
 size; affine maps and rotation use PIL's defaults (nearest neighbour, black fill). Random numbers
 come from Python's ``random`` module, in the original's order, so a seeded sample
-(:class:`fastprompt.train.order.SeededSamples`) gets the same augmentation however it is loaded.
+(:class:`fastprompt.data.order.SeededSamples`) gets the same augmentation however it is loaded.
 """
 from __future__ import annotations
 

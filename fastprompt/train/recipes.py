@@ -13,7 +13,7 @@ import os
 from typing import Any, Dict, List
 
 from .config import read_yaml
-from .errors import ConfigError
+from ..errors import ConfigError
 
 __all__ = ["RECIPE_DIR", "list_recipes", "recipe_path", "load_recipe"]
 

@@ -17,10 +17,10 @@ from typing import Any, Callable, Dict, Optional, Sequence
 
 import torch
 
-from . import distributed
+from .. import distributed
 from .build import build_learner, build_model, load_data, set_random_seed
 from .config import dump_yaml, flatten, read_yaml, resolve_config
-from .errors import ConfigError, TrainError
+from ..errors import ConfigError, TrainError
 from .feature_setup import build_feature_cache, feature_settings, training_data
 from .precision import Precision, resolve_precision
 from .schedule import schedule_from_config
@@ -32,7 +32,7 @@ __all__ = ["RUN_FILES", "prepare_run_dir", "open_run", "write_run_header", "trai
 
 RUN_FILES = ("config.yaml", "env.txt", "log.txt", "metrics.jsonl", STATE_FILE, "prompt.safetensors",
              "fastprompt_config.json", "eval.json", "curves.png", "tensorboard",
-             # fastprompt pretrain's own (fastprompt.train.pretrain)
+             # fastprompt pretrain's own (fastprompt.pretrain.run)
              "pretrain.json", "classes.json", "classnames.txt", "transfer")
 # Keys that may differ between a run's saved configuration and the one given with --resume.
 _RESUME_FREE = ("OUTPUT_DIR", "RESUME", "DATASET.ROOT", "DATALOADER.NUM_WORKERS", "TRAIN.DEVICE", "TRAIN.TENSORBOARD",

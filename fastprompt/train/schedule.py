@@ -18,7 +18,7 @@ from typing import Any, Dict, Iterable, Sequence
 
 import torch
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 __all__ = ["EpochSchedule", "build_optimizer", "schedule_from_config"]
 

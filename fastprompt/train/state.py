@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from ..atomic_io import atomic_write, atomic_write_text
-from .errors import TrainError
+from ..errors import TrainError
 
 __all__ = ["atomic_write", "write_text", "write_json", "save_state", "load_state", "rng_state", "set_rng_state",
            "STATE_FILE", "STATE_FORMAT"]

@@ -2,7 +2,7 @@
 
 The loop is that of Dassl's ``SimpleTrainer`` as the CoOp family uses it (KaiyangZhou/
 Dassl.pytorch ``dassl/engine/trainer.py``): epochs of shuffled batches
-(:mod:`fastprompt.train.order`), ``loss = learner.loss(images, labels)``, backward, optimizer
+(:mod:`fastprompt.data.order`), ``loss = learner.loss(images, labels)``, backward, optimizer
 step; the learning rate set per epoch (:mod:`fastprompt.train.schedule`); after the last
 epoch, the test split is evaluated with the last model (``TEST.FINAL_MODEL = last_step``) or
 with the best-on-val prompts (``best_val``: as in Dassl, the val split is evaluated after every
@@ -14,7 +14,7 @@ Added here: bf16/fp16 autocast (with a ``GradScaler`` for fp16), gradient accumu
 (``grad_accum_steps`` batches per optimizer step, each loss divided by the number of batches of
 its step, so a step's gradient is the mean over its batches, also for a short last group of an
 epoch), evaluation every N epochs, torchrun data parallelism
-(:mod:`fastprompt.train.distributed`), a resumable state at every epoch end and, optionally,
+(:mod:`fastprompt.distributed`), a resumable state at every epoch end and, optionally,
 every N steps (:mod:`fastprompt.train.state`), and a stop with the step number when the loss or
 the prompts after a step are not finite, before anything non-finite is checkpointed.
 
@@ -41,9 +41,9 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from ..data.images import skip_collate
-from . import distributed
+from .. import distributed
 from .batches import MapBatches
-from .errors import TrainError
+from ..errors import TrainError
 from .evaluate import evaluate
 from .precision import Precision
 from .records import RunRecords, plot_curves
@@ -103,8 +103,8 @@ class Trainer:
         batches: the batch source (:mod:`fastprompt.train.batches`); default: ``train_data`` in
             the seeded order of :class:`~fastprompt.train.batches.MapBatches`. A stream
             (WebDataset shards) keeps its position in the resumable state; a feature-cached run
-            passes :meth:`FeatureCache.train_batches <fastprompt.train.feature_cache.FeatureCache.train_batches>`.
-        feature_cache: a :class:`~fastprompt.train.feature_cache.FeatureCache`: the val and test
+            passes :meth:`FeatureCache.train_batches <fastprompt.features.cache.FeatureCache.train_batches>`.
+        feature_cache: a :class:`~fastprompt.features.cache.FeatureCache`: the val and test
             splits are evaluated on their cached frozen features (computed once, not per evaluation).
     """
 

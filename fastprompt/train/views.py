@@ -18,7 +18,7 @@ from typing import Callable, Tuple
 import torch
 from torchvision import transforms as T
 
-from .errors import ConfigError
+from ..errors import ConfigError
 from .randaugment import RandAugment2
 
 __all__ = ["MultiView", "flatten_views", "with_randaugment2"]

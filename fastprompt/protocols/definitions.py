@@ -25,7 +25,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Dict, List, Optional, Sequence, Tuple
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 __all__ = ["PROTOCOLS", "DATASETS_11", "XD_TARGETS", "DG_TARGETS", "SOURCE", "DEFAULT_SHOTS", "ProtocolRecipe",
            "PROTOCOL_RECIPES", "recipe_for", "check_protocol"]

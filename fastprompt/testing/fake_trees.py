@@ -12,7 +12,7 @@ import os
 import random
 from typing import Dict, List, Optional, Sequence
 
-from .registry import resolve
+from ..data.registry import resolve
 
 __all__ = ["tiny_jpeg", "make_split_dataset", "make_aircraft", "make_imagenet", "make_variant"]
 

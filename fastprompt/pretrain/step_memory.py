@@ -9,7 +9,7 @@ often fits; :func:`choose_objective_mode` takes it whenever it does.
 **Method: measure, don't guess.** A step's memory is the resident weights, the tensors the forward
 saves for the backward, and the transient peak on top of them during the forward and backward.
 Small real steps are run on the learner itself (a few dozen classes, 1-2 images), measured, fitted
-and evaluated at the step's own layout (:mod:`fastprompt.train.step_probes`): full mode at the
+and evaluated at the step's own layout (:mod:`fastprompt.pretrain.step_probes`): full mode at the
 learner's plan (or the busiest rank's class slice under class sharding), local mode at the plans
 of seeded draws of ``K-1`` negatives plus the batch's labels. The learner is left exactly as it was.
 """
@@ -22,7 +22,7 @@ from typing import Any, Dict, Optional, Tuple
 
 import torch
 
-from .precision import PRECISIONS
+from ..train.precision import PRECISIONS
 from .step_probes import HEAD_CLASSES, StepProbes
 
 __all__ = ["StepMemoryEstimate", "estimate_step_memory", "available_memory", "choose_objective_mode",
@@ -142,7 +142,7 @@ def _check_device(learner, device) -> torch.device:
 
 
 class _StepModel:
-    """Checked arguments, the probes (:class:`~fastprompt.train.step_probes.StepProbes`) and their
+    """Checked arguments, the probes (:class:`~fastprompt.pretrain.step_probes.StepProbes`) and their
     evaluation per mode."""
 
     def __init__(self, learner, batch_size: int, device, precision: str, world: int):

@@ -9,7 +9,7 @@ shots_<K>/<trainer>/<config>/seed<S>``)::
     DIR/fewshot/<method>/<dataset>/shots<K>/seed<S>/    eval.json
     DIR/xd/<method>/imagenet/shots<K>/seed<S>/          the ImageNet source run of crossdataset and dg:
                                                         eval.json (ImageNet), eval_<target>_all.json
-    DIR/results/<protocol>_<method>.{csv,md,png}        the tables (:mod:`fastprompt.train.tables`)
+    DIR/results/<protocol>_<method>.{csv,md,png}        the tables (:mod:`fastprompt.protocols.tables`)
 
 Each run directory is an ordinary ``fastprompt train`` run (``fastprompt eval`` and ``--resume``
 work on it). Like the originals' scripts, a finished run is skipped; unlike them, an unfinished one
@@ -25,12 +25,12 @@ import os
 import sys
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
-from . import distributed
-from .config import resolve_config
-from .errors import ConfigError, TrainError
-from .protocols import SOURCE, check_protocol, normalise_datasets, recipe_for
-from .recipes import load_recipe, recipe_path
-from .run import evaluate_checkpoint, run_status, train_run
+from .. import distributed
+from ..train.config import resolve_config
+from ..errors import ConfigError, TrainError
+from .definitions import SOURCE, check_protocol, normalise_datasets, recipe_for
+from ..train.recipes import load_recipe, recipe_path
+from ..train.run import evaluate_checkpoint, run_status, train_run
 
 __all__ = ["Job", "plan", "run_grid", "eval_path", "KIND"]
 
@@ -60,7 +60,7 @@ def eval_path(run_dir: str, dataset: str, subsample: str) -> str:
 def plan(protocol: str, method: str, output_dir: str, datasets: Optional[Sequence[str]] = None,
          seeds: Sequence[int] = (1, 2, 3), shots: Optional[Sequence[int]] = None) -> List[Job]:
     """The jobs of a grid, in the order they run (dataset, shots, seed)."""
-    from .protocols import DEFAULT_SHOTS
+    from .definitions import DEFAULT_SHOTS
 
     check_protocol(protocol, method)
     shots = list(shots or DEFAULT_SHOTS[protocol])

@@ -1,8 +1,8 @@
-"""The probes behind :mod:`fastprompt.train.step_memory`: small real steps, measured and fitted.
+"""The probes behind :mod:`fastprompt.pretrain.step_memory`: small real steps, measured and fitted.
 
 Three parts of a step are probed separately, each under
-:class:`~fastprompt.train.memory_probe.SavedBytes` (bytes saved for the backward) and
-:class:`~fastprompt.train.memory_probe.PeakBytes` (peak above them, forward and backward):
+:class:`~fastprompt.pretrain.memory_probe.SavedBytes` (bytes saved for the backward) and
+:class:`~fastprompt.pretrain.memory_probe.PeakBytes` (peak above them, forward and backward):
 
 * **text tower**: ``learner.text_features(classes)`` for six class subsets of a few dozen
   classes, fitted by least squares as ``bytes = a + b*T + c*N + d*P + e*S``. The terms are what
@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from ..learners.class_sharding import shard_bounds
 from ..learners.teacher import distillation_kl
 from .memory_probe import PeakBytes, SavedBytes, storage_key, unique_storage_bytes
-from .precision import Precision
+from ..train.precision import Precision
 
 __all__ = ["Fit", "StepProbes", "PROBE_CLASSES", "LOCAL_DRAWS"]
 

@@ -11,8 +11,8 @@ import random
 from typing import Iterable, List, Optional, Sequence, Tuple, Union
 
 from .fake_trees import tiny_jpeg
-from .imagenet21k import DATASET_FOLDER, SPLIT_FOLDERS
-from .imagenet21k_classes import universe_wnids
+from ..data.imagenet21k import DATASET_FOLDER, SPLIT_FOLDERS
+from ..data.imagenet21k_classes import universe_wnids
 
 __all__ = ["make_imagenet21k", "CORRUPT_BYTES"]
 

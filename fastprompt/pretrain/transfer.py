@@ -10,7 +10,7 @@ the ImageNet variants (-V2, -Sketch, -A, -R): the class names of each test set r
 ``TEST.TRANSFER_ROOT`` (CoOp's folder layout, :func:`fastprompt.data.load_dataset`; a dataset that
 is not there is skipped with its reason logged), split over the ranks under torchrun, and writes
 into ``<run>/transfer/``: ``eval_<dataset>.json`` per dataset (the format of ``fastprompt eval``),
-and the two tables of the protocols (:mod:`fastprompt.train.tables`): cross-dataset (ImageNet,
+and the two tables of the protocols (:mod:`fastprompt.protocols.tables`): cross-dataset (ImageNet,
 the 10 targets and their average) and domain generalisation (ImageNet, the 4 variants and their
 average) as CSV, Markdown and PNG, with POMP's published numbers beside them.
 """
@@ -24,11 +24,11 @@ from torch.utils.data import DataLoader
 
 from ..data.images import ImageDataset, skip_collate
 from ..data.items import DataError
-from . import distributed
-from .evaluate import evaluate
-from .protocols import DG_TARGETS, SOURCE, XD_TARGETS
-from .state import write_json
-from .tables import Cell, Row, Table, _attach_published, _average_row, _sorted
+from .. import distributed
+from ..train.evaluate import evaluate
+from ..protocols.definitions import DG_TARGETS, SOURCE, XD_TARGETS
+from ..train.state import write_json
+from ..protocols.tables import Cell, Row, Table, _attach_published, _average_row, _sorted
 
 __all__ = ["transfer_evaluation", "transfer_tables", "TRANSFER_DIR"]
 

@@ -9,7 +9,7 @@ A feature table (``[N, V, E]``: V views of N images) is a pure function of
 * the images: for each, its file's absolute path, size and modification time, and its label
   (stored with the features, so it must match too);
 * the transform that turned the file into a tensor (its ``repr``: torchvision spells out sizes,
-  interpolation, mean and std) and, for seeded views (:class:`~fastprompt.train.fixed_views.FixedViews`),
+  interpolation, mean and std) and, for seeded views (:class:`~fastprompt.features.fixed_views.FixedViews`),
   the number of views and the seed that draws them.
 
 Tables live in ``<folder>/<key>.safetensors`` (``<folder>``: ``TRAIN.FEATURE_CACHE_DIR``, or

@@ -2,9 +2,9 @@
 
 It follows the batch-source protocol of :mod:`fastprompt.train.batches` and gives the batches
 :class:`~fastprompt.train.batches.MapBatches` would give, in the same order (the same
-:class:`~fastprompt.train.order.EpochBatches`: a pure function of seed and epoch, split over the
+:class:`~fastprompt.data.order.EpochBatches`: a pure function of seed and epoch, split over the
 ranks the same way), with each image replaced by its cached frozen features: view ``v`` of image
-``i`` as :func:`~fastprompt.train.fixed_views.view_choices` picks it for the epoch, so the inputs
+``i`` as :func:`~fastprompt.features.fixed_views.view_choices` picks it for the epoch, so the inputs
 are those a run rendering the views would compute. Unreadable images are dropped from their
 batch, as :func:`~fastprompt.data.images.skip_collate` drops them (a batch of none is ``None``).
 
@@ -18,9 +18,9 @@ from typing import Any, Callable, Optional
 import torch
 
 from ..learners.image_features import ImageFeatures
-from .feature_store import FeatureTable
+from .store import FeatureTable
 from .fixed_views import view_choices
-from .order import EpochBatches
+from ..data.order import EpochBatches
 
 __all__ = ["CachedFeatureBatches"]
 

@@ -9,7 +9,7 @@
 
 Means and standard deviations over seeds are ``np.mean`` / ``np.std`` (population std), as CoOp's
 ``parse_test_res.py`` computes them (KaiyangZhou/CoOp). Each row carries the original method's
-published numbers (:mod:`fastprompt.train.published`); a published average is shown only when the
+published numbers (:mod:`fastprompt.protocols.published`); a published average is shown only when the
 table covers the datasets it was computed over.
 """
 from __future__ import annotations
@@ -18,7 +18,7 @@ import dataclasses
 import math
 from typing import Dict, List, Optional, Sequence, Tuple
 
-from .protocols import DATASETS_11, DG_TARGETS, SOURCE, XD_TARGETS
+from .definitions import DATASETS_11, DG_TARGETS, SOURCE, XD_TARGETS
 from .published import published
 from .results import RunResult
 

@@ -1,11 +1,11 @@
 """What the C++ and CUDA prompt-attention extensions are built from, where, and whether they can be.
 
-The standard-library half of :mod:`fastprompt.jit`: environment switches, CPU instruction set
+The standard-library half of :mod:`fastprompt.ops.jit`: environment switches, CPU instruction set
 and CUDA architecture selection, the CUDA toolkit and ninja probes, the source digest, the
 compiler flags and build tag of each extension, and its JIT cache directory. It imports nothing
 but the standard library at module level, so ``setup.py`` loads this file directly for an
 ahead-of-time build without importing fastprompt or torch (torch is imported lazily, only where
-its version or CUDA build is part of the answer). Environment variables: see :mod:`fastprompt.jit`.
+its version or CUDA build is part of the answer). Environment variables: see :mod:`fastprompt.ops.jit`.
 """
 from __future__ import annotations
 
@@ -50,7 +50,7 @@ def jit_disabled() -> bool:
 
 def csrc_dir() -> Path:
     """The ``csrc/`` tree next to the package (a source checkout or an editable install)."""
-    return Path(__file__).resolve().parent.parent / "csrc"
+    return Path(__file__).resolve().parents[2] / "csrc"
 
 
 def cache_root() -> Path:

@@ -13,7 +13,7 @@ Deterministic views are
 * evaluation (the test transform: resize, center crop, normalise);
 * training with augmentation off (``INPUT.TRANSFORMS ['normalize']``);
 * training on a fixed number of seeded augmented views per image
-  (:class:`~fastprompt.train.fixed_views.FixedViews`, ``TRAIN.FEATURE_CACHE_VIEWS``): V views
+  (:class:`~fastprompt.features.fixed_views.FixedViews`, ``TRAIN.FEATURE_CACHE_VIEWS``): V views
   each computed once, each epoch choosing among them.
 
 A dataset whose images come out differently under two seeds (random augmentation, not through
@@ -25,7 +25,7 @@ batch; the loss, gradients and trained prompts agree with the uncached run's wit
 rounding (``FP32.parity``; tests/test_feature_cache.py trains both ways).
 
 Tables are kept on the training device, per dataset, for the life of the cache, and with
-``folder`` also on disk (:mod:`fastprompt.train.feature_store`: keyed by the image tower's weights,
+``folder`` also on disk (:mod:`fastprompt.features.store`: keyed by the image tower's weights,
 precision, transform, views and the image files), so later runs on the same images skip the
 computation. Under torchrun each rank computes a slice of the views and the slices are gathered.
 """
@@ -40,11 +40,11 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from ..learners.image_features import ImageFeatures
-from . import distributed
-from .feature_batches import CachedFeatureBatches
-from .feature_store import FeatureTable, disk_key, image_tower_fingerprint, load_table, save_table, table_path
+from .. import distributed
+from .batches import CachedFeatureBatches
+from .store import FeatureTable, disk_key, image_tower_fingerprint, load_table, save_table, table_path
 from .fixed_views import FixedViews
-from .order import SeededSamples
+from ..data.order import SeededSamples
 
 __all__ = ["FeatureCache"]
 
@@ -231,6 +231,6 @@ def _check_deterministic(data: Dataset) -> None:
                 f"image {i} comes out differently under two seeds: the dataset's transform is random augmentation, "
                 "and features computed once would freeze one random view per image (another recipe). Turn "
                 "augmentation off (INPUT.TRANSFORMS \"['normalize']\"), precompute a fixed number of augmented views "
-                "(TRAIN.FEATURE_CACHE_VIEWS V, fastprompt.train.fixed_views.FixedViews), or cache the evaluation "
+                "(TRAIN.FEATURE_CACHE_VIEWS V, fastprompt.features.fixed_views.FixedViews), or cache the evaluation "
                 "splits only (TRAIN.FEATURE_CACHE eval)")
         return

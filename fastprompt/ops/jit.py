@@ -11,10 +11,10 @@ backend of :func:`fastprompt.ops.prompt_attention` gets its extension from, in o
    one is never rebuilt;
 3. a JIT build with ``torch.utils.cpp_extension.load`` and ninja into that directory, under a
    cross-process file lock (concurrent processes build once; the others wait and load). Two
-   WARNING lines on the ``fastprompt.jit`` logger frame the build: what is being built and
+   WARNING lines on the ``fastprompt.ops.jit`` logger frame the build: what is being built and
    where, then how long it took. WARNING, because a first call pauses for about a minute and
    the user should see why without setting up logging (Python prints WARNING and above to
-   stderr by default); ``logging.getLogger("fastprompt.jit").setLevel(logging.ERROR)`` hides them.
+   stderr by default); ``logging.getLogger("fastprompt.ops.jit").setLevel(logging.ERROR)`` hides them.
 
 Nothing here compiles at import time. Failures are typed (:class:`ExtensionUnavailableError` and
 subclasses) and say how to fix them; the backend probes in ``fastprompt.ops.cpp_backend`` use
@@ -33,7 +33,7 @@ Environment variables:
   ``CXX``: C++ compiler (default ``c++``); ``MAX_JOBS``: parallel compile jobs.
 
 What is built from which sources and flags, and whether this machine can build it, lives in
-:mod:`fastprompt.extension_spec` (standard library only, so that ``setup.py`` can load it without
+:mod:`fastprompt.ops.extension_spec` (standard library only, so that ``setup.py`` can load it without
 importing fastprompt); this module loads and builds. The design follows FlashInfer's JIT
 (flashinfer-ai/flashinfer ``flashinfer/jit/core.py``: cache directory, FileLock,
 ``FLASHINFER_DISABLE_JIT``) and torchao's optional C++ build.
@@ -51,13 +51,13 @@ from pathlib import Path
 from typing import Dict, List, Optional
 
 # The build specification (standard library only; setup.py loads that file on its own). Every name
-# stays reachable as ``fastprompt.jit.<name>``.
+# stays reachable as ``fastprompt.ops.jit.<name>``.
 from .extension_spec import (  # noqa: F401
     _ISA_RANK, AOT_FIX, DEFAULT_CUDA_ARCH_LIST, KINDS, MODULE_NAMES, _arch_tag, _check_kind, _env_key,
     _ninja_on_path, build_args, build_directory, build_tag, cache_root, cpu_isa, csrc_dir, cuda_arch_list,
     cuda_home, jit_disabled, nvcc_version, source_digest, toolchain_problem)
 
-logger = logging.getLogger("fastprompt.jit")
+logger = logging.getLogger("fastprompt.ops.jit")
 
 
 class ExtensionUnavailableError(RuntimeError):

@@ -3,7 +3,7 @@
 A run counts when it is finished (:func:`fastprompt.train.run.run_status`) and has its
 ``eval.json``; an evaluation of its prompts on another split or dataset (``eval_<dataset>_<subsample>
 .json``) counts when it is not older than the run's ``prompt.safetensors``. Layout: see
-:mod:`fastprompt.train.grid`.
+:mod:`fastprompt.protocols.grid`.
 """
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import re
 from typing import Dict, List, Optional, Tuple
 
 from .grid import eval_path
-from .run import run_status
+from ..train.run import run_status
 
 __all__ = ["RunResult", "collect_runs"]
 

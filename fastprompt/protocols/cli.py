@@ -20,7 +20,7 @@ __all__ = ["add_protocol_parsers"]
 def add_protocol_parsers(subparsers) -> None:
     """Add ``run`` and ``results`` to a subparsers object."""
     from ..cli_args import no_check, nonnegative_int
-    from .protocols import PROTOCOL_RECIPES, PROTOCOLS
+    from .definitions import PROTOCOL_RECIPES, PROTOCOLS
 
     run = subparsers.add_parser(
         "run", help="run a protocol's grid (base2new, fewshot, crossdataset, dg) and write its results table",
@@ -104,10 +104,10 @@ def _report(directory: str, protocols, method, plot: bool) -> int:
 
 
 def _run(args) -> int:
-    from .cli import fail, train_errors
+    from ..train.cli import fail, train_errors
     from .grid import run_grid
-    from .protocols import check_protocol
-    from . import distributed
+    from .definitions import check_protocol
+    from .. import distributed
 
     settings = {k: v for k, v in (("MODEL.BACKBONE.NAME", args.model), ("MODEL.BACKBONE.TAG", args.pretrained),
                                   ("DATALOADER.NUM_WORKERS", args.workers), ("TRAIN.DEVICE", args.device))
@@ -128,7 +128,7 @@ def _run(args) -> int:
 def _results(args) -> int:
     import os
 
-    from .cli import fail
+    from ..train.cli import fail
 
     if not os.path.isdir(args.directory):
         return fail("results", FileNotFoundError(f"no such directory: {args.directory}"))

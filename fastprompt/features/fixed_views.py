@@ -3,13 +3,13 @@
 With random augmentation every epoch sees a new crop of every image, so no image feature can be
 computed once. ``TRAIN.FEATURE_CACHE_VIEWS = V`` replaces the endless stream of augmentations by
 a finite one that a cache can hold exactly: view ``v`` of image ``i`` is the training transform
-applied under RNG seeds derived from ``(seed, v, i)`` (:class:`~fastprompt.train.order.SeededSamples`
+applied under RNG seeds derived from ``(seed, v, i)`` (:class:`~fastprompt.data.order.SeededSamples`
 seeding with the "epoch" ``-2 - v``, which no epoch uses), so it is the same tensor whenever and
 wherever it is computed; in epoch ``e`` a training sample of image ``i`` is ``K`` of those views
 (``K = DATALOADER.K_TRANSFORMS``, stacked ``[K, C, H, W]`` like :class:`~fastprompt.train.views.MultiView`
 when ``K > 1``), chosen by ``torch.randint(V, (K,))`` from the RNG that ``SeededSamples`` seeds
 with ``(seed, e, i)``. :func:`view_choices` recomputes that choice without loading anything,
-which is how the feature cache (:mod:`fastprompt.train.feature_cache`) picks the same views as a
+which is how the feature cache (:mod:`fastprompt.features.cache`) picks the same views as a
 run that computes them, so both train on identical inputs.
 
 The setting applies with and without the cache: a run with views and no cache renders the chosen
@@ -22,7 +22,7 @@ from typing import List
 import torch
 from torch.utils.data import Dataset
 
-from .order import SeededSamples, sample_seed
+from ..data.order import SeededSamples, sample_seed
 
 __all__ = ["FixedViews", "view_choices"]
 

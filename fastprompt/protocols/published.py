@@ -13,7 +13,7 @@ import dataclasses
 import os
 from typing import Any, Dict, Optional, Tuple
 
-from .config import read_yaml
+from ..train.config import read_yaml
 
 __all__ = ["PUBLISHED_DIR", "Published", "published"]
 

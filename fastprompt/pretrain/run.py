@@ -12,14 +12,14 @@ exact full-vocabulary step affordable, so a pretraining run here:
    the class table used is written into the run (``classes.json``, ``classnames.txt``);
 2. chooses the objective (``TRAIN.OBJECTIVE``): ``auto`` estimates the memory of the
    full-vocabulary step from the class count, batch and backbone before the first step
-   (:mod:`fastprompt.train.step_memory`) and uses it when it fits, else POMP's local contrast,
+   (:mod:`fastprompt.pretrain.step_memory`) and uses it when it fits, else POMP's local contrast,
    logging why; ``full`` / ``local`` force either. The choice and its reason are recorded in
    ``pretrain.json`` and kept on resume. Under torchrun the full-vocabulary text side is split
    by classes over the ranks (:mod:`fastprompt.learners.class_sharding`);
 3. trains with the :class:`~fastprompt.train.trainer.Trainer` (checkpoints every
    ``TRAIN.CHECKPOINT_STEPS``, images/s in the log, resumable at any step);
 4. tests the prompts zero-shot on ImageNet-1K, the cross-dataset targets and the ImageNet variants
-   found under ``TEST.TRANSFER_ROOT`` (:mod:`fastprompt.train.transfer`).
+   found under ``TEST.TRANSFER_ROOT`` (:mod:`fastprompt.pretrain.transfer`).
 
 RPP's teacher (the frozen zero-shot CLIP) encodes all classes once, cached on disk
 (``TRAINER.RPP.TEACHER_CACHE``, on for pretraining); its soft labels cover the same columns as
@@ -35,14 +35,14 @@ from typing import Any, Callable, Dict, List, Sequence
 
 import torch
 
-from . import distributed
-from .build import build_learner, build_model, build_transforms, set_random_seed
-from .errors import ConfigError, TrainError
-from .precision import resolve_precision
-from .run import open_run, run_settings, write_run_header
-from .schedule import schedule_from_config
-from .state import STATE_FILE, write_json
-from .trainer import Trainer
+from .. import distributed
+from ..train.build import build_learner, build_model, build_transforms, set_random_seed
+from ..errors import ConfigError, TrainError
+from ..train.precision import resolve_precision
+from ..train.run import open_run, run_settings, write_run_header
+from ..train.schedule import schedule_from_config
+from ..train.state import STATE_FILE, write_json
+from ..train.trainer import Trainer
 
 __all__ = ["pretrain_run", "PRETRAIN_METHODS", "OBJECTIVES", "PRETRAIN_FILE", "POMP_SHOTS", "set_objective"]
 
@@ -224,7 +224,7 @@ def _transfer(cfg, trainer: Trainer, learner, test_tf, device, run_dir: str, met
         trainer.records.log("transfer: not tested (set TEST.TRANSFER_ROOT or --transfer-data to the folder holding "
                             "ImageNet and the cross-dataset / variant test sets)")
         return {}
-    from .report import write_tables
+    from ..protocols.report import write_tables
     from .transfer import TRANSFER_DIR, transfer_evaluation, transfer_tables
 
     if not os.path.isdir(root):

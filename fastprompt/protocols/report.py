@@ -14,7 +14,7 @@ import io
 import os
 from typing import Dict, List, Optional, Sequence
 
-from .state import atomic_write, write_text
+from ..train.state import atomic_write, write_text
 from .tables import Table
 
 __all__ = ["table_csv", "table_markdown", "plot_table", "write_tables"]

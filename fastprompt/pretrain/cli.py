@@ -5,7 +5,7 @@
     fastprompt pretrain --recipe rpp/vit_b16_ep5 --shards /shards/in21k-16shot --output-dir runs/rpp
     torchrun --nproc_per_node 8 -m fastprompt.cli pretrain --recipe pomp/vit_b16_ep5 --shards ... --output-dir ...
 
-The run itself is :func:`fastprompt.train.pretrain.pretrain_run`.
+The run itself is :func:`fastprompt.pretrain.run.pretrain_run`.
 """
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ DEFAULT_CHECKPOINT_STEPS = 500  # a long run loses at most this many steps to a 
 
 def add_pretrain_parser(subparsers) -> None:
     """Add ``pretrain`` to a subparsers object."""
-    from .cli import add_run_options
+    from ..train.cli import add_run_options
 
     p = subparsers.add_parser(
         "pretrain", help="pretrain POMP or RPP prompts on ImageNet-21K (folder tree or shards), then test transfer",
@@ -76,8 +76,8 @@ def _with_teacher_cache(cfg: dict, opts) -> dict:
 
 
 def _run_pretrain(args) -> int:
-    from .cli import fail, resolve_args, train_errors
-    from .pretrain import pretrain_run
+    from ..train.cli import fail, resolve_args, train_errors
+    from .run import pretrain_run
 
     try:
         cfg = _with_teacher_cache(resolve_args(args, _arguments(args)), args.opts)
