@@ -10,7 +10,7 @@ from .learners import (CLIPTeacher, CoCoOpConfig, CoCoOpLearner, CoOpConfig, CoO
                        PromptSRCLearner, RPPConfig, RPPLearner, SoftCPTConfig, SoftCPTLearner, VPTConfig,
                        VPTLearner)
 from .version import __version__
-from .zero_shot import zero_shot_classifier
+from .learners.zero_shot import zero_shot_classifier
 
 __all__ = [
     "ops", "PromptLearner", "PretrainedNotAvailableError", "__version__",

@@ -6,7 +6,7 @@ after, and times a training step against the literal reference implementation
 (``fastprompt.reference``). With the default tiny random-weight CLIP it runs offline on CPU in
 well under two minutes; ``--model ViT-B-16 --pretrained openai`` uses real weights. One
 command's whole flow (its options and their checks, the model, training, evaluation and the timed
-comparison) is kept in this one file, about 360 lines.
+comparison) is kept in this one file.
 """
 from __future__ import annotations
 
@@ -22,11 +22,10 @@ from .cli_args import nonnegative_int, positive_float, positive_int, unit_float
 __all__ = ["add_demo_parser", "run_demo", "DemoError"]
 
 METHODS = ("rpp", "coop", "cocoop")
-LEARNER_NAMES = {"rpp": "RPPLearner", "coop": "CoOpLearner", "cocoop": "CoCoOpLearner"}
 # Per-method context defaults, as in the CoOp / CoCoOp papers' main settings.
 DEFAULT_CTX = {"rpp": (4, ""), "coop": (16, ""), "cocoop": (4, "a photo of a")}
 RPP_MAX_DEPTH = 9  # RPPConfig's default depth, capped by the towers of small models
-# The demo's default model: a tiny random-weight CLIP (fastprompt.testing.tiny_clip) at 64 px.
+# The demo's default model: a tiny random-weight CLIP (fastprompt.models.tiny_clip) at 64 px.
 # Sized so the default run (training + comparison) takes seconds on a 2-core CPU; a 4-layer,
 # 128-wide text tower learns noticeably better than the 2-layer default of tiny_clip.
 TINY_CLIP_KWARGS = dict(image_size=64, patch_size=16, width=128, layers=4, heads=4,
@@ -137,12 +136,9 @@ def _ctx_settings(args) -> tuple:
 
 
 def _learner_class(method: str):
-    try:
-        import fastprompt
-        cls = getattr(fastprompt, LEARNER_NAMES[method])
-    except (ImportError, AttributeError) as exc:
-        raise DemoError(f"the {method} learner is not available in this install ({exc})") from None
-    return cls
+    from .learners import LEARNERS
+
+    return LEARNERS[method]
 
 
 def _model_image_cfg(model):
@@ -164,7 +160,7 @@ def _build(args, classnames: List[str]):
     """Returns ``(learner, model, description)``."""
     import torch
 
-    from . import testing
+    from . import models
 
     cls = _learner_class(args.method)
     n_ctx, ctx_init = _ctx_settings(args)
@@ -173,14 +169,14 @@ def _build(args, classnames: List[str]):
         kwargs["csc"] = True
     torch.manual_seed(args.seed)  # random context init
     if args.model is None:
-        model = testing.tiny_clip(args.seed, **TINY_CLIP_KWARGS)
+        model = models.tiny_clip(args.seed, **TINY_CLIP_KWARGS)
         k = TINY_CLIP_KWARGS
         desc = (f"tiny random-weight CLIP ({k['image_size']}px, patch {k['patch_size']}, text "
                 f"{k['layers']}x{k['width']}, vision {k['vision_layers']}x{k['vision_width']})")
         return cls.from_model(model, classnames, **kwargs, **_method_kwargs(args.method, model)), model, desc
     if args.pretrained.lower() == "none":
         try:
-            model = testing.random_clip(args.model, seed=args.seed)
+            model = models.random_clip(args.model, seed=args.seed)
         except Exception as exc:  # noqa: BLE001 - open_clip raises several types
             raise DemoError(f"cannot build {args.model}: {exc}") from None
         learner = cls.from_model(model, classnames, **kwargs, **_method_kwargs(args.method, model))

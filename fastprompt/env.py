@@ -48,7 +48,7 @@ def report() -> List[Tuple[str, str]]:
     """``(label, value)`` rows of the environment report."""
     import torch
 
-    from . import __version__
+    from .version import __version__
     from .ops import jit
     from .ops import AUTO_ORDER, backend_status, resolve_backend
     from .ops.registry import GPU_VERIFIED

@@ -1,7 +1,27 @@
-"""Errors of the run layer; each message names the file, key or value at fault and what to do."""
+"""The expected failures of fastprompt, and how a command reports one (DESIGN §7.2).
+
+An expected failure is the user's to fix: a data folder, a configuration, a run directory. Each
+message names the file, key or value at fault and what to do; a command prints it as one line on
+stderr and exits 2 (:func:`report_failure`). Anything else is a bug and keeps its traceback.
+
+* :class:`DataError` — a dataset that cannot be loaded as asked (a missing file, a value out of
+  range, an unreadable split);
+* :class:`ConfigError` — a configuration file, key or value that cannot be used;
+* :class:`TrainError` — a run that cannot start or go on (an existing run directory, a diverged
+  loss, a bad checkpoint).
+"""
 from __future__ import annotations
 
-__all__ = ["ConfigError", "TrainError"]
+import sys
+
+__all__ = ["DataError", "ConfigError", "TrainError", "EXPECTED_ERRORS", "report_failure"]
+
+
+class DataError(ValueError):
+    """A dataset cannot be loaded as asked: a file is missing, a value is out of range, ...
+
+    The message names the file or the value and says what to do about it.
+    """
 
 
 class ConfigError(ValueError):
@@ -10,3 +30,18 @@ class ConfigError(ValueError):
 
 class TrainError(RuntimeError):
     """A run that cannot start or go on: an existing run directory, a diverged loss, a bad checkpoint."""
+
+
+# What the run commands (train, eval, run, results, pretrain) report as one line; a missing file
+# named on the command line is the user's to fix as well.
+EXPECTED_ERRORS = (ConfigError, TrainError, DataError, FileNotFoundError)
+
+
+def report_failure(command: str, exc: Exception) -> int:
+    """Print ``exc`` as ``fastprompt COMMAND: error: ...`` on stderr (with the file a
+    ``FileNotFoundError`` names); returns the exit status, 2."""
+    msg = str(exc)
+    if isinstance(exc, FileNotFoundError) and exc.filename and exc.filename not in msg:
+        msg = f"{msg}: {exc.filename}"
+    print(f"fastprompt {command}: error: {msg}", file=sys.stderr)
+    return 2

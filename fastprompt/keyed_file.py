@@ -1,6 +1,7 @@
 """A safetensors file whose metadata is the key it was computed for: the caches' one read and write.
 
-fastprompt's caches (the zero-shot classifier, :mod:`fastprompt.zero_shot_cache`; the frozen
+fastprompt's caches live under :func:`cache_dir` (``$FASTPROMPT_CACHE``, else
+``$XDG_CACHE_HOME/fastprompt`` or ``~/.cache/fastprompt``). The caches (the zero-shot classifier, :mod:`fastprompt.learners.zero_shot_cache`; the frozen
 image features, :mod:`fastprompt.features.store`) store tensors that are a pure function of
 the key fields. The fields are the file's metadata: a file is trusted only when they equal the
 key asked for, and any file that cannot be read is recomputed (a warning, never an error). Writes
@@ -15,9 +16,18 @@ from typing import Dict, Optional
 
 import torch
 
-__all__ = ["read_keyed", "write_keyed"]
+__all__ = ["cache_dir", "read_keyed", "write_keyed"]
 
 logger = logging.getLogger("fastprompt")
+
+
+def cache_dir() -> str:
+    """fastprompt's cache folder (not created here)."""
+    explicit = os.environ.get("FASTPROMPT_CACHE")
+    if explicit:
+        return os.path.abspath(os.path.expanduser(explicit))
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(os.path.abspath(base), "fastprompt")
 
 
 def read_keyed(path: str, key: Dict[str, str], what: str) -> Optional[Dict[str, torch.Tensor]]:

@@ -12,9 +12,13 @@ spaces).
 """
 from __future__ import annotations
 
-from typing import Dict, Sequence, Tuple
+from typing import Callable, Dict, List, Sequence, Tuple, Union
 
-__all__ = ["IMAGENET_TEMPLATES", "DATASET_TEMPLATES", "resolve_template", "check_templates"]
+__all__ = ["IMAGENET_TEMPLATES", "DATASET_TEMPLATES", "NAMED_TEMPLATES", "TemplateSpec", "resolve_template",
+           "resolve_templates", "check_templates"]
+
+TemplateSpec = Union[str, Sequence[Union[str, Callable[[str], str]]]]
+NAMED_TEMPLATES = ("simple", "openai", "single")  # the zero-shot ensembles :func:`resolve_templates` names
 
 IMAGENET_TEMPLATES: Tuple[str, ...] = (
     'a photo of a {}.',
@@ -119,3 +123,36 @@ def resolve_template(template: str, argument: str = "template") -> str:
         raise ValueError(f"{argument} must be a format string with exactly one '{{}}' for the class name or one of "
                          f"the dataset names {sorted(DATASET_TEMPLATES)}, got {template!r}")
     return template
+
+
+def resolve_templates(templates: TemplateSpec, argument: str = "templates") -> List[Callable[[str], str]]:
+    """Template callables from a name or a list of ``"{}"`` strings / callables.
+
+    Names: ``"simple"`` — the 7-template subset of CLIP's ImageNet ensemble
+    (``open_clip.zero_shot_metadata.SIMPLE_IMAGENET_TEMPLATES``); ``"openai"`` — the full 80
+    (``OPENAI_IMAGENET_TEMPLATES``); ``"single"`` — ``"a photo of a {}."``.
+    """
+    if isinstance(templates, str):
+        from open_clip import zero_shot_metadata as meta
+
+        if templates == "simple":
+            return list(meta.SIMPLE_IMAGENET_TEMPLATES)
+        if templates == "openai":
+            return list(meta.OPENAI_IMAGENET_TEMPLATES)
+        if templates == "single":
+            return [lambda c: f"a photo of a {c}."]
+        raise ValueError(f"{argument} must be one of {NAMED_TEMPLATES} or a list of templates containing '{{}}', "
+                         f"got {templates!r}")
+    out = []
+    for i, t in enumerate(list(templates)):
+        if isinstance(t, str):
+            if "{}" not in t:
+                raise ValueError(f"{argument}[{i}] must contain '{{}}' where the class name goes, got {t!r}")
+            out.append(t.format)
+        elif callable(t):
+            out.append(t)
+        else:
+            raise ValueError(f"{argument}[{i}] must be a '{{}}' string or a callable, got {type(t).__name__}")
+    if not out:
+        raise ValueError(f"{argument} is empty: give at least one template")
+    return out

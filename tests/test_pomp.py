@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 import fastprompt
-from fastprompt.learners.pomp_objective import POMPObjective
+from fastprompt.learners.pomp.objective import POMPObjective
 from fastprompt.reference import ReferencePOMP
 from fastprompt.testing import FP32, FP64, assert_close_rel, random_images
 

@@ -4,7 +4,7 @@ import torch
 from open_clip.zero_shot_classifier import build_zero_shot_classifier
 
 import fastprompt
-from fastprompt import zero_shot as zero_shot_module
+from fastprompt.learners import zero_shot as zero_shot_module
 from fastprompt.learners.base import default_tokenizer
 from fastprompt.testing import tiny_clip
 

@@ -13,8 +13,10 @@ from .fewshot import fewshot_subset, sample_fewshot, split_by_label
 from .imagenet21k import ImageNet21KDataset, load_imagenet21k
 from .imagenet21k_classes import ClassTable, build_class_table, read_class_table, universe_wnids
 from .images import ImageDataset, load_image, make_loader, skip_collate
-from .items import DataError, Dataset, Item
-from .listing import cache_dir, list_dirs
+from ..errors import DataError
+from .items import Dataset, Item
+from ..keyed_file import cache_dir
+from .listing import list_dirs
 from .load import load_dataset
 from .pack import pack_folder
 from .registry import known_names

@@ -9,7 +9,8 @@ from __future__ import annotations
 import os
 from typing import Dict, List, Tuple
 
-from .items import DataError, Item
+from ..errors import DataError
+from .items import Item
 
 __all__ = ["read_aircraft"]
 

@@ -12,7 +12,8 @@ import os
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional
 
-from .items import DataError, items_to_rows
+from ..errors import DataError
+from .items import items_to_rows
 from .listing import missing_paths
 from .load import _read_full, dataset_dir_of, load_dataset
 from .registry import SPECS, Spec, resolve

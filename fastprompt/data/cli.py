@@ -54,7 +54,7 @@ def _error(command: str, exc: Exception) -> int:
 
 def _run_check(args) -> int:
     from .check import check_root, format_check
-    from .items import DataError
+    from ..errors import DataError
 
     try:
         results = check_root(args.root, args.dataset, cache=not args.no_cache)
@@ -68,7 +68,7 @@ def _run_check(args) -> int:
 
 def _run_fewshot(args) -> int:
     from .check import fewshot_record
-    from .items import DataError
+    from ..errors import DataError
     from .listing import atomic_write_text
 
     try:

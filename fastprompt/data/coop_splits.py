@@ -13,7 +13,8 @@ import json
 import os
 from typing import List, Tuple
 
-from .items import DataError, Item, parse_label
+from ..errors import DataError
+from .items import Item, parse_label
 
 __all__ = ["read_split_json", "parse_split_rows", "SPLIT_KEYS"]
 

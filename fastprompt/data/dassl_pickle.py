@@ -20,7 +20,8 @@ import io
 import pickle
 from typing import Dict, List
 
-from .items import DataError, Item
+from ..errors import DataError
+from .items import Item
 
 __all__ = ["load_datum_pickle", "DATUM_GLOBALS"]
 

@@ -26,7 +26,8 @@ from __future__ import annotations
 import random
 from typing import Dict, List, Sequence, Tuple
 
-from .items import DataError, Item
+from ..errors import DataError
+from .items import Item
 
 __all__ = ["split_by_label", "fewshot_subset", "sample_fewshot", "VAL_SHOTS_CAP"]
 

@@ -23,7 +23,8 @@ from itertools import repeat
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from .dassl_pickle import load_datum_pickle
-from .items import DataError, Item
+from ..errors import DataError
+from .items import Item
 from .listing import list_dirs, listdir_nohidden
 
 __all__ = ["read_classnames", "read_imagenet", "read_variant"]

@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from .imagenet import read_classnames
-from .items import DataError
+from ..errors import DataError
 from .listing import atomic_write_text
 
 __all__ = ["UNIVERSES", "NAME_STYLES", "ClassTable", "universe_wnids", "wordnet_lemmas", "build_class_table",

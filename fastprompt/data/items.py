@@ -1,6 +1,6 @@
-"""The records every loader returns: ``Item`` (one image), ``Dataset`` (train/val/test + class
-names) and ``DataError`` (a problem with the data on disk or with the arguments, raised at load
-time with the file or value named).
+"""The records every loader returns: ``Item`` (one image) and ``Dataset`` (train/val/test + class
+names). Problems with the data on disk or with the arguments are :class:`fastprompt.errors.DataError`,
+raised at load time with the file or value named.
 
 ``Item`` carries the three fields of Dassl's ``Datum`` that CoOp-family code uses (``impath``,
 ``label``, ``classname``; KaiyangZhou/Dassl.pytorch ``dassl/data/datasets/base_dataset.py``),
@@ -11,14 +11,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Dict, List, NamedTuple, Optional, Sequence
 
-__all__ = ["Item", "Dataset", "DataError", "classnames_of", "items_to_rows", "parse_label"]
+from ..errors import DataError
 
-
-class DataError(ValueError):
-    """A dataset cannot be loaded as asked: a file is missing, a value is out of range, ...
-
-    The message names the file or the value and says what to do about it.
-    """
+__all__ = ["Item", "Dataset", "classnames_of", "items_to_rows", "parse_label"]
 
 
 class Item(NamedTuple):

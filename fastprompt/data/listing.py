@@ -21,9 +21,10 @@ import time
 from typing import Dict, Iterable, List, Optional, Sequence
 
 from ..atomic_io import atomic_write_text
-from .items import DataError
+from ..keyed_file import cache_dir
+from ..errors import DataError
 
-__all__ = ["cache_dir", "list_dirs", "missing_paths", "atomic_write_text", "listdir_nohidden"]
+__all__ = ["list_dirs", "missing_paths", "atomic_write_text", "listdir_nohidden"]
 
 logger = logging.getLogger("fastprompt.data")
 _FORMAT = 1
@@ -31,15 +32,6 @@ _FORMAT = 1
 # file systems) without its mtime moving, so its listing is not stored.
 _SETTLE_S = 2.0
 _warned_unwritable = False
-
-
-def cache_dir() -> str:
-    """fastprompt's cache folder (not created here)."""
-    explicit = os.environ.get("FASTPROMPT_CACHE")
-    if explicit:
-        return os.path.abspath(os.path.expanduser(explicit))
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return os.path.join(os.path.abspath(base), "fastprompt")
 
 
 def _signature(dirs: Sequence[str]) -> List[List[int]]:
@@ -87,7 +79,7 @@ def list_dirs(dirs: Iterable[str], cache: bool = True, cache_root: Optional[str]
     """``[os.listdir(d) for d in dirs]`` (raw order, hidden names included), cached.
 
     The cached copy is used only while every folder has the device, inode and mtime it had when
-    it was listed. ``cache_root`` overrides :func:`cache_dir`.
+    it was listed. ``cache_root`` overrides :func:`fastprompt.keyed_file.cache_dir`.
     """
     dirs = [os.path.abspath(d) for d in dirs]
     sig = _signature(dirs)

@@ -21,7 +21,8 @@ from .coop_splits import read_split_json
 from .dassl_pickle import load_datum_pickle
 from .fewshot import sample_fewshot
 from .imagenet import read_imagenet, read_variant
-from .items import DataError, Dataset, Item, classnames_of
+from ..errors import DataError
+from .items import Dataset, Item, classnames_of
 from .listing import missing_paths
 from .registry import Spec, resolve
 from .subsample import check_subsample, subsample_classes

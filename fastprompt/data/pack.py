@@ -38,7 +38,8 @@ from ..atomic_io import TEMP_PREFIX, atomic_write
 from .fewshot import sample_fewshot
 from .imagenet21k import SPLIT_FOLDERS, load_imagenet21k
 from .imagenet21k_classes import ClassTable, read_class_table
-from .items import DataError, Item
+from ..errors import DataError
+from .items import Item
 from .listing import atomic_write_text
 
 __all__ = ["PackArgs", "PackSummary", "pack_folder", "SHARD_PATTERN", "INDEX_FILE"]

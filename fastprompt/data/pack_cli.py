@@ -37,7 +37,7 @@ def add_pack_parser(sub) -> None:
 
 
 def _run_pack(args) -> int:
-    from .items import DataError
+    from ..errors import DataError
     from .pack import pack_folder
 
     try:

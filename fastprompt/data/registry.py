@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Tuple
 
-from .items import DataError
+from ..errors import DataError
 
 __all__ = ["Spec", "SPECS", "CUSTOM_KINDS", "resolve", "known_names"]
 

@@ -34,7 +34,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from .images import skip_collate
-from .items import DataError
+from ..errors import DataError
 from .shards import ShardDataset, count_samples
 
 __all__ = ["ShardBatchStream"]

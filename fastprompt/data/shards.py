@@ -32,7 +32,7 @@ import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
 from .imagenet21k_classes import ClassTable, read_class_table
-from .items import DataError
+from ..errors import DataError
 
 __all__ = ["ShardDataset", "open_shards", "count_samples", "IMAGE_KEYS"]
 

@@ -10,7 +10,8 @@ from __future__ import annotations
 import math
 from typing import List, Sequence, Tuple
 
-from .items import DataError, Item
+from ..errors import DataError
+from .items import Item
 
 __all__ = ["SUBSAMPLE_CHOICES", "check_subsample", "subsample_classes"]
 

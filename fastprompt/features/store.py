@@ -3,7 +3,7 @@
 A feature table (``[N, V, E]``: V views of N images) is a pure function of
 
 * the image tower's weights: SHA-256 of every tensor of ``model.visual``
-  (:func:`fastprompt.zero_shot_cache.tensors_fingerprint`; about a second for ViT-B/16), so a
+  (:func:`fastprompt.learners.zero_shot_cache.tensors_fingerprint`; about a second for ViT-B/16), so a
   table is never reused for other weights, whatever the model is called;
 * how the tower runs: the learner's ``frozen_image_precision`` and the run's autocast dtype;
 * the images: for each, its file's absolute path, size and modification time, and its label
@@ -14,7 +14,7 @@ A feature table (``[N, V, E]``: V views of N images) is a pure function of
 
 Tables live in ``<folder>/<key>.safetensors`` (``<folder>``: ``TRAIN.FEATURE_CACHE_DIR``, or
 ``<cache>/image_features`` for ``default``, ``<cache>`` as in
-:func:`fastprompt.data.listing.cache_dir`), written through :func:`fastprompt.atomic_io.atomic_write`
+:func:`fastprompt.keyed_file.cache_dir`), written through :func:`fastprompt.atomic_io.atomic_write`
 (temporary file, fsync, rename); the key fields are the file's metadata and are checked on load.
 An unreadable or mismatching file is recomputed, never trusted. Data without files to name the
 images by (tensors in memory) or a transform without a stable description (a ``repr`` holding an
@@ -32,7 +32,7 @@ import torch
 from torch import nn
 
 from ..keyed_file import read_keyed, write_keyed
-from ..zero_shot_cache import tensors_fingerprint
+from ..learners.zero_shot_cache import tensors_fingerprint
 from .fixed_views import FixedViews
 
 __all__ = ["FeatureTable", "image_tower_fingerprint", "disk_key", "default_folder", "table_path", "load_table", "save_table"]
@@ -106,7 +106,7 @@ def disk_key(data, tower_sha256: str, precision: str, autocast_dtype: Optional[t
 
 
 def default_folder() -> str:
-    from ..data.listing import cache_dir
+    from ..keyed_file import cache_dir
 
     return os.path.join(cache_dir(), "image_features")
 

@@ -6,8 +6,7 @@ from .image_features import ImageFeatures
 from .coop import CoOpConfig, CoOpLearner
 from .kgcoop import KgCoOpConfig, KgCoOpLearner
 from .maple import MaPLeConfig, MaPLeLearner
-from .pomp import POMPConfig, POMPLearner
-from .pomp_objective import POMPObjective
+from .pomp import POMPConfig, POMPLearner, POMPObjective
 from .pre import PREConfig, PRELearner
 from .promptsrc import PromptSRCConfig, PromptSRCLearner
 from .rpp import RPPConfig, RPPLearner

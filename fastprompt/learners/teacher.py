@@ -30,45 +30,12 @@ from torch import nn
 
 from ..towers import TextTower, image_tower
 from .prompts import clean_classnames
+from ..templates import TemplateSpec, resolve_templates
 from .template_features import mean_template_features
+from .zero_shot import zero_shot_classifier
 
-TemplateSpec = Union[str, Sequence[Union[str, Callable[[str], str]]]]
-NAMED_TEMPLATES = ("simple", "openai", "single")
 TEXT_CHUNK = 4096  # prompts per text-tower call when building class features (bounds memory)
 CACHE_LISTS = 4    # class lists whose features are kept
-
-
-def resolve_templates(templates: TemplateSpec, argument: str = "templates") -> List[Callable[[str], str]]:
-    """Template callables from a name or a list of ``"{}"`` strings / callables.
-
-    Names: ``"simple"`` — the 7-template subset of CLIP's ImageNet ensemble
-    (``open_clip.zero_shot_metadata.SIMPLE_IMAGENET_TEMPLATES``); ``"openai"`` — the full 80
-    (``OPENAI_IMAGENET_TEMPLATES``); ``"single"`` — ``"a photo of a {}."``.
-    """
-    if isinstance(templates, str):
-        from open_clip import zero_shot_metadata as meta
-
-        if templates == "simple":
-            return list(meta.SIMPLE_IMAGENET_TEMPLATES)
-        if templates == "openai":
-            return list(meta.OPENAI_IMAGENET_TEMPLATES)
-        if templates == "single":
-            return [lambda c: f"a photo of a {c}."]
-        raise ValueError(f"{argument} must be one of {NAMED_TEMPLATES} or a list of templates containing '{{}}', "
-                         f"got {templates!r}")
-    out = []
-    for i, t in enumerate(list(templates)):
-        if isinstance(t, str):
-            if "{}" not in t:
-                raise ValueError(f"{argument}[{i}] must contain '{{}}' where the class name goes, got {t!r}")
-            out.append(t.format)
-        elif callable(t):
-            out.append(t)
-        else:
-            raise ValueError(f"{argument}[{i}] must be a '{{}}' string or a callable, got {type(t).__name__}")
-    if not out:
-        raise ValueError(f"{argument} is empty: give at least one template")
-    return out
 
 
 class CLIPTeacher(nn.Module):
@@ -84,7 +51,7 @@ class CLIPTeacher(nn.Module):
         image_model: score against this model's frozen image tower instead of the teacher's own.
         projection: ``[E_teacher, E_image]`` tensor (or a module) applied to the teacher's class
             features before normalisation; needed when ``image_model``'s embedding width differs.
-        cache: keep the class features on disk (:mod:`fastprompt.zero_shot_cache`), with a
+        cache: keep the class features on disk (:mod:`fastprompt.learners.zero_shot_cache`), with a
             progress bar while they are computed. The cached entry is CLIP's zero-shot head
             (template mean, renormalised); a tensor ``projection`` is applied after it, which only
             rescales each row before the final normalisation (the same features up to fp32
@@ -181,8 +148,6 @@ class CLIPTeacher(nn.Module):
     @torch.no_grad()
     def _encode_classes(self, names: List[str]) -> torch.Tensor:
         if self.cache:
-            from ..zero_shot import zero_shot_classifier
-
             mean = zero_shot_classifier(self.clip, names, self.templates, tokenizer=self.tokenizer,
                                         batch_size=TEXT_CHUNK, progress=True, cache=True,
                                         backend=self.text_tower.backend).t()

@@ -76,15 +76,16 @@ def _with_teacher_cache(cfg: dict, opts) -> dict:
 
 
 def _run_pretrain(args) -> int:
-    from ..train.cli import fail, resolve_args, train_errors
+    from ..errors import EXPECTED_ERRORS, report_failure
+    from ..train.cli import resolve_args
     from .run import pretrain_run
 
     try:
         cfg = _with_teacher_cache(resolve_args(args, _arguments(args)), args.opts)
         result = pretrain_run(cfg, args.output_dir, resume=args.resume, overwrite=args.overwrite,
                               progress=not args.no_progress)
-    except train_errors() as exc:
-        return fail("pretrain", exc)
+    except EXPECTED_ERRORS as exc:
+        return report_failure("pretrain", exc)
     transfer = result.get("transfer") or {}
     for name, metrics in transfer.items():
         print(f"transfer {name}: accuracy {metrics['accuracy']:.2f}%")

@@ -108,10 +108,10 @@ def set_objective(learner, mode: str) -> None:
     """Switch a POMP or RPP learner to the full-vocabulary softmax (``"full"``) or POMP's local contrast.
 
     POMP: ``objective.mode`` (and ``config.mode``, saved with the prompts). RPP: ``"local"`` is its
-    ``pomp=True`` setting (a :class:`~fastprompt.learners.pomp_objective.POMPObjective` with the
+    ``pomp=True`` setting (a :class:`~fastprompt.learners.pomp.objective.POMPObjective` with the
     config's ``K`` and correction), ``"full"`` the plain cross-entropy over all classes.
     """
-    from ..learners.pomp_objective import POMPObjective
+    from ..learners.pomp.objective import POMPObjective
 
     if mode not in ("full", "local"):
         raise ValueError(f"objective must be 'full' or 'local', got {mode!r}")

@@ -23,7 +23,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from ..data.images import ImageDataset, skip_collate
-from ..data.items import DataError
+from ..errors import DataError
 from .. import distributed
 from ..train.evaluate import evaluate
 from ..protocols.definitions import DG_TARGETS, SOURCE, XD_TARGETS

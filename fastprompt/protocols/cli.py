@@ -104,7 +104,7 @@ def _report(directory: str, protocols, method, plot: bool) -> int:
 
 
 def _run(args) -> int:
-    from ..train.cli import fail, train_errors
+    from ..errors import EXPECTED_ERRORS, report_failure
     from .grid import run_grid
     from .definitions import check_protocol
     from .. import distributed
@@ -117,8 +117,8 @@ def _run(args) -> int:
         counts = run_grid(args.protocol, args.method, args.data, args.output_dir, datasets=args.datasets,
                           seeds=args.seeds, shots=args.shots, arguments=settings, opts=args.opts,
                           progress=args.progress)
-    except train_errors() as exc:
-        return fail("run", exc)
+    except EXPECTED_ERRORS as exc:
+        return report_failure("run", exc)
     if not distributed.is_main():
         return 0
     print("fastprompt run: " + ", ".join(f"{n} {what}" for what, n in counts.items()), file=sys.stderr)
@@ -131,5 +131,5 @@ def _results(args) -> int:
     from ..train.cli import fail
 
     if not os.path.isdir(args.directory):
-        return fail("results", FileNotFoundError(f"no such directory: {args.directory}"))
+        return report_failure("results", FileNotFoundError(f"no such directory: {args.directory}"))
     return _report(args.directory, args.protocol, args.method, not args.no_plot)

@@ -168,7 +168,7 @@ def default_datasets(protocol: str) -> Tuple[str, ...]:
 
 def normalise_datasets(names: Optional[Sequence[str]], protocol: str) -> List[str]:
     """CoOp folder names for ``names`` (class names and aliases accepted); custom kinds refused."""
-    from ..data.items import DataError
+    from ..errors import DataError
     from ..data.registry import resolve
 
     out: List[str] = []

@@ -1,7 +1,7 @@
 """Literal RPP (unshared query/key/value prompts + soft labels of a frozen CLIP teacher).
 
 RPP (Chen et al., arXiv 2409.06166) has **no released code**; this module implements fastprompt's
-design of it (semantics documented in :mod:`fastprompt.learners.rpp`) the slow,
+design of it (semantics documented in :mod:`fastprompt.learners.rpp.learner`) the slow,
 obvious way, independently of the fast path, as the parity oracle and the "before" side of
 benchmarks:
 

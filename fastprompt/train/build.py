@@ -3,7 +3,7 @@
 Backbone names are open_clip's (``ViT-B-16``) or the originals' OpenAI spellings
 (``MODEL.BACKBONE.NAME: "ViT-B/16"``, ``"RN50"``, as in the originals' Dassl configs), with ``MODEL.BACKBONE.TAG``
 the open_clip pretrained tag (``openai``), a weights file, or ``none``: random weights drawn from
-``SEED`` (``fastprompt.testing.random_clip``), so such runs are reproducible and resumable.
+``SEED`` (:func:`fastprompt.models.random_clip`), so such runs are reproducible and resumable.
 ``tiny`` (with ``none``) is the few-layer random CLIP of the tests and the demo.
 """
 from __future__ import annotations
@@ -73,16 +73,16 @@ def check_backbone(cfg: Dict[str, Any]) -> Tuple[str, str]:
 
 def build_model(cfg: Dict[str, Any], device: torch.device):
     """``(model, tokenizer, model_name, pretrained)`` for the configured backbone."""
-    from .. import testing
+    from .. import models
 
     name, tag = check_backbone(cfg)
     seed = max(int(cfg["SEED"]), 0)
     if name == "tiny":
-        return testing.tiny_clip(seed, **TINY_CLIP_KWARGS).to(device), None, "tiny", None
+        return models.tiny_clip(seed, **TINY_CLIP_KWARGS).to(device), None, "tiny", None
     import open_clip
 
     if tag.lower() == "none":
-        model = testing.random_clip(name, seed=seed).to(device)
+        model = models.random_clip(name, seed=seed).to(device)
         return model, open_clip.get_tokenizer(name), name, None
     from ..learners.pretrained import load_open_clip, recorded_pretrained
 
@@ -93,13 +93,13 @@ def build_model(cfg: Dict[str, Any], device: torch.device):
 def build_learner(cfg: Dict[str, Any], model, tokenizer, classnames, dataset_name: str,
                   dataset_class: Optional[str], model_name: str, pretrained: Optional[str]):
     """The configured learner around ``model`` (prompts initialised from the current RNG state)."""
-    import fastprompt
+    from ..learners import LEARNERS
 
     method = cfg["METHOD"]
     spec = METHODS[method]
     kwargs = learner_kwargs(method, cfg["TRAINER"][spec.section], dataset_class)
     kwargs["frozen_image_precision"] = str(cfg["TRAIN"].get("FROZEN_IMAGE_PRECISION") or "fp32").lower()
-    cls = getattr(fastprompt, spec.learner)
+    cls = LEARNERS[method]
     target = {dataset_name: list(classnames)} if method == "softcpt" else list(classnames)
     try:
         learner = cls.from_model(model, target, tokenizer=tokenizer, **kwargs)

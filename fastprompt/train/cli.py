@@ -16,15 +16,9 @@ import os
 import sys
 
 from ..cli_args import no_check, nonnegative_int
+from ..errors import EXPECTED_ERRORS, report_failure
 
-__all__ = ["add_train_parsers", "add_run_options", "resolve_args", "fail", "train_errors"]
-
-
-def train_errors():
-    from ..data.items import DataError
-    from ..errors import ConfigError, TrainError
-
-    return (ConfigError, TrainError, DataError, FileNotFoundError)
+__all__ = ["add_train_parsers", "add_run_options", "resolve_args"]
 
 
 def add_run_options(p, seed_help: str = "run seed (default 1)") -> None:
@@ -88,14 +82,6 @@ def add_train_parsers(subparsers) -> None:
     ev.set_defaults(func=_run_eval, check=no_check, command_parser=ev)
 
 
-def fail(command: str, exc: Exception) -> int:
-    msg = str(exc)
-    if isinstance(exc, FileNotFoundError) and exc.filename and exc.filename not in msg:
-        msg = f"{msg}: {exc.filename}"
-    print(f"fastprompt {command}: error: {msg}", file=sys.stderr)
-    return 2
-
-
 def _arguments(args) -> dict:
     out = {}
     for key, value in (("DATASET.ROOT", args.data), ("DATASET.NAME", args.dataset), ("SEED", args.seed),
@@ -140,15 +126,15 @@ def _run_train(args) -> int:
         print("\n".join(list_recipes()))
         return 0
     if not args.output_dir:
-        return fail("train", ValueError("--output-dir DIR is required"))
+        return report_failure("train", ValueError("--output-dir DIR is required"))
     from .run import train_run
 
     try:
         cfg = resolve_args(args, _arguments(args))
         result = train_run(cfg, args.output_dir, resume=args.resume, overwrite=args.overwrite,
                            progress=not args.no_progress)
-    except train_errors() as exc:
-        return fail("train", exc)
+    except EXPECTED_ERRORS as exc:
+        return report_failure("train", exc)
     if result is not None:
         print(f"test accuracy {result['accuracy']:.2f}%, macro-F1 {result['macro_f1']:.2f}% "
               f"({result['correct']}/{result['total']}); run directory {args.output_dir}")
@@ -161,8 +147,8 @@ def _run_eval(args) -> int:
     try:
         result = evaluate_checkpoint(args.checkpoint, args.data, args.dataset, args.subsample, args.batch_size,
                                      args.workers, args.device, args.out)
-    except train_errors() + (ValueError,) as exc:
-        return fail("eval", exc)
+    except EXPECTED_ERRORS + (ValueError,) as exc:
+        return report_failure("eval", exc)
     brief = {k: result[k] for k in ("dataset", "subsample", "accuracy", "error", "macro_f1", "correct", "total")}
     print(json.dumps(brief, indent=2))
     print(f"written to {result['written_to']}", file=sys.stderr)

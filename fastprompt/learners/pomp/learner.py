@@ -3,7 +3,7 @@
 Ren et al., "Prompt Pre-Training with Twenty-Thousand Classes for Open-Vocabulary Visual
 Recognition" (NeurIPS 2023); amazon-science/prompt-pretraining @ 24bca56 ``trainers/pomp.py``.
 
-:class:`POMPLearner` is CoOp trained with POMP's objective (:mod:`fastprompt.learners.pomp_objective`:
+:class:`POMPLearner` is CoOp trained with POMP's objective (:mod:`fastprompt.learners.pomp.objective`:
 local contrast with local correction, or the full softmax) — POMP's own prompt learner: generic
 context, class token at the end, ``n_ctx=4``, random init; its ``forward`` gives logits over all
 classes (POMP's test path).
@@ -15,8 +15,8 @@ from typing import Dict, Optional
 
 import torch
 
-from .coop import CoOpConfig, CoOpLearner
-from .pomp_objective import POMPObjective, check_pomp_args
+from ..coop import CoOpConfig, CoOpLearner
+from .objective import POMPObjective, check_pomp_args
 
 __all__ = ["POMPConfig", "POMPLearner", "POMPObjective"]
 

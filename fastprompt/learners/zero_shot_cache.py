@@ -14,7 +14,7 @@ names (in order) and the templates. The key is the SHA-256 of:
   ``"{}"`` string stays itself; ``lambda c: f"a photo of a {c}."`` becomes ``"a photo of a {}."``).
 
 Files live in ``<cache>/zero_shot/<key>.safetensors`` (``<cache>`` as in
-:func:`fastprompt.data.listing.cache_dir`: ``$FASTPROMPT_CACHE``, ``$XDG_CACHE_HOME/fastprompt`` or
+:func:`fastprompt.keyed_file.cache_dir`: ``$FASTPROMPT_CACHE``, ``$XDG_CACHE_HOME/fastprompt`` or
 ``~/.cache/fastprompt``), written through a temporary file, fsync and rename; the key fields are
 stored in the file's metadata and checked on load. An unreadable entry is recomputed.
 """
@@ -28,7 +28,7 @@ from typing import Callable, Dict, Optional, Sequence, Tuple, Union
 import torch
 from torch import nn
 
-from .keyed_file import read_keyed, write_keyed
+from ..keyed_file import read_keyed, write_keyed
 
 __all__ = ["classifier_key", "text_tower_fingerprint", "tensors_fingerprint", "cache_path", "load_classifier",
            "save_classifier"]
@@ -38,7 +38,7 @@ _FORMAT = "1"
 
 def text_tower_fingerprint(model: nn.Module) -> str:
     """SHA-256 over the names, shapes, dtypes and bytes of the text tower's tensors."""
-    from .towers.text import _text_modules
+    from ..towers.text import _text_modules
 
     text = _text_modules(model)
     return tensors_fingerprint([("token_embedding", text.token_embedding),
@@ -89,7 +89,7 @@ def classifier_key(model: nn.Module, tokenizer, classnames: Sequence[str], templ
 
 
 def cache_path(key: Dict[str, str], cache_root: Optional[str] = None) -> str:
-    from .data.listing import cache_dir
+    from ..keyed_file import cache_dir
 
     return os.path.join(cache_root or cache_dir(), "zero_shot", f"{key['key']}.safetensors")
 

@@ -35,7 +35,7 @@ three separately: for prompted layer ``j < J`` and prompt row ``i``, ``P^q_j[i]`
 **Loss.** ``CE(z_s, y) + kl_weight * T^2 * KL(softmax(z_t/T) || softmax(z_s/T))`` (KL summed over
 classes, averaged over the batch), ``z_t`` the frozen teacher's zero-shot logits over exactly
 the classes in ``z_s``. With ``pomp=True`` the CE is POMP's local-contrast loss
-(:mod:`fastprompt.learners.pomp`), and the teacher's logits over the same ``K`` columns get **the
+(:mod:`fastprompt.learners.pomp.learner`), and the teacher's logits over the same ``K`` columns get **the
 same** rejection masks and local-correction offsets as the student's, so the KL compares the
 two corrected sampled softmaxes (each an estimate of its full-vocabulary softmax); rejected
 columns carry zero probability on both sides.
@@ -55,14 +55,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..towers import QKVPrompt
-from .base import PromptLearner
-from .class_sharding import full_text_features
-from .pretrained import load_open_clip, recorded_pretrained
-from .pomp_objective import POMPObjective
-from .prompts import context_template, context_word_embeddings, coop_plan, tokenize_prompts
-from .rpp_config import RPPConfig
-from .teacher import CLIPTeacher, distillation_kl
+from ...towers import QKVPrompt
+from ..base import PromptLearner
+from ..class_sharding import full_text_features
+from ..pretrained import load_open_clip, recorded_pretrained
+from ..pomp.objective import POMPObjective
+from ..prompts import context_template, context_word_embeddings, coop_plan, tokenize_prompts
+from .config import RPPConfig
+from ..teacher import CLIPTeacher, distillation_kl
 
 DEFAULT_N_CTX = 4
 FROZEN_TEXT_PHRASE = "a photo of a"  # text side of branches="vision" when ctx_init is empty

@@ -34,7 +34,7 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-from .class_sharding import full_text_features
+from ..class_sharding import full_text_features
 
 POMP_MODES = ("local", "full")
 LOG_BASES = ("10", "e")

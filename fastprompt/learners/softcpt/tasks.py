@@ -11,7 +11,7 @@ from typing import Dict, List, Sequence, Tuple, Union
 
 import torch
 
-from .prompts import clean_classnames
+from ..prompts import clean_classnames
 
 TaskSpec = Union[Mapping, Sequence[Tuple[str, Sequence[str]]]]
 

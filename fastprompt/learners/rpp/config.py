@@ -1,4 +1,4 @@
-"""RPP's settings: every open design choice of the method is a field (see :mod:`fastprompt.learners.rpp`).
+"""RPP's settings: every open design choice of the method is a field (see :mod:`fastprompt.learners.rpp.learner`).
 
 Chen et al., "Revisiting Prompt Pretraining of Vision-Language Models" (arXiv 2409.06166).
 """
@@ -7,9 +7,9 @@ from __future__ import annotations
 import dataclasses
 from typing import List, Optional, Union
 
-from .base import LearnerConfig
-from .pomp_objective import check_pomp_args
-from .teacher import resolve_templates
+from ..base import LearnerConfig
+from ..pomp.objective import check_pomp_args
+from ...templates import resolve_templates
 
 BRANCHES = ("text", "vision", "both")
 VARIANTS = ("pre", "post")

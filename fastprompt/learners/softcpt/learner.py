@@ -2,9 +2,9 @@
 
 Ding et al., "Prompt Tuning with Soft Context Sharing for Vision-Language Models" (arXiv 2208.13474,
 Neurocomputing 2024); semantics follow kding1225/softcpt @ 7cab4b9 ``trainers/mtcoop.py``.
-The parts that stand alone live beside this file: the settings (``softcpt_config``), the tasks
-and the joint label space (``softcpt_tasks``), the meta-network (``softcpt_prompt_gen``); what
-remains (about 390 lines) is one learner whose six variants share every method.
+The settings (``config.py``), the tasks and their joint label space (``tasks.py``) and the
+meta-network (``prompt_gen.py``) live beside this file; this one is the learner, whose six
+variants share every method.
 
 T tasks, each with its own class list; the classes of all tasks form one joint label space of
 ``C_tot`` classes (task order, then class order). One step:
@@ -54,14 +54,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..towers import TextPlan
-from ..towers.text_plan import concat_plans
-from .base import PromptLearner
-from .checkpoint import original_prompt_state
-from .prompts import ContextTemplate, context_template, coop_plan, initial_context, tokenize_prompts
-from .softcpt_config import SoftCPTConfig
-from .softcpt_prompt_gen import ContextHolder, PromptGen
-from .softcpt_tasks import TaskLayout, TaskSpec
+from ...towers import TextPlan
+from ...towers.text_plan import concat_plans
+from ..base import PromptLearner
+from ..checkpoint import original_prompt_state
+from ..prompts import ContextTemplate, context_template, coop_plan, initial_context, tokenize_prompts
+from .config import SoftCPTConfig
+from .prompt_gen import ContextHolder, PromptGen
+from .tasks import TaskLayout, TaskSpec
 
 _PLAN_CACHE_SIZE = 64
 

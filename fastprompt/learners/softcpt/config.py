@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import dataclasses
 
-from .base import LearnerConfig
-from .prompts import CLASS_TOKEN_POSITIONS
+from ..base import LearnerConfig
+from ..prompts import CLASS_TOKEN_POSITIONS
 
 PG_TYPES = ("lin", "linmean", "lincls")
 

@@ -10,21 +10,24 @@ The template-averaged class features come from
 packed: the features of the full 77-token ``encode_text`` up to fp32 rounding, a fraction of the
 work), which RPP's frozen teacher uses too. POMP (Ren et al., NeurIPS 2023) and RPP (Chen et al. 2024) need this head
 for 10K-21K ImageNet-21K classes (RPP's teacher soft labels, POMP's transfer evaluation); with
-``cache=True`` the result is kept on disk (:mod:`fastprompt.zero_shot_cache`).
+``cache=True`` the result is kept on disk (:mod:`fastprompt.learners.zero_shot_cache`).
 """
 from __future__ import annotations
 
-from typing import Callable, Optional, Sequence, Union
+from typing import Optional, Sequence
 
 import torch
 from torch import nn
 
+from ..templates import TemplateSpec, resolve_templates
+from ..towers import TextTower
+from .base import default_tokenizer
+from .template_features import mean_template_features
+from .zero_shot_cache import cache_path, classifier_key, load_classifier, save_classifier
+
 __all__ = ["zero_shot_classifier"]
 
-Templates = Union[str, Sequence[Union[str, Callable[[str], str]]]]
-
-
-def zero_shot_classifier(model: nn.Module, classnames: Sequence[str], templates: Templates, *, tokenizer=None,
+def zero_shot_classifier(model: nn.Module, classnames: Sequence[str], templates: TemplateSpec, *, tokenizer=None,
                          batch_size: int = 4096, progress: bool = False, cache: bool = False,
                          model_name: Optional[str] = None, pretrained: Optional[str] = None,
                          cache_root: Optional[str] = None, backend: str = "auto") -> torch.Tensor:
@@ -42,7 +45,7 @@ def zero_shot_classifier(model: nn.Module, classnames: Sequence[str], templates:
         progress: show a tqdm bar over the calls.
         cache: read/write the result under the user cache folder, keyed by ``model_name``,
             ``pretrained`` (tag or weights file), the text tower's weights, the tokenizer, the class
-            names and the templates (:mod:`fastprompt.zero_shot_cache`); ``cache_root`` overrides
+            names and the templates (:mod:`fastprompt.learners.zero_shot_cache`); ``cache_root`` overrides
             the folder.
         backend: ``prompt_attention`` backend of the text tower.
 
@@ -50,9 +53,6 @@ def zero_shot_classifier(model: nn.Module, classnames: Sequence[str], templates:
         ValueError: empty class list or templates, ``batch_size < 1``, or a prompt longer than the
             context length (naming the class: the tokenizer would cut the class name off).
     """
-    from .learners.base import default_tokenizer
-    from .learners.teacher import resolve_templates
-
     if isinstance(classnames, str) or not len(classnames):
         raise ValueError("classnames must be a non-empty list of class names")
     names = [str(n) for n in getattr(classnames, "names", classnames)]
@@ -62,8 +62,6 @@ def zero_shot_classifier(model: nn.Module, classnames: Sequence[str], templates:
     tokenizer = tokenizer if tokenizer is not None else default_tokenizer(model)
     key = path = None
     if cache:
-        from .zero_shot_cache import cache_path, classifier_key, load_classifier
-
         key = classifier_key(model, tokenizer, names, fns, model_name, pretrained)
         path = cache_path(key, cache_root)
         hit = load_classifier(path, key)
@@ -71,8 +69,6 @@ def zero_shot_classifier(model: nn.Module, classnames: Sequence[str], templates:
             return hit.to(_device(model))
     weights = _build(model, tokenizer, names, fns, batch_size, progress, backend)
     if cache:
-        from .zero_shot_cache import save_classifier
-
         save_classifier(path, weights, key)
     return weights
 
@@ -82,9 +78,6 @@ def _device(model: nn.Module) -> torch.device:
 
 
 def _build(model, tokenizer, names, templates, batch_size: int, progress: bool, backend: str) -> torch.Tensor:
-    from .learners.template_features import mean_template_features
-    from .towers import TextTower
-
     mean = mean_template_features(TextTower(model, backend=backend), tokenizer, names, templates, batch_size,
                                   progress)
     return (mean / mean.norm(dim=-1, keepdim=True)).t().contiguous()
