@@ -8,6 +8,9 @@ Subcommands:
   dataset folders, few-shot subsets, ImageNet-21K shards (``fastprompt/data/cli.py``).
 * ``train`` / ``eval``: recipes, training runs with resume, evaluation (``fastprompt/train/cli.py``).
 * ``run`` / ``results``: a protocol's grid of runs and its results table (``fastprompt/protocols/cli.py``).
+* ``pretrain``: ImageNet-21K prompt pretraining (``fastprompt/pretrain/cli.py``).
+* ``env``: versions, devices, toolchain and the attention backends, for bug reports; with
+  ``--compile-check``, the Triton kernels compiled for a GPU architecture (``fastprompt/env.py``).
 """
 from __future__ import annotations
 
@@ -44,6 +47,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .protocols.cli import add_protocol_parsers
 
     add_protocol_parsers(subparsers)  # fastprompt run|results
+    from .env import add_env_parser
+
+    add_env_parser(subparsers)  # fastprompt env
     return parser
 
 

@@ -1,7 +1,12 @@
-"""``python -m fastprompt.env``: versions, devices, toolchain, and every attention backend's availability.
+"""``fastprompt env`` (or ``python -m fastprompt.env``): versions, devices, toolchain, and every
+attention backend's availability.
 
 Paste its output into bug reports. It compiles nothing: a backend that would be built on first use
 says so (and where). Anchors: xformers ``python -m xformers.info``, Liger ``env_report``.
+
+``fastprompt env --compile-check [OPTIONS]`` then compiles the Triton kernels for a GPU
+architecture without a GPU and reports registers and spills per kernel
+(:mod:`fastprompt.kernels.compile_check`; ``--compile-check --help`` lists its options).
 """
 from __future__ import annotations
 
@@ -96,11 +101,42 @@ def report() -> List[Tuple[str, str]]:
     return rows
 
 
-def main() -> int:
+def print_report() -> None:
     rows = report()
     width = max(len(label) for label, _ in rows)
     for label, value in rows:
         print(f"{label:<{width}}  {value}")
+
+
+def add_env_parser(subparsers) -> None:
+    """Add ``env`` to the ``fastprompt`` subparsers."""
+    import argparse
+
+    from .cli_args import no_check
+
+    env = subparsers.add_parser(
+        "env", help="versions, devices, toolchain and every attention backend's availability (for bug reports)",
+        description="Print versions, devices, the C++/CUDA toolchain, the kernel extensions' state and which "
+                    "attention backend 'auto' picks on each device. Compiles nothing.")
+    env.add_argument("--compile-check", nargs=argparse.REMAINDER, default=None, metavar="OPTION",
+                     help="then compile the Triton kernels for a GPU architecture without a GPU and report registers "
+                          "and spills (the options after it go to the check: --compile-check --help)")
+    env.set_defaults(func=_run_env, check=no_check, command_parser=env)
+
+
+def _run_env(args) -> int:
+    if args.compile_check is None or "-h" not in args.compile_check and "--help" not in args.compile_check:
+        print_report()
+    if args.compile_check is None:
+        return 0
+    from .kernels.compile_check import main as compile_check
+
+    sys.stdout.flush()
+    return compile_check(args.compile_check, prog="fastprompt env --compile-check")
+
+
+def main() -> int:
+    print_report()
     return 0
 
 

@@ -218,8 +218,10 @@ def write_csv(reports: List[KernelReport], path: str) -> None:
             writer.writerow(asdict(r))
 
 
-def main(argv: Optional[List[str]] = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def main(argv: Optional[List[str]] = None, prog: Optional[str] = None) -> int:
+    """The command line (``python -m fastprompt.kernels.compile_check``, ``fastprompt env --compile-check``)."""
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--arch", type=int, default=90, help="compute capability x 10 (80 = A100, 90 = H100)")
     parser.add_argument("--dtype", default="all", help="'all' or a comma-separated list of fp32, bf16, fp16")
     parser.add_argument("--seq-len", type=int, default=77)

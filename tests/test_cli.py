@@ -131,3 +131,24 @@ def test_unknown_pretrained_tag_is_a_clean_error(capsys):
     assert status == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "no-such-tag" in err
+
+
+def test_env_is_a_subcommand_that_prints_the_report(capsys):
+    assert "env" in cli.build_parser().format_help()
+    assert cli.main(["env"]) == 0
+    out = capsys.readouterr().out
+    for label in ("fastprompt", "torch", "open_clip", "extension cpu", "backend eager on cpu", "auto on cpu"):
+        assert any(line.startswith(label + " ") for line in out.splitlines()), f"no {label!r} row:\n{out}"
+
+
+def test_env_compile_check_hands_its_options_to_the_check(capsys):
+    """``--compile-check`` forwards what follows it to the Triton compile check (which needs a GPU
+    compiler, tested in test_triton.py): its own help, under the subcommand's name, and no report."""
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["env", "--compile-check", "--help"])
+    assert exit_.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith("usage: fastprompt env --compile-check") and "--arch" in out and "--head-dim" in out
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["env", "--compile-check", "--dtype", "fp8"])
+    assert exit_.value.code == 2 and "unknown ['fp8']" in capsys.readouterr().err
