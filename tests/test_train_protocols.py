@@ -14,7 +14,7 @@ from fastprompt.testing.fake_trees import make_split_dataset, tiny_jpeg
 from fastprompt.data.registry import resolve
 from fastprompt.errors import ConfigError
 from fastprompt.protocols.grid import run_grid
-from fastprompt.train.run import run_status
+from fastprompt.train.startup import run_status
 from fastprompt.protocols.tables import harmonic_mean
 
 # 1 epoch; 3 base classes x 6 images in batches of 4 = 5 steps, a resumable state after each

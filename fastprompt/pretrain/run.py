@@ -36,12 +36,12 @@ from typing import Any, Callable, Dict, List, Sequence
 import torch
 
 from .. import distributed
-from ..train.build import build_learner, build_model, build_transforms, set_random_seed
 from ..errors import ConfigError, TrainError
+from ..train.build import build_learner, build_transforms
 from ..train.precision import resolve_precision
-from ..train.run import open_run, run_settings, write_run_header
 from ..train.schedule import schedule_from_config
-from ..train.state import STATE_FILE, write_json
+from ..train.startup import RunStartup
+from ..train.state import write_json
 from ..train.trainer import Trainer
 
 __all__ = ["pretrain_run", "PRETRAIN_METHODS", "OBJECTIVES", "PRETRAIN_FILE", "POMP_SHOTS", "set_objective"]
@@ -157,64 +157,51 @@ def pretrain_run(cfg: Dict[str, Any], run_dir: str, *, resume: bool = False, ove
                           f"pretraining), not {method!r}; use fastprompt train for the other learners")
     if str(cfg["TRAIN"]["OBJECTIVE"]) not in OBJECTIVES:
         raise ConfigError(f"TRAIN.OBJECTIVE must be one of {OBJECTIVES}, got {cfg['TRAIN']['OBJECTIVE']!r}")
-    rank, world, device = distributed.init_from_env(cfg["TRAIN"]["DEVICE"])
-    cfg, saved, done = open_run(cfg, run_dir, rank, resume, overwrite)
-    if done is not None:
-        distributed.shutdown()
-        return done
+    with RunStartup(cfg, run_dir, resume=resume, overwrite=overwrite, progress=progress) as run:
+        if run.finished is not None:
+            return run.finished
+        cfg, device, settings, rank, world = run.cfg, run.device, run.settings, run.rank, run.world
+        model, tokenizer, model_name, pretrained = run.build_model()
+        train_tf, test_tf = build_transforms(cfg, model)
+        data = _load_data(cfg, train_tf, test_tf, settings.batch_size, rank, world, settings.num_workers, device)
+        section = cfg["TRAINER"][method.upper()]
+        precision, why = resolve_precision(cfg["TRAIN"]["PRECISION"], section.get("PREC"), device)
+        records = run.begin(write_files=data.table.write)
+        learner = build_learner(cfg, model, tokenizer, data.classnames, "imagenet21k", None, model_name,
+                                pretrained).to(device)
+        views = int(cfg["DATALOADER"]["K_TRANSFORMS"])
+        decision = None
+        if rank == 0:  # one decision for every rank (another rank's free memory, or a file it cannot see, must
+            # not give it another objective)
+            decision = _choose(cfg, learner, settings.batch_size * views, device, precision, world, run_dir,
+                               run.resuming)
+        mode, reason, record = distributed.broadcast_object(decision)
+        set_objective(learner, mode)
+        if world > 1 and mode == "full":
+            learner.shard_classes = True
+        if rank == 0 and not run.resuming:
+            write_json(os.path.join(run_dir, PRETRAIN_FILE),
+                       {**record, "method": method, "num_classes": len(data.classnames),
+                        "universe": data.table.universe, "data": data.description, "world_size": world})
+        distributed.barrier()
 
-    model, tokenizer, model_name, pretrained = build_model(cfg, device)
-    train_tf, test_tf = build_transforms(cfg, model)
-    settings = run_settings(cfg, world, progress)
-    data = _load_data(cfg, train_tf, test_tf, settings.batch_size, rank, world, settings.num_workers, device)
-    section = cfg["TRAINER"][method.upper()]
-    precision, why = resolve_precision(cfg["TRAIN"]["PRECISION"], section.get("PREC"), device)
-    if rank == 0 and saved is None:
-        write_run_header(cfg, run_dir)
-        data.table.write(run_dir)
-    distributed.barrier()
-    set_random_seed(int(cfg["SEED"]))
-    learner = build_learner(cfg, model, tokenizer, data.classnames, "imagenet21k", None, model_name,
-                            pretrained).to(device)
-    views = int(cfg["DATALOADER"]["K_TRANSFORMS"])
-    resuming = saved is not None  # known on rank 0, which also holds the run's records
-    decision = None
-    if rank == 0:  # one decision for every rank (another rank's free memory, or a file it cannot see, must
-        # not give it another objective)
-        decision = _choose(cfg, learner, settings.batch_size * views, device, precision, world, run_dir, resuming)
-    mode, reason, record = distributed.broadcast_object(decision)
-    set_objective(learner, mode)
-    if world > 1 and mode == "full":
-        learner.shard_classes = True
-    if rank == 0 and not resuming:
-        write_json(os.path.join(run_dir, PRETRAIN_FILE),
-                   {**record, "method": method, "num_classes": len(data.classnames),
-                    "universe": data.table.universe, "data": data.description, "world_size": world})
-    distributed.barrier()
-
-    identity = {"method": method, "model": model_name, "pretrained": pretrained, "seed": int(cfg["SEED"]),
-                "num_classes": len(data.classnames), "classes_sha256": _classes_sha(data.classnames),
-                "objective": mode}
-    # a stream counts its unreadable samples exactly at the position it has given out (and across a resume)
-    train = data.batches if data.batches is not None else data.train
-    trainer = Trainer(learner, train, settings, cfg["OPTIM"], schedule_from_config(cfg["OPTIM"]),
-                      precision=precision, device=device, run_dir=run_dir, val_data=data.val, test_data=data.test,
-                      n_classes=len(data.classnames), identity=identity, callbacks=callbacks, batches=data.batches)
-    records = trainer.records
-    try:
+        identity = {"method": method, "model": model_name, "pretrained": pretrained, "seed": int(cfg["SEED"]),
+                    "num_classes": len(data.classnames), "classes_sha256": _classes_sha(data.classnames),
+                    "objective": mode}
+        # a stream counts its unreadable samples exactly at the position it has given out (and across a resume)
+        train = data.batches if data.batches is not None else data.train
+        trainer = Trainer(learner, train, settings, cfg["OPTIM"], schedule_from_config(cfg["OPTIM"]),
+                          precision=precision, device=device, run_dir=run_dir, val_data=data.val,
+                          test_data=data.test, n_classes=len(data.classnames), identity=identity,
+                          callbacks=callbacks, records=records, batches=data.batches)
         records.log(f"{method} pretraining on {data.description}: {len(data.classnames)} classes "
                     f"({data.table.universe} universe), backbone {model_name} ({pretrained or 'random weights'}), "
                     f"seed {cfg['SEED']}, {world} process(es) on {device}, precision {precision} ({why})")
         split = " (text classes split over the ranks)" if world > 1 and mode == "full" else ""
         records.log(f"objective: {mode} — {reason}{split}")
-        state_path = os.path.join(run_dir, STATE_FILE)
-        if resume and os.path.isfile(state_path):
-            trainer.resume(state_path)
+        run.resume_into(trainer)
         test = trainer.fit()
         transfer = _transfer(cfg, trainer, learner, test_tf, device, run_dir, method)
-    finally:
-        records.close()
-    distributed.shutdown()
     return {"test": test, "transfer": transfer, "objective": mode}
 
 

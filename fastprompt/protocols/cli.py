@@ -128,7 +128,7 @@ def _run(args) -> int:
 def _results(args) -> int:
     import os
 
-    from ..train.cli import fail
+    from ..errors import report_failure
 
     if not os.path.isdir(args.directory):
         return report_failure("results", FileNotFoundError(f"no such directory: {args.directory}"))

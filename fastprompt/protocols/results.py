@@ -1,6 +1,6 @@
 """The results of a grid directory: every finished run's test accuracies, read back from its files.
 
-A run counts when it is finished (:func:`fastprompt.train.run.run_status`) and has its
+A run counts when it is finished (:func:`fastprompt.train.startup.run_status`) and has its
 ``eval.json``; an evaluation of its prompts on another split or dataset (``eval_<dataset>_<subsample>
 .json``) counts when it is not older than the run's ``prompt.safetensors``. Layout: see
 :mod:`fastprompt.protocols.grid`.
@@ -14,7 +14,7 @@ import re
 from typing import Dict, List, Optional, Tuple
 
 from .grid import eval_path
-from ..train.run import run_status
+from ..train.startup import run_status
 
 __all__ = ["RunResult", "collect_runs"]
 

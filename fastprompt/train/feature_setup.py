@@ -95,14 +95,15 @@ def training_data(items, train_tf, settings: FeatureSettings, seed: int):
 
 
 def build_feature_cache(settings: FeatureSettings, learner, device: torch.device, autocast, batch_size: int,
-                        num_workers: int):
-    """The run's :class:`~fastprompt.features.cache.FeatureCache`, or ``None`` when it is off."""
+                        num_workers: int, log=None):
+    """The run's :class:`~fastprompt.features.cache.FeatureCache`, or ``None`` when it is off; ``log``
+    takes its one line per table computed or loaded (the run's ``log.txt``)."""
     if not settings.mode:
         return None
     from ..features.cache import FeatureCache
 
     try:
         return FeatureCache(learner, device, folder=settings.folder, autocast=autocast, batch_size=batch_size,
-                            num_workers=num_workers)
+                            num_workers=num_workers, log=log)
     except ValueError as exc:
         raise ConfigError(f"TRAIN.FEATURE_CACHE {settings.mode}: {exc}") from None

@@ -1,0 +1,224 @@
+"""A run's start-up, shared by ``fastprompt train`` and ``fastprompt pretrain``: its processes, its
+directory, its model, its records.
+
+A run directory holds everything needed to understand and resume the run: ``config.yaml``
+(resolved), ``env.txt``, ``log.txt``, ``metrics.jsonl``, ``prompt.safetensors`` +
+``fastprompt_config.json`` (``from_pretrained``), ``state.pt`` (resumable), ``eval.json`` (the final
+test), ``curves.png``, ``tensorboard/`` (and pretraining's own files, :data:`RUN_FILES`). A
+directory that already holds a run is never silently reused: ``resume=True`` continues it (with
+its own ``config.yaml``), ``overwrite=True`` deletes the run files (and nothing else) and starts
+again.
+
+:class:`RunStartup` is the sequence both runs follow, in the order DESIGN §7.2 asks (cheap checks
+before expensive ones, nothing written before the run is known to be buildable)::
+
+    with RunStartup(cfg, run_dir, resume=resume, overwrite=overwrite, progress=progress) as run:
+        if run.finished is not None:          # --resume of a finished run: its eval.json
+            return run.finished
+        model, tokenizer, name, pretrained = run.build_model()
+        ...                                   # the run's own data and checks
+        records = run.begin()                 # config.yaml + env.txt, seed, log.txt / metrics.jsonl
+        ...                                   # learner, Trainer(records=records, ...)
+        run.resume_into(trainer)
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import tempfile
+from typing import Any, Callable, Dict, Optional
+
+import torch
+
+from .. import distributed
+from ..errors import ConfigError, TrainError
+from .build import build_model, set_random_seed
+from .config import dump_yaml, flatten, read_yaml, resolve_config
+from .records import RunRecords
+from .state import STATE_FILE, load_state, write_text
+from .trainer import TrainSettings
+
+__all__ = ["RUN_FILES", "RunStartup", "prepare_run_dir", "open_run", "write_run_header", "run_status", "run_settings"]
+
+RUN_FILES = ("config.yaml", "env.txt", "log.txt", "metrics.jsonl", STATE_FILE, "prompt.safetensors",
+             "fastprompt_config.json", "eval.json", "curves.png", "tensorboard",
+             # fastprompt pretrain's own (fastprompt.pretrain.run)
+             "pretrain.json", "classes.json", "classnames.txt", "transfer")
+# Keys that may differ between a run's saved configuration and the one given with --resume.
+_RESUME_FREE = ("OUTPUT_DIR", "RESUME", "DATASET.ROOT", "DATALOADER.NUM_WORKERS", "TRAIN.DEVICE", "TRAIN.TENSORBOARD",
+                "TRAIN.PRINT_FREQ", "TRAIN.FEATURE_CACHE_DIR")
+
+
+def run_status(run_dir: str) -> str:
+    """``"absent"``, ``"empty"``, ``"started"`` (config only), ``"partial"`` (has a state), ``"finished"``."""
+    if not os.path.isdir(run_dir):
+        return "absent"
+    if not any(os.path.exists(os.path.join(run_dir, f)) for f in RUN_FILES):
+        return "empty"
+    path = os.path.join(run_dir, STATE_FILE)
+    if not os.path.isfile(path):
+        return "started"
+    try:
+        return "finished" if load_state(path).get("finished") else "partial"
+    except TrainError:
+        return "partial"
+
+
+def _check_writable(run_dir: str) -> None:
+    try:
+        os.makedirs(run_dir, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=run_dir, prefix=".write-test-")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise TrainError(f"cannot write to the output directory {run_dir}: {exc.strerror or exc}") from None
+
+
+def prepare_run_dir(run_dir: str, resume: bool = False, overwrite: bool = False) -> Optional[Dict[str, Any]]:
+    """Check/prepare ``run_dir``; returns the saved configuration when resuming one."""
+    if resume and overwrite:
+        raise TrainError("--resume and --overwrite exclude each other")
+    status = run_status(run_dir)
+    if status in ("absent", "empty"):
+        if resume:
+            raise TrainError(f"nothing to resume in {run_dir}: it holds no run (no config.yaml / {STATE_FILE})")
+        _check_writable(run_dir)
+        return None
+    if overwrite:
+        _check_writable(run_dir)
+        for name in RUN_FILES:
+            path = os.path.join(run_dir, name)
+            if os.path.isdir(path):
+                shutil.rmtree(path)
+            elif os.path.exists(path):
+                os.unlink(path)
+        return None
+    if not resume:
+        what = "a finished run" if status == "finished" else "a run"
+        raise TrainError(f"{run_dir} already holds {what} ({', '.join(f for f in RUN_FILES if os.path.exists(os.path.join(run_dir, f)))}); "
+                         "pass --resume to continue it or --overwrite to delete it and start again")
+    _check_writable(run_dir)
+    path = os.path.join(run_dir, "config.yaml")
+    if not os.path.isfile(path):
+        raise TrainError(f"cannot resume {run_dir}: its config.yaml is missing")
+    return read_yaml(path)
+
+
+def _check_same(saved: Dict[str, Any], given: Dict[str, Any], run_dir: str) -> None:
+    a, b = flatten(saved), flatten(given)
+    diff = [k for k in sorted(set(a) | set(b)) if k not in _RESUME_FREE and a.get(k) != b.get(k)
+            and not (isinstance(a.get(k), (list, tuple)) and list(a[k]) == list(b.get(k) or ()))]
+    if diff:
+        shown = "; ".join(f"{k}: run {a.get(k)!r}, now {b.get(k)!r}" for k in diff[:5])
+        raise TrainError(f"--resume {run_dir}: the configuration differs from the run's config.yaml ({shown}"
+                         f"{'; ...' if len(diff) > 5 else ''}); resume with the run's own settings or use --overwrite")
+
+
+def open_run(cfg: Dict[str, Any], run_dir: str, rank: int, resume: bool, overwrite: bool):
+    """``(cfg, saved, finished_result)``: the run directory checked and prepared (rank 0), the
+    configuration to use (the run's own when resuming), and the finished run's ``eval.json``
+    contents when ``resume`` finds nothing left to do (``None`` otherwise)."""
+    if int(cfg["SEED"]) < 0:
+        raise ConfigError("SEED must be >= 0 (pass --seed)")
+    saved = None
+    if rank == 0:
+        saved = prepare_run_dir(run_dir, resume, overwrite)
+        if saved is not None:
+            _check_same(saved, cfg, run_dir)
+            cfg = resolve_config([(os.path.join(run_dir, "config.yaml"), saved)],
+                                 arguments={k: flatten(cfg)[k] for k in _RESUME_FREE if k in flatten(cfg)})
+    cfg = distributed.broadcast_object(cfg)
+    finished = os.path.join(run_dir, "eval.json")
+    if resume and run_status(run_dir) == "finished" and os.path.isfile(finished):
+        import json
+
+        print(f"{run_dir} is finished; its test result is in {finished}", file=sys.stderr)
+        with open(finished, encoding="utf-8") as f:
+            return cfg, saved, json.load(f)
+    return cfg, saved, None
+
+
+def write_run_header(cfg: Dict[str, Any], run_dir: str) -> None:
+    """``config.yaml`` (resolved) and ``env.txt`` of a new run (rank 0)."""
+    from ..env import report
+
+    write_text(os.path.join(run_dir, "config.yaml"), dump_yaml(cfg))
+    write_text(os.path.join(run_dir, "env.txt"), "".join(f"{k}: {v}\n" for k, v in report()))
+
+
+def run_settings(cfg: Dict[str, Any], world: int, progress: bool) -> TrainSettings:
+    t, dl = cfg["TRAIN"], cfg["DATALOADER"]
+    batch = int(dl["TRAIN_X"]["BATCH_SIZE"])
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    workers = min(int(dl["NUM_WORKERS"]), max(cpus // world - 1, 0))  # more workers than CPUs only slow down
+    if batch % world:
+        raise ConfigError(f"DATALOADER.TRAIN_X.BATCH_SIZE {batch} is the global batch and must divide among "
+                          f"{world} processes")
+    return TrainSettings(max_epoch=int(cfg["OPTIM"]["MAX_EPOCH"]), batch_size=batch // world, seed=int(cfg["SEED"]),
+                         test_batch_size=int(dl["TEST"]["BATCH_SIZE"]), num_workers=workers,
+                         grad_accum_steps=int(t["GRAD_ACCUM_STEPS"]), print_freq=int(t["PRINT_FREQ"]),
+                         eval_freq=int(t["EVAL_FREQ"]), checkpoint_steps=int(t["CHECKPOINT_STEPS"]),
+                         max_steps=int(t["MAX_STEPS"]), final_model=cfg["TEST"]["FINAL_MODEL"],
+                         no_test=bool(cfg["TEST"]["NO_TEST"]), tensorboard=bool(t["TENSORBOARD"]), progress=progress)
+
+
+class RunStartup:
+    """The start-up of a run into ``run_dir`` (see the module docstring), as a context manager.
+
+    On entry: the processes (``rank``, ``world``, ``device`` from torchrun's environment), the run
+    directory checked and prepared on rank 0 (``cfg`` becomes the run's own when resuming), and
+    the loop's :class:`TrainSettings` from ``cfg`` (``settings``). On a clean exit: the records
+    closed and the process group shut down; after an error only the records are closed.
+
+    Attributes:
+        cfg: the configuration to use; ``saved``: the run's saved configuration (rank 0, resuming).
+        finished: the finished run's ``eval.json`` contents when ``resume`` finds nothing to do.
+        records: the run's :class:`RunRecords`, from :meth:`begin` on.
+    """
+
+    def __init__(self, cfg: Dict[str, Any], run_dir: str, *, resume: bool = False, overwrite: bool = False,
+                 progress: bool = True):
+        self.run_dir, self.resume = run_dir, resume
+        self.records: Optional[RunRecords] = None
+        self.rank, self.world, self.device = distributed.init_from_env(cfg["TRAIN"]["DEVICE"])
+        self.cfg, self.saved, self.finished = open_run(cfg, run_dir, self.rank, resume, overwrite)
+        self.settings = run_settings(self.cfg, self.world, progress) if self.finished is None else None
+
+    def __enter__(self) -> "RunStartup":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if self.records is not None:
+            self.records.close()
+        if exc_type is None:
+            distributed.shutdown()
+
+    @property
+    def resuming(self) -> bool:
+        """The run continues a saved one (known on rank 0, which holds the run's files)."""
+        return self.saved is not None
+
+    def build_model(self):
+        """``(model, tokenizer, model_name, pretrained)`` of ``MODEL.BACKBONE`` on the run's device."""
+        return build_model(self.cfg, self.device)
+
+    def begin(self, write_files: Optional[Callable[[str], None]] = None) -> RunRecords:
+        """Everything is checked: write a new run's ``config.yaml`` and ``env.txt`` (and what
+        ``write_files(run_dir)`` adds) on rank 0, wait for every rank, seed the global RNGs from
+        ``SEED`` (the learner's initial prompts are drawn next) and open the run's records."""
+        if self.rank == 0 and not self.resuming:
+            write_run_header(self.cfg, self.run_dir)
+            if write_files is not None:
+                write_files(self.run_dir)
+        distributed.barrier()
+        set_random_seed(int(self.cfg["SEED"]))
+        main = self.rank == 0
+        self.records = RunRecords(self.run_dir, enabled=main, tensorboard=self.settings.tensorboard, echo=main)
+        return self.records
+
+    def resume_into(self, trainer) -> None:
+        """Load the run's ``state.pt`` into ``trainer`` when resuming a run that has one."""
+        state_path = os.path.join(self.run_dir, STATE_FILE)
+        if self.resume and os.path.isfile(state_path):
+            trainer.resume(state_path)
