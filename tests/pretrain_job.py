@@ -12,7 +12,7 @@ import signal
 
 from fastprompt.train.config import resolve_config
 from fastprompt.pretrain.run import pretrain_run
-from fastprompt.train.recipes import load_recipe, recipe_path
+from fastprompt.train.config import load_recipe, recipe_path
 
 # tiny random CLIP, small batches, K = 8 sampled classes for the local objective; no IN-21K val test
 SMALL = ["OPTIM.MAX_EPOCH", "2", "DATALOADER.TRAIN_X.BATCH_SIZE", "8", "TRAINER.POMP.UPDATE_CLASS_NUM", "8",

@@ -7,7 +7,7 @@ from fastprompt.train.build import check_backbone, open_clip_name
 from fastprompt.train.config import dump_yaml, read_yaml, resolve_config
 from fastprompt.errors import ConfigError
 from fastprompt.train.methods import METHODS, learner_kwargs
-from fastprompt.train.recipes import list_recipes, load_recipe, recipe_path
+from fastprompt.train.config import list_recipes, load_recipe, recipe_path
 from fastprompt.train.schedule import EpochSchedule, build_optimizer, schedule_from_config
 
 # configs/trainers/KgCoOp/vit_b16_ep100_ctxv1.yaml of htyao89/KgCoOp @ c43ccc3, as written there

@@ -13,7 +13,7 @@ from fastprompt.data.registry import resolve
 from fastprompt.train.build import TINY_CLIP_KWARGS
 from fastprompt.train.config import resolve_config
 from fastprompt.errors import TrainError
-from fastprompt.train.recipes import load_recipe
+from fastprompt.train.config import load_recipe
 from fastprompt.train.records import read_metrics
 from fastprompt.train.run import train_run
 from fastprompt.train.state import load_state

@@ -16,7 +16,7 @@ from fastprompt.train.build import build_model, load_data
 from fastprompt.train.config import resolve_config
 from fastprompt.errors import ConfigError
 from fastprompt.data.order import SeededSamples
-from fastprompt.train.recipes import load_recipe
+from fastprompt.train.config import load_recipe
 from fastprompt.train.state import load_state
 from fastprompt.train.views import MultiView, flatten_views
 

@@ -10,7 +10,7 @@ import fastprompt.train.trainer as trainer_module
 from fastprompt.testing.fake_trees import make_split_dataset, tiny_jpeg
 from fastprompt.train.config import resolve_config
 from fastprompt.train.gpa import gaussian_epoch_weights
-from fastprompt.train.recipes import load_recipe
+from fastprompt.train.config import load_recipe
 from fastprompt.train.records import read_metrics
 from fastprompt.train.run import train_run
 from fastprompt.train.state import load_state

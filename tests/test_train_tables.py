@@ -8,7 +8,7 @@ from fastprompt.train.config import resolve_config
 from fastprompt.errors import ConfigError
 from fastprompt.protocols.grid import job_config, plan
 from fastprompt.protocols.definitions import DATASETS_11, DG_TARGETS, PROTOCOL_RECIPES, PROTOCOLS, XD_TARGETS, recipe_for
-from fastprompt.train.recipes import load_recipe, recipe_path
+from fastprompt.train.config import load_recipe, recipe_path
 from fastprompt.protocols.report import table_csv, table_markdown
 from fastprompt.protocols.results import RunResult
 from fastprompt.protocols.tables import build_tables

@@ -13,7 +13,7 @@ import os
 import signal
 
 from fastprompt.train.config import resolve_config
-from fastprompt.train.recipes import load_recipe
+from fastprompt.train.config import load_recipe
 from fastprompt.train.run import train_run
 
 OVERRIDES = ["OPTIM.MAX_EPOCH", "2", "DATALOADER.TRAIN_X.BATCH_SIZE", "4", "DATALOADER.NUM_WORKERS", "0",

@@ -29,7 +29,7 @@ from .. import distributed
 from ..train.config import resolve_config
 from ..errors import ConfigError, TrainError
 from .definitions import SOURCE, check_protocol, normalise_datasets, recipe_for
-from ..train.recipes import load_recipe, recipe_path
+from ..train.config import load_recipe, recipe_path
 from ..train.run import evaluate_checkpoint, train_run
 from ..train.startup import run_status
 

@@ -9,16 +9,18 @@
   :class:`EpochSchedule` — Dassl's warm-up + cosine schedule;
 * :class:`GaussianPromptAggregation` / :func:`gaussian_epoch_weights` — PromptSRC's
   Gaussian-weighted aggregation of the prompts over epochs;
-* :class:`FeatureCache` / :class:`FixedViews` — frozen image features computed once per image
-  view for the text-prompt methods (``TRAIN.FEATURE_CACHE``), and a fixed number of seeded
-  augmented views per training image (``TRAIN.FEATURE_CACHE_VIEWS``).
+* :class:`FeatureCache` / :class:`FixedViews` (from :mod:`fastprompt.features`) — frozen image
+  features computed once per image view for the text-prompt methods (``TRAIN.FEATURE_CACHE``),
+  and a fixed number of seeded augmented views per training image (``TRAIN.FEATURE_CACHE_VIEWS``).
+
+The run's start-up (processes, run directory, model, records) is :mod:`.startup`, shared with
+:mod:`fastprompt.pretrain`; the protocols (:mod:`fastprompt.protocols`) and pretraining stand on
+this room and are never imported by it.
 """
-from .config import read_yaml, resolve_config
 from ..errors import ConfigError, TrainError
-from ..features.cache import FeatureCache
-from ..features.fixed_views import FixedViews
+from ..features import FeatureCache, FixedViews
+from .config import list_recipes, load_recipe, read_yaml, recipe_path, resolve_config
 from .gpa import GaussianPromptAggregation, gaussian_epoch_weights
-from .recipes import list_recipes, load_recipe, recipe_path
 from .run import evaluate_checkpoint, train_run
 from .schedule import EpochSchedule, build_optimizer
 from .trainer import Trainer, TrainSettings

@@ -98,7 +98,7 @@ def resolve_args(args, arguments: dict) -> dict:
     """The configuration of a command line: config files, ``arguments`` (key -> value), ``KEY VALUE`` overrides."""
     from .config import read_yaml, resolve_config
     from ..errors import ConfigError
-    from .recipes import load_recipe, recipe_path
+    from .config import load_recipe, recipe_path
 
     files = []
     if getattr(args, "dataset_config", None):
@@ -121,7 +121,7 @@ def resolve_args(args, arguments: dict) -> dict:
 
 def _run_train(args) -> int:
     if args.list_recipes:
-        from .recipes import list_recipes
+        from .config import list_recipes
 
         print("\n".join(list_recipes()))
         return 0

@@ -13,6 +13,13 @@ expected is accepted).
 The method is, in this order: the caller's (``--method``), the file's ``METHOD`` key (fastprompt
 YAML and recipes), its ``TRAINER.NAME``, the folder the file sits in (``configs/trainers/CoOp/``),
 the only ``TRAINER`` section the file sets.
+
+Named recipes are the original training configurations, shipped as package data (``recipes/``):
+``<method>/<the original config file's name>``, e.g. ``coop/vit_b16_ep50``, ``coop/rn50_ep50``,
+``cocoop/vit_b16_c4_ep10_batch1_ctxv1``, ``maple/vit_b16_c2_ep5_batch4_2ctx``,
+``promptsrc/vit_b16_c2_ep20_batch4_4+4ctx``. Each file carries every value of the original
+(optimizer, learning rate, epochs, batch size, warm-up, schedule, precision, method settings, the
+values the original scripts pass on the command line) and names its source in its header.
 """
 from __future__ import annotations
 
@@ -26,7 +33,8 @@ from .defaults import base_defaults
 from ..errors import ConfigError
 from .methods import METHODS, method_of_trainer
 
-__all__ = ["read_yaml", "resolve_config", "parse_overrides", "get", "set_value", "dump_yaml", "flatten"]
+__all__ = ["read_yaml", "resolve_config", "parse_overrides", "get", "set_value", "dump_yaml", "flatten", "RECIPE_DIR",
+           "list_recipes", "recipe_path", "load_recipe"]
 
 
 def _literal(value: Any) -> Any:
@@ -215,3 +223,37 @@ def dump_yaml(cfg: Dict[str, Any]) -> str:
         return v
 
     return yaml.safe_dump(plain(cfg), sort_keys=False, default_flow_style=None, width=120)
+
+
+# ---- named recipes -----------------------------------------------------------------------------
+RECIPE_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "recipes")
+
+
+def list_recipes() -> List[str]:
+    """Every recipe name, sorted (``method/config``)."""
+    names = []
+    for method in sorted(os.listdir(RECIPE_DIR)):
+        folder = os.path.join(RECIPE_DIR, method)
+        if os.path.isdir(folder):
+            names += [f"{method}/{f[:-5]}" for f in sorted(os.listdir(folder)) if f.endswith(".yaml")]
+    return names
+
+
+def recipe_path(name: str) -> str:
+    """The file of recipe ``name``; a ``ConfigError`` listing the recipes when there is none."""
+    key = name[:-5] if name.endswith(".yaml") else name
+    path = os.path.join(RECIPE_DIR, *key.split("/"))
+    if "/" in key and ".." not in key.split("/") and os.path.isfile(path + ".yaml"):
+        return path + ".yaml"
+    names = list_recipes()
+    close = difflib.get_close_matches(key, names, n=3, cutoff=0.5)
+    method = key.split("/")[0]
+    same_method = [n for n in names if n.startswith(method + "/")]
+    shown = same_method or names
+    hint = f" Did you mean {', '.join(close)}?" if close else ""
+    raise ConfigError(f"no recipe named {name!r}.{hint} Recipes{' of ' + method if same_method else ''}: "
+                      f"{', '.join(shown)}")
+
+
+def load_recipe(name: str) -> Dict[str, Any]:
+    return read_yaml(recipe_path(name))
