@@ -9,8 +9,8 @@ from .learners import (CLIPTeacher, CoCoOpConfig, CoCoOpLearner, CoOpConfig, CoO
                        PREConfig, PRELearner, PretrainedNotAvailableError, PromptLearner, PromptSRCConfig,
                        PromptSRCLearner, RPPConfig, RPPLearner, SoftCPTConfig, SoftCPTLearner, VPTConfig,
                        VPTLearner)
-from .version import __version__
 from .learners.zero_shot import zero_shot_classifier
+from .version import __version__
 
 __all__ = [
     "ops", "PromptLearner", "PretrainedNotAvailableError", "__version__",

@@ -223,8 +223,8 @@ def _train(args, learner, train_x, train_y, batch: int, device):
     from tqdm import tqdm
     from torch.utils.data import TensorDataset
 
-    from .train import EpochSchedule, Trainer, TrainSettings, TrainError
     from .data.order import EpochBatches
+    from .train import EpochSchedule, Trainer, TrainSettings, TrainError
     from .train.records import RunRecords
 
     per_epoch = len(EpochBatches(len(train_x), batch, args.seed))

@@ -53,10 +53,9 @@ def report() -> List[Tuple[str, str]]:
     """``(label, value)`` rows of the environment report."""
     import torch
 
-    from .version import __version__
-    from .ops import jit
-    from .ops import AUTO_ORDER, backend_status, resolve_backend
+    from .ops import AUTO_ORDER, backend_status, jit, resolve_backend
     from .ops.registry import GPU_VERIFIED
+    from .version import __version__
 
     rows = [
         ("fastprompt", __version__),

@@ -7,15 +7,15 @@ resumable training batches (``ShardBatchStream``).
     ds = load_dataset("dtd", "/data", shots=16, seed=1, subsample="base")
     ds.classnames, ds.train, ds.val, ds.test      # items with .path, .label, .classname
 """
+from ..errors import DataError
+from ..keyed_file import cache_dir
 from .check import check_root, fewshot_record
 from .dassl_pickle import load_datum_pickle
 from .fewshot import fewshot_subset, sample_fewshot, split_by_label
 from .imagenet21k import ImageNet21KDataset, load_imagenet21k
 from .imagenet21k_classes import ClassTable, build_class_table, read_class_table, universe_wnids
 from .images import ImageDataset, load_image, make_loader, skip_collate
-from ..errors import DataError
 from .items import Dataset, Item
-from ..keyed_file import cache_dir
 from .listing import list_dirs
 from .load import load_dataset
 from .pack import pack_folder

@@ -53,8 +53,8 @@ def _error(command: str, exc: Exception) -> int:
 
 
 def _run_check(args) -> int:
-    from .check import check_root, format_check
     from ..errors import DataError
+    from .check import check_root, format_check
 
     try:
         results = check_root(args.root, args.dataset, cache=not args.no_cache)
@@ -67,8 +67,8 @@ def _run_check(args) -> int:
 
 
 def _run_fewshot(args) -> int:
-    from .check import fewshot_record
     from ..errors import DataError
+    from .check import fewshot_record
     from .listing import atomic_write_text
 
     try:

@@ -25,10 +25,10 @@ import os
 import random
 from typing import Dict, List, Optional, Sequence, Tuple
 
+from ..errors import DataError
 from .coop_splits import SPLIT_KEYS
 from .fewshot import sample_fewshot
 from .imagenet import read_classnames
-from ..errors import DataError
 from .items import Dataset, Item, classnames_of, parse_label
 from .listing import list_dirs, listdir_nohidden, missing_paths
 from .subsample import subsample_classes

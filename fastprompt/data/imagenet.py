@@ -22,8 +22,8 @@ from collections import OrderedDict
 from itertools import repeat
 from typing import Dict, List, Optional, Sequence, Tuple
 
-from .dassl_pickle import load_datum_pickle
 from ..errors import DataError
+from .dassl_pickle import load_datum_pickle
 from .items import Item
 from .listing import list_dirs, listdir_nohidden
 

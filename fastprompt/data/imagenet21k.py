@@ -35,11 +35,11 @@ import os
 from dataclasses import dataclass
 from typing import List, Optional, Tuple
 
+from ..errors import DataError
 from .dassl_pickle import load_datum_pickle
 from .fewshot import sample_fewshot
 from .imagenet import _class_folders, _folder_items
 from .imagenet21k_classes import ClassTable, build_class_table
-from ..errors import DataError
 from .items import Dataset, Item
 
 __all__ = ["ImageNet21KDataset", "load_imagenet21k", "find_imagenet21k", "read_split", "DATASET_FOLDER",

@@ -32,8 +32,8 @@ import os
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence, Tuple
 
-from .imagenet import read_classnames
 from ..errors import DataError
+from .imagenet import read_classnames
 from .listing import atomic_write_text
 
 __all__ = ["UNIVERSES", "NAME_STYLES", "ClassTable", "universe_wnids", "wordnet_lemmas", "build_class_table",

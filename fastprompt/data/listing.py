@@ -21,8 +21,8 @@ import time
 from typing import Dict, Iterable, List, Optional, Sequence
 
 from ..atomic_io import atomic_write_text
-from ..keyed_file import cache_dir
 from ..errors import DataError
+from ..keyed_file import cache_dir
 
 __all__ = ["list_dirs", "missing_paths", "atomic_write_text", "listdir_nohidden"]
 

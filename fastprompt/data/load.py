@@ -15,13 +15,13 @@ import logging
 import os
 from typing import List, Optional, Sequence
 
+from ..errors import DataError
 from . import custom
 from .aircraft import read_aircraft
 from .coop_splits import read_split_json
 from .dassl_pickle import load_datum_pickle
 from .fewshot import sample_fewshot
 from .imagenet import read_imagenet, read_variant
-from ..errors import DataError
 from .items import Dataset, Item, classnames_of
 from .listing import missing_paths
 from .registry import Spec, resolve

@@ -35,10 +35,10 @@ from dataclasses import asdict, dataclass, field
 from typing import Dict, List, Optional, Tuple
 
 from ..atomic_io import TEMP_PREFIX, atomic_write
+from ..errors import DataError
 from .fewshot import sample_fewshot
 from .imagenet21k import SPLIT_FOLDERS, load_imagenet21k
 from .imagenet21k_classes import ClassTable, read_class_table
-from ..errors import DataError
 from .items import Item
 from .listing import atomic_write_text
 

@@ -33,8 +33,8 @@ from typing import Callable, Iterator, List, Optional, Sequence, Tuple, Union
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from .images import skip_collate
 from ..errors import DataError
+from .images import skip_collate
 from .shards import ShardDataset, count_samples
 
 __all__ = ["ShardBatchStream"]

@@ -31,8 +31,8 @@ from typing import Callable, Iterator, List, Optional, Sequence, Tuple, Union
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
-from .imagenet21k_classes import ClassTable, read_class_table
 from ..errors import DataError
+from .imagenet21k_classes import ClassTable, read_class_table
 
 __all__ = ["ShardDataset", "open_shards", "count_samples", "IMAGE_KEYS"]
 

@@ -17,10 +17,10 @@ from typing import Any, Callable, Optional
 
 import torch
 
-from ..learners.image_features import ImageFeatures
-from .store import FeatureTable
-from .fixed_views import view_choices
 from ..data.order import EpochBatches
+from ..learners.image_features import ImageFeatures
+from .fixed_views import view_choices
+from .store import FeatureTable
 
 __all__ = ["CachedFeatureBatches"]
 

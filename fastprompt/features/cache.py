@@ -39,12 +39,12 @@ from typing import Callable, Dict, Iterator, List, Optional, Tuple
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from ..learners.image_features import ImageFeatures
 from .. import distributed
-from .batches import CachedFeatureBatches
-from .store import FeatureTable, disk_key, image_tower_fingerprint, load_table, save_table, table_path
-from .fixed_views import FixedViews
 from ..data.order import SeededSamples
+from ..learners.image_features import ImageFeatures
+from .batches import CachedFeatureBatches
+from .fixed_views import FixedViews
+from .store import FeatureTable, disk_key, image_tower_fingerprint, load_table, save_table, table_path
 
 __all__ = ["FeatureCache"]
 

@@ -1,13 +1,13 @@
 """Prompt learners: one file per method, all sharing the ``PromptLearner`` API."""
 from .base import LEARNERS, LearnerConfig, PromptLearner
-from .pretrained import PretrainedNotAvailableError, load_open_clip
 from .cocoop import CoCoOpConfig, CoCoOpLearner
-from .image_features import ImageFeatures
 from .coop import CoOpConfig, CoOpLearner
+from .image_features import ImageFeatures
 from .kgcoop import KgCoOpConfig, KgCoOpLearner
 from .maple import MaPLeConfig, MaPLeLearner
 from .pomp import POMPConfig, POMPLearner, POMPObjective
 from .pre import PREConfig, PRELearner
+from .pretrained import PretrainedNotAvailableError, load_open_clip
 from .promptsrc import PromptSRCConfig, PromptSRCLearner
 from .rpp import RPPConfig, RPPLearner
 from .softcpt import SoftCPTConfig, SoftCPTLearner

@@ -28,9 +28,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..templates import TemplateSpec, resolve_templates
 from ..towers import TextTower, image_tower
 from .prompts import clean_classnames
-from ..templates import TemplateSpec, resolve_templates
 from .template_features import mean_template_features
 from .zero_shot import zero_shot_classifier
 

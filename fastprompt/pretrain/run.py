@@ -70,8 +70,8 @@ class PretrainData:
 
 def _load_data(cfg: Dict[str, Any], train_tf, test_tf, batch: int, rank: int, world: int, workers: int,
                device: torch.device) -> PretrainData:
-    from ..data.images import ImageDataset
     from ..data.imagenet21k import load_imagenet21k
+    from ..data.images import ImageDataset
 
     ds, seed = cfg["DATASET"], int(cfg["SEED"])
     if ds["SHARDS"]:

@@ -32,8 +32,8 @@ import torch.nn.functional as F
 
 from ..learners.class_sharding import shard_bounds
 from ..learners.teacher import distillation_kl
-from .memory_probe import PeakBytes, SavedBytes, storage_key, unique_storage_bytes
 from ..train.precision import Precision
+from .memory_probe import PeakBytes, SavedBytes, storage_key, unique_storage_bytes
 
 __all__ = ["Fit", "StepProbes", "PROBE_CLASSES", "LOCAL_DRAWS"]
 

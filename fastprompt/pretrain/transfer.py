@@ -22,13 +22,13 @@ from typing import Any, Dict, List, Optional, Sequence
 import torch
 from torch.utils.data import DataLoader
 
+from .. import distributed
 from ..data.images import ImageDataset, skip_collate
 from ..errors import DataError
-from .. import distributed
-from ..train.evaluate import evaluate
 from ..protocols.definitions import DG_TARGETS, SOURCE, XD_TARGETS
-from ..train.state import write_json
 from ..protocols.tables import Cell, Row, Table, _attach_published, _average_row, _sorted
+from ..train.evaluate import evaluate
+from ..train.state import write_json
 
 __all__ = ["transfer_evaluation", "transfer_tables", "TRANSFER_DIR"]
 

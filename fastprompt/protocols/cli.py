@@ -104,10 +104,10 @@ def _report(directory: str, protocols, method, plot: bool) -> int:
 
 
 def _run(args) -> int:
-    from ..errors import EXPECTED_ERRORS, report_failure
-    from .grid import run_grid
-    from .definitions import check_protocol
     from .. import distributed
+    from ..errors import EXPECTED_ERRORS, report_failure
+    from .definitions import check_protocol
+    from .grid import run_grid
 
     settings = {k: v for k, v in (("MODEL.BACKBONE.NAME", args.model), ("MODEL.BACKBONE.TAG", args.pretrained),
                                   ("DATALOADER.NUM_WORKERS", args.workers), ("TRAIN.DEVICE", args.device))

@@ -168,8 +168,8 @@ def default_datasets(protocol: str) -> Tuple[str, ...]:
 
 def normalise_datasets(names: Optional[Sequence[str]], protocol: str) -> List[str]:
     """CoOp folder names for ``names`` (class names and aliases accepted); custom kinds refused."""
-    from ..errors import DataError
     from ..data.registry import resolve
+    from ..errors import DataError
 
     out: List[str] = []
     for name in names or default_datasets(protocol):

@@ -26,12 +26,12 @@ import sys
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from .. import distributed
-from ..train.config import resolve_config
 from ..errors import ConfigError, TrainError
-from .definitions import SOURCE, check_protocol, normalise_datasets, recipe_for
+from ..train.config import resolve_config
 from ..train.config import load_recipe, recipe_path
 from ..train.run import evaluate_checkpoint, train_run
 from ..train.startup import run_status
+from .definitions import SOURCE, check_protocol, normalise_datasets, recipe_for
 
 __all__ = ["Job", "plan", "run_grid", "eval_path", "KIND"]
 

@@ -13,8 +13,8 @@ import os
 import re
 from typing import Dict, List, Optional, Tuple
 
-from .grid import eval_path
 from ..train.startup import run_status
+from .grid import eval_path
 
 __all__ = ["RunResult", "collect_runs"]
 

@@ -37,8 +37,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .prompt_common import default_tokenizer, register_class_prompts
 from .pomp import pomp_local_logits, pomp_negative_sampling
+from .prompt_common import default_tokenizer, register_class_prompts
 from .text_encoder import _model_dtype, text_tower
 from .vision import _embed
 

@@ -10,9 +10,9 @@ import os
 import random
 from typing import Iterable, List, Optional, Sequence, Tuple, Union
 
-from .fake_trees import tiny_jpeg
 from ..data.imagenet21k import DATASET_FOLDER, SPLIT_FOLDERS
 from ..data.imagenet21k_classes import universe_wnids
+from .fake_trees import tiny_jpeg
 
 __all__ = ["make_imagenet21k", "CORRUPT_BYTES"]
 

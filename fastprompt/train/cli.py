@@ -96,8 +96,8 @@ def _arguments(args) -> dict:
 
 def resolve_args(args, arguments: dict) -> dict:
     """The configuration of a command line: config files, ``arguments`` (key -> value), ``KEY VALUE`` overrides."""
-    from .config import read_yaml, resolve_config
     from ..errors import ConfigError
+    from .config import read_yaml, resolve_config
     from .config import load_recipe, recipe_path
 
     files = []

@@ -29,8 +29,8 @@ import difflib
 import os
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
-from .defaults import base_defaults
 from ..errors import ConfigError
+from .defaults import base_defaults
 from .methods import METHODS, method_of_trainer
 
 __all__ = ["read_yaml", "resolve_config", "parse_overrides", "get", "set_value", "dump_yaml", "flatten", "RECIPE_DIR",

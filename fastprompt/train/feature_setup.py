@@ -43,8 +43,8 @@ class FeatureSettings:
 
 def feature_settings(cfg: Dict[str, Any], device: torch.device) -> FeatureSettings:
     """The checked settings of ``cfg``; a ``ConfigError`` that names the key and the way out."""
-    from ..learners.frozen_precision import FROZEN_IMAGE_PRECISIONS, bf16_unsupported_reason
     from ..features.store import default_folder
+    from ..learners.frozen_precision import FROZEN_IMAGE_PRECISIONS, bf16_unsupported_reason
 
     train = cfg["TRAIN"]
     mode, folder = str(train["FEATURE_CACHE"]).strip().lower(), str(train["FEATURE_CACHE_DIR"]).strip()

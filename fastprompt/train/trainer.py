@@ -40,10 +40,10 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from ..data.images import skip_collate
 from .. import distributed
-from .batches import MapBatches
+from ..data.images import skip_collate
 from ..errors import TrainError
+from .batches import MapBatches
 from .evaluate import evaluate
 from .precision import Precision
 from .records import RunRecords, plot_curves

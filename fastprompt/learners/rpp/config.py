@@ -7,9 +7,9 @@ from __future__ import annotations
 import dataclasses
 from typing import List, Optional, Union
 
+from ...templates import resolve_templates
 from ..base import LearnerConfig
 from ..pomp.objective import check_pomp_args
-from ...templates import resolve_templates
 
 BRANCHES = ("text", "vision", "both")
 VARIANTS = ("pre", "post")

@@ -58,11 +58,11 @@ from torch import nn
 from ...towers import QKVPrompt
 from ..base import PromptLearner
 from ..class_sharding import full_text_features
-from ..pretrained import load_open_clip, recorded_pretrained
 from ..pomp.objective import POMPObjective
+from ..pretrained import load_open_clip, recorded_pretrained
 from ..prompts import context_template, context_word_embeddings, coop_plan, tokenize_prompts
-from .config import RPPConfig
 from ..teacher import CLIPTeacher, distillation_kl
+from .config import RPPConfig
 
 DEFAULT_N_CTX = 4
 FROZEN_TEXT_PHRASE = "a photo of a"  # text side of branches="vision" when ctx_init is empty
