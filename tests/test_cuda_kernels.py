@@ -15,6 +15,7 @@ from fastprompt.testing import FP32, assert_close_rel
 
 from attention_cases import GRAD_NAMES, compare_to_eager, make_case, run
 from backend_parity import parity_suite
+from op_registration_checks import opcheck_suite
 
 pytestmark = pytest.mark.gpu
 
@@ -29,6 +30,8 @@ def case(*args, **kwargs):
 
 
 TestParity = parity_suite("cuda", device="cuda", many_sequences=(1000, 8))
+# The C++ ops on CUDA tensors: schema, fakes, autograd registration (tests/op_registration_checks.py).
+TestOpRegistration = opcheck_suite("cpp_prompt_attention_fwd", "cpp_prompt_attention_bwd", device="cuda")
 
 
 @pytest.mark.parametrize("mode", ["one", "mixed"])

@@ -35,6 +35,7 @@ import attention_cases  # noqa: E402
 from attention_cases import (GRAD_NAMES, HEAD_DIMS, LAYOUTS, LOW_PRECISION_CASES, compare_to_eager,  # noqa: E402
                              make_case, strided_layout, strided_view)
 from backend_parity import parity_suite  # noqa: E402
+from op_registration_checks import opcheck_suite  # noqa: E402
 
 if not kernels.INTERPRET:
     pytest.skip("fastprompt.kernels was imported in compiled mode before this module set TRITON_INTERPRET=1; "
@@ -222,11 +223,6 @@ def test_float64_and_unsupported_head_dim_are_value_errors():
         prompt_attention(*tensors, backend="triton", **kwargs)
 
 
-def test_backend_limits_mirror_the_kernels():
-    assert triton_backend.SUPPORTED_DTYPES == kernels.SUPPORTED_DTYPES
-    assert triton_backend.MAX_HEAD_DIM == kernels.max_head_dim()
-
-
 def test_availability_and_auto_choice(monkeypatch):
     assert backend_status("cpu")["triton"] == "available"  # interpreter on
     # On CPU the interpreter runs only when asked for by name, never for "auto".
@@ -250,25 +246,8 @@ def test_kernels_are_installed_inside_the_package():
 
 # ---- torch.library / torch.compile --------------------------------------------------------------
 
-def test_custom_op_registration_passes_opcheck():
-    tensors, dout, dlse, kwargs = make_case("mixed", 5, 32, causal=True, ragged=True)
-    q, k, v, pk, pv = (t.requires_grad_() for t in tensors)
-    torch.library.opcheck(torch.ops.fastprompt.prompt_attention_triton.default,
-                          (q, k, v, pk, pv, kwargs["group"], kwargs["seqlens"], True, 32 ** -0.5),
-                          test_utils=("test_schema", "test_autograd_registration", "test_faketensor"))
-
-
-@pytest.mark.parametrize("group_mode", ["mixed", "none", "empty"])
-@pytest.mark.parametrize("prompt_grad", [True, False])
-def test_backward_op_passes_opcheck(group_mode, prompt_grad):
-    tensors, dout, dlse, kwargs = make_case(group_mode, 5, 32, causal=True, ragged=True)
-    q, k, v, pk, pv = tensors
-    out, lse = torch.ops.fastprompt.prompt_attention_triton(q, k, v, pk, pv, kwargs["group"], kwargs["seqlens"],
-                                                            True, 32 ** -0.5)
-    torch.library.opcheck(torch.ops.fastprompt.prompt_attention_triton_bwd.default,
-                          (dout, dlse, q, k, v, pk, pv, kwargs["group"], kwargs["seqlens"], out, lse, True,
-                           32 ** -0.5, True, prompt_grad),
-                          test_utils=("test_schema", "test_faketensor"))
+# The custom ops: schema, fakes, autograd registration (tests/op_registration_checks.py).
+TestOpRegistration = opcheck_suite("prompt_attention_triton", "prompt_attention_triton_bwd", prompt_grad_arg=True)
 
 
 def test_torch_compile_traces_forward_and_backward_without_graph_breaks():

@@ -1,11 +1,16 @@
 // The body both extensions share: kernel registration for one dispatch key plus the Python module
-// that tells the loader (fastprompt/jit.py) what the binary was built for.
+// that tells the loader (fastprompt/ops/jit.py) what the binary was built for.
 //
 //   FASTPROMPT_EXTENSION(CPU, prompt_attention_fwd_cpu, prompt_attention_bwd_cpu, "doc string")
 //
-// registers fastprompt::cpp_prompt_attention_{fwd,bwd} for that key (the schemas come from
-// registration.h) and defines build_tag() -> str. FASTPROMPT_EXTENSION_WITH(..., EXTRA) also
-// calls EXTRA(m) on the Python module, to add host-side functions (test hooks).
+// registers the kernels of fastprompt::cpp_prompt_attention_{fwd,bwd} for that key and defines
+// build_tag() -> str. FASTPROMPT_EXTENSION_WITH(..., EXTRA) also calls EXTRA(m) on the Python
+// module, to add host-side functions (test hooks).
+//
+// The ops themselves (schemas, fake implementations, autograd) are declared once per process by
+// fastprompt/ops/cpp_backend.py, like every other op of the namespace, so the CPU and the CUDA
+// extension, loaded in either order or alone, only add kernels. The dispatcher checks each
+// kernel's C++ signature against the declared schema when the extension loads.
 #pragma once
 
 #include <torch/extension.h>
@@ -14,7 +19,6 @@
 #include <string>
 
 #include "prompt_attention.h"
-#include "registration.h"
 
 // The build passes -DFASTPROMPT_BUILD_TAG=<tag> as a bare token sequence (quotes do not
 // survive every build tool's command line), so it is stringised here.

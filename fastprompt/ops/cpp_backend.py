@@ -18,11 +18,13 @@ CPU, so do the non-causal calls with one batch-shared prompt block and no lse (t
 layers), with the block's keys and values placed in front of each sequence's own: there the fused
 kernel beats the C++ one.
 
-The extensions are loaded (built on first use if needed) by :mod:`fastprompt.ops.jit`; the
-availability probes only look for a prebuilt module, a cached build, or a toolchain able to build
-one, so importing this module compiles nothing. Kernels are registered as the torch ops
-``torch.ops.fastprompt.cpp_prompt_attention_fwd`` / ``_bwd`` (with fake implementations for
-``torch.compile``); autograd goes through :class:`CppPromptAttentionFunction`.
+The kernels run as the torch ops ``fastprompt::cpp_prompt_attention_fwd`` / ``_bwd``, declared here
+at import (one schema for both devices) and registered like the ``triton`` backend's ops by
+:func:`fastprompt.ops.op_registration.register_attention_op`: fake implementations for
+``torch.compile``, and the forward's autograd formula calling the backward op. The extensions,
+loaded (built on first use if needed) by :mod:`fastprompt.ops.jit`, add the CPU and CUDA kernels
+of those ops; the availability probes only look for a prebuilt module, a cached build, or a
+toolchain able to build one, so importing this module compiles nothing.
 """
 from __future__ import annotations
 
@@ -33,78 +35,50 @@ import torch
 
 from . import jit
 from .eager import _sdpa_attention, _sdpa_shared_prompt_attention, eager_prompt_attention
+from .op_registration import backward_formula, fake_backward, fake_forward, register_attention_op
 from .registry import register_backend
 from .validation import AttentionArgs
 
 logger = logging.getLogger("fastprompt.ops")
 
-_fake_registered = False
 _reported: set = set()
 
 
-def _ops():
-    return torch.ops.fastprompt
+# ---- the torch ops ---------------------------------------------------------------------------
+# Declared once per process, here, so that the CPU and the CUDA extension (either, both, in
+# either order) only register kernels: see csrc/prompt_attention/extension_module.h. Until an
+# extension loads, the ops trace (fake tensors) but have no kernel to run.
+
+FORWARD_OP = "fastprompt::cpp_prompt_attention_fwd"
+BACKWARD_OP = "fastprompt::cpp_prompt_attention_bwd"
+torch.library.define(
+    FORWARD_OP,
+    "(Tensor q, Tensor k, Tensor v, Tensor? pk, Tensor? pv, Tensor? group, Tensor? seqlens, bool causal, "
+    "float scale) -> (Tensor out, Tensor lse)")
+torch.library.define(
+    BACKWARD_OP,
+    "(Tensor dout, Tensor? dlse, Tensor q, Tensor k, Tensor v, Tensor? pk, Tensor? pv, Tensor? group, "
+    "Tensor? seqlens, Tensor out, Tensor lse, bool causal, float scale) "
+    "-> (Tensor dq, Tensor dk, Tensor dv, Tensor dpk, Tensor dpv)")
 
 
-def _register_fakes() -> None:
-    """Shape-only implementations so ``torch.compile`` can trace through the ops."""
-    global _fake_registered
-    if _fake_registered:
-        return
-    _fake_registered = True
-
-    @torch.library.register_fake("fastprompt::cpp_prompt_attention_fwd")
-    def _fwd_fake(q, k, v, pk, pv, group, seqlens, causal, scale):
-        acc = torch.float64 if q.dtype == torch.float64 else torch.float32
-        n, seq_len, heads, _ = q.shape
-        return torch.empty_like(q, memory_format=torch.contiguous_format), q.new_empty((n, heads, seq_len), dtype=acc)
-
-    @torch.library.register_fake("fastprompt::cpp_prompt_attention_bwd")
-    def _bwd_fake(dout, dlse, q, k, v, pk, pv, group, seqlens, out, lse, causal, scale):
-        grads = [torch.empty_like(t, memory_format=torch.contiguous_format) for t in (q, q, q)]
-        prompt = [pk.new_empty(pk.shape) if pk is not None else q.new_empty((0,)) for _ in range(2)]
-        return (*grads, *prompt)
+def _fwd_fake(q, k, v, pk, pv, group, seqlens, causal, scale):
+    # lse in the accumulation type: float64 for float64 inputs (CPU), float32 otherwise.
+    return fake_forward(q, torch.float64 if q.dtype == torch.float64 else torch.float32)
 
 
-def _load(kind: str) -> None:
-    jit.load_extension(kind)
-    _register_fakes()
+def _bwd_fake(dout, dlse, q, k, v, pk, pv, group, seqlens, out, lse, causal, scale):
+    return fake_backward(q, pk, pv, prompt_grads=True)  # the kernels always return dpk / dpv with a block
 
 
-class CppPromptAttentionFunction(torch.autograd.Function):
-    """Autograd for the compiled kernels: ``(q, k, v, pk, pv, group, seqlens, causal, scale) -> (out, lse)``.
-
-    Saves the inputs, ``out`` and ``lse`` (nothing of size L x L); the backward returns gradients
-    for q, k, v, pk, pv (``None`` for the integer and flag arguments), accepting a gradient for
-    ``lse`` too, so merged partial attentions differentiate correctly.
-    """
-
-    @staticmethod
-    def forward(ctx, q, k, v, pk, pv, group, seqlens, causal: bool, scale: float):
-        out, lse = _ops().cpp_prompt_attention_fwd(q, k, v, pk, pv, group, seqlens, causal, scale)
-        ctx.save_for_backward(q, k, v, pk, pv, group, seqlens, out, lse)
-        ctx.causal, ctx.scale = causal, scale
-        return out, lse
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, dout, dlse):
-        q, k, v, pk, pv, group, seqlens, out, lse = ctx.saved_tensors
-        if dout is None:
-            dout = torch.zeros_like(out)
-        dq, dk, dv, dpk, dpv = _ops().cpp_prompt_attention_bwd(dout, dlse, q, k, v, pk, pv, group, seqlens,
-                                                               out, lse, ctx.causal, ctx.scale)
-        if pk is None:
-            dpk = dpv = None
-        return dq, dk, dv, dpk, dpv, None, None, None, None
+# The kernels compute dpk / dpv whenever a block is given, so the backward op takes no extra arguments.
+register_attention_op(FORWARD_OP, BACKWARD_OP, forward_fake=_fwd_fake, backward_fake=_bwd_fake,
+                      formula=backward_formula(torch.ops.fastprompt.cpp_prompt_attention_bwd))
 
 
 def _run_kernels(args: AttentionArgs) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
-    inputs = (args.q, args.k, args.v, args.pk, args.pv)
-    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in inputs):
-        out, lse = CppPromptAttentionFunction.apply(*inputs, args.group, args.seqlens, args.causal, args.scale)
-    else:
-        out, lse = _ops().cpp_prompt_attention_fwd(*inputs, args.group, args.seqlens, args.causal, args.scale)
+    out, lse = torch.ops.fastprompt.cpp_prompt_attention_fwd(args.q, args.k, args.v, args.pk, args.pv, args.group,
+                                                             args.seqlens, args.causal, args.scale)
     return out, (lse if args.return_lse else None)
 
 
@@ -125,7 +99,7 @@ def cpu_prompt_attention(args: AttentionArgs):
         # 2-core CPU (batch 4 and 32 x 197 tokens, 4 or 16 prompts; L = 50); the C++ kernel keeps the
         # short causal and grouped text layers, where it is 2-3x faster than the alternatives.
         return _sdpa_shared_prompt_attention(args), None
-    _load("cpu")
+    jit.load_extension("cpu")
     return _run_kernels(args)
 
 
@@ -135,7 +109,7 @@ def cuda_prompt_attention(args: AttentionArgs):
         return _sdpa_attention(args), None
     if args.q.dtype == torch.float64:  # the CUDA kernels accumulate in float32
         return eager_prompt_attention(args)
-    _load("cuda")
+    jit.load_extension("cuda")
     return _run_kernels(args)
 
 

@@ -163,9 +163,11 @@ _failed: Dict[str, ExtensionUnavailableError] = {}
 def load_extension(kind: str):
     """The extension module of ``kind`` ("cpu" or "cuda"), building it on first use.
 
-    Loading registers the torch ops ``torch.ops.fastprompt.cpp_prompt_attention_fwd/bwd`` for
-    that device. Raises :class:`ExtensionUnavailableError` (a subclass says which problem) with
-    the fix in its message; a failed build is remembered for the rest of the process.
+    Loading registers that device's kernels of the torch ops
+    ``torch.ops.fastprompt.cpp_prompt_attention_fwd/bwd`` (declared, with their fakes and autograd,
+    by :mod:`fastprompt.ops.cpp_backend` at import). Raises :class:`ExtensionUnavailableError` (a
+    subclass says which problem) with the fix in its message; a failed build is remembered for the
+    rest of the process.
     """
     _check_kind(kind)
     with _lock:

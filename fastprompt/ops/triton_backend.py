@@ -6,9 +6,10 @@ Two custom ops wrap the launchers of ``fastprompt.kernels``:
 * ``fastprompt::prompt_attention_triton_bwd(dout, dlse, q, k, v, pk, pv, group, seqlens, out, lse,
   causal, scale, deterministic, prompt_grad) -> (dq, dk, dv, dpk, dpv)``
 
-Each has a fake (meta) implementation, and the forward has an autograd formula that calls the
-backward op, so ``torch.compile`` traces through both without graph breaks. The lse output is
-differentiable, like the eager backend's.
+Their fakes and the forward's autograd formula (calling the backward op) are registered by
+:func:`fastprompt.ops.op_registration.register_attention_op`, as for the ``cpu`` / ``cuda`` ops, so
+``torch.compile`` traces through both without graph breaks. The lse output is differentiable,
+like the eager backend's.
 
 Where it runs: on CUDA tensors with the kernels compiled (``backend="auto"`` tries it first
 there), and on CPU only when asked for by name and when Triton's interpreter is on
@@ -29,7 +30,8 @@ at each backward; under ``torch.compile`` when the backward graph is traced) swi
 adds; ``torch.use_deterministic_algorithms(True)`` always forces the deterministic path.
 Everything else in the backward is deterministic in both modes.
 
-Not supported: float64 (use ``backend="eager"``), head dims above 128, and double backward.
+Not supported (``fastprompt.kernels.SUPPORTED_DTYPES`` and ``MAX_HEAD_DIM``): float64 (use
+``backend="eager"``), head dims above 128, and double backward.
 """
 from __future__ import annotations
 
@@ -41,15 +43,12 @@ from typing import Optional, Tuple
 import torch
 
 from .eager import _sdpa_attention
+from .op_registration import backward_formula, fake_backward, fake_forward, register_attention_op
 from .registry import register_backend
 from .validation import AttentionArgs
 
 _TRUE = ("1", "true", "yes", "on")
 DETERMINISTIC: bool = os.environ.get("FASTPROMPT_TRITON_DETERMINISTIC", "1").strip().lower() in _TRUE
-# What the kernels handle (mirrors fastprompt.kernels.common, which is not imported here so that
-# importing this module stays cheap; a test checks that the two agree).
-SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
-MAX_HEAD_DIM = 128
 
 
 def deterministic() -> bool:
@@ -73,12 +72,6 @@ def prompt_attention_triton(
     return _kernels().prompt_attention_fwd(q, k, v, pk, pv, group, seqlens, causal, scale)
 
 
-@prompt_attention_triton.register_fake
-def _prompt_attention_triton_fake(q, k, v, pk, pv, group, seqlens, causal, scale):
-    n, seq_len, heads, _ = q.shape
-    return (q.new_empty(q.shape), q.new_empty((n, heads, seq_len), dtype=torch.float32))
-
-
 @torch.library.custom_op("fastprompt::prompt_attention_triton_bwd", mutates_args=())
 def prompt_attention_triton_bwd(
     dout: torch.Tensor, dlse: Optional[torch.Tensor], q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
@@ -96,36 +89,21 @@ def prompt_attention_triton_bwd(
     return dq, dk, dv, dpk, dpv
 
 
-@prompt_attention_triton_bwd.register_fake
-def _prompt_attention_triton_bwd_fake(dout, dlse, q, k, v, pk, pv, group, seqlens, out, lse, causal, scale,
-                                      deterministic, prompt_grad):
-    grads = tuple(q.new_empty(q.shape) for _ in range(3))
-    if pk is None or not prompt_grad:
-        return grads + (q.new_empty(0), q.new_empty(0))
-    return grads + (pk.new_empty(pk.shape), pv.new_empty(pv.shape))
+def _fwd_fake(q, k, v, pk, pv, group, seqlens, causal, scale):
+    # No check of the kernels' limits here: importing fastprompt.kernels while torch.compile traces
+    # would break the guard that tracing triton_available put on sys.modules. The launchers check.
+    return fake_forward(q, torch.float32)
 
 
-def _setup_context(ctx, inputs, output):
-    q, k, v, pk, pv, group, seqlens, causal, scale = inputs
-    out, lse = output
-    ctx.save_for_backward(q, k, v, pk, pv, group, seqlens, out, lse)
-    ctx.causal, ctx.scale = causal, scale
+def _bwd_fake(dout, dlse, q, k, v, pk, pv, group, seqlens, out, lse, causal, scale, deterministic, prompt_grad):
+    return fake_backward(q, pk, pv, prompt_grads=prompt_grad)
 
 
-def _backward(ctx, dout, dlse):
-    q, k, v, pk, pv, group, seqlens, out, lse = ctx.saved_tensors
-    if dout is None:
-        dout = torch.zeros_like(out)
-    prompt_grad = pk is not None and (ctx.needs_input_grad[3] or ctx.needs_input_grad[4])
-    dq, dk, dv, dpk, dpv = prompt_attention_triton_bwd(
-        dout, dlse, q, k, v, pk, pv, group, seqlens, out, lse, ctx.causal, ctx.scale,
-        deterministic(), prompt_grad)
-    if not prompt_grad:
-        dpk = dpv = None
-    return dq, dk, dv, dpk, dpv, None, None, None, None
-
-
-prompt_attention_triton.register_autograd(_backward, setup_context=_setup_context)
+# The backward op skips dpk / dpv unless asked for, and reads the reduction mode at each backward.
+register_attention_op("fastprompt::prompt_attention_triton", "fastprompt::prompt_attention_triton_bwd",
+                      forward_fake=_fwd_fake, backward_fake=_bwd_fake,
+                      formula=backward_formula(prompt_attention_triton_bwd,
+                                               extra_args=lambda prompt_grad: (deterministic(), prompt_grad)))
 
 
 # ---- the backend -----------------------------------------------------------------------------
@@ -134,18 +112,12 @@ def triton_prompt_attention(args: AttentionArgs):
     """Backend function: ``(out [N, L, H, d], lse [N, H, L] fp32 or None)``; see ``prompt_attention``.
 
     Raises:
-        ValueError: for float64 inputs or a head dim above ``MAX_HEAD_DIM`` (use ``backend="eager"``).
+        ValueError: for float64 inputs or a head dim above ``fastprompt.kernels.MAX_HEAD_DIM`` (use
+            ``backend="eager"``), from the launchers (``fastprompt.kernels.check_supported``).
     """
     if args.pk is None and not args.return_lse:
         return _sdpa_attention(args), None
-    q = args.q
-    if q.dtype not in SUPPORTED_DTYPES:
-        raise ValueError(f"q has dtype {q.dtype}, but the triton backend supports float16, bfloat16 and "
-                         "float32; use backend='eager' for float64")
-    if not 1 <= q.shape[-1] <= MAX_HEAD_DIM:
-        raise ValueError(f"q has head dim d = {q.shape[-1]}, but the triton backend supports "
-                         f"1 <= d <= {MAX_HEAD_DIM}; use backend='eager'")
-    out, lse = prompt_attention_triton(q, args.k, args.v, args.pk, args.pv, args.group, args.seqlens,
+    out, lse = prompt_attention_triton(args.q, args.k, args.v, args.pk, args.pv, args.group, args.seqlens,
                                        args.causal, args.scale)
     return out, (lse if args.return_lse else None)
 
