@@ -9,9 +9,9 @@ time whether a kernel is compiled for the GPU or run by its CPU interpreter
 (``TRITON_INTERPRET=1``), so on a CPU-only machine that variable must be set before the first
 import; ``INTERPRET`` records which mode the kernels were defined in.
 """
-from .common import INTERPRET, SUPPORTED_DTYPES, check_supported, max_head_dim
+from .common import INTERPRET, MAX_HEAD_DIM, SUPPORTED_DTYPES, check_supported
 from .prompt_attention_bwd import prompt_attention_bwd
 from .prompt_attention_fwd import prompt_attention_fwd
 
 __all__ = ["prompt_attention_fwd", "prompt_attention_bwd", "INTERPRET", "SUPPORTED_DTYPES",
-           "check_supported", "max_head_dim"]
+           "MAX_HEAD_DIM", "check_supported"]

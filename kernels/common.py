@@ -1,4 +1,5 @@
-"""Pieces shared by the forward and backward kernels: supported inputs, tile sizes, the dot helper.
+"""Pieces shared by the forward and backward kernels: supported inputs, arguments as the kernels
+read them, tile sizes, the dot helper.
 
 Tile sizes are powers of two of at least 16 (``tl.dot`` needs every dimension >= 16). The head
 dimension is padded up to a power of two (80 -> 128) and masked; sequence and prompt lengths
@@ -7,6 +8,8 @@ on a GPU; the interpreter has no registers and pays per program, so it always ta
 16-bit tiles (the code is the same for every tile size).
 """
 from __future__ import annotations
+
+from typing import Optional
 
 import torch
 import triton
@@ -17,13 +20,11 @@ from triton import knobs
 # so the mode of the kernels below is the mode at import time.
 INTERPRET: bool = bool(knobs.runtime.interpret)
 
+# What the kernels handle: the one home of these limits. The launchers check them
+# (check_supported), so the triton backend of fastprompt.ops raises this ValueError from its op.
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
-_MAX_HEAD_DIM = 128
+MAX_HEAD_DIM = 128
 LOG2E = 1.4426950408889634
-
-
-def max_head_dim() -> int:
-    return _MAX_HEAD_DIM
 
 
 def check_supported(q: torch.Tensor) -> None:
@@ -33,10 +34,24 @@ def check_supported(q: torch.Tensor) -> None:
             f"q has dtype {q.dtype}, but the triton backend supports float16, bfloat16 and float32; "
             "use backend='eager' for float64")
     head_dim = q.shape[-1]
-    if not 1 <= head_dim <= _MAX_HEAD_DIM:
+    if not 1 <= head_dim <= MAX_HEAD_DIM:
         raise ValueError(
-            f"q has head dim d = {head_dim}, but the triton backend supports 1 <= d <= {_MAX_HEAD_DIM}; "
+            f"q has head dim d = {head_dim}, but the triton backend supports 1 <= d <= {MAX_HEAD_DIM}; "
             "use backend='eager'")
+
+
+def last_dim_contiguous(t: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+    """``t`` (any shape, or ``None``) with a unit last stride, copied only when it has none: the
+    kernels address rows through the other strides and read a row's elements consecutively."""
+    if t is None or t.shape[-1] <= 1 or t.stride(-1) == 1:
+        return t
+    return t.contiguous()
+
+
+def index_arg(t: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+    """``group`` / ``seqlens`` as the kernels read them: entry ``n`` at ``t + n`` (a strided view,
+    e.g. a column of a larger table, is copied; it is [N] integers)."""
+    return None if t is None else t.contiguous()
 
 
 def _tile(length: int, cap: int) -> int:

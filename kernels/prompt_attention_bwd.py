@@ -28,8 +28,8 @@ import torch
 import triton
 import triton.language as tl
 
-from .common import LOG2E, _dot, _narrow, bwd_tiles, check_supported, dot_precision, emulate_bf16, launch_device
-from .prompt_attention_fwd import index_arg
+from .common import (LOG2E, _dot, _narrow, bwd_tiles, check_supported, dot_precision, emulate_bf16, index_arg,
+                     last_dim_contiguous, launch_device)
 
 
 @triton.jit
@@ -271,10 +271,6 @@ def default_prompt_splits(n: int, n_groups: int, heads: int, p_tiles: int, devic
     return max(1, min(mean_members, target // max(1, n_groups * heads * p_tiles)))
 
 
-def _last_dim_contiguous(t: torch.Tensor) -> torch.Tensor:
-    return t if t.shape[-1] <= 1 or t.stride(-1) == 1 else t.contiguous()
-
-
 def bwd_configs(dtype: torch.dtype, seq_len: int, n_prompt: int, head_dim: int, *, has_group: bool,
                 has_seqlens: bool, causal: bool, has_dlse: bool, atomic: bool) -> Dict[str, Dict[str, object]]:
     """Compile-time constants and launch options of the three backward kernels, by kernel name."""
@@ -314,7 +310,7 @@ def prompt_attention_bwd(
     """
     check_supported(q)
     n, seq_len, heads, head_dim = q.shape
-    q, k, v, dout, out = (_last_dim_contiguous(t) for t in (q, k, v, dout, out))
+    q, k, v, dout, out = (last_dim_contiguous(t) for t in (q, k, v, dout, out))
     group, seqlens = index_arg(group), index_arg(seqlens)
     # Every element is written by a kernel (zero gradients included), so no zero-fill.
     dq = torch.empty((n, seq_len, heads, head_dim), dtype=q.dtype, device=q.device)
@@ -327,7 +323,7 @@ def prompt_attention_bwd(
     if dq.numel() == 0:
         return dq, dk, dv, dpk, dpv
     if n_prompt > 0:
-        pk, pv = _last_dim_contiguous(pk), _last_dim_contiguous(pv)
+        pk, pv = last_dim_contiguous(pk), last_dim_contiguous(pv)
         prompt_strides = (pk.stride(0), pk.stride(1), pk.stride(2), pv.stride(0), pv.stride(1), pv.stride(2))
     else:
         pk = pv = q  # never read

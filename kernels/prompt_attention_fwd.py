@@ -23,7 +23,8 @@ import torch
 import triton
 import triton.language as tl
 
-from .common import LOG2E, _dot, _narrow, check_supported, dot_precision, emulate_bf16, fwd_tiles, launch_device
+from .common import (LOG2E, _dot, _narrow, check_supported, dot_precision, emulate_bf16, fwd_tiles, index_arg,
+                     last_dim_contiguous, launch_device)
 
 
 @triton.jit
@@ -126,18 +127,6 @@ def _prompt_attention_fwd_kernel(
     tl.store(LSE + pid_nh.to(tl.int64) * L + offs_m, lse, mask=in_range)
 
 
-def _last_dim_contiguous(t: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
-    if t is None or t.shape[-1] <= 1 or t.stride(-1) == 1:
-        return t
-    return t.contiguous()
-
-
-def index_arg(t: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
-    """``group`` / ``seqlens`` as the kernels read them: entry ``n`` at ``t + n`` (a strided view,
-    e.g. a column of a larger table, is copied; it is [N] integers)."""
-    return None if t is None else t.contiguous()
-
-
 def fwd_config(dtype: torch.dtype, seq_len: int, n_prompt: int, head_dim: int, *, has_group: bool,
                has_seqlens: bool, causal: bool) -> Dict[str, object]:
     """Compile-time constants and launch options of the forward kernel for one input signature."""
@@ -167,7 +156,7 @@ def prompt_attention_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     """
     check_supported(q)
     n, seq_len, heads, head_dim = q.shape
-    q, k, v, pk, pv = (_last_dim_contiguous(t) for t in (q, k, v, pk, pv))
+    q, k, v, pk, pv = (last_dim_contiguous(t) for t in (q, k, v, pk, pv))
     group, seqlens = index_arg(group), index_arg(seqlens)
     out = torch.empty((n, seq_len, heads, head_dim), dtype=q.dtype, device=q.device)
     lse = torch.empty((n, heads, seq_len), dtype=torch.float32, device=q.device)

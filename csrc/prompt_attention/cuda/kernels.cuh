@@ -1,11 +1,8 @@
 // CUDA kernels of prompt-concatenated attention (see ../prompt_attention.h for the math).
 //
-// Layout of the work. One warp owns one row: a query row in the forward and in the dq
-// kernel, a key row in the dk/dv and dpk/dpv kernels. A block of kWarps warps shares tiles
-// of kTile keys (or query rows) staged in shared memory as the accumulation type; inside a
-// tile, lane j computes the dot product for key (or query row) j, and the weighted sums over
-// the tile run on the lanes' slice of the head dimension (lane l owns elements l, l+32, ...),
-// with the tile's weights broadcast by warp shuffles.
+// Layout of the work and of shared memory: block_layout.cuh (one warp per row, tiles of kTile
+// keys or query rows staged as floats). Inside a tile the weights of the weighted sums are
+// broadcast to the lanes by warp shuffles.
 //
 // The prompt block is read straight from pk[group[n]] (a G = 1 block is read by every
 // sequence with batch stride 0); the forward's online softmax covers the prompt block first,
@@ -26,15 +23,11 @@
 #include <cmath>
 #include <cstdint>
 
+#include "block_layout.cuh"
 #include "split.h"
 
 namespace fastprompt {
 namespace cuda_kernels {
-
-constexpr int kWarp = 32;
-constexpr int kWarps = 4;  // rows per block (one warp each)
-constexpr int kTile = 32;  // keys or query rows per shared-memory tile (one per lane)
-constexpr unsigned kFullMask = 0xffffffffu;
 
 template <typename T>
 struct Rows {  // rows of a [A, B, H, d] tensor with a unit last stride
@@ -95,11 +88,6 @@ __device__ __forceinline__ float dot_smem(const float* a, const float* b) {
   return s;
 }
 
-// Row stride of a shared-memory tile: one padding element keeps lanes that read different
-// rows of the same column on different banks.
-template <int D>
-constexpr int smem_stride() { return D + 1; }
-
 // Stages `count` rows (row(r) for r < count, zeros beyond, zeros past d) as floats.
 template <typename T, int D, typename RowFn>
 __device__ __forceinline__ void stage_tile(float* dst, int64_t count, int64_t d, RowFn row) {
@@ -132,39 +120,52 @@ __device__ __forceinline__ void write_row(T* dst, const float (&x)[D / kWarp], f
   }
 }
 
+// One warp writes zeros to a row of width d (rows past a sequence's length).
+template <typename T>
+__device__ __forceinline__ void zero_row(T* dst, int64_t d, int lane) {
+  for (int64_t e = lane; e < d; e += kWarp) dst[e] = static_cast<T>(0.f);
+}
+
+// Stages keys and values t0 .. t0 + count - 1 of one phase of the forward / dq key loop: the
+// prompt block pk / pv[g] (phase 0), or the own keys k / v[n] (phase 1).
+template <typename T, int D>
+__device__ __forceinline__ void stage_key_tile(const Params<T>& p, int phase, int64_t g, int64_t n, int64_t h,
+                                               int64_t t0, int64_t count, float* Ks, float* Vs) {
+  if (phase == 0) {
+    stage_tile<T, D>(Ks, count, p.d, [&](int r) { return p.pk.row(g, t0 + r, h); });
+    stage_tile<T, D>(Vs, count, p.d, [&](int r) { return p.pv.row(g, t0 + r, h); });
+  } else {
+    stage_tile<T, D>(Ks, count, p.d, [&](int r) { return p.k.row(n, t0 + r, h); });
+    stage_tile<T, D>(Vs, count, p.d, [&](int r) { return p.v.row(n, t0 + r, h); });
+  }
+}
+
 // ---------------------------------------------------------------------------------------
-// Forward: grid (N * row_tiles, H), block kWarps warps; warp w computes query row
-// tile * kWarps + w of sequence n.
+// Forward: RowBlock grid (block_layout.cuh); warp w computes query row first + w of sequence n.
 template <typename T, int D>
 __global__ void __launch_bounds__(kWarps * kWarp) forward_kernel(Params<T> p) {
   constexpr int S = smem_stride<D>();
   constexpr int DPL = D / kWarp;
-  extern __shared__ __align__(16) unsigned char smem_raw[];
-  float* Ks = reinterpret_cast<float*>(smem_raw);
-  float* Vs = Ks + kTile * S;
-  float* Qs = Vs + kTile * S;  // kWarps rows
-
-  const int warp = threadIdx.x / kWarp, lane = threadIdx.x % kWarp;
-  const int64_t n = blockIdx.x / p.row_tiles;
-  const int64_t i0 = (blockIdx.x % p.row_tiles) * kWarps;
-  const int64_t i = i0 + warp;
-  const int64_t h = blockIdx.y;
-  const int64_t len = p.seqlens ? p.seqlens[n] : p.L;
+  const ForwardSmem<D> smem = block_smem<ForwardSmem<D>>();
+  float *Ks = smem.tile(0), *Vs = smem.tile(1), *Qs = smem.rows(0);
+  const RowBlock b = row_block(p);
+  const int warp = b.warp, lane = b.lane;
+  const int64_t n = b.n, h = b.h, i = b.row;
   T* out_row = p.out + ((n * p.L + i) * p.H + h) * p.d;
   float* lse_row = p.lse_out + (n * p.H + h) * p.L + i;
 
-  if (i0 >= len) {  // the whole block lies past the sequence: rows are not computed
+  if (b.past_end()) {  // rows are not computed
     if (i < p.L) {
-      for (int64_t e = lane; e < p.d; e += kWarp) out_row[e] = static_cast<T>(0.f);
+      zero_row(out_row, p.d, lane);
       if (lane == 0) *lse_row = -INFINITY;
     }
     return;
   }
-  const bool valid = i < len;
+  const bool valid = b.valid();
   stage_row<T, D>(Qs + warp * S, p.q.row(n, valid ? i : 0, h), valid, p.d, lane);
   const int64_t g = p.group ? p.group[n] : 0;
   // Own keys any row of this block can see.
-  const int64_t own_end = p.causal ? imin(len, i0 + kWarps) : len;
+  const int64_t own_end = p.causal ? imin(b.len, b.first + kWarps) : b.len;
 
   float m = -INFINITY, l = 0.f, acc[DPL];
 #pragma unroll
@@ -175,13 +176,7 @@ __global__ void __launch_bounds__(kWarps * kWarp) forward_kernel(Params<T> p) {
     for (int64_t t0 = 0; t0 < n_keys; t0 += kTile) {
       __syncthreads();  // the previous tile is consumed (and Qs is written before first use)
       const int64_t count = imin(kTile, n_keys - t0);
-      if (phase == 0) {
-        stage_tile<T, D>(Ks, count, p.d, [&](int r) { return p.pk.row(g, t0 + r, h); });
-        stage_tile<T, D>(Vs, count, p.d, [&](int r) { return p.pv.row(g, t0 + r, h); });
-      } else {
-        stage_tile<T, D>(Ks, count, p.d, [&](int r) { return p.k.row(n, t0 + r, h); });
-        stage_tile<T, D>(Vs, count, p.d, [&](int r) { return p.v.row(n, t0 + r, h); });
-      }
+      stage_key_tile<T, D>(p, phase, g, n, h, t0, count, Ks, Vs);
       __syncthreads();
       const int64_t key = t0 + lane;
       const bool visible = valid && lane < count && (phase == 0 || !p.causal || key <= i);
@@ -206,7 +201,7 @@ __global__ void __launch_bounds__(kWarps * kWarp) forward_kernel(Params<T> p) {
     write_row<T, D>(out_row, acc, 1.f / l, p.d, lane);
     if (lane == 0) *lse_row = m + logf(l);
   } else if (i < p.L) {
-    for (int64_t e = lane; e < p.d; e += kWarp) out_row[e] = static_cast<T>(0.f);
+    zero_row(out_row, p.d, lane);
     if (lane == 0) *lse_row = -INFINITY;
   }
 }
@@ -241,31 +236,24 @@ template <typename T, int D>
 __global__ void __launch_bounds__(kWarps * kWarp) dq_kernel(Params<T> p) {
   constexpr int S = smem_stride<D>();
   constexpr int DPL = D / kWarp;
-  extern __shared__ __align__(16) unsigned char smem_raw[];
-  float* Ks = reinterpret_cast<float*>(smem_raw);
-  float* Vs = Ks + kTile * S;
-  float* Qs = Vs + kTile * S;   // kWarps rows
-  float* dOs = Qs + kWarps * S;  // kWarps rows
-
-  const int warp = threadIdx.x / kWarp, lane = threadIdx.x % kWarp;
-  const int64_t n = blockIdx.x / p.row_tiles;
-  const int64_t i0 = (blockIdx.x % p.row_tiles) * kWarps;
-  const int64_t i = i0 + warp;
-  const int64_t h = blockIdx.y;
-  const int64_t len = p.seqlens ? p.seqlens[n] : p.L;
+  const DqSmem<D> smem = block_smem<DqSmem<D>>();
+  float *Ks = smem.tile(0), *Vs = smem.tile(1), *Qs = smem.rows(0), *dOs = smem.rows(1);
+  const RowBlock b = row_block(p);
+  const int warp = b.warp, lane = b.lane;
+  const int64_t n = b.n, h = b.h, i = b.row;
   T* dq_row = p.out + ((n * p.L + i) * p.H + h) * p.d;
 
-  if (i0 >= len) {
-    if (i < p.L) for (int64_t e = lane; e < p.d; e += kWarp) dq_row[e] = static_cast<T>(0.f);
+  if (b.past_end()) {
+    if (i < p.L) zero_row(dq_row, p.d, lane);
     return;
   }
-  const bool valid = i < len;
+  const bool valid = b.valid();
   stage_row<T, D>(Qs + warp * S, p.q.row(n, valid ? i : 0, h), valid, p.d, lane);
   stage_row<T, D>(dOs + warp * S, p.dout.row(n, valid ? i : 0, h), valid, p.d, lane);
   const float lse_i = valid ? p.lse[(n * p.H + h) * p.L + i] : 0.f;
   const float delta_i = valid ? p.delta[(n * p.H + h) * p.L + i] : 0.f;
   const int64_t g = p.group ? p.group[n] : 0;
-  const int64_t own_end = p.causal ? imin(len, i0 + kWarps) : len;
+  const int64_t own_end = p.causal ? imin(b.len, b.first + kWarps) : b.len;
 
   float dq[DPL];
 #pragma unroll
@@ -276,13 +264,7 @@ __global__ void __launch_bounds__(kWarps * kWarp) dq_kernel(Params<T> p) {
     for (int64_t t0 = 0; t0 < n_keys; t0 += kTile) {
       __syncthreads();
       const int64_t count = imin(kTile, n_keys - t0);
-      if (phase == 0) {
-        stage_tile<T, D>(Ks, count, p.d, [&](int r) { return p.pk.row(g, t0 + r, h); });
-        stage_tile<T, D>(Vs, count, p.d, [&](int r) { return p.pv.row(g, t0 + r, h); });
-      } else {
-        stage_tile<T, D>(Ks, count, p.d, [&](int r) { return p.k.row(n, t0 + r, h); });
-        stage_tile<T, D>(Vs, count, p.d, [&](int r) { return p.v.row(n, t0 + r, h); });
-      }
+      stage_key_tile<T, D>(p, phase, g, n, h, t0, count, Ks, Vs);
       __syncthreads();
       const int64_t key = t0 + lane;
       const bool visible = valid && lane < count && (phase == 0 || !p.causal || key <= i);
@@ -301,7 +283,7 @@ __global__ void __launch_bounds__(kWarps * kWarp) dq_kernel(Params<T> p) {
   if (valid) {
     write_row<T, D>(dq_row, dq, p.scale, p.d, lane);
   } else if (i < p.L) {
-    for (int64_t e = lane; e < p.d; e += kWarp) dq_row[e] = static_cast<T>(0.f);
+    zero_row(dq_row, p.d, lane);
   }
 }
 
@@ -346,44 +328,33 @@ __device__ __forceinline__ void key_tile_step(const Params<T>& p, int64_t n, int
 }
 
 // ---------------------------------------------------------------------------------------
-// Backward, dk / dv of own keys: grid (N * row_tiles, H); warp w owns key row tile*kWarps + w.
+// Backward, dk / dv of own keys: RowBlock grid (block_layout.cuh); warp w owns key row first + w.
 template <typename T, int D>
 __global__ void __launch_bounds__(kWarps * kWarp) dkv_kernel(Params<T> p) {
   constexpr int S = smem_stride<D>();
   constexpr int DPL = D / kWarp;
-  extern __shared__ __align__(16) unsigned char smem_raw[];
-  float* Qs = reinterpret_cast<float*>(smem_raw);
-  float* dOs = Qs + kTile * S;
-  float* Kr = dOs + kTile * S;  // kWarps rows
-  float* Vr = Kr + kWarps * S;  // kWarps rows
-  float* lse_s = Vr + kWarps * S;
-  float* delta_s = lse_s + kTile;
-
-  const int warp = threadIdx.x / kWarp, lane = threadIdx.x % kWarp;
-  const int64_t n = blockIdx.x / p.row_tiles;
-  const int64_t j0 = (blockIdx.x % p.row_tiles) * kWarps;
-  const int64_t j = j0 + warp;
-  const int64_t h = blockIdx.y;
-  const int64_t len = p.seqlens ? p.seqlens[n] : p.L;
+  const KeyRowBuffers sm = key_row_buffers<D>();
+  float *Qs = sm.q, *dOs = sm.dout, *Kr = sm.k, *Vr = sm.v, *lse_s = sm.lse, *delta_s = sm.delta;
+  const RowBlock b = row_block(p);
+  const int warp = b.warp, lane = b.lane;
+  const int64_t n = b.n, h = b.h, j = b.row, len = b.len;
   T* dk_row = p.dk + ((n * p.L + j) * p.H + h) * p.d;
   T* dv_row = p.dv + ((n * p.L + j) * p.H + h) * p.d;
 
-  if (j0 >= len) {  // masked keys: zero gradient
+  if (b.past_end()) {  // masked keys: zero gradient
     if (j < p.L) {
-      for (int64_t e = lane; e < p.d; e += kWarp) {
-        dk_row[e] = static_cast<T>(0.f);
-        dv_row[e] = static_cast<T>(0.f);
-      }
+      zero_row(dk_row, p.d, lane);
+      zero_row(dv_row, p.d, lane);
     }
     return;
   }
-  const bool valid = j < len;
+  const bool valid = b.valid();
   stage_row<T, D>(Kr + warp * S, p.k.row(n, valid ? j : 0, h), valid, p.d, lane);
   stage_row<T, D>(Vr + warp * S, p.v.row(n, valid ? j : 0, h), valid, p.d, lane);
   float dk[DPL], dv[DPL];
 #pragma unroll
   for (int t = 0; t < DPL; ++t) dk[t] = dv[t] = 0.f;
-  for (int64_t r0 = p.causal ? j0 : 0; r0 < len; r0 += kTile) {
+  for (int64_t r0 = p.causal ? b.first : 0; r0 < len; r0 += kTile) {
     key_tile_step<T, D>(p, n, h, len, r0, valid, p.causal ? j : 0, Kr + warp * S, Vr + warp * S, Qs,
                         dOs, lse_s, delta_s, dk, dv, lane);
   }
@@ -391,10 +362,8 @@ __global__ void __launch_bounds__(kWarps * kWarp) dkv_kernel(Params<T> p) {
     write_row<T, D>(dk_row, dk, p.scale, p.d, lane);
     write_row<T, D>(dv_row, dv, 1.f, p.d, lane);
   } else if (j < p.L) {
-    for (int64_t e = lane; e < p.d; e += kWarp) {
-      dk_row[e] = static_cast<T>(0.f);
-      dv_row[e] = static_cast<T>(0.f);
-    }
+    zero_row(dk_row, p.d, lane);
+    zero_row(dv_row, p.d, lane);
   }
 }
 
@@ -408,13 +377,8 @@ template <typename T, int D>
 __global__ void __launch_bounds__(kWarps * kWarp) dpkv_kernel(Params<T> p) {
   constexpr int S = smem_stride<D>();
   constexpr int DPL = D / kWarp;
-  extern __shared__ __align__(16) unsigned char smem_raw[];
-  float* Qs = reinterpret_cast<float*>(smem_raw);
-  float* dOs = Qs + kTile * S;
-  float* Kr = dOs + kTile * S;
-  float* Vr = Kr + kWarps * S;
-  float* lse_s = Vr + kWarps * S;
-  float* delta_s = lse_s + kTile;
+  const KeyRowBuffers sm = key_row_buffers<D>();
+  float *Qs = sm.q, *dOs = sm.dout, *Kr = sm.k, *Vr = sm.v, *lse_s = sm.lse, *delta_s = sm.delta;
 
   const int warp = threadIdx.x / kWarp, lane = threadIdx.x % kWarp;
   const int64_t c = blockIdx.x / p.key_tiles;

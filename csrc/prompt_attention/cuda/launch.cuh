@@ -78,11 +78,5 @@ void dispatch_head_dim(int64_t d, Fn&& fn) {
   }
 }
 
-template <int D>
-constexpr size_t smem_bytes(int tiles, int rows, int scalars) {
-  return (static_cast<size_t>(tiles) * kTile + static_cast<size_t>(rows) * kWarps) * (D + 1) * sizeof(float) +
-         static_cast<size_t>(scalars) * kTile * sizeof(float);
-}
-
 }  // namespace cuda_kernels
 }  // namespace fastprompt

@@ -67,9 +67,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> prompt_at
       dispatch_head_dim(pr.d, [&](auto head_dim) {
         constexpr int D = decltype(head_dim)::value;
         const dim3 rows_grid = grid_of(pr.N * p.row_tiles, pr.H);
-        dq_kernel<scalar_t, D><<<rows_grid, kWarps * kWarp, smem_bytes<D>(2, 2, 0), stream>>>(p);
+        dq_kernel<scalar_t, D><<<rows_grid, kWarps * kWarp, DqSmem<D>::bytes(), stream>>>(p);
         C10_CUDA_KERNEL_LAUNCH_CHECK();
-        dkv_kernel<scalar_t, D><<<rows_grid, kWarps * kWarp, smem_bytes<D>(2, 2, 2), stream>>>(p);
+        dkv_kernel<scalar_t, D><<<rows_grid, kWarps * kWarp, KeyRowSmem<D>::bytes(), stream>>>(p);
         C10_CUDA_KERNEL_LAUNCH_CHECK();
         if (prompt_grads) {
           p.order = order.defined() ? order.const_data_ptr<int64_t>() : nullptr;
@@ -90,7 +90,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> prompt_at
             blocks = (pr.N + p.chunk - 1) / p.chunk;
           }
           dpkv_kernel<scalar_t, D><<<grid_of(blocks * p.key_tiles, pr.H), kWarps * kWarp,
-                                     smem_bytes<D>(2, 2, 2), stream>>>(p);
+                                     KeyRowSmem<D>::bytes(), stream>>>(p);
           C10_CUDA_KERNEL_LAUNCH_CHECK();
         }
       });

@@ -21,8 +21,8 @@ std::tuple<at::Tensor, at::Tensor> prompt_attention_fwd_cuda(
     p.lse_out = lse.data_ptr<float>();
     dispatch_head_dim(pr.d, [&](auto head_dim) {
       constexpr int D = decltype(head_dim)::value;
-      const size_t smem = smem_bytes<D>(2, 1, 0);  // K and V tiles, one q row per warp
-      forward_kernel<scalar_t, D><<<grid_of(pr.N * p.row_tiles, pr.H), kWarps * kWarp, smem, stream>>>(p);
+      forward_kernel<scalar_t, D><<<grid_of(pr.N * p.row_tiles, pr.H), kWarps * kWarp, ForwardSmem<D>::bytes(),
+                                    stream>>>(p);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     });
   });
