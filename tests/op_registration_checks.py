@@ -83,4 +83,15 @@ def opcheck_suite(forward: str, backward: str, *, device: str = "cpu", prompt_gr
             for name, a, b in zip(("loss", "dq", "dk", "dv", "dpk", "dpv"), *results):
                 assert torch.equal(a, b), name
 
+        def test_double_backward_raises(self):
+            """The backward op has no formula of its own: differentiating a gradient must fail loudly,
+            not return one that misses the backward's own dependence on its inputs."""
+            tensors, dout, _, kwargs = case("mixed")
+            q, k, v, pk, pv = (t.requires_grad_() for t in tensors)
+            out, _ = _op(forward)(q, k, v, pk, pv, kwargs["group"], kwargs["seqlens"], True, SCALE)
+            weight = dout.clone().requires_grad_()  # a cotangent that itself needs a gradient
+            dq, = torch.autograd.grad((out * weight).sum(), q, create_graph=True)
+            with pytest.raises(RuntimeError, match="differentiate twice"):
+                dq.sum().backward()
+
     return OpRegistration

@@ -19,7 +19,8 @@ things to both backends' ops, by name:
   ``torch.library.opcheck`` trace them without running a kernel;
 * the forward's autograd formula: ``setup_context`` saves the inputs, ``out`` and ``lse`` (nothing
   of size L x L), and the backward calls the backward op. ``lse`` is differentiable, so merged
-  partial attentions get their gradients. No double backward (the backward op has no formula).
+  partial attentions get their gradients. The formula is once differentiable: the backward op has
+  no formula of its own, so a double backward raises instead of silently missing terms.
 """
 from __future__ import annotations
 
@@ -65,6 +66,7 @@ def backward_formula(backward_op: Callable, extra_args: Callable[[bool], tuple] 
     scale.
     """
 
+    @torch.autograd.function.once_differentiable
     def backward(ctx, dout, dlse):
         q, k, v, pk, pv, group, seqlens, out, lse = ctx.saved_tensors
         if dout is None:  # autograd materialises unused output gradients as zeros; a caller may not
