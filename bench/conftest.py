@@ -13,17 +13,15 @@ the full sizes:
   --bench-threads N     CPU threads (default 2)
 
     pytest bench/ --benchmark-json=out.json                              # everything, small
-    pytest bench/test_micro_ops.py --bench-full-shapes --benchmark-json=ops.json
-    pytest bench/test_micro_steps.py -k "coop and train" --bench-model ViT-B-16
+    pytest bench/attention/test_micro_ops.py --bench-full-shapes --benchmark-json=ops.json
+    pytest bench/steps/test_micro_steps.py -k "coop and train" --bench-model ViT-B-16
 """
 import os
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import timing  # noqa: E402  (first: sets OMP_WAIT_POLICY before torch starts its threads)
+from bench.harness import timing  # first: sets OMP_WAIT_POLICY before torch starts its threads
 
-import pytest  # noqa: E402
-import torch  # noqa: E402
+import pytest
+import torch
 
 if not torch.cuda.is_available():  # Triton only in its interpreter: on before fastprompt.kernels loads
     os.environ.setdefault("TRITON_INTERPRET", "1")

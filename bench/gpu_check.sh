@@ -13,7 +13,7 @@
 #   cuda_tests     the CUDA extension's tests (tests/test_cuda_kernels.py)
 #   step_checks    torch.cuda.set_sync_debug_mode("warn") around a CoOp / CoCoOp step; torch.compile fwd+bwd
 # Phase B, one at a time (timings):
-#   bench_bf16/32  bench/bench_attention.py: text suffix, CoCoOp, ViT-B/16 deep prompts, ViT-B/16 plain layer B = 128
+#   bench_bf16/32  bench/attention/bench_attention.py: text suffix, CoCoOp, ViT-B/16 deep prompts, ViT-B/16 plain layer B = 128
 #   large_batch    21,000 x 77 x 8 x 64 bf16 text suffix, against eager on single sequences
 # Without CUDA, step_checks / bench / large_batch run small CPU dry runs of the same scripts.
 # summary.txt lists every step: status, exit code, seconds, log file. Exit status 0 = no step failed.
@@ -108,7 +108,7 @@ bg triton_gpu 360 --cuda bash -c triton_tier
 
 build_and_test() {  # the extension for this GPU only, then its tests (they load that build)
   "$PY" -c "
-from fastprompt import jit
+from fastprompt.ops import jit
 print('building for', jit.cuda_arch_list(), 'into', jit.build_directory('cuda'), flush=True)
 print('built:', jit.build_extension('cuda'), flush=True)
 " || return 1
@@ -121,9 +121,9 @@ export HAS_CUDA
 bg cuda_build_and_tests 480 bash -c build_and_test
 
 if [ "$HAS_CUDA" = 1 ]; then
-  bg step_checks 300 "$PY" bench/step_checks.py --out "$OUT"
+  bg step_checks 300 "$PY" bench/steps/step_checks.py --out "$OUT"
 else  # a dry run on the tiny model
-  bg step_checks_cpu 300 "$PY" bench/step_checks.py --device cpu --model tiny --images 2 --classes 8 --out "$OUT"
+  bg step_checks_cpu 300 "$PY" bench/steps/step_checks.py --device cpu --model tiny --images 2 --classes 8 --out "$OUT"
 fi
 wait "${PIDS[@]}"
 
@@ -132,15 +132,15 @@ SHAPES="text cocoop vit vit_plain"
 PROVIDERS="${BENCH_PROVIDERS:-eager triton cuda}"  # add flex (each shape/mode compiles for ~30 s)
 if [ "$HAS_CUDA" = 1 ]; then
   export FASTPROMPT_DISABLE_JIT=1  # use the build of phase A; never build inside a timing
-  step bench_bf16 200 "$PY" bench/bench_attention.py --shapes $SHAPES --dtype bf16 --repeats 20 \
+  step bench_bf16 200 "$PY" bench/attention/bench_attention.py --shapes $SHAPES --dtype bf16 --repeats 20 \
     --providers $PROVIDERS --csv "$OUT/bench_attention.csv"
-  step bench_fp32 150 "$PY" bench/bench_attention.py --shapes $SHAPES --dtype fp32 --repeats 10 \
+  step bench_fp32 150 "$PY" bench/attention/bench_attention.py --shapes $SHAPES --dtype fp32 --repeats 10 \
     --providers $PROVIDERS --csv "$OUT/bench_attention.csv"
-  step large_batch 180 "$PY" bench/large_batch_probe.py --out "$OUT"
+  step large_batch 180 "$PY" bench/attention/large_batch_probe.py --out "$OUT"
 else  # dry runs of the same scripts: small shapes (agreement in Triton's interpreter), few sequences
-  step bench_small_cpu 300 env TRITON_INTERPRET=1 "$PY" bench/bench_attention.py --small --no-timing \
+  step bench_small_cpu 300 env TRITON_INTERPRET=1 "$PY" bench/attention/bench_attention.py --small --no-timing \
     --shapes $SHAPES --modes fwd+bwd --csv "$OUT/bench_attention.csv"
-  step large_batch_cpu 300 env TRITON_INTERPRET=1 "$PY" bench/large_batch_probe.py --device cpu --n 16 \
+  step large_batch_cpu 300 env TRITON_INTERPRET=1 "$PY" bench/attention/large_batch_probe.py --device cpu --n 16 \
     --seq-len 20 --heads 2 --backends cpu triton --out "$OUT"
 fi
 

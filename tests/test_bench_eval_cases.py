@@ -1,4 +1,4 @@
-"""The evaluation unit's agreement check (``bench/eval_cases.py``) on the tiny model: nothing is
+"""The evaluation unit's agreement check (``bench/steps/eval_cases.py``) on the tiny model: nothing is
 timed; the check itself is what a benchmark run relies on before it times anything."""
 import os
 import sys
@@ -7,10 +7,10 @@ import pytest
 import torch
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(REPO, "bench"))
+sys.path.insert(0, REPO)
 
-import eval_cases  # noqa: E402
-from step_cases import CASES  # noqa: E402
+from bench.steps import eval_cases  # noqa: E402
+from bench.steps.step_cases import CASES  # noqa: E402
 
 from fastprompt.learners import frozen_precision  # noqa: E402
 from fastprompt.testing import BF16  # noqa: E402

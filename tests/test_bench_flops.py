@@ -1,6 +1,6 @@
-"""``bench/flop_count.py``: the attention kernels PyTorch's FLOP counter does not know count as
+"""``bench/steps/flop_count.py``: the attention kernels PyTorch's FLOP counter does not know count as
 the same attention computed with SDPA on the prompt-prefixed keys would, so the FLOP ratio
-``bench_breakdown.py`` reports compares like with like."""
+``bench/steps/bench_breakdown.py`` reports compares like with like."""
 import os
 import sys
 
@@ -9,9 +9,9 @@ import torch
 import torch.nn.functional as F
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(REPO, "bench"))
+sys.path.insert(0, REPO)
 
-from flop_count import count_flops  # noqa: E402
+from bench.steps.flop_count import count_flops  # noqa: E402
 
 from fastprompt.ops import prompt_attention  # noqa: E402
 

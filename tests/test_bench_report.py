@@ -8,10 +8,9 @@ import sys
 import torch
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-BENCH = os.path.join(REPO, "bench")
-sys.path.insert(0, BENCH)
+sys.path.insert(0, REPO)
 
-import report  # noqa: E402
+from bench.harness import report  # noqa: E402
 
 
 def _rows(path):
@@ -50,8 +49,8 @@ def test_new_columns_extend_an_old_file(tmp_path):
 
 
 def test_benchmarks_with_targets_take_no_fail():
-    for script in ("bench_step.py", "bench_cpu_backend.py"):
-        done = subprocess.run([sys.executable, os.path.join(BENCH, script), "--help"], capture_output=True,
+    for script in ("bench/steps/bench_step.py", "bench/attention/bench_cpu_backend.py"):
+        done = subprocess.run([sys.executable, os.path.join(REPO, script), "--help"], capture_output=True,
                               text=True, timeout=300, cwd=REPO)
         assert done.returncode == 0, done.stderr[-2000:]
         assert "--no-fail" in done.stdout, script

@@ -8,14 +8,11 @@ import sys
 import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(REPO, "bench"))
+sys.path.insert(0, REPO)
 
-import compare  # noqa: E402
-import growth  # noqa: E402
-import report  # noqa: E402
-import rows as rows_mod  # noqa: E402
-import scaling  # noqa: E402
-import table  # noqa: E402
+from bench.harness import report  # noqa: E402
+from bench.suite import compare, growth, scaling, table  # noqa: E402
+from bench.suite import rows as rows_mod  # noqa: E402
 
 COMMON = {"timestamp": "2026-12-01T00:00:00+00:00", "device": "Test CPU (2 threads)", "python": "3.11", "torch": "2.x",
           "open_clip": "3.3", "fastprompt": "0.1", "commit": "0123456789abcdef-dirty", "model": "ViT-B-16"}
@@ -182,7 +179,7 @@ def test_markdown_states_the_device_the_figures_and_where_a_side_stopped(tmp_pat
 
 
 def test_load_runs_reads_the_last_runs_and_says_when_there_is_nothing(tmp_path):
-    with pytest.raises(FileNotFoundError, match="run bench/suite.py first"):
+    with pytest.raises(FileNotFoundError, match="run bench/suite/suite.py first"):
         table.load_runs(str(tmp_path))
     suite, scale = _suite_and_scaling()
     report.append_csv(str(tmp_path / "scaling.csv"), rows_mod.uniform(scale))
@@ -192,26 +189,26 @@ def test_load_runs_reads_the_last_runs_and_says_when_there_is_nothing(tmp_path):
 
 def test_the_table_takes_each_part_from_the_last_run_that_measured_it(tmp_path):
     train_old = [step("train", "coop", side, 3.0, 5.0, run="r0") for side in ("fastprompt", "reference")]
-    train = [dict(step("train", "coop", side, 2.0, 7.0, run="r1"), command="python bench/suite.py --parts train")
+    train = [dict(step("train", "coop", side, 2.0, 7.0, run="r1"), command="python bench/suite/suite.py --parts train")
              for side in ("fastprompt", "reference")]
     evals = [dict(step("eval", "coop", side, 1.0, 6.0, run="r2", eval_images=8, eval_batch=4, images_per_s=4.0),
-                  command="python bench/suite.py --parts eval") for side in ("fastprompt", "reference")]
+                  command="python bench/suite/suite.py --parts eval") for side in ("fastprompt", "reference")]
     report.append_csv(str(tmp_path / "suite.csv"), rows_mod.uniform(train_old + train + evals))
     suite_rows, _ = table.load_runs(str(tmp_path))
     assert [(r["kind"], r["run_id"]) for r in suite_rows] == [("train", "r1")] * 2 + [("eval", "r2")] * 2
     text = table.markdown(suite_rows, [])
     assert "Training steps (coop) measured on" in text
-    assert "run `r1`, reproduced by `python bench/suite.py --parts train`" in text
+    assert "run `r1`, reproduced by `python bench/suite/suite.py --parts train`" in text
     assert "Evaluation (coop) measured on" in text
-    assert "run `r2`, reproduced by `python bench/suite.py --parts eval`" in text
+    assert "run `r2`, reproduced by `python bench/suite/suite.py --parts eval`" in text
     assert "| coop: coop step | 2 s / 2 s | 7× | — | — | 4 / 4 | 6× |" in text  # one line: r1's step, r2's eval
     named, _ = table.load_runs(str(tmp_path), suite_runs=["r0"])
     assert {r["run_id"] for r in named} == {"r0"}
 
 
 def test_a_missed_speed_up_says_whether_the_flop_ratio_bounds_it():
-    import suite_steps
-    from step_cases import CASES
+    from bench.suite import suite_steps
+    from bench.steps.step_cases import CASES
 
     spec = CASES["rpp"]  # target 4x
     bounded, = suite_steps.misses(spec, dict(speedup=3.9, flop_ratio=3.42))
@@ -232,7 +229,7 @@ def test_a_rerun_of_some_cases_replaces_only_their_rows():
 
 def test_plots_are_written_as_png(tmp_path):
     pytest.importorskip("matplotlib")
-    import plots
+    from bench.suite import plots
 
     suite, scale = _suite_and_scaling()
     messages = plots.write_plots(suite, scale, str(tmp_path))
@@ -250,3 +247,19 @@ def test_the_table_goes_between_the_readme_markers():
     assert table.include_in(out, "| newer |\n").count("| new") == 1  # replaced, not appended
     with pytest.raises(ValueError, match="bench table"):
         table.include_in("# no markers\n", "| t |\n")
+
+
+def test_table_readme_fills_bench_readme_by_default(tmp_path, monkeypatch):
+    with open(table.BENCH_README, encoding="utf-8") as f:  # the block the table goes into is bench/README.md's
+        text = f.read()
+    assert text.count(table.README_START) == 1 and text.count(table.README_END) == 1
+    suite, scale = _suite_and_scaling()
+    report.append_csv(str(tmp_path / "suite.csv"), rows_mod.uniform(suite))
+    report.append_csv(str(tmp_path / "scaling.csv"), rows_mod.uniform(scale))
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# bench\n{table.README_START}\nold\n{table.README_END}\nafter\n", encoding="utf-8")
+    monkeypatch.setattr(table, "BENCH_README", str(readme))  # what a bare --readme writes
+    assert table.main(["--no-plots", "--out", str(tmp_path), "--readme"]) == 0
+    written = readme.read_text(encoding="utf-8")
+    assert table.markdown(*table.load_runs(str(tmp_path))) in written and "old" not in written
+    assert (tmp_path / table.TABLE_FILE).exists()

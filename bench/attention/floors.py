@@ -6,7 +6,7 @@ from typing import Dict
 
 import torch
 
-from timing import median, time_device
+from bench.harness.timing import median, time_device
 
 from .shapes import Case
 

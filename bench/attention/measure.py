@@ -6,8 +6,8 @@ from typing import Dict, List, Sequence
 
 import torch
 
-from report import common_fields
-from timing import median, time_device
+from bench.harness.report import common_fields
+from bench.harness.timing import median, time_device
 
 from .floors import floor_bytes, useful_flops
 from .providers import make_step, providers_for

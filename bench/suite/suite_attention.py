@@ -1,8 +1,9 @@
 """The suite's attention rows: every provider that runs natively here, on the op's benchmark shapes.
 
-The pieces of ``bench_attention.py`` (``attention/``): the providers must agree with eager first
-(``check_all``), then ``time_all`` times them; each of its rows becomes a suite row (``kind=attention``,
-``case`` = the shape, ``side`` = the provider, ``baseline`` = eager, ``speedup`` over eager).
+The pieces of ``bench/attention/bench_attention.py`` (``bench/attention/``): the providers must
+agree with eager first (``check_all``), then ``time_all`` times them; each of its rows becomes a
+suite row (``kind=attention``, ``case`` = the shape, ``side`` = the provider, ``baseline`` = eager,
+``speedup`` over eager).
 Providers that only run as references here (Triton's interpreter, uncompiled FlexAttention) are
 not timed; the returned notes say so.
 """
@@ -12,11 +13,11 @@ from typing import Dict, List, Tuple
 
 import torch
 
-from attention.agreement import check_all
-from attention.floors import measure_peaks
-from attention.measure import time_all
-from attention.providers import default_providers, reference_only
-from attention.shapes import DEFAULT_SHAPES, SHAPES, SMALL
+from bench.attention.agreement import check_all
+from bench.attention.floors import measure_peaks
+from bench.attention.measure import time_all
+from bench.attention.providers import default_providers, reference_only
+from bench.attention.shapes import DEFAULT_SHAPES, SHAPES, SMALL
 
 MODES = ("fwd", "fwd+bwd")
 

@@ -1,4 +1,4 @@
-"""The training-step cases of ``bench/bench_step.py``: one builder, one table of cases.
+"""The training-step cases of ``bench/steps/bench_step.py``: one builder, one table of cases.
 
 A case times one unit of work of a fastprompt learner and of its literal reference
 (``fastprompt.reference``) on the same random-weight CLIP, the learner loaded with the
@@ -6,7 +6,7 @@ reference's prompt values: by default one SGD step (zero_grad, loss, backward, s
 prompt parameters on ``images`` random images of the first ``classes`` ImageNet classes.
 ``CASES`` lists every case; ``build_step`` is the one builder they all go through, and a case
 states only how its method differs (constructor arguments, which reference module holds the
-prompts, another loss). ``bench/eval_cases.py`` builds the evaluation unit of the same cases
+prompts, another loss). ``bench/steps/eval_cases.py`` builds the evaluation unit of the same cases
 from the same pair (:func:`build_pair`).
 """
 from __future__ import annotations

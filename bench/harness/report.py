@@ -18,7 +18,7 @@ import platform
 import subprocess
 from typing import Dict, List, Sequence
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def add_report_arguments(parser: argparse.ArgumentParser, default_csv: str) -> None:

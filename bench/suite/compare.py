@@ -6,8 +6,8 @@ the time (``median_s``) old -> new and its relative change, the speed-up over th
 side, and the peak memory (``peak_mb``). Rows only in the new run are listed as new, keys only in
 the old one as gone.
 
-    python bench/compare.py NEW.csv OLD.csv            # the last run of NEW against OLD
-    python bench/compare.py NEW.csv OLD.csv --run RUN_ID
+    python bench/suite/compare.py NEW.csv OLD.csv            # the last run of NEW against OLD
+    python bench/suite/compare.py NEW.csv OLD.csv --run RUN_ID
 """
 from __future__ import annotations
 
@@ -17,8 +17,9 @@ import sys
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Tuple
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from rows import Row, describe, number, read_rows, row_key, select_run  # noqa: E402
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, REPO)  # run as a script: ``bench`` imports from the repository root
+from bench.suite.rows import Row, describe, number, read_rows, row_key, select_run  # noqa: E402
 
 
 def relative_change(old: Optional[float], new: Optional[float]) -> Optional[float]:

@@ -2,7 +2,7 @@
 
 Random-weight ``ViT-B-16`` (the speed does not depend on the weights), ImageNet-1K class names
 (``open_clip.zero_shot_metadata.IMAGENET_CLASSNAMES``) x the 7 ``SIMPLE_IMAGENET_TEMPLATES``.
-Both builders run on the same classes, timed round-robin (bench/timing.py); the outputs must
+Both builders run on the same classes, timed round-robin (bench/harness/timing.py); the outputs must
 agree within fp32 tolerance (max |diff| <= 1e-5). open_clip's builder encodes every prompt at the
 full 77-token context; fastprompt's encodes each template's shared prefix once per chunk and only
 the packed, EOT-truncated suffixes. Both costs are linear in the number of classes, so
@@ -10,8 +10,8 @@ the packed, EOT-truncated suffixes. Both costs are linear in the number of class
 about a quarter of an hour on 2 busy cores) measures the per-class cost and the 1,000-class times
 are projected from it (column ``projected``). Target: speed-up >= 5x.
 
-    python bench/bench_zero_shot.py                      # 1,000 classes (GPU / fast CPU)
-    python bench/bench_zero_shot.py --classes 100        # this project's 2-core CPU
+    python bench/data/bench_zero_shot.py                      # 1,000 classes (GPU / fast CPU)
+    python bench/data/bench_zero_shot.py --classes 100        # this project's 2-core CPU
 """
 from __future__ import annotations
 
@@ -19,13 +19,14 @@ import argparse
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from timing import median, setup_threads, time_interleaved  # noqa: E402  (first: sets OMP_WAIT_POLICY)
-from report import add_report_arguments, common_fields, report_rows  # noqa: E402
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, REPO)  # run as a script: ``bench`` imports from the repository root
+from bench.harness.timing import median, setup_threads, time_interleaved  # noqa: E402  (first: sets OMP_WAIT_POLICY)
+from bench.harness.report import add_report_arguments, common_fields, report_rows  # noqa: E402
 
 import torch  # noqa: E402
 
-DEFAULT_CSV = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "bench_zero_shot.csv")
+DEFAULT_CSV = os.path.join(REPO, "bench", "results", "bench_zero_shot.csv")
 TARGET_SPEEDUP = 5.0
 TOLERANCE = 1e-5
 FULL_CLASSES = 1000

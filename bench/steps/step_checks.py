@@ -7,8 +7,8 @@
    uncompiled step: same loss and prompt gradients, and the time of the first (compiling) and of
    a warm compiled step.
 
-    python bench/step_checks.py --out results/                       # CUDA, ViT-B/16 random weights
-    python bench/step_checks.py --device cpu --model tiny --out /tmp  # a CPU dry run
+    python bench/steps/step_checks.py --out results/                       # CUDA, ViT-B/16 random weights
+    python bench/steps/step_checks.py --device cpu --model tiny --out /tmp  # a CPU dry run
 """
 from __future__ import annotations
 
@@ -21,7 +21,8 @@ import warnings
 
 import torch
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests"))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.join(REPO, "tests"))
 from host_reads import HostReads  # noqa: E402
 
 import fastprompt  # noqa: E402

@@ -3,9 +3,9 @@ fastprompt vs the reference, with the fitted growth.
 
 Curves (``CURVES``): number of classes (100 -> 5,000 by default; the batch of the case) for CoOp,
 CoCoOp and RPP, and batch size (1 -> 32 images; the case's 100 classes) for CoCoOp and MaPLe, on
-the training steps of ``step_cases.py`` (random-weight ViT-B-16; past 1,000 classes the class
+the training steps of ``bench/steps/step_cases.py`` (random-weight ViT-B-16; past 1,000 classes the class
 names continue with ImageNet-21K lemmas). Every point of every side runs in a fresh process
-(``side_child.py``: set-up, one warm-up step, one step with its peak memory measured, then up to
+(``bench/steps/side_child.py``: set-up, one warm-up step, one step with its peak memory measured, then up to
 ``--scaling-repeats`` timed steps within the budget); at each point fastprompt runs first, then the
 reference, so a change of machine load reaches both.
 
@@ -24,9 +24,9 @@ RPP runs with ``teacher_templates="single"``: its teacher's class features are a
 once at construction (both sides share the learner's), so the template count changes the set-up,
 not a step.
 
-    python bench/scaling.py                                  # CPU, ViT-B-16, every curve
-    python bench/scaling.py --quick --out /tmp/scaling       # tiny model, 3 points per curve: a smoke run
-    python bench/scaling.py --axes classes --methods coop --classes 100 1000 5000 21841 --device cuda
+    python bench/suite/scaling.py                                  # CPU, ViT-B-16, every curve
+    python bench/suite/scaling.py --quick --out /tmp/scaling       # tiny model, 3 points per curve: a smoke run
+    python bench/suite/scaling.py --axes classes --methods coop --classes 100 1000 5000 21841 --device cuda
 """
 from __future__ import annotations
 
@@ -35,14 +35,15 @@ import os
 import sys
 from typing import Dict, List, Optional
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from timing import median  # noqa: E402  (first: sets OMP_WAIT_POLICY)
-from growth import fit_line, predict  # noqa: E402
-from report import append_csv, common_fields  # noqa: E402
-from rows import new_run_id, uniform  # noqa: E402
-from side_child import SideStopped, Unit, run_side  # noqa: E402
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, REPO)  # run as a script: ``bench`` imports from the repository root
+from bench.harness.timing import median  # noqa: E402  (first: sets OMP_WAIT_POLICY)
+from bench.suite.growth import fit_line, predict  # noqa: E402
+from bench.harness.report import append_csv, common_fields  # noqa: E402
+from bench.suite.rows import new_run_id, uniform  # noqa: E402
+from bench.steps.side_child import SideStopped, Unit, run_side  # noqa: E402
 
-RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+RESULTS = os.path.join(REPO, "bench", "results")
 CURVES = {"classes": ("coop", "cocoop", "rpp"), "batch": ("cocoop", "maple")}
 POINTS = {"classes": (100, 250, 500, 1000, 2000, 5000), "batch": (1, 2, 4, 8, 16, 32)}
 QUICK_POINTS = {"classes": (20, 40, 80), "batch": (1, 2, 4)}
@@ -208,7 +209,7 @@ def main(argv=None) -> int:
     path = os.path.join(opts.out, "scaling.csv")
     append_csv(path, uniform(rows))
     print(f"appended {len(rows)} rows to {path} (run {run_id})")
-    from plots import write_plots
+    from bench.suite.plots import write_plots
 
     for line in write_plots([], rows, opts.out):
         print(line)

@@ -17,8 +17,8 @@ Cases:
              ImageNet classes, 16 context tokens, SGD), learner built with backend="cpu" vs
              backend="eager"                                                 target >= 1.0x
 
-    python bench/bench_cpu_backend.py                 # all cases, 2 threads
-    python bench/bench_cpu_backend.py --cases text-100 text-1000 --repeats 15
+    python bench/attention/bench_cpu_backend.py                 # all cases, 2 threads
+    python bench/attention/bench_cpu_backend.py --cases text-100 text-1000 --repeats 15
 """
 from __future__ import annotations
 
@@ -27,9 +27,10 @@ import os
 import sys
 from typing import Callable, Dict, Tuple
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from timing import median, setup_threads, time_interleaved  # noqa: E402  (first: sets OMP_WAIT_POLICY)
-from report import add_report_arguments, common_fields, report_rows  # noqa: E402
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, REPO)  # run as a script: ``bench`` imports from the repository root
+from bench.harness.timing import median, setup_threads, time_interleaved  # noqa: E402  (first: sets OMP_WAIT_POLICY)
+from bench.harness.report import add_report_arguments, common_fields, report_rows  # noqa: E402
 
 import torch  # noqa: E402
 
@@ -37,7 +38,7 @@ from fastprompt.ops import jit  # noqa: E402
 from fastprompt.ops import prompt_attention  # noqa: E402
 from fastprompt.testing import FP32, max_rel_error  # noqa: E402
 
-DEFAULT_CSV = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "bench_cpu_backend.csv")
+DEFAULT_CSV = os.path.join(REPO, "bench", "results", "bench_cpu_backend.csv")
 BACKENDS = ("eager", "cpu")
 
 
@@ -70,7 +71,7 @@ def attention_case(n, seq_len, heads, head_dim, groups, n_prompt, causal, ragged
 def coop_step_case(model_name="ViT-B-16", n_images=4, n_classes=100, n_ctx=16):
     import fastprompt
     from fastprompt.testing import random_clip
-    from step_cases import imagenet_classnames, random_batch
+    from bench.steps.step_cases import imagenet_classnames, random_batch
 
     model = random_clip(model_name)
     names = imagenet_classnames(n_classes)

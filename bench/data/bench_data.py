@@ -13,8 +13,8 @@
    DataLoader worker) and through a DataLoader with 1 and 2 workers; the evaluation transform
    with and without the JPEG draft fast path.
 
-    python bench/bench_data.py                       # 1,000 x 100 tree, 256 JPEGs of 500x375
-    python bench/bench_data.py --classes 100 --per-class 50 --decode-images 64
+    python bench/data/bench_data.py                       # 1,000 x 100 tree, 256 JPEGs of 500x375
+    python bench/data/bench_data.py --classes 100 --per-class 50 --decode-images 64
 """
 from __future__ import annotations
 
@@ -25,9 +25,10 @@ import sys
 import tempfile
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from timing import median, setup_threads  # noqa: E402  (first: sets OMP_WAIT_POLICY)
-from report import add_report_arguments, common_fields, report_rows  # noqa: E402
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, REPO)  # run as a script: ``bench`` imports from the repository root
+from bench.harness.timing import median, setup_threads  # noqa: E402  (first: sets OMP_WAIT_POLICY)
+from bench.harness.report import add_report_arguments, common_fields, report_rows  # noqa: E402
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
@@ -37,7 +38,7 @@ from fastprompt.data import ImageDataset, Item, load_dataset, make_loader  # noq
 from fastprompt.testing.fake_trees import make_imagenet  # noqa: E402
 from fastprompt.data.transforms import test_transform, train_transform  # noqa: E402
 
-DEFAULT_CSV = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "bench_data.csv")
+DEFAULT_CSV = os.path.join(REPO, "bench", "results", "bench_data.csv")
 
 
 def _settle(tree: str, age_s: float = 60.0) -> None:

@@ -15,7 +15,7 @@ Two measurements, on a random-weight ``ViT-B-16`` (the speed does not depend on 
    the steps per epoch (every step has the same shapes). The cached epoch is a real
    ``fastprompt.train.Trainer`` epoch over ``CachedFeatureBatches`` (the batch source of
    ``TRAIN.FEATURE_CACHE all``), timed whole. Reference steps and cached epochs alternate
-   (``bench/timing.py``), so a busy machine slows both alike. Image loading is left out of both
+   (``bench/harness/timing.py``), so a busy machine slows both alike. Image loading is left out of both
    sides (random tensors): it would only add to the reference. The cache's table is filled with
    random unit features instead of ``shots x classes`` image forwards (minutes on a 2-core CPU);
    the fill's cost is reported from measurement 1 (per image, once, or nothing when the table is on
@@ -25,9 +25,9 @@ On a miss the script says what bounds the ratio: a cached step is the text tower
 backward over all classes (plus the loss), so the ratio cannot exceed the reference step over the
 text tower's fwd+bwd, measured here too.
 
-    python bench/bench_feature_cache.py               # the target measurement (about 10 min on 2 cores)
-    python bench/bench_feature_cache.py --quick       # smoke run: small shapes, target not checked
-    python bench/bench_feature_cache.py --part forward --repeats 5   # measurement 1 alone
+    python bench/data/bench_feature_cache.py               # the target measurement (about 10 min on 2 cores)
+    python bench/data/bench_feature_cache.py --quick       # smoke run: small shapes, target not checked
+    python bench/data/bench_feature_cache.py --part forward --repeats 5   # measurement 1 alone
 """
 from __future__ import annotations
 
@@ -35,13 +35,14 @@ import argparse
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from timing import median, setup_threads, time_interleaved  # noqa: E402  (first: sets OMP_WAIT_POLICY)
-from report import add_report_arguments, common_fields, report_rows  # noqa: E402
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, REPO)  # run as a script: ``bench`` imports from the repository root
+from bench.harness.timing import median, setup_threads, time_interleaved  # noqa: E402  (first: sets OMP_WAIT_POLICY)
+from bench.harness.report import add_report_arguments, common_fields, report_rows  # noqa: E402
 
 import torch  # noqa: E402
 
-DEFAULT_CSV = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "bench_feature_cache.csv")
+DEFAULT_CSV = os.path.join(REPO, "bench", "results", "bench_feature_cache.csv")
 TARGET = 25.0
 RECIPE_EPOCHS = 50  # CoOp's few-shot recipe (vit_b16_ep50): the fill amortised over a whole run
 

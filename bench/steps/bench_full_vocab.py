@@ -20,8 +20,8 @@ over 5,000, 10,450 (winter-21) and 21,841 (fall-11 full) classes, and the origin
 Token counts of the full sizes are exact (their plans are built). Target: the full-vocabulary
 step over 5,000 classes costs less time than the original sampled step over 1,000.
 
-    python bench/bench_full_vocab.py                             # measured at full size
-    python bench/bench_full_vocab.py --classes 500 --sampled 100 # this project's 2-core CPU
+    python bench/steps/bench_full_vocab.py                             # measured at full size
+    python bench/steps/bench_full_vocab.py --classes 500 --sampled 100 # this project's 2-core CPU
 """
 from __future__ import annotations
 
@@ -31,15 +31,16 @@ import random
 import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from timing import median, setup_threads, synchronize  # noqa: E402  (first: sets OMP_WAIT_POLICY)
-from memory import PeakRSS  # noqa: E402
-from report import add_report_arguments, common_fields, report_rows  # noqa: E402
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, REPO)  # run as a script: ``bench`` imports from the repository root
+from bench.harness.timing import median, setup_threads, synchronize  # noqa: E402  (first: sets OMP_WAIT_POLICY)
+from bench.harness.memory import PeakRSS  # noqa: E402
+from bench.harness.report import add_report_arguments, common_fields, report_rows  # noqa: E402
 
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-DEFAULT_CSV = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "bench_full_vocab.csv")
+DEFAULT_CSV = os.path.join(REPO, "bench", "results", "bench_full_vocab.csv")
 BATCH = 32
 N_CTX = 4
 FULL_SIZES = (5000, 10450, 21841)

@@ -1,11 +1,12 @@
-"""The whole benchmark suite in one command: CSV rows, plots and the README table.
+"""The whole benchmark suite in one command: CSV rows, plots and the table of ``bench/README.md``.
 
 Parts (``--parts``, default all):
-  train      every learner's training step (``step_cases.py``), fastprompt vs ``fastprompt.reference``
-  eval       every learner's evaluation pass (``eval_cases.py``): classify a test set with a trained
-             prompt, class features computed once and images batched vs the reference's text pass
-             in every batch; images/s
-  attention  the prompt-attention providers on the op's benchmark shapes (``attention/``)
+  train      every learner's training step (``bench/steps/step_cases.py``), fastprompt vs
+             ``fastprompt.reference``
+  eval       every learner's evaluation pass (``bench/steps/eval_cases.py``): classify a test set
+             with a trained prompt, class features computed once and images batched vs the
+             reference's text pass in every batch; images/s
+  attention  the prompt-attention providers on the op's benchmark shapes (``bench/attention/``)
   scaling    step time and peak memory vs classes and vs batch size, with the fitted growth
              (``scaling.py``; its options apply)
 
@@ -13,16 +14,16 @@ Train and eval time both sides round-robin in one process (medians of ``--repeat
 warm-up) and measure each side's peak memory in a fresh process. Written into ``--out``:
 ``suite.csv`` and ``scaling.csv`` (rows appended; each row names the device, versions, commit,
 shapes and the ``run_id`` of this invocation), ``plots/*.png`` and ``README_table.md`` (the table
-the README includes). ``--compare OLD.csv [...]`` prints the change of every row against the
-matching rows of earlier results (``compare.py``).
+``bench/README.md`` includes). ``--compare OLD.csv [...]`` prints the change of every row against
+the matching rows of earlier results (``compare.py``).
 
 Exit status 1 when a training step misses its target (ViT-B-16 at the cases' sizes only, where the
 targets are defined), evaluation logits disagree, or attention providers disagree; ``--no-fail``
 only reports.
 
-    python bench/suite.py                                   # everything, CPU, 2 threads (an hour or more here)
-    python bench/suite.py --quick --out /tmp/suite          # tiny model, small shapes: a smoke run
-    python bench/suite.py --parts train eval --cases coop cocoop --compare bench/results/suite.csv
+    python bench/suite/suite.py                                   # everything, CPU, 2 threads (an hour or more here)
+    python bench/suite/suite.py --quick --out /tmp/suite          # tiny model, small shapes: a smoke run
+    python bench/suite/suite.py --parts train eval --cases coop cocoop --compare bench/results/suite.csv
 """
 from __future__ import annotations
 
@@ -31,25 +32,26 @@ import os
 import shlex
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from timing import setup_threads  # noqa: E402  (first: sets OMP_WAIT_POLICY)
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, REPO)  # run as a script: ``bench`` imports from the repository root
+from bench.harness.timing import setup_threads  # noqa: E402  (first: sets OMP_WAIT_POLICY)
 
 import torch  # noqa: E402
 
 # Without a GPU, Triton kernels run only in the interpreter, which must be on before
-# fastprompt.kernels is first imported (as bench_attention.py does).
+# fastprompt.kernels is first imported (as bench/attention/bench_attention.py does).
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
-from compare import comparison_lines  # noqa: E402
-from plots import write_plots  # noqa: E402
-from report import common_fields, report_rows  # noqa: E402
-from rows import latest_per_kind, new_run_id, read_rows, select_run, uniform  # noqa: E402
-from scaling import add_scaling_arguments, run_scaling  # noqa: E402
-from step_cases import load_all  # noqa: E402
-from table import TABLE_FILE, write_table  # noqa: E402
+from bench.suite.compare import comparison_lines  # noqa: E402
+from bench.suite.plots import write_plots  # noqa: E402
+from bench.harness.report import common_fields, report_rows  # noqa: E402
+from bench.suite.rows import latest_per_kind, new_run_id, read_rows, select_run, uniform  # noqa: E402
+from bench.suite.scaling import add_scaling_arguments, run_scaling  # noqa: E402
+from bench.steps.step_cases import load_all  # noqa: E402
+from bench.suite.table import TABLE_FILE, write_table  # noqa: E402
 
-RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+RESULTS = os.path.join(REPO, "bench", "results")
 PARTS = ("train", "eval", "attention", "scaling")
 TARGET_MODEL = "ViT-B-16"  # the model the cases' targets are set for
 
@@ -90,7 +92,7 @@ def main(argv=None) -> int:
     setup_threads(opts.threads)
     run_id = new_run_id()
     base = {**common_fields(torch.device(opts.device)), "run_id": run_id, "model": opts.model,
-            "command": " ".join(["python bench/suite.py"] + [shlex.quote(a) for a in argv])}
+            "command": " ".join(["python bench/suite/suite.py"] + [shlex.quote(a) for a in argv])}
     check_targets = opts.model == TARGET_MODEL and not opts.quick
     print(f"suite run {run_id} on {base['device']}: {', '.join(opts.parts)}; model {opts.model}"
           + ("" if check_targets else f" (targets are set for {TARGET_MODEL}: not checked)"), flush=True)
@@ -109,15 +111,15 @@ def main(argv=None) -> int:
 
     os.makedirs(opts.out, exist_ok=True)
     if "train" in opts.parts:
-        from suite_steps import step_rows
+        from bench.suite.suite_steps import step_rows
 
         keep(*step_rows(cases, opts, base, check_targets))
     if "eval" in opts.parts:
-        from suite_steps import eval_rows
+        from bench.suite.suite_steps import eval_rows
 
         keep(*eval_rows(cases, opts, base))
     if "attention" in opts.parts:
-        from suite_attention import attention_rows
+        from bench.suite.suite_attention import attention_rows
 
         new, failures, left_out = attention_rows(opts, base)
         keep(new, failures)

@@ -1,6 +1,6 @@
 """One training step of fastprompt vs the literal original code path, same process, same weights.
 
-Each case (``bench/step_cases.py``) times one unit of work — usually forward + backward + SGD step
+Each case (``bench/steps/step_cases.py``) times one unit of work — usually forward + backward + SGD step
 over the prompt parameters — of a fastprompt learner and of its reference in
 ``fastprompt.reference`` on a random-weight open_clip model (default ViT-B-16) with ImageNet
 class names, round-robin, and reports medians and the ratio; a ratio below the case's target
@@ -8,13 +8,13 @@ exits with status 1 (``--no-fail``: report only). ``--memory`` also measures eac
 side's peak memory of one unit (after a warm-up) in a fresh subprocess (``side_child.py``): the
 peak RSS above the starting RSS on CPU, ``max_memory_allocated`` above the starting allocation on
 CUDA. Rows are appended to a CSV that names the device, the commit and the versions.
-``bench/suite.py`` runs these cases together with their evaluation units, the attention providers
+``bench/suite/suite.py`` runs these cases together with their evaluation units, the attention providers
 and the scaling curves.
 
-    python bench/bench_step.py                          # every case, CPU, 2 threads
-    python bench/bench_step.py --cases coop cocoop --repeats 5 --memory
-    python bench/bench_step.py --list
-    python bench/bench_step.py --no-fail                # report missed targets, exit 0
+    python bench/steps/bench_step.py                          # every case, CPU, 2 threads
+    python bench/steps/bench_step.py --cases coop cocoop --repeats 5 --memory
+    python bench/steps/bench_step.py --list
+    python bench/steps/bench_step.py --no-fail                # report missed targets, exit 0
 """
 from __future__ import annotations
 
@@ -22,15 +22,16 @@ import argparse
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from timing import median, setup_threads, time_interleaved  # noqa: E402  (first: sets OMP_WAIT_POLICY)
-from side_child import Unit, run_side  # noqa: E402
-from report import add_report_arguments, common_fields, report_rows  # noqa: E402
-from step_cases import load_all  # noqa: E402
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, REPO)  # run as a script: ``bench`` imports from the repository root
+from bench.harness.timing import median, setup_threads, time_interleaved  # noqa: E402  (first: sets OMP_WAIT_POLICY)
+from bench.steps.side_child import Unit, run_side  # noqa: E402
+from bench.harness.report import add_report_arguments, common_fields, report_rows  # noqa: E402
+from bench.steps.step_cases import load_all  # noqa: E402
 
 import torch  # noqa: E402
 
-DEFAULT_CSV = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "bench_step.csv")
+DEFAULT_CSV = os.path.join(REPO, "bench", "results", "bench_step.csv")
 
 
 def measure_memory(case: str, side: str, model_name: str, device: str, threads: int) -> int:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 from typing import Dict, List, Sequence
 
-from rows import Row, number
+from bench.suite.rows import Row, number
 
 SIDE_STYLE = {"fastprompt": dict(linestyle="-", marker="o"), "reference": dict(linestyle="--", marker="s")}
 

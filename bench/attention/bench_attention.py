@@ -30,9 +30,9 @@ On a machine without a GPU the kernels can only run in Triton's interpreter: the
 checks agreement on the small shapes in the interpreter, times only the providers that run
 natively on the CPU, and says that Triton timings need a GPU.
 
-    python bench/bench_attention.py                       # GPU: full shapes, bf16
-    python bench/bench_attention.py --shapes text cocoop --modes fwd+bwd --repeats 50
-    python bench/bench_attention.py --small --no-timing   # agreement only (CPU: interpreter)
+    python bench/attention/bench_attention.py                       # GPU: full shapes, bf16
+    python bench/attention/bench_attention.py --shapes text cocoop --modes fwd+bwd --repeats 50
+    python bench/attention/bench_attention.py --small --no-timing   # agreement only (CPU: interpreter)
 
 This file is the command line; the pieces live in ``bench/attention/``: ``shapes``, ``floors``,
 ``providers``, ``agreement`` and ``measure`` (the timed runs and their rows).
@@ -43,9 +43,10 @@ import argparse
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from timing import setup_threads  # noqa: E402  (first: sets OMP_WAIT_POLICY)
-from report import add_report_arguments, common_fields, report_rows  # noqa: E402
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, REPO)  # run as a script: ``bench`` imports from the repository root
+from bench.harness.timing import setup_threads  # noqa: E402  (first: sets OMP_WAIT_POLICY)
+from bench.harness.report import add_report_arguments, common_fields, report_rows  # noqa: E402
 
 import torch  # noqa: E402
 
@@ -56,13 +57,13 @@ if not torch.cuda.is_available():
 
 from fastprompt.ops import registered_backends  # noqa: E402
 
-from attention.agreement import check_all  # noqa: E402
-from attention.floors import measure_peaks  # noqa: E402
-from attention.measure import time_all  # noqa: E402
-from attention.providers import default_providers, reference_only  # noqa: E402
-from attention.shapes import DEFAULT_SHAPES, SHAPES, SMALL  # noqa: E402
+from bench.attention.agreement import check_all  # noqa: E402
+from bench.attention.floors import measure_peaks  # noqa: E402
+from bench.attention.measure import time_all  # noqa: E402
+from bench.attention.providers import default_providers, reference_only  # noqa: E402
+from bench.attention.shapes import DEFAULT_SHAPES, SHAPES, SMALL  # noqa: E402
 
-DEFAULT_CSV = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "bench_attention.csv")
+DEFAULT_CSV = os.path.join(REPO, "bench", "results", "bench_attention.csv")
 MODES = ("fwd", "fwd+bwd")
 
 

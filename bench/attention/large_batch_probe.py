@@ -9,8 +9,8 @@ sequences, with the eager backend run on each of those sequences alone; its pref
 Accuracy follows the suite's low-precision rule: error vs the float32 result within 2x (forward)
 / 3x (gradients) of eager's own low-precision error.
 
-    python bench/large_batch_probe.py --out results/                      # GPU: triton and cuda
-    python bench/large_batch_probe.py --device cpu --n 16 --backends cpu  # a CPU dry run
+    python bench/attention/large_batch_probe.py --out results/                      # GPU: triton and cuda
+    python bench/attention/large_batch_probe.py --device cpu --n 16 --backends cpu  # a CPU dry run
 """
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The evaluation unit of every ``bench/step_cases.py`` case: classify a test set with a trained prompt.
+"""The evaluation unit of every ``bench/steps/step_cases.py`` case: classify a test set with a trained prompt.
 
 One unit classifies ``n_images`` random images in batches of ``batch`` (predictions = argmax of the
 logits), without autograd, on the pair of :func:`step_cases.build_pair` (the learner holding the
@@ -26,7 +26,7 @@ from typing import Callable, Dict, List, Optional
 
 import torch
 
-from step_cases import CaseSpec, build_pair, random_batch
+from bench.steps.step_cases import CaseSpec, build_pair, random_batch
 
 # fp32 logits through two different (exact) computation orders; measured ~1e-6 on ViT-B-16.
 AGREEMENT = 1e-4

@@ -5,7 +5,7 @@ of machine load reaches both), medians; each side's peak memory is measured in a
 (``side_child.run_side``). One row per side: ``median_s``, ``min_s``, ``images_per_s`` (images
 through the unit per second: the batch for a training step, the test set for an evaluation pass),
 ``peak_mb``, and on both rows the fastprompt speed-up and memory ratio over the reference; a
-training row also has ``gflop`` (FLOPs of one step, ``flop_count.py``) and, on both rows,
+training row also has ``gflop`` (FLOPs of one step, ``bench/steps/flop_count.py``) and, on both rows,
 ``flop_ratio``: the reference's FLOPs over fastprompt's, the speed-up at equal FLOP/s.
 Targets (``step_cases.CASES``) are checked on the training rows when ``check_targets`` is set;
 the evaluation logits of the two sides must agree (``eval_cases.AGREEMENT``).
@@ -16,12 +16,12 @@ from typing import Dict, List, Tuple
 
 import torch
 
-from eval_cases import AGREEMENT, build_eval, has_eval
-from flop_count import count_flops
+from bench.steps.eval_cases import AGREEMENT, build_eval, has_eval
+from bench.steps.flop_count import count_flops
 from fastprompt.testing import BF16
-from side_child import Unit, run_side
-from step_cases import CaseSpec
-from timing import median, time_interleaved
+from bench.steps.side_child import Unit, run_side
+from bench.steps.step_cases import CaseSpec
+from bench.harness.timing import median, time_interleaved
 
 SIDES = ("fastprompt", "reference")
 
@@ -74,7 +74,8 @@ def misses(spec: CaseSpec, fast_row: Dict[str, object]) -> List[str]:
         if ratio not in (None, ""):
             miss += (f" (the reference does {ratio:.2f}x fastprompt's FLOPs: "
                      + ("the target needs fewer FLOPs or more FLOP/s than the reference's)" if ratio < spec.target
-                        else "the FLOPs allow the target; the time goes to lower FLOP/s: see bench_breakdown.py)"))
+                        else "the FLOPs allow the target; the time goes to lower FLOP/s: see "
+                             "bench/steps/bench_breakdown.py)"))
         below.append(miss)
     ratio = fast_row.get("memory_ratio")
     if spec.memory_target and ratio not in (None, "") and ratio < spec.memory_target:

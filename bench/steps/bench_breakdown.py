@@ -32,8 +32,8 @@ layers: ``reference / dense`` bounds the text tower's ratio, and ``dense_ref / d
 the row ratio) is what the smaller GEMMs lose in throughput on the device. Nothing here has a
 target; it explains the targets of ``bench_step.py``.
 
-    OMP_WAIT_POLICY=PASSIVE python bench/bench_breakdown.py --cases text coop cocoop promptsrc rpp
-    python bench/bench_breakdown.py --model tiny --cases coop rpp --repeats 1     # smoke run
+    OMP_WAIT_POLICY=PASSIVE python bench/steps/bench_breakdown.py --cases text coop cocoop promptsrc rpp
+    python bench/steps/bench_breakdown.py --model tiny --cases coop rpp --repeats 1     # smoke run
 """
 from __future__ import annotations
 
@@ -41,10 +41,11 @@ import argparse
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from timing import median, setup_threads, time_interleaved  # noqa: E402  (first: sets OMP_WAIT_POLICY)
-from step_cases import CASES, build_pair, pair_steps, sgd_steps  # noqa: E402
-from flop_count import count_flops  # noqa: E402
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, REPO)  # run as a script: ``bench`` imports from the repository root
+from bench.harness.timing import median, setup_threads, time_interleaved  # noqa: E402  (first: sets OMP_WAIT_POLICY)
+from bench.steps.step_cases import CASES, build_pair, pair_steps, sgd_steps  # noqa: E402
+from bench.steps.flop_count import count_flops  # noqa: E402
 
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402

@@ -1,7 +1,7 @@
 """One side of one benchmark unit in a fresh process: set-up time, peak memory, call times.
 
 A :class:`Unit` is a training step (``step_cases.py``) or an evaluation pass (``eval_cases.py``) of
-one case at given sizes. The child (``python bench/side_child.py ...``, started by
+one case at given sizes. The child (``python bench/steps/side_child.py ...``, started by
 :func:`run_side`) builds the unit, runs one warm-up call (optimizer state and allocator caches
 exist before anything is measured), measures the peak memory of the next call
 (``memory.measure_peak``; a fresh process, so the other side's memory never counts) and times
@@ -21,8 +21,9 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Dict, List, Optional
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from timing import setup_threads, synchronize  # noqa: E402  (first: sets OMP_WAIT_POLICY)
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, REPO)  # run as a script: ``bench`` imports from the repository root
+from bench.harness.timing import setup_threads, synchronize  # noqa: E402  (first: sets OMP_WAIT_POLICY)
 
 # What a child that ran out of memory prints (CPU allocator, CUDA caching allocator).
 OUT_OF_MEMORY = ("can't allocate memory", "out of memory", "OutOfMemoryError", "MemoryError")
@@ -44,7 +45,7 @@ class Unit:
     kwargs: Dict[str, object] = field(default_factory=dict)  # extra constructor arguments, both sides
 
     def spec(self):
-        from step_cases import load_all
+        from bench.steps.step_cases import load_all
 
         return load_all()[self.case].sized(self.classes, self.images, **self.kwargs)
 
@@ -56,7 +57,7 @@ class Unit:
         if self.kind == "train":
             return getattr(self.spec().build(self.model, device), side)
         if self.kind == "eval":
-            from eval_cases import build_eval
+            from bench.steps.eval_cases import build_eval
 
             return getattr(build_eval(self.spec(), self.model, device, self.eval_images, self.eval_batch), side)
         raise ValueError(f"unit kind must be 'train' or 'eval', got {self.kind!r}")
@@ -107,7 +108,7 @@ def run_side(unit: Unit, side: str, repeats: int, budget_s: float, hard_limit_s:
 def child(unit: Unit, side: str, repeats: int, budget_s: float) -> SideResult:
     import torch
 
-    from memory import measure_peak
+    from bench.harness.memory import measure_peak
 
     start = time.perf_counter()
     setup_threads(unit.threads)

@@ -9,7 +9,7 @@ attention would count as free. Here each gets the counter's own SDPA formulas: f
 causal masks counted as dense on every side, as PyTorch counts them. fastprompt's keys are the
 sequence's own plus its prompt block: ``Lk = L + P``.
 
-    from flop_count import count_flops
+    from bench.steps.flop_count import count_flops
     total, by_op = count_flops(step)   # runs step() once
 """
 from __future__ import annotations

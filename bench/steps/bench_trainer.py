@@ -9,8 +9,8 @@ epoch-end checkpoint into a temporary run directory), timed between consecutive 
 callbacks. The two alternate step by step (the callback runs one own step after each trainer step)
 so that a change of machine load affects both alike; medians.
 
-    python bench/bench_trainer.py                     # CPU, 2 threads, ViT-B-16
-    python bench/bench_trainer.py --model ViT-B-32 --steps 20 --device cuda
+    python bench/steps/bench_trainer.py                     # CPU, 2 threads, ViT-B-16
+    python bench/steps/bench_trainer.py --model ViT-B-32 --steps 20 --device cuda
 """
 from __future__ import annotations
 
@@ -20,13 +20,14 @@ import sys
 import tempfile
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from timing import median, setup_threads, synchronize  # noqa: E402  (first: sets OMP_WAIT_POLICY)
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, REPO)  # run as a script: ``bench`` imports from the repository root
+from bench.harness.timing import median, setup_threads, synchronize  # noqa: E402  (first: sets OMP_WAIT_POLICY)
 
 import torch  # noqa: E402
 from torch.utils.data import TensorDataset  # noqa: E402
 
-from step_cases import imagenet_classnames, random_batch  # noqa: E402
+from bench.steps.step_cases import imagenet_classnames, random_batch  # noqa: E402
 
 
 def main(argv=None) -> int:

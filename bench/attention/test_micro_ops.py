@@ -8,8 +8,8 @@ collected. Shapes: ``attention.shapes.SMALL`` by default, ``SHAPES`` with ``--be
 import pytest
 import torch
 
-from attention.providers import default_providers, make_step, providers_for, reference_only
-from attention.shapes import DEFAULT_SHAPES, SHAPES, SMALL, make_case
+from bench.attention.providers import default_providers, make_step, providers_for, reference_only
+from bench.attention.shapes import DEFAULT_SHAPES, SHAPES, SMALL, make_case
 
 MODES = ("fwd", "fwd+bwd")
 

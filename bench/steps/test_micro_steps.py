@@ -6,8 +6,8 @@ import functools
 
 import pytest
 
-from eval_cases import build_eval, has_eval
-from step_cases import load_all
+from bench.steps.eval_cases import build_eval, has_eval
+from bench.steps.step_cases import load_all
 
 CASES = load_all()
 EVAL_IMAGES, EVAL_BATCH = 4, 2
