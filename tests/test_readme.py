@@ -50,3 +50,46 @@ def test_the_usage_example_trains_evaluates_and_reloads(tmp_path, monkeypatch, c
     assert namespace["learner"].classnames == ["zebra", "okapi"]
     assert namespace["W"].shape == (3, 48)
 
+
+
+# ---- links and paths: README.md and bench/README.md point at things that exist -------------------
+
+REPO = README.parent
+DOCS = [README, REPO / "bench" / "README.md"]
+
+
+def _slug(heading: str) -> str:
+    """GitHub's anchor for a heading: lower case, punctuation dropped, spaces to hyphens."""
+    text = re.sub(r"[`*]", "", heading.strip().lower())
+    return re.sub(r"[^\w\- ]", "", text).replace(" ", "-")
+
+
+def _outside_code(text: str) -> str:
+    return re.sub(r"^```.*?^```", "", text, flags=re.M | re.S)
+
+
+def test_relative_links_and_their_anchors_exist():
+    for doc in DOCS:
+        text = doc.read_text(encoding="utf-8")
+        for target in re.findall(r"\]\(([^)\s]+)\)", _outside_code(text)):
+            if re.match(r"[a-z]+://", target):
+                continue
+            path, _, anchor = target.partition("#")
+            dest = (doc.parent / path).resolve() if path else doc
+            assert dest.exists(), f"{doc.name}: link to a missing file: {target}"
+            if anchor:
+                headings = re.findall(r"^#+ (.*)$", _outside_code(dest.read_text(encoding="utf-8")), re.M)
+                assert anchor in {_slug(h) for h in headings}, f"{doc.name}: no heading for #{anchor} in {dest.name}"
+
+
+def test_every_bench_path_named_exists():
+    for doc in DOCS:
+        for path in set(re.findall(r"\bbench/[\w/]+\.(?:py|sh)\b", doc.read_text(encoding="utf-8"))):
+            assert (REPO / path).exists(), f"{doc.name} names {path}, which does not exist"
+
+
+def test_ci_takes_the_quick_start_test_command():
+    lines = README.read_text(encoding="utf-8").splitlines()
+    first = next(line for line in lines if re.match(r'^pip install -e "\.\[test\]" && ', line))
+    assert first.startswith('pip install -e ".[test]" && python -m pytest -q')
+    assert lines.index(first) < lines.index("## How it fits together") < lines.index("## Usage")
