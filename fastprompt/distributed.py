@@ -16,8 +16,8 @@ from typing import List, Tuple
 import torch
 import torch.distributed as dist
 
-__all__ = ["init_from_env", "shutdown", "world", "is_main", "average_gradients", "gather_cat", "barrier",
-           "broadcast_object", "all_gather_objects", "mean_over_ranks"]
+__all__ = ["init_from_env", "shutdown", "world", "is_main", "launched_rank", "average_gradients", "gather_cat",
+           "barrier", "broadcast_object", "all_gather_objects", "mean_over_ranks"]
 
 _OWNED = False  # whether init_from_env started the process group (then shutdown() ends it)
 
@@ -62,6 +62,11 @@ def world() -> Tuple[int, int]:
 
 def is_main() -> bool:
     return world()[0] == 0
+
+
+def launched_rank() -> int:
+    """This process's rank as torchrun launched it (``RANK``), known before the process group starts."""
+    return int(os.environ.get("RANK", "0"))
 
 
 def average_gradients(params: List[torch.nn.Parameter], ok: bool = True) -> bool:

@@ -8,13 +8,15 @@ stderr and exits 2 (:func:`report_failure`). Anything else is a bug and keeps it
   range, an unreadable split);
 * :class:`ConfigError` — a configuration file, key or value that cannot be used;
 * :class:`TrainError` — a run that cannot start or go on (an existing run directory, a diverged
-  loss, a bad checkpoint).
+  loss, a bad checkpoint);
+* :class:`FolderInUseError` — another job holds the folder this one would write into
+  (:mod:`fastprompt.folder_lock`).
 """
 from __future__ import annotations
 
 import sys
 
-__all__ = ["DataError", "ConfigError", "TrainError", "EXPECTED_ERRORS", "report_failure"]
+__all__ = ["DataError", "ConfigError", "TrainError", "FolderInUseError", "EXPECTED_ERRORS", "report_failure"]
 
 
 class DataError(ValueError):
@@ -32,9 +34,13 @@ class TrainError(RuntimeError):
     """A run that cannot start or go on: an existing run directory, a diverged loss, a bad checkpoint."""
 
 
+class FolderInUseError(RuntimeError):
+    """Another process writes into the folder (a run directory, a shard folder): the message names it."""
+
+
 # What the run commands (train, eval, run, results, pretrain) report as one line; a missing file
 # named on the command line is the user's to fix as well.
-EXPECTED_ERRORS = (ConfigError, TrainError, DataError, FileNotFoundError)
+EXPECTED_ERRORS = (ConfigError, TrainError, DataError, FolderInUseError, FileNotFoundError)
 
 
 def report_failure(command: str, exc: Exception) -> int:

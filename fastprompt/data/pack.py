@@ -36,6 +36,7 @@ from typing import Dict, List, Optional, Tuple
 
 from ..atomic_io import TEMP_PREFIX, atomic_write
 from ..errors import DataError
+from ..folder_lock import FolderLock
 from .fewshot import sample_fewshot
 from .imagenet21k import SPLIT_FOLDERS, load_imagenet21k
 from .imagenet21k_classes import ClassTable, read_class_table
@@ -201,9 +202,8 @@ def pack_folder(src: str, out: str, shots: int = 16, seed: int = 1, shard_size: 
 
     Raises:
         DataError: no tree at ``src``, ``shard_size < 1``, ``out`` holds a pack of other arguments.
+        FolderInUseError: another process packs into ``out`` (:mod:`fastprompt.folder_lock`).
     """
-    from tqdm import tqdm
-
     if not isinstance(shard_size, int) or shard_size < 1:
         raise DataError(f"shard_size must be an integer >= 1, got {shard_size!r}")
     if split not in ("train", "val"):
@@ -211,6 +211,14 @@ def pack_folder(src: str, out: str, shots: int = 16, seed: int = 1, shard_size: 
     out = os.path.abspath(os.path.expanduser(out))
     args = PackArgs(os.path.abspath(os.path.expanduser(src)), shots, seed, shard_size, split, universe, names,
                     os.path.abspath(classnames_file) if classnames_file else None)
+    with FolderLock(out, "fastprompt data pack"):  # one packer per folder: two would interleave shards
+        return _pack(out, args, overwrite, workers, progress)
+
+
+def _pack(out: str, args: PackArgs, overwrite: bool, workers: int, progress: bool) -> PackSummary:
+    from tqdm import tqdm
+
+    shard_size = args.shard_size
     plan, table = _start(out, args, overwrite)
     state_path = os.path.join(out, STATE_FILE)
     state = (None if overwrite else _read_json(state_path)) or {"digest": plan["digest"], "shards": {}}

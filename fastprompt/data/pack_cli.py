@@ -37,14 +37,14 @@ def add_pack_parser(sub) -> None:
 
 
 def _run_pack(args) -> int:
-    from ..errors import DataError
+    from ..errors import DataError, FolderInUseError
     from .pack import pack_folder
 
     try:
         summary = pack_folder(args.src, args.out, args.shots, args.seed, args.shard_size, split=args.split,
                               universe=args.universe, names=args.names, classnames_file=args.classnames,
                               workers=args.workers, overwrite=args.overwrite, progress=not args.no_progress)
-    except (DataError, OSError) as exc:
+    except (DataError, FolderInUseError, OSError) as exc:
         print(f"fastprompt data pack: error: {exc}", file=sys.stderr)
         return 2
     resumed = f", {summary.resumed_shards} already done before this run" if summary.resumed_shards else ""

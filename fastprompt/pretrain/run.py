@@ -157,7 +157,8 @@ def pretrain_run(cfg: Dict[str, Any], run_dir: str, *, resume: bool = False, ove
                           f"pretraining), not {method!r}; use fastprompt train for the other learners")
     if str(cfg["TRAIN"]["OBJECTIVE"]) not in OBJECTIVES:
         raise ConfigError(f"TRAIN.OBJECTIVE must be one of {OBJECTIVES}, got {cfg['TRAIN']['OBJECTIVE']!r}")
-    with RunStartup(cfg, run_dir, resume=resume, overwrite=overwrite, progress=progress) as run:
+    with RunStartup(cfg, run_dir, resume=resume, overwrite=overwrite, progress=progress,
+                    job="fastprompt pretrain") as run:
         if run.finished is not None:
             return run.finished
         cfg, device, settings, rank, world = run.cfg, run.device, run.settings, run.rank, run.world

@@ -19,6 +19,7 @@ never mixed into the table.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -27,8 +28,8 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from .. import distributed
 from ..errors import ConfigError, TrainError
-from ..train.config import resolve_config
-from ..train.config import load_recipe, recipe_path
+from ..folder_lock import FolderLock
+from ..train.config import load_recipe, recipe_path, resolve_config
 from ..train.run import evaluate_checkpoint, train_run
 from ..train.startup import run_status
 from .definitions import SOURCE, check_protocol, normalise_datasets, recipe_for
@@ -182,12 +183,14 @@ def run_grid(protocol: str, method: str, data_root: str, output_dir: str, *, dat
     configs = [job_config(job, method, data_root, arguments, opts) for job in jobs]
     check_data(jobs, data_root)
     counts: Dict[str, int] = {}
-    for i, (job, cfg) in enumerate(zip(jobs, configs), 1):
-        _say(f"[{i}/{len(jobs)}] {method} {protocol}: {job.dataset}, {job.shots} shots, seed {job.seed} "
-             f"({job.recipe})")
-        done = run_job(job, cfg, data_root, progress=progress, callbacks=callbacks,
-                       device=str(arguments.get("TRAIN.DEVICE", "")))
-        counts[done] = counts.get(done, 0) + 1
+    # one grid per folder (each run also locks its own directory); under torchrun rank 0 holds it
+    with FolderLock(output_dir, "fastprompt run") if distributed.launched_rank() == 0 else contextlib.nullcontext():
+        for i, (job, cfg) in enumerate(zip(jobs, configs), 1):
+            _say(f"[{i}/{len(jobs)}] {method} {protocol}: {job.dataset}, {job.shots} shots, seed {job.seed} "
+                 f"({job.recipe})")
+            done = run_job(job, cfg, data_root, progress=progress, callbacks=callbacks,
+                           device=str(arguments.get("TRAIN.DEVICE", "")))
+            counts[done] = counts.get(done, 0) + 1
     return counts
 
 

@@ -6,12 +6,14 @@ The run's start-up (processes, run directory, resume, model, records) is
 """
 from __future__ import annotations
 
+import contextlib
 import os
 from typing import Any, Callable, Dict, Optional, Sequence
 
 import torch
 
 from ..errors import TrainError
+from ..folder_lock import FolderLock
 from .build import build_learner, build_model, load_data
 from .config import read_yaml, resolve_config
 from .feature_setup import build_feature_cache, feature_settings, training_data
@@ -90,32 +92,38 @@ def evaluate_checkpoint(checkpoint: str, data_root: str, dataset_name: str, subs
     from torch.utils.data import DataLoader
     from ..data.images import skip_collate
 
-    cfg_path = os.path.join(checkpoint, "config.yaml")
-    if not os.path.isfile(cfg_path):
-        raise TrainError(f"{checkpoint} is not a fastprompt run directory (no config.yaml)")
-    cfg = resolve_config([(cfg_path, read_yaml(cfg_path))])
-    saved, _ = read_prompt_checkpoint(checkpoint)
-    if saved.get("method") != cfg["METHOD"]:
-        raise TrainError(f"{checkpoint}: prompt.safetensors holds {saved.get('method')!r} prompts but config.yaml "
-                         f"is a {cfg['METHOD']!r} run")
-    dev = torch.device(device) if device else (torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu"))
-    model, _, _, _ = build_model(cfg, dev)
-    learner = PromptLearner.from_pretrained(checkpoint, model=model)
-    data = load_dataset(dataset_name, data_root, shots=0, seed=max(int(cfg["SEED"]), 0), subsample=subsample)
-    from ..data.transforms import transforms_for_model
+    # an eval writing into a run directory holds the run's lock: while a run still trains there (or
+    # another eval writes), this one is refused with the holder named
+    into_run = out is None or os.path.abspath(os.path.dirname(os.path.abspath(out))) == os.path.abspath(checkpoint)
+    if into_run and not os.path.isdir(checkpoint):
+        raise TrainError(f"{checkpoint} is not a fastprompt run directory (no such folder)")
+    with FolderLock(checkpoint, "fastprompt eval") if into_run else contextlib.nullcontext():
+        cfg_path = os.path.join(checkpoint, "config.yaml")
+        if not os.path.isfile(cfg_path):
+            raise TrainError(f"{checkpoint} is not a fastprompt run directory (no config.yaml)")
+        cfg = resolve_config([(cfg_path, read_yaml(cfg_path))])
+        saved, _ = read_prompt_checkpoint(checkpoint)
+        if saved.get("method") != cfg["METHOD"]:
+            raise TrainError(f"{checkpoint}: prompt.safetensors holds {saved.get('method')!r} prompts but config.yaml "
+                             f"is a {cfg['METHOD']!r} run")
+        dev = torch.device(device) if device else (torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu"))
+        model, _, _, _ = build_model(cfg, dev)
+        learner = PromptLearner.from_pretrained(checkpoint, model=model)
+        data = load_dataset(dataset_name, data_root, shots=0, seed=max(int(cfg["SEED"]), 0), subsample=subsample)
+        from ..data.transforms import transforms_for_model
 
-    _, test_tf = transforms_for_model(model)
-    if cfg["METHOD"] == "softcpt":  # the dataset is the task: its name generates the context
-        learner.set_tasks({data.name: data.classnames})
-    else:
-        learner.set_classnames(data.classnames)
-    learner = learner.to(dev)
-    loader = DataLoader(ImageDataset(data.test, test_tf), batch_size=batch_size or int(cfg["DATALOADER"]["TEST"]["BATCH_SIZE"]),
-                        shuffle=False, num_workers=num_workers, collate_fn=skip_collate)
-    metrics = evaluate(learner, loader, dev, len(data.classnames))
-    result = {"checkpoint": os.path.abspath(checkpoint), "method": cfg["METHOD"], "dataset": data.name,
-              "subsample": subsample, "split": "test", **metrics}
-    out = out or os.path.join(checkpoint, f"eval_{data.name}_{subsample}.json")
-    write_json(out, result)
-    result["written_to"] = out
-    return result
+        _, test_tf = transforms_for_model(model)
+        if cfg["METHOD"] == "softcpt":  # the dataset is the task: its name generates the context
+            learner.set_tasks({data.name: data.classnames})
+        else:
+            learner.set_classnames(data.classnames)
+        learner = learner.to(dev)
+        loader = DataLoader(ImageDataset(data.test, test_tf), batch_size=batch_size or int(cfg["DATALOADER"]["TEST"]["BATCH_SIZE"]),
+                            shuffle=False, num_workers=num_workers, collate_fn=skip_collate)
+        metrics = evaluate(learner, loader, dev, len(data.classnames))
+        result = {"checkpoint": os.path.abspath(checkpoint), "method": cfg["METHOD"], "dataset": data.name,
+                  "subsample": subsample, "split": "test", **metrics}
+        out = out or os.path.join(checkpoint, f"eval_{data.name}_{subsample}.json")
+        write_json(out, result)
+        result["written_to"] = out
+        return result

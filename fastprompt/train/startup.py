@@ -33,6 +33,7 @@ import torch
 
 from .. import distributed
 from ..errors import ConfigError, TrainError
+from ..folder_lock import FolderLock
 from .build import build_model, set_random_seed
 from .config import dump_yaml, flatten, read_yaml, resolve_config
 from .records import RunRecords
@@ -167,9 +168,11 @@ class RunStartup:
     """The start-up of a run into ``run_dir`` (see the module docstring), as a context manager.
 
     On entry: the processes (``rank``, ``world``, ``device`` from torchrun's environment), the run
-    directory checked and prepared on rank 0 (``cfg`` becomes the run's own when resuming), and
-    the loop's :class:`TrainSettings` from ``cfg`` (``settings``). On a clean exit: the records
-    closed and the process group shut down; after an error only the records are closed.
+    directory locked for the life of the run (:class:`~fastprompt.folder_lock.FolderLock`, rank 0,
+    taken before its first check so that two jobs cannot both find it free), checked and prepared
+    (``cfg`` becomes the run's own when resuming), and the loop's :class:`TrainSettings` from
+    ``cfg`` (``settings``). On exit: the records closed and the lock released; on a clean exit the
+    process group shut down as well.
 
     Attributes:
         cfg: the configuration to use; ``saved``: the run's saved configuration (rank 0, resuming).
@@ -178,21 +181,36 @@ class RunStartup:
     """
 
     def __init__(self, cfg: Dict[str, Any], run_dir: str, *, resume: bool = False, overwrite: bool = False,
-                 progress: bool = True):
+                 progress: bool = True, job: str = "fastprompt train"):
         self.run_dir, self.resume = run_dir, resume
         self.records: Optional[RunRecords] = None
         self.rank, self.world, self.device = distributed.init_from_env(cfg["TRAIN"]["DEVICE"])
-        self.cfg, self.saved, self.finished = open_run(cfg, run_dir, self.rank, resume, overwrite)
-        self.settings = run_settings(self.cfg, self.world, progress) if self.finished is None else None
+        self._lock = FolderLock(run_dir, job) if self.rank == 0 else None
+        try:
+            if self._lock is not None:
+                try:
+                    self._lock.acquire()
+                except (FileExistsError, NotADirectoryError, PermissionError) as exc:
+                    raise TrainError(f"cannot write to the output directory {run_dir}: {exc.strerror or exc}") from None
+            self.cfg, self.saved, self.finished = open_run(cfg, run_dir, self.rank, resume, overwrite)
+            self.settings = run_settings(self.cfg, self.world, progress) if self.finished is None else None
+        except BaseException:
+            self._close()
+            raise
 
     def __enter__(self) -> "RunStartup":
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
-        if self.records is not None:
-            self.records.close()
+        self._close()
         if exc_type is None:
             distributed.shutdown()
+
+    def _close(self) -> None:
+        if self.records is not None:
+            self.records.close()
+        if self._lock is not None:
+            self._lock.release()
 
     @property
     def resuming(self) -> bool:
