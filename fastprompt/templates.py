@@ -12,10 +12,10 @@ spaces).
 """
 from __future__ import annotations
 
-from typing import Callable, Dict, List, Sequence, Tuple, Union
+from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 __all__ = ["IMAGENET_TEMPLATES", "DATASET_TEMPLATES", "NAMED_TEMPLATES", "TemplateSpec", "resolve_template",
-           "resolve_templates", "check_templates"]
+           "resolve_templates", "check_templates", "class_list_problem"]
 
 TemplateSpec = Union[str, Sequence[Union[str, Callable[[str], str]]]]
 NAMED_TEMPLATES = ("simple", "openai", "single")  # the zero-shot ensembles :func:`resolve_templates` names
@@ -156,3 +156,25 @@ def resolve_templates(templates: TemplateSpec, argument: str = "templates") -> L
     if not out:
         raise ValueError(f"{argument} is empty: give at least one template")
     return out
+
+
+def class_list_problem(names: Sequence[str]) -> Optional[str]:
+    """Why ``names`` cannot be a classifier's classes, or ``None``: fewer than two (with one, every
+    image is predicted as it: accuracy is always 100%), or two names that CLIP's tokenizer reads as
+    one — it lowercases and collapses whitespace, and the prompt learners put ``_`` as a space —
+    which would get identical prompts, so identical logits."""
+    names = list(names)
+    if len(names) < 2:
+        return (f"has {len(names)} class(es) {names!r}: a classifier needs at least two (with one, every image is "
+                "predicted as it and accuracy is always 100%)")
+    first: Dict[str, int] = {}
+    same = []
+    for j, name in enumerate(names):
+        key = " ".join(name.replace("_", " ").lower().split())
+        if key in first:
+            same.append(f"{names[first[key]]!r} (class {first[key]}) and {name!r} (class {j})")
+        first.setdefault(key, j)
+    if same:
+        return (f"holds names that CLIP's tokenizer reads as one class (lowercased, _ as a space), so their logits "
+                f"would be identical: {'; '.join(same[:5])}{'; ...' if len(same) > 5 else ''}; rename or merge them")
+    return None

@@ -62,3 +62,14 @@ def vit_b16():
 @pytest.fixture
 def classnames():
     return list(CLASSNAMES)
+
+
+@pytest.fixture(scope="session")
+def dtd_tree(tmp_path_factory):
+    """A generated DTD tree (CoOp layout): 4 classes of 6 train, 2 val, 2 test 16 px images — what
+    ``tests/train_job.py``'s runs train on. Read-only: a test that changes data makes its own."""
+    from fastprompt.testing.fake_trees import make_split_dataset, tiny_jpeg
+
+    root = tmp_path_factory.mktemp("dtd_tree")
+    make_split_dataset(str(root), "dtd", [(6, 2, 2)] * 4, image_bytes=tiny_jpeg(16))
+    return str(root)

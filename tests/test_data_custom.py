@@ -100,16 +100,17 @@ def test_csv_errors(tmp_path, content, pattern):
 
 
 def test_json_forms(tmp_path):
-    _tree(str(tmp_path / "img"), [4, 4])
-    rows = [[f"img/cls_{c}/{i:03d}.jpg", c, f"thing {c}"] for c in range(2) for i in range(4)]
-    (tmp_path / "split.json").write_text(json.dumps({"train": rows[:3] + rows[4:7], "val": [rows[3]],
-                                                     "test": [rows[7]]}))
+    _tree(str(tmp_path / "img"), [4, 4, 4, 4])
+    rows = [[f"img/cls_{c}/{i:03d}.jpg", c, f"thing {c}"] for c in range(4) for i in range(4)]
+    held_out = [rows[c * 4 + 3] for c in range(4)]
+    (tmp_path / "split.json").write_text(json.dumps({"train": [r for r in rows if r not in held_out],
+                                                     "val": held_out[0::2], "test": held_out[1::2]}))
     ds = load_dataset("json", str(tmp_path / "split.json"), subsample="base")
-    assert ds.classnames == ["thing 0"] and len(ds.train) == 3 and len(ds.val) == 1 and ds.test == []
+    assert ds.classnames == ["thing 0", "thing 1"] and len(ds.train) == 6 and len(ds.val) == 1 and len(ds.test) == 1
     objs = [{"path": p, "classname": n} for p, _, n in rows]
     (tmp_path / "objs.json").write_text(json.dumps(objs))
     ds = load_dataset("json", str(tmp_path / "objs.json"), split=None)
-    assert len(ds.train) == 8 and ds.classnames == ["thing 0", "thing 1"]
+    assert len(ds.train) == 16 and ds.classnames == ["thing 0", "thing 1", "thing 2", "thing 3"]
     (tmp_path / "bad.json").write_text(json.dumps([{"path": "img/cls_0/000.jpg"}]))
     with pytest.raises(DataError, match=r"bad.json\[0\]: a row needs a label or a classname"):
         load_dataset("json", str(tmp_path / "bad.json"))

@@ -122,3 +122,24 @@ def test_options_of_custom_loaders_rejected_for_coop_datasets(tmp_path):
     make_split_dataset(str(tmp_path), "dtd", SIZES)
     with pytest.raises(DataError, match=r"unexpected option\(s\) \['split'\] for dtd"):
         load_dataset("dtd", str(tmp_path), split=(0.5, 0.2))
+
+
+def test_a_class_list_a_classifier_cannot_use_is_refused_at_load(tmp_path):
+    """One class (the whole dataset, or what a base/new half leaves) or two folder names that CLIP's
+    tokenizer reads as one: refused when the data is loaded, before any model is built."""
+    from fastprompt.testing.fake_trees import tiny_jpeg
+
+    def tree(root, names):
+        for name in names:
+            os.makedirs(os.path.join(root, name))
+            for i in range(3):
+                with open(os.path.join(root, name, f"{i}.jpg"), "wb") as f:
+                    f.write(tiny_jpeg(16))
+        return str(root)
+
+    with pytest.raises(DataError, match=r"1 class\(es\) \['cat'\]: a classifier needs at least two"):
+        load_dataset("imagefolder", tree(tmp_path / "one", ["cat"]))
+    with pytest.raises(DataError, match=r"\(base classes\) has 1 class\(es\)"):
+        load_dataset("imagefolder", tree(tmp_path / "two", ["cat", "dog"]), subsample="base")
+    with pytest.raises(DataError, match=r"'Otter' \(class 0\) and 'otter' \(class 2\)"):
+        load_dataset("imagefolder", tree(tmp_path / "same", ["Otter", "dog", "otter"]))

@@ -16,7 +16,7 @@ import pytest
 
 from fastprompt.errors import FolderInUseError, TrainError
 from fastprompt.folder_lock import LOCK_FILE, FolderLock
-from fastprompt.testing.fake_trees import make_split_dataset, tiny_jpeg
+from fastprompt.testing.fake_trees import tiny_jpeg
 from fastprompt.train.records import read_metrics
 from fastprompt.train.run import evaluate_checkpoint, train_run
 
@@ -31,10 +31,8 @@ HOLDER = ("import sys, time; from fastprompt.folder_lock import FolderLock; "
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    root = tmp_path_factory.mktemp("data")
-    make_split_dataset(str(root), "dtd", [(6, 2, 2)] * 4, image_bytes=tiny_jpeg(16))
-    return str(root)
+def data(dtd_tree):
+    return dtd_tree
 
 
 @pytest.fixture

@@ -240,7 +240,8 @@ def test_every_learner_refuses_a_class_name_the_context_would_cut(tiny_model, me
     classes = {"pets": names} if method == "softcpt" else names
     with pytest.raises(ValueError, match=r"class 'very very .* long dog' is \d+ tokens long .* context length is 77"):
         cls.from_model(tiny_model, classes, **TINY_SETTINGS.get(method, {}))
-    learner = cls.from_model(tiny_model, {"pets": names[:1]} if method == "softcpt" else names[:1],
+    short = ["cat", "dog"]
+    learner = cls.from_model(tiny_model, {"pets": short} if method == "softcpt" else short,
                              **TINY_SETTINGS.get(method, {}))
     with pytest.raises(ValueError, match="long dog"):
         learner.set_classnames(names)  # the same contract for every learner
@@ -258,3 +259,22 @@ def test_a_prompt_that_fits_exactly_is_accepted(tiny_model):
     assert learner.plan.eot_positions.tolist() == [76, 76]
     W = learner.text_classifier()
     assert (W[0] - W[1]).abs().max() > 1e-3  # the class tokens reach the classifier
+
+
+@pytest.mark.parametrize("method", sorted(fastprompt.learners.LEARNERS))
+@pytest.mark.parametrize("names, message", [
+    (["cat"], r"1 class\(es\) \['cat'\]: a classifier needs at least two"),
+    (["Cat", "dog", "cat"], r"identical: 'Cat' \(class 0\) and 'cat' \(class 2\)"),
+    (["sea_lion", "sea  lion", "otter"], r"'sea_lion' \(class 0\) and 'sea  lion' \(class 1\)"),
+])
+def test_every_learner_refuses_classes_it_cannot_tell_apart(tiny_model, method, names, message):
+    """One class "trains" to 100%; two names CLIP's tokenizer reads as one (lowercased, whitespace
+    collapsed, ``_`` a space) give identical logit columns. Both were accepted silently."""
+    cls = fastprompt.learners.LEARNERS[method]
+    wrap = (lambda n: {"pets": n}) if method == "softcpt" else (lambda n: n)
+    with pytest.raises(ValueError, match=message):
+        cls.from_model(tiny_model, wrap(names), **TINY_SETTINGS.get(method, {}))
+    learner = cls.from_model(tiny_model, wrap(["cat", "dog"]), **TINY_SETTINGS.get(method, {}))
+    with pytest.raises(ValueError, match=message):
+        learner.set_classnames(names)
+    assert learner.classnames == ["cat", "dog"], "a refused class list leaves the learner as it was"

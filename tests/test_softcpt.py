@@ -237,7 +237,7 @@ def test_bad_config_is_a_clear_error(tiny_model, cfg, argument):
     ("pets", "tasks must map"),
     ({"pets": []}, r"tasks\['pets'\]"),
     ({"pets": "cat"}, r"tasks\['pets'\]"),
-    ([("pets", ["cat"]), ("pets", ["dog"])], "twice"),
+    ([("pets", ["cat", "dog"]), ("pets", ["dog", "cat"])], "twice"),
     ({"": ["cat"]}, "task names"),
 ])
 def test_bad_tasks_are_a_clear_error(tiny_model, tasks, message):

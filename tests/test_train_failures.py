@@ -25,10 +25,8 @@ FILES = ("state.pt", "prompt.safetensors", "fastprompt_config.json")
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    root = tmp_path_factory.mktemp("data")
-    make_split_dataset(str(root), "dtd", [(6, 2, 2)] * 4, image_bytes=tiny_jpeg(16))
-    return str(root)
+def data(dtd_tree):
+    return dtd_tree
 
 
 def _config(data, *overrides):

@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
 from ..errors import DataError
+from ..templates import class_list_problem
 from . import custom
 from .aircraft import read_aircraft
 from .coop_splits import read_split_json
@@ -126,6 +127,22 @@ def load_dataset(name: str, root: str, shots: int = 0, seed: int = 1, subsample:
         DataError: a missing folder or file, an image a split names that is not on disk, an
             unknown name, ``shots < 0``, a bad ``subsample``, an empty class, an unreadable pickle.
     """
+    dataset = _load(name, root, shots, seed, subsample, original_caches, check_files, cache, cache_root, custom_kwargs)
+    check_classes(dataset.classnames, dataset.name if subsample == "all" else f"{dataset.name} ({subsample} classes)")
+    return dataset
+
+
+def check_classes(classnames: Sequence[str], where: str) -> None:
+    """A dataset trains a classifier only with two classes or more, each its own name as CLIP's
+    tokenizer reads it (lowercased, whitespace collapsed, ``_`` a space): otherwise a
+    :class:`DataError` naming them, before any model is built."""
+    problem = class_list_problem(classnames)
+    if problem:
+        raise DataError(f"{where} {problem}")
+
+
+def _load(name: str, root: str, shots: int, seed: int, subsample: str, original_caches: bool, check_files: bool,
+          cache: bool, cache_root: Optional[str], custom_kwargs: Dict[str, Any]) -> Dataset:
     spec = resolve(name)
     shots = _check_int(shots, "shots")
     seed = _check_int(seed, "seed")

@@ -6,7 +6,7 @@ unprompted. When the view of every image is deterministic, its features are a co
 :class:`FeatureCache` computes them once (``learner.encode_image`` under the run's autocast, in
 batches) and serves them as :class:`~fastprompt.learners.image_features.ImageFeatures`, which the
 learners take in place of images. What remains of a training step is the text side, so an epoch
-costs a small fraction of one that runs the image tower (``bench/bench_feature_cache.py``).
+costs a small fraction of one that runs the image tower (``bench/data/bench_feature_cache.py``).
 
 Deterministic views are
 

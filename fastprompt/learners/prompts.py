@@ -11,6 +11,7 @@ from typing import List, Optional, Sequence
 
 import torch
 
+from ..templates import class_list_problem
 from ..towers import TextPlan, TextTower, build_text_plan, ctx_source
 
 CLASS_TOKEN_POSITIONS = ("end", "middle", "front")
@@ -102,17 +103,34 @@ def initial_context(tower: TextTower, template: ContextTemplate, shape: Sequence
     return torch.empty(tuple(shape)).normal_(0.0, std).to(tower.device)
 
 
-def clean_classnames(classnames: Sequence[str]) -> List[str]:
-    """Validate class names and replace ``_`` by spaces (as the original code does)."""
-    if isinstance(classnames, str):
-        raise ValueError("classnames must be a list of class names, got a single string")
-    names = list(classnames)
+def clean_names(names: Sequence[str], what: str = "classnames") -> List[str]:
+    """Check that ``names`` is a list of non-empty strings; returns them with ``_`` replaced by
+    spaces (as the original code does). For any list of names put into prompts (classes, tasks)."""
+    if isinstance(names, str):
+        raise ValueError(f"{what} must be a list of names, got a single string")
+    names = list(names)
     if not names:
-        raise ValueError("classnames is empty: pass at least one class name")
+        raise ValueError(f"{what} is empty: pass at least one name")
     for i, name in enumerate(names):
         if not isinstance(name, str) or not name.strip():
-            raise ValueError(f"classnames[{i}] must be a non-empty string, got {name!r}")
+            raise ValueError(f"{what}[{i}] must be a non-empty string, got {name!r}")
     return [name.replace("_", " ") for name in names]
+
+
+def clean_classnames(classnames: Sequence[str]) -> List[str]:
+    """:func:`clean_names` of a classifier's classes, which must also be at least two (with one,
+    every image is predicted as it: it "trains" to 100%) and distinct as CLIP's tokenizer reads
+    them (it lowercases and collapses whitespace; ``_`` is a space here): two names read as one
+    would give identical logit columns."""
+    if not isinstance(classnames, str):
+        classnames = list(classnames)
+        if not classnames:
+            raise ValueError("classnames is empty: pass at least two class names")
+    names = clean_names(classnames)
+    problem = class_list_problem(classnames)
+    if problem:
+        raise ValueError(f"classnames {problem}")
+    return names
 
 
 def _abridged(text: str, keep: int = 60) -> str:
@@ -161,7 +179,7 @@ def coop_plan(tokenizer, classnames: Sequence[str], template: ContextTemplate, *
     """
     if position not in CLASS_TOKEN_POSITIONS:
         raise ValueError(f"class_token_position must be one of {CLASS_TOKEN_POSITIONS}, got {position!r}")
-    names = clean_classnames(classnames)
+    names = clean_names(classnames)
     m = template.n_ctx
     token_ids = tokenize_prompts(tokenizer, [f"{template.text} {name}." for name in names], names)
     if token_ids.shape[1] != context_length:

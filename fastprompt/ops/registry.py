@@ -41,7 +41,7 @@ AUTO_ORDER: Dict[str, List[str]] = {
     # GPU_VERIFIED records a GPU parity run.
     "cuda": ["triton", "cuda", "eager"],
     # The C++ kernels on CPU: a CoOp ViT-B/16 training step measured 1.04-1.12x faster than with
-    # eager (bench/bench_cpu_backend.py). Built on first use (about a minute, announced before and after);
+    # eager (bench/attention/bench_cpu_backend.py). Built on first use (about a minute, announced before and after);
     # with no compiler, FASTPROMPT_DISABLE_JIT=1 or a failed build, auto falls back to eager.
     "cpu": ["cpu", "eager"],
 }

@@ -18,8 +18,8 @@ from ..errors import ConfigError
 from .methods import DEEP_VISION, METHODS, learner_kwargs
 from .views import MultiView, with_randaugment2
 
-__all__ = ["open_clip_name", "is_resnet", "set_random_seed", "build_model", "build_learner", "load_data", "build_transforms",
-           "SUPPORTED_TRANSFORMS", "TINY_CLIP_KWARGS"]
+__all__ = ["open_clip_name", "is_resnet", "set_random_seed", "build_model", "build_learner", "load_data", "load_split",
+           "build_transforms", "SUPPORTED_TRANSFORMS", "TINY_CLIP_KWARGS"]
 
 SUPPORTED_TRANSFORMS = ("random_resized_crop", "random_flip", "randaugment2", "normalize")
 # The demo's tiny CLIP (fastprompt/cli.py), 64 px: seconds per epoch on a CPU.
@@ -116,17 +116,22 @@ def load_data(cfg: Dict[str, Any], model, subsample: Optional[str] = None):
     ``randaugment2``: :mod:`fastprompt.train.views`) and gives ``DATALOADER.K_TRANSFORMS`` stacked
     views per image when that is above 1.
     """
+    train_tf, test_tf = build_transforms(cfg, model)
+    return load_split(cfg, subsample), train_tf, test_tf
+
+
+def load_split(cfg: Dict[str, Any], subsample: Optional[str] = None):
+    """The :class:`~fastprompt.data.Dataset` of ``DATASET.*`` (no model needed: a run loads it
+    before building the model, so a wrong name, root or class list is reported first)."""
     from ..data import load_dataset
 
-    train_tf, test_tf = build_transforms(cfg, model)
     ds = cfg["DATASET"]
     if not ds["NAME"]:
         raise ConfigError("no dataset: pass --dataset NAME (or set DATASET.NAME)")
     if not ds["ROOT"]:
         raise ConfigError("no data root: pass --data ROOT (or set DATASET.ROOT)")
-    dataset = load_dataset(ds["NAME"], ds["ROOT"], shots=max(int(ds["NUM_SHOTS"]), 0), seed=max(int(cfg["SEED"]), 0),
-                           subsample=subsample or ds["SUBSAMPLE_CLASSES"])
-    return dataset, train_tf, test_tf
+    return load_dataset(ds["NAME"], ds["ROOT"], shots=max(int(ds["NUM_SHOTS"]), 0), seed=max(int(cfg["SEED"]), 0),
+                        subsample=subsample or ds["SUBSAMPLE_CLASSES"])
 
 
 def build_transforms(cfg: Dict[str, Any], model):

@@ -14,7 +14,7 @@ import torch
 
 from ..errors import TrainError
 from ..folder_lock import FolderLock
-from .build import build_learner, build_model, load_data
+from .build import build_learner, build_model, build_transforms, load_split
 from .config import read_yaml, resolve_config
 from .feature_setup import build_feature_cache, feature_settings, training_data
 from .precision import Precision, resolve_precision
@@ -35,9 +35,11 @@ def train_run(cfg: Dict[str, Any], run_dir: str, *, resume: bool = False, overwr
         if run.finished is not None:
             return run.finished
         cfg, device, settings = run.cfg, run.device, run.settings
-        # model, data and precision first: a bad name, data root or precision fails before anything is written
+        # data, model and precision first, cheapest first: a bad dataset name, root or class list fails before
+        # the model is built (or downloaded), and everything before anything is written
+        dataset = load_split(cfg)
         model, tokenizer, model_name, pretrained = run.build_model()
-        dataset, train_tf, test_tf = load_data(cfg, model)
+        train_tf, test_tf = build_transforms(cfg, model)
         precision, why = resolve_precision(cfg["TRAIN"]["PRECISION"], cfg["TRAINER"][_section(cfg)].get("PREC"), device)
         features = feature_settings(cfg, device)
         records = run.begin()
