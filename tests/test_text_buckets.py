@@ -25,11 +25,14 @@ WORDS = ["dog", "sea", "lion", "red", "circle", "granny", "smith", "lantern", "t
 
 
 def _long_tail_names(n: int, seed: int = 0):
-    """``n`` class names whose token counts follow a long tail (most 1-3 words, a few up to 24)."""
+    """``n`` distinct class names whose token counts follow a long tail (most 1-3 words, a few up
+    to 24); a name drawn again gets its index appended (one token more), as learners refuse
+    classes with the same name."""
     rng = random.Random(seed)
     lengths = [1 + min(int(rng.paretovariate(1.3)) - 1, 23) for _ in range(n)]
     lengths[0] = 24  # the tail is always there
-    return [" ".join(rng.choice(WORDS) for _ in range(k)) for k in lengths]
+    names = [" ".join(rng.choice(WORDS) for _ in range(k)) for k in lengths]
+    return [name if name not in names[:i] else f"{name} {i}" for i, name in enumerate(names)]
 
 
 def _tokenize(texts):
