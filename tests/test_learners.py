@@ -278,3 +278,25 @@ def test_every_learner_refuses_classes_it_cannot_tell_apart(tiny_model, method, 
     with pytest.raises(ValueError, match=message):
         learner.set_classnames(names)
     assert learner.classnames == ["cat", "dog"], "a refused class list leaves the learner as it was"
+
+
+@pytest.mark.parametrize("method", sorted(set(fastprompt.learners.LEARNERS) - {"softcpt"}))
+@pytest.mark.parametrize("labels, message", [
+    (torch.tensor([0, -100]), r"in \[0, 2\) \(2 classes\), got \[-100\] \(cross-entropy would skip -100 silently\)"),
+    (torch.tensor([-100, -100]), r"got \[-100\]"),
+    (torch.tensor([1, 2]), r"in \[0, 2\) \(2 classes\), got \[2\]"),
+    (torch.tensor([0.0, 1.0]), r"int64 tensor .* shape \[2\] .* got torch.float32"),
+    (torch.tensor([True, False]), r"got torch.bool"),
+    (torch.tensor([0, 1], dtype=torch.int32), r"got torch.int32"),
+    (torch.tensor([0, 1, 1]), r"shape \[2\] .* got torch.int64 of shape \[3\]"),
+    ([0, 1], r"got list"),
+])
+def test_every_loss_refuses_labels_it_would_misread(tiny_model, method, labels, message):
+    """One check before every loss: int64 ``[B]`` in ``[0, C)``. Cross-entropy alone dropped a -100
+    label silently (its ignore_index) and gave NaN when all were -100."""
+    settings = {**TINY_SETTINGS, "pomp": dict(num_sampled_classes=2)}.get(method, {})
+    learner = fastprompt.learners.LEARNERS[method].from_model(tiny_model, ["cat", "dog"], **settings)
+    images = random_images(2)
+    with pytest.raises(ValueError, match=message):
+        learner.loss(images, labels)
+    assert torch.isfinite(learner.loss(images, torch.tensor([1, 0])))

@@ -244,7 +244,33 @@ class PromptLearner(nn.Module, abc.ABC):
 
     def loss(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Cross-entropy of ``forward(images)`` against ``labels [B]``."""
+        self.check_labels(images, labels)
         return F.cross_entropy(self(images), labels)
+
+    def check_labels(self, images: torch.Tensor, labels: torch.Tensor) -> None:
+        """``labels`` as every loss takes them: int64 class indices ``[B]`` in ``[0, C)`` for
+        ``images [B, ...]``, else a ``ValueError`` naming what is wrong.
+
+        Cross-entropy on its own skips a label of -100 without a word (its ``ignore_index``), gives
+        NaN when every label is -100, and answers other bad labels with messages about its own
+        internals. The range is checked without reading the labels back to the host
+        (``torch._assert_async``): on a GPU a label out of range stops the step with a device-side
+        assert, instead of costing a sync on every step.
+        """
+        n = images.shape[0] if isinstance(images, torch.Tensor) and images.dim() else None
+        if not isinstance(labels, torch.Tensor) or labels.dtype != torch.int64 or labels.dim() != 1 \
+                or labels.shape[0] != n:
+            got = (f"{labels.dtype} of shape {list(labels.shape)}" if isinstance(labels, torch.Tensor)
+                   else type(labels).__name__)
+            raise ValueError(f"labels must be an int64 tensor of class indices of shape [{n}] (one per image), "
+                             f"got {got}")
+        message = f"labels must be class indices in [0, {self.n_classes})"
+        try:
+            torch._assert_async(((labels >= 0) & (labels < self.n_classes)).all(), message)
+        except RuntimeError:  # on the CPU the assert is synchronous: name the values
+            bad = sorted(set(labels[(labels < 0) | (labels >= self.n_classes)].tolist()))
+            raise ValueError(f"{message} ({self.n_classes} classes), got {bad[:5]}"
+                             f"{' (cross-entropy would skip -100 silently)' if -100 in bad else ''}") from None
 
     # ---- parameters --------------------------------------------------------------------------
     def trainable_named_parameters(self):

@@ -74,6 +74,7 @@ class KgCoOpLearner(CoOpLearner):
 
     def loss_terms(self, images: torch.Tensor, labels: torch.Tensor) -> Dict[str, torch.Tensor]:
         """``{"ce", "consistency", "total"}``; ``consistency = 1 - mean_c cos`` (unweighted), ``total`` weighted."""
+        self.check_labels(images, labels)
         image_features = self.encode_image(images)
         text = self.text_features()
         text = text / text.norm(dim=-1, keepdim=True)

@@ -149,6 +149,7 @@ class PromptSRCLearner(PromptLearner):
     # ---- objective ---------------------------------------------------------------------------
     def loss_terms(self, images: torch.Tensor, labels: torch.Tensor) -> Dict[str, torch.Tensor]:
         """``{"ce", "text", "image", "kl", "total"}``: the weighted terms and their sum (scalars)."""
+        self.check_labels(images, labels)
         cfg = self.config
         scale = self.logit_scale
         image_features = self.image_features(images)

@@ -65,6 +65,7 @@ class POMPLearner(CoOpLearner):
 
     def loss(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """POMP's training loss for ``images [B, 3, H, W]`` and ``labels [B]``."""
+        self.check_labels(images, labels)
         return self.objective.loss(self, images, labels)
 
     def _map_original_names(self, state: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:

@@ -290,6 +290,7 @@ class RPPLearner(PromptLearner):
     # ---- loss ----------------------------------------------------------------------------------
     def loss(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """``CE`` (or POMP's loss) ``+ kl_weight * T^2 * KL(teacher || student)`` for ``labels [B]``."""
+        self.check_labels(images, labels)
         image = self.image_features(images)
         sample = None
         if self.objective is not None:
