@@ -247,10 +247,23 @@ def test_every_learner_refuses_a_class_name_the_context_would_cut(tiny_model, me
         learner.set_classnames(names)  # the same contract for every learner
 
 
-@pytest.mark.parametrize("n_ctx", [75, 100])
-def test_coop_context_that_pushes_the_class_out_is_refused(tiny_model, n_ctx):
-    with pytest.raises(ValueError, match=rf"class 'dog' is {n_ctx + 4} tokens long .* context length is 77"):
-        fastprompt.CoOpLearner.from_model(tiny_model, ["dog", "cat"], n_ctx=n_ctx)
+def test_coop_context_that_pushes_the_class_out_is_refused(tiny_model):
+    with pytest.raises(ValueError, match=r"class 'dog' is 79 tokens long .* context length is 77"):
+        fastprompt.CoOpLearner.from_model(tiny_model, ["dog", "cat"], n_ctx=75)
+
+
+@pytest.mark.parametrize("method", ["coop", "cocoop", "maple", "promptsrc", "rpp", "softcpt", "kgcoop", "pre"])
+@pytest.mark.parametrize("n_ctx", [76, 10 ** 7])
+def test_a_context_longer_than_the_text_tower_is_refused_before_it_is_made(tiny_model, method, n_ctx):
+    """A checkpoint's config with n_ctx = 10^7 used to allocate gigabytes (minutes) before the
+    77-token check; the bound is now checked first."""
+    key = {"promptsrc": "n_ctx_text"}.get(method, "n_ctx")
+    settings = {**TINY_SETTINGS.get(method, {}), key: n_ctx}
+    if method in ("cocoop", "kgcoop", "pre"):
+        settings["ctx_init"] = ""  # their default phrase sets the context's length instead
+    classes = {"pets": ["dog", "cat"]} if method == "softcpt" else ["dog", "cat"]
+    with pytest.raises(ValueError, match=rf"n_ctx={n_ctx} cannot fit the text tower's context length 77"):
+        fastprompt.learners.LEARNERS[method].from_model(tiny_model, classes, **settings)
 
 
 def test_a_prompt_that_fits_exactly_is_accepted(tiny_model):
@@ -300,3 +313,24 @@ def test_every_loss_refuses_labels_it_would_misread(tiny_model, method, labels, 
     with pytest.raises(ValueError, match=message):
         learner.loss(images, labels)
     assert torch.isfinite(learner.loss(images, torch.tensor([1, 0])))
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_non_finite_prompts_are_refused_on_load(tiny_model, tmp_path, bad):
+    """A NaN or inf in ``prompt.safetensors`` or in an original state dict made every logit
+    non-finite without a word; now the tensor is named and nothing is copied."""
+    from safetensors.torch import load_file, save_file
+
+    learner = fastprompt.CoOpLearner.from_model(tiny_model, ["cat", "dog"], n_ctx=4)
+    learner.save_pretrained(str(tmp_path))
+    tensors = load_file(str(tmp_path / "prompt.safetensors"))
+    name = next(iter(tensors))
+    tensors[name][0, 1] = bad
+    save_file(tensors, str(tmp_path / "prompt.safetensors"), metadata={"format": "pt"})
+    with pytest.raises(ValueError, match=rf"'{name}' holds 1 non-finite value\(s\)"):
+        fastprompt.CoOpLearner.from_pretrained(str(tmp_path), model=tiny_model)
+    before = {n: p.detach().clone() for n, p in learner.trainable_named_parameters()}
+    with pytest.raises(ValueError, match="non-finite"):
+        learner.load_original_state_dict({"ctx": tensors[name]})
+    for n, p in learner.trainable_named_parameters():
+        assert torch.equal(p, before[n]), "a refused state changed the prompts"

@@ -344,7 +344,8 @@ class PromptLearner(nn.Module, abc.ABC):
         return learner
 
     def load_prompt_state(self, tensors: Dict[str, torch.Tensor], source: str = "state dict") -> None:
-        """Copy named tensors into the trainable parameters; every name must match, shapes too."""
+        """Copy named tensors into the trainable parameters; every name must match, shapes too, and
+        every value must be finite (checked before anything is copied)."""
         params = dict(self.trainable_named_parameters())
         missing = sorted(set(params) - set(tensors))
         unexpected = sorted(set(tensors) - set(params))
@@ -353,9 +354,17 @@ class PromptLearner(nn.Module, abc.ABC):
                              f"unexpected {unexpected}")
         for name, p in params.items():
             t = tensors[name]
+            if not isinstance(t, torch.Tensor) or not t.is_floating_point():
+                raise ValueError(f"{source}: {name!r} must be a floating-point tensor, got "
+                                 f"{t.dtype if isinstance(t, torch.Tensor) else type(t).__name__}")
             if tuple(t.shape) != tuple(p.shape):
                 raise ValueError(f"{source}: {name!r} has shape {tuple(t.shape)} but this learner's is "
                                  f"{tuple(p.shape)} (different n_ctx, class list or backbone?)")
+            finite = torch.isfinite(t)
+            if not bool(finite.all()):
+                raise ValueError(f"{source}: {name!r} holds {int((~finite).sum())} non-finite value(s) (NaN or "
+                                 f"inf) of its {t.numel()}: every logit would be non-finite. The file is damaged or "
+                                 "was saved from a run that diverged; use an earlier checkpoint")
         with torch.no_grad():
             for name, p in params.items():
                 p.copy_(tensors[name].to(p.dtype))

@@ -42,9 +42,20 @@ def context_template(tokenizer, n_ctx: int, ctx_init: str = "") -> ContextTempla
         if len(tokenizer.encode(text)) < n_words:
             raise ValueError(f"ctx_init {ctx_init!r} has fewer tokens than words; use single spaces between words")
         return ContextTemplate(text, n_words, tokenizer([text])[0])
-    if n_ctx < 1:
-        raise ValueError(f"n_ctx must be >= 1, got {n_ctx}")
+    check_n_ctx(n_ctx, getattr(tokenizer, "context_length", None) or 77)
     return ContextTemplate(" ".join(["X"] * n_ctx), n_ctx, None)
+
+
+def check_n_ctx(n_ctx: int, context_length: int) -> None:
+    """``1 <= n_ctx <= context_length - 2`` (``[SOT]`` and ``[EOT]`` take two tokens), checked before
+    anything of size ``n_ctx`` is made: a checkpoint's config with a huge ``n_ctx`` would otherwise
+    allocate gigabytes before the prompt length is measured. Within the bound, the class names'
+    own tokens are measured later (:func:`tokenize_prompts`)."""
+    if isinstance(n_ctx, bool) or not isinstance(n_ctx, int) or n_ctx < 1:
+        raise ValueError(f"n_ctx must be an integer >= 1, got {n_ctx!r}")
+    if n_ctx > context_length - 2:
+        raise ValueError(f"n_ctx={n_ctx} cannot fit the text tower's context length {context_length} ([SOT], the "
+                         f"context, the class name and [EOT]): use n_ctx <= {context_length - 3}")
 
 
 def leading_context_template(tokenizer, n_ctx: int, ctx_init: str = "", *, init_max_ctx: int = 4,
@@ -65,8 +76,7 @@ def leading_context_template(tokenizer, n_ctx: int, ctx_init: str = "", *, init_
     name), or when it is so long that ``[SOT] phrase <class>.[EOT]`` cannot fit in
     ``context_length`` tokens (the tokenizer would silently drop the class name).
     """
-    if n_ctx < 1:
-        raise ValueError(f"n_ctx must be >= 1, got {n_ctx}")
+    check_n_ctx(n_ctx, context_length)
     if ctx_init and n_ctx <= init_max_ctx:
         text = ctx_init.replace("_", " ")
         n_tokens = len(tokenizer.encode(text))

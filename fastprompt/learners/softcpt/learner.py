@@ -106,8 +106,8 @@ class SoftCPTLearner(PromptLearner):
                 self.class_prompt_learner = ContextHolder(
                     self._init_ctx(self.class_template, self.n_classes, self.class_specific))
         in_dim = 2 * embed if config.class_features and config.pg_type == "lin" else embed
-        self.prompt_gen = PromptGen(config.pg_type, in_dim, config.n_ctx, width, config.init_std, device)
         self.template = context_template(tok, config.n_ctx)  # "X X ... X" placeholders, replaced by the context
+        self.prompt_gen = PromptGen(config.pg_type, in_dim, config.n_ctx, width, config.init_std, device)
         self._rebuild_plan()
 
     # ---- construction helpers ------------------------------------------------------------------
