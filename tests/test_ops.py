@@ -91,6 +91,32 @@ def test_keys_past_seqlens_do_not_matter():
     assert torch.equal(out1, out2)
 
 
+@pytest.mark.parametrize("backend", [b for b, state in backend_status("cpu").items() if state == "available"])
+@pytest.mark.parametrize("group_mode", ["none", "mixed"])
+@pytest.mark.parametrize("return_lse", [True, False])
+@pytest.mark.parametrize("poison", [float("nan"), float("inf")])
+def test_what_padding_holds_never_reaches_the_computed_rows(backend, group_mode, return_lse, poison):
+    """A masked key's probability is 0, but 0 * NaN is NaN: eager used to turn NaN in the values
+    past ``seqlens`` into NaN in the valid rows (the C++ kernels never read them)."""
+    q, k, v, pk, pv, group, _ = make_inputs(group_mode=group_mode)
+    seqlens = torch.tensor([6, 2, 3, 4, 1])
+    kwargs = dict(group=group, seqlens=seqlens, return_lse=return_lse, backend=backend)
+    clean = prompt_attention(q, k, v, pk, pv, **kwargs)
+    k2, v2, q2 = k.clone(), v.clone(), q.clone()
+    for n, length in enumerate(seqlens.tolist()):
+        k2[n, length:], v2[n, length:], q2[n, length:] = poison, poison, poison
+    poisoned = prompt_attention(q2, k2, v2, pk, pv, **kwargs)
+    for a, b in zip(clean, poisoned):  # (out, lse), lse None without return_lse
+        assert (a is None and b is None) or torch.equal(a, b)
+
+
+@pytest.mark.parametrize("scale", [float("nan"), float("inf"), 0.0, -1.0, True])
+def test_a_scale_that_is_not_a_finite_positive_number_is_refused(scale):
+    q, k, v, pk, pv, group, _ = make_inputs()
+    with pytest.raises(ValueError, match="scale must be a finite positive number"):
+        prompt_attention(q, k, v, pk, pv, group=group, scale=scale)
+
+
 @pytest.mark.parametrize("group_mode,causal,ragged,return_lse", [
     ("one", True, True, True), ("mixed", False, True, True), ("per_seq", True, False, True),
     ("none", True, True, True), ("none", True, True, False), ("none", False, False, False),

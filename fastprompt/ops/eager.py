@@ -38,6 +38,18 @@ def _own_mask(args: AttentionArgs) -> torch.Tensor | None:
     return mask
 
 
+def _unpadded_keys(args: AttentionArgs) -> Tuple[torch.Tensor, torch.Tensor]:
+    """``(k, v)`` with the rows past each sequence's length set to 0. A masked key's probability
+    is 0, but ``0 * NaN`` is NaN: whatever a padding row holds (NaN, inf) must not reach the rows
+    that are computed, as it does not in the compiled kernels, which never read it."""
+    if args.seqlens is None:
+        return args.k, args.v
+    seq_len = args.k.shape[1]
+    padding = (torch.arange(seq_len, device=args.k.device)[None, :]
+               >= args.seqlens[:, None].to(torch.long))[:, :, None, None]  # [N, L, 1, 1]
+    return args.k.masked_fill(padding, 0.0), args.v.masked_fill(padding, 0.0)
+
+
 def eager_prompt_attention(args: AttentionArgs):
     """Compute ``(out [N, L, H, d], lse [N, H, L] fp32 or None)``; see ``prompt_attention``."""
     if args.pk is None and not args.return_lse:
@@ -51,6 +63,7 @@ def _sdpa_attention(args: AttentionArgs) -> torch.Tensor:
     if args.seqlens is None:
         out = F.scaled_dot_product_attention(q, k, v, is_causal=args.causal, scale=args.scale)
         return out.transpose(1, 2)
+    q, k, v = (t.transpose(1, 2) for t in (args.q, *_unpadded_keys(args)))
     seq_len = q.shape[2]
     mask = _own_mask(args)  # [N, 1, L, L]
     # Rows past the length see every key (so no row is empty) and are zeroed afterwards.
@@ -76,7 +89,7 @@ def _sdpa_shared_prompt_attention(args: AttentionArgs) -> torch.Tensor:
 
 def _math_attention(args: AttentionArgs) -> Tuple[torch.Tensor, torch.Tensor]:
     """Scores, softmax and lse spelled out; the prompt block joins at the score level."""
-    q, k, v = args.q, args.k, args.v
+    q, (k, v) = args.q, _unpadded_keys(args)
     n, seq_len, heads, head_dim = q.shape
     dtype = q.dtype
     acc = torch.float64 if dtype == torch.float64 else torch.float32

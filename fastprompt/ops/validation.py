@@ -13,6 +13,8 @@ declared range.
 """
 from __future__ import annotations
 
+import math
+
 from dataclasses import dataclass
 from typing import List, Optional, Tuple
 
@@ -161,6 +163,6 @@ def check_prompt_attention_args(q, k, v, pk, pv, group, causal, seqlens, scale, 
 
     if scale is None:
         scale = head_dim ** -0.5
-    elif not (isinstance(scale, (int, float)) and scale > 0):
-        raise ValueError(f"scale must be a positive number, got {scale!r}")
+    elif isinstance(scale, bool) or not (isinstance(scale, (int, float)) and math.isfinite(scale) and scale > 0):
+        raise ValueError(f"scale must be a finite positive number, got {scale!r}")
     return AttentionArgs(q, k, v, pk, pv, group, bool(causal), seqlens, float(scale), bool(return_lse))
