@@ -18,7 +18,7 @@ import argparse
 import sys
 from typing import Optional, Sequence
 
-from .cli_args import OneLineErrorParser
+from .cli_args import OneLineErrorParser, options_among_overrides
 from .demo import DemoError, add_demo_parser
 
 __all__ = ["main", "build_parser"]
@@ -61,6 +61,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     """
     parser = build_parser()
     args = parser.parse_args(None if argv is None else list(argv))
+    options_among_overrides(args, args.command_parser)
     args.check(args, args.command_parser)
     try:
         return args.func(args)

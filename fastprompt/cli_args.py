@@ -9,7 +9,7 @@ import argparse
 import math
 
 __all__ = ["OneLineErrorParser", "number_type", "positive_int", "nonnegative_int", "positive_float",
-           "unit_float", "no_check"]
+           "unit_float", "no_check", "options_among_overrides"]
 
 
 class OneLineErrorParser(argparse.ArgumentParser):
@@ -41,3 +41,31 @@ unit_float = number_type(float, lambda v: 0.0 <= v <= 1.0, "a number in [0, 1]")
 def no_check(args, parser) -> None:
     """The ``check`` of a subcommand whose arguments need no check beyond argparse's."""
     return None
+
+
+def options_among_overrides(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
+    """Parse the options written after trailing ``KEY VALUE`` overrides, in place.
+
+    The overrides are collected with ``nargs=REMAINDER`` (their values may look like anything), which
+    also swallows every option after the first override: ``train --recipe R OPTIM.MAX_EPOCH 1
+    --output-dir d`` lost its ``--output-dir``. Overrides come in pairs, so a token in a key's
+    position that is one of ``parser``'s options is one: it (and its value) is parsed as if written
+    before the overrides, and ``args.opts`` keeps the pairs.
+    """
+    tokens = list(getattr(args, "opts", None) or ())
+    pairs, options, i = [], [], 0
+    while i < len(tokens):
+        token = tokens[i]
+        name = token.split("=", 1)[0]
+        action = parser._option_string_actions.get(name) if token.startswith("-") else None
+        if action is None:
+            pairs += tokens[i:i + 2]
+            i += 2
+            continue
+        takes_value = action.nargs != 0 and "=" not in token
+        options += tokens[i:i + 1 + takes_value]
+        i += 1 + takes_value
+    if options:
+        parser.parse_args(options, namespace=args)
+    args.opts = pairs
+

@@ -110,3 +110,20 @@ def test_deep_vision_on_resnet_is_refused(data, tmp_path, capsys):
     assert main(["train", "--recipe", "maple/vit_b16_c2_ep5_batch4_2ctx", "--data", data, "--dataset", "dtd",
                  "--output-dir", str(tmp_path / "r"), "--model", "RN50", "--pretrained", "none"]) == 2
     assert "maple prompts the layers of a vision transformer: it needs a ViT backbone" in capsys.readouterr().err
+
+
+def test_options_after_the_overrides_are_options(data, tmp_path):
+    """``--output-dir`` written after ``KEY VALUE`` pairs was swallowed as an override pair, and
+    the command said ``--output-dir DIR is required``."""
+    from fastprompt.cli import build_parser
+    from fastprompt.cli_args import options_among_overrides
+
+    out = tmp_path / "late"
+    assert main(["train", "--recipe", "coop/vit_b16_ep50", "--data", data, "--dataset", "dtd", "--model", "tiny",
+                 *FAST[:2], "--pretrained", "none", "TRAINER.COOP.N_CTX", "4", "--output-dir", str(out),
+                 "--seed=5", *FAST[2:], "--no-progress"]) == 0
+    config = (out / "config.yaml").read_text()
+    assert "SEED: 5" in config and "N_CTX: 4" in config and "MAX_EPOCH: 2" in config
+    args = build_parser().parse_args(["train", "--recipe", "r", "OPTIM.LR", "--output-dir", "TRAIN.X", "-1"])
+    options_among_overrides(args, args.command_parser)  # a value is never taken for an option
+    assert args.opts == ["OPTIM.LR", "--output-dir", "TRAIN.X", "-1"] and args.output_dir is None
