@@ -30,14 +30,31 @@ def _fsync_dir(directory: str) -> None:
 TEMP_PREFIX = ".tmp-"  # temporary files are ".tmp-<random>-<target name>" beside their target
 
 
+def _umask() -> int:
+    """The process's umask, read without changing it (``/proc``; elsewhere set and restored)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write(path: str, write: Callable[[str], None]) -> None:
     """Call ``write(tmp_path)``, fsync it and rename it over ``path``; the folder must exist.
-    On any error the temporary file is removed and ``path`` is left as it was."""
+    On any error the temporary file is removed and ``path`` is left as it was. The file gets the
+    mode a plain ``open`` would give it (``0o666`` less the umask), not ``mkstemp``'s private
+    ``0o600``: a cluster group reading a run's files or a shard set must not be locked out."""
     directory = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(dir=directory, prefix=TEMP_PREFIX, suffix="-" + os.path.basename(path))
     os.close(fd)
     try:
         write(tmp)
+        os.chmod(tmp, 0o666 & ~_umask())
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
