@@ -10,13 +10,16 @@ stderr and exits 2 (:func:`report_failure`). Anything else is a bug and keeps it
 * :class:`TrainError` — a run that cannot start or go on (an existing run directory, a diverged
   loss, a bad checkpoint);
 * :class:`FolderInUseError` — another job holds the folder this one would write into
-  (:mod:`fastprompt.folder_lock`).
+  (:mod:`fastprompt.folder_lock`);
+* :class:`PretrainedNotAvailableError` — pretrained weights that are not on this machine and
+  cannot be fetched (:mod:`fastprompt.learners.pretrained` says which file, and where it goes).
 """
 from __future__ import annotations
 
 import sys
 
-__all__ = ["DataError", "ConfigError", "TrainError", "FolderInUseError", "EXPECTED_ERRORS", "report_failure"]
+__all__ = ["DataError", "ConfigError", "TrainError", "FolderInUseError", "PretrainedNotAvailableError",
+           "EXPECTED_ERRORS", "report_failure"]
 
 
 class DataError(ValueError):
@@ -38,9 +41,14 @@ class FolderInUseError(RuntimeError):
     """Another process writes into the folder (a run directory, a shard folder): the message names it."""
 
 
+class PretrainedNotAvailableError(RuntimeError):
+    """The requested pretrained weights are not on this machine and cannot be fetched."""
+
+
 # What the run commands (train, eval, run, results, pretrain) report as one line; a missing file
 # named on the command line is the user's to fix as well.
-EXPECTED_ERRORS = (ConfigError, TrainError, DataError, FolderInUseError, FileNotFoundError)
+EXPECTED_ERRORS = (ConfigError, TrainError, DataError, FolderInUseError, PretrainedNotAvailableError,
+                   FileNotFoundError)
 
 
 def report_failure(command: str, exc: Exception) -> int:

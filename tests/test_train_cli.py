@@ -127,3 +127,18 @@ def test_options_after_the_overrides_are_options(data, tmp_path):
     args = build_parser().parse_args(["train", "--recipe", "r", "OPTIM.LR", "--output-dir", "TRAIN.X", "-1"])
     options_among_overrides(args, args.command_parser)  # a value is never taken for an option
     assert args.opts == ["OPTIM.LR", "--output-dir", "TRAIN.X", "-1"] and args.output_dir is None
+
+
+def test_weights_that_cannot_be_fetched_are_one_line_naming_the_cli_way_out(data, tmp_path, monkeypatch, capsys):
+    """``PretrainedNotAvailableError`` escaped ``train`` as a traceback (rc 1), and its text told a
+    command-line user to pass ``pretrained=None``."""
+    from fastprompt.learners import pretrained as loading
+
+    monkeypatch.setattr(loading.WeightsSource, "cached_file", lambda self: None)
+    monkeypatch.setattr(loading, "hub_offline", lambda: True)
+    assert main(["train", "--recipe", "coop/vit_b16_ep50", "--data", data, "--dataset", "dtd", "--output-dir",
+                 str(tmp_path / "run"), "--model", "ViT-B-32", "--pretrained", "openai", "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("fastprompt train: error: pretrained weights 'ViT-B-32'/'openai'")
+    assert "--pretrained none" in err[0]
+    assert not (tmp_path / "run").exists() or not os.listdir(tmp_path / "run"), "the failed start left files"

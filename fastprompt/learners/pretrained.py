@@ -19,12 +19,10 @@ from dataclasses import dataclass
 from typing import Optional, Tuple
 from urllib.parse import urlparse
 
+from ..errors import PretrainedNotAvailableError  # noqa: F401  (raised here; fastprompt.PretrainedNotAvailableError)
+
 CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".ckpt")
 PROBE_TIMEOUT_S = 10.0
-
-
-class PretrainedNotAvailableError(RuntimeError):
-    """The requested pretrained weights are not on this machine and cannot be fetched."""
 
 
 @dataclass(frozen=True)
@@ -94,8 +92,9 @@ class WeightsSource:
             what = f"file {os.path.basename(self.url)} from {self.url}"
             fill = f"download {self.url} into {self.cache_location}"
         return (f"pretrained weights {self.name!r}/{self.tag!r} are not available: {why}. Missing: {what}, "
-                f"expected in the cache {self.cache_location}. To fill the cache, {fill}; or pass the "
-                "checkpoint's file path as `pretrained`; or use pretrained=None for random weights.")
+                f"expected in the cache {self.cache_location}. To fill the cache, {fill}; or give the checkpoint's "
+                "file path as the weights (pretrained=PATH in Python, --pretrained PATH on the command line); or "
+                "use random weights (pretrained=None, --pretrained none).")
 
 
 def weights_source(name: str, tag: str, cache_dir: Optional[str] = None) -> WeightsSource:
