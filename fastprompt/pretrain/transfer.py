@@ -81,7 +81,8 @@ def transfer_evaluation(learner, root: str, datasets: Sequence[str], *, test_tra
             learner.set_classnames(data.classnames)
             metrics = evaluate(learner, _loader(ImageDataset(data.test, test_transform), batch_size, num_workers,
                                                 device), device, len(data.classnames),
-                               gather=distributed.gather_cat, **kwargs)
+                               gather=distributed.gather_cat, images=len(data.test), split=f"{data.name} test",
+                               **kwargs)
             metrics.pop("per_class_accuracy", None)
             results[data.name] = metrics
             log(f"transfer: {data.name}: accuracy {metrics['accuracy']:.2f}% ({metrics['correct']}/{metrics['total']}, "

@@ -73,6 +73,8 @@ FASTPROMPT_KEYS: Dict[str, Any] = {
     "TRAIN.MAX_STEPS": (0, "stop after N optimizer steps (0 = run every epoch); for smoke runs"),
     "TRAIN.TENSORBOARD": (True, "write TensorBoard events when the tensorboard package is installed"),
     "TRAIN.DEVICE": ("", "torch device; empty = cuda when available, else cpu"),
+    "DATASET.MAX_UNREADABLE": (0.1, "the largest fraction of a split's (or an epoch's) images that may be unreadable "
+                                    "and skipped; more is an error (a split with none readable always is)"),
     # the image side (fastprompt.train.feature_setup)
     "TRAIN.FEATURE_CACHE": ("", "frozen image features computed once and reused (text-prompt methods): 'all' = "
                                 "training and evaluation (needs a deterministic training view: INPUT.TRANSFORMS "

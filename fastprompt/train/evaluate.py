@@ -11,7 +11,9 @@ from typing import Any, Callable, Dict, Iterable, Optional
 
 import torch
 
-__all__ = ["predict", "classification_metrics", "evaluate"]
+from ..errors import DataError
+
+__all__ = ["predict", "classification_metrics", "evaluate", "check_unreadable"]
 
 
 @torch.no_grad()
@@ -60,9 +62,33 @@ def classification_metrics(preds: torch.Tensor, labels: torch.Tensor, n_classes:
 
 def evaluate(learner, batches: Iterable, device: torch.device, n_classes: Optional[int] = None,
              autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
-             gather: Optional[Callable[[torch.Tensor], torch.Tensor]] = None) -> Dict[str, Any]:
-    """Metrics of ``learner`` over ``batches``; ``gather`` concatenates the ranks' tensors in DDP runs."""
+             gather: Optional[Callable[[torch.Tensor], torch.Tensor]] = None, *, images: Optional[int] = None,
+             split: str = "test", max_unreadable: float = 0.1) -> Dict[str, Any]:
+    """Metrics of ``learner`` over ``batches``; ``gather`` concatenates the ranks' tensors in DDP runs.
+
+    ``images``: how many images the split has (over every rank). Those that could not be read are
+    skipped by the loader; their count is in the metrics (``unreadable``), and a split with none
+    readable, or with more than ``max_unreadable`` of them unreadable (``DATASET.MAX_UNREADABLE``),
+    is a :class:`~fastprompt.errors.DataError` instead of an accuracy over what was left.
+    """
     preds, labels = predict(learner, batches, device, autocast)
     if gather is not None:
         preds, labels = gather(preds), gather(labels)
-    return classification_metrics(preds, labels, n_classes)
+    metrics = classification_metrics(preds, labels, n_classes)
+    if images is not None:
+        metrics["unreadable"] = check_unreadable(images - metrics["total"], images, f"the {split} split",
+                                                 max_unreadable)
+    return metrics
+
+
+def check_unreadable(unreadable: int, images: int, what: str, max_unreadable: float) -> int:
+    """``unreadable``, when ``what`` (``images`` in all) still has enough readable images: none
+    readable, or more than a ``max_unreadable`` fraction unreadable, is a ``DataError``."""
+    if images and unreadable >= images:
+        raise DataError(f"no image of {what} could be read ({images} unreadable; the log names them): check the "
+                        "files, or the data root")
+    if images and unreadable / images > max_unreadable:
+        raise DataError(f"{unreadable} of the {images} images of {what} could not be read "
+                        f"({100 * unreadable / images:.1f}%, more than DATASET.MAX_UNREADABLE {max_unreadable:g}; the "
+                        "log names them): fix the files, or set DATASET.MAX_UNREADABLE higher to go on without them")
+    return unreadable

@@ -148,20 +148,48 @@ def write_run_header(cfg: Dict[str, Any], run_dir: str) -> None:
     write_text(os.path.join(run_dir, "env.txt"), "".join(f"{k}: {v}\n" for k, v in report()))
 
 
+# Keys of the loop's settings and the smallest value each may take.
+_AT_LEAST = {"OPTIM.MAX_EPOCH": 1, "DATALOADER.TRAIN_X.BATCH_SIZE": 1, "DATALOADER.TEST.BATCH_SIZE": 1,
+             "TRAIN.GRAD_ACCUM_STEPS": 1, "TRAIN.PRINT_FREQ": 1, "TRAIN.EVAL_FREQ": 0, "TRAIN.CHECKPOINT_STEPS": 0,
+             "TRAIN.MAX_STEPS": 0, "DATALOADER.NUM_WORKERS": 0}
+
+
+def _checked_settings(cfg: Dict[str, Any]) -> Dict[str, Any]:
+    """The loop's numbers from ``cfg``, each in its range, or a ``ConfigError`` naming the key."""
+    flat = flatten(cfg)
+    for key, least in _AT_LEAST.items():
+        value = flat[key]
+        if isinstance(value, bool) or not isinstance(value, int) or value < least:
+            raise ConfigError(f"{key} must be an integer >= {least}, got {value!r}")
+    lr = flat["OPTIM.LR"]
+    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not lr > 0:  # NaN fails too
+        raise ConfigError(f"OPTIM.LR must be a positive number, got {lr!r}")
+    share = flat["DATASET.MAX_UNREADABLE"]
+    if isinstance(share, bool) or not isinstance(share, (int, float)) or not 0 <= share <= 1:
+        raise ConfigError(f"DATASET.MAX_UNREADABLE must be a fraction in [0, 1] (0.1: up to 10% of a split's images "
+                          f"may be unreadable), got {share!r}")
+    return flat
+
+
 def run_settings(cfg: Dict[str, Any], world: int, progress: bool) -> TrainSettings:
-    t, dl = cfg["TRAIN"], cfg["DATALOADER"]
-    batch = int(dl["TRAIN_X"]["BATCH_SIZE"])
+    """The loop's :class:`TrainSettings` from ``cfg`` for ``world`` processes, every value checked."""
+    flat = _checked_settings(cfg)
+    batch = flat["DATALOADER.TRAIN_X.BATCH_SIZE"]
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    workers = min(int(dl["NUM_WORKERS"]), max(cpus // world - 1, 0))  # more workers than CPUs only slow down
+    workers = min(flat["DATALOADER.NUM_WORKERS"], max(cpus // world - 1, 0))  # more workers than CPUs only slow down
     if batch % world:
         raise ConfigError(f"DATALOADER.TRAIN_X.BATCH_SIZE {batch} is the global batch and must divide among "
                           f"{world} processes")
-    return TrainSettings(max_epoch=int(cfg["OPTIM"]["MAX_EPOCH"]), batch_size=batch // world, seed=int(cfg["SEED"]),
-                         test_batch_size=int(dl["TEST"]["BATCH_SIZE"]), num_workers=workers,
-                         grad_accum_steps=int(t["GRAD_ACCUM_STEPS"]), print_freq=int(t["PRINT_FREQ"]),
-                         eval_freq=int(t["EVAL_FREQ"]), checkpoint_steps=int(t["CHECKPOINT_STEPS"]),
-                         max_steps=int(t["MAX_STEPS"]), final_model=cfg["TEST"]["FINAL_MODEL"],
-                         no_test=bool(cfg["TEST"]["NO_TEST"]), tensorboard=bool(t["TENSORBOARD"]), progress=progress)
+    try:
+        return TrainSettings(max_epoch=flat["OPTIM.MAX_EPOCH"], batch_size=batch // world, seed=int(cfg["SEED"]),
+                             test_batch_size=flat["DATALOADER.TEST.BATCH_SIZE"], num_workers=workers,
+                             grad_accum_steps=flat["TRAIN.GRAD_ACCUM_STEPS"], print_freq=flat["TRAIN.PRINT_FREQ"],
+                             eval_freq=flat["TRAIN.EVAL_FREQ"], checkpoint_steps=flat["TRAIN.CHECKPOINT_STEPS"],
+                             max_steps=flat["TRAIN.MAX_STEPS"], final_model=flat["TEST.FINAL_MODEL"],
+                             no_test=bool(flat["TEST.NO_TEST"]), tensorboard=bool(flat["TRAIN.TENSORBOARD"]),
+                             progress=progress, max_unreadable=float(flat["DATASET.MAX_UNREADABLE"]))
+    except ValueError as exc:  # TEST.FINAL_MODEL
+        raise ConfigError(str(exc)) from None
 
 
 class RunStartup:

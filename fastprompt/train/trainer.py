@@ -42,9 +42,9 @@ from torch.utils.data import DataLoader, Dataset
 
 from .. import distributed
 from ..data.images import skip_collate
-from ..errors import TrainError
+from ..errors import DataError, TrainError
 from .batches import MapBatches
-from .evaluate import evaluate
+from .evaluate import check_unreadable, evaluate
 from .precision import Precision
 from .records import RunRecords, plot_curves
 from .schedule import EpochSchedule, build_optimizer
@@ -75,6 +75,7 @@ class TrainSettings:
     no_test: bool = False                # TEST.NO_TEST
     tensorboard: bool = True             # TRAIN.TENSORBOARD
     progress: bool = True
+    max_unreadable: float = 0.1          # DATASET.MAX_UNREADABLE (fraction of a split or an epoch)
 
     def __post_init__(self):
         for name in ("max_epoch", "batch_size", "test_batch_size", "grad_accum_steps", "print_freq"):
@@ -82,6 +83,9 @@ class TrainSettings:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.final_model not in ("last_step", "best_val"):
             raise ValueError(f"TEST.FINAL_MODEL must be last_step or best_val, got {self.final_model!r}")
+        if isinstance(self.max_unreadable, bool) or not isinstance(self.max_unreadable, (int, float)) \
+                or not 0 <= self.max_unreadable <= 1:
+            raise ValueError(f"DATASET.MAX_UNREADABLE must be a fraction in [0, 1], got {self.max_unreadable!r}")
 
 
 class Trainer:
@@ -226,7 +230,8 @@ class Trainer:
         if data is None or len(data) == 0:
             return None
         metrics = evaluate(self.learner, self._eval_batches(data), self.device, self.n_classes,
-                           self.precision.autocast, gather=distributed.gather_cat)
+                           self.precision.autocast, gather=distributed.gather_cat, images=len(data), split=split,
+                           max_unreadable=self.settings.max_unreadable)
         self.last_eval = {"split": split, **metrics}
         brief = {k: metrics[k] for k in ("accuracy", "error", "macro_f1", "correct", "total")}
         self.records.metric({"kind": "eval", "split": split, "epoch": self.epoch, "step": self.step, **brief})
@@ -283,6 +288,7 @@ class Trainer:
             self.epoch_sums = [0.0, 0]
         loss_sum, loss_n = self.epoch_sums
         images, t0 = 0, time.perf_counter()
+        skipped_before, read = self._skipped(), 0  # this rank's unreadable and readable images of the epoch
         group_losses: List[float] = []  # the losses of the batches accumulated since the last step
         stop = False
         for batch in self.batches:
@@ -305,6 +311,7 @@ class Trainer:
                     scaled = loss / self._group_size(b, n_batches)
                     (self.precision.scaler.scale(scaled) if self.precision.scaler else scaled).backward()
                 loss_sum, loss_n, images = loss_sum + value, loss_n + 1, images + len(y) * self.world
+                read += len(y)
                 group_losses.append(value)
             self.batch = b + 1
             last = self.batch == n_batches
@@ -326,9 +333,23 @@ class Trainer:
         seconds = time.perf_counter() - t0
         if self.batch < n_batches and not stop:
             raise TrainError(f"the training loader ended after {self.batch} of {n_batches} batches")
+        self._check_unreadable(read, self._skipped() - skipped_before)
         self._end_epoch(lr, distributed.mean_over_ranks(loss_sum, loss_n), images / max(seconds, 1e-9), seconds,
                         complete=not stop)
         return stop
+
+    def _check_unreadable(self, read: int, skipped: int) -> None:
+        """The epoch (from where it started or resumed) trained on enough readable images, over all
+        ranks: none, or more than ``max_unreadable`` skipped, stops the run (before its state is
+        saved) with a ``DataError`` that says so, instead of an epoch of initial prompts."""
+        counts = distributed.all_gather_objects((read, skipped)) if self.world > 1 else [(read, skipped)]
+        read, skipped = sum(c[0] for c in counts), sum(c[1] for c in counts)
+        try:
+            check_unreadable(skipped, read + skipped, f"epoch {self.epoch + 1}'s training images",
+                             self.settings.max_unreadable)
+        except DataError as exc:
+            self.records.log(f"error: {exc}")
+            raise
 
     def _group_size(self, batch: int, n_batches: int) -> int:
         """How many batches the optimizer step that ``batch`` belongs to accumulates."""

@@ -1,0 +1,80 @@
+"""Unreadable images are skipped and counted, never a silent result: a split or an epoch with no
+readable image, or with more than ``DATASET.MAX_UNREADABLE`` of them unreadable, stops the run.
+
+Before, a training split whose every image was unreadable "finished" with the initial prompts
+saved and ``accuracy nan% (0/0)``, and test-time unreadable images were missing from ``eval.json``
+without a count.
+"""
+import json
+import os
+import sys
+
+import pytest
+
+from fastprompt.data.registry import resolve
+from fastprompt.errors import ConfigError, DataError
+from fastprompt.testing.fake_trees import make_split_dataset, tiny_jpeg
+from fastprompt.train.run import train_run
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import train_job  # noqa: E402  (CoOp, tiny CLIP, 2 epochs of 6 batches of 4)
+
+
+def _tree(root, split_name, n_bad):
+    """The DTD tree of train_job with the first ``n_bad`` images of ``split_name`` truncated."""
+    split = make_split_dataset(str(root), "dtd", [(6, 2, 2)] * 4, image_bytes=tiny_jpeg(16))
+    spec = resolve("dtd")
+    for row in split[split_name][:n_bad]:
+        path = os.path.join(root, spec.folder, spec.image_dir, row[0])
+        with open(path, "rb") as f:
+            head = f.read()[:300]
+        with open(path, "wb") as f:  # PIL cannot decode a truncated JPEG
+            f.write(head)
+    return str(root)
+
+
+def test_a_training_split_with_nothing_readable_is_an_error_not_a_finished_run(tmp_path):
+    data = _tree(tmp_path / "data", "train", 24)
+    run_dir = tmp_path / "run"
+    with pytest.raises(DataError, match=r"no image of epoch 1's training images could be read \(24 unreadable"):
+        train_run(train_job.config(data), str(run_dir), progress=False)
+    assert not (run_dir / "eval.json").exists() and not (run_dir / "state.pt").exists()
+    assert "error: no image of epoch 1" in (run_dir / "log.txt").read_text()
+
+
+def test_more_unreadable_than_allowed_stops_unless_the_key_allows_it(tmp_path):
+    data = _tree(tmp_path / "data", "train", 6)  # 6 of 24: 25%
+    with pytest.raises(DataError, match=r"6 of the 24 images of epoch 1's training images .*25\.0%.*"
+                                        r"DATASET.MAX_UNREADABLE 0.1"):
+        train_run(train_job.config(data), str(tmp_path / "strict"), progress=False)
+    cfg = train_job.config(data, ["DATASET.MAX_UNREADABLE", "0.3", "OPTIM.MAX_EPOCH", "1"])
+    assert train_run(cfg, str(tmp_path / "lenient"), progress=False)["total"] == 8
+
+
+def test_a_test_split_with_nothing_readable_is_an_error(tmp_path):
+    data = _tree(tmp_path / "data", "test", 8)
+    with pytest.raises(DataError, match=r"no image of the test split could be read \(8 unreadable"):
+        train_run(train_job.config(data, ["OPTIM.MAX_EPOCH", "1"]), str(tmp_path / "run"), progress=False)
+    assert not (tmp_path / "run" / "eval.json").exists()
+
+
+def test_eval_json_counts_the_unreadable_test_images(tmp_path):
+    data = _tree(tmp_path / "data", "test", 1)  # 1 of 8, allowed at 0.2
+    cfg = train_job.config(data, ["OPTIM.MAX_EPOCH", "1", "DATASET.MAX_UNREADABLE", "0.2"])
+    result = train_run(cfg, str(tmp_path / "run"), progress=False)
+    saved = json.loads((tmp_path / "run" / "eval.json").read_text())
+    assert result["total"] == saved["total"] == 7 and saved["unreadable"] == 1
+
+
+@pytest.mark.parametrize("key, value", [
+    ("OPTIM.MAX_EPOCH", "0"), ("DATALOADER.TRAIN_X.BATCH_SIZE", "0"), ("DATALOADER.TEST.BATCH_SIZE", "-4"),
+    ("TRAIN.GRAD_ACCUM_STEPS", "0"), ("TRAIN.CHECKPOINT_STEPS", "-1"), ("TRAIN.PRINT_FREQ", "0"),
+    ("TRAIN.MAX_STEPS", "-2"), ("OPTIM.LR", "-0.002"), ("OPTIM.LR", "0"),
+    ("DATASET.MAX_UNREADABLE", "1.5"), ("DATASET.MAX_UNREADABLE", "-0.1"),
+])
+def test_a_setting_out_of_its_range_is_refused_naming_the_key(dtd_tree, tmp_path, key, value):
+    """Accepted before: ``TRAIN.CHECKPOINT_STEPS -1``, a negative LR, ...; the others failed deep
+    inside with a message about a field, not the key."""
+    with pytest.raises(ConfigError, match=rf"{key} must be"):
+        train_run(train_job.config(dtd_tree, [key, value]), str(tmp_path / "run"), progress=False)
+    assert not (tmp_path / "run").exists() or not os.listdir(tmp_path / "run")
