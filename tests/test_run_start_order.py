@@ -60,3 +60,16 @@ def test_the_corrected_command_runs_in_the_same_directory(data, tmp_path):
         train_run(cfg, str(run_dir), progress=False)
     cfg = train_job.config(data, ["OPTIM.MAX_EPOCH", "1"])
     assert train_run(cfg, str(run_dir), progress=False)["accuracy"] >= 0
+
+
+def test_a_learner_that_cannot_be_built_leaves_the_directory_for_the_corrected_command(data, tmp_path):
+    """config.yaml and env.txt used to be written before the learner was built: a bad method
+    setting left a directory that the corrected command refused ("already holds a run")."""
+    from fastprompt.errors import ConfigError
+
+    run_dir = tmp_path / "run"
+    with pytest.raises(ConfigError, match="TRAINER.COOP"):
+        train_run(train_job.config(data, ["TRAINER.COOP.CLASS_TOKEN_POSITION", "nowhere"]), str(run_dir),
+                  progress=False)
+    assert not run_dir.exists() or os.listdir(run_dir) == []
+    assert train_run(train_job.config(data, ["OPTIM.MAX_EPOCH", "1"]), str(run_dir), progress=False)["total"] == 8

@@ -167,9 +167,10 @@ def pretrain_run(cfg: Dict[str, Any], run_dir: str, *, resume: bool = False, ove
         data = _load_data(cfg, train_tf, test_tf, settings.batch_size, rank, world, settings.num_workers, device)
         section = cfg["TRAINER"][method.upper()]
         precision, why = resolve_precision(cfg["TRAIN"]["PRECISION"], section.get("PREC"), device)
-        records = run.begin(write_files=data.table.write)
+        run.seed()
         learner = build_learner(cfg, model, tokenizer, data.classnames, "imagenet21k", None, model_name,
                                 pretrained).to(device)
+        records = run.begin(write_files=data.table.write)
         views = int(cfg["DATALOADER"]["K_TRANSFORMS"])
         decision = None
         if rank == 0:  # one decision for every rank (another rank's free memory, or a file it cannot see, must

@@ -42,8 +42,8 @@ def train_run(cfg: Dict[str, Any], run_dir: str, *, resume: bool = False, overwr
         train_tf, test_tf = build_transforms(cfg, model)
         precision, why = resolve_precision(cfg["TRAIN"]["PRECISION"], cfg["TRAINER"][_section(cfg)].get("PREC"), device)
         features = feature_settings(cfg, device)
-        records = run.begin()
         spec = resolve(cfg["DATASET"]["NAME"])
+        run.seed()
         learner = build_learner(cfg, model, tokenizer, dataset.classnames, dataset.name, spec.cls if spec else None,
                                 model_name, pretrained).to(device)
         aggregator = None
@@ -51,6 +51,7 @@ def train_run(cfg: Dict[str, Any], run_dir: str, *, resume: bool = False, overwr
             from .gpa import GaussianPromptAggregation
 
             aggregator = GaussianPromptAggregation.from_learner(learner, epochs=int(cfg["OPTIM"]["MAX_EPOCH"]))
+        records = run.begin()
         identity = {"method": cfg["METHOD"], "model": model_name, "pretrained": pretrained,
                     "classnames": list(dataset.classnames), "seed": int(cfg["SEED"])}
         train_data = training_data(dataset.train, train_tf, features, settings.seed)

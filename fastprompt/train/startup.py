@@ -17,8 +17,10 @@ before expensive ones, nothing written before the run is known to be buildable):
             return run.finished
         model, tokenizer, name, pretrained = run.build_model()
         ...                                   # the run's own data and checks
-        records = run.begin()                 # config.yaml + env.txt, seed, log.txt / metrics.jsonl
-        ...                                   # learner, Trainer(records=records, ...)
+        run.seed()                            # SEED, then the learner draws its initial prompts
+        ...                                   # the learner
+        records = run.begin()                 # config.yaml + env.txt, log.txt / metrics.jsonl
+        ...                                   # Trainer(records=records, ...)
         run.resume_into(trainer)
 """
 from __future__ import annotations
@@ -249,16 +251,20 @@ class RunStartup:
         """``(model, tokenizer, model_name, pretrained)`` of ``MODEL.BACKBONE`` on the run's device."""
         return build_model(self.cfg, self.device)
 
+    def seed(self) -> None:
+        """Seed the global RNGs from ``SEED``; the learner's initial prompts are drawn next."""
+        set_random_seed(int(self.cfg["SEED"]))
+
     def begin(self, write_files: Optional[Callable[[str], None]] = None) -> RunRecords:
-        """Everything is checked: write a new run's ``config.yaml`` and ``env.txt`` (and what
-        ``write_files(run_dir)`` adds) on rank 0, wait for every rank, seed the global RNGs from
-        ``SEED`` (the learner's initial prompts are drawn next) and open the run's records."""
+        """Everything is built and checked (data, model, learner): write a new run's ``config.yaml``
+        and ``env.txt`` (and what ``write_files(run_dir)`` adds) on rank 0, wait for every rank and
+        open the run's records. Nothing is written before, so a run that fails to start leaves its
+        directory as it was and the corrected command runs in it."""
         if self.rank == 0 and not self.resuming:
             write_run_header(self.cfg, self.run_dir)
             if write_files is not None:
                 write_files(self.run_dir)
         distributed.barrier()
-        set_random_seed(int(self.cfg["SEED"]))
         main = self.rank == 0
         self.records = RunRecords(self.run_dir, enabled=main, tensorboard=self.settings.tensorboard, echo=main)
         return self.records
