@@ -16,8 +16,10 @@ from typing import List, Tuple
 import torch
 import torch.distributed as dist
 
-__all__ = ["init_from_env", "shutdown", "world", "is_main", "launched_rank", "average_gradients", "gather_cat",
-           "barrier", "broadcast_object", "all_gather_objects", "mean_over_ranks"]
+from .errors import ConfigError
+
+__all__ = ["init_from_env", "checked_device", "shutdown", "world", "is_main", "launched_rank", "average_gradients",
+           "gather_cat", "barrier", "broadcast_object", "all_gather_objects", "mean_over_ranks"]
 
 _OWNED = False  # whether init_from_env started the process group (then shutdown() ends it)
 
@@ -27,7 +29,7 @@ def init_from_env(device: str = "") -> Tuple[int, int, torch.device]:
     size = int(os.environ.get("WORLD_SIZE", "1"))
     local = int(os.environ.get("LOCAL_RANK", "0"))
     if device:
-        dev = torch.device(device)
+        dev = checked_device(device)
     else:
         dev = torch.device("cuda", local) if torch.cuda.is_available() else torch.device("cpu")
     if dev.type == "cuda" and dev.index is None:
@@ -40,6 +42,29 @@ def init_from_env(device: str = "") -> Tuple[int, int, torch.device]:
         _OWNED = True
     rank, size = world()
     return rank, size, dev
+
+
+def checked_device(device: str) -> torch.device:
+    """``torch.device(device)`` when this machine has it, else a ``ConfigError`` saying what it has."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError, TypeError):
+        raise ConfigError(f"TRAIN.DEVICE (--device) {device!r} is not a torch device: use cpu, cuda or cuda:N") from None
+    if dev.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise ConfigError(f"TRAIN.DEVICE (--device) {device!r}: no CUDA device is available here "
+                              "(torch.cuda.is_available() is False); use --device cpu")
+        if dev.index is not None and dev.index >= count:
+            raise ConfigError(f"TRAIN.DEVICE (--device) {device!r}: this machine has {count} CUDA device(s), "
+                              f"cuda:0 to cuda:{count - 1}")
+    elif dev.type != "cpu":
+        try:
+            torch.empty(0, device=dev)
+        except (RuntimeError, AssertionError) as exc:
+            raise ConfigError(f"TRAIN.DEVICE (--device) {device!r} is not usable here: {str(exc).splitlines()[0]}") \
+                from None
+    return dev
 
 
 def shutdown() -> None:

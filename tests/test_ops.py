@@ -193,6 +193,8 @@ def _call(**overrides):
     (dict(pk=None, pv=None), "group"),
     (dict(seqlens=torch.tensor([6, 6, 6, 6, 6]).to("meta")), "seqlens"),
     (dict(pv=torch.randn(3, 3, 2, 32).to("meta")), "pv"),
+    (dict(q=torch.randn(5, 6, 2, 0), k=torch.randn(5, 6, 2, 0), v=torch.randn(5, 6, 2, 0), pk=None, pv=None,
+          group=None), "at least one head of at least one channel"),
 ])
 def test_bad_inputs_raise_value_error_naming_the_argument(overrides, argument):
     with pytest.raises(ValueError, match=argument):

@@ -142,3 +142,25 @@ def test_weights_that_cannot_be_fetched_are_one_line_naming_the_cli_way_out(data
     assert len(err) == 1 and err[0].startswith("fastprompt train: error: pretrained weights 'ViT-B-32'/'openai'")
     assert "--pretrained none" in err[0]
     assert not (tmp_path / "run").exists() or not os.listdir(tmp_path / "run"), "the failed start left files"
+
+
+@pytest.mark.parametrize("device, message", [
+    ("tpu:7", "'tpu:7' is not a torch device"),
+    ("cuda", "no CUDA device is available here"),
+])
+def test_a_device_this_machine_lacks_is_one_line(data, tmp_path, capsys, device, message):
+    if device == "cuda" and __import__("torch").cuda.is_available():
+        pytest.skip("this machine has a CUDA device")
+    assert _train(data, tmp_path / "run", "--device", device) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0] and err[0].startswith("fastprompt train: error: TRAIN.DEVICE"), err
+
+
+def test_an_empty_image_batch_is_a_clear_error(tiny_model):
+    import torch
+
+    import fastprompt
+
+    for cls in (fastprompt.CoOpLearner, fastprompt.CoCoOpLearner):
+        with pytest.raises(ValueError, match=r"with B >= 1, got an empty batch \(0, 3, 32, 32\)"):
+            cls.from_model(tiny_model, ["cat", "dog"])(torch.zeros(0, 3, 32, 32))

@@ -118,6 +118,9 @@ def check_prompt_attention_args(q, k, v, pk, pv, group, causal, seqlens, scale, 
         if t.device != q.device:
             raise ValueError(f"{name} is on {t.device} but q is on {q.device}; all inputs must be on one device")
     n, seq_len, heads, head_dim = q.shape
+    if heads < 1 or head_dim < 1:
+        raise ValueError(f"q must have at least one head of at least one channel ([N, L, H >= 1, d >= 1]), got "
+                         f"shape {tuple(q.shape)}")
 
     if (pk is None) != (pv is None):
         raise ValueError("pk and pv must be given together (both None for attention over own tokens only)")

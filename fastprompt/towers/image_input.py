@@ -26,6 +26,8 @@ def check_image_batch(images: torch.Tensor, channels: int, size: Tuple[int, int]
     if images.dim() != 4:
         hint = " (a single image? add a batch dimension: images[None])" if images.dim() == 3 else ""
         raise ValueError(f"expected {expected}, got a {images.dim()}-D tensor of shape {shape}{hint}")
+    if shape[0] == 0:
+        raise ValueError(f"expected {expected} with B >= 1, got an empty batch {shape}")
     if shape[1] != channels:
         hint = (" (channels last? use images.permute(0, 3, 1, 2))" if shape[3] == channels else "")
         raise ValueError(f"expected {expected}, got shape {shape}{hint}")

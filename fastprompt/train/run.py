@@ -12,6 +12,7 @@ from typing import Any, Callable, Dict, Optional, Sequence
 
 import torch
 
+from ..distributed import checked_device
 from ..errors import TrainError
 from ..folder_lock import FolderLock
 from .build import build_learner, build_model, build_transforms, load_split
@@ -109,7 +110,7 @@ def evaluate_checkpoint(checkpoint: str, data_root: str, dataset_name: str, subs
         if saved.get("method") != cfg["METHOD"]:
             raise TrainError(f"{checkpoint}: prompt.safetensors holds {saved.get('method')!r} prompts but config.yaml "
                              f"is a {cfg['METHOD']!r} run")
-        dev = torch.device(device) if device else (torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu"))
+        dev = checked_device(device) if device else torch.device("cuda" if torch.cuda.is_available() else "cpu")
         model, _, _, _ = build_model(cfg, dev)
         learner = PromptLearner.from_pretrained(checkpoint, model=model)
         data = load_dataset(dataset_name, data_root, shots=0, seed=max(int(cfg["SEED"]), 0), subsample=subsample)
