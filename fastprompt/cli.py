@@ -69,7 +69,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"fastprompt {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"fastprompt {args.command}: interrupted", file=sys.stderr)
+        run_dir = getattr(args, "output_dir", None) if args.command in ("train", "pretrain") else None
+        resume = (f"; {run_dir} keeps its last checkpoint: rerun the same command with --resume to go on from it"
+                  if run_dir else "")
+        print(f"fastprompt {args.command}: interrupted{resume}", file=sys.stderr)
         return 130
 
 

@@ -164,3 +164,27 @@ def test_an_empty_image_batch_is_a_clear_error(tiny_model):
     for cls in (fastprompt.CoOpLearner, fastprompt.CoCoOpLearner):
         with pytest.raises(ValueError, match=r"with B >= 1, got an empty batch \(0, 3, 32, 32\)"):
             cls.from_model(tiny_model, ["cat", "dog"])(torch.zeros(0, 3, 32, 32))
+
+
+def test_ctrl_c_says_how_to_resume_and_the_resume_cleans_up(data, tmp_path, monkeypatch, capsys):
+    """Ctrl-C left no line in log.txt and did not say how to go on; the ``.tmp-*`` files a kill
+    leaves mid-write were never removed."""
+    import fastprompt
+
+    out = tmp_path / "run"
+    calls, loss = [0], fastprompt.CoOpLearner.loss
+
+    def interrupted_at_the_third_batch(self, images, labels):
+        calls[0] += 1
+        if calls[0] == 3:
+            raise KeyboardInterrupt
+        return loss(self, images, labels)
+
+    monkeypatch.setattr(fastprompt.CoOpLearner, "loss", interrupted_at_the_third_batch)
+    assert _train(data, out, opts=FAST + ["TRAIN.CHECKPOINT_STEPS", "1"]) == 130
+    err = capsys.readouterr().err
+    assert f"{out} keeps its last checkpoint: rerun the same command with --resume" in err
+    assert "interrupted; the last checkpoint" in (out / "log.txt").read_text()
+    (out / ".tmp-k9x2-state.pt").write_bytes(b"half a file")
+    assert _train(data, out, "--resume", opts=FAST + ["TRAIN.CHECKPOINT_STEPS", "1"]) == 0
+    assert not [name for name in os.listdir(out) if name.startswith(".tmp-")]

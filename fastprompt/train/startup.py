@@ -34,6 +34,7 @@ from typing import Any, Callable, Dict, Optional
 import torch
 
 from .. import distributed
+from ..atomic_io import TEMP_PREFIX
 from ..errors import ConfigError, TrainError
 from ..folder_lock import FolderLock
 from .build import build_model, set_random_seed
@@ -78,6 +79,17 @@ def _check_writable(run_dir: str) -> None:
         raise TrainError(f"cannot write to the output directory {run_dir}: {exc.strerror or exc}") from None
 
 
+def _remove_temporaries(run_dir: str) -> None:
+    """Delete the half-written files a killed run left (``.tmp-*`` of :func:`~fastprompt.atomic_io.atomic_write`;
+    their targets are whole, old or new). Safe: the caller holds the run directory's lock."""
+    for name in os.listdir(run_dir):
+        if name.startswith(TEMP_PREFIX):
+            try:
+                os.unlink(os.path.join(run_dir, name))
+            except OSError:
+                pass
+
+
 def prepare_run_dir(run_dir: str, resume: bool = False, overwrite: bool = False) -> Optional[Dict[str, Any]]:
     """Check/prepare ``run_dir``; returns the saved configuration when resuming one."""
     if resume and overwrite:
@@ -99,9 +111,11 @@ def prepare_run_dir(run_dir: str, resume: bool = False, overwrite: bool = False)
         return None
     if not resume:
         what = "a finished run" if status == "finished" else "a run"
-        raise TrainError(f"{run_dir} already holds {what} ({', '.join(f for f in RUN_FILES if os.path.exists(os.path.join(run_dir, f)))}); "
+        present = ", ".join(f for f in RUN_FILES if os.path.exists(os.path.join(run_dir, f)))
+        raise TrainError(f"{run_dir} already holds {what} ({present}); "
                          "pass --resume to continue it or --overwrite to delete it and start again")
     _check_writable(run_dir)
+    _remove_temporaries(run_dir)
     path = os.path.join(run_dir, "config.yaml")
     if not os.path.isfile(path):
         raise TrainError(f"cannot resume {run_dir}: its config.yaml is missing")
@@ -232,6 +246,9 @@ class RunStartup:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is KeyboardInterrupt and self.records is not None:
+            self.records.log(f"interrupted; the last checkpoint in {self.run_dir} is kept: rerun the same command "
+                             "with --resume to go on from it")
         self._close()
         if exc_type is None:
             distributed.shutdown()
