@@ -21,6 +21,7 @@ import json
 import os
 import socket
 import sys
+import time
 from typing import Optional
 
 from .errors import FolderInUseError
@@ -101,10 +102,13 @@ class FolderLock:
         self._fd = None
 
     def _holder(self) -> str:
-        try:
-            with open(self.path, encoding="utf-8") as f:
-                info = json.load(f)
-            return (f"{info.get('job', 'another job')} (pid {info.get('pid')} on {info.get('host')}, started "
-                    f"{info.get('started')}: {info.get('command')})")
-        except (OSError, ValueError, AttributeError):
-            return "another process (its details were not written yet)"
+        # the holder writes its details right after taking the lock: a refusal in between waits a moment
+        for attempt in range(5):
+            try:
+                with open(self.path, encoding="utf-8") as f:
+                    info = json.load(f)
+                return (f"{info.get('job', 'another job')} (pid {info.get('pid')} on {info.get('host')}, started "
+                        f"{info.get('started')}: {info.get('command')})")
+            except (OSError, ValueError, AttributeError):
+                time.sleep(0.1)
+        return "another process (it has not written its details)"

@@ -106,7 +106,7 @@ def test_two_train_commands_started_together_leave_one_run(data, tmp_path):
     assert codes == [0, 2], results
     seed_won = (1, 2)[[code for code, _ in results].index(0)]
     refusal = [err for code, err in results if code == 2][0].strip().splitlines()
-    assert len(refusal) == 1 and ("in use by fastprompt train" in refusal[0] or "already holds" in refusal[0]), refusal
+    assert len(refusal) == 1 and ("is in use by" in refusal[0] or "already holds" in refusal[0]), refusal
     assert f"SEED: {seed_won}" in (run_dir / "config.yaml").read_text()
     steps = [m for m in read_metrics(str(run_dir / "metrics.jsonl")) if m["kind"] == "step"]
     assert [m["step"] for m in steps] == sorted({m["step"] for m in steps}), "two runs' records interleaved"
