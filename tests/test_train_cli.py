@@ -188,3 +188,18 @@ def test_ctrl_c_says_how_to_resume_and_the_resume_cleans_up(data, tmp_path, monk
     (out / ".tmp-k9x2-state.pt").write_bytes(b"half a file")
     assert _train(data, out, "--resume", opts=FAST + ["TRAIN.CHECKPOINT_STEPS", "1"]) == 0
     assert not [name for name in os.listdir(out) if name.startswith(".tmp-")]
+
+
+def test_the_records_say_what_they_hold(run):
+    """A step's ``loss`` was the epoch's running mean without saying so, and per-class accuracy was
+    keyed by label index."""
+    from fastprompt.train.records import read_metrics
+
+    steps = [r for r in read_metrics(str(run / "metrics.jsonl")) if r["kind"] == "step"]
+    assert all({"loss", "epoch_mean_loss"} <= set(r) for r in steps)
+    first_of_epoch = [r for r in steps if r["batch"] == 1]
+    assert all(r["loss"] == r["epoch_mean_loss"] for r in first_of_epoch)  # one batch: the two agree
+    assert any(r["loss"] != r["epoch_mean_loss"] for r in steps)
+    result = json.loads((run / "eval.json").read_text())
+    assert set(result["per_class_accuracy"]) <= {"class 0", "class 1", "class 2", "class 3"}
+    assert result["unreadable"] == 0

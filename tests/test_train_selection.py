@@ -23,7 +23,7 @@ def _scripted_evaluations(monkeypatch, accuracies):
     """Evaluation returns the given accuracies in turn (then 50%); returns the splits asked for."""
     asked, queue = [], list(accuracies)
 
-    def fake(learner, batches, device, n_classes, autocast, gather=None):
+    def fake(learner, batches, device, n_classes, autocast, gather=None, **checks):
         asked.append(1)
         acc = queue.pop(0) if queue else 50.0
         return {"accuracy": acc, "error": 100 - acc, "macro_f1": acc, "correct": 0, "total": 4,

@@ -7,7 +7,7 @@ labels=np.unique(y_true))`` (classes absent from the split do not count), plus p
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Callable, Dict, Iterable, Optional
+from typing import Any, Callable, Dict, Iterable, Optional, Sequence
 
 import torch
 
@@ -40,8 +40,10 @@ def predict(learner, batches: Iterable, device: torch.device,
     return torch.cat(preds), torch.cat(labels)
 
 
-def classification_metrics(preds: torch.Tensor, labels: torch.Tensor, n_classes: Optional[int] = None) -> Dict[str, Any]:
-    """``accuracy``, ``error``, ``macro_f1`` (percent), ``correct``, ``total``, ``per_class_accuracy``."""
+def classification_metrics(preds: torch.Tensor, labels: torch.Tensor, n_classes: Optional[int] = None,
+                           classnames: Optional[Sequence[str]] = None) -> Dict[str, Any]:
+    """``accuracy``, ``error``, ``macro_f1`` (percent), ``correct``, ``total``, ``per_class_accuracy``
+    (keyed by class name when ``classnames`` are given, else by label)."""
     total = int(labels.numel())
     if total == 0:
         return {"accuracy": float("nan"), "error": float("nan"), "macro_f1": float("nan"), "correct": 0, "total": 0,
@@ -57,13 +59,15 @@ def classification_metrics(preds: torch.Tensor, labels: torch.Tensor, n_classes:
     accuracy = 100.0 * correct / total
     return {"accuracy": accuracy, "error": 100.0 - accuracy, "macro_f1": 100.0 * float(f1[present].mean()),
             "correct": correct, "total": total,
-            "per_class_accuracy": {int(c): 100.0 * float(tp[c] / n_true[c]) for c in range(k) if present[c]}}
+            "per_class_accuracy": {(classnames[c] if classnames else int(c)): 100.0 * float(tp[c] / n_true[c])
+                                   for c in range(k) if present[c]}}
 
 
 def evaluate(learner, batches: Iterable, device: torch.device, n_classes: Optional[int] = None,
              autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
              gather: Optional[Callable[[torch.Tensor], torch.Tensor]] = None, *, images: Optional[int] = None,
-             split: str = "test", max_unreadable: float = 0.1) -> Dict[str, Any]:
+             split: str = "test", max_unreadable: float = 0.1,
+             classnames: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     """Metrics of ``learner`` over ``batches``; ``gather`` concatenates the ranks' tensors in DDP runs.
 
     ``images``: how many images the split has (over every rank). Those that could not be read are
@@ -74,7 +78,7 @@ def evaluate(learner, batches: Iterable, device: torch.device, n_classes: Option
     preds, labels = predict(learner, batches, device, autocast)
     if gather is not None:
         preds, labels = gather(preds), gather(labels)
-    metrics = classification_metrics(preds, labels, n_classes)
+    metrics = classification_metrics(preds, labels, n_classes, classnames)
     if images is not None:
         metrics["unreadable"] = check_unreadable(images - metrics["total"], images, f"the {split} split",
                                                  max_unreadable)

@@ -1,8 +1,9 @@
 """What a run writes as it goes: ``log.txt``, ``metrics.jsonl``, TensorBoard events, ``curves.png``.
 
 ``metrics.jsonl`` holds one JSON object per line: ``{"kind": "step", "epoch", "batch", "step",
-"loss", "lr", "images_per_s", "skipped_images", "time"}`` every ``TRAIN.PRINT_FREQ`` batches (and
-at the last batch of an epoch), ``{"kind": "epoch", ..., "loss" (epoch mean), "seconds"}`` after
+"loss" (that optimizer step's: the mean over its accumulated batches and the ranks),
+"epoch_mean_loss" (the epoch's so far), "lr", "images_per_s", "skipped_images", "time"}`` every
+``TRAIN.PRINT_FREQ`` batches (and at the last batch of an epoch), ``{"kind": "epoch", ..., "loss" (epoch mean), "seconds"}`` after
 each epoch and ``{"kind": "eval", "split", "accuracy", "macro_f1", ...}`` after each evaluation.
 Lines are appended and flushed one by one; a resumed run appends to the same files (the lines
 of steps redone after the last checkpoint appear twice, the later ones being the resumed run's).
@@ -102,7 +103,10 @@ def plot_curves(metrics_path: str, png_path: str) -> bool:
     evals = [r for r in records if r.get("kind") == "eval"]
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
     xs = sorted(steps)
-    axes[0].plot(xs, [steps[s]["loss"] for s in xs])
+    axes[0].plot(xs, [steps[s]["loss"] for s in xs], label="step")
+    if all("epoch_mean_loss" in steps[s] for s in xs):  # runs recorded before it kept only a running mean
+        axes[0].plot(xs, [steps[s]["epoch_mean_loss"] for s in xs], label="epoch mean so far")
+        axes[0].legend()
     axes[0].set(title="training loss", xlabel="step")
     axes[1].plot(xs, [steps[s]["lr"] for s in xs])
     axes[1].set(title="learning rate", xlabel="step", yscale="log")

@@ -125,7 +125,7 @@ def evaluate_checkpoint(checkpoint: str, data_root: str, dataset_name: str, subs
         loader = DataLoader(ImageDataset(data.test, test_tf), batch_size=batch_size or int(cfg["DATALOADER"]["TEST"]["BATCH_SIZE"]),
                             shuffle=False, num_workers=num_workers, collate_fn=skip_collate)
         metrics = evaluate(learner, loader, dev, len(data.classnames), images=len(data.test), split="test",
-                           max_unreadable=float(cfg["DATASET"]["MAX_UNREADABLE"]))
+                           max_unreadable=float(cfg["DATASET"]["MAX_UNREADABLE"]), classnames=data.classnames)
         result = {"checkpoint": os.path.abspath(checkpoint), "method": cfg["METHOD"], "dataset": data.name,
                   "subsample": subsample, "split": "test", **metrics}
         out = out or os.path.join(checkpoint, f"eval_{data.name}_{subsample}.json")

@@ -231,7 +231,7 @@ class Trainer:
             return None
         metrics = evaluate(self.learner, self._eval_batches(data), self.device, self.n_classes,
                            self.precision.autocast, gather=distributed.gather_cat, images=len(data), split=split,
-                           max_unreadable=self.settings.max_unreadable)
+                           max_unreadable=self.settings.max_unreadable, classnames=self.identity.get("classnames"))
         self.last_eval = {"split": split, **metrics}
         brief = {k: metrics[k] for k in ("accuracy", "error", "macro_f1", "correct", "total")}
         self.records.metric({"kind": "eval", "split": split, "epoch": self.epoch, "step": self.step, **brief})
@@ -317,10 +317,12 @@ class Trainer:
             last = self.batch == n_batches
             if group_losses and (self.batch % s.grad_accum_steps == 0 or last):
                 self._optimizer_step()
-                group_loss, group_losses = sum(group_losses) / len(group_losses), []
+                group_sum, group_n = sum(group_losses), len(group_losses)
+                group_loss, group_losses = group_sum / group_n, []
                 self.epoch_sums = [loss_sum, loss_n]
                 stop = s.max_steps > 0 and self.step >= s.max_steps
-                self._after_step(bar, lr, loss_sum, loss_n, images, t0, t_run, steps_at_start, last or stop)
+                self._after_step(bar, lr, loss_sum, loss_n, (group_sum, group_n), images, t0, t_run, steps_at_start,
+                                 last or stop)
                 if s.checkpoint_steps and self.step % s.checkpoint_steps == 0 and not last:
                     self.save()
                 self._notify("step", epoch=self.epoch, batch=self.batch, step=self.step, loss=group_loss)
@@ -364,7 +366,8 @@ class Trainer:
         self.records.log(f"error: {message}")
         raise TrainError(message)
 
-    def _after_step(self, bar, lr, loss_sum, loss_n, images, t0, t_run, steps_at_start, force_record) -> None:
+    def _after_step(self, bar, lr, loss_sum, loss_n, step_losses, images, t0, t_run, steps_at_start,
+                    force_record) -> None:
         s = self.settings
         elapsed = time.perf_counter() - t0
         ips = images / max(elapsed, 1e-9)
@@ -383,9 +386,12 @@ class Trainer:
             bar.set_postfix(post, refresh=False)
             bar.update(self.batch - bar.n)
         if self.batch % s.print_freq == 0 or force_record:
+            # the step's own loss (the mean over its batches and ranks) and the epoch's mean so far, each by name
+            step_loss = distributed.mean_over_ranks(*step_losses)
             mean = distributed.mean_over_ranks(loss_sum, loss_n)
             self.records.metric({"kind": "step", "epoch": self.epoch, "batch": self.batch, "step": self.step,
-                                 "loss": mean, "lr": lr, "images_per_s": ips, "skipped_images": self._skipped()})
+                                 "loss": step_loss, "epoch_mean_loss": mean, "lr": lr, "images_per_s": ips,
+                                 "skipped_images": self._skipped()})
 
     def _end_epoch(self, lr: float, loss: float, ips: float, seconds: float, complete: bool) -> None:
         s = self.settings
