@@ -113,3 +113,21 @@ def test_subsample_uses_labels_of_first_list_only():
 def test_bad_subsample():
     with pytest.raises(DataError, match="subsample must be one of all, base, new, got 'novel'"):
         subsample_classes([], subsample="novel")
+
+
+def test_fewer_images_than_shots_train_on_what_there_is_and_say_so(tmp_path, caplog):
+    """The original takes every image of a class that has fewer than the shots asked; that stays,
+    but it is no longer silent: a warning, and a note a run writes into its log."""
+    import logging
+
+    from fastprompt.data import load_dataset
+    from fastprompt.testing.fake_trees import make_split_dataset
+
+    make_split_dataset(str(tmp_path), "dtd", [(20, 4, 2), (10, 4, 2), (3, 4, 2)])
+    with caplog.at_level(logging.WARNING, logger="fastprompt"):
+        ds = load_dataset("dtd", str(tmp_path), shots=16, seed=1)
+    assert len(ds.train) == 16 + 10 + 3
+    note = "2 of 3 classes have fewer training images than the 16 shots asked and train on what there is"
+    assert any(n.startswith(note) and "class 1: 10, class 2: 3" in n for n in ds.notes), ds.notes
+    assert note in caplog.text
+    assert not load_dataset("dtd", str(tmp_path), shots=2, seed=1).notes

@@ -129,7 +129,26 @@ def load_dataset(name: str, root: str, shots: int = 0, seed: int = 1, subsample:
     """
     dataset = _load(name, root, shots, seed, subsample, original_caches, check_files, cache, cache_root, custom_kwargs)
     check_classes(dataset.classnames, dataset.name if subsample == "all" else f"{dataset.name} ({subsample} classes)")
+    _note_short_classes(dataset)
     return dataset
+
+
+def _note_short_classes(dataset: Dataset) -> None:
+    """Classes with fewer training images than the shots asked for train on what there is, as in
+    the original (Dassl's ``generate_fewshot_dataset`` takes every image of a short class): said in
+    a warning and in ``dataset.notes``, which a run writes into its log."""
+    if not dataset.shots or not dataset.train:
+        return
+    counts = [0] * len(dataset.classnames)
+    for item in dataset.train:
+        counts[item.label] += 1
+    short = [(dataset.classnames[c], n) for c, n in enumerate(counts) if n < dataset.shots]
+    if short:
+        shown = ", ".join(f"{name}: {n}" for name, n in short[:10]) + (", ..." if len(short) > 10 else "")
+        note = (f"{len(short)} of {len(counts)} classes have fewer training images than the {dataset.shots} shots "
+                f"asked and train on what there is ({shown}); {len(dataset.train)} training images in all")
+        logger.warning("%s: %s", dataset.name, note)
+        dataset.notes.append(note)
 
 
 def check_classes(classnames: Sequence[str], where: str) -> None:

@@ -70,6 +70,8 @@ def train_run(cfg: Dict[str, Any], run_dir: str, *, resume: bool = False, overwr
                     f"training images, shots {dataset.shots}, subsample {dataset.subsample}), backbone {model_name} "
                     f"({pretrained or 'random weights'}), seed {cfg['SEED']}, {run.world} process(es) on {device}, "
                     f"precision {precision} ({why})")
+        for note in dataset.notes:
+            records.log(f"data: {note}")
         if features.mode or features.views or features.precision != "fp32":
             kept = f"{features.mode} ({features.folder or 'in memory'})" if features.mode else "off"
             records.log(f"image side: feature cache {kept}, {features.views or 'no'} fixed views per training image, "
