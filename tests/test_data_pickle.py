@@ -140,3 +140,43 @@ def test_bad_datum_contents_and_shapes(tmp_path, fake_dassl):
     garbage.write_bytes(b"\x80\x05not a pickle")
     with pytest.raises(DataError, match="garbage.pkl is not a pickle"):
         load_datum_pickle(str(garbage))
+
+
+def _valid_subset(root, fake_dassl):
+    """A few-shot pickle of ``dtd`` (2 train, 1 val per class) as the original writes it, and its records."""
+    full = load_dataset("dtd", root)
+    pick = lambda xs, k: [it for c in range(4) for it in [x for x in xs if x.label == c][:k]]  # noqa: E731
+    train, val = ([fake_dassl(it.path, it.label, 0, it.classname) for it in pick(split, k)]
+                  for split, k in ((full.train, 2), (full.val, 1)))
+    return os.path.join(root, "dtd", "split_fewshot", "shot_2-seed_1.pkl"), train, val
+
+
+@pytest.mark.parametrize("spoil, message", [
+    (lambda train, val, D: val.__setitem__(0, D(val[0]._impath, 99, 0, val[0]._classname)),
+     r"val\[0\] .* has label 99, but the dataset has 4 classes"),
+    (lambda train, val, D: train.__setitem__(0, D(train[0]._impath, 1, 0, train[0]._classname)),
+     r"train\[0\] .* names its class 'class 0' under label 1, which the dataset's split calls 'class 1'"),
+    (lambda train, val, D: train.__setitem__(0, D("/etc/passwd", 0, 0, "class 0")),
+     r"train\[0\] \(/etc/passwd\) is not inside the dataset folder"),
+    (lambda train, val, D: train.__setitem__(0, D(train[0]._impath.replace("/images/", "/images/../../../"), 0, 0,
+                                                  "class 0")),
+     r"is not inside the dataset folder"),
+    (lambda train, val, D: [train.pop() for _ in range(2)],
+     r"train subset covers 3 of the 4 classes \(none of 'class 3'\)"),
+])
+def test_a_pickled_subset_is_checked_against_its_dataset(tmp_path, fake_dassl, monkeypatch, spoil, message):
+    """The unpickler admitted only Datum records, but their contents were trusted."""
+    monkeypatch.setenv("FASTPROMPT_CACHE", str(tmp_path / "cache"))
+    root = str(tmp_path / "data")
+    make_split_dataset(root, "dtd", SIZES)
+    pkl, train, val = _valid_subset(root, fake_dassl)
+    _dump({"train": train, "val": val}, pkl, pickle.HIGHEST_PROTOCOL)
+    assert load_dataset("dtd", root, shots=2, seed=1).fewshot_source == pkl  # the valid pickle loads
+    spoil(train, val, fake_dassl)
+    for d in train + val:  # a path that climbs out of the dataset reaches a real file, as /etc/passwd is one
+        if not os.path.exists(d._impath):
+            os.makedirs(os.path.dirname(os.path.realpath(d._impath)), exist_ok=True)
+            open(os.path.realpath(d._impath), "wb").close()
+    _dump({"train": train, "val": val}, pkl, pickle.HIGHEST_PROTOCOL)
+    with pytest.raises(DataError, match=message):
+        load_dataset("dtd", root, shots=2, seed=1)

@@ -67,6 +67,33 @@ def _rebase(items: List[Item], dataset_dir: str, folder: str) -> List[Item]:
     return out
 
 
+def _check_pickled(items: List[Item], classnames: Sequence[str], dataset_dir: str, pkl: str, split: str,
+                   every_class: bool = True) -> None:
+    """``items`` of a few-shot pickle, each checked against the dataset it claims to subsample:
+    a label of its classes with the split's name for it, an image inside the dataset folder, and
+    (``every_class``) every class present. The unpickler only admits Datum records; their contents
+    were trusted (a val label 99 of 4 classes, ``/etc/passwd``, a subset of 3 of 4 classes
+    loaded). A ``DataError`` names the file and the first bad record."""
+    root = os.path.join(os.path.realpath(dataset_dir), "")
+    seen = set()
+    for i, it in enumerate(items):
+        where = f"{pkl}: {split}[{i}] ({it.path})"
+        if not 0 <= it.label < len(classnames):
+            raise DataError(f"{where} has label {it.label}, but the dataset has {len(classnames)} classes (0.."
+                            f"{len(classnames) - 1}); the pickle belongs to another dataset or split: move it away")
+        if it.classname.replace("_", " ") != classnames[it.label].replace("_", " "):
+            raise DataError(f"{where} names its class {it.classname!r} under label {it.label}, which the dataset's "
+                            f"split calls {classnames[it.label]!r}; the pickle belongs to another split: move it away")
+        if not os.path.realpath(it.path).startswith(root):
+            raise DataError(f"{where} is not inside the dataset folder {dataset_dir}; move the pickle away")
+        seen.add(it.label)
+    if every_class and len(seen) < len(classnames):
+        missing = [classnames[c] for c in range(len(classnames)) if c not in seen]
+        raise DataError(f"{pkl}: its {split} subset covers {len(seen)} of the {len(classnames)} classes (none of "
+                        f"{', '.join(map(repr, missing[:5]))}{', ...' if len(missing) > 5 else ''}); move it away to "
+                        "draw the subset afresh")
+
+
 def _require_files(items: Sequence[Item], source: str, cache: bool, cache_root: Optional[str], hint: str) -> None:
     missing = missing_paths((it.path for it in items), cache, cache_root)
     if missing:
@@ -205,12 +232,16 @@ def _load(name: str, root: str, shots: int, seed: int, subsample: str, original_
         pkl = fewshot_cache_path(spec, root, shots, seed)
         if original_caches and os.path.isfile(pkl):
             data = load_datum_pickle(pkl, required=("train",) if imagenet else ("train", "val"))
+            names = classnames_of(train, f"{spec.cls} train split")
             train = _rebase(data["train"], dataset_dir, spec.folder)
             if not imagenet:
                 val = _rebase(data["val"], dataset_dir, spec.folder)
             if check_files:
                 _require_files(train + ([] if imagenet else val), pkl, cache, cache_root,
                                "Move the .pkl away (or pass original_caches=False) to draw the subset afresh.")
+            _check_pickled(train, names, dataset_dir, pkl, "train")
+            if not imagenet:
+                _check_pickled(val, names, dataset_dir, pkl, "val", every_class=False)
             source = pkl
             logger.info("%s: few-shot subset read from %s", spec.cls, pkl)
         else:
