@@ -24,8 +24,8 @@ def tree(tmp_path_factory):
     return str(root), wnids
 
 
-def _samples(out):
-    ds = ShardDataset(out)
+def _samples(out, **kwargs):
+    ds = ShardDataset(out, **kwargs)
     return ds, [(img.getpixel((4, 4)), label) for img, label in ds]
 
 
@@ -125,3 +125,33 @@ def test_shards_split_by_worker_and_shuffle(tree, tmp_path):
     assert [label for _, label in shuffled] == first  # same epoch, same order
     shuffled.set_epoch(1)
     assert [label for _, label in shuffled] != first
+
+
+def test_a_shard_cut_at_a_header_boundary_is_caught(tree, tmp_path, caplog):
+    """Cut between two samples a shard is a valid tar of fewer samples: it streamed them with
+    ``skipped=0`` and no word, and ``count_samples`` agreed with the cut file."""
+    root, _ = tree
+    out = tmp_path / "shards"
+    summary = pack_folder(root, str(out), shots=1, seed=0, shard_size=100, progress=False)
+    shard = out / "shard-000001.tar"
+    with tarfile.open(shard) as tar:
+        members = tar.getmembers()
+    cut = next(m.offset for m in members if m.name.startswith("000001_00010."))
+    with open(shard, "r+b") as f:  # keep samples 0..9, then the two zero blocks that end a tar
+        f.truncate(cut)
+        f.seek(cut)
+        f.write(b"\0" * 1024)
+    with pytest.raises(DataError, match=r"shard-000001.tar: 10 samples, 100 when packed"):
+        ShardDataset(str(out))
+    with caplog.at_level("WARNING"):
+        reader, samples = _samples(str(out), shard_check="warn")
+    assert len(samples) == summary.samples - 90 and "differ from shards.json" in caplog.text
+
+
+@pytest.mark.parametrize("index", ['{"samples": 3}', '{"samples": 3, "shards": [{"file": "a.tar"}]}', "[1, 2]",
+                                   "{not json"])
+def test_a_malformed_index_is_a_data_error(tmp_path, index):
+    (tmp_path / "shards.json").write_text(index)
+    with pytest.raises(DataError, match="shards.json is not a fastprompt shard index"):
+        ShardDataset(str(tmp_path))
+

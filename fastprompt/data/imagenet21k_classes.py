@@ -136,7 +136,7 @@ def read_class_table(path: str) -> ClassTable:
     except ValueError as exc:
         raise DataError(f"{path} is not valid JSON: {exc}") from None
     classes = data.get("classes") if isinstance(data, dict) else None
-    if data.get("format") != _FORMAT or not isinstance(classes, list) or not classes:
+    if classes is None or data.get("format") != _FORMAT or not isinstance(classes, list) or not classes:
         raise DataError(f"{path} is not a fastprompt class table (format {_FORMAT} with a 'classes' list)")
     try:
         wnids, names = (list(x) for x in zip(*classes))

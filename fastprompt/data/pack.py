@@ -245,6 +245,6 @@ def _pack(out: str, args: PackArgs, overwrite: bool, workers: int, progress: boo
     corrupt_files = [c for s in shards for c in s["corrupt"]]
     index = {"format": _FORMAT, "num_classes": len(table), "samples": sum(s["samples"] for s in shards),
              "corrupt": len(corrupt_files), "args": asdict(args),
-             "shards": [{"file": s["file"], "samples": s["samples"]} for s in shards]}
+             "shards": [{"file": s["file"], "samples": s["samples"], "bytes": s.get("bytes")} for s in shards]}
     _write_json(os.path.join(out, INDEX_FILE), index)
     return PackSummary(out, n_shards, index["samples"], len(corrupt_files), resumed, corrupt_files)

@@ -34,7 +34,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 from ..errors import DataError
 from .imagenet21k_classes import ClassTable, read_class_table
 
-__all__ = ["ShardDataset", "open_shards", "count_samples", "IMAGE_KEYS"]
+__all__ = ["ShardDataset", "open_shards", "check_shards", "count_samples", "IMAGE_KEYS"]
 
 logger = logging.getLogger("fastprompt.data")
 IMAGE_KEYS = ("jpg", "jpeg", "webp", "png")
@@ -48,22 +48,28 @@ def _webdataset():
     return webdataset
 
 
-def open_shards(source: Union[str, Sequence[str]], classes: Optional[str] = None) -> Tuple[List[str], ClassTable, Optional[int]]:
+def open_shards(source: Union[str, Sequence[str]], classes: Optional[str] = None,
+                shard_check: str = "error") -> Tuple[List[str], ClassTable, Optional[int]]:
     """``(shard paths, class table, total samples or None)`` of a shard set.
 
     ``source``: a folder (its ``shards.json`` order, else its sorted ``*.tar``), a brace pattern
     (``/d/shard-{000000..000099}.tar``), a glob, or a list of paths. ``classes``: the class table
     (``classes.json`` or its folder); default: the one in the shards' folder.
+
+    With a ``shards.json`` index every shard is checked against it (:func:`check_shards`): a shard
+    cut short at a tar header boundary reads as a valid, smaller tar, so without the check its lost
+    samples would vanish without a skip. ``shard_check``: ``"error"`` (a :class:`DataError`
+    naming the shards) or ``"warn"`` (a warning; the run goes on with what the shards hold).
     """
-    total = None
+    if shard_check not in ("error", "warn"):
+        raise DataError(f"shard_check must be 'error' or 'warn', got {shard_check!r}")
+    total, entries = None, None
     if isinstance(source, str) and os.path.isdir(source):
         folder = os.path.abspath(source)
         index = os.path.join(folder, "shards.json")
         if os.path.isfile(index):
-            with open(index, "r", encoding="utf-8") as f:
-                meta = json.load(f)
-            paths = [os.path.join(folder, s["file"]) for s in meta["shards"]]
-            total = int(meta["samples"])
+            entries, total = _read_index(index)
+            paths = [os.path.join(folder, e["file"]) for e in entries]
         else:
             paths = sorted(glob.glob(os.path.join(folder, "*.tar")))
     elif isinstance(source, str):
@@ -80,8 +86,50 @@ def open_shards(source: Union[str, Sequence[str]], classes: Optional[str] = None
     if missing:
         raise DataError(f"{len(missing)} shard(s) not found, e.g. {missing[0]}"
                         + (" (an unfinished `fastprompt data pack`? rerun it to finish)" if total is not None else ""))
+    if entries is not None:
+        check_shards(folder, entries, shard_check)
     table = read_class_table(classes or folder)
     return paths, table, total
+
+
+def _read_index(index: str) -> Tuple[List[dict], int]:
+    """``(shard entries, total samples)`` of a ``shards.json``; a ``DataError`` naming what is wrong."""
+    try:
+        with open(index, "r", encoding="utf-8") as f:
+            meta = json.load(f)
+        entries = [{"file": str(s["file"]), "samples": int(s["samples"]),
+                    "bytes": None if s.get("bytes") is None else int(s["bytes"])} for s in meta["shards"]]
+        return entries, int(meta["samples"])
+    except OSError as exc:
+        raise DataError(f"cannot read {index}: {exc.strerror or exc}") from None
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise DataError(f"{index} is not a fastprompt shard index (a 'samples' count and a 'shards' list of "
+                        f"{{'file', 'samples'}}; {type(exc).__name__}: {exc}); rerun `fastprompt data pack`") from None
+
+
+def check_shards(folder: str, entries: Sequence[dict], shard_check: str = "error") -> List[str]:
+    """The shards that differ from their ``shards.json`` entries (``"<file>: n samples, m when
+    packed"``). A shard of the size it was packed at is taken as written (one ``stat``: a shard cut
+    short by an interrupted copy has another size); another, or one of a pack that did not record
+    sizes, is counted from its tar headers (:func:`count_samples`), and any difference is reported.
+    Damaged members inside a whole shard are the reader's to skip and count."""
+    bad = []
+    for entry in entries:
+        path = os.path.join(folder, entry["file"])
+        if entry["bytes"] is not None and os.path.getsize(path) == entry["bytes"]:
+            continue
+        found = count_samples([path])
+        if found != entry["samples"] or entry["bytes"] is not None:
+            bad.append(f"{entry['file']}: {found} samples, {entry['samples']} when packed"
+                       + (f" ({os.path.getsize(path)} bytes, {entry['bytes']} when packed)" if entry["bytes"] else ""))
+    if bad:
+        message = (f"{len(bad)} of the {len(entries)} shards in {folder} differ from shards.json (cut short or "
+                   f"replaced): {'; '.join(bad[:3])}{'; ...' if len(bad) > 3 else ''}. Delete them and rerun "
+                   "`fastprompt data pack` with the same arguments to write them again")
+        if shard_check == "error":
+            raise DataError(message)
+        logger.warning("fastprompt: %s", message)
+    return bad
 
 
 def count_samples(paths: Sequence[str]) -> int:
@@ -119,13 +167,15 @@ class ShardDataset(IterableDataset):
         shuffle_shards: shuffle the shard order each epoch with ``seed + epoch``.
         shuffle_buffer: samples held in a seeded shuffle buffer (0: stream order).
         split_by_node: give rank ``r`` of ``W`` the shards ``r::W`` when ``torch.distributed`` runs.
+        shard_check: what a shard that differs from ``shards.json`` is: ``"error"`` or ``"warn"``
+            (:func:`open_shards`).
     """
 
     def __init__(self, shards: Union[str, Sequence[str]], transform: Optional[Callable] = None, *,
                  classes: Optional[str] = None, shuffle_shards: bool = False, shuffle_buffer: int = 0, seed: int = 0,
-                 split_by_node: bool = True):
+                 split_by_node: bool = True, shard_check: str = "error"):
         super().__init__()
-        self.shards, self.class_table, self.num_samples = open_shards(shards, classes)
+        self.shards, self.class_table, self.num_samples = open_shards(shards, classes, shard_check)
         self.transform = transform
         self.shuffle_shards, self.shuffle_buffer, self.seed = shuffle_shards, int(shuffle_buffer), int(seed)
         self.split_by_node = split_by_node
