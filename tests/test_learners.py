@@ -334,3 +334,32 @@ def test_non_finite_prompts_are_refused_on_load(tiny_model, tmp_path, bad):
         learner.load_original_state_dict({"ctx": tensors[name]})
     for n, p in learner.trainable_named_parameters():
         assert torch.equal(p, before[n]), "a refused state changed the prompts"
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda c: c.update(method=["coop"]), r"'method' must be a string"),
+    (lambda c: c["config"].update(n_ctx="4"), r"'n_ctx' must be <class 'int'>, got '4'"),
+    (lambda c: c["config"].update(ctx_init=5), r"'ctx_init' must be <class 'str'>, got 5"),
+    (lambda c: c["config"].update(unknown_knob=1), r"'unknown_knob' is not a CoOpConfig setting"),
+    (lambda c: c.update(config=[1, 2]), r"'config' must be a JSON object"),
+])
+def test_a_checkpoint_config_of_the_wrong_types_is_refused_naming_the_key(tiny_model, tmp_path, change, message):
+    """A list ``method``, a string ``n_ctx`` or an int ``ctx_init`` in fastprompt_config.json ended
+    in a TypeError or AttributeError deep inside the learner."""
+    import json
+
+    fastprompt.CoOpLearner.from_model(tiny_model, ["cat", "dog"], n_ctx=4).save_pretrained(str(tmp_path))
+    path = tmp_path / "fastprompt_config.json"
+    config = json.loads(path.read_text())
+    change(config)
+    path.write_text(json.dumps(config))
+    with pytest.raises(ValueError, match=message):
+        fastprompt.PromptLearner.from_pretrained(str(tmp_path), model=tiny_model)
+
+
+def test_a_checkpoint_config_nested_too_deeply_is_a_value_error(tiny_model, tmp_path):
+    fastprompt.CoOpLearner.from_model(tiny_model, ["cat", "dog"], n_ctx=4).save_pretrained(str(tmp_path))
+    deep = "[" * 100000 + "]" * 100000
+    (tmp_path / "fastprompt_config.json").write_text('{"method": "coop", "config": ' + deep + "}")
+    with pytest.raises(ValueError, match="nested too deeply"):
+        fastprompt.CoOpLearner.from_pretrained(str(tmp_path), model=tiny_model)

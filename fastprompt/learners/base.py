@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import abc
 import dataclasses
+import os
 from typing import Any, ClassVar, Dict, List, Optional, Sequence, Type
 
 import torch
@@ -22,7 +23,7 @@ from torch import nn
 
 from ..towers import TextTower, image_tower
 from ..version import __version__
-from .checkpoint import original_prompt_state, read_prompt_checkpoint, write_prompt_checkpoint
+from .checkpoint import check_config_types, original_prompt_state, read_prompt_checkpoint, write_prompt_checkpoint
 from .frozen_precision import FROZEN_IMAGE_PRECISIONS, frozen_image_autocast
 from .image_features import ImageFeatures
 from .pretrained import load_open_clip, recorded_pretrained
@@ -322,6 +323,8 @@ class PromptLearner(nn.Module, abc.ABC):
         if cls is not PromptLearner and not issubclass(learner_cls, cls):
             raise ValueError(f"{directory!r} holds a {saved['method']!r} checkpoint; load it with "
                              f"{learner_cls.__name__}.from_pretrained")
+        check_config_types(learner_cls.config_class, saved.get("config", {}),
+                           f"{os.path.join(directory, 'fastprompt_config.json')} 'config'")
         cfg = {**saved.get("config", {}), **kwargs}
         names = classnames if classnames is not None else saved.get("classnames")
         if model is None:

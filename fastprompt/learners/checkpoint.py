@@ -2,6 +2,7 @@
 and readers for the original repositories' checkpoints."""
 from __future__ import annotations
 
+import collections.abc
 import json
 import os
 from typing import Any, Dict, Mapping
@@ -48,13 +49,69 @@ def read_prompt_checkpoint(directory: str):
             config = json.load(f)
     except (OSError, ValueError) as err:
         raise ValueError(f"cannot read {config_path}: {err}") from err
+    except RecursionError:
+        raise ValueError(f"cannot read {config_path}: nested too deeply to be a fastprompt config") from None
     if not isinstance(config, dict) or "method" not in config:
         raise ValueError(f"{config_path} is not a fastprompt config (no 'method' entry)")
+    for key, kind in (("method", str), ("model_name", (str, type(None))), ("pretrained", (str, type(None))),
+                      ("config", dict), ("classnames", list)):
+        if key in config and not isinstance(config[key], kind):
+            raise ValueError(f"{config_path}: {key!r} must be a {_kind_name(kind)}, got {config[key]!r:.80}")
     try:
         tensors = load_file(prompt_path)
     except (OSError, SafetensorError, ValueError) as err:
         raise ValueError(f"cannot read {prompt_path} (corrupt or truncated?): {err}") from err
     return config, tensors
+
+
+def _kind_name(kind) -> str:
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    return " or ".join("null" if k is type(None) else {"str": "string", "dict": "JSON object",
+                                                      "list": "list"}.get(k.__name__, k.__name__) for k in kinds)
+
+
+def check_config_types(config_class, values: Dict[str, Any], source: str) -> None:
+    """Each of ``values`` has the type its field of the ``config_class`` dataclass declares
+    (``int``, ``float``, ``str``, ``bool``, ``Optional``/``Union`` of them, lists and tuples), else a
+    ``ValueError`` naming ``source`` and the key: a checkpoint's config reaches the learner as
+    keyword arguments, where a string ``n_ctx`` or an int ``ctx_init`` failed deep inside."""
+    import dataclasses
+    import typing
+
+    hints = typing.get_type_hints(config_class)
+    fields = {f.name for f in dataclasses.fields(config_class)}
+    for key, value in values.items():
+        if key not in fields:
+            raise ValueError(f"{source}: {key!r} is not a {config_class.__name__} setting (known: {sorted(fields)})")
+        if not _matches(value, hints.get(key, typing.Any)):
+            raise ValueError(f"{source}: {key!r} must be {hints[key]}, got {value!r:.80}")
+
+
+def _matches(value: Any, hint: Any) -> bool:
+    import typing
+
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if hint is typing.Any or isinstance(hint, typing.TypeVar):
+        return True
+    if origin is typing.Union:
+        return any(_matches(value, a) for a in args)
+    if origin in (list, collections.abc.Sequence):
+        return isinstance(value, (list, tuple)) and all(_matches(v, args[0]) for v in value if args)
+    if origin is tuple:  # JSON has no tuples: a list stands for one
+        if not isinstance(value, (list, tuple)):
+            return False
+        if len(args) == 2 and args[1] is Ellipsis:
+            return all(_matches(v, args[0]) for v in value)
+        return len(args) == len(value) and all(_matches(v, a) for v, a in zip(value, args))
+    if origin is not None:  # Dict, Literal, ...: not checked here
+        return True
+    if hint is type(None):
+        return value is None
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, hint) if isinstance(hint, type) else True
 
 
 def original_prompt_state(state: Any) -> Dict[str, torch.Tensor]:
