@@ -203,3 +203,18 @@ def test_the_records_say_what_they_hold(run):
     result = json.loads((run / "eval.json").read_text())
     assert set(result["per_class_accuracy"]) <= {"class 0", "class 1", "class 2", "class 3"}
     assert result["unreadable"] == 0
+
+
+def test_rpp_on_a_resnet_names_the_text_only_way(data, tmp_path, capsys):
+    """RPP prompts the vision layers by default, but with ``BRANCHES text`` any image tower serves:
+    the refusal used to say only "use a ViT"."""
+    from fastprompt.train.build import check_backbone
+    from fastprompt.train.config import load_recipe, resolve_config
+
+    assert main(["train", "--recipe", "rpp/vit_b16_ep5", "--data", data, "--dataset", "dtd",
+                 "--output-dir", str(tmp_path / "r"), "--model", "RN50", "--pretrained", "none"]) == 2
+    assert "or prompt only the text (TRAINER.RPP.BRANCHES text)" in capsys.readouterr().err
+    cfg = resolve_config([("rpp/vit_b16_ep5", load_recipe("rpp/vit_b16_ep5"))],
+                         arguments={"MODEL.BACKBONE.NAME": "RN50", "MODEL.BACKBONE.TAG": "none"},
+                         overrides=["TRAINER.RPP.BRANCHES", "text"])
+    assert check_backbone(cfg) == ("RN50", "none")

@@ -65,9 +65,12 @@ def check_backbone(cfg: Dict[str, Any]) -> Tuple[str, str]:
 
         if not name.startswith(("hf-hub:", "local-dir:")) and name not in open_clip.list_models():
             raise ConfigError(f"unknown open_clip model {name!r} (MODEL.BACKBONE.NAME; see open_clip.list_models())")
-        if cfg["METHOD"] in DEEP_VISION and is_resnet(name):
+        rpp_text = cfg["METHOD"] == "rpp" and str(cfg["TRAINER"]["RPP"].get("BRANCHES", "")).lower() == "text"
+        if cfg["METHOD"] in DEEP_VISION and is_resnet(name) and not rpp_text:
+            hint = " or prompt only the text (TRAINER.RPP.BRANCHES text), which any tower serves" \
+                if cfg["METHOD"] == "rpp" else ""
             raise ConfigError(f"{cfg['METHOD']} prompts the layers of a vision transformer: it needs a ViT backbone, "
-                              f"and {name} has a ResNet image tower. Use e.g. ViT-B-16")
+                              f"and {name} has a ResNet image tower. Use e.g. ViT-B-16{hint}")
     return name, tag
 
 
