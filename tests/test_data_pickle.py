@@ -180,3 +180,17 @@ def test_a_pickled_subset_is_checked_against_its_dataset(tmp_path, fake_dassl, m
     _dump({"train": train, "val": val}, pkl, pickle.HIGHEST_PROTOCOL)
     with pytest.raises(DataError, match=message):
         load_dataset("dtd", root, shots=2, seed=1)
+
+
+def test_a_pickled_subset_in_an_images_folder_linked_to_other_storage_loads(tmp_path, fake_dassl, monkeypatch):
+    """Inside the dataset folder means inside as written (``..`` resolved), not after following
+    links: datasets often link their images folder to other storage."""
+    monkeypatch.setenv("FASTPROMPT_CACHE", str(tmp_path / "cache"))
+    root = str(tmp_path / "data")
+    make_split_dataset(root, "dtd", SIZES)
+    images = os.path.join(root, "dtd", "images")
+    os.rename(images, str(tmp_path / "storage"))
+    os.symlink(str(tmp_path / "storage"), images)
+    pkl, train, val = _valid_subset(root, fake_dassl)
+    _dump({"train": train, "val": val}, pkl, pickle.HIGHEST_PROTOCOL)
+    assert load_dataset("dtd", root, shots=2, seed=1).fewshot_source == pkl

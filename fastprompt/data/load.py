@@ -74,7 +74,8 @@ def _check_pickled(items: List[Item], classnames: Sequence[str], dataset_dir: st
     (``every_class``) every class present. The unpickler only admits Datum records; their contents
     were trusted (a val label 99 of 4 classes, ``/etc/passwd``, a subset of 3 of 4 classes
     loaded). A ``DataError`` names the file and the first bad record."""
-    root = os.path.join(os.path.realpath(dataset_dir), "")
+    # lexically inside (``..`` resolved, links not followed: an images folder linked to other storage is fine)
+    root = os.path.join(os.path.normpath(os.path.abspath(dataset_dir)), "")
     seen = set()
     for i, it in enumerate(items):
         where = f"{pkl}: {split}[{i}] ({it.path})"
@@ -84,7 +85,7 @@ def _check_pickled(items: List[Item], classnames: Sequence[str], dataset_dir: st
         if it.classname.replace("_", " ") != classnames[it.label].replace("_", " "):
             raise DataError(f"{where} names its class {it.classname!r} under label {it.label}, which the dataset's "
                             f"split calls {classnames[it.label]!r}; the pickle belongs to another split: move it away")
-        if not os.path.realpath(it.path).startswith(root):
+        if not os.path.normpath(os.path.abspath(it.path)).startswith(root):
             raise DataError(f"{where} is not inside the dataset folder {dataset_dir}; move the pickle away")
         seen.add(it.label)
     if every_class and len(seen) < len(classnames):
@@ -211,7 +212,8 @@ def _load(name: str, root: str, shots: int, seed: int, subsample: str, original_
             source = os.path.join(dataset_dir, "preprocessed.pkl")
         _require_files(train + val + (test if test is not val else []), source, cache, cache_root,
                        f"Check the download of {spec.cls} ({spec.download}).")
-    num_classes = len(classnames_of(train, f"{spec.cls} train split"))
+    full_names = classnames_of(train, f"{spec.cls} train split")
+    num_classes = len(full_names)
     bad = [it for it in val + test if it.label >= num_classes]
     if bad:
         raise DataError(f"{spec.cls}: {bad[0].path} has label {bad[0].label}, but the train split has only "
@@ -232,16 +234,15 @@ def _load(name: str, root: str, shots: int, seed: int, subsample: str, original_
         pkl = fewshot_cache_path(spec, root, shots, seed)
         if original_caches and os.path.isfile(pkl):
             data = load_datum_pickle(pkl, required=("train",) if imagenet else ("train", "val"))
-            names = classnames_of(train, f"{spec.cls} train split")
             train = _rebase(data["train"], dataset_dir, spec.folder)
             if not imagenet:
                 val = _rebase(data["val"], dataset_dir, spec.folder)
             if check_files:
                 _require_files(train + ([] if imagenet else val), pkl, cache, cache_root,
                                "Move the .pkl away (or pass original_caches=False) to draw the subset afresh.")
-            _check_pickled(train, names, dataset_dir, pkl, "train")
+            _check_pickled(train, full_names, dataset_dir, pkl, "train")
             if not imagenet:
-                _check_pickled(val, names, dataset_dir, pkl, "val", every_class=False)
+                _check_pickled(val, full_names, dataset_dir, pkl, "val", every_class=False)
             source = pkl
             logger.info("%s: few-shot subset read from %s", spec.cls, pkl)
         else:

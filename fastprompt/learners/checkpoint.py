@@ -3,8 +3,10 @@ and readers for the original repositories' checkpoints."""
 from __future__ import annotations
 
 import collections.abc
+import dataclasses
 import json
 import os
+import typing
 from typing import Any, Dict, Mapping
 
 import torch
@@ -75,9 +77,6 @@ def check_config_types(config_class, values: Dict[str, Any], source: str) -> Non
     (``int``, ``float``, ``str``, ``bool``, ``Optional``/``Union`` of them, lists and tuples), else a
     ``ValueError`` naming ``source`` and the key: a checkpoint's config reaches the learner as
     keyword arguments, where a string ``n_ctx`` or an int ``ctx_init`` failed deep inside."""
-    import dataclasses
-    import typing
-
     hints = typing.get_type_hints(config_class)
     fields = {f.name for f in dataclasses.fields(config_class)}
     for key, value in values.items():
@@ -88,15 +87,13 @@ def check_config_types(config_class, values: Dict[str, Any], source: str) -> Non
 
 
 def _matches(value: Any, hint: Any) -> bool:
-    import typing
-
     origin, args = typing.get_origin(hint), typing.get_args(hint)
     if hint is typing.Any or isinstance(hint, typing.TypeVar):
         return True
     if origin is typing.Union:
         return any(_matches(value, a) for a in args)
     if origin in (list, collections.abc.Sequence):
-        return isinstance(value, (list, tuple)) and all(_matches(v, args[0]) for v in value if args)
+        return isinstance(value, (list, tuple)) and (not args or all(_matches(v, args[0]) for v in value))
     if origin is tuple:  # JSON has no tuples: a list stands for one
         if not isinstance(value, (list, tuple)):
             return False
