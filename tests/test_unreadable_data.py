@@ -78,3 +78,23 @@ def test_a_setting_out_of_its_range_is_refused_naming_the_key(dtd_tree, tmp_path
     with pytest.raises(ConfigError, match=rf"{key} must be"):
         train_run(train_job.config(dtd_tree, [key, value]), str(tmp_path / "run"), progress=False)
     assert not (tmp_path / "run").exists() or not os.listdir(tmp_path / "run")
+
+
+def test_the_unreadable_share_counts_images_not_their_augmented_views(tmp_path):
+    """With K views per image the readable side was counted in views: 3 of 24 images unreadable
+    (12.5%) read as 3 of 45 (6.7%) with K = 2 and passed the 10% bound."""
+    data = _tree(tmp_path / "data", "train", 3)
+    cfg = train_job.config(data, ["DATALOADER.K_TRANSFORMS", "2", "OPTIM.MAX_EPOCH", "1"])
+    with pytest.raises(DataError, match=r"3 of the 24 images of epoch 1's training images .*12\.5%"):
+        train_run(cfg, str(tmp_path / "run"), progress=False)
+
+
+def test_evaluating_a_split_with_no_images_is_an_error_not_nan(tiny_model):
+    import torch
+
+    import fastprompt
+    from fastprompt.train.evaluate import evaluate
+
+    learner = fastprompt.CoOpLearner.from_model(tiny_model, ["cat", "dog"], n_ctx=4)
+    with pytest.raises(DataError, match="the test split has no images"):
+        evaluate(learner, [], torch.device("cpu"), 2, images=0)

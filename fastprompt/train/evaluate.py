@@ -78,6 +78,8 @@ def evaluate(learner, batches: Iterable, device: torch.device, n_classes: Option
     preds, labels = predict(learner, batches, device, autocast)
     if gather is not None:
         preds, labels = gather(preds), gather(labels)
+    if images == 0:
+        raise DataError(f"the {split} split has no images: there is nothing to evaluate")
     metrics = classification_metrics(preds, labels, n_classes, classnames)
     if images is not None:
         metrics["unreadable"] = check_unreadable(images - metrics["total"], images, f"the {split} split",

@@ -102,6 +102,7 @@ def prepare_run_dir(run_dir: str, resume: bool = False, overwrite: bool = False)
         return None
     if overwrite:
         _check_writable(run_dir)
+        _remove_temporaries(run_dir)
         for name in RUN_FILES:
             path = os.path.join(run_dir, name)
             if os.path.isdir(path):
@@ -180,10 +181,6 @@ def _checked_settings(cfg: Dict[str, Any]) -> Dict[str, Any]:
     lr = flat["OPTIM.LR"]
     if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not lr > 0:  # NaN fails too
         raise ConfigError(f"OPTIM.LR must be a positive number, got {lr!r}")
-    share = flat["DATASET.MAX_UNREADABLE"]
-    if isinstance(share, bool) or not isinstance(share, (int, float)) or not 0 <= share <= 1:
-        raise ConfigError(f"DATASET.MAX_UNREADABLE must be a fraction in [0, 1] (0.1: up to 10% of a split's images "
-                          f"may be unreadable), got {share!r}")
     return flat
 
 
@@ -203,8 +200,8 @@ def run_settings(cfg: Dict[str, Any], world: int, progress: bool) -> TrainSettin
                              eval_freq=flat["TRAIN.EVAL_FREQ"], checkpoint_steps=flat["TRAIN.CHECKPOINT_STEPS"],
                              max_steps=flat["TRAIN.MAX_STEPS"], final_model=flat["TEST.FINAL_MODEL"],
                              no_test=bool(flat["TEST.NO_TEST"]), tensorboard=bool(flat["TRAIN.TENSORBOARD"]),
-                             progress=progress, max_unreadable=float(flat["DATASET.MAX_UNREADABLE"]))
-    except ValueError as exc:  # TEST.FINAL_MODEL
+                             progress=progress, max_unreadable=flat["DATASET.MAX_UNREADABLE"])
+    except ValueError as exc:  # TEST.FINAL_MODEL, DATASET.MAX_UNREADABLE: TrainSettings checks them by key
         raise ConfigError(str(exc)) from None
 
 
@@ -234,7 +231,7 @@ class RunStartup:
             if self._lock is not None:
                 try:
                     self._lock.acquire()
-                except (FileExistsError, NotADirectoryError, PermissionError) as exc:
+                except OSError as exc:  # not a folder, no permission, a read-only file system, ...
                     raise TrainError(f"cannot write to the output directory {run_dir}: {exc.strerror or exc}") from None
             self.cfg, self.saved, self.finished = open_run(cfg, run_dir, self.rank, resume, overwrite)
             self.settings = run_settings(self.cfg, self.world, progress) if self.finished is None else None

@@ -288,12 +288,13 @@ class Trainer:
             self.epoch_sums = [0.0, 0]
         loss_sum, loss_n = self.epoch_sums
         images, t0 = 0, time.perf_counter()
-        skipped_before, read = self._skipped(), 0  # this rank's unreadable and readable images of the epoch
+        skipped_before, read = self._skipped(), 0  # this rank's unreadable images so far, readable ones this epoch
         group_losses: List[float] = []  # the losses of the batches accumulated since the last step
         stop = False
         for batch in self.batches:
             b = self.batch
             if batch is not None:
+                read += len(batch[1])  # images, not their K augmented views (what unreadable ones are counted in)
                 x, y = flatten_views(*batch)
                 x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
                 with self.precision.autocast():
@@ -311,7 +312,6 @@ class Trainer:
                     scaled = loss / self._group_size(b, n_batches)
                     (self.precision.scaler.scale(scaled) if self.precision.scaler else scaled).backward()
                 loss_sum, loss_n, images = loss_sum + value, loss_n + 1, images + len(y) * self.world
-                read += len(y)
                 group_losses.append(value)
             self.batch = b + 1
             last = self.batch == n_batches
