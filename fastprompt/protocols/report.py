@@ -1,11 +1,14 @@
 """Writing the results tables: CSV, Markdown and a PNG plot, each written atomically.
 
 CSV: one line per row, ``protocol, method, shots, dataset``, then per column ``<col>`` (mean),
-``<col>_std``, ``<col>_seeds`` (seeds averaged, ``;``-separated) and ``published_<col>`` (the original
-paper's number, empty when none), then ``published_source``. Markdown: ``mean ± std`` cells, the
-published numbers in ``(paper)`` columns, the source and notes underneath. PNG: the table as a
-bar chart (line chart for few-shot) with the published numbers as markers; it needs matplotlib
-and is skipped with a note when matplotlib is not installed.
+``<col>_std``, ``<col>_seeds`` (seeds averaged, ``;``-separated) and ``published_<col>`` (the published
+number, empty when none), then ``published_source`` and ``published_checked`` (``true`` / ``false``:
+whether the row's published numbers were checked against that source; empty without them).
+Markdown: ``mean ± std`` cells, the published numbers in ``(published)`` columns, a published number
+not checked against its source marked ``†``; underneath, every published block of the method with
+its source, its rows and whether it was checked, then the notes. PNG: the table as a bar chart (line
+chart for few-shot) with the published numbers as markers; it needs matplotlib and is skipped with
+a note when matplotlib is not installed.
 """
 from __future__ import annotations
 
@@ -15,9 +18,12 @@ import os
 from typing import Dict, List, Optional, Sequence
 
 from ..train.state import atomic_write, write_text
-from .tables import Table
+from .published import Block
+from .tables import DISPLAY, Table
 
-__all__ = ["table_csv", "table_markdown", "plot_table", "write_tables"]
+__all__ = ["table_csv", "table_markdown", "plot_table", "write_tables", "UNCHECKED"]
+
+UNCHECKED = "†"  # marks a published number not (yet) checked against its source
 
 
 def _num(value: Optional[float]) -> str:
@@ -34,7 +40,7 @@ def table_csv(table: Table) -> str:
     for c in cols:
         k = _csv_key(c)
         header += [k, f"{k}_std", f"{k}_seeds", f"published_{k}"]
-    header.append("published_source")
+    header += ["published_source", "published_checked"]
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(header)
@@ -44,7 +50,8 @@ def table_csv(table: Table) -> str:
             cell = row.cells.get(c)
             line += [_num(cell.mean) if cell else "", _num(cell.std) if cell else "",
                      ";".join(map(str, cell.seeds)) if cell else "", _num(row.published.get(c))]
-        line.append(table.source if row.published else "")
+        block = row.published_from if row.published else None
+        line += [block.source, "true" if block.checked else "false"] if block else ["", ""]
         writer.writerow(line)
     return buf.getvalue()
 
@@ -55,21 +62,43 @@ def _cell_text(cell) -> str:
     return f"{cell.mean:.2f}" if cell.std is None else f"{cell.mean:.2f} ± {cell.std:.2f}"
 
 
+def _published_text(row, col: str) -> str:
+    value = row.published.get(col)
+    if value is None:
+        return "–"
+    unchecked = row.published_from is not None and not row.published_from.checked
+    return f"{value:.2f}{UNCHECKED if unchecked else ''}"
+
+
+def _block_line(block: Block, columns: Dict[str, str]) -> str:
+    """One published block as a sentence: its source, its rows, whether it was checked against it."""
+    state = "checked against it" if block.checked else f"{UNCHECKED} not checked against it yet"
+    if block.compared:
+        rows = ", ".join(DISPLAY.get(r, r) for r in block.rows)
+        return f"Published: {block.source} (rows: {rows}; {state})."
+    values = "; ".join(f"{DISPLAY.get(r, r)}: " + ", ".join(f"{columns.get(k, k)} {v:.2f}" for k, v in cells.items())
+                       for r, cells in block.rows.items())
+    return f"Also published, not beside a row: {block.source}: {values} ({block.note}; {state})."
+
+
 def table_markdown(table: Table) -> str:
     titles = [t for _, t in table.columns]
     has_pub = any(r.published for r in table.rows)
-    head = ["Dataset"] + titles + ([f"{t} (paper)" for t in titles] if has_pub else []) + ["Seeds"]
+    head = ["Dataset"] + titles + ([f"{t} (published)" for t in titles] if has_pub else []) + ["Seeds"]
     lines = [f"## {table.title}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in table.rows:
         cells = [_cell_text(row.cells.get(c)) for c, _ in table.columns]
-        pubs = [_num(row.published.get(c)) or "–" for c, _ in table.columns] if has_pub else []
+        pubs = [_published_text(row, c) for c, _ in table.columns] if has_pub else []
         seeds = sorted({s for cell in row.cells.values() for s in cell.seeds})
         label = f"**{row.label}**" if row.key == "average" else row.label
         lines.append("| " + " | ".join([label] + cells + pubs + [", ".join(map(str, seeds))]) + " |")
     lines.append("")
     lines.append("Accuracy in %; mean ± std over seeds (population std, as CoOp's parse_test_res.py).")
-    if table.source:
-        lines.append(f"Published: {table.source}.")
+    if any(r.published_from is not None and not r.published_from.checked for r in table.rows if r.published):
+        lines.append(f"{UNCHECKED} A published number not checked against its source yet: re-check it there before "
+                     "quoting it.")
+    columns = dict(table.columns)
+    lines += [_block_line(b, columns) for b in table.blocks]
     lines += table.notes
     return "\n".join(lines) + "\n"
 
@@ -91,7 +120,7 @@ def plot_table(table: Table, path: str) -> bool:
             ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=row.label, **style)
             pub = [(int(c), row.published[c]) for c, _ in table.columns if c in row.published]
             if pub:
-                ax.plot([p[0] for p in pub], [p[1] for p in pub], "k--", marker="x", label=f"{row.label} (paper)")
+                ax.plot([p[0] for p in pub], [p[1] for p in pub], "k--", marker="x", label=f"{row.label} (published)")
         ax.set(xscale="log", xticks=xs, xlabel="shots per class")
         ax.set_xticklabels([str(x) for x in xs])
     else:
@@ -105,7 +134,7 @@ def plot_table(table: Table, path: str) -> bool:
             pub = [(x, r.published[col]) for x, r in zip(xs, table.rows) if col in r.published]
             if pub:
                 ax.plot([p[0] for p in pub], [p[1] for p in pub], "k_", markersize=14, markeredgewidth=2,
-                        label="paper" if j == 0 else None)
+                        label="published" if j == 0 else None)
         ax.set_xticks(range(len(table.rows)))
         ax.set_xticklabels([r.label for r in table.rows], rotation=30, ha="right")
     ax.set(ylabel="accuracy (%)", title=table.title)

@@ -2,15 +2,18 @@
 
 * base-to-novel (CoCoOp, CVPR 2022, Table 1): per dataset, Base and Novel accuracy (mean ± std over
   seeds) and HM = the harmonic mean of the seed-averaged Base and Novel accuracies; the Average row
-  averages Base and Novel over the datasets and takes the HM of those averages;
+  averages Base and Novel over the datasets, and its HM is defined as the method's published source
+  defines it (:attr:`fastprompt.protocols.published.Block.hm_of`): the HM of those averages (CoCoOp,
+  and fastprompt's default when nothing is published) or the mean of the per-dataset HMs (PRE);
 * few-shot (CoOp, IJCV 2022, Fig. 3): per dataset, accuracy for each K (1, 2, 4, 8, 16 shots);
 * cross-dataset (CoCoOp Table 2): the ImageNet source, each target, the average over the targets;
 * domain generalisation (CoCoOp Table 3): ImageNet, then -V2, -Sketch, -A, -R and their average.
 
 Means and standard deviations over seeds are ``np.mean`` / ``np.std`` (population std), as CoOp's
-``parse_test_res.py`` computes them (KaiyangZhou/CoOp). Each row carries the original method's
-published numbers (:mod:`fastprompt.protocols.published`); a published average is shown only when the
-table covers the datasets it was computed over.
+``parse_test_res.py`` computes them (KaiyangZhou/CoOp). Each row carries the published numbers of
+the original method (:mod:`fastprompt.protocols.published`) and the block they come from (its source,
+and whether they were checked against it); a published average is shown only when the table covers
+the datasets it was computed over.
 """
 from __future__ import annotations
 
@@ -19,7 +22,7 @@ import math
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from .definitions import DATASETS_11, DG_TARGETS, SOURCE, XD_TARGETS
-from .published import published
+from .published import Block, published
 from .results import RunResult
 
 __all__ = ["Cell", "Row", "Table", "build_tables", "DISPLAY", "harmonic_mean"]
@@ -58,9 +61,13 @@ class Cell:
 
 @dataclasses.dataclass
 class Row:
+    """One line of a table: ``cells`` by column key; ``published`` the published numbers beside them
+    (column -> accuracy %), all from the block ``published_from`` (``None`` when there are none)."""
+
     key: str                                   # a CoOp dataset folder name, or "average"
     cells: Dict[str, Cell]
     published: Dict[str, float]
+    published_from: Optional[Block] = None
 
     @property
     def label(self) -> str:
@@ -74,7 +81,7 @@ class Table:
     shots: Optional[int]                        # None for the few-shot table (shots are columns)
     columns: List[Tuple[str, str]]              # (key, title)
     rows: List[Row]
-    source: str = ""                            # where the published numbers come from
+    blocks: List[Block] = dataclasses.field(default_factory=list)  # the method's published blocks here
     notes: List[str] = dataclasses.field(default_factory=list)
     heading: Optional[str] = None               # a title other than the protocol's (pretraining transfer)
 
@@ -95,10 +102,17 @@ def _sorted(names) -> List[str]:
     return sorted(names, key=lambda n: (_ORDER.get(n, len(_ORDER)), n))
 
 
+_HM_NOTES = {
+    "averages": "Average HM: the HM of the average Base and the average Novel",
+    "datasets": "Average HM: the mean of the per-dataset HMs (not the HM of the average Base and Novel)",
+}
+
+
 def _average_row(rows: List[Row], columns: Sequence[str], per_seed: Dict[str, Dict[str, Dict[int, float]]],
-                 hm: bool) -> Row:
+                 hm: Optional[str]) -> Row:
     """Mean over the rows of each column; std over seeds of the per-seed averages when every row has
-    the same seeds; HM of the averaged Base / Novel."""
+    the same seeds. ``hm``: how the average HM is defined — ``"averages"``: the HM of the averaged
+    Base and Novel; ``"datasets"``: the mean of the rows' HMs; ``None`` (or ``False``): no HM column."""
     cells = {}
     for col in columns:
         if col == "hm":
@@ -114,30 +128,40 @@ def _average_row(rows: List[Row], columns: Sequence[str], per_seed: Dict[str, Di
             avg = {s: sum(per_seed[r.key][col][s] for r in have) / len(have) for s in seeds}
             std = Cell.of(avg).std
         cells[col] = Cell(mean, std, seeds)
-    if hm and "base" in cells and "novel" in cells:
+    if hm and hm not in _HM_NOTES:
+        raise ValueError(f"unknown average HM definition {hm!r} (averages or datasets)")
+    if hm == "averages" and "base" in cells and "novel" in cells:
         cells["hm"] = Cell(harmonic_mean(cells["base"].mean, cells["novel"].mean))
+    elif hm == "datasets" and rows and all("hm" in r.cells for r in rows):
+        cells["hm"] = Cell(sum(r.cells["hm"].mean for r in rows) / len(rows))
     return Row("average", cells, {})
 
 
 def _attach_published(table: Table, default_over: Sequence[str], covered: Sequence[str]) -> None:
+    """Put the method's published numbers beside the rows they belong to, and name their sources.
+
+    ``default_over``: the datasets a published average covers unless its block says otherwise;
+    ``covered``: those the table's average covers. A published average is beside the table's only
+    when the two are the same set."""
     pub = published(table.method, table.protocol)
     if pub is None:
         table.notes.append(f"No published {table.protocol} numbers for {table.method} (package data "
-                           "fastprompt/train/published/).")
+                           "fastprompt/protocols/published/).")
         return
-    table.source = pub.source
-    over = tuple(pub.average_over or default_over)
+    table.blocks = list(pub.blocks)
+    average = pub.block_of("average")
+    over = tuple(average.average_over or default_over) if average else tuple(default_over)
     shown = set(covered) == set(over)
     for row in table.rows:
-        if row.key == "average" and not shown:
+        block = pub.block_of(row.key)
+        if block is None or (row.key == "average" and not shown):
             continue
-        for col, _ in table.columns:
-            value = pub.value(row.key, int(col) if col.isdigit() else col)
-            if value is not None:
-                row.published[col] = value
-    average = pub.rows.get("average")
+        values = {col: block.rows[row.key][col] for col, _ in table.columns if col in block.rows[row.key]}
+        if values:
+            row.published, row.published_from = values, block
     if average and not shown:
-        values = ", ".join(f"{dict(table.columns).get(str(k), k)} {float(v):.2f}" for k, v in average.items())
+        columns = dict(table.columns)
+        values = ", ".join(f"{columns.get(k, k)} {v:.2f}" for k, v in average.rows["average"].items())
         table.notes.append(f"The published average ({values}) covers {len(over)} datasets "
                            f"({', '.join(DISPLAY.get(d, d) for d in over)}); this table covers {len(covered)}, "
                            "so it is not beside a row.")
@@ -156,10 +180,15 @@ def _base2new(method: str, shots: int, runs: List[RunResult]) -> Table:
         base, novel = Cell.of(per[name]["base"]), Cell.of(per[name]["novel"])
         rows.append(Row(name, {"base": base, "novel": novel, "hm": Cell(harmonic_mean(base.mean, novel.mean))}, {}))
     cols = [("base", "Base"), ("novel", "Novel"), ("hm", "HM")]
+    # the average HM as the published source defines it, so that the two are the same quantity
+    pub = published(method, "base2new")
+    hm_of = (pub.hm_of if pub else None) or "averages"
+    notes = ["HM: harmonic mean of the seed-averaged Base and Novel accuracies (CoCoOp)."]
     if len(rows) > 1:
-        rows.append(_average_row(rows, [c for c, _ in cols], per, hm=True))
-    table = Table("base2new", method, shots, cols, rows,
-                  notes=["HM: harmonic mean of the seed-averaged Base and Novel accuracies (CoCoOp)."])
+        rows.append(_average_row(rows, [c for c, _ in cols], per, hm=hm_of))
+        notes.append(f"{_HM_NOTES[hm_of]}, " + ("as the published average's source defines it." if pub and pub.hm_of
+                                                else f"as CoCoOp defines it ({method} has no published average HM)."))
+    table = Table("base2new", method, shots, cols, rows, notes=notes)
     _attach_published(table, DATASETS_11, list(per))
     return table
 
@@ -172,7 +201,7 @@ def _fewshot(method: str, runs: List[RunResult]) -> Table:
     cols = [(str(k), f"{k} shot{'s' if k > 1 else ''}") for k in shots]
     rows = [Row(name, {k: Cell.of(v) for k, v in per[name].items()}, {}) for name in _sorted(per)]
     if len(rows) > 1:
-        rows.append(_average_row(rows, [c for c, _ in cols], per, hm=False))
+        rows.append(_average_row(rows, [c for c, _ in cols], per, hm=None))
     table = Table("fewshot", method, None, cols, rows)
     _attach_published(table, DATASETS_11, list(per))
     return table
@@ -192,7 +221,7 @@ def _transfer(protocol: str, method: str, shots: int, runs: List[RunResult]) -> 
     cols = [("accuracy", "Accuracy")]
     rows = [Row(name, {"accuracy": Cell.of(per[name]["accuracy"])}, {}) for name in [SOURCE] + found]
     if len(found) > 1:
-        rows.append(_average_row(rows[1:], ["accuracy"], per, hm=False))
+        rows.append(_average_row(rows[1:], ["accuracy"], per, hm=None))
     table = Table(protocol, method, shots, cols, rows, notes=["Average: over the target datasets (not ImageNet)."])
     _attach_published(table, targets, found)
     return table
