@@ -15,10 +15,13 @@ from fastprompt.pretrain.run import pretrain_run
 from fastprompt.train.config import load_recipe, recipe_path
 
 # tiny random CLIP, small batches, K = 8 sampled classes for the local objective; no IN-21K val test
-SMALL = ["OPTIM.MAX_EPOCH", "2", "DATALOADER.TRAIN_X.BATCH_SIZE", "8", "TRAINER.POMP.UPDATE_CLASS_NUM", "8",
-         "TRAINER.RPP.POMP_NUM_SAMPLED_CLASSES", "8", "TRAINER.RPP.DEPTH", "2", "TEST.NO_TEST", "True",
-         "DATALOADER.SHUFFLE_BUFFER", "16", "TRAIN.TENSORBOARD", "False", "INPUT.TRANSFORMS", "['normalize']",
-         "TRAIN.PRINT_FREQ", "1"]
+_COMMON = ["OPTIM.MAX_EPOCH", "2", "DATALOADER.TRAIN_X.BATCH_SIZE", "8", "TEST.NO_TEST", "True",
+           "DATALOADER.SHUFFLE_BUFFER", "16", "TRAIN.TENSORBOARD", "False", "INPUT.TRANSFORMS", "['normalize']",
+           "TRAIN.PRINT_FREQ", "1"]
+# each method's own section only: another method's settings are refused (fastprompt.train.key_audit)
+_OWN = {"pomp": ["TRAINER.POMP.UPDATE_CLASS_NUM", "8"],
+        "rpp": ["TRAINER.RPP.POMP_NUM_SAMPLED_CLASSES", "8", "TRAINER.RPP.DEPTH", "2"]}
+SMALL = _COMMON + _OWN["pomp"]  # for the pomp recipes
 
 
 N_CLASSES = 30
@@ -46,7 +49,8 @@ def make_data(base: str, transfer: bool = False) -> dict:
 def config(recipe, *opts, **arguments):
     base = {"MODEL.BACKBONE.NAME": "tiny", "MODEL.BACKBONE.TAG": "none", "SEED": 1, "DATASET.NAME": "imagenet21k",
             "DATALOADER.NUM_WORKERS": 0, **arguments}
-    return resolve_config([(recipe_path(recipe), load_recipe(recipe))], arguments=base, overrides=SMALL + list(opts))
+    small = _COMMON + _OWN.get(recipe.split("/")[0], [])
+    return resolve_config([(recipe_path(recipe), load_recipe(recipe))], arguments=base, overrides=small + list(opts))
 
 
 def main():

@@ -16,23 +16,13 @@ import torch
 
 from ..errors import ConfigError
 from .methods import DEEP_VISION, METHODS, learner_kwargs
+from .model_keys import TINY_CLIP_KWARGS, check_depths, check_preprocess, open_clip_name, shape_from_model
 from .views import MultiView, with_randaugment2
 
 __all__ = ["open_clip_name", "is_resnet", "set_random_seed", "build_model", "build_learner", "load_data", "load_split",
            "build_transforms", "SUPPORTED_TRANSFORMS", "TINY_CLIP_KWARGS"]
 
 SUPPORTED_TRANSFORMS = ("random_resized_crop", "random_flip", "randaugment2", "normalize")
-# The demo's tiny CLIP (fastprompt/cli.py), 64 px: seconds per epoch on a CPU.
-TINY_CLIP_KWARGS = dict(image_size=64, patch_size=16, width=128, layers=4, heads=4, vision_width=96, vision_layers=2,
-                        vision_heads=3, embed_dim=48)
-
-
-def open_clip_name(name: str) -> str:
-    """``ViT-B/16`` -> ``ViT-B-16``, ``ViT-L/14@336px`` -> ``ViT-L-14-336``; open_clip names unchanged."""
-    name = str(name).strip()
-    if name.endswith("@336px"):
-        name = name[:-len("@336px")] + "-336"
-    return name.replace("/", "-")
 
 
 def is_resnet(name: str) -> bool:
@@ -100,6 +90,7 @@ def build_learner(cfg: Dict[str, Any], model, tokenizer, classnames, dataset_nam
 
     method = cfg["METHOD"]
     spec = METHODS[method]
+    check_depths(cfg, shape_from_model(model, model_name))  # the built model's towers, whatever its name
     kwargs = learner_kwargs(method, cfg["TRAINER"][spec.section], dataset_class)
     kwargs["frozen_image_precision"] = str(cfg["TRAIN"].get("FROZEN_IMAGE_PRECISION") or "fp32").lower()
     cls = LEARNERS[method]
@@ -151,6 +142,7 @@ def build_transforms(cfg: Dict[str, Any], model):
     if isinstance(views, bool) or not isinstance(views, int) or views < 1:
         raise ConfigError(f"DATALOADER.K_TRANSFORMS must be an int >= 1 (augmented views per training image), "
                           f"got {views!r}")
+    check_preprocess(cfg, model, open_clip_name(cfg["MODEL"]["BACKBONE"]["NAME"]))
     train_tf, test_tf = transforms_for_model(model, scale=tuple(cfg["INPUT"]["RRCROP_SCALE"]))
     crop_flip = {"random_resized_crop", "random_flip", "normalize"}
     if set(transforms) - {"randaugment2"} <= {"normalize"}:  # no crop/flip: train on the test transform

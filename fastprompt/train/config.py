@@ -30,8 +30,10 @@ import os
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
 from ..errors import ConfigError
-from .defaults import base_defaults
+from .defaults import base_defaults, flatten
+from .key_audit import check_config, element_type
 from .methods import METHODS, method_of_trainer
+from .model_keys import check_input_size, follow_model, shape_from_name
 
 __all__ = ["read_yaml", "resolve_config", "parse_overrides", "get", "set_value", "dump_yaml", "flatten", "RECIPE_DIR",
            "list_recipes", "recipe_path", "load_recipe"]
@@ -72,18 +74,6 @@ def read_yaml(path: str) -> Dict[str, Any]:
     return _literal(data)
 
 
-def flatten(tree: Dict[str, Any], prefix: str = "") -> Dict[str, Any]:
-    """``{"A": {"B": 1}}`` -> ``{"A.B": 1}``."""
-    out: Dict[str, Any] = {}
-    for key, value in tree.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict) and value:
-            out.update(flatten(value, name + "."))
-        else:
-            out[name] = value
-    return out
-
-
 def get(cfg: Dict[str, Any], dotted: str) -> Any:
     node: Any = cfg
     for part in dotted.split("."):
@@ -101,11 +91,11 @@ def set_value(cfg: Dict[str, Any], dotted: str, value: Any) -> None:
 
 def _coerce(key: str, value: Any, default: Any, source: str) -> Any:
     if default is None or value is None or type(value) is type(default):
-        return value
+        return _checked_items(key, value, default, source)
     if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if isinstance(default, (tuple, list)) and isinstance(value, (tuple, list)):
-        return type(default)(value)
+        return type(default)(_checked_items(key, value, default, source))
     if isinstance(default, bool) and isinstance(value, str) and value.lower() in ("true", "false"):
         return value.lower() == "true"
     # KgCoOp's CTX_INIT is a bool in its own train.py but a phrase in CoOp's: both are accepted.
@@ -114,13 +104,29 @@ def _coerce(key: str, value: Any, default: Any, source: str) -> Any:
     raise ConfigError(f"{key} expects {type(default).__name__} (default {default!r}), got {value!r} from {source}")
 
 
+def _checked_items(key: str, value: Any, default: Any, source: str) -> Any:
+    """A sequence value with the item type and count its key declares (``INPUT.SIZE (64, 'a')`` is
+    an error, not a size); ints are accepted where floats are expected, and empty where the default
+    is (``INPUT.SIZE []``: the model's)."""
+    item, count = element_type(key)
+    if item is None or not isinstance(value, (list, tuple)) or (not value and not default):
+        return value
+    numeric = item is float
+    ok = all((isinstance(v, item) or (numeric and isinstance(v, int))) and not isinstance(v, bool) for v in value)
+    if not ok or (count is not None and len(value) != count):
+        what = f"{count} " if count is not None else ""
+        raise ConfigError(f"{key} expects a list of {what}{item.__name__} values, got {value!r} from {source}")
+    return type(value)(float(v) for v in value) if numeric else value
+
+
 def _unknown_key(key: str, known: Iterable[str], source: str) -> ConfigError:
     close = difflib.get_close_matches(key, list(known), n=3, cutoff=0.6)
     hint = f"; did you mean {', '.join(close)}?" if close else ""
     return ConfigError(f"unknown config key {key} in {source}{hint}")
 
 
-def _merge(cfg: Dict[str, Any], tree: Dict[str, Any], source: str) -> None:
+def _merge(cfg: Dict[str, Any], tree: Dict[str, Any], source: str, set_at: Dict[str, int], layer: int) -> None:
+    """Set the keys of ``tree`` (a file) in ``cfg``, recording ``layer`` as where each was set."""
     known = flatten(cfg)
     for key, value in flatten(tree).items():
         if key == "METHOD":
@@ -131,6 +137,7 @@ def _merge(cfg: Dict[str, Any], tree: Dict[str, Any], source: str) -> None:
                 continue
             raise _unknown_key(key, known, source)
         set_value(cfg, key, _coerce(key, value, known[key], source))
+        set_at[key] = layer
 
 
 def parse_overrides(tokens: Sequence[str]) -> List[Tuple[str, Any]]:
@@ -202,8 +209,10 @@ def resolve_config(files: Sequence[Tuple[str, Dict[str, Any]]], *, method: Optio
         raise ConfigError(f"cannot tell the method from {labels}: pass --method (one of {', '.join(METHODS)}) "
                           "or set TRAINER.NAME")
     cfg = _defaults_for(method)
-    for label, tree in files:
-        _merge(cfg, copy.deepcopy(tree), str(label))
+    defaults = flatten(cfg)
+    set_at: Dict[str, int] = {}  # key -> the layer that set it last: files 0, 1, ..., then the command line
+    for layer, (label, tree) in enumerate(files):
+        _merge(cfg, copy.deepcopy(tree), str(label), set_at, layer)
     known = flatten(cfg)
     for key, value in list((arguments or {}).items()) + pairs:
         if key == "METHOD" or (key == "TRAINER.NAME" and method_of_trainer(value)):
@@ -211,9 +220,22 @@ def resolve_config(files: Sequence[Tuple[str, Dict[str, Any]]], *, method: Optio
         if key not in known:
             raise _unknown_key(key, known, "the command line")
         set_value(cfg, key, _coerce(key, value, known[key], "the command line"))
+        set_at[key] = len(files)
     cfg["METHOD"] = method
     cfg["TRAINER"]["NAME"] = METHODS[method].trainer_names[0]
+    _audit(cfg, defaults, set_at)
     return cfg
+
+
+def _audit(cfg: Dict[str, Any], defaults: Dict[str, Any], set_at: Dict[str, int]) -> None:
+    """Every key honoured or refused (:mod:`.key_audit`), and the input size checked against the
+    backbone's where open_clip's config tells it without building the model (:mod:`.model_keys`;
+    the built model is checked again). The prompt depths are checked on the built model's towers
+    (:func:`~fastprompt.train.build.build_learner`), in a run's order of checks."""
+    shape = shape_from_name(cfg["MODEL"]["BACKBONE"]["NAME"])
+    follow_model(cfg, set_at, shape)
+    check_config(cfg, flatten(cfg), defaults)
+    check_input_size(cfg, shape)
 
 
 def dump_yaml(cfg: Dict[str, Any]) -> str:

@@ -6,14 +6,16 @@ restricted to the sections the CoOp family reads, so that the original repositor
 (``TRAINER.COOP``, ``TRAINER.MAPLE``, ...) and their defaults come from each method's entry in
 :mod:`fastprompt.train.methods` (the ``extend_cfg`` of the method's own ``train.py``).
 
-fastprompt's own keys (not in Dassl) are marked ``# fastprompt`` below.
+fastprompt's own keys (not in Dassl) are marked ``# fastprompt`` below, as are the four keys whose
+default is the model's own (:data:`MODEL_KEYS`). What a run does with each key (read, refused
+unless at fastprompt's value, or no effect and why) is :mod:`fastprompt.train.key_audit`.
 """
 from __future__ import annotations
 
 import copy
 from typing import Any, Dict
 
-__all__ = ["base_defaults", "FASTPROMPT_KEYS"]
+__all__ = ["base_defaults", "FASTPROMPT_KEYS", "flatten", "MODEL_KEYS"]
 
 _DASSL: Dict[str, Any] = {
     "VERSION": 1,
@@ -23,8 +25,10 @@ _DASSL: Dict[str, Any] = {
     "USE_CUDA": True,
     "VERBOSE": True,
     "INPUT": {
-        "SIZE": (224, 224), "INTERPOLATION": "bilinear", "TRANSFORMS": (), "NO_TRANSFORM": False,
-        "PIXEL_MEAN": [0.485, 0.456, 0.406], "PIXEL_STD": [0.229, 0.224, 0.225], "CROP_PADDING": 4,
+        # fastprompt: SIZE, INTERPOLATION, PIXEL_MEAN and PIXEL_STD default to the model's own (empty here,
+        # see MODEL_KEYS); Dassl's (224, 224), bilinear and ImageNet statistics never apply to a CLIP backbone
+        "SIZE": (), "INTERPOLATION": "", "TRANSFORMS": (), "NO_TRANSFORM": False,
+        "PIXEL_MEAN": [], "PIXEL_STD": [], "CROP_PADDING": 4,
         "RRCROP_SCALE": (0.08, 1.0), "CUTOUT_N": 1, "CUTOUT_LEN": 16, "GN_MEAN": 0.0, "GN_STD": 0.15,
         "RANDAUGMENT_N": 2, "RANDAUGMENT_M": 10, "COLORJITTER_B": 0.4, "COLORJITTER_C": 0.4,
         "COLORJITTER_S": 0.4, "COLORJITTER_H": 0.1, "RGS_P": 0.2, "GB_P": 0.5, "GB_K": 21,
@@ -98,6 +102,24 @@ FASTPROMPT_KEYS: Dict[str, Any] = {
                                 "imagenet-sketch", "imagenet-adversarial", "imagenet-rendition"],
                                "datasets of the transfer evaluation (those found under TEST.TRANSFER_ROOT)"),
 }
+
+
+# Properties of the backbone: the image transform is built from the model's own preprocessing, so
+# these keys are either empty (= the model's) or must equal the model's value
+# (fastprompt.train.model_keys).
+MODEL_KEYS = ("INPUT.SIZE", "INPUT.INTERPOLATION", "INPUT.PIXEL_MEAN", "INPUT.PIXEL_STD")
+
+
+def flatten(tree: Dict[str, Any], prefix: str = "") -> Dict[str, Any]:
+    """``{"A": {"B": 1}}`` -> ``{"A.B": 1}``."""
+    out: Dict[str, Any] = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            out.update(flatten(value, name + "."))
+        else:
+            out[name] = value
+    return out
 
 
 def _set(tree: Dict[str, Any], dotted: str, value: Any) -> None:

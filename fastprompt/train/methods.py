@@ -36,8 +36,12 @@ def _kgcoop_ctx_init(value):
 @dataclasses.dataclass(frozen=True)
 class MethodSpec:
     """``keys``: section key -> ``(learner kwarg, converter)``; ``harness``: section keys the trainer
-    reads (``PREC``); ``inert``: keys accepted with any value (unused by the original as well);
-    ``fixed``: keys accepted only at the value given (what this port implements)."""
+    reads (``PREC``); ``inert``: keys accepted with any value (unused by the original as well) ->
+    why; ``fixed``: keys accepted only at the value given (what this port implements); ``foreign``:
+    ``SECTION.KEY`` of another method's section that the original's own config files set and its
+    trainer never reads -> why (accepted with any value; other foreign keys must keep their
+    defaults, :mod:`fastprompt.train.key_audit`); ``depths``: section -> ``{depth key: the towers
+    it prompts}`` (``"text"``, ``"vision"``), each bounded by those towers' layer counts."""
 
     method: str
     learner: str
@@ -46,8 +50,10 @@ class MethodSpec:
     defaults: Dict[str, Any]
     keys: Dict[str, Tuple[str, Callable]]
     harness: Tuple[str, ...] = ("PREC",)
-    inert: Tuple[str, ...] = ()
+    inert: Dict[str, str] = dataclasses.field(default_factory=dict)
     fixed: Dict[str, Any] = dataclasses.field(default_factory=dict)
+    foreign: Dict[str, str] = dataclasses.field(default_factory=dict)
+    depths: Callable[[Dict[str, Any]], Dict[str, Tuple[str, ...]]] = lambda section: {}
     deep_vision: bool = False
     dataset_template: Optional[str] = None  # learner kwarg set from the dataset's class name
 
@@ -62,6 +68,10 @@ def _k(**pairs) -> Dict[str, Tuple[str, Callable]]:
 _COOP_KEYS = _k(N_CTX="n_ctx", CSC="csc", CTX_INIT="ctx_init", CLASS_TOKEN_POSITION="class_token_position")
 _COOP_DEFAULTS = dict(N_CTX=16, CSC=False, CTX_INIT="", PREC="fp16", CLASS_TOKEN_POSITION="end")
 
+# The towers RPP's TRAINER.RPP.BRANCHES prompts (RPPConfig.branches); any other value prompts both
+# here and is refused by RPPConfig itself.
+_RPP_TOWERS = {"text": ("text",), "vision": ("vision",)}
+
 METHODS: Dict[str, MethodSpec] = {s.method: s for s in [
     MethodSpec("coop", "CoOpLearner", ("CoOp",), "COOP", _COOP_DEFAULTS, _COOP_KEYS),
     MethodSpec("cocoop", "CoCoOpLearner", ("CoCoOp",), "COCOOP", dict(N_CTX=16, CTX_INIT="", PREC="fp16"),
@@ -69,25 +79,31 @@ METHODS: Dict[str, MethodSpec] = {s.method: s for s in [
     MethodSpec("kgcoop", "KgCoOpLearner", ("KgCoOp",), "COOP",
                dict(ALPHA=1.0, N_CTX=16, CSC=False, CTX_INIT=False, W=1.0, PREC="fp16", CLASS_TOKEN_POSITION="end"),
                {**_COOP_KEYS, "CTX_INIT": ("ctx_init", _kgcoop_ctx_init), "W": ("w", float)},
-               inert=("ALPHA",), dataset_template="template"),
+               inert={"ALPHA": "declared by KgCoOp's train.py, never read by its trainer (the loss weight is W)"},
+               dataset_template="template"),
     MethodSpec("maple", "MaPLeLearner", ("MaPLe",), "MAPLE",
                dict(N_CTX=2, CTX_INIT="a photo of a", PREC="fp16", PROMPT_DEPTH=9),
-               _k(N_CTX="n_ctx", CTX_INIT="ctx_init", PROMPT_DEPTH="prompt_depth"), deep_vision=True),
+               _k(N_CTX="n_ctx", CTX_INIT="ctx_init", PROMPT_DEPTH="prompt_depth"), deep_vision=True,
+               depths=lambda section: {"PROMPT_DEPTH": ("text", "vision")}),
     MethodSpec("promptsrc", "PromptSRCLearner", ("PromptSRC",), "PROMPTSRC",
                dict(N_CTX_VISION=4, N_CTX_TEXT=4, CTX_INIT="a photo of a", PREC="fp16", PROMPT_DEPTH_VISION=9,
                     PROMPT_DEPTH_TEXT=9, TEXT_LOSS_WEIGHT=25, IMAGE_LOSS_WEIGHT=10, GPA_MEAN=15, GPA_STD=1),
                {**_k(N_CTX_VISION="n_ctx_vision", N_CTX_TEXT="n_ctx_text", CTX_INIT="ctx_init",
                      PROMPT_DEPTH_VISION="prompt_depth_vision", PROMPT_DEPTH_TEXT="prompt_depth_text"),
                 "TEXT_LOSS_WEIGHT": ("text_loss_weight", float), "IMAGE_LOSS_WEIGHT": ("image_loss_weight", float),
-                "GPA_MEAN": ("gpa_mean", float), "GPA_STD": ("gpa_std", float)}, deep_vision=True),
+                "GPA_MEAN": ("gpa_mean", float), "GPA_STD": ("gpa_std", float)}, deep_vision=True,
+               depths=lambda section: {"PROMPT_DEPTH_TEXT": ("text",), "PROMPT_DEPTH_VISION": ("vision",)}),
     MethodSpec("vpt", "VPTLearner", ("VPT",), "VPT",
                dict(N_CTX_VISION=2, CTX_INIT="a photo of a", PREC="fp16", PROMPT_DEPTH_VISION=1),
                _k(N_CTX_VISION="n_ctx", PROMPT_DEPTH_VISION="prompt_depth"),
-               fixed={"CTX_INIT": "a photo of a"}, deep_vision=True),
+               fixed={"CTX_INIT": "a photo of a"}, deep_vision=True,
+               depths=lambda section: {"PROMPT_DEPTH_VISION": ("vision",)}),
     MethodSpec("pre", "PRELearner", ("PRE",), "PRE",
                dict(N_CTX=16, CSC=False, CTX_INIT="", PREC="amp", CLASS_TOKEN_POSITION="end", ENCODER="MLP1",
                     RESIDUAL=True, SEPARATE=True),
-               {**_COOP_KEYS, **_k(ENCODER="encoder", RESIDUAL="residual", SEPARATE="separate")}),
+               {**_COOP_KEYS, **_k(ENCODER="encoder", RESIDUAL="residual", SEPARATE="separate")},
+               foreign={"COOP.CTX_INIT": "PRE's ctxv1 configs set it, and PRE's trainer reads TRAINER.PRE.CTX_INIT "
+                                         "only (minhanh151/PRE trainers/pre.py)"}),
     MethodSpec("softcpt", "SoftCPTLearner", ("MTCoOp", "SoftCPT"), "MTCOOP",
                dict(PREC="fp16", CLASS_N_CTX=16, CLASS_CSC=False, CLASS_CTX_INIT="", CLASS_TOKEN_POSITION="end",
                     TASK_N_CTX=16, TASK_CTX_INIT="", TASK_CSC=False, TASK_TOKEN_POSITION="end", N_CTX=16,
@@ -98,7 +114,8 @@ METHODS: Dict[str, MethodSpec] = {s.method: s for s in [
                      CSC="class_features", CLASS_N_CTX="class_n_ctx", CLASS_CTX_INIT="class_ctx_init",
                      CLASS_CSC="class_csc", CLASS_TOKEN_POSITION="class_feature_token_position"),
                 "PG_TYPE": ("pg_type", lambda v: v or "lin"), "CLS_SAMPLE_RATE": ("cls_sample_rate", float)},
-               inert=("PG_RATIO",), fixed={"CTX_INIT": "", "FREEZE_CLS_PROMPT": 0}),
+               inert={"PG_RATIO": "declared by SoftCPT's train.py, never read by its trainer"},
+               fixed={"CTX_INIT": "", "FREEZE_CLS_PROMPT": 0}),
     MethodSpec("pomp", "POMPLearner", ("POMP",), "POMP",
                dict(N_CTX=4, CSC=False, CTX_INIT="", CLASS_TOKEN_POSITION="end", UPDATE_CLASS_NUM=128, PREC="fp16",
                     EPT=False, LOCAL_CORRECTION=True, NEG_SAMPLING_MODE="random"),
@@ -117,7 +134,9 @@ METHODS: Dict[str, MethodSpec] = {s.method: s for s in [
                      POMP_LOCAL_CORRECTION="pomp_local_correction"),
                 "INIT_STD": ("init_std", float), "KL_WEIGHT": ("kl_weight", float),
                 "TEACHER_CACHE": ("teacher_cache", bool),
-                "TEMPERATURE": ("temperature", float)}, deep_vision=True),
+                "TEMPERATURE": ("temperature", float)}, deep_vision=True,
+               depths=lambda section: {"DEPTH": _RPP_TOWERS.get(str(section.get("BRANCHES", "")).lower(),
+                                                                ("text", "vision"))}),
 ]}
 
 # Learners whose prompts enter the vision transformer: they need a ViT image tower.

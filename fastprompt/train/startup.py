@@ -39,6 +39,7 @@ from ..errors import ConfigError, TrainError
 from ..folder_lock import FolderLock
 from .build import build_model, set_random_seed
 from .config import dump_yaml, flatten, read_yaml, resolve_config
+from .key_audit import check_job
 from .records import RunRecords
 from .state import STATE_FILE, load_state, write_text
 from .trainer import TrainSettings
@@ -225,6 +226,8 @@ class RunStartup:
                  progress: bool = True, job: str = "fastprompt train"):
         self.run_dir, self.resume = run_dir, resume
         self.records: Optional[RunRecords] = None
+        # keys only the other command reads are refused before anything is touched (job: "fastprompt train")
+        check_job(cfg, flatten(cfg), job.split()[-1])
         self.rank, self.world, self.device = distributed.init_from_env(cfg["TRAIN"]["DEVICE"])
         self._lock = FolderLock(run_dir, job) if self.rank == 0 else None
         try:
