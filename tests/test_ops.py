@@ -106,8 +106,12 @@ def test_what_padding_holds_never_reaches_the_computed_rows(backend, group_mode,
     for n, length in enumerate(seqlens.tolist()):
         k2[n, length:], v2[n, length:], q2[n, length:] = poison, poison, poison
     poisoned = prompt_attention(q2, k2, v2, pk, pv, **kwargs)
-    for a, b in zip(clean, poisoned):  # (out, lse), lse None without return_lse
-        assert (a is None and b is None) or torch.equal(a, b)
+    # Compiled backends hand non-finite inputs to eager (fastprompt/ops/masked_exactness.py), so the two
+    # calls may round differently: parity, whose check also demands the same non-finite entries.
+    for name, a, b in zip(("out", "lse"), clean, poisoned):  # lse None without return_lse
+        assert (a is None) == (b is None)
+        if a is not None:
+            assert_close_rel(b, a, FP32.parity, name)
 
 
 @pytest.mark.parametrize("scale", [float("nan"), float("inf"), 0.0, -1.0, True])

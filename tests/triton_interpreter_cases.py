@@ -35,6 +35,7 @@ import attention_cases  # noqa: E402
 from attention_cases import (GRAD_NAMES, HEAD_DIMS, LAYOUTS, LOW_PRECISION_CASES, compare_to_eager,  # noqa: E402
                              make_case, strided_layout, strided_view)
 from backend_parity import parity_suite  # noqa: E402
+from masked_nonfinite_cases import check_masked_poison_is_ignored  # noqa: E402
 from op_registration_checks import opcheck_suite  # noqa: E402
 
 if not kernels.INTERPRET:
@@ -213,6 +214,15 @@ def test_deterministic_mode_is_bitwise_reproducible_and_selectable(monkeypatch):
 
 
 # ---- errors and availability --------------------------------------------------------------------
+
+@pytest.mark.parametrize("group_mode", ["none", "one", "mixed"])
+@pytest.mark.parametrize("which", ["q", "k", "v"])
+def test_causally_masked_poison_reaches_no_row_and_no_gradient(group_mode, which):
+    """tests/test_ops_masked_nonfinite.py's check on this backend: NaN at keys a causal mask hides
+    from a row never reaches it, nor the gradients of a loss that does not read the rows that see it."""
+    with poisoned_outputs():
+        check_masked_poison_is_ignored("triton", group_mode, which, float("nan"), return_lse=True)
+
 
 def test_float64_and_unsupported_head_dim_are_value_errors():
     tensors, _, _, kwargs = make_case("one", 5, 32, causal=True, ragged=False)

@@ -35,6 +35,7 @@ import torch
 
 from . import jit
 from .eager import _sdpa_attention, _sdpa_shared_prompt_attention, eager_prompt_attention
+from .masked_exactness import has_nonfinite
 from .op_registration import backward_formula, fake_backward, fake_forward, register_attention_op
 from .registry import register_backend
 from .validation import AttentionArgs
@@ -91,6 +92,11 @@ def shares_one_block_without_mask(args: AttentionArgs) -> bool:
 
 def cpu_prompt_attention(args: AttentionArgs):
     """The ``cpu`` backend (see the module docstring)."""
+    if has_nonfinite(args):
+        # The kernels multiply a row block's zero probabilities of masked keys into P V (0 * NaN is
+        # NaN); the eager backend keeps masked keys out exactly (fastprompt.ops.masked_exactness).
+        out, lse = eager_prompt_attention(args)
+        return out, (lse if args.return_lse else None)  # as the kernels answer
     if args.pk is None and not args.return_lse:
         return _sdpa_attention(args), None
     if shares_one_block_without_mask(args):

@@ -20,6 +20,7 @@ from typing import Tuple
 import torch
 import torch.nn.functional as F
 
+from .masked_exactness import has_nonfinite, masked_exact_attention
 from .validation import AttentionArgs
 
 
@@ -51,7 +52,17 @@ def _unpadded_keys(args: AttentionArgs) -> Tuple[torch.Tensor, torch.Tensor]:
 
 
 def eager_prompt_attention(args: AttentionArgs):
-    """Compute ``(out [N, L, H, d], lse [N, H, L] fp32 or None)``; see ``prompt_attention``."""
+    """Compute ``(out [N, L, H, d], lse [N, H, L] fp32 or None)``; see ``prompt_attention``.
+
+    Inputs holding NaN or inf take :func:`masked_exact_attention` (the multiplications by masked
+    keys' zero probabilities would otherwise carry them into rows that cannot see them)."""
+    if has_nonfinite(args):
+        return masked_exact_attention(args, _finite_prompt_attention)
+    return _finite_prompt_attention(args)
+
+
+def _finite_prompt_attention(args: AttentionArgs):
+    """The backend for finite inputs: SDPA where it applies, else the math spelled out."""
     if args.pk is None and not args.return_lse:
         return _sdpa_attention(args), None
     return _math_attention(args)

@@ -42,7 +42,8 @@ from typing import Optional, Tuple
 
 import torch
 
-from .eager import _sdpa_attention
+from .eager import _sdpa_attention, eager_prompt_attention
+from .masked_exactness import has_nonfinite
 from .op_registration import backward_formula, fake_backward, fake_forward, register_attention_op
 from .registry import register_backend
 from .validation import AttentionArgs
@@ -115,6 +116,9 @@ def triton_prompt_attention(args: AttentionArgs):
         ValueError: for float64 inputs or a head dim above ``fastprompt.kernels.MAX_HEAD_DIM`` (use
             ``backend="eager"``), from the launchers (``fastprompt.kernels.check_supported``).
     """
+    if has_nonfinite(args):  # CPU (the interpreter) only: masked keys kept out exactly, as in eager
+        out, lse = eager_prompt_attention(args)
+        return out, (lse if args.return_lse else None)  # as the kernels answer
     if args.pk is None and not args.return_lse:
         return _sdpa_attention(args), None
     out, lse = prompt_attention_triton(args.q, args.k, args.v, args.pk, args.pv, args.group, args.seqlens,

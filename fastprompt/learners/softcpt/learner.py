@@ -320,6 +320,50 @@ class SoftCPTLearner(PromptLearner):
         """The original's ``[B, C_tot]`` label matrix (-1 outside the task, 0 inside, 1 at the class)."""
         return self._layout.label_matrix(labels, tasks)
 
+    def _check_loss_labels(self, images: torch.Tensor, labels: torch.Tensor, tasks) -> None:
+        """``labels`` in one of the loss's three forms for ``images [B, ...]``, else one ``ValueError``.
+
+        Joint labels (``[B]``, ``tasks=None``) are class ids over the classes of all tasks,
+        ``[0, C_tot)``: the learners' common check (int64 ``[B]`` in range, no host sync), with the
+        SoftCPT forms named. Labels within each task (``tasks`` given) pass the same check; their range,
+        ``[0, C_t)`` per sample, is checked by ``label_matrix`` against each sample's task. A label
+        matrix is an integer ``[B, C_tot]`` of -1 / 0 / 1 with exactly one 1 in every task it places
+        a sample in (``loss`` takes the argmax of the task's slice: a row of zeros, or two ones,
+        would silently train class 0, or the first of the two).
+        """
+        n_tot = self.n_classes
+        forms = (f"SoftCPT's loss takes joint class ids [B] in [0, {n_tot}) over all {self.n_tasks} tasks "
+                 f"(learner.class_ranges gives each task's slice), ids within each sample's task with "
+                 f"tasks=[B task indices or names], or a [B, {n_tot}] label matrix")
+        batch = images.shape[0] if isinstance(images, torch.Tensor) and images.dim() else None
+        if isinstance(labels, torch.Tensor) and labels.dim() == 2:
+            if labels.dtype == torch.bool or labels.dtype.is_floating_point or labels.dtype.is_complex:
+                raise ValueError(f"a label matrix must be an integer tensor of -1 / 0 / 1, got {labels.dtype}; {forms}")
+            if labels.shape[0] != batch:
+                raise ValueError(f"labels describe {labels.shape[0]} samples but images has {batch}; {forms}")
+            return  # its values: label_matrix (-1 / 0 / 1) and _check_matrix_rows (one 1 per task)
+        # [B] labels, joint or within each sample's task: int64 ids in [0, C_tot) (a task's [0, C_t) lies
+        # inside it); label_matrix then checks ids within tasks against each sample's own task.
+        try:
+            self.check_labels(images, labels)
+        except ValueError as err:
+            raise ValueError(f"{'joint labels' if tasks is None else 'labels within tasks'}: {err}; {forms}") from None
+
+    def _check_matrix_rows(self, matrix: torch.Tensor) -> None:
+        """Every task slice of the ``[B, C_tot]`` label matrix is all -1 (sample not in the task) or
+        holds exactly one 1 and otherwise zeros."""
+        matrix = matrix.cpu()  # one transfer for every task's check
+        for t, (start, end) in enumerate(self._layout.class_ranges):
+            cur = matrix[:, start:end]
+            inside = (cur != -1).any(dim=-1)
+            ones = (cur == 1).sum(dim=-1)
+            bad = inside & (((cur == -1).any(dim=-1)) | (ones != 1))
+            if bad.any():
+                row = int(bad.nonzero()[0])
+                raise ValueError(f"label matrix row {row} places the sample in task {self.task_names[t]!r} "
+                                 f"(columns {start}..{end - 1}) but holds {cur[row].tolist()}: a task's slice is "
+                                 f"all -1, or zeros with exactly one 1 at the class")
+
     def loss(self, images: torch.Tensor, labels: torch.Tensor, tasks=None) -> torch.Tensor:
         """SoftCPT's objective: per-task CE over the task's classes, summed over tasks, divided by B.
 
@@ -327,10 +371,12 @@ class SoftCPTLearner(PromptLearner):
         ``tasks``, or the original's label matrix). Only the tasks present in the batch are
         encoded (exact: the loss reads no other logits).
         """
+        self._check_loss_labels(images, labels, tasks)
         batch = images.shape[0]
-        matrix = self.label_matrix(labels, tasks).to(images.device)
-        if matrix.shape[0] != batch:
-            raise ValueError(f"labels describe {matrix.shape[0]} samples but images has {batch}")
+        matrix = self.label_matrix(labels, tasks)
+        if labels.dim() == 2:  # built by label_matrix from [B] labels, a matrix is right by construction
+            self._check_matrix_rows(matrix)
+        matrix = matrix.to(images.device)
         rate = self.config.cls_sample_rate
         selection, rows_of = [], {}
         for t, (start, end) in enumerate(self._layout.class_ranges):
