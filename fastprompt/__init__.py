@@ -2,21 +2,22 @@
 
     import fastprompt
     learner = fastprompt.RPPLearner.from_open_clip("ViT-B-16", "openai", classnames)
+
+Every public name is imported on first use (:mod:`fastprompt.lazy`): ``import fastprompt`` and the
+command line's ``--help`` load no torch; ``fastprompt.CoOpLearner`` loads the learners then.
 """
-from . import ops
-from .learners import (CLIPTeacher, CoCoOpConfig, CoCoOpLearner, CoOpConfig, CoOpLearner, ImageFeatures,
-                       KgCoOpConfig, KgCoOpLearner, MaPLeConfig, MaPLeLearner, POMPConfig, POMPLearner, POMPObjective,
-                       PREConfig, PRELearner, PretrainedNotAvailableError, PromptLearner, PromptSRCConfig,
-                       PromptSRCLearner, RPPConfig, RPPLearner, SoftCPTConfig, SoftCPTLearner, VPTConfig,
-                       VPTLearner)
-from .learners.zero_shot import zero_shot_classifier
+from .lazy import lazy_exports
 from .version import __version__
 
-__all__ = [
-    "ops", "PromptLearner", "PretrainedNotAvailableError", "__version__",
-    "CoOpLearner", "CoOpConfig", "CoCoOpLearner", "CoCoOpConfig",
-    "MaPLeLearner", "MaPLeConfig", "PromptSRCLearner", "PromptSRCConfig", "VPTLearner", "VPTConfig",
-    "KgCoOpLearner", "KgCoOpConfig", "PRELearner", "PREConfig", "SoftCPTLearner", "SoftCPTConfig",
-    "RPPLearner", "RPPConfig", "POMPLearner", "POMPConfig", "POMPObjective", "CLIPTeacher",
-    "zero_shot_classifier", "ImageFeatures",
-]
+_EXPORTS = {
+    ".": ("ops",),
+    ".learners": ("PromptLearner", "PretrainedNotAvailableError",
+                  "CoOpLearner", "CoOpConfig", "CoCoOpLearner", "CoCoOpConfig",
+                  "MaPLeLearner", "MaPLeConfig", "PromptSRCLearner", "PromptSRCConfig", "VPTLearner", "VPTConfig",
+                  "KgCoOpLearner", "KgCoOpConfig", "PRELearner", "PREConfig", "SoftCPTLearner", "SoftCPTConfig",
+                  "RPPLearner", "RPPConfig", "POMPLearner", "POMPConfig", "POMPObjective", "CLIPTeacher",
+                  "ImageFeatures"),
+    ".learners.zero_shot": ("zero_shot_classifier",),
+}
+__all__, __getattr__, __dir__ = lazy_exports(__name__, globals(), _EXPORTS)
+__all__.append("__version__")

@@ -11,6 +11,11 @@ Subcommands:
 * ``pretrain``: ImageNet-21K prompt pretraining (``fastprompt/pretrain/cli.py``).
 * ``env``: versions, devices, toolchain and the attention backends, for bug reports; with
   ``--compile-check``, the Triton kernels compiled for a GPU architecture (``fastprompt/env.py``).
+
+Building the parser imports no torch, open_clip, numpy or PIL: each subcommand module adds its
+parser from light modules (choices from :mod:`fastprompt.data.names`, the packages' names loaded on
+first use, :mod:`fastprompt.lazy`) and imports the heavy code inside its command, so ``--help``,
+``--version`` and usage errors answer at once (tests/test_cli_startup.py).
 """
 from __future__ import annotations
 

@@ -42,7 +42,7 @@ class DemoError(Exception):
 
 def add_demo_parser(subparsers) -> None:
     """Add ``demo`` to a subparsers object."""
-    from .data.synthetic import MAX_CLASSES
+    from .data.names import MAX_CLASSES
 
     demo = subparsers.add_parser(
         "demo", help="train RPP/CoOp/CoCoOp on synthetic shapes and compare speed with the reference",
@@ -85,7 +85,7 @@ def add_demo_parser(subparsers) -> None:
 
 def _check_demo_args(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
     """Cross-argument checks; ``parser.error`` prints one line and exits with status 2."""
-    from .data.synthetic import MAX_CLASSES
+    from .data.names import MAX_CLASSES
 
     if not 2 <= args.n_classes <= MAX_CLASSES:
         parser.error(f"--n-classes must be between 2 and {MAX_CLASSES}, got {args.n_classes}")

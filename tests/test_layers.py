@@ -19,7 +19,7 @@ PACKAGE = os.path.dirname(os.path.abspath(fastprompt.__file__))
 # Bottom to top. The foundation first (standard library and torch only, or each other), then the
 # core (ops -> towers -> learners), the data, and the run layer (DESIGN §7). The test helpers sit
 # on top: the library never builds anything from them.
-ROOMS = ("version", "atomic_io", "errors", "folder_lock", "cli_args", "templates", "distributed", "keyed_file",
+ROOMS = ("version", "lazy", "atomic_io", "errors", "folder_lock", "cli_args", "templates", "distributed", "keyed_file",
          "models", "kernels", "ops", "env", "towers", "learners", "reference", "data", "features", "train",
          "protocols", "pretrain", "demo", "cli", "testing", "__init__")
 

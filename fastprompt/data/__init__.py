@@ -6,35 +6,31 @@ resumable training batches (``ShardBatchStream``).
     from fastprompt.data import load_dataset
     ds = load_dataset("dtd", "/data", shots=16, seed=1, subsample="base")
     ds.classnames, ds.train, ds.val, ds.test      # items with .path, .label, .classname
-"""
-from ..errors import DataError
-from ..keyed_file import cache_dir
-from .check import check_root, fewshot_record
-from .dassl_pickle import load_datum_pickle
-from .fewshot import fewshot_subset, sample_fewshot, split_by_label
-from .imagenet21k import ImageNet21KDataset, load_imagenet21k
-from .imagenet21k_classes import ClassTable, build_class_table, read_class_table, universe_wnids
-from .images import ImageDataset, load_image, make_loader, skip_collate
-from .items import Dataset, Item
-from .listing import list_dirs
-from .load import load_dataset
-from .pack import pack_folder
-from .registry import known_names
-from .shard_stream import ShardBatchStream
-from .shards import ShardDataset, count_samples, open_shards
-from .subsample import subsample_classes
-from .synthetic import (CLIP_MEAN, CLIP_STD, COLOURS, MAX_CLASSES, SHAPES, SyntheticShapes,
-                        class_names, class_pairs, make_loaders)
-from .transforms import test_transform, train_transform, transforms_for_model
 
-__all__ = [
-    "load_dataset", "known_names", "Dataset", "Item", "DataError",
-    "sample_fewshot", "fewshot_subset", "split_by_label", "subsample_classes", "load_datum_pickle",
-    "cache_dir", "list_dirs", "check_root", "fewshot_record",
-    "ImageDataset", "load_image", "make_loader", "skip_collate",
-    "train_transform", "test_transform", "transforms_for_model",
-    "SyntheticShapes", "make_loaders", "class_names", "class_pairs", "CLIP_MEAN", "CLIP_STD",
-    "COLOURS", "SHAPES", "MAX_CLASSES",
-    "load_imagenet21k", "ImageNet21KDataset", "ClassTable", "build_class_table", "read_class_table",
-    "universe_wnids", "pack_folder", "ShardDataset", "open_shards", "count_samples", "ShardBatchStream",
-]
+Its names are imported on first use (:mod:`fastprompt.lazy`), so ``fastprompt data`` and
+``fastprompt demo`` build their parsers without torch.
+"""
+from ..lazy import lazy_exports
+
+_EXPORTS = {
+    "..errors": ("DataError",),
+    "..keyed_file": ("cache_dir",),
+    ".check": ("check_root", "fewshot_record"),
+    ".dassl_pickle": ("load_datum_pickle",),
+    ".fewshot": ("fewshot_subset", "sample_fewshot", "split_by_label"),
+    ".imagenet21k": ("ImageNet21KDataset", "load_imagenet21k"),
+    ".imagenet21k_classes": ("ClassTable", "build_class_table", "read_class_table", "universe_wnids"),
+    ".images": ("ImageDataset", "load_image", "make_loader", "skip_collate"),
+    ".items": ("Dataset", "Item"),
+    ".listing": ("list_dirs",),
+    ".load": ("load_dataset",),
+    ".pack": ("pack_folder",),
+    ".registry": ("known_names",),
+    ".shard_stream": ("ShardBatchStream",),
+    ".shards": ("ShardDataset", "count_samples", "open_shards"),
+    ".subsample": ("subsample_classes",),
+    ".synthetic": ("CLIP_MEAN", "CLIP_STD", "SyntheticShapes", "class_names", "class_pairs", "make_loaders"),
+    ".names": ("COLOURS", "MAX_CLASSES", "SHAPES"),
+    ".transforms": ("test_transform", "train_transform", "transforms_for_model"),
+}
+__all__, __getattr__, __dir__ = lazy_exports(__name__, globals(), _EXPORTS)

@@ -35,17 +35,11 @@ from typing import Dict, List, Optional, Sequence, Tuple
 from ..errors import DataError
 from .imagenet import read_classnames
 from .listing import atomic_write_text
+from .names import NAME_STYLES, UNIVERSES
 
 __all__ = ["UNIVERSES", "NAME_STYLES", "ClassTable", "universe_wnids", "wordnet_lemmas", "build_class_table",
            "read_class_table", "CLASS_TABLE_FILE"]
 
-# universe -> (timm table, expected number of classes)
-UNIVERSES: Dict[str, Tuple[str, int]] = {
-    "winter21": ("imagenet21k_miil_w21_synsets.txt", 10450),
-    "fall11": ("imagenet21k_miil_synsets.txt", 11221),
-    "full": ("imagenet22k_synsets.txt", 21841),
-}
-NAME_STYLES = ("lemmas", "first")
 CLASS_TABLE_FILE = "classes.json"
 _FORMAT = 1
 _LEMMA_TABLE = "imagenet_synset_to_lemma.txt"

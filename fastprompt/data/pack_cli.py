@@ -9,7 +9,7 @@ __all__ = ["add_pack_parser"]
 def add_pack_parser(sub) -> None:
     """Add ``pack`` to the ``fastprompt data`` subparsers."""
     from ..cli_args import nonnegative_int, positive_int
-    from .imagenet21k_classes import NAME_STYLES, UNIVERSES
+    from .names import NAME_STYLES, UNIVERSES
 
     pack = sub.add_parser(
         "pack", help="write an ImageNet-21K-P folder tree as WebDataset shards plus its class table",

@@ -15,21 +15,10 @@ import torch
 from PIL import Image, ImageChops, ImageDraw
 from torch.utils.data import DataLoader, Dataset
 
+from .names import COLOURS, MAX_CLASSES, SHAPES
+
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
-
-COLOURS = {
-    "red": (220, 30, 30),
-    "blue": (30, 70, 230),
-    "green": (30, 180, 50),
-    "yellow": (240, 220, 20),
-    "purple": (140, 40, 200),
-    "orange": (255, 140, 0),
-    "cyan": (20, 210, 220),
-    "pink": (255, 120, 190),
-}
-SHAPES = ("circle", "square", "triangle", "star", "hexagon", "cross", "diamond", "pentagon")
-MAX_CLASSES = len(COLOURS) * len(SHAPES)
 
 
 def class_pairs(n_classes: int) -> List[Tuple[str, str]]:

@@ -11,7 +11,13 @@
 
 It stands on :mod:`fastprompt.train` (trainer, precision, state) and :mod:`fastprompt.protocols`
 (the transfer tables), never the reverse.
-"""
-from .run import OBJECTIVES, PRETRAIN_METHODS, pretrain_run
 
-__all__ = ["pretrain_run", "PRETRAIN_METHODS", "OBJECTIVES"]
+Its names are imported on first use (:mod:`fastprompt.lazy`), so ``fastprompt pretrain --help``
+loads no torch.
+"""
+from ..lazy import lazy_exports
+
+_EXPORTS = {
+    ".run": ("OBJECTIVES", "PRETRAIN_METHODS", "pretrain_run"),
+}
+__all__, __getattr__, __dir__ = lazy_exports(__name__, globals(), _EXPORTS)

@@ -18,6 +18,7 @@ DEFAULT_CHECKPOINT_STEPS = 500  # a long run loses at most this many steps to a 
 
 def add_pretrain_parser(subparsers) -> None:
     """Add ``pretrain`` to a subparsers object."""
+    from ..data.names import UNIVERSES
     from ..train.cli import add_run_options
 
     p = subparsers.add_parser(
@@ -34,7 +35,7 @@ def add_pretrain_parser(subparsers) -> None:
     data.add_argument("--data", metavar="ROOT", help="ImageNet-21K-P: the folder holding imagenet21k_resized/ "
                                                      "(or that folder, or one split folder of <wnid>/ folders)")
     data.add_argument("--shards", metavar="DIR", help="a shard set of `fastprompt data pack` (or a brace pattern)")
-    p.add_argument("--universe", choices=("folders", "winter21", "fall11", "full"), default=None,
+    p.add_argument("--universe", choices=("folders",) + tuple(UNIVERSES), default=None,
                    help="class universe of a folder tree (default: its folders, as POMP)")
     p.add_argument("--shots", type=nonnegative_int, default=None, metavar="K",
                    help="images per class drawn from the tree (default 16, as POMP); 0 = all")
@@ -77,7 +78,7 @@ def _with_teacher_cache(cfg: dict, opts) -> dict:
 
 def _run_pretrain(args) -> int:
     from ..errors import EXPECTED_ERRORS, report_failure
-    from ..train.cli import resolve_args
+    from ..train.cli import is_launch_main, resolve_args
     from .run import pretrain_run
 
     try:
@@ -86,6 +87,8 @@ def _run_pretrain(args) -> int:
                               progress=not args.no_progress)
     except EXPECTED_ERRORS as exc:
         return report_failure("pretrain", exc)
+    if not is_launch_main():
+        return 0
     transfer = result.get("transfer") or {}
     for name, metrics in transfer.items():
         print(f"transfer {name}: accuracy {metrics['accuracy']:.2f}%")

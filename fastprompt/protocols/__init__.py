@@ -12,9 +12,15 @@
 * ``cli.py`` — the ``fastprompt run`` and ``fastprompt results`` subcommands.
 
 It imports :mod:`fastprompt.train`; the run layer never imports it.
-"""
-from .definitions import PROTOCOL_RECIPES, PROTOCOLS, check_protocol, recipe_for
-from .grid import plan, run_grid
-from .tables import build_tables
 
-__all__ = ["PROTOCOLS", "PROTOCOL_RECIPES", "recipe_for", "check_protocol", "plan", "run_grid", "build_tables"]
+Its names are imported on first use (:mod:`fastprompt.lazy`), so ``fastprompt run --help``
+loads no torch.
+"""
+from ..lazy import lazy_exports
+
+_EXPORTS = {
+    ".definitions": ("PROTOCOL_RECIPES", "PROTOCOLS", "check_protocol", "recipe_for"),
+    ".grid": ("plan", "run_grid"),
+    ".tables": ("build_tables",),
+}
+__all__, __getattr__, __dir__ = lazy_exports(__name__, globals(), _EXPORTS)

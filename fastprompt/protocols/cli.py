@@ -104,8 +104,8 @@ def _report(directory: str, protocols, method, plot: bool) -> int:
 
 
 def _run(args) -> int:
-    from .. import distributed
     from ..errors import EXPECTED_ERRORS, report_failure
+    from ..train.cli import is_launch_main
     from .definitions import check_protocol
     from .grid import run_grid
 
@@ -119,7 +119,7 @@ def _run(args) -> int:
                           progress=args.progress)
     except EXPECTED_ERRORS as exc:
         return report_failure("run", exc)
-    if not distributed.is_main():
+    if not is_launch_main():  # rank 0 alone prints and writes the results tables
         return 0
     print("fastprompt run: " + ", ".join(f"{n} {what}" for what, n in counts.items()), file=sys.stderr)
     return _report(args.output_dir, [args.protocol], args.method, not args.no_plot)

@@ -16,15 +16,19 @@
 The run's start-up (processes, run directory, model, records) is :mod:`.startup`, shared with
 :mod:`fastprompt.pretrain`; the protocols (:mod:`fastprompt.protocols`) and pretraining stand on
 this room and are never imported by it.
-"""
-from ..errors import ConfigError, TrainError
-from ..features import FeatureCache, FixedViews
-from .config import list_recipes, load_recipe, read_yaml, recipe_path, resolve_config
-from .gpa import GaussianPromptAggregation, gaussian_epoch_weights
-from .run import evaluate_checkpoint, train_run
-from .schedule import EpochSchedule, build_optimizer
-from .trainer import Trainer, TrainSettings
 
-__all__ = ["GaussianPromptAggregation", "gaussian_epoch_weights", "Trainer", "TrainSettings", "EpochSchedule",
-           "build_optimizer", "resolve_config", "read_yaml", "list_recipes", "load_recipe", "recipe_path",
-           "train_run", "evaluate_checkpoint", "ConfigError", "TrainError", "FeatureCache", "FixedViews"]
+Its names are imported on first use (:mod:`fastprompt.lazy`), so ``fastprompt.train.cli`` builds
+its parsers without torch.
+"""
+from ..lazy import lazy_exports
+
+_EXPORTS = {
+    "..errors": ("ConfigError", "TrainError"),
+    "..features": ("FeatureCache", "FixedViews"),
+    ".config": ("list_recipes", "load_recipe", "read_yaml", "recipe_path", "resolve_config"),
+    ".gpa": ("GaussianPromptAggregation", "gaussian_epoch_weights"),
+    ".run": ("evaluate_checkpoint", "train_run"),
+    ".schedule": ("EpochSchedule", "build_optimizer"),
+    ".trainer": ("Trainer", "TrainSettings"),
+}
+__all__, __getattr__, __dir__ = lazy_exports(__name__, globals(), _EXPORTS)

@@ -18,7 +18,7 @@ import sys
 from ..cli_args import no_check, nonnegative_int
 from ..errors import EXPECTED_ERRORS, report_failure
 
-__all__ = ["add_train_parsers", "add_run_options", "resolve_args"]
+__all__ = ["add_train_parsers", "add_run_options", "resolve_args", "is_launch_main"]
 
 
 def add_run_options(p, seed_help: str = "run seed (default 1)") -> None:
@@ -119,6 +119,19 @@ def resolve_args(args, arguments: dict) -> dict:
     return resolve_config(files, method=getattr(args, "method", None), arguments=arguments, overrides=args.opts)
 
 
+def is_launch_main() -> bool:
+    """Whether this process is rank 0 of a torchrun launch (or the only process): the one that
+    prints a command's summary (accuracy, JSON, where it was written), so it appears once.
+
+    The rank is torchrun's ``RANK`` (:func:`fastprompt.distributed.launched_rank`), not the process
+    group's: a run has shut its group down by the time its summary prints, and every rank would
+    then look like rank 0. Errors are not summaries: each rank that fails reports its own.
+    """
+    from ..distributed import launched_rank
+
+    return launched_rank() == 0
+
+
 def _run_train(args) -> int:
     if args.list_recipes:
         from .config import list_recipes
@@ -135,13 +148,17 @@ def _run_train(args) -> int:
                            progress=not args.no_progress)
     except EXPECTED_ERRORS as exc:
         return report_failure("train", exc)
-    if result is not None:
+    if result is not None and is_launch_main():
         print(f"test accuracy {result['accuracy']:.2f}%, macro-F1 {result['macro_f1']:.2f}% "
               f"({result['correct']}/{result['total']}); run directory {args.output_dir}")
     return 0
 
 
 def _run_eval(args) -> int:
+    if not is_launch_main():
+        # evaluation is one process's work (it is not split over ranks, and it locks the run
+        # directory): under torchrun rank 0 evaluates and prints, the other ranks have nothing to do
+        return 0
     from .run import evaluate_checkpoint
 
     try:
