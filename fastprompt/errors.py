@@ -12,14 +12,20 @@ stderr and exits 2 (:func:`report_failure`). Anything else is a bug and keeps it
 * :class:`FolderInUseError` — another job holds the folder this one would write into
   (:mod:`fastprompt.folder_lock`);
 * :class:`PretrainedNotAvailableError` — pretrained weights that are not on this machine and
-  cannot be fetched (:mod:`fastprompt.learners.pretrained` says which file, and where it goes).
+  cannot be fetched (:mod:`fastprompt.learners.pretrained` says which file, and where it goes);
+* :class:`PretrainedFileError` — a weights file given as ``pretrained`` that is not a readable
+  checkpoint of the model (a text file, a truncated download, another architecture's weights);
+* :class:`~fastprompt.atomic_io.StorageFullError` — a file not written because the storage is full
+  (no space, a quota, a file-size limit); the file on disk is the one from before.
 """
 from __future__ import annotations
 
 import sys
 
+from .atomic_io import StorageFullError
+
 __all__ = ["DataError", "ConfigError", "TrainError", "FolderInUseError", "PretrainedNotAvailableError",
-           "EXPECTED_ERRORS", "report_failure"]
+           "PretrainedFileError", "StorageFullError", "EXPECTED_ERRORS", "report_failure"]
 
 
 class DataError(ValueError):
@@ -45,10 +51,15 @@ class PretrainedNotAvailableError(RuntimeError):
     """The requested pretrained weights are not on this machine and cannot be fetched."""
 
 
+class PretrainedFileError(ConfigError):
+    """A ``pretrained`` weights file (or folder) that cannot be loaded into the model: not a torch
+    or safetensors file, damaged, or the weights of another architecture. A ``ValueError``."""
+
+
 # What the run commands (train, eval, run, results, pretrain) report as one line; a missing file
-# named on the command line is the user's to fix as well.
+# named on the command line is the user's to fix as well, and so is a full disk.
 EXPECTED_ERRORS = (ConfigError, TrainError, DataError, FolderInUseError, PretrainedNotAvailableError,
-                   FileNotFoundError)
+                   FileNotFoundError, StorageFullError)
 
 
 def report_failure(command: str, exc: Exception) -> int:

@@ -9,13 +9,14 @@ parameters, builds its text plan and implements ``forward``/``loss``. Users touc
     learner.set_classnames(new_names)        # base-to-novel: prompts kept
     W = learner.text_classifier()            # [C, E] normalised, plain tensor
     learner.save_pretrained(path); CoOpLearner.from_pretrained(path)
+    sd = learner.prompt_state_dict()         # the learned tensors only; learner.load_prompt_state_dict(sd)
 """
 from __future__ import annotations
 
 import abc
 import dataclasses
 import os
-from typing import Any, ClassVar, Dict, List, Optional, Sequence, Type
+from typing import Any, ClassVar, Dict, List, Mapping, NamedTuple, Optional, Sequence, Type
 
 import torch
 import torch.nn.functional as F
@@ -30,6 +31,13 @@ from .pretrained import load_open_clip, recorded_pretrained
 from .prompts import clean_classnames
 
 LEARNERS: Dict[str, Type["PromptLearner"]] = {}
+
+
+class PromptLoadResult(NamedTuple):
+    """What :meth:`PromptLearner.load_prompt_state_dict` did not load (both empty when ``strict``)."""
+
+    missing_keys: List[str]
+    unexpected_keys: List[str]
 
 
 def default_tokenizer(model: nn.Module):
@@ -141,14 +149,34 @@ class PromptLearner(nn.Module, abc.ABC):
     # ---- construction ------------------------------------------------------------------------
     @classmethod
     def from_model(cls, model: nn.Module, classnames: Sequence[str], *, tokenizer=None, **cfg):
-        """Wrap an already-built open_clip model (weights are used in place, never copied)."""
+        """Wrap an already-built open_clip model; ``cfg`` are the method's settings (``config_class``).
+
+        The learner holds ``model`` itself, not a copy (``learner.clip is model``), and changes it
+        in place: every parameter of ``model`` gets ``requires_grad=False`` and ``model`` is put in
+        eval mode, where it stays (``learner.train()`` switches only the prompt modules). Moving
+        or casting the learner (``.to(device)``, ``.half()``) moves or casts ``model`` too. The
+        settings are checked before ``model`` is touched; the class names only after it is frozen,
+        so a call refused for its class names may already have frozen it. To train ``model``
+        itself again, undo both: ``model.requires_grad_(True); model.train()`` (the learner then
+        computes gradients for CLIP as well: do it when done with the learner).
+        :meth:`from_open_clip` builds a model of its own, so no caller's model is affected.
+        """
         return cls(model, classnames, cls.config_class(**cfg), tokenizer=tokenizer)
 
     @classmethod
     def from_open_clip(cls, name: str, pretrained: Optional[str], classnames: Sequence[str], *,
                        device=None, precision: str = "fp32", cache_dir: Optional[str] = None,
                        tokenizer=None, **cfg):
-        """Build the open_clip model ``name`` with weights ``pretrained`` (a tag, a file, or None)."""
+        """Build the open_clip model ``name`` with weights ``pretrained`` (a tag, a file, or None),
+        frozen and in eval mode as in :meth:`from_model` (the model is the learner's own).
+
+        Raises:
+            ValueError: unknown model name or tag; :class:`~fastprompt.errors.PretrainedFileError`
+                (a ``ValueError``) when ``pretrained`` is a file or folder that is not a checkpoint
+                of ``name`` (see :func:`~fastprompt.learners.pretrained.load_open_clip`).
+            FileNotFoundError: ``pretrained`` is a path and nothing is there.
+            PretrainedNotAvailableError: the tag's weights are not cached and cannot be fetched.
+        """
         config = cls.config_class(**cfg)  # validate before the (slow) model build
         model = load_open_clip(name, pretrained, device=device, precision=precision, cache_dir=cache_dir)
         if tokenizer is None:
@@ -288,8 +316,45 @@ class PromptLearner(nn.Module, abc.ABC):
               f"trainable%: {100.0 * trainable / max(total, 1):.4f}")
 
     # ---- checkpoints -------------------------------------------------------------------------
+    def state_dict(self, *args, **kwargs):
+        """``nn.Module.state_dict``, unchanged: every parameter and buffer, the frozen CLIP included
+        (and a teacher CLIP where the method has one), so ``load_state_dict`` restores the whole
+        module. For the learned tensors alone (kilobytes, not the backbone's hundreds of
+        megabytes) use :meth:`prompt_state_dict` / :meth:`load_prompt_state_dict`."""
+        return super().state_dict(*args, **kwargs)
+
+    def prompt_state_dict(self) -> Dict[str, torch.Tensor]:
+        """The learned tensors only, by name, in the manner of PEFT's ``get_peft_model_state_dict``:
+        exactly what :meth:`save_pretrained` writes to ``prompt.safetensors`` (the trainable
+        parameters outside the frozen CLIP), each of its parameter's shape (CoOp's ``ctx``:
+        ``[n_ctx, width]``, ``[C, n_ctx, width]`` with class-specific contexts) and ``.detach()``-ed
+        like ``state_dict()``'s (same storage, device and dtype as the parameter; clone before
+        changing one). Plain tensors, so ``torch.save`` / ``safetensors`` write it;
+        :meth:`load_prompt_state_dict` reads it back."""
+        return {name: p.detach() for name, p in self.trainable_named_parameters()}
+
+    def load_prompt_state_dict(self, state_dict: Mapping[str, torch.Tensor], strict: bool = True) -> PromptLoadResult:
+        """Load :meth:`prompt_state_dict`'s tensors into this learner, in place (PEFT's
+        ``set_peft_model_state_dict``), with the checks :meth:`from_pretrained` applies.
+
+        Every tensor is checked before any is copied: a floating-point tensor (copied in the
+        parameter's dtype), of the parameter's shape, all values finite; else a ``ValueError``
+        naming the tensor. With ``strict`` (the default) the names must be exactly this
+        learner's, else a ``ValueError`` naming the missing and unexpected ones; with
+        ``strict=False`` the tensors present are loaded and the rest reported in the result.
+
+        Returns:
+            ``(missing_keys, unexpected_keys)``, as ``nn.Module.load_state_dict`` returns them.
+        """
+        return self.load_prompt_state(state_dict, source="prompt state dict", strict=strict)
+
     def save_pretrained(self, directory: str) -> None:
-        """Write ``prompt.safetensors`` (trainable tensors) and ``fastprompt_config.json``, atomically."""
+        """Write ``prompt.safetensors`` (:meth:`prompt_state_dict`) and ``fastprompt_config.json``, atomically.
+
+        Raises:
+            StorageFullError: (an ``OSError``) the storage refused a file for want of room; the
+                file on disk is the one from before.
+        """
         config = {
             "method": self.method,
             "config": self.config.to_dict(),
@@ -300,7 +365,7 @@ class PromptLearner(nn.Module, abc.ABC):
         }
         metadata = {"method": self.method, "backbone": str(self.model_name), "pretrained": str(self.pretrained),
                     "fastprompt_version": __version__}
-        write_prompt_checkpoint(directory, dict(self.trainable_named_parameters()), config, metadata)
+        write_prompt_checkpoint(directory, self.prompt_state_dict(), config, metadata)
 
     def _checkpoint_classnames(self):
         """The class list as the checkpoint records it (what ``from_pretrained`` passes back)."""
@@ -346,15 +411,21 @@ class PromptLearner(nn.Module, abc.ABC):
         learner.load_prompt_state(tensors, source=directory)
         return learner
 
-    def load_prompt_state(self, tensors: Dict[str, torch.Tensor], source: str = "state dict") -> None:
-        """Copy named tensors into the trainable parameters; every name must match, shapes too, and
-        every value must be finite (checked before anything is copied)."""
+    def load_prompt_state(self, tensors: Mapping[str, torch.Tensor], source: str = "state dict",
+                          strict: bool = True) -> PromptLoadResult:
+        """Copy named tensors into the trainable parameters; every name must match (unless not
+        ``strict``: then the names present), shapes too, and every value must be finite (checked
+        before anything is copied). ``source`` names the tensors' origin in the errors."""
+        if not isinstance(tensors, Mapping):
+            raise ValueError(f"{source} must be a mapping of names to tensors (prompt_state_dict()), got "
+                             f"{type(tensors).__name__}")
         params = dict(self.trainable_named_parameters())
         missing = sorted(set(params) - set(tensors))
         unexpected = sorted(set(tensors) - set(params))
-        if missing or unexpected:
+        if strict and (missing or unexpected):
             raise ValueError(f"{source} does not match this {type(self).__name__}: missing {missing}, "
                              f"unexpected {unexpected}")
+        params = {name: p for name, p in params.items() if name in tensors}
         for name, p in params.items():
             t = tensors[name]
             if not isinstance(t, torch.Tensor) or not t.is_floating_point():
@@ -371,6 +442,7 @@ class PromptLearner(nn.Module, abc.ABC):
         with torch.no_grad():
             for name, p in params.items():
                 p.copy_(tensors[name].to(p.dtype))
+        return PromptLoadResult(missing, unexpected)
 
     def load_original_state_dict(self, state) -> None:
         """Load the prompt learner saved by the method's original repository.

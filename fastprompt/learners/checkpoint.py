@@ -11,7 +11,7 @@ from typing import Any, Dict, Mapping
 
 import torch
 
-from ..atomic_io import atomic_write
+from ..atomic_io import atomic_write_bytes, atomic_write_text
 
 PROMPT_FILE = "prompt.safetensors"
 CONFIG_FILE = "fastprompt_config.json"
@@ -19,25 +19,28 @@ CONFIG_FILE = "fastprompt_config.json"
 
 def write_prompt_checkpoint(directory: str, tensors: Dict[str, torch.Tensor], config: Dict[str, Any],
                             metadata: Dict[str, str]) -> None:
-    from safetensors.torch import save_file
+    """``tensors`` to ``prompt.safetensors`` and ``config`` to ``fastprompt_config.json`` in
+    ``directory``, each atomically; serialised in memory first, so that a full disk is a
+    :class:`~fastprompt.atomic_io.StorageFullError` with its errno."""
+    from safetensors.torch import save
 
     os.makedirs(directory, exist_ok=True)
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
-    atomic_write(os.path.join(directory, PROMPT_FILE), lambda p: save_file(tensors, p, metadata=metadata))
-
-    def write_json(p):
-        with open(p, "w", encoding="utf-8") as f:
-            json.dump(config, f, indent=2, sort_keys=True)
-            f.write("\n")
-
-    atomic_write(os.path.join(directory, CONFIG_FILE), write_json)
+    atomic_write_bytes(os.path.join(directory, PROMPT_FILE), save(tensors, metadata=metadata))
+    atomic_write_text(os.path.join(directory, CONFIG_FILE), json.dumps(config, indent=2, sort_keys=True) + "\n")
 
 
 def read_prompt_checkpoint(directory: str):
-    """Return ``(config dict, tensors dict)``; errors say which file is missing or unreadable."""
+    """Return ``(config dict, tensors dict)``; errors say which file is missing or unreadable, each
+    in one line: ``FileNotFoundError`` (no such folder, a file of the two missing), else ``ValueError``."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
+    if os.path.isfile(directory):
+        inside = os.path.basename(directory) in (PROMPT_FILE, CONFIG_FILE)
+        raise ValueError(f"{directory!r} is a file, not a fastprompt checkpoint folder: pass the folder "
+                         f"{'that holds it' if inside else 'that save_pretrained wrote'} ({PROMPT_FILE} and "
+                         f"{CONFIG_FILE})")
     if not os.path.isdir(directory):
         raise FileNotFoundError(f"no prompt checkpoint directory at {directory!r}")
     config_path = os.path.join(directory, CONFIG_FILE)

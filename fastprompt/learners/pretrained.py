@@ -9,7 +9,11 @@ usual cache, with the Hub's progress bar — and adds what a user needs around i
   :class:`PretrainedNotAvailableError` naming the file, the cache it belongs in and how to fill
   it — instead of ``huggingface_hub``'s back-off (about 45 s and a dozen warnings per tag when
   the network is down);
-* a ``pretrained`` path that does not exist is a ``FileNotFoundError``, not "unknown tag".
+* a ``pretrained`` path that does not exist is a ``FileNotFoundError``, not "unknown tag";
+* a ``pretrained`` file that open_clip cannot load (a text file, an empty or truncated file, the
+  weights of another architecture) or a folder is one :class:`PretrainedFileError` naming the path
+  and what is wrong with it (:mod:`fastprompt.learners.weights_file`), instead of torch's or open_clip's
+  traceback. The file is examined only after open_clip failed on it: a good file costs nothing.
 """
 from __future__ import annotations
 
@@ -19,9 +23,9 @@ from dataclasses import dataclass
 from typing import Optional, Tuple
 from urllib.parse import urlparse
 
-from ..errors import PretrainedNotAvailableError  # noqa: F401  (raised here; fastprompt.PretrainedNotAvailableError)
+from ..errors import PretrainedFileError, PretrainedNotAvailableError  # noqa: F401  (raised here)
+from .weights_file import CHECKPOINT_SUFFIXES, WHAT_TO_GIVE, folder_message, weights_file_problem
 
-CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".ckpt")
 PROBE_TIMEOUT_S = 10.0
 
 
@@ -174,6 +178,8 @@ def load_open_clip(name: str, pretrained: Optional[str], device=None, precision:
 
     Raises:
         ValueError: unknown model name or tag (the message lists the known tags).
+        PretrainedFileError: (a ``ValueError``) ``pretrained`` is a folder, or a file that is not a
+            checkpoint of ``name``: the message names the path and what is wrong.
         FileNotFoundError: ``pretrained`` is a path and no file is there.
         PretrainedNotAvailableError: the tag's weights are not cached and the Hub is offline,
             unreachable, or refused the download.
@@ -183,16 +189,19 @@ def load_open_clip(name: str, pretrained: Optional[str], device=None, precision:
     if name not in open_clip.list_models() and not name.startswith(("hf-hub:", "local-dir:")):
         raise ValueError(f"unknown open_clip model {name!r}; see open_clip.list_models() for the names")
     mode = contextlib.nullcontext()
-    source = None
+    source = file_path = None
     if pretrained is not None:
         pretrained = str(pretrained)
-        if os.path.isfile(os.path.expanduser(pretrained)):
-            pretrained = os.path.expanduser(pretrained)
-        elif looks_like_path(pretrained):
-            path = os.path.abspath(os.path.expanduser(pretrained))
+        tags = open_clip.list_pretrained_tags_by_model(name)
+        expanded = os.path.expanduser(pretrained)
+        if os.path.isfile(expanded):
+            pretrained = file_path = expanded
+        elif looks_like_path(pretrained) or (os.path.isdir(expanded) and pretrained not in tags):
+            path = os.path.abspath(expanded)
+            if os.path.isdir(path):
+                raise PretrainedFileError(folder_message(path))
             raise FileNotFoundError(f"pretrained checkpoint file not found: {path}")
         else:
-            tags = open_clip.list_pretrained_tags_by_model(name)
             if pretrained not in tags:
                 raise ValueError(f"unknown pretrained tag {pretrained!r} for {name!r}; known tags: {tags}, "
                                  "or pass the path of a local checkpoint file, or None for random weights")
@@ -213,10 +222,17 @@ def load_open_clip(name: str, pretrained: Optional[str], device=None, precision:
         with mode:
             model = open_clip.create_model(name, pretrained=pretrained, device=device, precision=precision,
                                            cache_dir=cache_dir)
-    except RuntimeError as err:
+    except Exception as err:  # noqa: BLE001 - torch and safetensors raise many types for a bad file
+        if file_path is not None:
+            problem = weights_file_problem(name, file_path)
+            if problem is None:  # the file looks right: the failure is not the user's to fix
+                raise
+            raise PretrainedFileError(f"pretrained weights file {os.path.abspath(file_path)} cannot be loaded into "
+                                      f"open_clip model {name!r}: {problem}. {WHAT_TO_GIVE}") from err
         # open_clip reports a failed download (refused, not found, interrupted) as RuntimeError.
-        if source is None or "download" not in str(err).lower():
+        if not isinstance(err, RuntimeError) or source is None or "download" not in str(err).lower():
             raise
         raise PretrainedNotAvailableError(source.missing_message(f"the download failed ({err})")) from err
     model.eval()
     return model
+

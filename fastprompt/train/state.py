@@ -19,6 +19,7 @@ restores the run (the ``prompt.safetensors`` beside it is for ``from_pretrained`
 """
 from __future__ import annotations
 
+import io
 import json
 import random
 from typing import Any, Dict
@@ -26,7 +27,7 @@ from typing import Any, Dict
 import numpy as np
 import torch
 
-from ..atomic_io import atomic_write, atomic_write_text
+from ..atomic_io import atomic_write, atomic_write_bytes, atomic_write_text
 from ..errors import TrainError
 
 __all__ = ["atomic_write", "write_text", "write_json", "save_state", "load_state", "rng_state", "set_rng_state",
@@ -66,7 +67,12 @@ def set_rng_state(state: Dict[str, Any]) -> None:
 
 
 def save_state(path: str, state: Dict[str, Any]) -> None:
-    atomic_write(path, lambda tmp: torch.save(state, tmp))
+    """``torch.save`` of ``state`` to ``path``, atomically. Serialised in memory first (the state is
+    the prompts, their optimizer state and a few numbers) and written by Python, so that a full disk
+    is a :class:`~fastprompt.atomic_io.StorageFullError` with its errno, not torch's C++ stream error."""
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    atomic_write_bytes(path, buffer.getbuffer())
 
 
 def load_state(path: str) -> Dict[str, Any]:

@@ -16,7 +16,9 @@ its step, so a step's gradient is the mean over its batches, also for a short la
 epoch), evaluation every N epochs, torchrun data parallelism
 (:mod:`fastprompt.distributed`), a resumable state at every epoch end and, optionally,
 every N steps (:mod:`fastprompt.train.state`), and a stop with the step number when the loss or
-the prompts after a step are not finite, before anything non-finite is checkpointed.
+the prompts after a step are not finite, before anything non-finite is checkpointed. A checkpoint
+the storage refuses (no space, a quota, a file-size limit) stops the run with one ``TrainError``
+naming the file and the checkpoint that is kept, to go on from with ``--resume``.
 
 The trainer sees the learner only through its public API: ``loss(images, labels)``,
 ``forward(images)``, ``trainable_named_parameters()``, ``train()``, ``save_pretrained(dir)``,
@@ -42,7 +44,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from .. import distributed
 from ..data.images import skip_collate
-from ..errors import DataError, TrainError
+from ..errors import DataError, StorageFullError, TrainError
 from .batches import MapBatches
 from .evaluate import check_unreadable, evaluate
 from .precision import Precision
@@ -200,9 +202,33 @@ class Trainer:
         if not (self.main and self.run_dir):
             return
         state = self.state_dict()
-        save_state(self.state_path, state)
-        self.learner.save_pretrained(self.run_dir)
+        state_written = False
+        try:
+            save_state(self.state_path, state)
+            state_written = True
+            self.learner.save_pretrained(self.run_dir)
+        except StorageFullError as exc:
+            self._storage_full(exc, state_written)
         self.last_saved_step = self.step
+
+    def _storage_full(self, exc: StorageFullError, state_written: bool) -> None:
+        """Stop the run: the storage refused a checkpoint file (``exc`` names it and why). Each file
+        is written atomically, so what is on disk is whole: say which checkpoint that is."""
+        todo = "free space (or raise the quota or file-size limit) and rerun the same command with --resume"
+        if state_written:
+            kept = (f"The resumable {STATE_FILE} of step {self.step} was written, the prompt files beside it may still "
+                    f"be the previous checkpoint's; {todo}: it goes on from step {self.step} and writes them again")
+        elif self.last_saved_step is not None or os.path.isfile(self.state_path):
+            step = f" (step {self.last_saved_step})" if self.last_saved_step is not None else ""
+            kept = f"The previous checkpoint{step} in {self.run_dir} is intact; {todo} to go on from it"
+        else:
+            kept = f"No checkpoint was written yet; {todo}"
+        message = f"checkpoint of step {self.step} not saved: {exc}. {kept}"
+        try:
+            self.records.log(f"error: {message}")
+        except OSError:  # log.txt is on the same full storage: the message still reaches stderr
+            pass
+        raise TrainError(message) from None
 
     # ---- helpers ---------------------------------------------------------------------------------
     @property
