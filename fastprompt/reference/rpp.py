@@ -13,7 +13,8 @@ benchmarks:
   open_clip's float causal mask; the residual stream is the residual-row version;
 * vision: ``ln_pre([image tokens ; P^x_0])`` at layer 0, ``cat([x[:, :-M], P^x_j])`` before
   prompted layer ``j`` (IVLP/MaPLe layout: muzairkhattak/multimodal-prompt-learning @ 69bce21
-  ``clip/model.py``, ``ResidualAttentionBlock_IVLP``);
+  ``clip/model.py``, ``ResidualAttentionBlock_IVLP``); with ``branches="text"`` the image side is the
+  model's own ``encode_image``, so a ResNet image tower (which the learner accepts then) works too;
 * post-projection: the prompt rows' q/k/v are spliced into the projected heads with
   ``torch.cat`` and attention is an explicit softmax;
 * layers ``>= J``: open_clip's own residual blocks;
@@ -164,12 +165,12 @@ class ReferenceRPPPromptLearner(nn.Module):
             return nn.Parameter(t.to(device))
 
         text_w, text_h = holder.ln_final.weight.shape[0], holder.transformer.resblocks[0].attn.num_heads
-        vis = model.visual
-        vis_w, vis_h = vis.conv1.out_channels, vis.transformer.resblocks[0].attn.num_heads
-        for side, used, m, width, heads in (("text", self.prompt_text, n_ctx, text_w, text_h),
-                                            ("vision", self.prompt_vision, self.n_ctx_vision, vis_w, vis_h)):
-            if not used:
-                continue
+        sides = [("text", n_ctx, text_w, text_h)] if self.prompt_text else []
+        if self.prompt_vision:  # a ViT; a ResNet image tower (branches "text") is only read by encode_image
+            vis = model.visual
+            sides.append(("vision", self.n_ctx_vision, vis.conv1.out_channels,
+                          vis.transformer.resblocks[0].attn.num_heads))
+        for side, m, width, heads in sides:
             if shared:
                 setattr(self, f"{side}_prompts", new(depth, m, width))
             else:
