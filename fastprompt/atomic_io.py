@@ -30,10 +30,13 @@ class StorageFullError(OSError):
     naming both, and that the file on disk is the one from before the write.
     """
 
-    def __init__(self, path: str, err: Optional[int], detail: str):
+    def __init__(self, path: str, err: Optional[int], detail: str, appending: bool = False):
         super().__init__(err, os.strerror(err) if err else detail, path)
         reason = f"{os.strerror(err)} ({errno.errorcode.get(err, err)})" if err else detail
-        kept = "it is left as it was before" if os.path.exists(path) else "no file was created"
+        if appending:  # a log's append is not atomic: its last line may be cut (readers skip a torn line)
+            kept = "its last line may be cut short; free space, then rerun with --resume"
+        else:
+            kept = "it is left as it was before" if os.path.exists(path) else "no file was created"
         self.message = f"cannot write {path}: {reason}; {kept}"
 
     def __str__(self) -> str:

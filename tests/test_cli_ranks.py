@@ -73,3 +73,21 @@ def test_run_summary_and_tables_on_rank_0_only(monkeypatch, tmp_path, capsys):
     assert _run(monkeypatch, tmp_path, 0) == 1
     err = capsys.readouterr().err
     assert "fastprompt run: 1 trained" in err and "no finished runs" in err
+
+
+def test_a_grid_job_is_said_and_evaluated_by_rank_0_alone(monkeypatch, tmp_path, capsys):
+    """Between the runs of a grid no process group is alive, so every rank used to take itself for
+    rank 0: each said "training ..." and evaluated the prompts into the same file."""
+    import fastprompt.protocols.grid as grid
+
+    evaluated = []
+    monkeypatch.setattr(grid, "train_run", lambda *a, **kw: None)
+    monkeypatch.setattr(grid, "evaluate_checkpoint", lambda run_dir, root, dataset, subsample, **kw:
+                        evaluated.append((dataset, subsample)))
+    job = grid.Job(str(tmp_path / "run"), "dtd", 1, 1, "coop/vit_b16_ep50", (), "base",
+                   (("dtd", "base"), ("dtd", "new")))
+    for rank, expected in ((1, []), (0, [("dtd", "base"), ("dtd", "new")])):
+        monkeypatch.setenv("RANK", str(rank))
+        assert grid.run_job(job, {}, str(tmp_path)) == "trained"
+        assert evaluated == expected
+        assert ("training " in capsys.readouterr().err) == (rank == 0)

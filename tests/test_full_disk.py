@@ -205,3 +205,24 @@ def test_a_full_disk_at_the_prompt_files_says_the_state_was_written(tmp_path):
         trainer.save()
     assert load_state(str(tmp_path / STATE_FILE))["step"] == 7
     assert torch.load(tmp_path / STATE_FILE, weights_only=True)["format"] == 1
+
+
+def test_a_full_disk_while_appending_to_the_run_log_is_one_line(tmp_path):
+    """log.txt and metrics.jsonl are appended, not replaced: a refused append is a StorageFullError
+    naming the file (the CLI's one line), saying the last line may be cut, never a bare OSError."""
+    out = _python("""
+        import sys
+        from fastprompt.train.records import RunRecords
+        from fastprompt.errors import EXPECTED_ERRORS
+        records = RunRecords(sys.argv[1], tensorboard=False, echo=False)
+        try:
+            for i in range(10_000):
+                records.metric({"kind": "step", "step": i, "loss": 0.5})
+        except EXPECTED_ERRORS as exc:
+            print(type(exc).__name__, "|", exc)
+        """, str(tmp_path), limit=LIMIT)
+    assert out.returncode == 0, out.stderr
+    name, message = out.stdout.strip().split(" | ")
+    assert name == "StorageFullError"
+    assert str(tmp_path / "metrics.jsonl") in message and "EFBIG" in message and "--resume" in message
+    assert "left as it was" not in message

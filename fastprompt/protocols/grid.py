@@ -131,8 +131,14 @@ def _eval_fresh(path: str, run_dir: str) -> bool:
     return os.path.isfile(path) and os.path.isfile(prompts) and os.path.getmtime(path) >= os.path.getmtime(prompts)
 
 
+def _launch_main() -> bool:
+    # torchrun's rank, not the process group's: each run starts and shuts down its own group, so
+    # between runs every rank would look like rank 0 and say, evaluate and write everything twice
+    return distributed.launched_rank() == 0
+
+
 def _say(text: str) -> None:
-    if distributed.is_main():
+    if _launch_main():
         print(f"fastprompt run: {text}", file=sys.stderr, flush=True)
 
 
@@ -153,7 +159,9 @@ def _train_job(job: Job, cfg: Dict[str, Any], status: str, progress: bool, callb
 def run_job(job: Job, cfg: Dict[str, Any], data_root: str, *, progress: bool = False,
             callbacks: Sequence[Callable] = (), device: str = "") -> str:
     """Train (or skip, or resume) one job, then its evaluations; returns what was done."""
-    status = distributed.broadcast_object(run_status(job.run_dir) if distributed.is_main() else None)
+    # every rank reads the status itself: no process group lives between runs, and nothing is written
+    # into this job's directory before all ranks have joined its run's group
+    status = run_status(job.run_dir)
     try:
         done = _train_job(job, cfg, status, progress, callbacks)
     except TrainError as exc:
@@ -161,7 +169,7 @@ def run_job(job: Job, cfg: Dict[str, Any], data_root: str, *, progress: bool = F
             raise
         raise TrainError(f"{exc}. This grid directory holds runs of other settings: pass another --output-dir "
                          "for these") from None
-    if distributed.is_main():
+    if _launch_main():
         for dataset, subsample in job.evals:
             out = eval_path(job.run_dir, dataset, subsample)
             if not _eval_fresh(out, job.run_dir):

@@ -17,6 +17,8 @@ import sys
 import time
 from typing import Any, Dict, List, Optional
 
+from ..atomic_io import FULL_ERRNOS, StorageFullError
+
 __all__ = ["RunRecords", "read_metrics", "plot_curves"]
 
 
@@ -50,15 +52,13 @@ class RunRecords:
             except ImportError:  # pragma: no cover
                 print(text, file=sys.stderr)
         if self._log is not None:
-            self._log.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {text}\n")
-            self._log.flush()
+            _append(self._log, f"{time.strftime('%Y-%m-%d %H:%M:%S')} {text}\n")
 
     def metric(self, record: Dict[str, Any]) -> None:
         if self._metrics is None:
             return
         record = {**record, "time": round(time.time(), 3)}
-        self._metrics.write(json.dumps(record, sort_keys=True) + "\n")
-        self._metrics.flush()
+        _append(self._metrics, json.dumps(record, sort_keys=True) + "\n")
         if self._tb is not None:
             step = record.get("step", 0)
             prefix = record.get("split", "train") if record["kind"] == "eval" else record["kind"]
@@ -74,6 +74,18 @@ class RunRecords:
         if self._tb is not None:
             self._tb.close()
         self._log = self._metrics = self._tb = None
+
+
+def _append(f, text: str) -> None:
+    """Append ``text`` and flush; full storage is a :class:`StorageFullError` naming the file (one line
+    for the command line), not a bare ``OSError`` traceback."""
+    try:
+        f.write(text)
+        f.flush()
+    except OSError as exc:
+        if exc.errno in FULL_ERRNOS:
+            raise StorageFullError(f.name, exc.errno, str(exc), appending=True) from None
+        raise
 
 
 def read_metrics(path: str) -> List[Dict[str, Any]]:
