@@ -23,6 +23,20 @@ def test_a_warm_training_step_reads_the_host_not_once(method, tiny_model, classn
     for _ in range(2):  # the second step is warm: plans built and cached
         with HostReads() as reads:
             learner.loss(images, labels).backward()
+    # on CPU tensors alone each attention call reads one sum to see whether its inputs hold NaN or inf
+    # (fastprompt/ops/masked_exactness.py); on a GPU that check is skipped without a read (below)
+    gpu_reads = {where: n for where, n in reads.where.items() if not where[1].startswith("ops/masked_exactness.py")}
+    assert not gpu_reads, reads.where
+
+
+def test_the_cpu_only_finiteness_check_reads_nothing_for_other_devices():
+    from fastprompt.ops.masked_exactness import has_nonfinite
+    from fastprompt.ops.validation import AttentionArgs
+
+    q = torch.empty(2, 5, 2, 8, device="meta")
+    args = AttentionArgs(q, q, q, None, None, None, False, None, 8 ** -0.5)
+    with HostReads() as reads:
+        assert has_nonfinite(args) is False
     assert reads.total == 0, reads.where
 
 
