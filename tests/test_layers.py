@@ -20,7 +20,7 @@ PACKAGE = os.path.dirname(os.path.abspath(fastprompt.__file__))
 # core (ops -> towers -> learners), the data, and the run layer (DESIGN §7). The test helpers sit
 # on top: the library never builds anything from them.
 ROOMS = ("version", "lazy", "atomic_io", "errors", "folder_lock", "cli_args", "templates", "distributed", "keyed_file",
-         "models", "kernels", "ops", "env", "towers", "learners", "reference", "data", "features", "train",
+         "models", "kernels", "ops", "env", "towers", "learners", "reference", "data", "features", "replay", "train",
          "protocols", "pretrain", "demo", "cli", "testing", "__init__")
 
 

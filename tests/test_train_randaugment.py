@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 
 import fastprompt
-import fastprompt.train.randaugment as ra
+import fastprompt.replay.randaugment as ra
 from fastprompt.cli import main
 from fastprompt.testing.fake_trees import make_split_dataset
 from fastprompt.data.images import ImageDataset

@@ -19,7 +19,7 @@ import torch
 from torchvision import transforms as T
 
 from ..errors import ConfigError
-from .randaugment import RandAugment2
+from ..replay.randaugment import RandAugment2
 
 __all__ = ["MultiView", "flatten_views", "with_randaugment2"]
 

@@ -13,7 +13,9 @@ skipped when ``random.random() > p``, otherwise applied with the value ``low + m
 value with probability 1/2 (``random.random() > 0.5``). Translations are fractions of the image
 size; affine maps and rotation use PIL's defaults (nearest neighbour, black fill). Random numbers
 come from Python's ``random`` module, in the original's order, so a seeded sample
-(:class:`fastprompt.data.order.SeededSamples`) gets the same augmentation however it is loaded.
+(:class:`fastprompt.data.order.SeededSamples`) gets the same augmentation however it is loaded,
+and :mod:`fastprompt.replay.draw_counts` can advance a ``random.Random`` exactly as an image's
+augmentation does without touching the image (:data:`SIGNED_OPS`: the ops that draw a sign).
 """
 from __future__ import annotations
 
@@ -22,7 +24,7 @@ from typing import Callable, Dict, Tuple
 
 from PIL import Image, ImageEnhance, ImageOps
 
-__all__ = ["RANDAUGMENT2_OPS", "RandAugment2", "apply_op"]
+__all__ = ["RANDAUGMENT2_OPS", "SIGNED_OPS", "RandAugment2", "apply_op"]
 
 # (op, low, high): randaugment_list2 of Dassl, in its order.
 RANDAUGMENT2_OPS: Tuple[Tuple[str, float, float], ...] = (
@@ -42,6 +44,10 @@ RANDAUGMENT2_OPS: Tuple[Tuple[str, float, float], ...] = (
     ("TranslateX", -0.3, 0.3),
     ("TranslateY", -0.3, 0.3),
 )
+
+
+# The geometric ops: each draws one more ``random.random()`` for its sign (``_random_sign``).
+SIGNED_OPS = frozenset({"Rotate", "ShearX", "ShearY", "TranslateX", "TranslateY"})
 
 
 def _random_sign(value: float) -> float:
