@@ -29,6 +29,11 @@ def _where() -> str:
     return "?"
 
 
+# Code that reads only for CPU tensors and skips without reading for others: the attention op's
+# check for NaN or inf before it picks its exact masked path (fastprompt/ops/masked_exactness.py).
+CPU_ONLY = ("ops/masked_exactness.py",)
+
+
 class HostReads(TorchDispatchMode):
     """``with HostReads() as reads: ...`` then ``reads.total`` and ``reads.where`` (a Counter of
     ``(kind, fastprompt file:line)``)."""
@@ -40,6 +45,11 @@ class HostReads(TorchDispatchMode):
     @property
     def total(self) -> int:
         return sum(self.where.values())
+
+    @property
+    def on_gpu(self) -> Counter:
+        """The reads a GPU run would make: those of :data:`CPU_ONLY` code are left out."""
+        return collections.Counter({k: n for k, n in self.where.items() if not k[1].startswith(CPU_ONLY)})
 
     def record(self, kind: str) -> None:
         self.where[(kind, _where())] += 1

@@ -104,9 +104,10 @@ def initial_context(tower: TextTower, template: ContextTemplate, shape: Sequence
 
     With a ``ctx_init`` phrase: :func:`context_word_embeddings` (``[M, D]``). Otherwise ``N(0, std)``
     of ``shape`` (``[M, D]``, or ``[C, M, D]`` for class-specific context), drawn on the CPU from
-    torch's global generator and then moved, as the original code creates its prompt parameters
-    before the model is moved to the GPU — so a seed gives the original's initial prompts on any
-    device.
+    torch's global generator and then moved, so a seed gives the same prompts on any device. These
+    are not the original's initial prompts for that seed: the original draws after constructing a
+    whole CLIP module, whose initialisation consumes the stream first. ``fastprompt train`` replaces
+    them with the original's (:mod:`fastprompt.train.original_init`).
     """
     if template.init_ids is not None:
         return context_word_embeddings(tower, template)

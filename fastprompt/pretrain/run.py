@@ -201,6 +201,7 @@ def pretrain_run(cfg: Dict[str, Any], run_dir: str, *, resume: bool = False, ove
                     f"seed {cfg['SEED']}, {world} process(es) on {device}, precision {precision} ({why})")
         split = " (text classes split over the ranks)" if world > 1 and mode == "full" else ""
         records.log(f"objective: {mode} — {reason}{split}")
+        records.log(f"initial prompts: {learner.initial_prompts}")
         run.resume_into(trainer)
         test = trainer.fit()
         transfer = _transfer(cfg, trainer, learner, test_tf, device, run_dir, method)

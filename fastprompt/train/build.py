@@ -16,6 +16,7 @@ import torch
 
 from ..errors import ConfigError
 from .methods import DEEP_VISION, METHODS, learner_kwargs
+from .original_init import ORIGINAL_METHODS, original_init
 from .model_keys import TINY_CLIP_KWARGS, check_depths, check_preprocess, open_clip_name, shape_from_model
 from .views import MultiView, with_randaugment2
 
@@ -100,7 +101,32 @@ def build_learner(cfg: Dict[str, Any], model, tokenizer, classnames, dataset_nam
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"TRAINER.{spec.section}: {exc}") from None
     learner.model_name, learner.pretrained = model_name, pretrained
+    learner.initial_prompts = start_as_original(learner, cfg, model, tokenizer, kwargs)
     return learner
+
+
+def start_as_original(learner, cfg: Dict[str, Any], model, tokenizer, kwargs: Dict[str, Any]) -> str:
+    """Give ``learner`` the original's initial prompts for ``SEED`` and leave torch's global generator
+    where the original's stands after its ``build_model`` (CLIP's construction, then the prompt
+    learner's draws: :func:`fastprompt.train.original_init.original_init`), so that the draws after
+    it — the data loader's — come from the same stream position. Returns what the prompts are, for
+    the run's log: ``"original"``, or ``"fastprompt's own: <why>"`` for a method or setting the
+    original code cannot start from (RPP has no original; an ``init_std`` other than 0.02, ...)."""
+    method = cfg["METHOD"]
+    if method not in ORIGINAL_METHODS:
+        return f"fastprompt's own ({method} has no original code to replay)"
+    section = cfg["TRAINER"][METHODS[method].section]
+    # what shapes the start; POMP's own ``seed`` (its negative-class draws) and the frozen tower's
+    # precision do not
+    settings = {k: v for k, v in kwargs.items() if k not in ("frozen_image_precision", "seed")}
+    try:
+        state, rng = original_init(method, model, seed=int(cfg["SEED"]), precision=str(section.get("PREC", "fp32")),
+                                   n_classes=learner.n_classes, n_tasks=1, tokenizer=tokenizer, **settings)
+    except ConfigError as exc:
+        return f"fastprompt's own ({exc})"
+    learner.load_original_state_dict(state)
+    torch.set_rng_state(rng)
+    return "original"
 
 
 def load_data(cfg: Dict[str, Any], model, subsample: Optional[str] = None):

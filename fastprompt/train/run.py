@@ -72,6 +72,7 @@ def train_run(cfg: Dict[str, Any], run_dir: str, *, resume: bool = False, overwr
                     f"precision {precision} ({why})")
         for note in dataset.notes:
             records.log(f"data: {note}")
+        records.log(f"initial prompts: {learner.initial_prompts}")
         if features.mode or features.views or features.precision != "fp32":
             kept = f"{features.mode} ({features.folder or 'in memory'})" if features.mode else "off"
             records.log(f"image side: feature cache {kept}, {features.views or 'no'} fixed views per training image, "
