@@ -11,15 +11,17 @@ all-reduce, for a few kilobytes to megabytes of prompts.
 from __future__ import annotations
 
 import os
-from typing import List, Tuple
+from typing import Callable, List, Tuple, TypeVar
 
 import torch
 import torch.distributed as dist
 
-from .errors import ConfigError
+from .errors import ConfigError, TrainError
 
 __all__ = ["init_from_env", "checked_device", "shutdown", "world", "is_main", "launched_rank", "average_gradients",
-           "gather_cat", "barrier", "broadcast_object", "all_gather_objects", "mean_over_ranks"]
+           "gather_cat", "barrier", "broadcast_object", "all_gather_objects", "mean_over_ranks", "on_every_rank"]
+
+T = TypeVar("T")
 
 _OWNED = False  # whether init_from_env started the process group (then shutdown() ends it)
 
@@ -162,6 +164,31 @@ def all_gather_objects(obj) -> list:
     out = [None] * size
     dist.all_gather_object(out, obj)
     return out
+
+
+def on_every_rank(step: Callable[[], T], errors: Tuple[type, ...]) -> T:
+    """``step()`` on this rank, and every rank goes on only if it succeeded on all of them.
+
+    A rank where ``step`` raised one of ``errors`` re-raises it; the other ranks raise a
+    :class:`~fastprompt.errors.TrainError` naming the first rank that failed and its message. So
+    every rank stops at the same point with a line of its own, instead of waiting in the next
+    collective for a rank that has left. Every rank of the group must call it (one
+    ``all_gather_object``; nothing to exchange in one process). Any other exception is a bug: it
+    propagates at once, and torchrun ends the other ranks.
+    """
+    error = None
+    try:
+        value = step()
+    except errors as exc:
+        error = exc
+    failed = [(rank, msg) for rank, msg in enumerate(all_gather_objects(None if error is None else str(error)))
+              if msg is not None]
+    if error is not None:
+        raise error
+    if failed:
+        rank, msg = failed[0]
+        raise TrainError(f"stopped because rank {rank} failed: {msg}")
+    return value
 
 
 def barrier() -> None:

@@ -155,17 +155,24 @@ def _run_train(args) -> int:
 
 
 def _run_eval(args) -> int:
-    if not is_launch_main():
-        # evaluation is one process's work (it is not split over ranks, and it locks the run
-        # directory): under torchrun rank 0 evaluates and prints, the other ranks have nothing to do
-        return 0
-    from .run import evaluate_checkpoint
+    from .. import distributed
+    from .evaluate import EVAL_ERRORS, evaluate_checkpoint
 
     try:
+        # under torchrun every rank scores its share of the test set; rank 0 alone locks the run
+        # directory, writes the JSON and prints the summary (below)
+        _, _, device = distributed.init_from_env(args.device)
         result = evaluate_checkpoint(args.checkpoint, args.data, args.dataset, args.subsample, args.batch_size,
-                                     args.workers, args.device, args.out)
-    except EXPECTED_ERRORS + (ValueError,) as exc:
-        return report_failure("eval", exc)
+                                     args.workers, str(device), args.out)
+    except EVAL_ERRORS as exc:
+        # every rank fails together (evaluate_checkpoint agrees on failures) and says why before the
+        # group ends: torchrun stops the ranks still running once the first one has exited
+        status = report_failure("eval", exc)
+        distributed.shutdown()
+        return status
+    distributed.shutdown()
+    if not is_launch_main():
+        return 0
     brief = {k: result[k] for k in ("dataset", "subsample", "accuracy", "error", "macro_f1", "correct", "total")}
     print(json.dumps(brief, indent=2))
     print(f"written to {result['written_to']}", file=sys.stderr)

@@ -1,27 +1,21 @@
-"""A training run from a resolved configuration (``fastprompt train``), and the evaluation of a
-finished run's prompts on a dataset (``fastprompt eval``).
+"""A training run from a resolved configuration (``fastprompt train``); the evaluation of a
+finished run's prompts on a dataset (``fastprompt eval``) is :mod:`.evaluate`'s, named here too.
 
 The run's start-up (processes, run directory, resume, model, records) is
 :class:`~fastprompt.train.startup.RunStartup`, shared with ``fastprompt pretrain``.
 """
 from __future__ import annotations
 
-import contextlib
-import os
 from typing import Any, Callable, Dict, Optional, Sequence
 
 import torch
 
-from ..distributed import checked_device
-from ..errors import TrainError
-from ..folder_lock import FolderLock
-from .build import build_learner, build_model, build_transforms, load_split
-from .config import read_yaml, resolve_config
+from .build import build_learner, build_transforms, load_split
+from .evaluate import evaluate_checkpoint
 from .feature_setup import build_feature_cache, feature_settings, training_data
 from .precision import Precision, resolve_precision
 from .schedule import schedule_from_config
 from .startup import RunStartup
-from .state import write_json
 from .trainer import Trainer
 
 __all__ = ["train_run", "evaluate_checkpoint"]
@@ -85,53 +79,3 @@ def _section(cfg: Dict[str, Any]) -> str:
     from .methods import METHODS
 
     return METHODS[cfg["METHOD"]].section
-
-
-def evaluate_checkpoint(checkpoint: str, data_root: str, dataset_name: str, subsample: str = "all",
-                        batch_size: Optional[int] = None, num_workers: int = 0, device: str = "",
-                        out: Optional[str] = None) -> Dict[str, Any]:
-    """Accuracy and macro-F1 of the prompts in ``checkpoint`` (a run directory) on a dataset's test split."""
-    from ..data import load_dataset
-    from ..data.images import ImageDataset
-    from ..learners.base import PromptLearner
-    from ..learners.checkpoint import read_prompt_checkpoint
-    from .evaluate import evaluate
-    from torch.utils.data import DataLoader
-    from ..data.images import skip_collate
-
-    # an eval writing into a run directory holds the run's lock: while a run still trains there (or
-    # another eval writes), this one is refused with the holder named
-    into_run = out is None or os.path.abspath(os.path.dirname(os.path.abspath(out))) == os.path.abspath(checkpoint)
-    if into_run and not os.path.isdir(checkpoint):
-        raise TrainError(f"{checkpoint} is not a fastprompt run directory (no such folder)")
-    with FolderLock(checkpoint, "fastprompt eval") if into_run else contextlib.nullcontext():
-        cfg_path = os.path.join(checkpoint, "config.yaml")
-        if not os.path.isfile(cfg_path):
-            raise TrainError(f"{checkpoint} is not a fastprompt run directory (no config.yaml)")
-        cfg = resolve_config([(cfg_path, read_yaml(cfg_path))])
-        saved, _ = read_prompt_checkpoint(checkpoint)
-        if saved.get("method") != cfg["METHOD"]:
-            raise TrainError(f"{checkpoint}: prompt.safetensors holds {saved.get('method')!r} prompts but config.yaml "
-                             f"is a {cfg['METHOD']!r} run")
-        dev = checked_device(device) if device else torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        model, _, _, _ = build_model(cfg, dev)
-        learner = PromptLearner.from_pretrained(checkpoint, model=model)
-        data = load_dataset(dataset_name, data_root, shots=0, seed=max(int(cfg["SEED"]), 0), subsample=subsample)
-        from ..data.transforms import transforms_for_model
-
-        _, test_tf = transforms_for_model(model)
-        if cfg["METHOD"] == "softcpt":  # the dataset is the task: its name generates the context
-            learner.set_tasks({data.name: data.classnames})
-        else:
-            learner.set_classnames(data.classnames)
-        learner = learner.to(dev)
-        loader = DataLoader(ImageDataset(data.test, test_tf), batch_size=batch_size or int(cfg["DATALOADER"]["TEST"]["BATCH_SIZE"]),
-                            shuffle=False, num_workers=num_workers, collate_fn=skip_collate)
-        metrics = evaluate(learner, loader, dev, len(data.classnames), images=len(data.test), split="test",
-                           max_unreadable=float(cfg["DATASET"]["MAX_UNREADABLE"]), classnames=data.classnames)
-        result = {"checkpoint": os.path.abspath(checkpoint), "method": cfg["METHOD"], "dataset": data.name,
-                  "subsample": subsample, "split": "test", **metrics}
-        out = out or os.path.join(checkpoint, f"eval_{data.name}_{subsample}.json")
-        write_json(out, result)
-        result["written_to"] = out
-        return result
