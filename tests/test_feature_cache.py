@@ -300,13 +300,19 @@ def _same_run(a, b):
     assert (ea["correct"], ea["total"]) == (eb["correct"], eb["total"])
 
 
+# fastprompt's own order, which a cached run (TRAIN.FEATURE_CACHE all) keeps: the run to compare it with
+OWN_ORDER = ["DATALOADER.OWN_ORDER", "True"]
+
+
 def test_a_run_with_the_feature_cache_equals_the_run_without(data_root, tmp_path):
-    assert _run(data_root, tmp_path / "plain", *NORMALIZE) == 0
+    # a cached run keeps the cache's own order (no augmentation to replay): compare with that order
+    assert _run(data_root, tmp_path / "plain", *NORMALIZE, *OWN_ORDER) == 0
     assert _run(data_root, tmp_path / "cached", *NORMALIZE, "TRAIN.FEATURE_CACHE", "all") == 0
     _same_run(tmp_path / "plain", tmp_path / "cached")
     log = (tmp_path / "cached" / "log.txt").read_text()
     assert "feature cache: train features of 24 images x 1 views computed" in log
     assert "image side: feature cache all (in memory)" in log
+    assert "training order: the feature cache's own order" in log
 
 
 def test_a_run_on_fixed_views_is_the_same_cached_on_disk_or_rendered(data_root, tmp_path):
@@ -361,7 +367,7 @@ def test_two_processes_fill_the_cache_together(data_root, tmp_path):
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     from fastprompt.train.run import train_run
 
-    train_run(train_job.config(data_root, normalize), str(tmp_path / "one"), progress=False)  # meanwhile
+    train_run(train_job.config(data_root, normalize + OWN_ORDER), str(tmp_path / "one"), progress=False)  # meanwhile
     out, _ = proc.communicate(timeout=300)
     assert proc.returncode == 0, out
     two, one = load_file(tmp_path / "ddp" / "prompt.safetensors"), load_file(tmp_path / "one" / "prompt.safetensors")

@@ -1,4 +1,4 @@
-"""The originals' initial prompts from a seed (issue 23): the fast replay (``fastprompt.train.original_init``,
+"""The originals' initial prompts from a seed (issue 23): the fast replay (``fastprompt.replay.construction``,
 the same draws on bare tensors) equals the literal one (``fastprompt.reference.original_init``, real
 modules in the originals' structure) bit for bit — tensors and generator state — for every method,
 on a ViT and a ResNet CLIP, for two seeds; the result loads into fastprompt's learners; the
@@ -12,7 +12,7 @@ from torch import nn
 import fastprompt
 from fastprompt.learners.checkpoint import original_prompt_state
 from fastprompt.reference.original_init import original_init_reference
-from fastprompt.train.original_init import _pre_encoder, _Stream, original_init
+from fastprompt.replay.construction import _pre_encoder, _Stream, original_init
 
 NAMES = ["cat", "dog", "sea lion", "jack-o'-lantern", "Granny Smith"]
 

@@ -1,6 +1,6 @@
 """A run starts from the original's initial prompts for its seed (issue 23, part 1).
 
-``build_learner`` replays the original's construction (:func:`fastprompt.train.original_init.original_init`,
+``build_learner`` replays the original's construction (:func:`fastprompt.replay.construction.original_init`,
 itself held bit for bit to the module-building reference in ``tests/test_original_init.py``), loads
 the result into the learner and leaves torch's global generator where the original's stands after
 its ``build_model``; a method or setting with no original to replay keeps fastprompt's own draw and
@@ -14,7 +14,7 @@ from fastprompt.train.build import build_learner, set_random_seed
 from fastprompt.train.config import load_recipe, resolve_config
 from fastprompt.train.methods import METHODS
 from fastprompt.train.model_keys import TINY_CLIP_KWARGS
-from fastprompt.train.original_init import original_init
+from fastprompt.replay.construction import original_init
 
 TINY = {"MODEL.BACKBONE.NAME": "tiny", "MODEL.BACKBONE.TAG": "none"}
 CLASSES = ["cat", "dog", "bird"]

@@ -101,3 +101,34 @@ def test_run_directory_contents(runs):
     assert state["finished"] and state["step"] == 12 and set(state["rng"]) >= {"python", "numpy", "torch"}
     kinds = {r["kind"] for r in read_metrics(str(runs["full"] / "metrics.jsonl"))}
     assert kinds == {"step", "epoch", "eval"}
+
+
+def test_kill_mid_epoch_then_resume_on_two_original_workers_streams(tmp_path):
+    """The original's streams with its ``DATALOADER.NUM_WORKERS 2`` (each batch's crops and flips
+    from worker ``b % 2``'s stream): killed after step 9, resumed from the step-8 state (the epoch's
+    start streams saved in it, the plan rebuilt, the loader restarted at batch 3), it ends with the
+    prompts and step losses of an uninterrupted run, bit for bit."""
+    data = tmp_path / "data"
+    make_split_dataset(str(data), "dtd", [(6, 2, 2)] * 4, image_bytes=tiny_jpeg(16))
+    two = ["--set", "DATALOADER.NUM_WORKERS", "2"]
+    killed = _start(data, tmp_path / "mid", "--kill-at-step", 9, *two)
+    full = _start(data, tmp_path / "full", *two)
+    _finish(killed, expect_kill=True)
+    _finish(full)
+    state = load_state(str(tmp_path / "mid" / "state.pt"))
+    assert (state["epoch"], state["batch"], state["step"]) == (1, 2, 8)
+    assert state["stream"][0]["epoch"] == 1  # epoch 2's start streams, from which its plan is rebuilt
+    _finish(_start(data, tmp_path / "mid", "--resume", *two))
+    log = (tmp_path / "full" / "log.txt").read_text()
+    assert "training order: the original's (Dassl's RandomSampler as in torch>=1.9, the streams of its " \
+           "DATALOADER.NUM_WORKERS 2;" in log
+    full_prompts, mid = _prompts(tmp_path / "full"), _prompts(tmp_path / "mid")
+    for name in full_prompts:
+        assert torch.equal(full_prompts[name], mid[name]), name
+    steps = {r["step"]: r["loss"] for r in read_metrics(str(tmp_path / "mid" / "metrics.jsonl")) if r["kind"] == "step"}
+    ref = {r["step"]: r["loss"] for r in read_metrics(str(tmp_path / "full" / "metrics.jsonl")) if r["kind"] == "step"}
+    assert steps == ref and len(ref) == 12
+    # the worker streams decide the augmentations: the same run on the original's NUM_WORKERS 0 differs
+    _finish(_start(data, tmp_path / "zero"))
+    zero = {r["step"]: r["loss"] for r in read_metrics(str(tmp_path / "zero" / "metrics.jsonl")) if r["kind"] == "step"}
+    assert zero != ref

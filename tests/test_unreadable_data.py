@@ -4,6 +4,12 @@ readable image, or with more than ``DATASET.MAX_UNREADABLE`` of them unreadable,
 Before, a training split whose every image was unreadable "finished" with the initial prompts
 saved and ``accuracy nan% (0/0)``, and test-time unreadable images were missing from ``eval.json``
 without a count.
+
+Skipping applies to fastprompt's own order (``DATALOADER.OWN_ORDER True``, :data:`OWN`). A run on
+the original's streams (the default of the originals' methods) cannot skip an image — the original
+would crash, and every later draw would move — so there an unreadable training image is one
+``DataError`` naming the file: before anything is written when its header cannot be read, at its
+batch (and in log.txt) when only its body is corrupt.
 """
 import json
 import os
@@ -18,6 +24,8 @@ from fastprompt.train.run import train_run
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import train_job  # noqa: E402  (CoOp, tiny CLIP, 2 epochs of 6 batches of 4)
+
+OWN = ["DATALOADER.OWN_ORDER", "True"]  # fastprompt's own order: unreadable training images may be skipped
 
 
 def _tree(root, split_name, n_bad):
@@ -37,7 +45,7 @@ def test_a_training_split_with_nothing_readable_is_an_error_not_a_finished_run(t
     data = _tree(tmp_path / "data", "train", 24)
     run_dir = tmp_path / "run"
     with pytest.raises(DataError, match=r"no image of epoch 1's training images could be read \(24 unreadable"):
-        train_run(train_job.config(data), str(run_dir), progress=False)
+        train_run(train_job.config(data, OWN), str(run_dir), progress=False)
     assert not (run_dir / "eval.json").exists() and not (run_dir / "state.pt").exists()
     assert "error: no image of epoch 1" in (run_dir / "log.txt").read_text()
 
@@ -46,9 +54,50 @@ def test_more_unreadable_than_allowed_stops_unless_the_key_allows_it(tmp_path):
     data = _tree(tmp_path / "data", "train", 6)  # 6 of 24: 25%
     with pytest.raises(DataError, match=r"6 of the 24 images of epoch 1's training images .*25\.0%.*"
                                         r"DATASET.MAX_UNREADABLE 0.1"):
-        train_run(train_job.config(data), str(tmp_path / "strict"), progress=False)
-    cfg = train_job.config(data, ["DATASET.MAX_UNREADABLE", "0.3", "OPTIM.MAX_EPOCH", "1"])
+        train_run(train_job.config(data, OWN), str(tmp_path / "strict"), progress=False)
+    cfg = train_job.config(data, OWN + ["DATASET.MAX_UNREADABLE", "0.3", "OPTIM.MAX_EPOCH", "1"])
     assert train_run(cfg, str(tmp_path / "lenient"), progress=False)["total"] == 8
+
+
+def test_on_the_originals_streams_an_unreadable_training_image_is_an_error_naming_it(tmp_path):
+    data = _tree(tmp_path / "data", "train", 1)
+    bad = os.path.join(data, "dtd", "images", train_job_first_train(data))
+    run_dir = tmp_path / "run"
+    with pytest.raises(DataError, match=rf"training image {bad} cannot be read .*cannot skip an image"):
+        train_run(train_job.config(data, ["DATASET.MAX_UNREADABLE", "0.5"]), str(run_dir), progress=False)
+    assert not run_dir.exists() or not os.listdir(run_dir)  # found before anything is written
+
+
+def test_on_the_originals_streams_a_corrupt_image_body_stops_at_its_batch(tmp_path):
+    """The header reads (so the plan is made), the pixels do not: the batch holding it is a
+    DataError naming the file, also in log.txt, with no state saved past it."""
+    import io
+    import random
+
+    from PIL import Image
+
+    data = _tree(tmp_path / "data", "train", 0)
+    path = os.path.join(data, "dtd", "images", train_job_first_train(data))
+    rng = random.Random(0)
+    img = Image.frombytes("RGB", (64, 64), bytes(rng.randrange(256) for _ in range(64 * 64 * 3)))
+    buf = io.BytesIO()
+    img.save(buf, format="JPEG")
+    with open(path, "wb") as f:
+        f.write(buf.getvalue()[:len(buf.getvalue()) * 2 // 3])
+    with Image.open(path) as im:
+        assert im.size == (64, 64)  # the header is whole
+    run_dir = tmp_path / "run"
+    with pytest.raises(DataError, match=rf"of epoch 1: training image {path} cannot be read"):
+        train_run(train_job.config(data, ["OPTIM.MAX_EPOCH", "1"]), str(run_dir), progress=False)
+    assert "error: batch" in (run_dir / "log.txt").read_text()
+    assert not (run_dir / "eval.json").exists()
+
+
+def train_job_first_train(data):
+    """The first training image of the tree's split file (the one ``_tree`` truncates first)."""
+    spec = resolve("dtd")
+    with open(os.path.join(data, spec.folder, spec.split_file), encoding="utf-8") as f:
+        return json.load(f)["train"][0][0]
 
 
 def test_a_test_split_with_nothing_readable_is_an_error(tmp_path):
@@ -84,7 +133,7 @@ def test_the_unreadable_share_counts_images_not_their_augmented_views(tmp_path):
     """With K views per image the readable side was counted in views: 3 of 24 images unreadable
     (12.5%) read as 3 of 45 (6.7%) with K = 2 and passed the 10% bound."""
     data = _tree(tmp_path / "data", "train", 3)
-    cfg = train_job.config(data, ["DATALOADER.K_TRANSFORMS", "2", "OPTIM.MAX_EPOCH", "1"])
+    cfg = train_job.config(data, OWN + ["DATALOADER.K_TRANSFORMS", "2", "OPTIM.MAX_EPOCH", "1"])
     with pytest.raises(DataError, match=r"3 of the 24 images of epoch 1's training images .*12\.5%"):
         train_run(cfg, str(tmp_path / "run"), progress=False)
 

@@ -107,7 +107,7 @@ def initial_context(tower: TextTower, template: ContextTemplate, shape: Sequence
     torch's global generator and then moved, so a seed gives the same prompts on any device. These
     are not the original's initial prompts for that seed: the original draws after constructing a
     whole CLIP module, whose initialisation consumes the stream first. ``fastprompt train`` replaces
-    them with the original's (:mod:`fastprompt.train.original_init`).
+    them with the original's (:mod:`fastprompt.replay.construction`).
     """
     if template.init_ids is not None:
         return context_word_embeddings(tower, template)

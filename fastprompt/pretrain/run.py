@@ -17,7 +17,10 @@ exact full-vocabulary step affordable, so a pretraining run here:
    ``pretrain.json`` and kept on resume. Under torchrun the full-vocabulary text side is split
    by classes over the ranks (:mod:`fastprompt.learners.class_sharding`);
 3. trains with the :class:`~fastprompt.train.trainer.Trainer` (checkpoints every
-   ``TRAIN.CHECKPOINT_STEPS``, images/s in the log, resumable at any step);
+   ``TRAIN.CHECKPOINT_STEPS``, images/s in the log, resumable at any step): a folder tree on the
+   original's batches, augmentations and negative-class draws when the learner starts from the
+   original's prompts (:func:`fastprompt.train.batches.training_batches`), shards in their
+   stream's own order;
 4. tests the prompts zero-shot on ImageNet-1K, the cross-dataset targets and the ImageNet variants
    found under ``TEST.TRANSFER_ROOT`` (:mod:`fastprompt.pretrain.transfer`).
 
@@ -36,7 +39,8 @@ from typing import Any, Callable, Dict, List, Sequence
 import torch
 
 from .. import distributed
-from ..errors import ConfigError, TrainError
+from ..errors import ConfigError, DataError, TrainError
+from ..train.batches import training_batches
 from ..train.build import build_learner, build_transforms
 from ..train.precision import resolve_precision
 from ..train.schedule import schedule_from_config
@@ -62,6 +66,8 @@ class PretrainData:
     val: Any = None
     test: Any = None
     description: str = ""
+    items: Any = None                 # the tree's training items (a map-style dataset), None for shards
+    fewshot_drawn: bool = False       # the tree's few-shot subset was drawn (not read from the original's pickle)
 
     @property
     def classnames(self) -> List[str]:
@@ -95,7 +101,8 @@ def _load_data(cfg: Dict[str, Any], train_tf, test_tf, batch: int, rank: int, wo
     test = ImageDataset(d.test, test_tf) if d.test else None
     return PretrainData(d.class_table, ImageDataset(d.train, train_tf), None, test, test,
                         description=f"{d.root} ({len(d.train)} training images, {shots or 'all'} shots, "
-                                    f"subset {d.fewshot_source})")
+                                    f"subset {d.fewshot_source})", items=d.train,
+                        fewshot_drawn=d.fewshot_source == "sampled")
 
 
 def _shots(cfg: Dict[str, Any]) -> int:
@@ -170,6 +177,7 @@ def pretrain_run(cfg: Dict[str, Any], run_dir: str, *, resume: bool = False, ove
         run.seed()
         learner = build_learner(cfg, model, tokenizer, data.classnames, "imagenet21k", None, model_name,
                                 pretrained).to(device)
+        original_g = torch.get_rng_state()  # G where the original's build_model leaves it
         records = run.begin(write_files=data.table.write)
         views = int(cfg["DATALOADER"]["K_TRANSFORMS"])
         decision = None
@@ -190,6 +198,15 @@ def pretrain_run(cfg: Dict[str, Any], run_dir: str, *, resume: bool = False, ove
         identity = {"method": method, "model": model_name, "pretrained": pretrained, "seed": int(cfg["SEED"]),
                     "num_classes": len(data.classnames), "classes_sha256": _classes_sha(data.classnames),
                     "objective": mode}
+        order = "the shard stream's own (seeded shuffle buffer, per-worker positions in the state)"
+        if data.items is not None:  # a tree read as a map-style dataset: the original's batches (after the
+            # objective is chosen: POMP's local contrast draws its negatives on the original's stream)
+            try:
+                data.batches, order = training_batches(cfg, learner, data.items, train_tf, settings, original_g,
+                                                       fewshot_drawn=data.fewshot_drawn, rank=rank, world=world)
+            except (ConfigError, DataError) as exc:
+                records.log(f"error: {exc}")
+                raise
         # a stream counts its unreadable samples exactly at the position it has given out (and across a resume)
         train = data.batches if data.batches is not None else data.train
         trainer = Trainer(learner, train, settings, cfg["OPTIM"], schedule_from_config(cfg["OPTIM"]),
@@ -202,6 +219,7 @@ def pretrain_run(cfg: Dict[str, Any], run_dir: str, *, resume: bool = False, ove
         split = " (text classes split over the ranks)" if world > 1 and mode == "full" else ""
         records.log(f"objective: {mode} — {reason}{split}")
         records.log(f"initial prompts: {learner.initial_prompts}")
+        records.log(f"training order: {order}")
         run.resume_into(trainer)
         test = trainer.fit()
         transfer = _transfer(cfg, trainer, learner, test_tf, device, run_dir, method)

@@ -22,7 +22,7 @@ structure and creation order (construction only: the modules have no forward), a
 The sizes are read from the open_clip model's state dict the way the originals' ``build_model``
 reads OpenAI's. :func:`original_init_reference` returns the original's trainable tensors under the
 original's names, upcast to float32 (the exact values: an fp16 start is an fp16 value), and the
-generator state after the build. It is the oracle of :mod:`fastprompt.train.original_init`,
+generator state after the build. It is the oracle of :mod:`fastprompt.replay.construction`,
 which makes the same draws without building modules.
 """
 from __future__ import annotations

@@ -13,7 +13,10 @@ draws exactly, without the original's code:
 * :mod:`.batches` — :class:`ReplayedBatches`: a planned batch through the real transforms, the
   original's pixels, checked against the plan;
 * :mod:`.image_sizes` — the training images' raw sizes, from their headers;
-* :mod:`.streams` — :class:`Streams`, the torch and Python stream states as one value.
+* :mod:`.streams` — :class:`Streams`, the torch and Python stream states as one value;
+* :mod:`.construction` — :func:`original_init`: the original's initial prompts for a seed and the
+  torch stream after its model construction (where the loader's draws start);
+* :mod:`.source` — :class:`OriginalBatches`: the trainer's batch source on the original's streams.
 
 It stands on the data room (items, decoding) and is used by the run (:mod:`fastprompt.train`).
 """
@@ -21,9 +24,11 @@ from ..lazy import lazy_exports
 
 _EXPORTS = {
     ".batches": ("ReplayedBatch", "ReplayedBatches"),
+    ".construction": ("ORIGINAL_METHODS", "original_init"),
+    ".source": ("OriginalBatches", "original_streams_start", "step_draws_of"),
     ".draw_counts": ("AugmentDraws", "ViewDraws"),
     ".image_sizes": ("read_image_sizes",),
-    ".loader_stream": ("BatchKey", "OriginalEpochPlan", "PlannedBatch", "SAMPLER_GLOBAL", "SAMPLER_SEEDED",
+    ".loader_stream": ("BatchKey", "OriginalEpochPlan", "PlannedBatch", "SAMPLER_GLOBAL", "SAMPLER_SEEDED", "SAMPLERS",
                        "pomp_negative_draws", "softcpt_class_sample_draws"),
     ".randaugment": ("RandAugment2",),
     ".streams": ("Streams",),

@@ -45,6 +45,10 @@ Size = Tuple[int, int]  # (width, height), PIL's order
 
 # Steps that draw nothing and keep the image size, allowed after (or between) the random steps.
 _DRAW_FREE = (T.ToTensor, T.PILToTensor, T.Normalize, T.ConvertImageDtype)
+# Steps that draw nothing but change the size (a test transform used for training: INPUT.TRANSFORMS
+# ['normalize']); a random crop after one would need the size they give, which is not replicated.
+_RESIZING = (T.Resize, T.CenterCrop)
+_RESIZED: Size = (-1, -1)
 
 
 def _log_ratio(ratio: Sequence[float]) -> Tuple[float, float]:
@@ -113,6 +117,10 @@ class ViewDraws:
 def _step_replica(step, size: Optional[Size]) -> Tuple[Callable, Optional[Size]]:
     """``(replica(gen, rng, size, record) -> None, size after the step)`` of one Compose step."""
     if isinstance(step, T.RandomResizedCrop):
+        if size == _RESIZED:
+            raise ConfigError(f"the original's streams can be replayed for a random crop of the decoded image, and "
+                              f"this transform resizes before cropping ({step!r}); use Dassl's training transform "
+                              f"(INPUT.TRANSFORMS random_resized_crop, random_flip, normalize)")
         scale, ratio, out = tuple(step.scale), tuple(step.ratio), (int(step.size[1]), int(step.size[0]))
         log_ratio = _log_ratio(ratio)
 
@@ -133,6 +141,8 @@ def _step_replica(step, size: Optional[Size]) -> Tuple[Callable, Optional[Size]]
         return augment, size
     if isinstance(step, _DRAW_FREE):
         return (lambda gen, rng, size, record: None), size
+    if isinstance(step, _RESIZING):
+        return (lambda gen, rng, size, record: None), _RESIZED
     raise ConfigError(f"the original's streams can be replayed for transforms made of RandomResizedCrop, "
                       f"RandomHorizontalFlip, RandAugment2, ToTensor and Normalize (Dassl's training transform); "
                       f"this one has {step!r}: use INPUT.TRANSFORMS from random_resized_crop, random_flip, "

@@ -16,7 +16,7 @@ import torch
 
 from ..errors import ConfigError
 from .methods import DEEP_VISION, METHODS, learner_kwargs
-from .original_init import ORIGINAL_METHODS, original_init
+from ..replay.construction import ORIGINAL_METHODS, original_init
 from .model_keys import TINY_CLIP_KWARGS, check_depths, check_preprocess, open_clip_name, shape_from_model
 from .views import MultiView, with_randaugment2
 
@@ -108,7 +108,7 @@ def build_learner(cfg: Dict[str, Any], model, tokenizer, classnames, dataset_nam
 def start_as_original(learner, cfg: Dict[str, Any], model, tokenizer, kwargs: Dict[str, Any]) -> str:
     """Give ``learner`` the original's initial prompts for ``SEED`` and leave torch's global generator
     where the original's stands after its ``build_model`` (CLIP's construction, then the prompt
-    learner's draws: :func:`fastprompt.train.original_init.original_init`), so that the draws after
+    learner's draws: :func:`fastprompt.replay.construction.original_init`), so that the draws after
     it — the data loader's — come from the same stream position. Returns what the prompts are, for
     the run's log: ``"original"``, or ``"fastprompt's own: <why>"`` for a method or setting the
     original code cannot start from (RPP has no original; an ``init_std`` other than 0.02, ...)."""

@@ -77,6 +77,13 @@ FASTPROMPT_KEYS: Dict[str, Any] = {
     "TRAIN.MAX_STEPS": (0, "stop after N optimizer steps (0 = run every epoch); for smoke runs"),
     "TRAIN.TENSORBOARD": (True, "write TensorBoard events when the tensorboard package is installed"),
     "TRAIN.DEVICE": ("", "torch device; empty = cuda when available, else cpu"),
+    # the training order (fastprompt.train.batches.training_batches)
+    "DATALOADER.OWN_ORDER": (False, "True: fastprompt's own per-(seed, epoch) batch order and augmentation instead of "
+                                    "the original's streams (which a run starting from the original's initial "
+                                    "prompts replays; unreadable images may then be skipped, DATASET.MAX_UNREADABLE)"),
+    "DATALOADER.TRAIN_X.TORCH_SAMPLER": ("torch>=1.9", "whose RandomSampler the original ran on: torch>=1.9 (seed "
+                                                       "from the global stream, its own permutation) or torch1.7-1.8 "
+                                                       "(the permutation from the global stream, pytorch #52568)"),
     "DATASET.MAX_UNREADABLE": (0.1, "the largest fraction of a split's (or an epoch's) images that may be unreadable "
                                     "and skipped; more is an error (a split with none readable always is)"),
     # the image side (fastprompt.train.feature_setup)

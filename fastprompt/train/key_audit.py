@@ -118,11 +118,15 @@ BASE: Dict[str, Entry] = {
     "DATASET.CIFAR_C_LEVEL": _fixed("Dassl's CIFAR-C datasets are not implemented", 1),
     "DATASET.ALL_AS_UNLABELED": _fixed("semi-supervised training is not implemented", False),
     "DATASET.SUBSAMPLE_CLASSES": _read("fastprompt.train.build.load_split (base/new/all classes)", jobs=("train",)),
-    "DATASET.MAX_UNREADABLE": _read("fastprompt.train.trainer.TrainSettings"),
+    "DATASET.MAX_UNREADABLE": _read("fastprompt.train.trainer.TrainSettings (training on the original's streams, an "
+                                    "unreadable training image is an error: skipping it would move every later draw)"),
     "DATASET.UNIVERSE": _read("fastprompt.pretrain.run", jobs=("pretrain",)),
     "DATASET.SHARDS": _read("fastprompt.pretrain.run", jobs=("pretrain",)),
     # the loaders
-    "DATALOADER.NUM_WORKERS": _read("fastprompt.train.startup.run_settings"),
+    "DATALOADER.NUM_WORKERS": _read("fastprompt.train.startup.run_settings (loader processes, at most the CPUs) and "
+                                    "fastprompt.train.batches.training_batches (the original's worker streams)"),
+    "DATALOADER.OWN_ORDER": _read("fastprompt.train.batches.training_batches"),
+    "DATALOADER.TRAIN_X.TORCH_SAMPLER": _read("fastprompt.train.batches.training_batches"),
     "DATALOADER.K_TRANSFORMS": _read("fastprompt.train.build.build_transforms (views per image)"),
     "DATALOADER.RETURN_IMG0": _inert("adds the un-augmented image to Dassl's batches; no CoOp-family trainer "
                                      "reads it"),

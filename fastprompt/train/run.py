@@ -10,6 +10,7 @@ from typing import Any, Callable, Dict, Optional, Sequence
 
 import torch
 
+from .batches import training_batches
 from .build import build_learner, build_transforms, load_split
 from .evaluate import evaluate_checkpoint
 from .feature_setup import build_feature_cache, feature_settings, training_data
@@ -41,6 +42,11 @@ def train_run(cfg: Dict[str, Any], run_dir: str, *, resume: bool = False, overwr
         run.seed()
         learner = build_learner(cfg, model, tokenizer, dataset.classnames, dataset.name, spec.cls if spec else None,
                                 model_name, pretrained).to(device)
+        # G where the original's build_model leaves it: its loader draws from here on
+        original_g = torch.get_rng_state()
+        batches, order = training_batches(cfg, learner, dataset.train, train_tf, settings, original_g,
+                                          fewshot_drawn=dataset.fewshot_source == "sampled", rank=run.rank,
+                                          world=run.world, feature_mode=features.mode, fixed_views=features.views)
         aggregator = None
         if cfg["METHOD"] == "promptsrc":
             from .gpa import GaussianPromptAggregation
@@ -52,8 +58,8 @@ def train_run(cfg: Dict[str, Any], run_dir: str, *, resume: bool = False, overwr
         train_data = training_data(dataset.train, train_tf, features, settings.seed)
         cache = build_feature_cache(features, learner, device, Precision(precision, device).autocast,
                                     settings.test_batch_size, settings.num_workers, log=records.log)
-        batches = (cache.train_batches(train_data, settings.batch_size, settings.seed, run.rank, run.world)
-                   if features.mode == "all" else None)
+        if features.mode == "all":
+            batches = cache.train_batches(train_data, settings.batch_size, settings.seed, run.rank, run.world)
         trainer = Trainer(learner, train_data, settings, cfg["OPTIM"], schedule_from_config(cfg["OPTIM"]),
                           precision=precision, device=device, run_dir=run_dir,
                           val_data=ImageDataset(dataset.val, test_tf) if dataset.val else None,
@@ -67,6 +73,7 @@ def train_run(cfg: Dict[str, Any], run_dir: str, *, resume: bool = False, overwr
         for note in dataset.notes:
             records.log(f"data: {note}")
         records.log(f"initial prompts: {learner.initial_prompts}")
+        records.log(f"training order: {order}")
         if features.mode or features.views or features.precision != "fp32":
             kept = f"{features.mode} ({features.folder or 'in memory'})" if features.mode else "off"
             records.log(f"image side: feature cache {kept}, {features.views or 'no'} fixed views per training image, "

@@ -50,8 +50,9 @@ RUN_FILES = ("config.yaml", "env.txt", "log.txt", "metrics.jsonl", STATE_FILE, "
              "fastprompt_config.json", "eval.json", "curves.png", "tensorboard",
              # fastprompt pretrain's own (fastprompt.pretrain.run)
              "pretrain.json", "classes.json", "classnames.txt", "transfer")
-# Keys that may differ between a run's saved configuration and the one given with --resume.
-_RESUME_FREE = ("OUTPUT_DIR", "RESUME", "DATASET.ROOT", "DATALOADER.NUM_WORKERS", "TRAIN.DEVICE", "TRAIN.TENSORBOARD",
+# Keys that may differ between a run's saved configuration and the one given with --resume (not
+# DATALOADER.NUM_WORKERS: it names the original's worker streams, which decide the batches' augmentations).
+_RESUME_FREE = ("OUTPUT_DIR", "RESUME", "DATASET.ROOT", "TRAIN.DEVICE", "TRAIN.TENSORBOARD",
                 "TRAIN.PRINT_FREQ", "TRAIN.FEATURE_CACHE_DIR")
 
 

@@ -317,7 +317,7 @@ class Trainer:
         skipped_before, read = self._skipped(), 0  # this rank's unreadable images so far, readable ones this epoch
         group_losses: List[float] = []  # the losses of the batches accumulated since the last step
         stop = False
-        for batch in self.batches:
+        for batch in self._logged(self.batches):
             b = self.batch
             if batch is not None:
                 read += len(batch[1])  # images, not their K augmented views (what unreadable ones are counted in)
@@ -365,6 +365,20 @@ class Trainer:
         self._end_epoch(lr, distributed.mean_over_ranks(loss_sum, loss_n), images / max(seconds, 1e-9), seconds,
                         complete=not stop)
         return stop
+
+    def _logged(self, source):
+        """``source``'s batches; a data or training error it raises (an unreadable image on the
+        original's streams, a transform that drew off the original's plan) goes to log.txt too."""
+        iterator = iter(source)
+        while True:
+            try:
+                batch = next(iterator)
+            except StopIteration:
+                return
+            except (DataError, TrainError) as exc:
+                self.records.log(f"error: {exc}")
+                raise
+            yield batch
 
     def _check_unreadable(self, read: int, skipped: int) -> None:
         """The epoch (from where it started or resumed) trained on enough readable images, over all

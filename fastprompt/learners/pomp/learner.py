@@ -63,6 +63,17 @@ class POMPLearner(CoOpLearner):
                                        local_correction=config.local_correction, log_base=config.log_base,
                                        seed=config.seed)
 
+    @property
+    def step_generator(self) -> Optional[torch.Generator]:
+        """The CPU generator of the step's negative-class draw (None: torch's global one, as the
+        original). A run on the original's streams sets it to the original's G at each step
+        (:class:`fastprompt.replay.source.OriginalBatches`)."""
+        return self.objective.generator
+
+    @step_generator.setter
+    def step_generator(self, generator: Optional[torch.Generator]) -> None:
+        self.objective.generator = generator
+
     def loss(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """POMP's training loss for ``images [B, 3, H, W]`` and ``labels [B]``."""
         self.check_labels(images, labels)

@@ -108,6 +108,10 @@ class SoftCPTLearner(PromptLearner):
         in_dim = 2 * embed if config.class_features and config.pg_type == "lin" else embed
         self.template = context_template(tok, config.n_ctx)  # "X X ... X" placeholders, replaced by the context
         self.prompt_gen = PromptGen(config.pg_type, in_dim, config.n_ctx, width, config.init_std, device)
+        # The class sampling's randperm draws (cls_sample_rate > 0) come from this CPU generator;
+        # None: torch's global one, as the original. A run on the original's streams sets it to the
+        # original's G at each step (fastprompt.replay.source.OriginalBatches).
+        self.step_generator: Optional[torch.Generator] = None
         self._rebuild_plan()
 
     # ---- construction helpers ------------------------------------------------------------------
@@ -385,7 +389,8 @@ class SoftCPTLearner(PromptLearner):
             if rate > 0:  # per task, in task order, every task (same RNG stream as the original)
                 positive = (cur == 1).any(dim=0)
                 pos, neg = torch.where(positive)[0], torch.where(~positive)[0]
-                neg = neg[torch.randperm(len(neg))[:math.ceil(len(neg) * rate)].to(neg.device)]
+                perm = torch.randperm(len(neg), generator=self.step_generator)
+                neg = neg[perm[:math.ceil(len(neg) * rate)].to(neg.device)]
                 idx = torch.sort(torch.cat([pos, neg])).values.tolist()  # column order, as the original's mask
             rows = (cur != -1).any(dim=-1)
             if rows.any():

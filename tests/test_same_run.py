@@ -1,0 +1,178 @@
+"""Same seed, same run (issue 23): ``fastprompt train`` takes the original's first steps.
+
+For CoOp, CoCoOp, MaPLe, KgCoOp and POMP, with the original's ``DATALOADER.NUM_WORKERS`` 0 and 2,
+the first three steps of a fastprompt run are compared with a reference run made of the literal
+pieces of the original:
+
+* the reference learner (``fastprompt.reference``) started from the original's construction
+  (``original_init_reference``: real modules built in the original's order) and torch's global
+  generator where that construction leaves it, Python's ``random`` at ``random.seed(SEED)``;
+* fed by a real ``DataLoader`` + ``RandomSampler`` + Dassl ``DatasetWrapper`` with Dassl's
+  training transform (``fastprompt.reference.dassl_loader``), which draws every crop, flip and
+  sampler seed from the global streams as the original does — POMP's negative classes too, drawn
+  by the reference learner itself from the global stream between batches;
+* stepped with Dassl's ``build_optimizer`` SGD at the learning rate fastprompt's schedule gives the
+  first epoch.
+
+The batches (item order, per step) must be identical, and the losses equal within
+``FP32.parity``: the pixels and prompts are the same, only the float summation order may differ
+(fastprompt's learners batch what the references loop over). The training images have many sizes,
+some far outside the crop's aspect ratio range, so the random crop needs several attempts (or falls
+back to its centre crop) and the draw counts differ from image to image.
+"""
+import inspect
+import io
+import random
+
+import pytest
+import torch
+from PIL import Image
+from torchvision import transforms as T
+
+from fastprompt import models
+from fastprompt.data.registry import resolve
+from fastprompt.data.transforms import model_preprocess
+from fastprompt.reference import ReferenceCoCoOp, ReferenceCoOp, ReferenceKgCoOp, ReferenceMaPLe, ReferencePOMP
+from fastprompt.reference.dassl_loader import DatasetWrapper, dassl_epoch, dassl_train_transform
+from fastprompt.reference.original_init import original_init_reference
+from fastprompt.templates import DATASET_TEMPLATES
+from fastprompt.testing import FP32
+from fastprompt.testing.fake_trees import make_split_dataset
+from fastprompt.train.build import load_split
+from fastprompt.train.config import load_recipe, resolve_config
+from fastprompt.train.methods import METHODS, learner_kwargs
+from fastprompt.train.model_keys import TINY_CLIP_KWARGS
+from fastprompt.train.records import read_metrics
+from fastprompt.train.run import train_run
+from fastprompt.train.schedule import schedule_from_config
+
+SEED = 2
+STEPS = 3
+# one shipped recipe per method, at depths the tiny CLIP (4 text, 2 vision layers) has
+CASES = {
+    "coop": ("coop/vit_b16_ep50", ReferenceCoOp, ["TRAINER.COOP.PREC", "fp32", "TRAINER.COOP.N_CTX", "4"]),
+    "cocoop": ("cocoop/vit_b16_c4_ep10_batch1_ctxv1", ReferenceCoCoOp, []),
+    "maple": ("maple/vit_b16_c2_ep5_batch4_2ctx", ReferenceMaPLe, ["TRAINER.MAPLE.PROMPT_DEPTH", "2"]),
+    "kgcoop": ("kgcoop/vit_b16_ep100_ctxv1", ReferenceKgCoOp, []),
+    "pomp": ("pomp/vit_b16_ep5", ReferencePOMP, ["TRAINER.POMP.UPDATE_CLASS_NUM", "3"]),
+}
+COMMON = ["OPTIM.MAX_EPOCH", "2", "DATALOADER.TRAIN_X.BATCH_SIZE", "4", "TRAIN.MAX_STEPS", str(STEPS),
+          "TRAIN.PRINT_FREQ", "1", "OPTIM.WARMUP_EPOCH", "0", "TEST.NO_TEST", "True"]
+# (width, height): square, small, and far too wide or tall for the crop's 3/4..4/3 ratios
+SIZES = [(16, 16), (40, 12), (12, 40), (33, 21), (7, 50), (64, 9), (23, 29), (50, 50), (19, 8), (9, 27)]
+
+
+def _jpeg(size, rng):
+    img = Image.frombytes("RGB", size, bytes(rng.randrange(256) for _ in range(size[0] * size[1] * 3)))
+    buf = io.BytesIO()
+    img.save(buf, format="JPEG", quality=90)
+    return buf.getvalue()
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("same_run") / "data"
+    split = make_split_dataset(str(root), "dtd", [(6, 1, 1)] * 4)
+    rng = random.Random(0)
+    image_dir = root / "dtd" / "images"
+    for i, (rel, _, _) in enumerate(split["train"]):  # every training image its own size and pixels
+        (image_dir / rel).write_bytes(_jpeg(SIZES[i % len(SIZES)], rng))
+    return str(root)
+
+
+def _cfg(method, data, workers):
+    recipe, _, extra = CASES[method]
+    return resolve_config([(recipe, load_recipe(recipe))],
+                          arguments={"DATASET.ROOT": data, "DATASET.NAME": "dtd", "SEED": SEED,
+                                     "MODEL.BACKBONE.NAME": "tiny", "MODEL.BACKBONE.TAG": "none",
+                                     "TRAIN.TENSORBOARD": False},
+                          overrides=COMMON + ["DATALOADER.NUM_WORKERS", str(workers)] + extra)
+
+
+def _fastprompt_run(cfg, run_dir):
+    """``(losses of the first steps, item paths of each step's global batch)`` of ``fastprompt train``."""
+    batches = []
+
+    def seen(event, trainer, info):
+        if event == "step":
+            source = trainer.batches
+            batches.append([source.items[i].path for i in source.global_items(info["batch"] - 1)])
+
+    train_run(cfg, run_dir, callbacks=[seen], progress=False)
+    losses = [r["loss"] for r in read_metrics(f"{run_dir}/metrics.jsonl") if r["kind"] == "step"]
+    return losses, batches
+
+
+class _Done(Exception):
+    pass
+
+
+def _reference_run(cfg, workers):
+    """The same steps with the original's pieces (see the module docstring)."""
+    method = cfg["METHOD"]
+    section = cfg["TRAINER"][METHODS[method].section]
+    dataset = load_split(cfg)
+    model = models.tiny_clip(SEED, **TINY_CLIP_KWARGS)
+    settings = learner_kwargs(method, section, resolve("dtd").cls)
+    ref_cls = CASES[method][1]
+    accepted = inspect.signature(ref_cls).parameters
+    ref_kwargs = {k: v for k, v in settings.items() if k in accepted}
+    if method == "kgcoop":  # the learner takes the dataset's class name, the reference the phrase itself
+        ref_kwargs["template"] = DATASET_TEMPLATES[settings["template"]]
+    ref = ref_cls(model, dataset.classnames, **ref_kwargs)
+    state, g = original_init_reference(method, model, seed=SEED, precision=str(section["PREC"]),
+                                       n_classes=len(dataset.classnames), **settings)
+    missing, unexpected = ref.load_state_dict(state, strict=False)
+    assert not unexpected, unexpected
+    named = dict(ref.named_parameters())
+    params = [named[n] for n in sorted(state) if n in named]
+    assert params, "the reference has none of the original's trainable tensors"
+    for p in params:
+        p.requires_grad_(True)
+    o = cfg["OPTIM"]
+    optimizer = torch.optim.SGD(params, lr=schedule_from_config(o).lr_at(0), momentum=o["MOMENTUM"],
+                                weight_decay=o["WEIGHT_DECAY"], dampening=o["SGD_DAMPNING"],
+                                nesterov=o["SGD_NESTEROV"])
+    p = model_preprocess(model)
+    drawn = []
+    transform = dassl_train_transform(p["size"], p["mean"], p["std"], T.InterpolationMode(p["interpolation"]),
+                                      tuple(cfg["INPUT"]["RRCROP_SCALE"]), drawn=drawn)
+    wrapped = DatasetWrapper(dataset.train, transform, drawn, k_tfm=int(cfg["DATALOADER"]["K_TRANSFORMS"]))
+    losses, batches = [], []
+
+    def step(batch):  # Dassl's forward_backward: zero_grad, loss, backward, step
+        optimizer.zero_grad()
+        loss = ref.loss(batch["img"], batch["label"])
+        loss.backward()
+        optimizer.step()
+        losses.append(float(loss.detach()))
+        batches.append(list(batch["impath"]))
+        if len(losses) == STEPS:
+            raise _Done
+
+    torch.set_rng_state(g)  # the original's G after its build_model; P after random.seed (all images: no draw)
+    random.seed(SEED)
+    with pytest.raises(_Done):
+        dassl_epoch(wrapped, int(cfg["DATALOADER"]["TRAIN_X"]["BATCH_SIZE"]), workers, step=step)
+    return losses, batches
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+@pytest.mark.parametrize("method", sorted(CASES))
+def test_first_steps_are_the_originals(method, workers, data, tmp_path):
+    cfg = _cfg(method, data, workers)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # both runs sum alike where they compute alike
+    try:
+        losses, batches = _fastprompt_run(cfg, str(tmp_path / "run"))
+        ref_losses, ref_batches = _reference_run(cfg, workers)
+    finally:
+        torch.set_num_threads(threads)
+    log = (tmp_path / "run" / "log.txt").read_text()
+    assert "initial prompts: original" in log
+    assert f"training order: the original's (Dassl's RandomSampler as in torch>=1.9, the streams of its " \
+           f"DATALOADER.NUM_WORKERS {workers};" in log
+    assert batches == ref_batches  # the same images in the same order, step by step
+    assert len(losses) == len(ref_losses) == STEPS
+    for i, (a, b) in enumerate(zip(losses, ref_losses)):
+        assert abs(a - b) <= FP32.parity * max(1.0, abs(b)), (method, workers, i + 1, a, b)
