@@ -27,13 +27,15 @@ import random
 import pytest
 import torch
 from PIL import Image
+from torch.utils.data import RandomSampler
 from torchvision import transforms as T
 
 from fastprompt import models
 from fastprompt.data.registry import resolve
 from fastprompt.data.transforms import model_preprocess
 from fastprompt.reference import ReferenceCoCoOp, ReferenceCoOp, ReferenceKgCoOp, ReferenceMaPLe, ReferencePOMP
-from fastprompt.reference.dassl_loader import DatasetWrapper, dassl_epoch, dassl_train_transform
+from fastprompt.errors import ConfigError
+from fastprompt.reference.dassl_loader import DatasetWrapper, RandomSamplerTorch18, dassl_epoch, dassl_train_transform
 from fastprompt.reference.original_init import original_init_reference
 from fastprompt.templates import DATASET_TEMPLATES
 from fastprompt.testing import FP32
@@ -80,13 +82,13 @@ def data(tmp_path_factory):
     return str(root)
 
 
-def _cfg(method, data, workers):
+def _cfg(method, data, workers, more=()):
     recipe, _, extra = CASES[method]
     return resolve_config([(recipe, load_recipe(recipe))],
                           arguments={"DATASET.ROOT": data, "DATASET.NAME": "dtd", "SEED": SEED,
                                      "MODEL.BACKBONE.NAME": "tiny", "MODEL.BACKBONE.TAG": "none",
                                      "TRAIN.TENSORBOARD": False},
-                          overrides=COMMON + ["DATALOADER.NUM_WORKERS", str(workers)] + extra)
+                          overrides=COMMON + ["DATALOADER.NUM_WORKERS", str(workers)] + extra + list(more))
 
 
 def _fastprompt_run(cfg, run_dir):
@@ -107,7 +109,7 @@ class _Done(Exception):
     pass
 
 
-def _reference_run(cfg, workers):
+def _reference_run(cfg, workers, sampler_class=RandomSampler):
     """The same steps with the original's pieces (see the module docstring)."""
     method = cfg["METHOD"]
     section = cfg["TRAINER"][METHODS[method].section]
@@ -153,21 +155,24 @@ def _reference_run(cfg, workers):
     torch.set_rng_state(g)  # the original's G after its build_model; P after random.seed (all images: no draw)
     random.seed(SEED)
     with pytest.raises(_Done):
-        dassl_epoch(wrapped, int(cfg["DATALOADER"]["TRAIN_X"]["BATCH_SIZE"]), workers, step=step)
+        dassl_epoch(wrapped, int(cfg["DATALOADER"]["TRAIN_X"]["BATCH_SIZE"]), workers, sampler_class=sampler_class,
+                    step=step)
     return losses, batches
+
+
+def _both(cfg, run_dir, workers, sampler_class=RandomSampler):
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # both runs sum alike where they compute alike
+    try:
+        return _fastprompt_run(cfg, run_dir), _reference_run(cfg, workers, sampler_class)
+    finally:
+        torch.set_num_threads(threads)
 
 
 @pytest.mark.parametrize("workers", [0, 2])
 @pytest.mark.parametrize("method", sorted(CASES))
 def test_first_steps_are_the_originals(method, workers, data, tmp_path):
-    cfg = _cfg(method, data, workers)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # both runs sum alike where they compute alike
-    try:
-        losses, batches = _fastprompt_run(cfg, str(tmp_path / "run"))
-        ref_losses, ref_batches = _reference_run(cfg, workers)
-    finally:
-        torch.set_num_threads(threads)
+    (losses, batches), (ref_losses, ref_batches) = _both(_cfg(method, data, workers), str(tmp_path / "run"), workers)
     log = (tmp_path / "run" / "log.txt").read_text()
     assert "initial prompts: original" in log
     assert f"training order: the original's (Dassl's RandomSampler as in torch>=1.9, the streams of its " \
@@ -176,3 +181,27 @@ def test_first_steps_are_the_originals(method, workers, data, tmp_path):
     assert len(losses) == len(ref_losses) == STEPS
     for i, (a, b) in enumerate(zip(losses, ref_losses)):
         assert abs(a - b) <= FP32.parity * max(1.0, abs(b)), (method, workers, i + 1, a, b)
+
+
+def test_the_torch_1_8_sampler_is_replayed_when_named(data, tmp_path):
+    """torch 1.7 - 1.8's RandomSampler took its permutation from the global stream (pytorch #52568):
+    DATALOADER.TRAIN_X.TORCH_SAMPLER torch1.7-1.8 gives the batches of a CoOp run on that torch."""
+    cfg = _cfg("coop", data, 0, ["DATALOADER.TRAIN_X.TORCH_SAMPLER", "torch1.7-1.8"])
+    (losses, batches), (ref_losses, ref_batches) = _both(cfg, str(tmp_path / "run"), 0, RandomSamplerTorch18)
+    assert "RandomSampler as in torch1.7-1.8" in (tmp_path / "run" / "log.txt").read_text()
+    assert batches == ref_batches
+    for a, b in zip(losses, ref_losses):
+        assert abs(a - b) <= FP32.parity * max(1.0, abs(b))
+    assert batches != _both(_cfg("coop", data, 0), str(tmp_path / "seeded"), 0)[0][1]  # another order
+
+
+@pytest.mark.parametrize("more, message", [
+    (["DATALOADER.TRAIN_X.TORCH_SAMPLER", "torch2"], r"DATALOADER.TRAIN_X.TORCH_SAMPLER must be one of"),
+    # P after the original's few-shot draws is not tracked: RandAugment2 on the main process is refused
+    (["DATASET.NUM_SHOTS", "2", "INPUT.TRANSFORMS", "['random_resized_crop', 'random_flip', 'randaugment2', "
+      "'normalize']"], r"randaugment2 with the original's DATALOADER.NUM_WORKERS 0 .*DATALOADER.OWN_ORDER True"),
+])
+def test_what_the_replay_cannot_follow_is_refused_before_anything_is_written(data, tmp_path, more, message):
+    with pytest.raises(ConfigError, match=message):
+        train_run(_cfg("coop", data, 0, more), str(tmp_path / "run"), progress=False)
+    assert not (tmp_path / "run").exists() or not list((tmp_path / "run").iterdir())

@@ -11,7 +11,9 @@ numbers, so ``torch.load(path, weights_only=True)`` reads it (no pickled objects
      "finished": bool, "params": {name: tensor}, "optimizer": optimizer.state_dict(),
      "scaler": GradScaler.state_dict() or {}, "rng": {...}, "aggregator": {...} or {},
      "best": {"score": float, "epoch": int, "params": {...}} or {}, "skipped_images": int,
-     "epoch_sums": [loss sum, batches] of the epoch so far (the logged running mean resumes too)}
+     "epoch_sums": [loss sum, batches] of the epoch so far (the logged running mean resumes too),
+     "stream": every rank's batch-source state or None (on the original's streams: {"epoch": int,
+               "torch": the epoch's start G state, "python": its start random.getstate()})}
 
 ``epoch``/``batch``: the next batch to train is batch ``batch`` of epoch ``epoch`` (0-based);
 ``step``: optimizer steps done. ``params`` holds the prompts themselves, so the state alone

@@ -26,10 +26,13 @@ The trainer sees the learner only through its public API: ``loss(images, labels)
 aggregation, :class:`fastprompt.train.GaussianPromptAggregation`) is updated after each epoch and
 applied after the last one.
 
-Resume is exact: the state holds the prompts, the optimizer and scaler states, the RNG states
-and the position (epoch, batch, step); the data order and augmentation are functions of
-``(seed, epoch, index)``. A run killed at any point and resumed from its last state ends with
-the prompts of an uninterrupted run, bit for bit (on the same machine and thread count).
+Resume is exact: the state holds the prompts, the optimizer and scaler states, the RNG states,
+the position (epoch, batch, step) and the batch source's own state (``stream``): on the
+original's streams (:class:`~fastprompt.replay.source.OriginalBatches`) the streams at the start
+of the epoch, from which its plan is rebuilt; in fastprompt's own order the data order and
+augmentation are functions of ``(seed, epoch, index)``. A run killed at any point and resumed from
+its last state ends with the prompts of an uninterrupted run, bit for bit (on the same machine
+and thread count).
 """
 from __future__ import annotations
 
@@ -107,7 +110,8 @@ class Trainer:
             checkpoint; ``info``: epoch, batch, step, the batch's loss) and ``"epoch"`` (after each
             epoch's checkpoint).
         batches: the batch source (:mod:`fastprompt.train.batches`); default: ``train_data`` in
-            the seeded order of :class:`~fastprompt.train.batches.MapBatches`. A stream
+            the seeded order of :class:`~fastprompt.train.batches.MapBatches`. A run on the
+            original's streams passes :class:`~fastprompt.replay.source.OriginalBatches`. A stream
             (WebDataset shards) keeps its position in the resumable state; a feature-cached run
             passes :meth:`FeatureCache.train_batches <fastprompt.features.cache.FeatureCache.train_batches>`.
         feature_cache: a :class:`~fastprompt.features.cache.FeatureCache`: the val and test
