@@ -109,8 +109,9 @@ class _Done(Exception):
     pass
 
 
-def _reference_run(cfg, workers, sampler_class=RandomSampler):
-    """The same steps with the original's pieces (see the module docstring)."""
+def _reference_run(cfg, workers, sampler_class=RandomSampler, epochs=1, steps=STEPS):
+    """The same steps with the original's pieces (see the module docstring); ``epochs`` > 1: whole
+    epochs, each after Dassl's ``after_epoch`` (a validation loader under ``best_val``)."""
     method = cfg["METHOD"]
     section = cfg["TRAINER"][METHODS[method].section]
     dataset = load_split(cfg)
@@ -149,14 +150,24 @@ def _reference_run(cfg, workers, sampler_class=RandomSampler):
         optimizer.step()
         losses.append(float(loss.detach()))
         batches.append(list(batch["impath"]))
-        if len(losses) == STEPS:
+        if len(losses) == steps:
             raise _Done
 
     torch.set_rng_state(g)  # the original's G after its build_model; P after random.seed (all images: no draw)
     random.seed(SEED)
-    with pytest.raises(_Done):
-        dassl_epoch(wrapped, int(cfg["DATALOADER"]["TRAIN_X"]["BATCH_SIZE"]), workers, sampler_class=sampler_class,
-                    step=step)
+    batch_size = int(cfg["DATALOADER"]["TRAIN_X"]["BATCH_SIZE"])
+    if epochs == 1:
+        with pytest.raises(_Done):
+            dassl_epoch(wrapped, batch_size, workers, sampler_class=sampler_class, step=step)
+        return losses, batches
+    # Dassl's test transform draws nothing: only the validation loader's own iter() reaches G
+    val = DatasetWrapper(dataset.val, T.Compose([T.Resize(p["size"]), T.CenterCrop(p["size"]), T.ToTensor()]), [])
+    best_val = cfg["TEST"]["FINAL_MODEL"] == "best_val" and not cfg["TEST"]["NO_TEST"]
+    for epoch in range(epochs):
+        for group in optimizer.param_groups:
+            group["lr"] = schedule_from_config(o).lr_at(epoch)
+        dassl_epoch(wrapped, batch_size, workers, sampler_class=sampler_class, step=step,
+                    val_dataset=val if best_val else None)
     return losses, batches
 
 
@@ -205,3 +216,23 @@ def test_what_the_replay_cannot_follow_is_refused_before_anything_is_written(dat
     with pytest.raises(ConfigError, match=message):
         train_run(_cfg("coop", data, 0, more), str(tmp_path / "run"), progress=False)
     assert not (tmp_path / "run").exists() or not list((tmp_path / "run").iterdir())
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_later_epochs_continue_the_originals_streams(data, tmp_path, workers):
+    """Two whole epochs of CoOp under ``TEST.FINAL_MODEL best_val`` (Dassl's validation loader after
+    each epoch draws its base seed from G): every step's batch and loss is the original's, so epoch 2
+    starts where the original's epoch 1 left every stream."""
+    cfg = _cfg("coop", data, workers, ["TRAIN.MAX_STEPS", "0", "TEST.NO_TEST", "False", "TEST.FINAL_MODEL",
+                                       "best_val", "OPTIM.LR", "0.01"])
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        losses, batches = _fastprompt_run(cfg, str(tmp_path / "run"))
+        ref_losses, ref_batches = _reference_run(cfg, workers, epochs=2, steps=-1)
+    finally:
+        torch.set_num_threads(threads)
+    assert len(batches) == len(ref_batches) == 12  # 24 images, batches of 4, two epochs
+    assert batches == ref_batches
+    for i, (a, b) in enumerate(zip(losses, ref_losses)):
+        assert abs(a - b) <= FP32.parity * max(1.0, abs(b)), (workers, i + 1, a, b)
