@@ -132,3 +132,17 @@ def test_kill_mid_epoch_then_resume_on_two_original_workers_streams(tmp_path):
     _finish(_start(data, tmp_path / "zero"))
     zero = {r["step"]: r["loss"] for r in read_metrics(str(tmp_path / "zero" / "metrics.jsonl")) if r["kind"] == "step"}
     assert zero != ref
+
+
+def test_resuming_with_another_original_worker_count_is_refused(tmp_path):
+    """DATALOADER.NUM_WORKERS names the original's worker streams, which decide every later batch's
+    augmentations: --resume with another value would continue a different run, so it is refused
+    (it used to be free, when it only set fastprompt's loader processes)."""
+    from fastprompt.errors import TrainError
+
+    data = tmp_path / "data"
+    make_split_dataset(str(data), "dtd", [(6, 2, 2)] * 4, image_bytes=tiny_jpeg(16))
+    train_run(train_job.config(str(data), ["OPTIM.MAX_EPOCH", "1"]), str(tmp_path / "run"), progress=False)
+    with pytest.raises(TrainError, match=r"DATALOADER.NUM_WORKERS: run 0, now 2"):
+        train_run(train_job.config(str(data), ["OPTIM.MAX_EPOCH", "1", "DATALOADER.NUM_WORKERS", "2"]),
+                  str(tmp_path / "run"), resume=True, progress=False)
