@@ -34,7 +34,8 @@ def add_run_options(p, seed_help: str = "run seed (default 1)") -> None:
     p.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default=None,
                    help="TRAIN.PRECISION (default: from the method's PREC; fp32 on CPU)")
     p.add_argument("--workers", type=nonnegative_int, default=None, metavar="N",
-                   help="DataLoader workers (DATALOADER.NUM_WORKERS)")
+                   help="the original's DataLoader workers (DATALOADER.NUM_WORKERS): its worker streams decide the "
+                        "augmentations; fastprompt loads with at most CPUs-1 processes")
     p.add_argument("--device", default=None, help="torch device (default: cuda when available)")
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--resume", action="store_true", help="continue the run in --output-dir")
