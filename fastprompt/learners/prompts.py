@@ -32,18 +32,53 @@ class ContextTemplate:
     text: str
     n_ctx: int
     init_ids: Optional[torch.Tensor]  # [context_length] tokenized ctx_init, or None for random init
+    start: int = 1  # position of the first context token: the tokenizer's leading special tokens (text_start)
+
+
+def text_tokens(tokenizer, text: str) -> List[int]:
+    """The ids of ``text`` without special tokens or padding, as the tokenizer cleans and splits it:
+    ``tokenizer.encode`` (open_clip's BPE tokenizers) or the wrapped Hugging Face tokenizer of an
+    open_clip ``HFTokenizer``."""
+    encode = getattr(tokenizer, "encode", None)
+    if encode is not None:
+        return list(encode(text))
+    inner, clean = getattr(tokenizer, "tokenizer", None), getattr(tokenizer, "clean_fn", None)
+    if inner is not None and clean is not None:
+        return list(inner(clean(text), add_special_tokens=False)["input_ids"])
+    raise ValueError(f"cannot count the tokens of a text with {type(tokenizer).__name__}: the tokenizer needs an "
+                     "encode(text) method (open_clip's SimpleTokenizer) or to be an open_clip HFTokenizer")
+
+
+def text_start(tokenizer) -> int:
+    """Position of a prompt's first text token: the number of special tokens the tokenizer puts
+    before the text (1 for CLIP's ``[SOT]``, 0 for SigLIP's sentencepiece tokenizer, which has no
+    start token). Read from the tokenizer itself: the first position where "X" and "Y" differ."""
+    x, y = tokenizer(["X", "Y"])
+    differ = (x != y).nonzero().flatten()
+    if differ.numel() != 1:
+        raise ValueError(f"{type(tokenizer).__name__} does not tokenize 'X' and 'Y' as one token each at the same "
+                         "position, so fastprompt cannot tell where a prompt's text starts")
+    return int(differ[0])
 
 
 def context_template(tokenizer, n_ctx: int, ctx_init: str = "") -> ContextTemplate:
-    """``ctx_init`` given: its first tokens become the context; otherwise ``n_ctx`` "X" placeholders."""
+    """``ctx_init`` given: its first tokens become the context; otherwise ``n_ctx`` "X" placeholders.
+
+    The prompt of class ``c`` is ``"<text> <classname>."`` tokenized by the model's own tokenizer;
+    the context replaces its tokens ``start .. start+n_ctx-1`` (``start`` = :func:`text_start`), i.e.
+    the "X" placeholders or the first ``n_ctx`` tokens of ``ctx_init``: CoOp's ``"X" * n_ctx``
+    prefix after ``[SOT]`` for CLIP, the first ``n_ctx`` tokens for a tokenizer without a start
+    token (SigLIP).
+    """
+    start = text_start(tokenizer)
     if ctx_init:
         text = ctx_init.replace("_", " ")
         n_words = len(text.split(" "))
-        if len(tokenizer.encode(text)) < n_words:
+        if len(text_tokens(tokenizer, text)) < n_words:
             raise ValueError(f"ctx_init {ctx_init!r} has fewer tokens than words; use single spaces between words")
-        return ContextTemplate(text, n_words, tokenizer([text])[0])
+        return ContextTemplate(text, n_words, tokenizer([text])[0], start)
     check_n_ctx(n_ctx, getattr(tokenizer, "context_length", None) or 77)
-    return ContextTemplate(" ".join(["X"] * n_ctx), n_ctx, None)
+    return ContextTemplate(" ".join(["X"] * n_ctx), n_ctx, None, start)
 
 
 def check_n_ctx(n_ctx: int, context_length: int) -> None:
@@ -77,26 +112,29 @@ def leading_context_template(tokenizer, n_ctx: int, ctx_init: str = "", *, init_
     ``context_length`` tokens (the tokenizer would silently drop the class name).
     """
     check_n_ctx(n_ctx, context_length)
+    start = text_start(tokenizer)
     if ctx_init and n_ctx <= init_max_ctx:
         text = ctx_init.replace("_", " ")
-        n_tokens = len(tokenizer.encode(text))
+        n_tokens = len(text_tokens(tokenizer, text))
         if n_tokens < n_ctx:
             raise ValueError(f"ctx_init {ctx_init!r} has {n_tokens} tokens but n_ctx={n_ctx} context vectors are "
                              "initialised from its first tokens; use a longer phrase or a smaller n_ctx")
         if n_tokens > context_length - 4:
             raise ValueError(f"ctx_init is {n_tokens} tokens long: with SOT, a class name, '.' and EOT the prompt "
                              f"exceeds the text tower's context length {context_length}")
-        return ContextTemplate(text, n_ctx, tokenizer([text])[0])
-    return ContextTemplate(" ".join(["X"] * n_ctx), n_ctx, None)
+        return ContextTemplate(text, n_ctx, tokenizer([text])[0], start)
+    return ContextTemplate(" ".join(["X"] * n_ctx), n_ctx, None, start)
 
 
 def context_word_embeddings(tower: TextTower, template: ContextTemplate) -> torch.Tensor:
     """``[M, D]`` float32: the frozen token embeddings of the first ``M = template.n_ctx`` tokens of
-    ``ctx_init`` after SOT — the "context from words" every CoOp-family method initialises from."""
+    ``ctx_init`` after the leading special tokens (SOT) — the "context from words" every CoOp-family
+    method initialises from."""
     if template.init_ids is None:
         raise ValueError("this context has no ctx_init phrase to take word embeddings from")
+    rows = slice(template.start, template.start + template.n_ctx)
     with torch.no_grad():
-        return tower.embed_tokens(template.init_ids.to(tower.device))[1:1 + template.n_ctx].float().clone()
+        return tower.embed_tokens(template.init_ids.to(tower.device))[rows].float().clone()
 
 
 def initial_context(tower: TextTower, template: ContextTemplate, shape: Sequence[int], std: float) -> torch.Tensor:
@@ -161,17 +199,35 @@ def tokenize_prompts(tokenizer, prompts: Sequence[str], classnames: Sequence[str
     prompts = list(prompts)
     ids = tokenizer(prompts)
     limit = ids.shape[1]
-    encode = getattr(tokenizer, "encode", None)
-    for i in (ids.argmax(dim=-1) == limit - 1).nonzero().flatten().tolist():
-        # Without ``encode`` a prompt that fits exactly cannot be told from a cut one: refuse both.
-        n_tokens = len(encode(prompts[i])) + 2 if encode is not None else limit + 1
+    start = text_start(tokenizer)
+    # Rows that may have been cut: those that fill the last slot, unless the tokenizer pads with its
+    # end token (SigLIP's "sticky" EOS): then a cut row looks like any other and every row is measured.
+    x_row = tokenizer(["X"])[0]
+    pad, end = int(tokenizer([""])[0, -1]), int(x_row[start + 1])
+    suspects = range(len(prompts)) if pad == end else (ids[:, -1] != pad).nonzero().flatten().tolist()
+    for i in suspects:
+        try:  # start specials, the text, one end token
+            n_tokens = start + len(text_tokens(tokenizer, prompts[i])) + 1
+        except ValueError:  # a prompt that fits exactly cannot be told from a cut one: refuse both
+            n_tokens = limit + 1
         if n_tokens > limit:
             raise ValueError(
-                f"the prompt for class {_abridged(classnames[i])!r} is {n_tokens} tokens long with SOT and EOT "
+                f"the prompt for class {_abridged(classnames[i])!r} is {n_tokens} tokens long with its special tokens "
                 f"({_abridged(prompts[i])!r}), but the text tower's context length is {limit}: "
                 "the tokenizer would cut off the class name. Use fewer context tokens (n_ctx) or a shorter "
                 "class name or template.")
     return ids
+
+
+def _check_placeholders(tokenizer, template: ContextTemplate, name: str, ids: torch.Tensor) -> None:
+    """The "X" placeholders must be the ``n_ctx`` tokens at ``template.start ..``: the prompt with
+    them replaced by "Y" must differ exactly there (a tokenizer merging "X X" would shift the class)."""
+    other = tokenizer([f"{template.text.replace('X', 'Y')} {name}."])[0]
+    differ = (other != ids).nonzero().flatten().tolist()
+    want = list(range(template.start, template.start + template.n_ctx))
+    if differ != want:
+        raise ValueError(f"{type(tokenizer).__name__} does not give one token per context placeholder 'X' at "
+                         f"positions {want} of {template.text!r} {name!r}: the context cannot be placed exactly")
 
 
 def coop_plan(tokenizer, classnames: Sequence[str], template: ContextTemplate, *, position: str = "end",
@@ -186,7 +242,11 @@ def coop_plan(tokenizer, classnames: Sequence[str], template: ContextTemplate, *
     * ``front``:  ``[SOT][class tokens][ctx][.][EOT]``
 
     where "class tokens" are the first ``len(encode(name))`` suffix rows, exactly as the original
-    slices its suffix buffer, and EOT is located in the tokenized placeholder template.
+    slices its suffix buffer, and EOT is located in the tokenized placeholder template. ``[SOT]``
+    stands for the tokenizer's leading special tokens, ``template.start`` of them (none for
+    SigLIP's tokenizer: the context is then the prompt's first ``M`` tokens, where "X X .. X"
+    stands in ``"X X X X <classname>."`` tokenized by the model's own tokenizer); the rows are the
+    full prompts, laid out for the tower that encodes them (:meth:`TextPlan.for_semantics`).
     """
     if position not in CLASS_TOKEN_POSITIONS:
         raise ValueError(f"class_token_position must be one of {CLASS_TOKEN_POSITIONS}, got {position!r}")
@@ -196,12 +256,15 @@ def coop_plan(tokenizer, classnames: Sequence[str], template: ContextTemplate, *
     if token_ids.shape[1] != context_length:
         raise ValueError(f"tokenizer returns {token_ids.shape[1]} tokens per prompt but the text tower "
                          f"has context length {context_length}")
+    start = template.start
+    if template.init_ids is None:
+        _check_placeholders(tokenizer, template, names[0], token_ids[0])
     rows = []
     for c, (name, ids) in enumerate(zip(names, token_ids.tolist())):
         base = c * m if class_specific else 0
         ctx = [ctx_source(base + k) for k in range(m)]
-        sot, rest = ids[:1], ids[1 + m:]
-        name_len = len(tokenizer.encode(name))
+        sot, rest = ids[:start], ids[start + m:]
+        name_len = len(text_tokens(tokenizer, name))
         if position == "end":
             rows.append(sot + ctx + rest)
         elif position == "middle":

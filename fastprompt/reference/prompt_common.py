@@ -22,6 +22,7 @@ from typing import Callable, List, Optional, Sequence, Tuple
 import torch
 import torch.nn as nn
 
+from ..learners.prompts import text_start, text_tokens
 from .text_encoder import ReferenceTextEncoder, _model_dtype
 
 __all__ = ["default_tokenizer", "tokenize_each", "init_context", "register_class_prompts",
@@ -47,7 +48,8 @@ def init_context(holder: nn.Module, tokenizer: Callable, ctx_init: str, n_ctx: i
     """The original context initialisation: ``(ctx_vectors, prompt_prefix, n_ctx)``.
 
     With ``ctx_init``: ``_`` becomes a space, the vectors are the token embeddings at positions
-    ``1 .. n_ctx`` of the tokenized phrase (``[n_ctx, D]``, generic even when ``rows`` is given, as
+    ``1 .. n_ctx`` of the tokenized phrase (``s .. s+n_ctx-1`` for a tokenizer with ``s`` leading
+    special tokens, :func:`~fastprompt.learners.prompts.text_start`: 0 for SigLIP's) (``[n_ctx, D]``, generic even when ``rows`` is given, as
     in the original), and the prompt text starts with the phrase. Without: N(0, 0.02) vectors
     ``[n_ctx, D]`` (``[rows, n_ctx, D]`` when ``rows`` is given) and the placeholder ``"X X ... X"``.
     ``holder`` is the module owning ``token_embedding`` and ``ln_final`` (``text_tower(model)``).
@@ -63,7 +65,8 @@ def init_context(holder: nn.Module, tokenizer: Callable, ctx_init: str, n_ctx: i
         init_ids = tokenizer([ctx_init]).to(device)
         with torch.no_grad():
             init_emb = token_embedding(init_ids).type(dtype)
-        return init_emb[0, 1:1 + n_ctx, :], ctx_init, n_ctx
+        start = text_start(tokenizer)
+        return init_emb[0, start:start + n_ctx, :], ctx_init, n_ctx
     shape = (n_ctx, ctx_dim) if rows is None else (rows, n_ctx, ctx_dim)
     ctx_vectors = torch.empty(*shape, dtype=dtype)  # CPU generator, as the original
     nn.init.normal_(ctx_vectors, std=0.02)
@@ -75,20 +78,23 @@ def register_class_prompts(module: nn.Module, holder: nn.Module, tokenizer: Call
     """Tokenize ``"<prompt_prefix> <name>."`` per name and register the original buffers on ``module``.
 
     ``token_prefix [C, 1, D]`` (SOT) and ``token_suffix [C, 77 - 1 - n_ctx, D]`` (class tokens, '.',
-    EOT, padding) are persistent, as in the original (its checkpoints carry them);
+    EOT, padding) are persistent (``[C, s, D]`` and ``[C, L - s - n_ctx, D]`` for a tokenizer with
+    ``s`` leading special tokens and context length ``L``: SigLIP's has none, so the context comes
+    first), as in the original (its checkpoints carry them);
     ``tokenized_prompts [C, 77]`` is a plain attribute there and a non-persistent buffer here, so
     the state dict keys stay identical while it follows ``.to(device)``. Returns ``(name_lens,
     prompt_texts)``: BPE lengths of the bare names (used by the middle/front layouts) and the texts.
     """
     token_embedding = holder.token_embedding
     names = [name.replace("_", " ") for name in names]
-    name_lens = [len(tokenizer.encode(name)) for name in names]
+    name_lens = [len(text_tokens(tokenizer, name)) for name in names]
     prompt_texts = [prompt_prefix + " " + name + "." for name in names]
     tokenized_prompts = tokenize_each(tokenizer, prompt_texts).to(token_embedding.weight.device)
     with torch.no_grad():
         embedding = token_embedding(tokenized_prompts).type(_model_dtype(holder))
-    module.register_buffer("token_prefix", embedding[:, :1, :])
-    module.register_buffer("token_suffix", embedding[:, 1 + n_ctx:, :])
+    start = text_start(tokenizer)
+    module.register_buffer("token_prefix", embedding[:, :start, :])
+    module.register_buffer("token_suffix", embedding[:, start + n_ctx:, :])
     module.register_buffer("tokenized_prompts", tokenized_prompts, persistent=False)
     return name_lens, prompt_texts
 

@@ -19,6 +19,14 @@ Differences that come from open_clip rather than from a change of semantics:
   would transpose twice. So, exactly like ``open_clip.CLIP.encode_text``, the input is passed
   batch-first and no permute is done here.
 
+Towers other than OpenAI's (open_clip ``TextTransformer``): the encoder follows
+``TextTransformer.forward`` with prompt embeddings in place of ``token_embedding(text)``: CoCa's CLS
+embedding appended after the prompt, the model's own attention mask (the causal mask when the tower
+has one, plus the additive key-padding mask built from the tokenized prompts where the tower masks
+padding: ``use_pad_mask`` or a CLS, with open_clip's legacy or ``correct_cls_mask`` CLS column), and
+its own pooling (``text_global_pool`` with ``pool_type``/``eos_id``; the CLS row, then ``ln_final``,
+for CoCa), then the projection as ``Parameter``, ``Linear`` or none.
+
 This module is the parity oracle / "before" side of benchmarks: it is deliberately unoptimised.
 """
 from __future__ import annotations
@@ -34,9 +42,8 @@ def text_tower(model: nn.Module) -> nn.Module:
 
     ``open_clip.CLIP`` keeps ``transformer``, ``token_embedding``, ``positional_embedding``,
     ``ln_final``, ``text_projection`` and ``attn_mask`` on the model itself; ``CustomTextCLIP``
-    keeps them on ``model.text`` (a ``TextTransformer``). Anything else (HF text towers, CoCa's
-    appended class token, non-argmax pooling) is not what CoOp's text encoder computes and is
-    rejected with a ``ValueError``.
+    keeps them on ``model.text`` (a ``TextTransformer``). Hugging Face text towers and pooling
+    ``'none'`` (no feature per prompt) are rejected with a ``ValueError``.
     """
     needed = ("transformer", "token_embedding", "positional_embedding", "ln_final")
     holder = None
@@ -51,16 +58,27 @@ def text_tower(model: nn.Module) -> nn.Module:
             "model.text); HF text towers are not supported by the CoOp reference")
     if not hasattr(holder.transformer, "resblocks"):
         raise ValueError(f"unsupported text transformer {type(holder.transformer).__name__}")
-    if getattr(holder, "cls_emb", None) is not None:
-        raise ValueError("text towers with an appended class token (CoCa) are not supported: "
-                         "CoOp pools the EOT token")
-    pool_type = getattr(holder, "text_pool_type", getattr(holder, "pool_type", "argmax"))
-    if pool_type != "argmax":
-        raise ValueError(f"text pool_type {pool_type!r} is not supported: CoOp gathers the row at "
-                         "tokenized_prompts.argmax(-1) (open_clip pool_type 'argmax')")
-    if getattr(holder, "use_pad_mask", False):
-        raise ValueError("text towers with a padding mask are not supported by the CoOp reference")
+    if getattr(holder, "cls_emb", None) is None and _pool_type(holder) == "none":
+        raise ValueError("text pool_type 'none' gives every token, not one feature per prompt")
     return holder
+
+
+def _pool_type(holder: nn.Module) -> str:
+    return getattr(holder, "text_pool_type", getattr(holder, "pool_type", "argmax"))
+
+
+def _padding_mask(holder: nn.Module, tokenized: torch.Tensor, seq_len: int, heads: int,
+                  dtype: torch.dtype) -> torch.Tensor:
+    """open_clip's ``TextTransformer._build_additive_mask``: ``[N*H, S, S]``, ``-inf`` at keys whose
+    token is ``pad_id``; the CLS column (always valid) goes last with ``correct_cls_mask``, else first
+    (the legacy mask of the released CoCa weights, which shifts the validity of every key by one)."""
+    valid = tokenized != holder.pad_id
+    if holder.cls_emb is not None:
+        ones = valid.new_ones(valid.shape[0], 1)
+        valid = torch.cat([valid, ones] if holder.correct_cls_mask else [ones, valid], 1)
+    keys = valid.unsqueeze(1).expand(-1, seq_len, -1)
+    additive = torch.zeros(keys.shape, dtype=dtype, device=keys.device).masked_fill(~keys, float("-inf"))
+    return additive.repeat_interleave(heads, 0)
 
 
 def _model_dtype(holder: nn.Module) -> torch.dtype:
@@ -83,20 +101,40 @@ class ReferenceTextEncoder(nn.Module):
         self.positional_embedding = holder.positional_embedding
         self.ln_final = holder.ln_final
         self.text_projection = holder.text_projection
-        # The causal mask lives on the open_clip model (OpenAI's clip keeps it in each block).
-        # A non-persistent buffer so it follows .to(device) without entering the state dict.
+        # The causal mask lives on the open_clip model (OpenAI's clip keeps it in each block); None
+        # for a bidirectional tower. A non-persistent buffer so it follows .to(device) without
+        # entering the state dict.
         self.register_buffer("attn_mask", holder.attn_mask, persistent=False)
         self.dtype = _model_dtype(holder)
+        self.cls_emb = getattr(holder, "cls_emb", None)
+        self.pool_type = _pool_type(holder)
+        self.eos_id = getattr(holder, "text_eos_id", getattr(holder, "eos_id", None))
+        self.masks_padding = bool(getattr(holder, "use_pad_mask", False)) or self.cls_emb is not None
+        self.heads = getattr(holder, "heads", None)
+        self._holder = [holder]  # not a submodule: its modules are registered above already
 
     def forward(self, prompts: torch.Tensor, tokenized_prompts: torch.Tensor) -> torch.Tensor:
-        x = prompts + self.positional_embedding.type(self.dtype)
-        # open_clip's Transformer takes [N, L, D] and handles batch_first itself (see module doc).
-        x = self.transformer(x, attn_mask=self.attn_mask)
-        x = self.ln_final(x).type(self.dtype)
+        """``prompts [C, L, D]`` (embeddings, no positions) and their token ids ``[C, L]`` -> ``[C, E]``."""
+        from open_clip.transformer import text_global_pool
 
-        # x: [n_prompts, n_tokens, width]; read the EOT row (EOT has the largest token id).
-        eot = tokenized_prompts.argmax(dim=-1).to(x.device)
-        x = x[torch.arange(x.shape[0], device=x.device), eot]
+        tokenized_prompts = tokenized_prompts.to(prompts.device)
+        x, seq_len = prompts, prompts.shape[1]
+        if self.cls_emb is not None:  # CoCa: the CLS embedding appended after the prompt
+            x = torch.cat([x, self.cls_emb.to(x.dtype).expand(x.shape[0], 1, -1)], 1)
+            seq_len += 1
+        attn_mask = self.attn_mask
+        if self.masks_padding:
+            pad = _padding_mask(self._holder[0], tokenized_prompts, seq_len, self.heads, x.dtype)
+            attn_mask = pad if attn_mask is None else attn_mask[:seq_len, :seq_len].unsqueeze(0) + pad
+        x = x + self.positional_embedding[:seq_len].type(self.dtype)
+        # open_clip's Transformer takes [N, L, D] and handles batch_first itself (see module doc).
+        x = self.transformer(x, attn_mask=attn_mask)
+        if self.cls_emb is not None:  # the CLS row is pooled whatever pool_type says, ln_final after pooling
+            x = self.ln_final(x[:, -1]).type(self.dtype)
+        else:
+            # CLIP: the EOT row (EOT has the largest token id); other towers: their own pool_type.
+            x = self.ln_final(x).type(self.dtype)
+            x = text_global_pool(x, tokenized_prompts, self.pool_type, eos_token_id=self.eos_id)
         proj = self.text_projection
         if proj is None:
             return x

@@ -1,4 +1,13 @@
-"""The functional CLIP text tower: prefix-shared, EOT-truncated, packed.
+"""The functional open_clip text tower: prefix-shared, EOT-truncated, packed where that is exact.
+
+Any open_clip ``TextTransformer`` / ``CLIP`` text side: causal or bidirectional (SigLIP,
+MobileCLIP-S), pooled at ``argmax``/``eos``/``last``/``first`` or at CoCa's appended CLS, with a
+key-padding mask or none, projected by a Parameter, a Linear or nothing. The tower reads its
+:class:`~fastprompt.towers.text_semantics.TextSemantics` from the model and encodes every plan in
+the layout exact for it (:meth:`TextTower.layout`); the steps below are the causal case, and a
+bidirectional tower runs the same loop with every prompt at full length (or packed to its
+unmasked tokens), no prefix, ``causal=False``. Pooled rows masked as keys (CoCa's CLS under its
+legacy mask) are query-only rows with one more ``prompt_attention`` call per layer.
 
 For a :class:`TextPlan` the tower
 
@@ -29,6 +38,7 @@ from ..ops import prompt_attention
 from .blocks import block_views
 from .prompt_rows import QKVPrompt
 from .text_plan import TextPlan, build_text_plan
+from .text_semantics import text_semantics
 
 
 def _text_modules(model: nn.Module) -> nn.Module:
@@ -53,21 +63,18 @@ class TextTower:
 
     def __init__(self, model: nn.Module, backend: str = "auto"):
         text = _text_modules(model)
-        if getattr(text, "attn_mask", None) is None:
-            raise ValueError("the text tower has no causal attention mask; fastprompt's text path needs "
-                             "CLIP's causal text encoder")
-        pool = getattr(model, "text_pool_type", getattr(text, "pool_type", "argmax"))
-        if pool != "argmax":
-            raise ValueError(f"text pooling {pool!r} is not supported (CLIP pools the argmax/EOT token)")
-        if getattr(text, "cls_emb", None) is not None:
-            raise ValueError("text towers with an appended CLS embedding (CoCa) are not supported")
+        # How the tower masks and pools decides which of the plan's savings are exact; every plan
+        # the tower encodes is laid out for it (TextPlan.for_semantics).
+        self.semantics = text_semantics(text)
         self.text = text
+        self.cls_emb = getattr(text, "cls_emb", None)
         self.blocks = block_views(text.transformer)
         self.backend = backend
         self.width = self.blocks[0].width
         self.heads = self.blocks[0].heads
         self.layers = len(self.blocks)
-        self.context_length = int(text.positional_embedding.shape[0])
+        # The tokenizer's length: open_clip's positional table has one more row when a CLS is appended.
+        self.context_length = int(getattr(text, "context_length", None) or text.positional_embedding.shape[0])
         proj = text.text_projection
         if proj is None:
             self.embed_dim = self.width
@@ -75,6 +82,15 @@ class TextTower:
             self.embed_dim = proj.out_features
         else:
             self.embed_dim = int(proj.shape[1])
+
+    @property
+    def savings(self) -> str:
+        """The fast path's savings that are exact for this tower (``TextSemantics.savings``)."""
+        return self.semantics.savings
+
+    def layout(self, plan: TextPlan) -> TextPlan:
+        """``plan`` laid out for this tower's masking and pooling, on its device (cached)."""
+        return plan.for_semantics(self.semantics).to(self.device)
 
     @property
     def dtype(self) -> torch.dtype:
@@ -96,7 +112,7 @@ class TextTower:
         with one table per group (CoCoOp: per image; SoftCPT: per task). Slot ``k`` fills every
         source ``ctx_source(k)`` of a sequence from its group's table.
         """
-        plan = plan.to(self.device)
+        plan = self.layout(plan)
         groups = plan.n_groups
         if ctx is not None:
             if ctx.dim() not in (2, 3) or ctx.shape[-1] != self.width:
@@ -122,7 +138,21 @@ class TextTower:
         if pos.numel():
             suffix = suffix.clone()
             suffix[pos] = ctx[plan.derived("suffix_ctx_group"), slot] if ctx.dim() == 3 else ctx[slot]
+        cls = plan.derived("suffix_cls_pos")
+        if cls.numel():  # CoCa's appended CLS where it is an ordinary (key) row
+            suffix = suffix.clone()
+            suffix[cls] = self.cls_emb.to(self.dtype)
         return prefix, suffix
+
+    def _query_rows(self, plan: TextPlan) -> torch.Tensor:
+        """``[Q, D]`` input rows (with positions) of the plan's query-only pooled rows: frozen tokens
+        (padding) or CoCa's CLS, never learnable context."""
+        rows = self.embed_tokens(plan.derived("query_src"))
+        cls = plan.derived("query_cls")
+        if cls.numel():
+            rows = rows.clone()
+            rows[cls] = self.cls_emb.to(self.dtype)
+        return rows + self.text.positional_embedding.to(self.dtype)[plan.derived("query_pos")]
 
     # ---- the encoder -------------------------------------------------------------------------
     def encode(self, plan: TextPlan, ctx: Optional[torch.Tensor] = None, **prompts) -> torch.Tensor:
@@ -161,12 +191,18 @@ class TextTower:
                 query, key and value rows for prefix rows ``override_start ..
                 override_start+M-1`` in layers ``0 .. J-1`` (RPP); see :meth:`_insert_prompt_heads`.
         """
-        plan = plan.to(self.device)
+        plan = self.layout(plan)
         groups, p_len = plan.n_groups, plan.prefix_len
         if prefix.shape[:2] != (groups, p_len):
             raise ValueError(f"prefix must have shape [G={groups}, P={p_len}, D], got {tuple(prefix.shape)}")
         if suffix.shape[0] != plan.n_tokens:
             raise ValueError(f"suffix must have {plan.n_tokens} packed rows, got {suffix.shape[0]}")
+        deep = prefix_prompts is not None or any(o is not None for o in (prefix_overrides or [])[1:])
+        if deep and not self.semantics.causal:
+            raise ValueError("deep text prompts (MaPLe, PromptSRC, IVLP, RPP) replace rows of the shared [SOT][ctx] "
+                             "prefix, which only a causal text tower has; this tower's attention is bidirectional "
+                             "(no causal mask): use a learner that prompts only the text input (CoOp, CoCoOp, KgCoOp, "
+                             "PRE, SoftCPT, POMP)")
         pos = self.text.positional_embedding.to(self.dtype)
         prefix_prompts = self._check_prefix_prompts(prefix_prompts, prefix_overrides, override_start, p_len)
         n_prompted = len(prefix_prompts) if prefix_prompts else 0
@@ -174,13 +210,15 @@ class TextTower:
             m = prefix_prompts[0].n_rows
             prefix_prompts[0] = prefix_prompts[0].map_width_rows(
                 lambda r: r.to(self.dtype) + pos[override_start:override_start + m])
-        # The G*P prefix rows and the T packed suffix rows go through each layer's dense parts (LN,
-        # projections, MLP) as one [G*P + T, D] block: one GEMM per weight instead of two, the weights
-        # read once (the prefix alone is a few rows, whose GEMMs are bound by reading the weights).
-        # Deep prompts act on the prefix part of the block: overrides replace its rows before a layer,
-        # q/k/v prompts replace its heads after the in-projection.
-        n_prefix = groups * p_len
-        x = torch.cat([(prefix + pos[:p_len]).flatten(0, 1), suffix + pos[plan.positions]])
+        # The G*P prefix rows, the T packed suffix rows and the Q query-only rows go through each
+        # layer's dense parts (LN, projections, MLP) as one [G*P + T + Q, D] block: one GEMM per weight
+        # instead of several, the weights read once (the prefix alone is a few rows, whose GEMMs are
+        # bound by reading the weights). Deep prompts act on the prefix part of the block: overrides
+        # replace its rows before a layer, q/k/v prompts replace its heads after the in-projection.
+        n_prefix, n_tokens = groups * p_len, plan.n_tokens
+        queries = plan.derived("query_seq").numel()
+        parts = [(prefix + pos[:p_len]).flatten(0, 1), suffix + pos[plan.positions]]
+        x = torch.cat(parts + [self._query_rows(plan)] if queries else parts)
 
         for layer, blk in enumerate(self.blocks):
             last = layer == self.layers - 1
@@ -193,9 +231,9 @@ class TextTower:
             if replacement is not None:
                 xp = _replace_rows(x[:n_prefix].view(groups, p_len, -1), replacement, override_start)
                 x = torch.cat([xp.flatten(0, 1), x[n_prefix:]])
-            if last:  # only the EOT rows are pooled; prefix outputs are never read after the last layer
+            if last:  # only the pooled rows are read; prefix outputs are never read after the last layer
                 break
-            qkv_p, qkv = blk.qkv_fused(x).split([n_prefix, plan.n_tokens])
+            qkv_p, qkv, qkv_q = blk.qkv_fused(x).split([n_prefix, n_tokens, queries])
             pk = pv = op = None
             if n_prefix:
                 qp, pk, pv = qkv_p.view(groups, p_len, 3, self.heads, -1).unbind(2)
@@ -203,10 +241,12 @@ class TextTower:
                     qp, pk, pv = self._insert_prompt_heads(blk, prefix_prompts[layer], override_start, qp, pk, pv,
                                                            need_q=survive)
                 op, _ = prompt_attention(qp, pk, pv, causal=True, return_lse=False, backend=self.backend)
-            o = self._suffix_attention(plan, qkv, pk, pv)[plan.pad_index]
+            o = [self._suffix_attention(plan, qkv, pk, pv)[plan.pad_index]]
             if op is not None:
-                o = torch.cat([op.flatten(0, 1), o])
-            x = blk.add_mlp(blk.add_attention(x, blk.attention_output(o)))
+                o.insert(0, op.flatten(0, 1))
+            if queries:
+                o.append(self._query_attention(plan, qkv_q, qkv, pk, pv))
+            x = blk.add_mlp(blk.add_attention(x, blk.attention_output(torch.cat(o) if len(o) > 1 else o[0])))
             del o
 
         blk, xs = self.blocks[-1], x[n_prefix:]
@@ -216,9 +256,15 @@ class TextTower:
             if n_prompted == self.layers:
                 _, pk, pv = self._insert_prompt_heads(blk, prefix_prompts[-1], override_start, None, pk, pv,
                                                       need_q=False)
-        o = self._suffix_attention(plan, blk.qkv_fused(xs), pk, pv)
-        rows = plan.derived("eot_pad_index")
-        xs = blk.add_mlp(blk.add_attention(xs[plan.eot_index], blk.attention_output(o[rows])))
+        qkv, qkv_q = blk.qkv_fused(xs).split([n_tokens, queries])
+        o = self._suffix_attention(plan, qkv, pk, pv)
+        rows, o = xs[plan.eot_index], o[plan.derived("eot_pad_index")]
+        if queries:  # pooled suffix rows first, then the query-only rows; back to sequence order below
+            rows = torch.cat([rows, xs[n_tokens:]])
+            o = torch.cat([o, self._query_attention(plan, qkv_q, qkv, pk, pv)])
+        xs = blk.add_mlp(blk.add_attention(rows, blk.attention_output(o)))
+        if queries:
+            xs = xs[plan.derived("pool_order")]
         return self.project(xs)
 
     __call__ = forward
@@ -234,10 +280,26 @@ class TextTower:
         outs = []
         for b in plan.buckets:  # [n_b, length_b] each, padded to its own longest sequence
             qb, kb, vb = padded[b.start:b.stop].view(b.n, b.length, 3, heads, head_dim).unbind(2)
-            ob, _ = prompt_attention(qb, kb, vb, pk, pv, group=b.group if plan.n_groups > 1 else None, causal=True,
-                                     seqlens=b.seqlens, return_lse=False, backend=self.backend)
+            ob, _ = prompt_attention(qb, kb, vb, pk, pv, group=b.group if pk is not None and plan.n_groups > 1 else None,
+                                     causal=plan.semantics.causal, seqlens=b.seqlens, return_lse=False,
+                                     backend=self.backend)
             outs.append(ob.reshape(b.rows, heads, head_dim))
         return outs[0] if len(outs) == 1 else torch.cat(outs) if outs else qkv.new_zeros(0, heads, head_dim)
+
+    def _query_attention(self, plan: TextPlan, qkv_q: torch.Tensor, qkv: torch.Tensor, pk: Optional[torch.Tensor],
+                         pv: Optional[torch.Tensor]) -> torch.Tensor:
+        """Attention of the Q query-only pooled rows (``qkv_q [Q, 3, H, d]``): each reads its
+        sequence's kept keys, the prefix block and its packed suffix (``qkv [T, 3, H, d]``), but is no
+        key itself (masked as one by the tower). One ``prompt_attention`` call: the suffix keys are
+        gathered to ``[Q, Lq]`` with ``seqlens`` masking the rest, the query in row 0 of an otherwise
+        zero query block (bidirectional, so row 0 reads every kept key); returns ``[Q, H, d]``."""
+        index = plan.derived("query_key_index")
+        k, v = qkv[:, 1:][index].unbind(2)  # [Q, Lq, H, d] each
+        q = torch.cat([qkv_q[:, 0:1], k.new_zeros(k.shape[0], k.shape[1] - 1, *k.shape[2:])], 1)
+        group = plan.derived("query_group") if pk is not None and plan.n_groups > 1 else None
+        o, _ = prompt_attention(q, k, v, pk, pv, group=group, causal=False, seqlens=plan.derived("query_key_seqlens"),
+                                return_lse=False, backend=self.backend)
+        return o[:, 0]
 
     def _check_prefix_prompts(self, prompts, overrides, start: int, p_len: int):
         if prompts is None:
@@ -306,7 +368,10 @@ class TextTower:
         The longest common prefix (e.g. ``[SOT] a photo of a``) is still shared.
         """
         ids = ids.cpu()
-        return build_text_plan(ids.tolist(), ids)
+        if ids.dim() != 2 or ids.shape[1] != self.context_length:
+            raise ValueError(f"token ids must have shape [C, {self.context_length}] (the text tower's context length), "
+                             f"got {tuple(ids.shape)}: tokenize with the model's own tokenizer")
+        return build_text_plan(ids.tolist(), ids, semantics=self.semantics)
 
     def encode_token_ids(self, ids: torch.Tensor) -> torch.Tensor:
         """Same as ``model.encode_text(ids)`` (unnormalised), on the fast path."""

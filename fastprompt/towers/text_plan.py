@@ -18,6 +18,13 @@ prompts) as source rows; the plan then
   with long-tailed class names (ImageNet-21K: mean suffix 8 tokens, longest 40-51) that is 5-6x
   the real tokens in every layer's saved q/k/v/o, and in the attention time.
 
+These savings are CLIP's (a causal tower pooled at EOT). A plan records the tower semantics it
+is exact for (:class:`~fastprompt.towers.text_semantics.TextSemantics`): for other towers
+(:func:`plan_from_rows`, :meth:`TextPlan.for_semantics`) each prompt keeps the tokens its pooled
+row reads (all of them, padding included, for a bidirectional tower without a padding mask;
+the unmasked ones where padding is masked), the prefix is shared only under a causal mask, and a
+pooled row that is masked as a key (CoCa's CLS, a pooled padding row) is a query-only row.
+
 Groups: sequence ``n`` reads prefix block ``group[n]`` and fills its context slots from context
 table ``group[n]``. ``repeat(G)`` gives the same classes for G groups (CoCoOp: one group per
 image), ``concat`` joins class lists as groups (SoftCPT: one group per task) and ``select`` keeps
@@ -31,6 +38,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import torch
 
 from ..ops import declare_index_range
+from .text_semantics import CLIP_TEXT, TextSemantics, kept_tokens
 
 
 def ctx_source(slot: int) -> int:
@@ -156,6 +164,19 @@ class TextPlan:
         eot_positions: ``[N]`` absolute position of EOT in each sequence.
         bucket_rule: how the padded attention layout is split into length buckets
             (:class:`BucketRule`; ``BucketRule(max_buckets=1)`` keeps one ``[N, max_len]`` block).
+        suffix_pos: ``[T]`` absolute position of every packed token, or ``None`` when each suffix
+            continues its prefix without gaps (packing may drop masked padding inside a prompt).
+        pool_offset: ``[N]`` offset of the pooled row in its suffix, ``-1`` where the pooled row is
+            a query-only row (below); ``None`` = the last suffix token (EOT after truncation).
+        query_src, query_pos: ``[N]`` source and position of each prompt's query-only pooled row
+            (read where ``pool_offset < 0``): a row masked as a key that still reads the kept keys
+            (CoCa's CLS under its legacy mask, a pooled padding row under a key-padding mask).
+        full_src, full_ids: ``[N, L]`` the untruncated source rows and template ids the plan was
+            derived from, kept so that :meth:`for_semantics` can lay the same prompts out for
+            another tower.
+        semantics: the tower masking and pooling this layout is exact for
+            (:class:`~fastprompt.towers.text_semantics.TextSemantics`; ``savings`` says which of
+            prefix sharing, truncation and packing it uses).
     """
 
     prefix_src: torch.Tensor
@@ -166,6 +187,13 @@ class TextPlan:
     class_index: torch.Tensor
     eot_positions: torch.Tensor
     bucket_rule: BucketRule = field(default_factory=_default_rule)
+    suffix_pos: Optional[torch.Tensor] = None
+    pool_offset: Optional[torch.Tensor] = None
+    query_src: Optional[torch.Tensor] = None
+    query_pos: Optional[torch.Tensor] = None
+    full_src: Optional[torch.Tensor] = None
+    full_ids: Optional[torch.Tensor] = None
+    semantics: TextSemantics = CLIP_TEXT
     _derived: Dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
     _cache: Dict[str, "TextPlan"] = field(default_factory=dict, repr=False)
     _sizes: Dict[str, int] = field(default_factory=dict, repr=False)
@@ -187,6 +215,10 @@ class TextPlan:
                 declare_index_range(b.group, lo_group, hi_group)
                 if b.seqlens is not None:
                     declare_index_range(b.seqlens, min(self._sizes["min_len"], b.length), b.length)
+            if "query_key_seqlens" in self._derived:
+                declare_index_range(self._derived["query_group"], lo_group, hi_group)
+                declare_index_range(self._derived["query_key_seqlens"], self._sizes["query_len_min"],
+                                    self._sizes["query_len_max"])
 
     def _measure(self) -> Dict[str, int]:
         """Sizes read from the index tensors (once per plan, where it is built: on the CPU)."""
@@ -215,9 +247,13 @@ class TextPlan:
         suffix_ctx = (self.suffix_src < 0).nonzero().squeeze(1)
         row_start, buckets = self._bucket_layout()
         pad_index = row_start[seq_of_token] + offsets
-        eot_index = starts + self.seqlens - 1
-        return {
-            "positions": self.prefix_len + offsets,
+        pool_offset = self.seqlens - 1 if self.pool_offset is None else self.pool_offset
+        pooled = (pool_offset >= 0).nonzero().squeeze(1)
+        queries = (pool_offset < 0).nonzero().squeeze(1)
+        eot_index = (starts + pool_offset)[pooled]
+        positions = self.prefix_len + offsets if self.suffix_pos is None else self.suffix_pos
+        derived = {
+            "positions": positions,
             "pad_index": pad_index,
             "eot_index": eot_index,
             "eot_pad_index": pad_index[eot_index],
@@ -226,7 +262,35 @@ class TextPlan:
             "suffix_ctx_pos": suffix_ctx,
             "suffix_ctx_slot": -1 - self.suffix_src[suffix_ctx],
             "suffix_ctx_group": self.group[seq_of_token[suffix_ctx]],
-        }, buckets
+            "pooled_seq": pooled,
+            "query_seq": queries,
+            # [N] order of the pooled features: pooled suffix rows first, then the query-only rows
+            "pool_order": torch.argsort(torch.cat([pooled, queries])),
+        }
+        cls_position = self.cls_position
+        derived["suffix_cls_pos"] = (positions == cls_position).nonzero().squeeze(1)
+        if queries.numel():
+            derived.update(self._query_layout(queries, starts))
+        return derived, buckets
+
+    def _query_layout(self, queries: torch.Tensor, starts: torch.Tensor) -> Dict[str, torch.Tensor]:
+        """Index tensors of the query-only rows' attention: each reads its sequence's packed suffix
+        keys, gathered to ``[Q, Lq]`` (``key_index``, padded with row 0 past ``key_seqlens``)."""
+        lens = self.seqlens[queries]
+        width = max(int(lens.max()), 1)
+        cols = torch.arange(width)
+        key_index = torch.where(cols[None, :] < lens[:, None], starts[queries, None] + cols[None, :], 0)
+        self._sizes.update(query_len_min=int(lens.min()), query_len_max=width)  # declared in __post_init__
+        return {"query_key_index": key_index, "query_key_seqlens": lens.clone(), "query_group": self.group[queries],
+                "query_src": self.query_src[queries], "query_pos": self.query_pos[queries],
+                "query_cls": (self.query_pos[queries] == self.cls_position).nonzero().squeeze(1)}
+
+    @property
+    def cls_position(self) -> int:
+        """Position of an appended CLS embedding (``L``, after the prompt), ``-1`` for towers without one."""
+        if self.semantics.cls is None or self.full_ids is None:
+            return -1
+        return int(self.full_ids.shape[1])
 
     def _bucket_layout(self):
         """``(row_start [N], buckets)``: the padded row of each sequence's first suffix token, and
@@ -307,7 +371,7 @@ class TextPlan:
         """The same sequences with the attention layout of ``rule`` (a CPU plan)."""
         plan = self if self.prefix_src.device.type == "cpu" else self.to("cpu")
         return TextPlan(plan.prefix_src, plan.suffix_src, plan.seqlens, plan.group, plan.n_groups,
-                        plan.class_index, plan.eot_positions, rule)
+                        plan.class_index, plan.eot_positions, rule, **plan._layout_fields())
 
     @property
     def eot_index(self) -> torch.Tensor:
@@ -339,7 +403,35 @@ class TextPlan:
         out_starts = torch.cumsum(lens, 0) - lens
         tokens = torch.repeat_interleave(starts[idx] - out_starts, lens) + torch.arange(int(lens.sum()))
         return TextPlan(plan.prefix_src, plan.suffix_src[tokens], lens, plan.group[idx], plan.n_groups,
-                        plan.class_index[idx], plan.eot_positions[idx], plan.bucket_rule)
+                        plan.class_index[idx], plan.eot_positions[idx], plan.bucket_rule,
+                        **plan._layout_fields(idx, tokens))
+
+    def _layout_fields(self, idx: Optional[torch.Tensor] = None, tokens: Optional[torch.Tensor] = None) -> dict:
+        """The optional layout fields (positions, pooled rows, full rows, semantics) of sequences
+        ``idx`` whose packed tokens are ``tokens`` (all of them when None), for a derived plan."""
+        def pick(t, where):
+            return t if t is None or where is None else t[where]
+
+        fields = {name: pick(getattr(self, name), idx)
+                  for name in ("pool_offset", "query_src", "query_pos", "full_src", "full_ids")}
+        fields.update(suffix_pos=pick(self.suffix_pos, tokens), semantics=self.semantics)
+        return fields
+
+    def for_semantics(self, semantics: TextSemantics) -> "TextPlan":
+        """These prompts laid out exactly for a tower that masks and pools as ``semantics`` (cached):
+        ``self`` when it already is, else rebuilt from the full rows (:func:`plan_from_rows`)."""
+        if semantics == self.semantics:
+            return self
+        key = f"semantics:{semantics}"
+        if key not in self._cache:
+            if self.full_src is None:
+                raise ValueError("this TextPlan was built without its full source rows, so it cannot be laid out "
+                                 f"for a text tower with {semantics}; build it with build_text_plan")
+            plan = self if self.prefix_src.device.type == "cpu" else self.to("cpu")
+            self._cache[key] = plan_from_rows(plan.full_src, plan.full_ids, semantics, group=plan.group,
+                                              n_groups=plan.n_groups, class_index=plan.class_index,
+                                              bucket_rule=plan.bucket_rule)
+        return self._cache[key]
 
     def repeat(self, n_groups: int) -> "TextPlan":
         """These sequences once per group ``0..n_groups-1`` (cached); needs a one-group plan."""
@@ -368,10 +460,12 @@ class TextPlan:
 
             buckets = tuple(AttentionBucket(b.start, b.n, b.length, move(b.seqlens), move(b.group))
                             for b in self._buckets)
+            layout = {name: (t.to(device) if isinstance(t, torch.Tensor) else t)
+                      for name, t in self._layout_fields().items()}
             self._cache[key] = TextPlan(
                 self.prefix_src.to(device), self.suffix_src.to(device), seqlens, group, self.n_groups,
                 self.class_index.to(device), self.eot_positions.to(device), self.bucket_rule, _derived=moved,
-                _sizes=dict(self._sizes), _buckets=buckets)
+                _sizes=dict(self._sizes), _buckets=buckets, **layout)
         return self._cache[key]
 
 
@@ -382,8 +476,37 @@ def _shorten_prefix(plan: TextPlan, prefix_len: int) -> TextPlan:
         return plan
     moved = plan.prefix_src[prefix_len:]
     seqs = [torch.cat([moved, s]) for s in plan._sequences()]
+    fields = plan._layout_fields()
+    if plan.suffix_pos is not None:  # the prefix is contiguous from 0: the moved rows keep their positions
+        moved_pos = torch.arange(prefix_len, plan.prefix_len)
+        starts = (torch.cumsum(plan.seqlens, 0) - plan.seqlens).tolist()
+        fields["suffix_pos"] = torch.cat([torch.cat([moved_pos, plan.suffix_pos[a:a + n]])
+                                          for a, n in zip(starts, plan.seqlens.tolist())])
+    if plan.pool_offset is not None:
+        fields["pool_offset"] = torch.where(plan.pool_offset >= 0, plan.pool_offset + moved.numel(), plan.pool_offset)
     return TextPlan(plan.prefix_src[:prefix_len], torch.cat(seqs), plan.seqlens + moved.numel(), plan.group,
-                    plan.n_groups, plan.class_index, plan.eot_positions, plan.bucket_rule)
+                    plan.n_groups, plan.class_index, plan.eot_positions, plan.bucket_rule, **fields)
+
+
+def _joined_layout(plans: Sequence[TextPlan]) -> dict:
+    """The layout fields of one-group plans joined in order (see :func:`concat_plans`)."""
+    semantics = plans[0].semantics
+    if any(p.semantics != semantics for p in plans):
+        raise ValueError("concat_plans: the plans were laid out for different text towers "
+                         f"({sorted({str(p.semantics) for p in plans})}); join plans of one tower")
+    fields = {"semantics": semantics}
+    if any(p.suffix_pos is not None for p in plans):
+        fields["suffix_pos"] = torch.cat([p.positions for p in plans])
+    if any(p.pool_offset is not None for p in plans):
+        fields["pool_offset"] = torch.cat([p.seqlens - 1 if p.pool_offset is None else p.pool_offset for p in plans])
+    for name in ("query_src", "query_pos"):  # read only where pool_offset < 0, which only these plans have
+        if any(getattr(p, name) is not None for p in plans):
+            fields[name] = torch.cat([torch.zeros_like(p.seqlens) if getattr(p, name) is None else getattr(p, name)
+                                      for p in plans])
+    widths = {None if p.full_src is None else p.full_src.shape[1] for p in plans}
+    if len(widths) == 1 and None not in widths:
+        fields.update(full_src=torch.cat([p.full_src for p in plans]), full_ids=torch.cat([p.full_ids for p in plans]))
+    return fields
 
 
 def concat_plans(plans: Sequence[TextPlan]) -> TextPlan:
@@ -407,38 +530,69 @@ def concat_plans(plans: Sequence[TextPlan]) -> TextPlan:
     return TextPlan(
         cpu[0].prefix_src, torch.cat([p.suffix_src for p in cpu]), torch.cat([p.seqlens for p in cpu]),
         torch.cat([torch.full_like(p.group, g) for g, p in enumerate(cpu)]), len(cpu),
-        torch.cat([p.class_index for p in cpu]), torch.cat([p.eot_positions for p in cpu]), cpu[0].bucket_rule)
+        torch.cat([p.class_index for p in cpu]), torch.cat([p.eot_positions for p in cpu]), cpu[0].bucket_rule,
+        **_joined_layout(cpu))
 
 
 def build_text_plan(source_rows: Sequence[Sequence[int]], token_ids: torch.Tensor,
-                    share_prefix: bool = True) -> TextPlan:
-    """Build a one-group plan from per-class source rows (full length) and the tokenized template.
+                    share_prefix: bool = True, semantics: TextSemantics = CLIP_TEXT) -> TextPlan:
+    """Build a one-group plan from per-class source rows and the tokenized template.
 
     Args:
         source_rows: C rows of sources, one per class (token id ``>= 0`` or ``ctx_source(k)``),
-            each at least as long as its EOT position + 1.
-        token_ids: ``[C, context_length]`` tokenized template; EOT is located as its argmax
-            (CLIP's EOT id is the largest in the vocabulary), exactly as CLIP pools.
-        share_prefix: encode the longest common prefix once (exact); ``False`` keeps only
-            position 0 shared (always SOT), which is still exact.
+            at most ``context_length`` long; a shorter row continues with its template ids.
+        token_ids: ``[C, context_length]`` tokenized template: what the tower masks and pools by
+            (for CLIP, EOT is its argmax, exactly as CLIP pools).
+        share_prefix: encode the longest common prefix once where that is exact; ``False`` keeps
+            only position 0 shared (always SOT).
+        semantics: the masking and pooling of the tower the plan is for (CLIP's by default); a
+            plan can be laid out for another tower later (:meth:`TextPlan.for_semantics`).
     """
     if len(source_rows) == 0:
         raise ValueError("classnames is empty: a text plan needs at least one class")
     if token_ids.shape[0] != len(source_rows):
         raise ValueError(f"token_ids has {token_ids.shape[0]} rows but {len(source_rows)} source rows were given")
-    eot = token_ids.argmax(dim=-1)
-    rows = [list(r[: int(e) + 1]) for r, e in zip(source_rows, eot)]
-    shortest = min(len(r) for r in rows)
-    # The EOT row must stay in every suffix, so the prefix is at most shortest - 1 rows long.
-    limit = shortest - 1 if share_prefix else min(1, shortest - 1)
+    ids = token_ids.detach().cpu().to(torch.long)
+    full = ids.clone()
+    for n, row in enumerate(source_rows):
+        if len(row) > full.shape[1]:
+            raise ValueError(f"source row {n} has {len(row)} positions but the context length is {full.shape[1]}")
+        full[n, :len(row)] = torch.as_tensor(list(row), dtype=torch.long)
+    return plan_from_rows(full, ids, semantics, share_prefix=share_prefix)
+
+
+def plan_from_rows(full_src: torch.Tensor, full_ids: torch.Tensor, semantics: TextSemantics, *,
+                   group: Optional[torch.Tensor] = None, n_groups: int = 1,
+                   class_index: Optional[torch.Tensor] = None, bucket_rule: Optional[BucketRule] = None,
+                   share_prefix: bool = True) -> TextPlan:
+    """The exact plan of full source rows ``[N, L]`` (template ids ``full_ids [N, L]``) for a tower
+    that masks and pools as ``semantics``, with every saving that stays exact there
+    (:mod:`fastprompt.towers.text_semantics`): each prompt keeps only the tokens its pooled row reads
+    (:func:`kept_tokens`), packed; the longest common prefix of kept tokens is shared when the
+    tower is causal (at most all but one kept token, so every suffix is non-empty)."""
+    n, length = full_ids.shape
+    keep, pool_pos, query_only = kept_tokens(full_ids, semantics)
+    src = full_src if keep.shape[1] == length else torch.cat([full_src, full_src.new_zeros(n, 1)], 1)  # CLS column
+    counts = keep.sum(1)
+    if int(counts.min()) < 1:
+        bad = int((counts < 1).nonzero()[0])
+        raise ValueError(f"prompt {bad} has no token its pooled row reads (every key masked as padding): check the "
+                         "tokenizer against the text tower's pad_id")
     prefix_len = 0
-    while prefix_len < limit and all(r[prefix_len] == rows[0][prefix_len] for r in rows):
-        prefix_len += 1
-    suffix = [r[prefix_len:] for r in rows]
-    n = len(rows)
+    if semantics.shares_prefix:
+        same = keep.all(0) & (src == src[:1]).all(0)
+        limit = int(counts.min()) - 1 if share_prefix else min(1, int(counts.min()) - 1)
+        prefix_len = min(int(torch.cumprod(same.to(torch.long), 0).sum()), limit)
+    suffix = keep.clone()
+    suffix[:, :prefix_len] = False
+    cols = torch.arange(keep.shape[1]).expand_as(keep)
+    rank = torch.cumsum(suffix.to(torch.long), 1) - 1  # offset of each kept token within its suffix
+    pool_offset = torch.where(query_only, -1, rank.gather(1, pool_pos[:, None]).squeeze(1))
     return TextPlan(
-        prefix_src=torch.tensor(rows[0][:prefix_len], dtype=torch.long),
-        suffix_src=torch.tensor([s for r in suffix for s in r], dtype=torch.long),
-        seqlens=torch.tensor([len(r) for r in suffix], dtype=torch.long),
-        group=torch.zeros(n, dtype=torch.long), n_groups=1,
-        class_index=torch.arange(n), eot_positions=eot.to(torch.long))
+        prefix_src=src[0, :prefix_len].clone(), suffix_src=src[suffix], seqlens=suffix.sum(1),
+        group=torch.zeros(n, dtype=torch.long) if group is None else group, n_groups=n_groups,
+        class_index=torch.arange(n) if class_index is None else class_index, eot_positions=pool_pos,
+        bucket_rule=DEFAULT_BUCKET_RULE if bucket_rule is None else bucket_rule,
+        suffix_pos=cols[suffix], pool_offset=pool_offset,
+        query_src=src.gather(1, pool_pos[:, None]).squeeze(1), query_pos=pool_pos.clone(),
+        full_src=full_src, full_ids=full_ids, semantics=semantics)
