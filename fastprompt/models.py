@@ -8,12 +8,69 @@
 
 Both restore the global torch RNG state after drawing the weights. Real weights come through
 :func:`fastprompt.learners.load_open_clip`.
+
+* :func:`resolve_tokenizer` — the tokenizer of a named architecture, resolved *before* its model
+  is built (milliseconds, where a build takes seconds): a tokenizer that needs a missing package
+  (``transformers`` for Hugging Face and SigLIP tokenizers) or files that cannot be fetched is one
+  :class:`TokenizerNotAvailableError` saying what to install, not a traceback after the build.
 """
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 
-__all__ = ["tiny_clip", "random_clip", "frozen"]
+from .errors import PretrainedNotAvailableError
+
+__all__ = ["tiny_clip", "random_clip", "frozen", "resolve_tokenizer", "TokenizerNotAvailableError"]
+
+
+class TokenizerNotAvailableError(PretrainedNotAvailableError):
+    """The tokenizer of an open_clip architecture cannot be made here: a Python package it needs is
+    not installed, or its files are neither cached nor downloadable. The message says what to do."""
+
+
+def _tokenizer_source(name: str) -> str:
+    """The tokenizer open_clip picks for ``name``, as a phrase for messages (from its config)."""
+    import open_clip
+
+    text_cfg = (open_clip.get_model_config(name) or {}).get("text_cfg") or {}
+    hf_name = text_cfg.get("hf_tokenizer_name")
+    return f"the Hugging Face tokenizer {hf_name!r}" if hf_name else "its own tokenizer"
+
+
+def _one_line(err: Exception) -> str:
+    """``err``'s message on one line (the CLI reports a failure in one)."""
+    return " ".join(str(err).split()) or type(err).__name__
+
+
+def resolve_tokenizer(name: str, cache_dir: Optional[str] = None):
+    """``open_clip.get_tokenizer(name)``, with the failures a user fixes as one line.
+
+    Raises:
+        TokenizerNotAvailableError: (a :class:`~fastprompt.errors.PretrainedNotAvailableError`) a
+            package the tokenizer imports is missing (the message names it and the ``pip install``),
+            or the tokenizer's files cannot be read or fetched.
+    """
+    import open_clip
+
+    try:
+        return open_clip.get_tokenizer(name, cache_dir=cache_dir)
+    except ImportError as err:
+        # ModuleNotFoundError names the module; other ImportErrors (a package's own check) say it in words.
+        package = err.name.split(".")[0] if err.name else None
+        missing = (f"the Python package {package!r}, not installed here: pip install {package}" if package
+                   else f"a package that fails to import ({_one_line(err)}): install it")
+        raise TokenizerNotAvailableError(
+            f"open_clip model {name!r} tokenizes its text with {_tokenizer_source(name)}, which needs {missing} "
+            "(in Python you may instead pass a tokenizer: from_open_clip(..., tokenizer=...) or "
+            "from_model(model, classnames, tokenizer=...))") from err
+    except OSError as err:  # Hugging Face tokenizer files neither cached nor downloadable
+        fill = f"python -c \"import open_clip; open_clip.get_tokenizer('{name}')\""
+        raise TokenizerNotAvailableError(
+            f"the tokenizer of open_clip model {name!r} ({_tokenizer_source(name)}) cannot be loaded: "
+            f"{_one_line(err)}. Run `{fill}` once with a network to fill the Hugging Face cache, or pass a "
+            "tokenizer (from_open_clip(..., tokenizer=...))") from err
 
 
 def tiny_clip(seed: int = 0, *, width: int = 64, layers: int = 2, heads: int = 2,
@@ -60,10 +117,16 @@ def frozen(model):
     return model
 
 
-def random_clip(name: str = "ViT-B-16", seed: int = 0):
-    """A named open_clip architecture with seeded random weights (``pretrained=None``)."""
+def random_clip(name: str = "ViT-B-16", seed: int = 0, *, check_tokenizer: bool = True):
+    """A named open_clip architecture with seeded random weights (``pretrained=None``).
+
+    With ``check_tokenizer`` (the default) the architecture's tokenizer is resolved first
+    (:func:`resolve_tokenizer`), so a missing package is reported before the build, not after it.
+    """
     import open_clip
 
+    if check_tokenizer:
+        resolve_tokenizer(name)
     gen_state = torch.random.get_rng_state()
     torch.manual_seed(seed)
     try:

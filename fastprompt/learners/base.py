@@ -23,11 +23,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..towers import TextTower, image_tower
+from ..towers.frozen_image import UnpromptableImageTowerError
 from ..version import __version__
 from .checkpoint import check_config_types, original_prompt_state, read_prompt_checkpoint, write_prompt_checkpoint
 from .frozen_precision import FROZEN_IMAGE_PRECISIONS, frozen_image_autocast
 from .image_features import ImageFeatures
-from .pretrained import load_open_clip, recorded_pretrained
+from .pretrained import load_open_clip, recorded_pretrained, resolve_tokenizer
 from .prompts import clean_classnames
 
 LEARNERS: Dict[str, Type["PromptLearner"]] = {}
@@ -41,11 +42,23 @@ class PromptLoadResult(NamedTuple):
 
 
 def default_tokenizer(model: nn.Module):
-    """open_clip's CLIP BPE tokenizer sized to the model's context length."""
+    """open_clip's CLIP BPE tokenizer sized to the model's context length.
+
+    Only for a text tower with that tokenizer's vocabulary: ids from another vocabulary would pick
+    the wrong embeddings without a word (or none at all), so a text tower whose token embedding has
+    another number of rows (SigLIP, MobileCLIP-S, ...) is a ``ValueError`` asking for its tokenizer.
+    """
     from open_clip.tokenizer import SimpleTokenizer
 
     context_length = getattr(model, "context_length", None) or 77
-    return SimpleTokenizer(context_length=context_length)
+    tokenizer = SimpleTokenizer(context_length=context_length)
+    embedding = getattr(getattr(model, "text", model), "token_embedding", None)
+    rows = embedding.num_embeddings if isinstance(embedding, nn.Embedding) else None
+    if rows is not None and rows != tokenizer.vocab_size:
+        raise ValueError(f"this model's text tower has a vocabulary of {rows} tokens, not the {tokenizer.vocab_size} "
+                         "of CLIP's BPE tokenizer, the default: pass the model's own tokenizer, e.g. "
+                         "from_model(model, classnames, tokenizer=open_clip.get_tokenizer(model_name))")
+    return tokenizer
 
 
 @dataclasses.dataclass
@@ -125,15 +138,21 @@ class PromptLearner(nn.Module, abc.ABC):
         self.pretrained = pretrained
         self.tokenizer = tokenizer if tokenizer is not None else default_tokenizer(model)
         self.text_tower = TextTower(model, backend=config.backend)
-        self.vision_tower = image_tower(model.visual, backend=config.backend)  # a ViT, or a frozen ResNet
+        # open_clip's ViT (deep prompts, fast path), or any other tower run frozen as it is
+        self.vision_tower = image_tower(model.visual, backend=config.backend)
         self._classnames: List[str] = clean_classnames(classnames)
 
     def _require_prompted_image_tower(self) -> None:
-        """For the methods that prompt the image tower's layers: refuse a ResNet clearly."""
+        """For the methods that prompt the image tower's layers: refuse, by name, a tower they cannot
+        enter (a ResNet, a timm tower such as EVA02 or ConvNeXt, ...), saying what works on it."""
         if not self.vision_tower.prompted:
-            raise ValueError(f"{type(self).__name__} prompts the layers of the image tower and needs a ViT image "
-                             f"tower; this model's is a {type(self.vision_tower.visual).__name__} (ResNet). Use a "
-                             "ViT backbone such as ViT-B-16")
+            name = type(self).__name__
+            raise UnpromptableImageTowerError(
+                f"{name} prompts the layers of the image tower and needs a ViT image tower; this model's is "
+                f"{self.vision_tower.not_prompted} (deep prompts enter open_clip's VisionTransformer with 'tok' or "
+                "'avg' pooling). On this backbone use a "
+                "method that prompts only the text, whose image tower stays frozen (CoOp, CoCoOp, KgCoOp, PRE, "
+                f"SoftCPT, POMP, or RPP with branches='text'); for {name} use a ViT backbone such as ViT-B-16")
 
     def train(self, mode: bool = True) -> "PromptLearner":
         """Train or eval mode for the prompt modules; the frozen CLIP always stays in eval mode.
@@ -150,6 +169,10 @@ class PromptLearner(nn.Module, abc.ABC):
     @classmethod
     def from_model(cls, model: nn.Module, classnames: Sequence[str], *, tokenizer=None, **cfg):
         """Wrap an already-built open_clip model; ``cfg`` are the method's settings (``config_class``).
+
+        ``tokenizer``: the model's text tokenizer (a callable ``texts -> [N, context_length]`` ids),
+        e.g. ``open_clip.get_tokenizer(name)``; default open_clip's CLIP BPE tokenizer, which serves
+        only a text tower with CLIP's vocabulary (any other is refused: pass its own tokenizer).
 
         The learner holds ``model`` itself, not a copy (``learner.clip is model``), and changes it
         in place: every parameter of ``model`` gets ``requires_grad=False`` and ``model`` is put in
@@ -170,7 +193,14 @@ class PromptLearner(nn.Module, abc.ABC):
         """Build the open_clip model ``name`` with weights ``pretrained`` (a tag, a file, or None),
         frozen and in eval mode as in :meth:`from_model` (the model is the learner's own).
 
+        ``tokenizer``: the text tokenizer (a callable ``texts -> [N, context_length]`` ids, such as
+        open_clip's); default ``open_clip.get_tokenizer(name)``, resolved before the model is built.
+        Pass one where that needs what this machine lacks (a package, a download), or to use your own.
+
         Raises:
+            TokenizerNotAvailableError: (a ``PretrainedNotAvailableError``) no ``tokenizer`` given and
+                ``name``'s needs a package that is not installed (the message names it) or files that
+                cannot be fetched; raised in milliseconds, before the model is built.
             ValueError: unknown model name or tag; :class:`~fastprompt.errors.PretrainedFileError`
                 (a ``ValueError``) when ``pretrained`` is a file or folder that is not a checkpoint
                 of ``name`` (see :func:`~fastprompt.learners.pretrained.load_open_clip`).
@@ -178,11 +208,10 @@ class PromptLearner(nn.Module, abc.ABC):
             PretrainedNotAvailableError: the tag's weights are not cached and cannot be fetched.
         """
         config = cls.config_class(**cfg)  # validate before the (slow) model build
-        model = load_open_clip(name, pretrained, device=device, precision=precision, cache_dir=cache_dir)
-        if tokenizer is None:
-            import open_clip
-
-            tokenizer = open_clip.get_tokenizer(name)
+        if tokenizer is None:  # likewise: a missing package is reported before the build
+            tokenizer = resolve_tokenizer(name, cache_dir=cache_dir)
+        model = load_open_clip(name, pretrained, device=device, precision=precision, cache_dir=cache_dir,
+                               check_tokenizer=False)
         return cls(model, classnames, config, tokenizer=tokenizer, model_name=name,
                    pretrained=recorded_pretrained(pretrained))
 

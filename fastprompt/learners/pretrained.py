@@ -24,6 +24,7 @@ from typing import Optional, Tuple
 from urllib.parse import urlparse
 
 from ..errors import PretrainedFileError, PretrainedNotAvailableError  # noqa: F401  (raised here)
+from ..models import TokenizerNotAvailableError, resolve_tokenizer  # noqa: F401  (raised here)
 from .weights_file import CHECKPOINT_SUFFIXES, WHAT_TO_GIVE, folder_message, weights_file_problem
 
 PROBE_TIMEOUT_S = 10.0
@@ -170,13 +171,18 @@ def recorded_pretrained(pretrained: Optional[str]) -> Optional[str]:
 
 
 def load_open_clip(name: str, pretrained: Optional[str], device=None, precision: str = "fp32",
-                   cache_dir: Optional[str] = None):
+                   cache_dir: Optional[str] = None, check_tokenizer: bool = True):
     """``open_clip.create_model(name, pretrained)`` in eval mode, with the errors described above.
 
     ``pretrained``: an open_clip tag (downloaded into the cache on first use), the path of a
-    checkpoint file, or ``None`` for random weights.
+    checkpoint file, or ``None`` for random weights. ``check_tokenizer`` (default): resolve the
+    architecture's tokenizer first (:func:`fastprompt.models.resolve_tokenizer`), so that one the
+    caller will need and cannot have fails in milliseconds, before the weights and the build;
+    ``False`` where the caller brings its own tokenizer.
 
     Raises:
+        TokenizerNotAvailableError: (a ``PretrainedNotAvailableError``) with ``check_tokenizer``,
+            the tokenizer needs a package that is not installed, or files that cannot be fetched.
         ValueError: unknown model name or tag (the message lists the known tags).
         PretrainedFileError: (a ``ValueError``) ``pretrained`` is a folder, or a file that is not a
             checkpoint of ``name``: the message names the path and what is wrong.
@@ -188,6 +194,8 @@ def load_open_clip(name: str, pretrained: Optional[str], device=None, precision:
 
     if name not in open_clip.list_models() and not name.startswith(("hf-hub:", "local-dir:")):
         raise ValueError(f"unknown open_clip model {name!r}; see open_clip.list_models() for the names")
+    if check_tokenizer:
+        resolve_tokenizer(name, cache_dir=cache_dir)
     mode = contextlib.nullcontext()
     source = file_path = None
     if pretrained is not None:

@@ -28,6 +28,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..towers.frozen_image import output_dim_of
 from .prompt_common import ReferenceCLIPBase, default_tokenizer, init_context, register_class_prompts
 from .text_encoder import _model_dtype, text_tower
 
@@ -44,7 +45,7 @@ class ReferenceCoCoOpPromptLearner(nn.Module):
         tokenizer = default_tokenizer(model) if tokenizer is None else tokenizer
         dtype = _model_dtype(holder)
         ctx_dim = holder.ln_final.weight.shape[0]
-        vis_dim = model.visual.output_dim
+        vis_dim = output_dim_of(model.visual)  # the original's visual.output_dim; timm towers do not store it
         device = holder.token_embedding.weight.device
 
         ctx_vectors, prompt_prefix, n_ctx = init_context(holder, tokenizer, ctx_init, n_ctx)

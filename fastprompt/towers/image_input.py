@@ -7,10 +7,32 @@ import torch
 from torch import nn
 
 
+def _pair(size) -> Tuple[int, int]:
+    return tuple(int(s) for s in size) if isinstance(size, (tuple, list)) else (int(size), int(size))
+
+
 def image_size_of(visual: nn.Module) -> Tuple[int, int]:
     """``(H, W)`` an open_clip image tower was built for (its ``image_size``, int or pair)."""
-    size = visual.image_size
-    return tuple(size) if isinstance(size, (tuple, list)) else (size, size)
+    return _pair(visual.image_size)
+
+
+def input_size_of(visual: nn.Module) -> Tuple[int, int]:
+    """``(H, W)`` of the images the model's own preprocess transform makes for ``visual``: the
+    ``size`` of open_clip's preprocess configuration (``get_model_preprocess_cfg``, which
+    ``create_model`` sets from the built tower and a pretrained tag), else the tower's
+    ``image_size``. A timm tower takes its size from here: its trunk does not say it."""
+    from open_clip.model import get_model_preprocess_cfg
+
+    size = get_model_preprocess_cfg(visual).get("size")
+    return _pair(size) if size is not None else image_size_of(visual)
+
+
+def input_channels_of(visual: nn.Module) -> int:
+    """Channels of the images ``visual`` reads: the input channels of its first convolution (the
+    patch embedding or stem of every open_clip and timm tower); 3 for a tower without one (open_clip's
+    preprocess makes RGB images, its configuration's ``mode``)."""
+    first = next((m for m in visual.modules() if isinstance(m, nn.Conv2d)), None)
+    return int(first.in_channels) if first is not None else 3
 
 
 def check_image_batch(images: torch.Tensor, channels: int, size: Tuple[int, int]) -> None:

@@ -1,23 +1,24 @@
-"""Which functional tower runs a model's images: a ViT through :class:`VisionTower` (deep prompts,
-batch-shared prompt blocks), open_clip's ResNet as it is through :class:`FrozenImageTower`."""
+"""Which functional tower runs a model's images: open_clip's ViT through :class:`VisionTower` (deep
+prompts, batch-shared prompt blocks, the fast last layer), every other tower open_clip builds
+(ResNet, timm, a ViT with an attentional pooler) as it is through :class:`FrozenImageTower`."""
 from __future__ import annotations
 
 from typing import Union
 
 from torch import nn
 
-from .frozen_image import FrozenImageTower
-from .vision import VisionTower
+from .frozen_image import FrozenImageTower, describe_tower, is_resnet_tower
+from .vision import VisionTower, is_open_clip_vit, vit_problem
 
-
-def is_resnet_tower(visual: nn.Module) -> bool:
-    """open_clip's ``ModifiedResNet`` (CLIP RN50, RN101, RN50x4, ...)."""
-    return hasattr(visual, "attnpool") and hasattr(visual, "layer1")
+__all__ = ["image_tower", "is_resnet_tower"]
 
 
 def image_tower(visual: nn.Module, backend: str = "auto") -> Union[VisionTower, FrozenImageTower]:
-    """:class:`VisionTower` for an open_clip ViT, :class:`FrozenImageTower` for a ResNet; any
-    other tower is refused by :class:`VisionTower` with the reason."""
-    if is_resnet_tower(visual):
-        return FrozenImageTower(visual, backend=backend)
-    return VisionTower(visual, backend=backend)
+    """:class:`VisionTower` for open_clip's ViT, :class:`FrozenImageTower` for any other tower (its
+    ``not_prompted`` says why deep prompts cannot enter it)."""
+    problem = vit_problem(visual)
+    if problem is None:
+        return VisionTower(visual, backend=backend)
+    # A ViT with a pooling deep prompts lack says which; any other tower is named by its type.
+    reason = problem if is_open_clip_vit(visual) else describe_tower(visual)
+    return FrozenImageTower(visual, backend=backend, not_prompted=reason)

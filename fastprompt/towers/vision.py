@@ -32,19 +32,33 @@ def image_groups(batch: int, device) -> torch.Tensor:
     return declare_index_range(torch.arange(batch, device=device), 0, batch - 1)
 
 
+def is_open_clip_vit(visual: nn.Module) -> bool:
+    """open_clip's ``VisionTransformer`` (patch embedding ``conv1``, ``transformer`` blocks)."""
+    return hasattr(visual, "conv1") and hasattr(visual, "transformer")
+
+
+def vit_problem(visual: nn.Module) -> Optional[str]:
+    """``None`` when :class:`VisionTower` can run ``visual`` (open_clip's ``VisionTransformer`` with
+    ``tok`` or ``avg`` pooling), else why not, as a phrase ("a TimmModel (timm ...)")."""
+    if not is_open_clip_vit(visual):
+        return f"a {type(visual).__name__}, not open_clip's VisionTransformer"
+    if getattr(visual, "attn_pool", None) is not None:
+        return "an open_clip ViT with an attentional pooler"
+    if visual.pool_type not in ("tok", "avg"):
+        return f"an open_clip ViT with pool_type {visual.pool_type!r} (deep prompts take 'tok' or 'avg')"
+    return None
+
+
 class VisionTower:
     """Functional view of an open_clip ``VisionTransformer`` (no parameter copies)."""
 
     prompted = True  # takes deep prompts (FrozenImageTower does not)
 
     def __init__(self, visual: nn.Module, backend: str = "auto"):
-        if not hasattr(visual, "conv1") or not hasattr(visual, "transformer"):
-            raise ValueError(f"{type(visual).__name__} is not an open_clip ViT or ResNet image tower "
-                             "(timm and Hugging Face towers are not supported)")
-        if getattr(visual, "attn_pool", None) is not None:
-            raise ValueError("vision towers with an attentional pooler are not supported")
-        if visual.pool_type not in ("tok", "avg"):
-            raise ValueError(f"vision pool_type {visual.pool_type!r} is not supported (expected 'tok' or 'avg')")
+        problem = vit_problem(visual)
+        if problem is not None:
+            raise ValueError(f"VisionTower runs open_clip's VisionTransformer; this image tower is {problem}: "
+                             "use fastprompt.towers.image_tower, which runs any other tower frozen as it is")
         self.visual = visual
         self.blocks = block_views(visual.transformer)
         self.backend = backend
