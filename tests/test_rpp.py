@@ -367,3 +367,31 @@ def test_vit_b16_rpp_matches_reference(vit_b16):
     names, params, ref_params = _params(learner, reference)
     for name, g, r in zip(names, _grads(loss, params), _grads(ref_loss, ref_params)):
         assert_close_rel(g, r, FP32.gradient_parity, f"grad {name}")
+
+
+class _WrappedTokenizer:
+    """An open_clip ``HFTokenizer``'s shape: no ``encode``, a wrapped ``tokenizer(text,
+    add_special_tokens=False)`` and a ``clean_fn``; ids and calls delegate to CLIP's BPE tokenizer."""
+
+    def __init__(self, bpe):
+        self._bpe, self.clean_fn = bpe, (lambda text: text)
+        self.tokenizer = lambda text, add_special_tokens=False: {"input_ids": bpe.encode(text)}
+
+    def __call__(self, texts, context_length=None):
+        return self._bpe(texts) if context_length is None else self._bpe(texts, context_length)
+
+
+def test_ctx_init_is_counted_with_a_tokenizer_that_has_no_encode(tiny3):
+    """A Hugging Face-wrapped tokenizer has no ``encode``: the ctx_init length check used to call it."""
+    from open_clip.tokenizer import SimpleTokenizer
+
+    bpe = SimpleTokenizer()
+    learners = []
+    for tokenizer in (bpe, _WrappedTokenizer(bpe)):
+        torch.manual_seed(0)  # the deep prompts are drawn: the same draws for both
+        learners.append(fastprompt.RPPLearner.from_model(tiny3, NAMES, depth=2, ctx_init="a photo of a",
+                                                         tokenizer=tokenizer))
+    plain, wrapped = learners
+    images = random_images(2)
+    with torch.no_grad():
+        assert torch.equal(plain(images), wrapped(images))

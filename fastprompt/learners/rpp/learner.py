@@ -60,7 +60,7 @@ from ..base import PromptLearner
 from ..class_sharding import full_text_features
 from ..pomp.objective import POMPObjective
 from ..pretrained import load_open_clip, recorded_pretrained
-from ..prompts import context_template, context_word_embeddings, coop_plan, tokenize_prompts
+from ..prompts import context_template, context_word_embeddings, coop_plan, text_tokens, tokenize_prompts
 from ..teacher import CLIPTeacher, distillation_kl
 from .config import RPPConfig
 
@@ -150,7 +150,7 @@ class RPPLearner(PromptLearner):
     def _context_template(self):
         cfg = self.config
         if cfg.ctx_init:
-            n_tokens = len(self.tokenizer.encode(cfg.ctx_init.replace("_", " ")))
+            n_tokens = len(text_tokens(self.tokenizer, cfg.ctx_init.replace("_", " ")))
             limit = self.text_tower.context_length - 3  # SOT, at least one class token, EOT
             if n_tokens > limit:
                 raise ValueError(f"ctx_init has {n_tokens} tokens; at most {limit} fit in the text tower's context "
