@@ -23,6 +23,13 @@ Deviations from the original, on purpose:
   its ``SEPARATE=True`` trains only ``ctx`` through frozen random encoders. Here they are a
   registered ``nn.ModuleList`` (``encoder_network.<i>.*``) and are trained and saved. Loading an
   original ``SEPARATE=True`` checkpoint (``ctx`` only) keeps this learner's encoders and warns.
+  So "same seed, same run" (issue 23) does not hold for it: ``fastprompt train`` starts from the
+  original's ``ctx`` and encoders (its construction replay draws the unregistered encoders too) and
+  takes the original's batches, and its first loss is the original's, but from the first optimizer
+  step on its encoders move where the original's stay, and every later loss differs. Kept on
+  purpose (the paper describes a trained encoder; the original's dict silently drops it from the
+  optimizer), and no option freezes them; every shipped ``pre/*`` recipe sets ``SEPARATE False``,
+  which follows the original step for step (``tests/test_same_run.py``).
 * the original ``.squeeze()``-s the LSTM output, which breaks a single context token (and a
   single class with ``csc``); no squeeze here, so those cases work.
 * the ``transformer`` encoder of the original cannot be built (undefined ``max_length``) and is
@@ -52,7 +59,8 @@ class PREConfig(CoOpConfig):
         encoder: "LSTM1" (default), "LSTM2", "MLP1" or "MLP2" (see the module docstring).
         residual: ``v~ = v + encoder(v)`` (True, default) or ``v~ = encoder(v)``.
         separate: one encoder per context token instead of one shared encoder (trained here,
-            unlike the original; see the module docstring). Not with class-specific context.
+            unlike the original, so a run leaves the original's path after its first step; see
+            the module docstring). Not with class-specific context.
         bottleneck_size: MLP hidden width (the original prompt learner passes 64).
         nonlinearity: MLP activation, "relu" (original), "tanh" or "sigm".
         layer_norm: LayerNorm after the MLP's output layer (original: False).

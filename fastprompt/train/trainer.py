@@ -104,8 +104,9 @@ class Trainer:
         schedule: the per-epoch learning rate; precision: ``fp32``, ``bf16`` or ``fp16``.
         run_dir: where records and checkpoints go (``None``: nothing is written).
         identity: recorded in the state and checked on resume (method, model, classes, ...).
-        aggregator: optional object with ``update()``, ``apply()``, ``state_dict()``,
-            ``load_state_dict()`` called after each epoch / after training.
+        aggregator: optional object with ``update()``, ``apply()``, ``complete``, ``state_dict()``,
+            ``load_state_dict()`` called after each epoch / after training (applied only when
+            ``complete``: a run that ``max_steps`` ends early keeps its last step's prompts).
         callbacks: ``fn(event, trainer, info)`` for ``"step"`` (after each optimizer step and its
             checkpoint; ``info``: epoch, batch, step, the batch's loss) and ``"epoch"`` (after each
             epoch's checkpoint).
@@ -459,9 +460,13 @@ class Trainer:
         self._notify("epoch", epoch=epoch, step=self.step)
 
     def _finish(self) -> None:
-        if self.aggregator is not None:
+        if self.aggregator is not None and self.aggregator.complete:
             self.aggregator.apply()
             self.records.log("applied the epoch aggregation of the prompts (GPA)")
+        elif self.aggregator is not None:  # TRAIN.MAX_STEPS ended the run before its last epoch: no GPA exists
+            self.records.log(f"the epoch aggregation of the prompts (GPA) is not applied: TRAIN.MAX_STEPS ended the "
+                             f"run after {self.aggregator.epochs_done} of {self.aggregator.epochs} epochs; the prompts "
+                             "are the last step's")
         if self._select_best and self.best.get("params"):
             self.learner.load_prompt_state(self.best["params"], source="best-on-val prompts")
             self.records.log(f"testing the prompts of epoch {self.best['epoch'] + 1} (best val accuracy "
