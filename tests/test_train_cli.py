@@ -109,7 +109,7 @@ def test_list_recipes(capsys):
 def test_deep_vision_on_resnet_is_refused(data, tmp_path, capsys):
     assert main(["train", "--recipe", "maple/vit_b16_c2_ep5_batch4_2ctx", "--data", data, "--dataset", "dtd",
                  "--output-dir", str(tmp_path / "r"), "--model", "RN50", "--pretrained", "none"]) == 2
-    assert "maple prompts the layers of a vision transformer: it needs a ViT backbone" in capsys.readouterr().err
+    assert "maple prompts the layers of open_clip's vision transformer: it needs such a ViT backbone" in capsys.readouterr().err
 
 
 def test_options_after_the_overrides_are_options(data, tmp_path):

@@ -138,8 +138,13 @@ def test_deep_vision_learners_refuse_resnet():
     for name in ("maple/vit_b16_c2_ep5_batch4_2ctx", "promptsrc/vit_b16_c2_ep20_batch4_4+4ctx",
                  "vpt/vit_b16_c2_ep5_batch4_4", "rpp/vit_b16_ep5"):
         cfg = _recipe(name, **{"MODEL.BACKBONE.NAME": "RN50"})
-        with pytest.raises(ConfigError, match="needs a ViT backbone, and RN50 has a ResNet image tower"):
+        with pytest.raises(ConfigError, match="needs such a ViT backbone, and RN50 has a ResNet image tower"):
             check_backbone(cfg)
+        # a timm trunk (EVA02, ConvNeXt, ...) likewise, from open_clip's config before any build
+        cfg = _recipe(name, **{"MODEL.BACKBONE.NAME": "EVA02-B-16"})
+        with pytest.raises(ConfigError, match="EVA02-B-16 has a timm image tower.*run on any tower"):
+            check_backbone(cfg)
+    assert check_backbone(_recipe("coop/vit_b16_ep50", **{"MODEL.BACKBONE.NAME": "convnext_base"}))[0] == "convnext_base"
     # text-prompt learners run the ResNet image tower as it is (tests/test_resnet.py)
     assert check_backbone(_recipe("coop/rn50_ep50")) == ("RN50", "openai")
     assert check_backbone(_recipe("coop/rn50_ep50", **{"MODEL.BACKBONE.NAME": "ViT-B-16"})) == ("ViT-B-16", "openai")

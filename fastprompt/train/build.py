@@ -26,14 +26,23 @@ __all__ = ["open_clip_name", "is_resnet", "set_random_seed", "build_model", "bui
 SUPPORTED_TRANSFORMS = ("random_resized_crop", "random_flip", "randaugment2", "normalize")
 
 
-def is_resnet(name: str) -> bool:
-    """Whether the open_clip architecture ``name`` has a ResNet image tower."""
+def image_tower_kind(name: str) -> str:
+    """What open_clip builds as the image tower of architecture ``name``, from its config (nothing
+    built): ``"resnet"`` (ModifiedResNet), ``"timm"`` (a timm trunk: EVA02, ConvNeXt, ViTamin,
+    MobileCLIP, ...), else ``"vit"`` (open_clip's own VisionTransformer, or unknown before a build)."""
     if name == "tiny":
-        return False
+        return "vit"
     import open_clip
 
-    cfg = open_clip.get_model_config(name) or {}
-    return isinstance((cfg.get("vision_cfg") or {}).get("layers"), (list, tuple))
+    vision = (open_clip.get_model_config(name) or {}).get("vision_cfg") or {}
+    if vision.get("timm_model_name"):
+        return "timm"
+    return "resnet" if isinstance(vision.get("layers"), (list, tuple)) else "vit"
+
+
+def is_resnet(name: str) -> bool:
+    """Whether the open_clip architecture ``name`` has a ResNet image tower."""
+    return image_tower_kind(name) == "resnet"
 
 
 def set_random_seed(seed: int) -> None:
@@ -57,11 +66,14 @@ def check_backbone(cfg: Dict[str, Any]) -> Tuple[str, str]:
         if not name.startswith(("hf-hub:", "local-dir:")) and name not in open_clip.list_models():
             raise ConfigError(f"unknown open_clip model {name!r} (MODEL.BACKBONE.NAME; see open_clip.list_models())")
         rpp_text = cfg["METHOD"] == "rpp" and str(cfg["TRAINER"]["RPP"].get("BRANCHES", "")).lower() == "text"
-        if cfg["METHOD"] in DEEP_VISION and is_resnet(name) and not rpp_text:
+        kind = image_tower_kind(name) if cfg["METHOD"] in DEEP_VISION and not rpp_text else "vit"
+        if kind != "vit":  # refused before a build that may take seconds or a download
             hint = " or prompt only the text (TRAINER.RPP.BRANCHES text), which any tower serves" \
                 if cfg["METHOD"] == "rpp" else ""
-            raise ConfigError(f"{cfg['METHOD']} prompts the layers of a vision transformer: it needs a ViT backbone, "
-                              f"and {name} has a ResNet image tower. Use e.g. ViT-B-16{hint}")
+            tower = "a ResNet" if kind == "resnet" else "a timm"
+            raise ConfigError(f"{cfg['METHOD']} prompts the layers of open_clip's vision transformer: it needs such a "
+                              f"ViT backbone, and {name} has {tower} image tower. Use e.g. ViT-B-16{hint}; the "
+                              "text-prompt methods (coop, cocoop, kgcoop, pre, softcpt, pomp) run on any tower")
     return name, tag
 
 
