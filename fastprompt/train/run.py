@@ -73,6 +73,10 @@ def train_run(cfg: Dict[str, Any], run_dir: str, *, resume: bool = False, overwr
         for note in dataset.notes:
             records.log(f"data: {note}")
         records.log(f"initial prompts: {learner.initial_prompts}")
+        if learner.initial_prompts == "original" and cfg["METHOD"] == "pre" and learner.config.separate:
+            # minhanh151/PRE keeps the per-token encoders in a plain dict: its optimizer never sees them
+            records.log("note: the original PRE never trains its per-token encoders (TRAINER.PRE.SEPARATE True), "
+                        "fastprompt does: this run leaves the original's path after its first step")
         records.log(f"training order: {order}")
         if features.mode or features.views or features.precision != "fp32":
             kept = f"{features.mode} ({features.folder or 'in memory'})" if features.mode else "off"
