@@ -23,8 +23,8 @@ from fastprompt.reference import dassl_loader as ref
 from fastprompt.replay.batches import ReplayedBatches
 from fastprompt.replay.draw_counts import AugmentDraws
 from fastprompt.replay.image_sizes import read_image_sizes
-from fastprompt.replay.loader_stream import (SAMPLER_GLOBAL, SAMPLER_SEEDED, OriginalEpochPlan, pomp_negative_draws,
-                                             softcpt_class_sample_draws)
+from fastprompt.replay.loader_stream import (SAMPLER_DISTRIBUTED, SAMPLER_GLOBAL, SAMPLER_SEEDED, OriginalEpochPlan,
+                                             pomp_negative_draws, softcpt_class_sample_draws)
 from fastprompt.replay.randaugment import RandAugment2
 from fastprompt.replay.streams import Streams, capture, installed
 from fastprompt.train.views import MultiView, with_randaugment2
@@ -83,7 +83,7 @@ def _reference_images(batch, k):
 
 def _compare_epochs(items, *, batch_size, workers, k=1, randaugment=False, epochs=3, sampler=SAMPLER_SEEDED,
                     sampler_class=torch.utils.data.RandomSampler, step=None, ref_step=None, evaluation=False,
-                    slices=1):
+                    slices=1, epoch_sampler=None):
     ours, theirs, drawn = _transforms(k, randaugment)
     dataset = ref.DatasetWrapper(items, theirs, drawn, k_tfm=k)
     sizes = read_image_sizes([it.path for it in items])
@@ -95,6 +95,8 @@ def _compare_epochs(items, *, batch_size, workers, k=1, randaugment=False, epoch
         plan = OriginalEpochPlan(streams, sizes, batch_size, AugmentDraws.from_transform(ours), num_workers=workers,
                                  sampler=sampler, step_draws=step, evaluation_draw=evaluation, slices=slices,
                                  epoch=epoch)
+        if epoch_sampler is not None:  # a sampler that the trainer re-seeds per epoch (set_epoch)
+            sampler_class = epoch_sampler(epoch)
         batches = ref.dassl_epoch(dataset, batch_size, workers, sampler_class=sampler_class, step=ref_step,
                                   val_dataset=val)
         assert len(plan) == len(batches), f"epoch {epoch}: batch count"
@@ -137,6 +139,18 @@ def test_torch_18_sampler_draws_the_permutation_from_the_global_stream(items, wo
                                 AugmentDraws.from_transform(train_transform(OUT)), num_workers=0,
                                 sampler=SAMPLER_GLOBAL)
     assert seeded.permutation.tolist() != torch18.permutation.tolist()
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_pomps_distributed_sampler_orders_by_epoch_alone(items, workers):
+    """POMP's configs use Dassl's DistributedSampler: torch's, seeded 0 + epoch, drawing nothing from G
+    (only the loader's base seed does), so the order does not depend on the run's seed."""
+    _compare_epochs(items, batch_size=4, workers=workers, sampler=SAMPLER_DISTRIBUTED,
+                    epoch_sampler=ref.distributed_sampler)
+    sizes, draws = read_image_sizes([it.path for it in items]), AugmentDraws.from_transform(train_transform(OUT))
+    a, b = (OriginalEpochPlan(_start(seed), sizes, 4, draws, num_workers=0, sampler=SAMPLER_DISTRIBUTED)
+            for seed in (7, 8))
+    assert a.permutation.tolist() == b.permutation.tolist() and a.base_seed != b.base_seed
 
 
 @pytest.mark.parametrize("workers", [0, 2])
@@ -195,7 +209,7 @@ def test_plans_refuse_what_they_cannot_replay(items):
         OriginalEpochPlan(_start(1), sizes[:3], 4, draws, num_workers=0, slices=2)  # one partial batch
     with pytest.raises(DataError, match="training split is empty"):
         OriginalEpochPlan(_start(1), [], 4, draws, num_workers=0)
-    with pytest.raises(ConfigError, match="unknown RandomSampler behaviour"):
+    with pytest.raises(ConfigError, match="unknown sampler behaviour"):
         OriginalEpochPlan(_start(1), sizes, 4, draws, num_workers=0, sampler="torch1.6")
     with pytest.raises(ConfigError, match="NUM_WORKERS must be an int >= 0"):
         OriginalEpochPlan(_start(1), sizes, 4, draws, num_workers=-1)

@@ -32,11 +32,12 @@ import math
 
 import torch
 from PIL import Image
-from torch.utils.data import DataLoader, Dataset, RandomSampler, Sampler, SequentialSampler, default_collate
+from torch.utils.data import (DataLoader, Dataset, DistributedSampler, RandomSampler, Sampler, SequentialSampler,
+                              default_collate)
 from torchvision import transforms as T
 
 __all__ = ["read_image", "RecordingRandomResizedCrop", "RecordingRandomHorizontalFlip", "dassl_train_transform",
-           "DatasetWrapper", "RandomSamplerTorch18", "dassl_epoch", "pomp_step_draws", "softcpt_step_draws"]
+           "DatasetWrapper", "RandomSamplerTorch18", "distributed_sampler", "dassl_epoch", "pomp_step_draws", "softcpt_step_draws"]
 
 
 def read_image(path):
@@ -133,6 +134,19 @@ def _collate(batch):
     out = default_collate([{k: v for k, v in b.items() if k != "drawn"} for b in batch])
     out["drawn"] = [b["drawn"] for b in batch]
     return out
+
+
+def distributed_sampler(epoch):
+    """Dassl's ``DistributedSampler`` in POMP's one-process run, as a ``sampler_class`` for
+    :func:`dassl_epoch`: torch's own ``DistributedSampler(shuffle=True, seed=0)`` of one replica,
+    after the trainer's ``sampler.set_epoch(epoch)`` (amazon-science/prompt-pretraining
+    ``trainers/pomp.py`` ``before_epoch``)."""
+    def build(dataset):
+        sampler = DistributedSampler(dataset, num_replicas=1, rank=0, shuffle=True, seed=0)
+        sampler.set_epoch(epoch)
+        return sampler
+
+    return build
 
 
 def dassl_epoch(dataset, batch_size, num_workers, sampler_class=RandomSampler, step=None, val_dataset=None):

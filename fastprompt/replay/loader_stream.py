@@ -43,12 +43,16 @@ from ..errors import ConfigError, DataError
 from .draw_counts import AugmentDraws, Size, ViewDraws
 from .streams import Streams, generator_at, random_at
 
-__all__ = ["SAMPLER_SEEDED", "SAMPLER_GLOBAL", "SAMPLERS", "StepDraws", "PlannedBatch", "BatchKey",
+__all__ = ["SAMPLER_SEEDED", "SAMPLER_GLOBAL", "SAMPLERS", "SAMPLER_DISTRIBUTED", "StepDraws", "PlannedBatch", "BatchKey",
            "OriginalEpochPlan", "dassl_drop_last", "pomp_negative_draws", "softcpt_class_sample_draws"]
 
 SAMPLER_SEEDED = "torch>=1.9"  # RandomSampler: seed from G, permutation from a private generator
 SAMPLER_GLOBAL = "torch1.7-1.8"  # RandomSampler: seed from G (unused), permutation from G
 SAMPLERS = (SAMPLER_SEEDED, SAMPLER_GLOBAL)
+# Dassl's DistributedSampler (POMP's configs) in one original process: torch's DistributedSampler
+# (shuffle, seed 0, set_epoch(epoch)) permutes with a generator seeded 0 + epoch and draws nothing from
+# G, whatever the run's seed
+SAMPLER_DISTRIBUTED = "DistributedSampler"
 
 # A trainer's per-step draws on G: called with G (a private generator at the step's position) and
 # the global batch's item indices; it must make exactly the original's calls on that generator.
@@ -124,7 +128,8 @@ class OriginalEpochPlan:
         draws: the training transform's draws (:meth:`AugmentDraws.from_transform`, K views).
         num_workers: the ORIGINAL's ``DATALOADER.NUM_WORKERS`` (8 in every shipped config),
             whatever fastprompt itself loads with.
-        sampler: :data:`SAMPLER_SEEDED` (torch >= 1.9) or :data:`SAMPLER_GLOBAL` (torch 1.7 - 1.8).
+        sampler: :data:`SAMPLER_SEEDED` (torch >= 1.9) or :data:`SAMPLER_GLOBAL` (torch 1.7 - 1.8)
+            RandomSampler, or :data:`SAMPLER_DISTRIBUTED` (Dassl's ``DistributedSampler``, one process).
         drop_last: the loader's rule; default Dassl's :func:`dassl_drop_last`.
         step_draws: the trainer's per-step draws on G (:func:`pomp_negative_draws`,
             :func:`softcpt_class_sample_draws`), or None.
@@ -148,8 +153,9 @@ class OriginalEpochPlan:
             raise ConfigError(f"DATALOADER.TRAIN_X.BATCH_SIZE must be an int >= 1, got {batch_size!r}")
         if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0:
             raise ConfigError(f"the original's DATALOADER.NUM_WORKERS must be an int >= 0, got {num_workers!r}")
-        if sampler not in SAMPLERS:
-            raise ConfigError(f"unknown RandomSampler behaviour {sampler!r}; one of {', '.join(SAMPLERS)}")
+        if sampler not in SAMPLERS + (SAMPLER_DISTRIBUTED,):
+            raise ConfigError(f"unknown sampler behaviour {sampler!r}; one of "
+                              f"{', '.join(SAMPLERS + (SAMPLER_DISTRIBUTED,))}")
         drop_last = dassl_drop_last(n, batch_size) if drop_last is None else bool(drop_last)
         self.n, self.batch_size, self.num_workers, self.sampler = n, batch_size, num_workers, sampler
         self.drop_last, self.slices, self.epoch, self.start = drop_last, slices, epoch, start
@@ -161,10 +167,12 @@ class OriginalEpochPlan:
 
         g = generator_at(start.torch)
         self.base_seed = _int64_draw(g)
-        sampler_seed = _int64_draw(g)
-        if sampler == SAMPLER_SEEDED:
-            self.permutation = torch.randperm(n, generator=torch.Generator().manual_seed(sampler_seed))
+        if sampler == SAMPLER_DISTRIBUTED:  # one replica: no padding, every index once
+            self.permutation = torch.randperm(n, generator=torch.Generator().manual_seed(epoch))
+        elif sampler == SAMPLER_SEEDED:
+            self.permutation = torch.randperm(n, generator=torch.Generator().manual_seed(_int64_draw(g)))
         else:
+            _int64_draw(g)  # the seed torch 1.7 - 1.8 drew and did not use
             self.permutation = torch.randperm(n, generator=g)
         order = self.permutation.tolist()
 

@@ -50,7 +50,8 @@ def training_batches(cfg: Dict[str, Any], learner, items, train_tf, settings, to
     ``TRAIN.FEATURE_CACHE`` / ``TRAIN.FEATURE_CACHE_VIEWS``. Reads every training image's header
     once, so an unreadable image is a ``DataError`` naming it.
     """
-    from ..replay import SAMPLERS, AugmentDraws, OriginalBatches, original_streams_start, step_draws_of
+    from ..replay import (SAMPLER_DISTRIBUTED, SAMPLERS, AugmentDraws, OriginalBatches, original_streams_start,
+                          step_draws_of)
 
     if feature_mode == "all":
         return None, "the feature cache's own order (cached features: no augmentation to replay)"
@@ -65,6 +66,8 @@ def training_batches(cfg: Dict[str, Any], learner, items, train_tf, settings, to
     if sampler not in SAMPLERS:
         raise ConfigError(f"DATALOADER.TRAIN_X.TORCH_SAMPLER must be one of {list(SAMPLERS)} (the torch whose "
                           f"RandomSampler the original ran on), got {sampler!r}")
+    if loader["TRAIN_X"]["SAMPLER"] == "DistributedSampler":  # POMP's configs: the order of one process
+        sampler = SAMPLER_DISTRIBUTED
     try:
         draws = AugmentDraws.from_transform(train_tf)
     except ConfigError as exc:
@@ -79,7 +82,8 @@ def training_batches(cfg: Dict[str, Any], learner, items, train_tf, settings, to
                              original_workers=original_workers, workers=settings.num_workers, rank=rank, world=world,
                              sampler=sampler, step_draws=step_draws, step_generator=generator,
                              evaluation_draw=settings.final_model == "best_val" and not settings.no_test)
-    return source, (f"the original's (Dassl's RandomSampler as in {sampler}, the streams of its "
+    kind = "DistributedSampler, one process" if sampler == SAMPLER_DISTRIBUTED else f"RandomSampler as in {sampler}"
+    return source, (f"the original's (Dassl's {kind}, the streams of its "
                     f"DATALOADER.NUM_WORKERS {original_workers}; {settings.num_workers} loader processes here"
                     f"{', per-step draws on its stream' if step_draws is not None else ''})")
 
