@@ -75,6 +75,8 @@ class MaPLeLearner(PromptLearner):
     def __init__(self, model: nn.Module, classnames, config: MaPLeConfig, **kwargs):
         super().__init__(model, classnames, config, **kwargs)
         self._require_prompted_image_tower()
+        if config.prompt_depth > 1:  # deep text prompts: refused on a bidirectional tower before anything is made
+            self.text_tower.check_deep_prompts()
         depth_limit = min(self.text_tower.layers, self.vision_tower.layers)
         if config.prompt_depth > depth_limit:
             raise ValueError(f"prompt_depth={config.prompt_depth} exceeds the model's depth: the text tower has "
@@ -112,7 +114,7 @@ class MaPLeLearner(PromptLearner):
     def text_features(self) -> torch.Tensor:
         """Unnormalised class text features ``[C, E]`` (autograd into ``ctx`` and the deep text prompts)."""
         overrides = [None] + list(self.compound_prompts_text)
-        return self.text_tower.encode(self.plan, self.ctx, prefix_overrides=overrides, override_start=1)
+        return self.text_tower.encode(self.plan, self.ctx, prefix_overrides=overrides)
 
     def image_features(self, images: torch.Tensor) -> torch.Tensor:
         """L2-normalised prompted image features ``[B, E]`` for preprocessed images ``[B, 3, H, W]``."""

@@ -41,6 +41,11 @@ from .text_plan import TextPlan, build_text_plan
 from .text_semantics import text_semantics
 
 
+class UnpromptableTextTowerError(ValueError):
+    """A learner that puts prompts inside the text tower's layers was given a text tower whose
+    attention is bidirectional (SigLIP, CLIPA, MobileCLIP-S): the message names the methods that work."""
+
+
 def _text_modules(model: nn.Module) -> nn.Module:
     """The module holding the text tower: the CLIP model itself, or ``model.text`` (CustomTextCLIP)."""
     if hasattr(model, "transformer") and hasattr(model, "token_embedding"):
@@ -165,6 +170,28 @@ class TextTower:
         prefix, suffix = self.embed(plan, ctx)
         return self.forward(plan, prefix, suffix, **prompts)
 
+    def check_deep_prompts(self) -> None:
+        """Refuse deep text prompts on a tower without a causal mask.
+
+        Raises:
+            UnpromptableTextTowerError: the tower's attention is bidirectional.
+        """
+        if not self.semantics.causal:
+            raise UnpromptableTextTowerError(
+                "deep text prompts (MaPLe, PromptSRC, IVLP, RPP) replace rows of the shared [SOT][ctx] prefix, which "
+                "only a causal text tower has; this tower's attention is bidirectional (no causal mask): use a "
+                "learner that prompts only the text input (CoOp, CoCoOp, KgCoOp, PRE, SoftCPT, POMP)")
+
+    @staticmethod
+    def context_start(plan: TextPlan) -> int:
+        """The prefix row of ``plan``'s first context slot: where deep text prompts go (1 after
+        CLIP's ``[SOT]``; 0 when the tokenizer puts no start token before the text)."""
+        rows = plan.derived("prefix_ctx_pos")
+        if rows.numel() == 0:
+            raise ValueError("deep text prompts replace the context rows of the shared prefix, and this plan's "
+                             "prefix has none: build the plan with the context in front (position='end')")
+        return int(rows.min())
+
     def input_heads(self, embeddings: torch.Tensor, start: int = 1):
         """Layer 0's ``(q, k, v)`` heads ``[M, H, d]`` of token embeddings ``[M, D]`` placed at
         positions ``start .. start+M-1`` (positional embedding, ``ln_1``, in-projection), in the
@@ -176,7 +203,8 @@ class TextTower:
 
     def forward(self, plan: TextPlan, prefix: torch.Tensor, suffix: torch.Tensor,
                 prefix_overrides: Optional[Sequence[Optional[torch.Tensor]]] = None,
-                override_start: int = 1, prefix_prompts: Optional[Sequence[QKVPrompt]] = None) -> torch.Tensor:
+                override_start: Optional[int] = None,
+                prefix_prompts: Optional[Sequence[QKVPrompt]] = None) -> torch.Tensor:
         """Encode the plan's sequences; returns ``[N, E]`` text features (not normalised).
 
         Args:
@@ -186,7 +214,9 @@ class TextTower:
             prefix_overrides: per layer, ``None`` or rows ``[M, D]`` / ``[G, M, D]`` that
                 *replace* prefix rows ``override_start .. override_start+M-1`` before that layer
                 (deep text prompts: MaPLe, PromptSRC, IVLP). Entry 0 is ignored when None.
-            override_start: first prefix row replaced by the overrides (1 = right after SOT).
+            override_start: first prefix row replaced by the overrides; ``None`` (the default): the
+                plan's first context row (:meth:`context_start`: 1 after CLIP's ``[SOT]``, 0 for a
+                tokenizer without a start token, such as mT5's of ViT-L-14-worldwide).
             prefix_prompts: instead of ``prefix_overrides``, J :class:`QKVPrompt` with separate
                 query, key and value rows for prefix rows ``override_start ..
                 override_start+M-1`` in layers ``0 .. J-1`` (RPP); see :meth:`_insert_prompt_heads`.
@@ -198,11 +228,11 @@ class TextTower:
         if suffix.shape[0] != plan.n_tokens:
             raise ValueError(f"suffix must have {plan.n_tokens} packed rows, got {suffix.shape[0]}")
         deep = prefix_prompts is not None or any(o is not None for o in (prefix_overrides or [])[1:])
-        if deep and not self.semantics.causal:
-            raise ValueError("deep text prompts (MaPLe, PromptSRC, IVLP, RPP) replace rows of the shared [SOT][ctx] "
-                             "prefix, which only a causal text tower has; this tower's attention is bidirectional "
-                             "(no causal mask): use a learner that prompts only the text input (CoOp, CoCoOp, KgCoOp, "
-                             "PRE, SoftCPT, POMP)")
+        if deep:
+            self.check_deep_prompts()
+        if override_start is None:  # read from the plan only when rows are replaced (else unused)
+            replaces = prefix_prompts is not None or any(o is not None for o in (prefix_overrides or []))
+            override_start = self.context_start(plan) if replaces else 0
         pos = self.text.positional_embedding.to(self.dtype)
         prefix_prompts = self._check_prefix_prompts(prefix_prompts, prefix_overrides, override_start, p_len)
         n_prompted = len(prefix_prompts) if prefix_prompts else 0
@@ -317,9 +347,10 @@ class TextTower:
         if 0 <= last < self.layers - 1 and prompts[last].residual is None:
             raise ValueError(f"prefix_prompts[{last}].residual is needed: layer {last} is the last prompted "
                              "layer, whose prompt outputs propagate")
-        if prompts and (start < 1 or start + prompts[0].n_rows > p_len):
+        # start 0 is a tokenizer without a start token (mT5's): the context is the prefix's first row
+        if prompts and (start < 0 or start + prompts[0].n_rows > p_len):
             raise ValueError(f"{prompts[0].n_rows} prompt rows starting at override_start={start} do not fit in a "
-                             f"prefix of {p_len} rows after SOT")
+                             f"prefix of {p_len} rows")
         return prompts
 
     @staticmethod

@@ -101,6 +101,8 @@ class RPPLearner(PromptLearner):
         self.prompt_vision = config.branches in ("vision", "both")
         if self.prompt_vision:
             self._require_prompted_image_tower()
+        if self.prompt_text:  # q/k/v prompts inside the text layers: refused on a bidirectional tower
+            self.text_tower.check_deep_prompts()
         for name, tower, used in (("text", self.text_tower, self.prompt_text),
                                   ("vision", self.vision_tower, self.prompt_vision)):
             if used and config.depth > tower.layers:
@@ -193,7 +195,8 @@ class RPPLearner(PromptLearner):
             for part in ("q", "k", "v"):
                 getattr(self, f"text_{part}")[0].copy_(words)
             return
-        q, k, v = self.text_tower.input_heads(words, start=1)
+        # the words sit where the tokenizer puts text (after [SOT] for CLIP, at 0 without a start token)
+        q, k, v = self.text_tower.input_heads(words, start=self.template.start)
         for part, t in (("q", q), ("k", k), ("v", v)):
             getattr(self, f"text_{part}")[0].copy_(t)
 
