@@ -36,15 +36,6 @@ ARCHITECTURES = open_clip.list_models()
 TABLE_FILE = os.path.join(os.path.dirname(__file__), os.pardir, "bench", "backbones.md")
 
 
-def _known_bug(name: str, column: str) -> bool:
-    """PromptSRC passes ``override_start=1`` (right after CLIP's [SOT]) for its deep text prompts,
-    so on a causal tower whose tokenizer has no start token (mT5's: ViT-L-14-worldwide) the prompt
-    rows run past the prefix. The fix is in fastprompt/learners/promptsrc.py (use the tower's
-    default, the plan's context start, as MaPLe and RPP do); strict, so the fix flips this."""
-    text = open_clip.get_model_config(name)["text_cfg"]
-    return column == "promptsrc" and "mt5" in str(text.get("hf_tokenizer_name")) and not text.get("hf_model_name")
-
-
 @functools.lru_cache(maxsize=None)
 def _row(name: str):
     return row_of(name)
@@ -72,9 +63,7 @@ def test_coop_from_ctx_init_is_the_models_own_zero_shot_feature(name):
 
 @pytest.mark.parametrize("column", [column for column, _, _ in COLUMNS])
 @pytest.mark.parametrize("name", ARCHITECTURES)
-def test_every_learner_steps_or_is_refused_by_name(name, column, request):
-    if _known_bug(name, column):
-        request.applymarker(pytest.mark.xfail(strict=True, reason=_known_bug.__doc__))
+def test_every_learner_steps_or_is_refused_by_name(name, column):
     result = _row(name)[column]
     assert not result.crash, f"{name} x {column} crashed: {result.error}: {result.message}"
     if not result.ok:

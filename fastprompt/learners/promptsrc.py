@@ -135,7 +135,9 @@ class PromptSRCLearner(PromptLearner):
     def text_features(self) -> torch.Tensor:
         """Unnormalised prompted class features ``[C, E]``."""
         overrides = [None] + list(self.deep_text_prompts)
-        return self.text_tower.encode(self.plan, self.ctx, prefix_overrides=overrides, override_start=1)
+        # deep prompts start at the plan's first context row (1 after CLIP's [SOT], 0 for a tokenizer
+        # without a start token, as mT5's on ViT-L-14-worldwide)
+        return self.text_tower.encode(self.plan, self.ctx, prefix_overrides=overrides)
 
     def image_features(self, images: torch.Tensor) -> torch.Tensor:
         """L2-normalised prompted image features ``[B, E]``."""
