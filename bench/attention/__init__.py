@@ -9,6 +9,7 @@ The pieces of ``bench_attention.py``, one job each:
 - ``measure``: the timed runs and the CSV rows.
 
 Scripts: ``bench_attention`` (every provider on those shapes), ``bench_cpu_backend`` (the C++ ``cpu``
-backend against ``eager``), ``large_batch_probe`` (ImageNet-21K-scale text-suffix attention in one
-call); ``test_micro_ops``: the providers as pytest-benchmark micro-benchmarks.
+backend against ``eager``), ``finite_check_cost`` (what the NaN/inf check costs a finite call),
+``large_batch_probe`` (ImageNet-21K-scale text-suffix attention in one call); ``test_micro_ops``: the
+providers as pytest-benchmark micro-benchmarks.
 """
