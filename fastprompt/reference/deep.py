@@ -17,8 +17,12 @@ is wrapped in a module that does exactly what the original block does before its
   ``[n_ctx, width]`` (N(0, 0.02)) that replaces the same rows; block 0 and blocks ``>= depth`` have
   none.
 * The vision towers append the layer-0 prompts after the positional embedding (no positional
-  embedding for them) and apply ``ln_pre`` to all tokens; pooling is ``ln_post(x[:, 0]) @ proj``.
-  Text prompts get positional embeddings only at layer 0 (they are part of the input embeddings).
+  embedding for them) and apply ``ln_pre`` to all tokens; pooling is ``ln_post(x[:, 0]) @ proj``
+  (open_clip's own pooling where the tower's differs: :func:`~.vision.pool_image`).
+  Text prompts get positional embeddings only at layer 0 (they are part of the input embeddings);
+  the text context rows start where the tokenizer puts text (row 1 after CLIP's [SOT], row 0 for
+  mT5's tokenizer), and the text is pooled as the tower pools it (:func:`~.text_encoder.pool_text`:
+  CLIP's EOT row, ViT-L-14-worldwide's first EOS).
 
 Differences that come from open_clip or from running in fp32, not from a change of semantics:
 
@@ -41,8 +45,8 @@ from typing import List, Optional, Sequence
 import torch
 import torch.nn as nn
 
-from .text_encoder import _model_dtype, text_tower
-from .vision import _check_tower, _embed
+from .text_encoder import _model_dtype, pool_text, project_text, text_tower
+from .vision import _check_tower, _embed, pool_image
 
 __all__ = ["ReferenceMaPLeBlock", "ReferenceIVLPBlock", "ReferenceMaPLeTextEncoder", "ReferenceMaPLeImageEncoder",
            "ReferenceIVLPTextEncoder", "ReferenceIVLPImageEncoder", "project_text"]
@@ -55,12 +59,16 @@ def _run_block(block: nn.Module, x: torch.Tensor, attn_mask: Optional[torch.Tens
     return block(x.transpose(0, 1), attn_mask=attn_mask).transpose(0, 1)
 
 
-def _replace_prompt_rows(x: torch.Tensor, prompts: torch.Tensor, n_ctx: int, text_layer: bool) -> torch.Tensor:
-    """Drop the previous layer's prompt rows of ``x [N, L, D]`` and insert ``prompts [n_ctx, D]``."""
+def _replace_prompt_rows(x: torch.Tensor, prompts: torch.Tensor, n_ctx: int, text_layer: bool,
+                         start: int = 1) -> torch.Tensor:
+    """Drop the previous layer's prompt rows of ``x [N, L, D]`` and insert ``prompts [n_ctx, D]``;
+    text: the context rows ``start .. start+n_ctx-1`` (``start``: the tokenizer's leading special
+    tokens, :func:`~fastprompt.learners.prompts.text_start`)."""
     context = prompts.expand(x.shape[0], -1, -1).to(x.dtype)
     if text_layer:
-        # [SOT][prompts][rest]: rows 1 .. n_ctx are the prompt rows
-        return torch.cat([x[:, :1, :], context, x[:, 1 + n_ctx:, :]], dim=1)
+        # [SOT][prompts][rest] (CLIP: rows 1 .. n_ctx); [prompts][rest] where the tokenizer writes no
+        # start token (mT5's, SigLIP's): the original's rows 1 .. n_ctx are CLIP's context rows
+        return torch.cat([x[:, :start, :], context, x[:, start + n_ctx:, :]], dim=1)
     # vision: the prompts are the last n_ctx rows
     return torch.cat([x[:, :x.shape[1] - n_ctx, :], context], dim=1)
 
@@ -77,9 +85,10 @@ class ReferenceMaPLeBlock(nn.Module):
     """``ResidualAttentionBlock_MaPLe`` around an open_clip block: ``[x, deeper, counter] -> same``."""
 
     def __init__(self, block: nn.Module, n_ctx: int, text_layer: bool, index: int,
-                 attn_mask: Optional[torch.Tensor] = None, batch_first: bool = True):
+                 attn_mask: Optional[torch.Tensor] = None, batch_first: bool = True, start: int = 1):
         super().__init__()
         self.block = block
+        self.start = start
         self.compound_prompt_nctx = n_ctx
         self.text_layer = text_layer
         self.first_layer = index == 0
@@ -94,7 +103,7 @@ class ReferenceMaPLeBlock(nn.Module):
         if not self.first_layer and len(compound_prompts_deeper) > 0:
             if not counter > len(compound_prompts_deeper) - 1:
                 x = _replace_prompt_rows(x, compound_prompts_deeper[counter], self.compound_prompt_nctx,
-                                         self.text_layer)
+                                         self.text_layer, self.start)
                 counter += 1
         x = _run_block(self.block, x, self.attn_mask, self.batch_first)
         return [x, compound_prompts_deeper, counter]
@@ -104,9 +113,10 @@ class ReferenceIVLPBlock(nn.Module):
     """``ResidualAttentionBlock_IVLP`` around an open_clip block; owns ``VPT_shallow`` when prompted."""
 
     def __init__(self, block: nn.Module, width: int, n_ctx: int, add_prompt: bool, text_layer: bool, index: int,
-                 attn_mask: Optional[torch.Tensor] = None, batch_first: bool = True):
+                 attn_mask: Optional[torch.Tensor] = None, batch_first: bool = True, start: int = 1):
         super().__init__()
         self.block = block
+        self.start = start
         self.text_layer = text_layer
         self.batch_first = batch_first
         if attn_mask is not None:
@@ -123,24 +133,15 @@ class ReferenceIVLPBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.add_prompt:
-            x = _replace_prompt_rows(x, self.VPT_shallow, self.n_ctx, self.text_layer)
+            x = _replace_prompt_rows(x, self.VPT_shallow, self.n_ctx, self.text_layer, self.start)
         return _run_block(self.block, x, self.attn_mask, self.batch_first)
-
-
-def project_text(holder: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """``x @ text_projection`` for a parameter projection, or the Linear / identity open_clip may use."""
-    proj = holder.text_projection
-    if proj is None:
-        return x
-    if isinstance(proj, nn.Linear):
-        return proj(x)
-    return x @ proj
 
 
 class _TextEncoderBase(nn.Module):
     def __init__(self, model: nn.Module):
         super().__init__()
         holder = text_tower(model)
+        self._holder = [holder]  # not a submodule: its modules are registered below or are the blocks
         self.positional_embedding = holder.positional_embedding
         self.ln_final = holder.ln_final
         self.text_projection = holder.text_projection
@@ -150,20 +151,19 @@ class _TextEncoderBase(nn.Module):
         self._batch_first = getattr(holder.transformer, "batch_first", True)
 
     def _pool(self, x: torch.Tensor, tokenized_prompts: torch.Tensor) -> torch.Tensor:
-        x = self.ln_final(x).type(self.dtype)
-        # take features from the EOT embedding (EOT has the highest id in each sequence)
-        x = x[torch.arange(x.shape[0], device=x.device), tokenized_prompts.argmax(dim=-1).to(x.device)]
-        return project_text(self, x)
+        # the original takes the EOT row (the highest id, CLIP's tokenizer); the tower's own pooling
+        # is the same row there and the right one elsewhere (ViT-L-14-worldwide pools its first EOS)
+        return pool_text(self._holder[0], x, tokenized_prompts)
 
 
 class ReferenceMaPLeTextEncoder(_TextEncoderBase):
     """MaPLe's ``TextEncoder``: ``(prompts [C, 77, D], ids [C, 77], deeper text prompts) -> [C, E]``."""
 
-    def __init__(self, model: nn.Module, n_ctx: int):
+    def __init__(self, model: nn.Module, n_ctx: int, start: int = 1):
         super().__init__(model)
         self.transformer = _Transformer(nn.Sequential(*[
             ReferenceMaPLeBlock(b, n_ctx, text_layer=True, index=i, attn_mask=self.attn_mask,
-                                batch_first=self._batch_first)
+                                batch_first=self._batch_first, start=start)
             for i, b in enumerate(self._blocks)]))
 
     def forward(self, prompts: torch.Tensor, tokenized_prompts: torch.Tensor,
@@ -177,12 +177,12 @@ class ReferenceMaPLeTextEncoder(_TextEncoderBase):
 class ReferenceIVLPTextEncoder(_TextEncoderBase):
     """The IVLP text tower (PromptSRC): blocks ``1 .. depth-1`` replace rows ``1 .. n_ctx`` with their own prompts."""
 
-    def __init__(self, model: nn.Module, n_ctx: int, prompt_depth: int):
+    def __init__(self, model: nn.Module, n_ctx: int, prompt_depth: int, start: int = 1):
         super().__init__(model)
         width = self.ln_final.weight.shape[0]
         self.transformer = _Transformer(nn.Sequential(*[
             ReferenceIVLPBlock(b, width, n_ctx, add_prompt=prompt_depth > i, text_layer=True, index=i,
-                               attn_mask=self.attn_mask, batch_first=self._batch_first)
+                               attn_mask=self.attn_mask, batch_first=self._batch_first, start=start)
             for i, b in enumerate(self._blocks)]))
 
     def forward(self, prompts: torch.Tensor, tokenized_prompts: torch.Tensor) -> torch.Tensor:
@@ -201,11 +201,10 @@ class _ImageEncoderBase(nn.Module):
     def _embed(self, images: torch.Tensor) -> torch.Tensor:
         return _embed(self.visual, images.to(self.visual.conv1.weight.dtype))
 
-    def _pool(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.visual.ln_post(x[:, 0, :])
-        if self.visual.proj is not None:
-            x = x @ self.visual.proj
-        return x
+    def _pool(self, x: torch.Tensor, n_image_tokens: int) -> torch.Tensor:
+        # the original: ln_post(x[:, 0]) @ proj; open_clip's own pooling otherwise (CLIPA: average
+        # of the patch tokens, ln_post after the pool)
+        return pool_image(self.visual, x, n_image_tokens)
 
 
 class ReferenceMaPLeImageEncoder(_ImageEncoderBase):
@@ -220,12 +219,13 @@ class ReferenceMaPLeImageEncoder(_ImageEncoderBase):
     def forward(self, images: torch.Tensor, shared_ctx: torch.Tensor,
                 compound_deeper_prompts: Sequence[torch.Tensor]) -> torch.Tensor:
         x = self._embed(images)
+        n_image_tokens = x.shape[1]
         # layer-0 prompts: appended after the positional embedding, before ln_pre
         visual_ctx = shared_ctx.expand(x.shape[0], -1, -1).to(x.dtype)
         x = torch.cat([x, visual_ctx], dim=1)
         x = self.visual.ln_pre(x)
         outputs = self.transformer.resblocks([x, compound_deeper_prompts, 0])
-        return self._pool(outputs[0])
+        return self._pool(outputs[0], n_image_tokens)
 
 
 class ReferenceIVLPImageEncoder(_ImageEncoderBase):
@@ -247,9 +247,10 @@ class ReferenceIVLPImageEncoder(_ImageEncoderBase):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         x = self._embed(images)
+        n_image_tokens = x.shape[1]
         if self.VPT_shallow:
             visual_ctx = self.VPT.expand(x.shape[0], -1, -1).to(x.dtype)
             x = torch.cat([x, visual_ctx], dim=1)
         x = self.visual.ln_pre(x)
         x = self.transformer.resblocks(x)
-        return self._pool(x)
+        return self._pool(x, n_image_tokens)

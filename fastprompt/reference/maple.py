@@ -111,7 +111,8 @@ class ReferenceMaPLe(nn.Module):
         self.prompt_learner = ReferenceMaPLePromptLearner(model, classnames, n_ctx=n_ctx, ctx_init=ctx_init,
                                                           prompt_depth=prompt_depth, tokenizer=tokenizer)
         self.image_encoder = ReferenceMaPLeImageEncoder(model.visual, n_ctx)
-        self.text_encoder = ReferenceMaPLeTextEncoder(model, n_ctx)
+        # the deeper text prompts replace the context rows, which follow the prompts' prefix rows
+        self.text_encoder = ReferenceMaPLeTextEncoder(model, n_ctx, start=self.prompt_learner.token_prefix.shape[1])
         self.logit_scale = model.logit_scale
         self.dtype = self.text_encoder.dtype
 

@@ -26,6 +26,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..learners.prompts import text_start
 from .prompt_common import ReferenceCLIPBase, default_tokenizer, init_context, tokenize_each
 from .text_encoder import _model_dtype, text_tower
 
@@ -90,7 +91,10 @@ class ReferencePOMPPromptLearner(nn.Module):
             tokenized = tokenize_each(tokenizer, prompts).to(device)
             with torch.no_grad():
                 embedding = token_embedding(tokenized).type(dtype)
-            return tokenized, embedding[:, :1, :], embedding[:, 1 + n_ctx:, :]
+            # [SOS] rows before the context: 1 for CLIP's tokenizer, 0 for SigLIP's / mT5's (the
+            # tokenizer's own layout, as prompt_common.register_class_prompts)
+            start = text_start(tokenizer)
+            return tokenized, embedding[:, :start, :], embedding[:, start + n_ctx:, :]
 
         train_tok, train_pre, train_suf = buffers(train_classnames)
         test_tok, test_pre, test_suf = buffers(test_classnames)

@@ -38,6 +38,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..learners.prompts import text_start
 from ..templates import IMAGENET_TEMPLATES
 from .prompt_common import default_tokenizer, init_context, register_class_prompts, tokenize_each
 from .deep import ReferenceIVLPImageEncoder, ReferenceIVLPTextEncoder
@@ -110,7 +111,9 @@ class ReferencePromptSRC(nn.Module):
         # The original builds the prompted CLIP (vision prompts first, then text prompts) before the
         # prompt learner.
         self.image_encoder = ReferenceIVLPImageEncoder(model.visual, n_ctx_vision, prompt_depth_vision)
-        self.text_encoder = ReferenceIVLPTextEncoder(model, n_ctx_text, prompt_depth_text)
+        # the deeper text prompts replace the context rows, which start where the tokenizer puts text
+        start = text_start(default_tokenizer(model) if tokenizer is None else tokenizer)
+        self.text_encoder = ReferenceIVLPTextEncoder(model, n_ctx_text, prompt_depth_text, start=start)
         self.prompt_learner = ReferenceVLPromptLearner(model, classnames, n_ctx=n_ctx_text, ctx_init=ctx_init,
                                                        templates=templates, tokenizer=tokenizer,
                                                        fixed_embeddings=fixed_embeddings)

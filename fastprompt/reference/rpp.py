@@ -5,12 +5,13 @@ design of it (semantics documented in :mod:`fastprompt.learners.rpp.learner`) th
 obvious way, independently of the fast path, as the parity oracle and the "before" side of
 benchmarks:
 
-* text: every class over the full context (77 tokens); in every prompted layer ``j < J`` the
-  query / key / value / residual *inputs* of the layer are assembled with ``torch.cat`` as
-  ``[SOT][P^x_j][rest]`` (layer 0: ``[token_prefix][P^x_0][token_suffix] + positional
-  embedding``, CoOp's assembly), and the layer's attention is torch's own multi-head attention
-  given *separate* query, key and value inputs (``F.multi_head_attention_forward``) with
-  open_clip's float causal mask; the residual stream is the residual-row version;
+* text: every class over the full context (the model's context length); in every prompted layer
+  ``j < J`` the query / key / value / residual *inputs* of the layer are assembled with ``torch.cat``
+  as ``[SOT][P^x_j][rest]`` (``[P^x_j][rest]`` for a tokenizer without a start token, mT5's; layer 0:
+  ``[token_prefix][P^x_0][token_suffix] + positional embedding``, CoOp's assembly), pooled as the
+  tower pools (CLIP's EOT row, the first EOS of an ``eos``-pooled tower), and the layer's attention
+  is torch's own multi-head attention given *separate* query, key and value inputs
+  (``F.multi_head_attention_forward``) with open_clip's float causal mask; the residual stream is the residual-row version;
 * vision: ``ln_pre([image tokens ; P^x_0])`` at layer 0, ``cat([x[:, :-M], P^x_j])`` before
   prompted layer ``j`` (IVLP/MaPLe layout: muzairkhattak/multimodal-prompt-learning @ 69bce21
   ``clip/model.py``, ``ResidualAttentionBlock_IVLP``); with ``branches="text"`` the image side is the
@@ -39,9 +40,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .pomp import pomp_local_logits, pomp_negative_sampling
+from ..learners.prompts import text_start
 from .prompt_common import default_tokenizer, register_class_prompts
-from .text_encoder import _model_dtype, text_tower
-from .vision import _embed
+from .text_encoder import _model_dtype, pool_text, text_tower
+from .vision import _embed, pool_image
 
 __all__ = ["ReferenceRPP", "ReferenceRPPPromptLearner", "reference_zero_shot_weights"]
 
@@ -158,6 +160,8 @@ class ReferenceRPPPromptLearner(nn.Module):
         else:
             prompt_prefix = " ".join(["X"] * n_ctx)
         self.n_ctx, self.n_ctx_vision = n_ctx, n_ctx_vision or n_ctx
+        # the context rows start where the tokenizer puts text: 1 after CLIP's [SOT], 0 for mT5's
+        start = self.text_start = text_start(tokenizer)
 
         def new(*shape):
             t = torch.empty(*shape, dtype=dtype)
@@ -180,7 +184,7 @@ class ReferenceRPPPromptLearner(nn.Module):
 
         if self.prompt_text and ctx_init:
             with torch.no_grad():
-                words = holder.token_embedding(tokenizer([ctx_init]).to(device)).type(dtype)[0, 1:1 + n_ctx]
+                words = holder.token_embedding(tokenizer([ctx_init]).to(device)).type(dtype)[0, start:start + n_ctx]
                 if shared:
                     self.text_prompts[0].copy_(words)
                 elif variant == "pre":
@@ -188,7 +192,7 @@ class ReferenceRPPPromptLearner(nn.Module):
                         getattr(self, f"text_{part}")[0].copy_(words)
                 else:
                     block = holder.transformer.resblocks[0]
-                    rows = block.ln_1(words + holder.positional_embedding[1:1 + n_ctx].type(dtype))
+                    rows = block.ln_1(words + holder.positional_embedding[start:start + n_ctx].type(dtype))
                     w_q, w_k, w_v = block.attn.in_proj_weight.chunk(3)
                     bias = block.attn.in_proj_bias
                     b_q, b_k, b_v = (bias if bias is not None else w_q.new_zeros(3 * text_w)).chunk(3)
@@ -241,6 +245,8 @@ class ReferenceRPP(nn.Module):
         self.pomp_local_correction, self.pomp_log_base = pomp_local_correction, pomp_log_base
         self.frozen["teacher"] = teacher_model if teacher_model is not None else model
         self.frozen["teacher_images"] = teacher_image_model if teacher_image_model is not None else self.teacher
+        if teacher_tokenizer is None and teacher_model is None:
+            teacher_tokenizer = tokenizer  # the teacher is the model itself: its tokenizer too (mT5's, SigLIP's)
         if kl_weight > 0 and teacher_text_features is None:
             teacher_text_features = reference_zero_shot_weights(self.teacher, classnames, teacher_templates,
                                                                 teacher_tokenizer, teacher_projection)
@@ -271,7 +277,7 @@ class ReferenceRPP(nn.Module):
             return self.model.encode_text(tokenized)
         prefix = pl.token_prefix if idx is None else pl.token_prefix[idx]
         suffix = pl.token_suffix if idx is None else pl.token_suffix[idx]
-        n_cls, m = prefix.shape[0], pl.n_ctx
+        n_cls, m, start = prefix.shape[0], pl.n_ctx, pl.text_start
         pos = holder.positional_embedding.type(prefix.dtype)
         mask = holder.attn_mask
         x = None
@@ -287,18 +293,13 @@ class ReferenceRPP(nn.Module):
                 kept = x
 
                 def assemble(rows):
-                    return torch.cat([kept[:, :1], rows.expand(n_cls, -1, -1), kept[:, 1 + m:]], dim=1)
+                    return torch.cat([kept[:, :start], rows.expand(n_cls, -1, -1), kept[:, start + m:]], dim=1)
             x = assemble(r)
             if pl.variant == "pre":
                 x = _block_separate_qkv(block, x, assemble(q), assemble(k), assemble(v), mask)
             else:
-                x = _block_head_prompts(block, x, q, k, v, 1, mask)
-        x = holder.ln_final(x)
-        x = x[torch.arange(x.shape[0]), tokenized.argmax(dim=-1)]
-        proj = holder.text_projection
-        if proj is None:
-            return x
-        return proj(x) if isinstance(proj, nn.Linear) else x @ proj
+                x = _block_head_prompts(block, x, q, k, v, start, mask)
+        return pool_text(holder, x, tokenized)  # CLIP's EOT row; the tower's own pooling elsewhere
 
     def encode_image(self, images: torch.Tensor) -> torch.Tensor:
         """Unnormalised image features ``[B, E]``."""
@@ -306,7 +307,7 @@ class ReferenceRPP(nn.Module):
         if not pl.prompt_vision:
             return self.model.encode_image(images)
         x_emb = _embed(visual, images)
-        batch, m = x_emb.shape[0], pl.n_ctx_vision
+        batch, m, n_image_tokens = x_emb.shape[0], pl.n_ctx_vision, x_emb.shape[1]
         x = None
         for j, block in enumerate(visual.transformer.resblocks):
             if j >= pl.depth:
@@ -326,8 +327,7 @@ class ReferenceRPP(nn.Module):
                 x = _block_separate_qkv(block, x, assemble(q), assemble(k), assemble(v), None)
             else:
                 x = _block_head_prompts(block, x, q, k, v, x.shape[1] - m, None)
-        pooled = visual.ln_post(x[:, 0]) if getattr(visual, "final_ln_after_pool", False) else visual.ln_post(x)[:, 0]
-        return pooled @ visual.proj if visual.proj is not None else pooled
+        return pool_image(visual, x, n_image_tokens)
 
     # ---- logits and loss ---------------------------------------------------------------------
     def forward(self, images: torch.Tensor) -> torch.Tensor:

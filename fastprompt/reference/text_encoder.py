@@ -34,7 +34,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-__all__ = ["ReferenceTextEncoder", "text_tower"]
+__all__ = ["ReferenceTextEncoder", "text_tower", "pool_text", "project_text"]
 
 
 def text_tower(model: nn.Module) -> nn.Module:
@@ -81,6 +81,30 @@ def _padding_mask(holder: nn.Module, tokenized: torch.Tensor, seq_len: int, head
     return additive.repeat_interleave(heads, 0)
 
 
+def project_text(holder: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``x @ text_projection`` for a parameter projection, or the Linear / identity open_clip may use."""
+    proj = holder.text_projection
+    if proj is None:
+        return x
+    if isinstance(proj, nn.Linear):
+        return proj(x)
+    return x @ proj
+
+
+def pool_text(holder: nn.Module, x: torch.Tensor, tokenized: torch.Tensor) -> torch.Tensor:
+    """The tower's own pooling of the last hidden states ``x [C, L, D]`` of prompts with token ids
+    ``tokenized [C, L]`` -> ``[C, E]``: ``ln_final``, then ``text_global_pool`` with the tower's
+    ``pool_type`` and ``eos_id`` (CLIP: the EOT row, the largest id; ViT-L-14-worldwide: the first
+    id 1; SigLIP: the last row), then the projection. Towers with CoCa's CLS are pooled by
+    :class:`ReferenceTextEncoder` only."""
+    from open_clip.transformer import text_global_pool
+
+    x = holder.ln_final(x).type(_model_dtype(holder))
+    x = text_global_pool(x, tokenized.to(x.device), _pool_type(holder),
+                         eos_token_id=getattr(holder, "text_eos_id", getattr(holder, "eos_id", None)))
+    return project_text(holder, x)
+
+
 def _model_dtype(holder: nn.Module) -> torch.dtype:
     transformer = holder.transformer
     if hasattr(transformer, "get_cast_dtype"):
@@ -115,8 +139,6 @@ class ReferenceTextEncoder(nn.Module):
 
     def forward(self, prompts: torch.Tensor, tokenized_prompts: torch.Tensor) -> torch.Tensor:
         """``prompts [C, L, D]`` (embeddings, no positions) and their token ids ``[C, L]`` -> ``[C, E]``."""
-        from open_clip.transformer import text_global_pool
-
         tokenized_prompts = tokenized_prompts.to(prompts.device)
         x, seq_len = prompts, prompts.shape[1]
         if self.cls_emb is not None:  # CoCa: the CLS embedding appended after the prompt
@@ -129,15 +151,8 @@ class ReferenceTextEncoder(nn.Module):
         x = x + self.positional_embedding[:seq_len].type(self.dtype)
         # open_clip's Transformer takes [N, L, D] and handles batch_first itself (see module doc).
         x = self.transformer(x, attn_mask=attn_mask)
-        if self.cls_emb is not None:  # the CLS row is pooled whatever pool_type says, ln_final after pooling
-            x = self.ln_final(x[:, -1]).type(self.dtype)
-        else:
-            # CLIP: the EOT row (EOT has the largest token id); other towers: their own pool_type.
-            x = self.ln_final(x).type(self.dtype)
-            x = text_global_pool(x, tokenized_prompts, self.pool_type, eos_token_id=self.eos_id)
-        proj = self.text_projection
-        if proj is None:
-            return x
-        if isinstance(proj, nn.Linear):
-            return proj(x)
-        return x @ proj
+        holder = self._holder[0]
+        if self.cls_emb is None:  # CLIP: the EOT row (EOT has the largest token id); others: their pool_type
+            return pool_text(holder, x, tokenized_prompts)
+        # the CLS row is pooled whatever pool_type says, ln_final after pooling
+        return project_text(holder, self.ln_final(x[:, -1]).type(self.dtype))

@@ -15,8 +15,11 @@ Semantics, with ``J = len(deep_prompts)`` prompt tensors of shape ``[M, W]``:
    (``torch.cat`` of the kept rows and the new prompt); blocks ``>= J`` keep whatever the prompt
    rows hold, i.e. the outputs of the last prompted block propagate to the end;
 4. every block is open_clip's own module (``visual.transformer.resblocks[j]``);
-5. pooling as open_clip's ``VisionTransformer`` with ``pool_type='tok'`` (``ln_post`` then token 0,
-   or token 0 then ``ln_post`` when ``final_ln_after_pool``), then ``@ visual.proj``.
+5. pooling as open_clip's ``VisionTransformer._pool`` (:func:`pool_image`): ``pool_type='tok'`` takes
+   token 0, ``'avg'`` (CLIPA) the mean of the image's own patch tokens ``1 .. g*g`` (open_clip's
+   ``x[:, 1:].mean(1)`` over the sequence the model itself has: the appended prompt rows are not
+   image tokens, as VPT's "image-pool" head); ``ln_post`` before the pool, or after it when
+   ``final_ln_after_pool``; then ``@ visual.proj``.
 
 The MaPLe code hard-casts the prompts to fp16; here they are cast to the activations' dtype (a
 no-op in our fp32 runs). With no prompts the result equals ``visual(images)``.
@@ -28,7 +31,7 @@ from typing import Optional, Sequence
 import torch
 import torch.nn as nn
 
-__all__ = ["reference_encode_image_deep"]
+__all__ = ["reference_encode_image_deep", "pool_image"]
 
 
 def _check_tower(visual: nn.Module) -> None:
@@ -42,9 +45,23 @@ def _check_tower(visual: nn.Module) -> None:
         raise ValueError("vision towers with attentional pooling are not supported by the deep "
                          "prompt reference (MaPLe/VPT pool the class token)")
     pool_type = getattr(visual, "pool_type", "tok")
-    if pool_type != "tok":
+    if pool_type not in ("tok", "avg"):
         raise ValueError(f"vision pool_type {pool_type!r} is not supported; only 'tok' (class "
-                         "token) pooling, as in CLIP/MaPLe")
+                         "token, as in CLIP/MaPLe) and 'avg' (mean of the patch tokens) pooling")
+
+
+def pool_image(visual: nn.Module, x: torch.Tensor, n_image_tokens: int) -> torch.Tensor:
+    """open_clip's ``VisionTransformer`` pooling of the last hidden states ``x [B, T + M, W]`` (the
+    ``T = n_image_tokens`` rows of the model's own sequence, class token first, then ``M`` prompt
+    rows) -> ``[B, E]``: ``ln_post`` before or after (``final_ln_after_pool``) the pool, ``@ proj``."""
+    def pool(t):
+        if getattr(visual, "pool_type", "tok") == "avg":
+            return t[:, 1:n_image_tokens].mean(dim=1)
+        return t[:, 0]
+
+    pooled = visual.ln_post(pool(x)) if getattr(visual, "final_ln_after_pool", False) else pool(visual.ln_post(x))
+    proj = getattr(visual, "proj", None)
+    return pooled @ proj if proj is not None else pooled
 
 
 def _embed(visual: nn.Module, images: torch.Tensor) -> torch.Tensor:
@@ -92,7 +109,7 @@ def reference_encode_image_deep(visual: nn.Module, images: torch.Tensor,
         raise ValueError("deep prompts must have at least one token")
 
     x = _embed(visual, images)
-    batch = x.shape[0]
+    batch, n_image_tokens = x.shape[0], x.shape[1]
     if prompts:
         # layer-0 prompts: appended at the end, no positional embedding, before ln_pre
         x = torch.cat([x, prompts[0].to(x.dtype).expand(batch, -1, -1)], dim=1)
@@ -109,11 +126,4 @@ def reference_encode_image_deep(visual: nn.Module, images: torch.Tensor,
         else:
             x = block(x.transpose(0, 1)).transpose(0, 1)
 
-    if getattr(visual, "final_ln_after_pool", False):
-        pooled = visual.ln_post(x[:, 0])
-    else:
-        pooled = visual.ln_post(x)[:, 0]
-    proj = getattr(visual, "proj", None)
-    if proj is not None:
-        pooled = pooled @ proj
-    return pooled
+    return pool_image(visual, x, n_image_tokens)
