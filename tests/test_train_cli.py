@@ -45,6 +45,16 @@ def test_train_then_eval(run, data, capsys):
     assert (run / "eval_dtd_new.json").is_file()
 
 
+def test_a_failed_eval_of_a_run_is_written_to_its_log(run, data, capsys):
+    """The CLI's contract: an expected failure is one line on stderr and in the run's log.txt."""
+    before = (run / "log.txt").read_text()
+    assert main(["eval", "--checkpoint", str(run), "--data", data, "--dataset", "eurosat"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("fastprompt eval: error: ") and "\n" not in err
+    added = (run / "log.txt").read_text()[len(before):]
+    assert added.count("\n") == 1 and added.rstrip().endswith(err)
+
+
 def test_existing_run_is_never_reused_silently(run, data, capsys):
     before = _snapshot(run)
     assert _train(data, run) == 2

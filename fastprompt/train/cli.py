@@ -14,6 +14,7 @@ import argparse
 import json
 import os
 import sys
+import time
 
 from ..cli_args import no_check, nonnegative_int
 from ..errors import EXPECTED_ERRORS, report_failure
@@ -155,6 +156,21 @@ def _run_train(args) -> int:
     return 0
 
 
+def _log_to_run(run_dir: str, exc: Exception) -> None:
+    """The error line also goes to the run's ``log.txt`` (the CLI's contract), unless another job holds
+    the run (its log is that job's to write) or the folder is no run."""
+    from ..errors import FolderInUseError
+
+    log = os.path.join(run_dir or "", "log.txt")
+    if isinstance(exc, FolderInUseError) or not os.path.isfile(log):
+        return
+    try:
+        with open(log, "a", encoding="utf-8") as f:
+            f.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} fastprompt eval: error: {exc}\n")
+    except OSError:  # the line has reached stderr; a log that cannot take it changes nothing
+        pass
+
+
 def _run_eval(args) -> int:
     from .. import distributed
     from .evaluate import EVAL_ERRORS, evaluate_checkpoint
@@ -169,6 +185,8 @@ def _run_eval(args) -> int:
         # every rank fails together (evaluate_checkpoint agrees on failures) and says why before the
         # group ends: torchrun stops the ranks still running once the first one has exited
         status = report_failure("eval", exc)
+        if is_launch_main():
+            _log_to_run(args.checkpoint, exc)
         distributed.shutdown()
         return status
     distributed.shutdown()
