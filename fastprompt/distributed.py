@@ -19,7 +19,8 @@ import torch.distributed as dist
 from .errors import ConfigError, TrainError
 
 __all__ = ["init_from_env", "checked_device", "shutdown", "world", "is_main", "launched_rank", "average_gradients",
-           "gather_cat", "barrier", "broadcast_object", "all_gather_objects", "mean_over_ranks", "on_every_rank"]
+           "gather_cat", "barrier", "broadcast_object", "all_gather_objects", "mean_over_ranks", "on_every_rank",
+           "is_launch_main"]
 
 T = TypeVar("T")
 
@@ -94,6 +95,17 @@ def is_main() -> bool:
 def launched_rank() -> int:
     """This process's rank as torchrun launched it (``RANK``), known before the process group starts."""
     return int(os.environ.get("RANK", "0"))
+
+
+def is_launch_main() -> bool:
+    """Whether this process is rank 0 of a torchrun launch (or the only process): the one that says
+    and writes what must appear once (a command's summary, a grid's progress and evaluations).
+
+    The rank is torchrun's ``RANK`` (:func:`launched_rank`), not the process group's: each run starts
+    and shuts down its own group, so between runs, or when a summary prints, every rank would look
+    like rank 0. Errors are not summaries: each rank that fails reports its own.
+    """
+    return launched_rank() == 0
 
 
 def average_gradients(params: List[torch.nn.Parameter], ok: bool = True) -> bool:

@@ -131,14 +131,8 @@ def _eval_fresh(path: str, run_dir: str) -> bool:
     return os.path.isfile(path) and os.path.isfile(prompts) and os.path.getmtime(path) >= os.path.getmtime(prompts)
 
 
-def _launch_main() -> bool:
-    # torchrun's rank, not the process group's: each run starts and shuts down its own group, so
-    # between runs every rank would look like rank 0 and say, evaluate and write everything twice
-    return distributed.launched_rank() == 0
-
-
 def _say(text: str) -> None:
-    if _launch_main():
+    if distributed.is_launch_main():
         print(f"fastprompt run: {text}", file=sys.stderr, flush=True)
 
 
@@ -169,7 +163,7 @@ def run_job(job: Job, cfg: Dict[str, Any], data_root: str, *, progress: bool = F
             raise
         raise TrainError(f"{exc}. This grid directory holds runs of other settings: pass another --output-dir "
                          "for these") from None
-    if _launch_main():
+    if distributed.is_launch_main():
         for dataset, subsample in job.evals:
             out = eval_path(job.run_dir, dataset, subsample)
             if not _eval_fresh(out, job.run_dir):
@@ -192,7 +186,7 @@ def run_grid(protocol: str, method: str, data_root: str, output_dir: str, *, dat
     check_data(jobs, data_root)
     counts: Dict[str, int] = {}
     # one grid per folder (each run also locks its own directory); under torchrun rank 0 holds it
-    with FolderLock(output_dir, "fastprompt run") if distributed.launched_rank() == 0 else contextlib.nullcontext():
+    with FolderLock(output_dir, "fastprompt run") if distributed.is_launch_main() else contextlib.nullcontext():
         for i, (job, cfg) in enumerate(zip(jobs, configs), 1):
             _say(f"[{i}/{len(jobs)}] {method} {protocol}: {job.dataset}, {job.shots} shots, seed {job.seed} "
                  f"({job.recipe})")

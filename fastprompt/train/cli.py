@@ -122,16 +122,11 @@ def resolve_args(args, arguments: dict) -> dict:
 
 
 def is_launch_main() -> bool:
-    """Whether this process is rank 0 of a torchrun launch (or the only process): the one that
-    prints a command's summary (accuracy, JSON, where it was written), so it appears once.
+    """:func:`fastprompt.distributed.is_launch_main`, imported when called: the CLI's modules stay
+    light (``--help`` imports no torch)."""
+    from ..distributed import is_launch_main as launch_main
 
-    The rank is torchrun's ``RANK`` (:func:`fastprompt.distributed.launched_rank`), not the process
-    group's: a run has shut its group down by the time its summary prints, and every rank would
-    then look like rank 0. Errors are not summaries: each rank that fails reports its own.
-    """
-    from ..distributed import launched_rank
-
-    return launched_rank() == 0
+    return launch_main()
 
 
 def _run_train(args) -> int:
