@@ -28,10 +28,11 @@ from torch.utils.data import default_collate, get_worker_info
 
 from .items import Item
 
-__all__ = ["ImageDataset", "skip_collate", "load_image", "make_loader"]
+__all__ = ["ImageDataset", "skip_collate", "load_image", "make_loader", "DECODE_ERRORS"]
 
 logger = logging.getLogger("fastprompt.data")
-_DECODE_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
+# What PIL raises for a file that is not a readable image (corrupt, truncated, gone, too large).
+DECODE_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
 
 
 def load_image(path: str, draft_size: Optional[int] = None) -> Image.Image:
@@ -73,7 +74,7 @@ class ImageDataset(TorchDataset):
         item = self.items[index]
         try:
             img = load_image(item.path, self.draft_size)
-        except _DECODE_ERRORS as exc:
+        except DECODE_ERRORS as exc:
             if self.on_error == "raise":
                 raise
             info = get_worker_info()

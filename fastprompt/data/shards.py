@@ -32,6 +32,7 @@ import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
 from ..errors import DataError
+from .images import DECODE_ERRORS
 from .imagenet21k_classes import ClassTable, read_class_table
 
 __all__ = ["ShardDataset", "open_shards", "check_shards", "count_samples", "IMAGE_KEYS"]
@@ -251,7 +252,7 @@ class ShardDataset(IterableDataset):
         try:
             with Image.open(io.BytesIO(sample[key])) as img:
                 image = img.convert("RGB")
-        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+        except DECODE_ERRORS as exc:
             self._count_skip(f"{where}.{key} ({type(exc).__name__}: {exc})")
             return None
         if self.transform is None:

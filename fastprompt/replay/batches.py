@@ -33,7 +33,7 @@ from torch.utils.data import Dataset, default_collate
 from ..data.images import load_image
 from ..data.items import Item
 from ..errors import DataError, TrainError
-from .image_sizes import DECODE_ERRORS
+from ..data.images import DECODE_ERRORS
 from .loader_stream import BatchKey
 from .streams import Streams, capture, installed
 

@@ -16,13 +16,11 @@ from typing import List, Sequence
 
 from PIL import Image
 
+from ..data.images import DECODE_ERRORS
 from ..errors import DataError
 from .draw_counts import Size
 
-__all__ = ["read_image_sizes", "DECODE_ERRORS"]
-
-# What PIL raises for a file that is not a readable image (corrupt, truncated, gone, too large).
-DECODE_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
+__all__ = ["read_image_sizes"]
 
 
 def read_image_sizes(paths: Sequence[str]) -> List[Size]:
