@@ -14,7 +14,6 @@ import argparse
 import json
 import os
 import sys
-import time
 
 from ..cli_args import no_check, nonnegative_int
 from ..errors import EXPECTED_ERRORS, report_failure
@@ -155,13 +154,16 @@ def _log_to_run(run_dir: str, exc: Exception) -> None:
     """The error line also goes to the run's ``log.txt`` (the CLI's contract), unless another job holds
     the run (its log is that job's to write) or the folder is no run."""
     from ..errors import FolderInUseError
+    from .records import RunRecords
 
-    log = os.path.join(run_dir or "", "log.txt")
-    if isinstance(exc, FolderInUseError) or not os.path.isfile(log):
+    if isinstance(exc, FolderInUseError) or not os.path.isfile(os.path.join(run_dir or "", "log.txt")):
         return
     try:
-        with open(log, "a", encoding="utf-8") as f:
-            f.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} fastprompt eval: error: {exc}\n")
+        records = RunRecords(run_dir, tensorboard=False, echo=False)
+        try:
+            records.log(f"fastprompt eval: error: {exc}")
+        finally:
+            records.close()
     except OSError:  # the line has reached stderr; a log that cannot take it changes nothing
         pass
 
