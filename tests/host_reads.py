@@ -11,21 +11,31 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import os
 import traceback
 from typing import Counter, Iterator
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
+import fastprompt
+
 _VALUE_DEPENDENT = {"aten::_local_scalar_dense", "aten::nonzero", "aten::masked_select", "aten::_unique2",
                     "aten::unique_consecutive", "aten::unique_dim"}
 
 
+# The package's own directory, not any path with "fastprompt" in it: CI's virtualenv lives in
+# ~/.cache/fastprompt/venv, so torch's own frames would otherwise pass for the project's.
+_PACKAGE_DIR = os.path.dirname(os.path.abspath(fastprompt.__file__)) + os.sep
+
+
 def _where() -> str:
-    """The innermost fastprompt frame of the current stack (``file:line``), or ``?``."""
+    """The innermost frame of the fastprompt package on the current stack (``file:line``, relative
+    to the package), or ``?``."""
     for frame in reversed(traceback.extract_stack()):
-        if "/fastprompt/" in frame.filename and "host_reads" not in frame.filename:
-            return f"{frame.filename.rsplit('/fastprompt/', 1)[-1]}:{frame.lineno}"
+        filename = os.path.abspath(frame.filename)
+        if filename.startswith(_PACKAGE_DIR):
+            return f"{filename[len(_PACKAGE_DIR):]}:{frame.lineno}"
     return "?"
 
 
