@@ -23,7 +23,8 @@ def add_data_parser(subparsers) -> None:
                     "one, each missing file or folder and what to download. Exit status 1 when something "
                     "is missing.")
     check.add_argument("root", metavar="ROOT", help="folder holding the dataset folders (Dassl's DATASET.ROOT)")
-    check.add_argument("--dataset", metavar="NAME", help="check only this dataset (folder or class name)")
+    check.add_argument("--dataset", metavar="NAME", help="check only this dataset (folder or class name; or "
+                       "general10, plant6, fashion20: SoftCPT's multi-task sets, source by source)")
     check.add_argument("--no-cache", action="store_true", help="do not use the listing cache")
     check.set_defaults(func=_run_check, check=no_check, command_parser=check)
 
@@ -31,14 +32,18 @@ def add_data_parser(subparsers) -> None:
         "fewshot", help="print or write the few-shot subset of (shots, seed) as JSON",
         description="The items a CoOp run with --seed S and K shots trains and validates on, as JSON "
                     "(rows [path relative to image_dir, label, classname]).")
-    few.add_argument("name", metavar="NAME", help="dataset (CoOp folder or class name, or imagefolder/csv/json)")
+    few.add_argument("name", metavar="NAME", help="dataset (CoOp folder or class name, general10/plant6/fashion20, "
+                     "or imagefolder/csv/json)")
     few.add_argument("root", metavar="ROOT", help="data root (for custom data: the tree or list file)")
     few.add_argument("--shots", type=nonnegative_int, required=True, metavar="K", help="images per class (0 = all)")
     few.add_argument("--seed", type=nonnegative_int, default=1, metavar="S", help="run seed (default: 1)")
     few.add_argument("--subsample", choices=("all", "base", "new"), default="all",
                      help="class subset of the base-to-novel protocol (default: all)")
+    few.add_argument("--subsample-tasks", metavar="WHICH", default=None,
+                     help="multi-task sets: all, base, new or taskN (SoftCPT's SUBSAMPLE_TASKS; default: all)")
     few.add_argument("--no-original-cache", action="store_true",
-                     help="draw the subset even when the folder holds split_fewshot/shot_K-seed_S.pkl")
+                     help="draw the subset even when the folder holds split_fewshot/shot_K-seed_S.pkl "
+                          "(split_fewshot_mt/ for the multi-task sets)")
     few.add_argument("--out", metavar="FILE", help="write the JSON here instead of printing it")
     few.set_defaults(func=_run_fewshot, check=no_check, command_parser=few)
 
@@ -54,8 +59,16 @@ def _error(command: str, exc: Exception) -> int:
 
 def _run_check(args) -> int:
     from ..errors import DataError
-    from .check import check_root, format_check
+    from .check import check_multitask, check_root, format_check
+    from .softcpt.sources import is_multitask
 
+    if args.dataset and is_multitask(args.dataset):
+        try:
+            report, ok = check_multitask(args.root, args.dataset, cache=not args.no_cache)
+        except DataError as exc:
+            return _error("check", exc)
+        print(report)
+        return 0 if ok else 1
     try:
         results = check_root(args.root, args.dataset, cache=not args.no_cache)
     except DataError as exc:
@@ -73,7 +86,7 @@ def _run_fewshot(args) -> int:
 
     try:
         record = fewshot_record(args.name, args.root, args.shots, args.seed, args.subsample,
-                                original_caches=not args.no_original_cache)
+                                original_caches=not args.no_original_cache, subsample_tasks=args.subsample_tasks)
     except DataError as exc:
         return _error("fewshot", exc)
     text = json.dumps(record, indent=1)

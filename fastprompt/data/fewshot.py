@@ -29,9 +29,16 @@ from typing import Dict, List, Sequence, Tuple
 from ..errors import DataError
 from .items import Item
 
-__all__ = ["split_by_label", "fewshot_subset", "sample_fewshot", "VAL_SHOTS_CAP"]
+__all__ = ["split_by_label", "fewshot_subset", "sample_fewshot", "check_int", "VAL_SHOTS_CAP"]
 
 VAL_SHOTS_CAP = 4  # CoOp: val = generate_fewshot_dataset(val, num_shots=min(num_shots, 4))
+
+
+def check_int(value, what: str) -> int:
+    """``value`` when it is an integer >= 0 (shots, seed), else a :class:`DataError` naming ``what``."""
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise DataError(f"{what} must be an integer >= 0, got {value!r}")
+    return value
 
 
 def split_by_label(items: Sequence[Item]) -> Dict[int, List[Item]]:

@@ -124,3 +124,12 @@ def missing_paths(paths: Iterable[str], cache: bool = True, cache_root: Optional
         else:
             missing.extend(p for p in group if os.path.basename(p) not in names)
     return missing
+
+
+def require_files(paths: Iterable[str], source: str, cache: bool, cache_root: Optional[str], hint: str) -> None:
+    """:class:`DataError` naming ``source`` and up to five of the ``paths`` not on disk."""
+    missing: Sequence[str] = missing_paths(paths, cache, cache_root)
+    if missing:
+        shown = "\n  ".join(missing[:5])
+        more = f"\n  ... and {len(missing) - 5} more" if len(missing) > 5 else ""
+        raise DataError(f"{source} names {len(missing)} image(s) that are not on disk:\n  {shown}{more}\n{hint}")

@@ -20,12 +20,13 @@ from ..templates import class_list_problem
 from . import custom
 from .aircraft import read_aircraft
 from .coop_splits import read_split_json
-from .dassl_pickle import load_datum_pickle
-from .fewshot import sample_fewshot
+from .dassl_pickle import inside, load_datum_pickle, rebase_path
+from .fewshot import check_int, sample_fewshot
 from .imagenet import read_imagenet, read_variant
 from .items import Dataset, Item, classnames_of
-from .listing import missing_paths
+from .listing import require_files
 from .registry import Spec, resolve
+from .softcpt.sources import is_multitask
 from .subsample import check_subsample, subsample_classes
 
 __all__ = ["load_dataset", "fewshot_cache_path", "dataset_dir_of"]
@@ -42,27 +43,15 @@ def fewshot_cache_path(spec: Spec, root: str, shots: int, seed: int) -> str:
     return os.path.join(dataset_dir_of(spec, root), "split_fewshot", f"shot_{shots}-seed_{seed}.pkl")
 
 
-def _check_int(value, what: str) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-        raise DataError(f"{what} must be an integer >= 0, got {value!r}")
-    return value
+_check_int = check_int
 
 
 def _rebase(items: List[Item], dataset_dir: str, folder: str) -> List[Item]:
-    """Pickled paths of a dataset folder that has since moved, re-rooted at ``dataset_dir``.
-
-    A path is kept when it exists or lies under ``dataset_dir``; otherwise the part after its last
-    ``/<folder>/`` component is joined to ``dataset_dir``.
-    """
-    inside = os.path.join(dataset_dir, "")
+    """Pickled paths of a dataset folder that has since moved, re-rooted at ``dataset_dir``
+    (:func:`~fastprompt.data.dassl_pickle.rebase_path`)."""
     out = []
     for it in items:
-        path = it.path
-        if not path.startswith(inside):
-            parts = path.replace("\\", "/").split("/")
-            idx = max((i for i, p in enumerate(parts[:-1]) if p == folder), default=None)
-            if idx is not None:
-                path = os.path.join(dataset_dir, *parts[idx + 1:])
+        path = rebase_path(it.path, dataset_dir, folder)
         out.append(Item(path, it.label, it.classname) if path != it.path else it)
     return out
 
@@ -74,8 +63,6 @@ def _check_pickled(items: List[Item], classnames: Sequence[str], dataset_dir: st
     (``every_class``) every class present. The unpickler only admits Datum records; their contents
     were trusted (a val label 99 of 4 classes, ``/etc/passwd``, a subset of 3 of 4 classes
     loaded). A ``DataError`` names the file and the first bad record."""
-    # lexically inside (``..`` resolved, links not followed: an images folder linked to other storage is fine)
-    root = os.path.join(os.path.normpath(os.path.abspath(dataset_dir)), "")
     seen = set()
     for i, it in enumerate(items):
         where = f"{pkl}: {split}[{i}] ({it.path})"
@@ -85,7 +72,7 @@ def _check_pickled(items: List[Item], classnames: Sequence[str], dataset_dir: st
         if it.classname.replace("_", " ") != classnames[it.label].replace("_", " "):
             raise DataError(f"{where} names its class {it.classname!r} under label {it.label}, which the dataset's "
                             f"split calls {classnames[it.label]!r}; the pickle belongs to another split: move it away")
-        if not os.path.normpath(os.path.abspath(it.path)).startswith(root):
+        if not inside(it.path, dataset_dir):
             raise DataError(f"{where} is not inside the dataset folder {dataset_dir}; move the pickle away")
         seen.add(it.label)
     if every_class and len(seen) < len(classnames):
@@ -96,11 +83,7 @@ def _check_pickled(items: List[Item], classnames: Sequence[str], dataset_dir: st
 
 
 def _require_files(items: Sequence[Item], source: str, cache: bool, cache_root: Optional[str], hint: str) -> None:
-    missing = missing_paths((it.path for it in items), cache, cache_root)
-    if missing:
-        shown = "\n  ".join(missing[:5])
-        more = f"\n  ... and {len(missing) - 5} more" if len(missing) > 5 else ""
-        raise DataError(f"{source} names {len(missing)} image(s) that are not on disk:\n  {shown}{more}\n{hint}")
+    require_files((it.path for it in items), source, cache, cache_root, hint)
 
 
 def _read_full(spec: Spec, dataset_dir: str, cache: bool, cache_root, original_caches: bool):
@@ -151,10 +134,23 @@ def load_dataset(name: str, root: str, shots: int = 0, seed: int = 1, subsample:
         ``test`` (ImageNet: ``val`` is ``test``; the test-only ImageNet variants: ``val`` is
         empty and ``train`` is ``test``, as in the original).
 
+    SoftCPT's multi-task sets (``general10``, ``plant6``, ``fashion20``) return a
+    :class:`~fastprompt.data.softcpt.items.MultiTaskDataset` instead (tasks, per-task class
+    lists and metrics, items with task ids); ``subsample_tasks`` (``all``, ``task<i>``,
+    ``base``, ``new``) is their one extra option (:func:`fastprompt.data.softcpt.load.load_multitask`).
+
     Raises:
         DataError: a missing folder or file, an image a split names that is not on disk, an
             unknown name, ``shots < 0``, a bad ``subsample``, an empty class, an unreadable pickle.
     """
+    if is_multitask(name):
+        from .softcpt.load import load_multitask
+
+        extra = set(custom_kwargs) - {"subsample_tasks"}
+        if extra:
+            raise DataError(f"unexpected option(s) {sorted(extra)} for {name} (it takes subsample_tasks)")
+        return load_multitask(name, root, shots, seed, subsample, original_caches=original_caches,
+                              check_files=check_files, cache=cache, cache_root=cache_root, **custom_kwargs)
     dataset = _load(name, root, shots, seed, subsample, original_caches, check_files, cache, cache_root, custom_kwargs)
     check_classes(dataset.classnames, dataset.name if subsample == "all" else f"{dataset.name} ({subsample} classes)")
     _note_short_classes(dataset)

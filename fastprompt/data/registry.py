@@ -103,8 +103,10 @@ for _spec in SPECS:
 
 
 def known_names() -> List[str]:
-    """Every accepted dataset name: CoOp folder names, then custom kinds."""
-    return [s.folder for s in SPECS] + list(CUSTOM_KINDS)
+    """Every accepted dataset name: CoOp folder names, SoftCPT's multi-task sets, custom kinds."""
+    from .softcpt.sources import MULTITASK
+
+    return [s.folder for s in SPECS] + list(MULTITASK) + list(CUSTOM_KINDS)
 
 
 def resolve(name: str) -> Optional[Spec]:
@@ -116,6 +118,10 @@ def resolve(name: str) -> Optional[Spec]:
         return None
     spec = _BY_KEY.get(_key(name))
     if spec is None:
+        from .softcpt.sources import MULTITASK
+
         names = ", ".join(f"{s.folder} ({s.cls})" for s in SPECS)
-        raise DataError(f"unknown dataset {name!r}; known: {names}; custom data: {', '.join(CUSTOM_KINDS)}")
+        multi = ", ".join(f"{m.name} ({m.cls})" for m in MULTITASK.values())
+        raise DataError(f"unknown dataset {name!r}; known: {names}; SoftCPT multi-task: {multi}; "
+                        f"custom data: {', '.join(CUSTOM_KINDS)}")
     return spec
