@@ -98,7 +98,10 @@ def _learner(method, model, **settings):
 def test_a_timm_tower_runs_as_the_models_own_encode_image(timm_clip):
     learner = fastprompt.CoOpLearner.from_model(timm_clip, NAMES, n_ctx=2)
     tower = learner.vision_tower
-    assert isinstance(tower, FrozenImageTower) and not tower.prompted
+    # ConvNeXt runs frozen; the timm ViTs (EVA02, ViTamin, MobileCLIP-B) take deep prompts too, and
+    # without them run as the model's own encode_image alike
+    convnext = type(timm_clip.visual.trunk).__name__ == "ConvNeXt"
+    assert isinstance(tower, FrozenImageTower) == convnext and tower.prompted == (not convnext)
     # The input size is the model's preprocess configuration's, the width that of its features.
     assert tower.image_size == tuple(get_model_preprocess_cfg(timm_clip)["size"]) == (SIZE, SIZE)
     images = _images()
@@ -183,16 +186,50 @@ def test_bf16_frozen_features_of_a_timm_tower(timm_clip, monkeypatch):
     assert 1e-4 < error <= BF16.frozen_image, (error, BF16.why("frozen_image"))
 
 
+# timm towers without a token sequence deep prompts can enter, and why (the timm ViTs take them:
+# tests/test_timm_deep_prompts.py)
+REFUSED_TIMM = {
+    "convnext_base": "a ConvNeXt (convolutional stages",
+    "swin_base_patch4_window7_224": "a Swin transformer (windowed attention",
+    "MobileCLIP-S1": "a FastViT (MobileCLIP-S*",
+    "vit_relpos_medium_patch16_cls_224": "a relative-position ViT",
+}
+
+
+@pytest.fixture(scope="module", params=list(REFUSED_TIMM))
+def refused_timm_clip(request):
+    from fastprompt.testing.scaled_models import scaled_clip
+
+    model, tokenizer = scaled_clip(request.param)
+    return request.param, model, tokenizer
+
+
 @pytest.mark.parametrize("method,settings", DEEP_VISION, ids=[f"{m}-{s.get('branches', '')}" for m, s in DEEP_VISION])
-def test_learners_that_prompt_the_image_layers_refuse_a_timm_tower_saying_what_works(timm_clip, method, settings):
-    timm_name = timm_clip.visual.trunk.pretrained_cfg["architecture"]
+def test_learners_that_prompt_the_image_layers_refuse_a_timm_tower_saying_what_works(refused_timm_clip, method,
+                                                                                     settings):
+    name, model, tokenizer = refused_timm_clip
+    timm_name = model.visual.trunk.pretrained_cfg["architecture"]
     with pytest.raises(UnpromptableImageTowerError) as refused:
-        _learner(method, timm_clip, **settings)
+        LEARNERS[method].from_model(model, NAMES, tokenizer=tokenizer, **settings)
     message = str(refused.value)
-    assert f"this model's is a TimmModel (timm {timm_name})" in message and "\n" not in message
+    assert f"this model's is a TimmModel (timm {timm_name}): {REFUSED_TIMM[name]}" in message and "\n" not in message
     assert "CoOp, CoCoOp, KgCoOp, PRE, SoftCPT, POMP, or RPP with branches='text'" in message
+    tower = image_tower(model.visual)
     with pytest.raises(UnpromptableImageTowerError, match="deep vision prompts need a ViT image tower"):
-        image_tower(timm_clip.visual)(_images(1), [torch.zeros(2, 64)])
+        tower(random_images(1, tower.image_size[0]), [torch.zeros(2, 64)])
+
+
+def test_timm_vit_towers_take_deep_prompts(timm_clip):
+    """EVA02, ViTamin and MobileCLIP-B are timm ViTs (the last two behind a convolutional patch
+    embedding): the deep-vision learners take them; ConvNeXt is refused above."""
+    from fastprompt.towers.timm_vision import TimmVisionTower
+
+    tower = image_tower(timm_clip.visual)
+    trunk_kind = type(timm_clip.visual.trunk).__name__
+    assert isinstance(tower, TimmVisionTower) == (trunk_kind != "ConvNeXt"), trunk_kind
+    if isinstance(tower, TimmVisionTower):
+        learner = _learner("vpt", timm_clip, prompt_depth=1)
+        assert learner(_images(2)).shape == (2, len(NAMES))
 
 
 def test_a_vit_with_an_attentional_pooler_runs_frozen_and_open_clips_vit_keeps_the_fast_path(tiny_model):

@@ -140,10 +140,12 @@ def test_deep_vision_learners_refuse_resnet():
         cfg = _recipe(name, **{"MODEL.BACKBONE.NAME": "RN50"})
         with pytest.raises(ConfigError, match="needs such a ViT backbone, and RN50 has a ResNet image tower"):
             check_backbone(cfg)
-        # a timm trunk (EVA02, ConvNeXt, ...) likewise, from open_clip's config before any build
-        cfg = _recipe(name, **{"MODEL.BACKBONE.NAME": "EVA02-B-16"})
-        with pytest.raises(ConfigError, match="EVA02-B-16 has a timm image tower.*run on any tower"):
+        # a timm trunk without a token sequence for prompts (ConvNeXt, ...) likewise, from open_clip's
+        # config before any build; a timm ViT (EVA02, SigLIP) takes deep prompts (tests/test_timm_deep_prompts.py)
+        cfg = _recipe(name, **{"MODEL.BACKBONE.NAME": "convnext_base"})
+        with pytest.raises(ConfigError, match="convnext_base has a timm image tower.*ConvNeXt.*run on any tower"):
             check_backbone(cfg)
+        assert check_backbone(_recipe(name, **{"MODEL.BACKBONE.NAME": "EVA02-B-16"}))[0] == "EVA02-B-16"
     assert check_backbone(_recipe("coop/vit_b16_ep50", **{"MODEL.BACKBONE.NAME": "convnext_base"}))[0] == "convnext_base"
     # text-prompt learners run the ResNet image tower as it is (tests/test_resnet.py)
     assert check_backbone(_recipe("coop/rn50_ep50")) == ("RN50", "openai")

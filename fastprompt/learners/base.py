@@ -138,19 +138,19 @@ class PromptLearner(nn.Module, abc.ABC):
         self.pretrained = pretrained
         self.tokenizer = tokenizer if tokenizer is not None else default_tokenizer(model)
         self.text_tower = TextTower(model, backend=config.backend)
-        # open_clip's ViT (deep prompts, fast path), or any other tower run frozen as it is
+        # open_clip's or timm's ViT (deep prompts, fast path), or any other tower run frozen as it is
         self.vision_tower = image_tower(model.visual, backend=config.backend)
         self._classnames: List[str] = clean_classnames(classnames)
 
     def _require_prompted_image_tower(self) -> None:
         """For the methods that prompt the image tower's layers: refuse, by name, a tower they cannot
-        enter (a ResNet, a timm tower such as EVA02 or ConvNeXt, ...), saying what works on it."""
+        enter (a ResNet, a timm tower such as ConvNeXt or Swin, ...), saying what works on it."""
         if not self.vision_tower.prompted:
             name = type(self).__name__
             raise UnpromptableImageTowerError(
                 f"{name} prompts the layers of the image tower and needs a ViT image tower; this model's is "
                 f"{self.vision_tower.not_prompted} (deep prompts enter open_clip's VisionTransformer with 'tok' or "
-                "'avg' pooling). On this backbone use a "
+                "'avg' pooling and timm's ViTs: EVA, PE-Core, SigLIP). On this backbone use a "
                 "method that prompts only the text, whose image tower stays frozen (CoOp, CoCoOp, KgCoOp, PRE, "
                 f"SoftCPT, POMP, or RPP with branches='text'); for {name} use a ViT backbone such as ViT-B-16")
 

@@ -56,11 +56,13 @@ def _widths(values, base: int = 16) -> tuple:
 # layer scale, conv stems) stay those of the architecture.
 TIMM_SHRINK: Dict[str, Callable[[dict], dict]] = {
     "timm.models.convnext": lambda kw: dict(depths=_ones(kw["depths"]), dims=_widths(kw["dims"])),
-    "timm.models.eva": lambda kw: dict(depth=1, embed_dim=TEXT_WIDTH, num_heads=2, img_size=IMAGE_SIZE),
-    "timm.models.vision_transformer": lambda kw: dict(depth=1, embed_dim=TEXT_WIDTH, num_heads=2, img_size=IMAGE_SIZE),
+    # the timm ViTs take deep prompts (towers/timm_vision.py): two blocks, as the scaled open_clip ViTs
+    # and text towers have, so that a prompt depth of 2 replaces rows in one and propagates through one
+    "timm.models.eva": lambda kw: dict(depth=2, embed_dim=TEXT_WIDTH, num_heads=2, img_size=IMAGE_SIZE),
+    "timm.models.vision_transformer": lambda kw: dict(depth=2, embed_dim=TEXT_WIDTH, num_heads=2, img_size=IMAGE_SIZE),
     # the convolutional stem fixes the transformer's width: only the depth shrinks
-    "timm.models.vision_transformer_hybrid": lambda kw: dict(depth=1, img_size=IMAGE_SIZE),
-    "timm.models.vitamin": lambda kw: dict(depth=1, img_size=IMAGE_SIZE),
+    "timm.models.vision_transformer_hybrid": lambda kw: dict(depth=2, img_size=IMAGE_SIZE),
+    "timm.models.vitamin": lambda kw: dict(depth=2, img_size=IMAGE_SIZE),
     "timm.models.vision_transformer_relpos": lambda kw: dict(depth=1, embed_dim=TEXT_WIDTH, num_heads=2,
                                                              img_size=IMAGE_SIZE),
     # a quarter of each stage's width keeps the stages' ratios (its grouped convolutions need them)

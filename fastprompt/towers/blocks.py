@@ -17,7 +17,57 @@ from torch import nn
 from ..ops import prompt_attention
 
 
-class BlockView:
+class PromptableBlock:
+    """What the prompted towers need of one transformer block, whatever module holds its weights.
+
+    Subclasses give the block's own pieces (:meth:`qkv`, :meth:`kv`, :meth:`_project`,
+    :meth:`_norm_qk`, :meth:`attention_output`, :meth:`add_attention`, :meth:`add_mlp`) and the sizes
+    ``width``, ``heads``, ``head_dim``, ``scale`` (the score scale, ``None`` for ``head_dim ** -0.5``);
+    the prompt rows and the dense block are written once, here. Hidden states may have any leading
+    shape (``[B, L, D]`` padded or ``[T, D]`` packed); head tensors are ``[..., H, d]``.
+    """
+
+    scale: Optional[float] = None
+
+    def _project(self, x: torch.Tensor, part: int) -> torch.Tensor:
+        """The block's input norm then slice ``part`` (0 = q, 1 = k, 2 = v) of its in-projection:
+        ``[..., D] -> [..., H, d]`` (no qk-norm)."""
+        raise NotImplementedError
+
+    def _norm_qk(self, q: Optional[torch.Tensor], k: torch.Tensor):
+        """The block's qk-norm (identity without one): ``(q or None, k)``."""
+        return q, k
+
+    def prompt_heads(self, prompt, need_q: bool, dtype: Optional[torch.dtype] = None):
+        """Head tensors ``(q or None, k, v)``, each ``[M, H, d]``, of a :class:`QKVPrompt`.
+
+        Width-space rows go through the block's input norm and their own slice of the
+        in-projection (query rows through W_q, key rows through W_k, value rows through W_v;
+        qk-norm as the block does; no position: prompts have none); head-space rows are returned as
+        they are. ``need_q=False`` skips the query (rows whose output is discarded).
+        """
+        cast = (lambda t: t) if dtype is None else (lambda t: t.to(dtype))
+        if need_q and prompt.q is None:
+            raise ValueError("the query prompt is needed at this layer (its rows' outputs survive) but q is None")
+        if prompt.head_space:
+            return (cast(prompt.q) if need_q else None), cast(prompt.k), cast(prompt.v)
+        k, v = self._project(cast(prompt.k), 1), self._project(cast(prompt.v), 2)
+        q = self._project(cast(prompt.q), 0) if need_q else None
+        q, k = self._norm_qk(q, k)
+        return q, k, v
+
+    def forward_dense(self, x: torch.Tensor, *, causal: bool = False, pk: Optional[torch.Tensor] = None,
+                      pv: Optional[torch.Tensor] = None, group: Optional[torch.Tensor] = None,
+                      seqlens: Optional[torch.Tensor] = None, backend: str = "auto") -> torch.Tensor:
+        """The whole block on a padded batch ``x [N, L, D]``, optionally reading a prompt block."""
+        q, k, v = self.qkv(x)
+        o, _ = prompt_attention(q, k, v, pk, pv, group=group, causal=causal, seqlens=seqlens, scale=self.scale,
+                                return_lse=False, backend=backend)
+        x = self.add_attention(x, self.attention_output(o))
+        return self.add_mlp(x)
+
+
+class BlockView(PromptableBlock):
     """Functional access to one open_clip ``ResidualAttentionBlock`` / ``CustomResidualAttentionBlock``.
 
     Hidden states may have any leading shape (``[B, L, D]`` padded or ``[T, D]`` packed);
@@ -81,25 +131,10 @@ class BlockView:
         out = F.linear(self.block.ln_1(x), self.attn.in_proj_weight[rows], b)
         return out.unflatten(-1, (self.heads, self.head_dim))
 
-    def prompt_heads(self, prompt, need_q: bool, dtype: Optional[torch.dtype] = None):
-        """Head tensors ``(q or None, k, v)``, each ``[M, H, d]``, of a :class:`QKVPrompt`.
-
-        Width-space rows go through ``ln_1`` and their own slice of the in-projection (query
-        rows through W_q, key rows through W_k, value rows through W_v; qk-norm as the block
-        does); head-space rows are returned as they are. ``need_q=False`` skips the query
-        (rows whose output is discarded).
-        """
-        cast = (lambda t: t) if dtype is None else (lambda t: t.to(dtype))
-        if need_q and prompt.q is None:
-            raise ValueError("the query prompt is needed at this layer (its rows' outputs survive) but q is None")
-        if prompt.head_space:
-            return (cast(prompt.q) if need_q else None), cast(prompt.k), cast(prompt.v)
-        k, v = self._project(cast(prompt.k), 1), self._project(cast(prompt.v), 2)
-        q = self._project(cast(prompt.q), 0) if need_q else None
+    def _norm_qk(self, q: Optional[torch.Tensor], k: torch.Tensor):
         if self.has_qk_norm:
-            k = self.ln_k(k)
-            q = None if q is None else self.ln_q(q)
-        return q, k, v
+            return (None if q is None else self.ln_q(q)), self.ln_k(k)
+        return q, k
 
     def attention_output(self, o: torch.Tensor) -> torch.Tensor:
         """Heads back to width and the out-projection: ``[..., H, d] -> [..., D]``."""
@@ -120,16 +155,6 @@ class BlockView:
     def add_mlp(self, x: torch.Tensor) -> torch.Tensor:
         """The MLP half of the block: ``x + ls_2(mlp(ln_2(x)))``."""
         return x + self.block.ls_2(self.block.mlp(self.block.ln_2(x)))
-
-    def forward_dense(self, x: torch.Tensor, *, causal: bool = False, pk: Optional[torch.Tensor] = None,
-                      pv: Optional[torch.Tensor] = None, group: Optional[torch.Tensor] = None,
-                      seqlens: Optional[torch.Tensor] = None, backend: str = "auto") -> torch.Tensor:
-        """The whole block on a padded batch ``x [N, L, D]``, optionally reading a prompt block."""
-        q, k, v = self.qkv(x)
-        o, _ = prompt_attention(q, k, v, pk, pv, group=group, causal=causal, seqlens=seqlens,
-                                return_lse=False, backend=backend)
-        x = self.add_attention(x, self.attention_output(o))
-        return self.add_mlp(x)
 
 
 def block_views(transformer: nn.Module):

@@ -3,12 +3,13 @@
 CoOp, CoCoOp, KgCoOp, PRE, SoftCPT, POMP (and RPP with ``branches="text"``) learn text prompts
 only; their image tower is frozen and never looked inside, so any tower open_clip builds serves
 them: open_clip's ResNet (``ModifiedResNet``: the originals' most used configurations,
-KaiyangZhou/CoOp ``configs/trainers/CoOp/rn50*``), timm towers (``TimmModel``: EVA02, ConvNeXt,
-ViTamin, MobileCLIP, ...) and open_clip ViTs that :class:`~fastprompt.towers.vision.VisionTower`
+KaiyangZhou/CoOp ``configs/trainers/CoOp/rn50*``), timm towers other than the ViTs that
+:class:`~fastprompt.towers.timm_vision.TimmVisionTower` runs (``TimmModel``: ConvNeXt, Swin,
+FastViT, a relative-position ViT) and open_clip ViTs that :class:`~fastprompt.towers.vision.VisionTower`
 does not run (an attentional pooler, as in CoCa). The tower runs exactly as the model's own
 ``encode_image(images, normalize=False)`` runs it: ``model.visual(images)``. Deep vision
-prompts need open_clip's ViT: asking this tower for them is an
-:class:`UnpromptableImageTowerError` that names the tower.
+prompts need a ViT (open_clip's, or timm's Eva / VisionTransformer): asking this tower for them is
+an :class:`UnpromptableImageTowerError` that names the tower and why.
 """
 from __future__ import annotations
 
@@ -24,7 +25,8 @@ __all__ = ["FrozenImageTower", "UnpromptableImageTowerError", "output_dim_of", "
 
 class UnpromptableImageTowerError(ValueError):
     """Deep vision prompts (MaPLe, PromptSRC, VPT, RPP's vision branch) asked of an image tower
-    they cannot enter (a ResNet, a timm tower, ...). The message names the tower and what works."""
+    they cannot enter (a ResNet, a ConvNeXt or Swin timm tower, ...). The message names the tower,
+    why, and what works."""
 
 
 def is_resnet_tower(visual: nn.Module) -> bool:
@@ -98,7 +100,8 @@ class FrozenImageTower:
         ``model.encode_image(images, normalize=False)``."""
         if deep_prompts or qkv_prompts:
             raise UnpromptableImageTowerError(f"deep vision prompts need a ViT image tower (open_clip's "
-                                              f"VisionTransformer); this model's is {self.not_prompted}")
+                                              f"VisionTransformer, or a timm ViT: EVA, PE-Core, SigLIP); this "
+                                              f"model's is {self.not_prompted}")
         check_image_batch(images, self.channels, self.image_size)
         features = self.visual(images.to(self.dtype))
         # Towers built with output_tokens=True (CoCa) return (pooled, tokens); encode_image keeps the first.

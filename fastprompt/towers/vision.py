@@ -72,6 +72,21 @@ class VisionTower:
         return self.visual.transformer.get_cast_dtype()
 
     @property
+    def pools_first_row(self) -> bool:
+        """Whether the features read only row 0 (the class token) of the last layer: then that layer
+        computes only row 0 (every other row just lends keys and values)."""
+        return self.visual.pool_type == "tok"
+
+    def begin(self, images: torch.Tensor):
+        """``(x, enter, blocks)``: the hidden states entering layer 0 ``[B, T, W]`` (the model's own
+        ``T`` image tokens), the map ``enter`` of layer-0 prompt rows ``[M, W] -> [M, W]`` (what
+        the tokens passed through between the embedding and layer 0: ``ln_pre``), and the block
+        views for these images."""
+        v = self.visual
+        x = v.ln_pre(self.embed(images))
+        return x, (lambda rows: v.ln_pre(rows.to(x.dtype))), self.blocks
+
+    @property
     def image_size(self) -> tuple:
         """``(H, W)`` the tower's positional embedding was built for."""
         return image_size_of(self.visual)
@@ -114,13 +129,12 @@ class VisionTower:
             if p.dim() != 2 or p.shape[1] != self.width or p.shape[0] != deep_prompts[0].shape[0]:
                 raise ValueError(f"deep_prompts[{j}] must have shape [M, {self.width}] with the same M in every "
                                  f"layer, got {tuple(p.shape)}")
-        v = self.visual
-        x = v.ln_pre(self.embed(images))
-        batch = x.shape[0]
+        x, enter, blocks = self.begin(images)
+        batch, n_image_tokens = x.shape[0], x.shape[1]
         prompts = None
         if n_prompted:
-            prompts = v.ln_pre(deep_prompts[0].to(x.dtype))  # ln_pre is row-wise: apply once, not B times
-        for layer, blk in enumerate(self.blocks):
+            prompts = enter(deep_prompts[0])  # row-wise (ln_pre): applied once, not B times
+        for layer, blk in enumerate(blocks):
             if layer < n_prompted:
                 rows = prompts if layer == 0 else deep_prompts[layer].to(x.dtype)
                 if layer < n_prompted - 1:
@@ -130,16 +144,10 @@ class VisionTower:
                     continue
                 # Last prompted layer: these rows' outputs survive, so they become real tokens.
                 x = torch.cat([x, rows.expand(batch, *rows.shape)], dim=1)
-            if layer == self.layers - 1 and self.visual.pool_type == "tok":
-                # Only the class token is pooled: every row lends keys/values, one row is finished.
-                q, k, v = blk.qkv(x)
-                o, _ = prompt_attention(q[:, :1], k[:, :1], v[:, :1], k[:, 1:], v[:, 1:],
-                                        group=image_groups(batch, x.device), return_lse=False,
-                                        backend=self.backend)
-                x = blk.add_mlp(blk.add_attention(x[:, :1], blk.attention_output(o)))
+            if layer == self.layers - 1:
+                x = self._finish_last_layer(blk, x)
             else:
                 x = blk.forward_dense(x, backend=self.backend)
-        n_image_tokens = x.shape[1] - (deep_prompts[0].shape[0] if n_prompted else 0)
         return self.pool(x, n_image_tokens)
 
     __call__ = forward
@@ -172,16 +180,14 @@ class VisionTower:
             if not isinstance(p, QKVPrompt):
                 raise ValueError(f"qkv_prompts[{j}] must be a QKVPrompt, got {type(p).__name__}")
             p.check(f"qkv_prompts[{j}]", self.width, self.heads, prompts[0].n_rows)
-        v = self.visual
-        x = v.ln_pre(self.embed(images))
-        batch, dtype = x.shape[0], x.dtype
-        appended = 0
-        for layer, blk in enumerate(self.blocks):
+        x, enter, blocks = self.begin(images)
+        batch, dtype, n_image_tokens = x.shape[0], x.dtype, x.shape[1]
+        for layer, blk in enumerate(blocks):
             last = layer == self.layers - 1
             if layer < n_prompted:
                 p = prompts[layer]
                 if layer == 0:
-                    p = p.map_width_rows(lambda r: v.ln_pre(r.to(dtype)))
+                    p = p.map_width_rows(enter)
                 survive = layer == n_prompted - 1 and not last
                 q_p, k_p, v_p = blk.prompt_heads(p, need_q=survive, dtype=dtype)
                 if not survive:
@@ -198,21 +204,20 @@ class VisionTower:
                 rows = p.residual.to(dtype)
                 expand = lambda t: t.expand(batch, *t.shape)  # noqa: E731
                 q, k, vv = (torch.cat([a, expand(b)], dim=1) for a, b in ((q, q_p), (k, k_p), (vv, v_p)))
-                o, _ = prompt_attention(q, k, vv, return_lse=False, backend=self.backend)
+                o, _ = prompt_attention(q, k, vv, scale=blk.scale, return_lse=False, backend=self.backend)
                 x = torch.cat([x, expand(rows)], dim=1)
                 x = blk.add_mlp(blk.add_attention(x, blk.attention_output(o)))
-                appended = p.n_rows
             elif last:
                 x = self._finish_last_layer(blk, x)
             else:
                 x = blk.forward_dense(x, backend=self.backend)
-        return self.pool(x, x.shape[1] - appended)
+        return self.pool(x, n_image_tokens)
 
     def _finish_last_layer(self, blk, x: torch.Tensor, pk: Optional[torch.Tensor] = None,
                            pv: Optional[torch.Tensor] = None) -> torch.Tensor:
         """The last block, computing only the rows that are pooled; ``pk/pv [M, H, d]``: extra
         batch-shared prompt keys/values every row reads."""
-        if self.visual.pool_type != "tok":
+        if not self.pools_first_row:
             if pk is None:
                 return blk.forward_dense(x, backend=self.backend)
             return blk.forward_dense(x, pk=pk[None], pv=pv[None], backend=self.backend)
@@ -223,12 +228,14 @@ class VisionTower:
         if pk is not None:
             rest_k = torch.cat([rest_k, pk.expand(batch, *pk.shape)], dim=1)
             rest_v = torch.cat([rest_v, pv.expand(batch, *pv.shape)], dim=1)
-        o, _ = prompt_attention(q[:, :1], k[:, :1], v[:, :1], rest_k, rest_v,
-                                group=image_groups(batch, x.device), return_lse=False, backend=self.backend)
+        o, _ = prompt_attention(q[:, :1], k[:, :1], v[:, :1], rest_k, rest_v, group=image_groups(batch, x.device),
+                                scale=blk.scale, return_lse=False, backend=self.backend)
         return blk.add_mlp(blk.add_attention(x[:, :1], blk.attention_output(o)))
 
     def pool(self, x: torch.Tensor, n_image_tokens: int) -> torch.Tensor:
-        """open_clip's pooling (``ln_post`` before/after the pool) and projection."""
+        """open_clip's pooling (``ln_post`` before/after the pool) and projection of the last hidden
+        states ``x [B, L, W]`` whose first ``n_image_tokens`` rows are the image's own (any rows
+        after them are prompt rows; with :attr:`pools_first_row`, ``x`` may hold row 0 only)."""
         v = self.visual
         if v.final_ln_after_pool:
             pooled = v.ln_post(self._global_pool(x, n_image_tokens))

@@ -28,15 +28,21 @@ SUPPORTED_TRANSFORMS = ("random_resized_crop", "random_flip", "randaugment2", "n
 
 def image_tower_kind(name: str) -> str:
     """What open_clip builds as the image tower of architecture ``name``, from its config (nothing
-    built): ``"resnet"`` (ModifiedResNet), ``"timm"`` (a timm trunk: EVA02, ConvNeXt, ViTamin,
-    MobileCLIP, ...), else ``"vit"`` (open_clip's own VisionTransformer, or unknown before a build)."""
+    built): ``"resnet"`` (ModifiedResNet), ``"timm-vit"`` (a timm ViT trunk that takes deep prompts:
+    EVA01/EVA02, PE-Core, SigLIP/SigLIP 2, MobileCLIP-B, ViTamin, ...), ``"timm"`` (any other timm
+    trunk: ConvNeXt, Swin, FastViT, a relative-position ViT), else ``"vit"`` (open_clip's own
+    VisionTransformer, or unknown before a build). The timm split is
+    :func:`fastprompt.towers.timm_support.timm_name_problem`, which agrees with the built tower's
+    check on every open_clip architecture."""
     if name == "tiny":
         return "vit"
     import open_clip
 
     vision = (open_clip.get_model_config(name) or {}).get("vision_cfg") or {}
     if vision.get("timm_model_name"):
-        return "timm"
+        from ..towers.timm_support import timm_name_problem
+
+        return "timm" if timm_name_problem(vision["timm_model_name"]) else "timm-vit"
     return "resnet" if isinstance(vision.get("layers"), (list, tuple)) else "vit"
 
 
@@ -67,13 +73,20 @@ def check_backbone(cfg: Dict[str, Any]) -> Tuple[str, str]:
             raise ConfigError(f"unknown open_clip model {name!r} (MODEL.BACKBONE.NAME; see open_clip.list_models())")
         rpp_text = cfg["METHOD"] == "rpp" and str(cfg["TRAINER"]["RPP"].get("BRANCHES", "")).lower() == "text"
         kind = image_tower_kind(name) if cfg["METHOD"] in DEEP_VISION and not rpp_text else "vit"
-        if kind != "vit":  # refused before a build that may take seconds or a download
+        if kind in ("resnet", "timm"):  # refused before a build that may take seconds or a download
             hint = " or prompt only the text (TRAINER.RPP.BRANCHES text), which any tower serves" \
                 if cfg["METHOD"] == "rpp" else ""
-            tower = "a ResNet" if kind == "resnet" else "a timm"
+            if kind == "resnet":
+                tower = "a ResNet image tower"
+            else:
+                from ..towers.timm_support import timm_name_problem
+
+                timm_name = open_clip.get_model_config(name)["vision_cfg"]["timm_model_name"]
+                tower = f"a timm image tower ({timm_name}: {timm_name_problem(timm_name)})"
             raise ConfigError(f"{cfg['METHOD']} prompts the layers of open_clip's vision transformer: it needs such a "
-                              f"ViT backbone, and {name} has {tower} image tower. Use e.g. ViT-B-16{hint}; the "
-                              "text-prompt methods (coop, cocoop, kgcoop, pre, softcpt, pomp) run on any tower")
+                              f"ViT backbone, and {name} has {tower}. Use e.g. ViT-B-16 or a timm ViT backbone "
+                              f"(EVA02-B-16, ViT-B-16-SigLIP, PE-Core-B-16){hint}; the text-prompt methods (coop, "
+                              "cocoop, kgcoop, pre, softcpt, pomp) run on any tower")
     return name, tag
 
 
