@@ -21,15 +21,16 @@ OVERRIDES = ["OPTIM.MAX_EPOCH", "2", "DATALOADER.TRAIN_X.BATCH_SIZE", "4", "DATA
              "OPTIM.LR", "0.05", "OPTIM.WARMUP_EPOCH", "0"]
 
 
-def config(data_root, extra=()):
-    return resolve_config([("coop/vit_b16_ep50", load_recipe("coop/vit_b16_ep50"))],
-                          arguments={"DATASET.ROOT": data_root, "DATASET.NAME": "dtd", "SEED": 3,
+def config(data_root, extra=(), *, recipe="coop/vit_b16_ep50", dataset="dtd", seed=3, overrides=OVERRIDES):
+    return resolve_config([(recipe, load_recipe(recipe))],
+                          arguments={"DATASET.ROOT": data_root, "DATASET.NAME": dataset, "SEED": seed,
                                      "MODEL.BACKBONE.NAME": "tiny", "MODEL.BACKBONE.TAG": "none",
                                      "TRAIN.TENSORBOARD": False},
-                          overrides=OVERRIDES + list(extra))
+                          overrides=list(overrides) + list(extra))
 
 
-def main():
+def main(make_config=config):
+    """The job; ``make_config(data_root, overrides)``: its configuration (another job passes its own)."""
     ap = argparse.ArgumentParser()
     ap.add_argument("data")
     ap.add_argument("run_dir")
@@ -57,7 +58,7 @@ def main():
             os.kill(os.getpid(), signal.SIGKILL)
 
     extra = [token for pair in a.set for token in pair]
-    train_run(config(a.data, extra), a.run_dir, resume=a.resume, callbacks=[killer], progress=False)
+    train_run(make_config(a.data, extra), a.run_dir, resume=a.resume, callbacks=[killer], progress=False)
 
 
 if __name__ == "__main__":

@@ -32,7 +32,12 @@ The three context learners are one class here (the original's ``TaskPromptLearne
 ``task_prompt_learner.ctx``, ``class_prompt_learner.ctx``, ``prompt_gen.proj`` (plus the
 ``token_prefix``/``token_suffix`` buffers and the frozen CLIP modules).
 
-Not ported: the Dassl trainer, the per-task evaluator, ``FREEZE_CLS_PROMPT``, ``CTX_INIT`` of the
+Also here, literally, the two pieces of its Dassl fork that a multi-task run's batch and result go
+through: :func:`original_label_matrix` (``DatasetWrapper.__getitem__``'s label of a ``DatumMT``)
+and :func:`original_mt_evaluate` (``ClassificationMT.compute_scores`` / ``evaluate``, the per-task
+metrics and their mean).
+
+Not ported: the Dassl trainer, ``FREEZE_CLS_PROMPT``, ``CTX_INIT`` of the
 class prompts (the generated context replaces those words anyway), the unused (and broken)
 ``compute_cls_feats`` and ``PG_RATIO``; fp16 handling (the model's own dtype is used as is).
 ``forward`` returns ``(logits, selected)`` as the original; ``loss(images, label_matrix)`` is the
@@ -41,7 +46,10 @@ trainer's objective.
 from __future__ import annotations
 
 import math
+from collections import OrderedDict
 from typing import Callable, List, Optional, Sequence
+
+import numpy as np
 
 import torch
 import torch.nn as nn
@@ -52,7 +60,7 @@ from .prompt_common import (POSITIONS, ReferenceCLIPBase, assemble_prompts, defa
 from .text_encoder import text_tower
 
 __all__ = ["ReferenceSoftCPT", "ReferenceSoftCPTContextLearner", "ReferenceSoftCPTClassPrompts",
-           "ReferencePromptGen"]
+           "ReferencePromptGen", "original_label_matrix", "original_mt_evaluate"]
 
 class ReferenceSoftCPTContextLearner(nn.Module):
     """The original ``TaskPromptLearner`` / ``ClassPromptLearner``: ``forward() -> prompts [R, 77, D]``."""
@@ -289,3 +297,76 @@ class ReferenceSoftCPT(ReferenceCLIPBase):
         """The training objective for a ``[B, C_tot]`` label matrix (-1 / 0 / 1)."""
         output, selected = self(images, label)
         return self.multitask_loss(output, label, selected)
+
+
+def _cls_range(num_classes):
+    cls_range = []
+    tt = 0
+    for c in num_classes:
+        cls_range.append((tt, tt + c))
+        tt += c
+    return cls_range
+
+
+def original_label_matrix(tasks: Sequence[Sequence[int]], labels: Sequence[Sequence[int]],
+                          num_classes: Sequence[int]) -> np.ndarray:
+    """``[N, C_tot]`` int: ``DatasetWrapper.__getitem__``'s ``label`` for N ``DatumMT`` records
+    (``tasks[i]``/``labels[i]``: the record's ``task`` and ``label`` lists; ``num_classes``: classes
+    per task), as kding1225/softcpt ``dist/Dassl.pytorch/dassl/data/data_manager.py`` builds it."""
+    cls_range = _cls_range(num_classes)
+    tol_classes = sum(num_classes)
+    rows = []
+    for item_task, item_label in zip(tasks, labels):
+        label = -np.ones(tol_classes).astype(int)
+        for t, l in zip(item_task, item_label):
+            st, ed = cls_range[t]
+            if np.all(label[st:ed] == -1):
+                label[st:ed] = 0
+            if l >= 0:
+                label[st + l] = 1
+        rows.append(label)
+    return np.stack(rows)
+
+
+def _compute_metric(y_true, y_score, N, metric):
+    if metric == "overall_acc":
+        pred = y_score.argmax(1)
+        gt = y_true.argmax(1)
+        matches = (pred == gt).astype(float)
+        correct = int(matches.sum())
+        total = len(gt)
+        return 100. * correct / total
+    if metric == "mean_acc":
+        y_pred = y_score.argmax(1)
+        y_true = y_true.argmax(1)
+        y = N * y_true + y_pred
+        y = np.bincount(y, minlength=N * N)
+        confusion_matrix = y.reshape(N, N)
+        per_class_accs = np.diag(confusion_matrix) / confusion_matrix.sum(1)
+        return 100. * np.mean(per_class_accs)
+    raise NotImplementedError(metric)
+
+
+def original_mt_evaluate(logits: torch.Tensor, y_true: np.ndarray, num_classes: Sequence[int],
+                         task2metric: Sequence[str]) -> "OrderedDict":
+    """``ClassificationMT`` of the original's Dassl fork (``dassl/evaluation/evaluator.py``) on one
+    batch: ``logits [N, C_tot]``, ``y_true [N, C_tot]`` label matrix. Returns ``results`` with
+    ``metric`` (the unweighted mean over tasks) and, added here to compare with, ``per_task``
+    (each task's metric, in task order)."""
+    scores = logits.clone()
+    for st, ed in _cls_range(num_classes):
+        scores[:, st:ed] = logits[:, st:ed].softmax(dim=-1)
+    y_score = scores.cpu().numpy()
+    mask = y_true != -1
+    metrics = []
+    cc = 0
+    for i, num in enumerate(num_classes):
+        cur_y_true = y_true[:, cc:cc + num]
+        cur_y_score = y_score[:, cc:cc + num]
+        valid = np.sum(mask[:, cc:cc + num], axis=1) > 0
+        metrics.append(_compute_metric(cur_y_true[valid, :], cur_y_score[valid, :], num, task2metric[i]))
+        cc += num
+    results = OrderedDict()
+    results["metric"] = np.mean(np.array(metrics))
+    results["per_task"] = metrics
+    return results

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from ..errors import ConfigError
-from .methods import DEEP_VISION, METHODS, learner_kwargs
+from .methods import DEEP_VISION, METHODS, MULTITASK_METHODS, learner_kwargs
 from ..replay.construction import ORIGINAL_METHODS, original_init
 from .model_keys import TINY_CLIP_KWARGS, check_depths, check_preprocess, open_clip_name, shape_from_model
 from .views import MultiView, with_randaugment2
@@ -110,8 +110,13 @@ def build_model(cfg: Dict[str, Any], device: torch.device):
 
 
 def build_learner(cfg: Dict[str, Any], model, tokenizer, classnames, dataset_name: str,
-                  dataset_class: Optional[str], model_name: str, pretrained: Optional[str]):
-    """The configured learner around ``model`` (prompts initialised from the current RNG state)."""
+                  dataset_class: Optional[str], model_name: str, pretrained: Optional[str], tasks=None):
+    """The configured learner around ``model`` (prompts initialised from the current RNG state).
+
+    ``tasks``: a multi-task dataset's ``[(task name, class names), ...]``
+    (:meth:`~fastprompt.data.softcpt.items.JointDataset.task_pairs`; ``classnames`` is then their
+    joint list); None for one dataset, which a SoftCPT learner takes as one task named
+    ``dataset_name``."""
     from ..learners import LEARNERS
 
     method = cfg["METHOD"]
@@ -120,7 +125,10 @@ def build_learner(cfg: Dict[str, Any], model, tokenizer, classnames, dataset_nam
     kwargs = learner_kwargs(method, cfg["TRAINER"][spec.section], dataset_class)
     kwargs["frozen_image_precision"] = str(cfg["TRAIN"].get("FROZEN_IMAGE_PRECISION") or "fp32").lower()
     cls = LEARNERS[method]
-    target = {dataset_name: list(classnames)} if method == "softcpt" else list(classnames)
+    if tasks is not None:
+        target = [(name, list(names)) for name, names in tasks]
+    else:
+        target = {dataset_name: list(classnames)} if method == "softcpt" else list(classnames)
     try:
         learner = cls.from_model(model, target, tokenizer=tokenizer, **kwargs)
     except (TypeError, ValueError) as exc:
@@ -146,7 +154,8 @@ def start_as_original(learner, cfg: Dict[str, Any], model, tokenizer, kwargs: Di
     settings = {k: v for k, v in kwargs.items() if k not in ("frozen_image_precision", "seed")}
     try:
         state, rng = original_init(method, model, seed=int(cfg["SEED"]), precision=str(section.get("PREC", "fp32")),
-                                   n_classes=learner.n_classes, n_tasks=1, tokenizer=tokenizer, **settings)
+                                   n_classes=learner.n_classes, n_tasks=getattr(learner, "n_tasks", 1),
+                                   tokenizer=tokenizer, **settings)
     except ConfigError as exc:
         return f"fastprompt's own ({exc})"
     learner.load_original_state_dict(state)
@@ -167,16 +176,34 @@ def load_data(cfg: Dict[str, Any], model, subsample: Optional[str] = None):
 
 def load_split(cfg: Dict[str, Any], subsample: Optional[str] = None):
     """The :class:`~fastprompt.data.Dataset` of ``DATASET.*`` (no model needed: a run loads it
-    before building the model, so a wrong name, root or class list is reported first)."""
+    before building the model, so a wrong name, root or class list is reported first).
+
+    A multi-task set (SoftCPT's ``general10``, ``plant6``, ``fashion20``) comes as its
+    :class:`~fastprompt.data.softcpt.items.JointDataset` (joint labels, ``multitask`` the tasks),
+    for a method that trains tasks (:data:`~fastprompt.train.methods.MULTITASK_METHODS`) only."""
     from ..data import load_dataset
+    from ..data.softcpt.items import MultiTaskDataset
+    from ..data.softcpt.sources import is_multitask
 
     ds = cfg["DATASET"]
     if not ds["NAME"]:
         raise ConfigError("no dataset: pass --dataset NAME (or set DATASET.NAME)")
     if not ds["ROOT"]:
         raise ConfigError("no data root: pass --data ROOT (or set DATASET.ROOT)")
-    return load_dataset(ds["NAME"], ds["ROOT"], shots=max(int(ds["NUM_SHOTS"]), 0), seed=max(int(cfg["SEED"]), 0),
-                        subsample=subsample or ds["SUBSAMPLE_CLASSES"])
+    tasks = ds["SUBSAMPLE_TASKS"]
+    extra = {"subsample_tasks": tasks} if is_multitask(ds["NAME"]) else {}
+    if not extra and tasks != "all":
+        raise ConfigError(f"DATASET.SUBSAMPLE_TASKS {tasks!r} picks tasks of a multi-task set (general10, plant6, "
+                          f"fashion20), and {ds['NAME']} is one dataset: leave it at 'all'")
+    data = load_dataset(ds["NAME"], ds["ROOT"], shots=max(int(ds["NUM_SHOTS"]), 0), seed=max(int(cfg["SEED"]), 0),
+                        subsample=subsample or ds["SUBSAMPLE_CLASSES"], **extra)
+    if not isinstance(data, MultiTaskDataset):
+        return data
+    if cfg["METHOD"] not in MULTITASK_METHODS:
+        raise ConfigError(f"{ds['NAME']} is a multi-task dataset ({data.num_tasks} tasks, each image scored against "
+                          f"its own task's classes) and {cfg['METHOD']} trains one class list: train it with "
+                          f"{' or '.join(MULTITASK_METHODS)} (e.g. --recipe softcpt/vit_b16_ep50)")
+    return data.joint()
 
 
 def build_transforms(cfg: Dict[str, Any], model):

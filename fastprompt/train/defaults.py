@@ -38,6 +38,7 @@ _DASSL: Dict[str, Any] = {
         "NUM_SHOTS": -1, "VAL_PERCENT": 0.1, "STL10_FOLD": -1, "CIFAR_C_TYPE": "", "CIFAR_C_LEVEL": 1,
         "ALL_AS_UNLABELED": False,
         "SUBSAMPLE_CLASSES": "all",  # every CoOp-family train.py adds it
+        "SUBSAMPLE_TASKS": "all",  # kding1225/softcpt train.py: all, task<i>, base, new (multi-task sets)
     },
     "DATALOADER": {
         "NUM_WORKERS": 4, "K_TRANSFORMS": 1, "RETURN_IMG0": False,

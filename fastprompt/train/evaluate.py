@@ -21,6 +21,7 @@ import torch
 from .. import distributed
 from ..errors import EXPECTED_ERRORS, DataError, TrainError
 from ..folder_lock import FolderLock
+from .task_eval import TaskSlices, task_metrics, within_task
 
 __all__ = ["predict", "classification_metrics", "evaluate", "check_unreadable", "rank_share", "evaluate_checkpoint",
            "EVAL_ERRORS"]
@@ -32,9 +33,11 @@ EVAL_ERRORS = EXPECTED_ERRORS + (ValueError,)
 
 @torch.no_grad()
 def predict(learner, batches: Iterable, device: torch.device,
-            autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext):
+            autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
+            tasks: Optional[TaskSlices] = None):
     """``(predictions [N], labels [N])`` of ``learner(images).argmax(-1)`` over ``(images, labels)`` batches
-    (``None`` batches, whose every image was unreadable, are skipped)."""
+    (``None`` batches, whose every image was unreadable, are skipped). With ``tasks`` (a multi-task
+    run, joint labels) the argmax is over each image's own task's classes (:func:`within_task`)."""
     was_training = learner.training
     learner.train(False)
     preds, labels = [], []
@@ -45,7 +48,7 @@ def predict(learner, batches: Iterable, device: torch.device,
             images, y = batch
             with autocast():
                 logits = learner(images.to(device, non_blocking=True))
-            preds.append(logits.argmax(dim=-1).cpu())
+            preds.append((logits.argmax(dim=-1) if tasks is None else within_task(logits, y, tasks)).cpu())
             labels.append(y.cpu())
     finally:
         learner.train(was_training)
@@ -81,15 +84,19 @@ def evaluate(learner, batches: Iterable, device: torch.device, n_classes: Option
              autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
              gather: Optional[Callable[[torch.Tensor], torch.Tensor]] = None, *, images: Optional[int] = None,
              split: str = "test", max_unreadable: float = 0.1,
-             classnames: Optional[Sequence[str]] = None) -> Dict[str, Any]:
+             classnames: Optional[Sequence[str]] = None, tasks: Optional[TaskSlices] = None) -> Dict[str, Any]:
     """Metrics of ``learner`` over ``batches``; ``gather`` concatenates the ranks' tensors in DDP runs.
+
+    ``tasks``: a multi-task run's tasks (joint labels): every image is scored within its task's
+    classes, and the metrics gain each task's own metric and their average
+    (:func:`~fastprompt.train.task_eval.task_metrics`: ``tasks``, ``task_average``).
 
     ``images``: how many images the split has (over every rank). Those that could not be read are
     skipped by the loader; their count is in the metrics (``unreadable``), and a split with none
     readable, or with more than ``max_unreadable`` of them unreadable (``DATASET.MAX_UNREADABLE``),
     is a :class:`~fastprompt.errors.DataError` instead of an accuracy over what was left.
     """
-    preds, labels = predict(learner, batches, device, autocast)
+    preds, labels = predict(learner, batches, device, autocast, tasks)
     if gather is not None:
         preds, labels = gather(preds), gather(labels)
     if images == 0:
@@ -98,6 +105,8 @@ def evaluate(learner, batches: Iterable, device: torch.device, n_classes: Option
     if images is not None:
         metrics["unreadable"] = check_unreadable(images - metrics["total"], images, f"the {split} split",
                                                  max_unreadable)
+    if tasks is not None:
+        metrics.update(task_metrics(preds, labels, tasks))
     return metrics
 
 
@@ -167,6 +176,7 @@ def _load_checkpoint(checkpoint: str, data_root: str, dataset_name: str, subsamp
     """``(cfg, learner, dataset, test_transform, device)``: the run's configuration and prompts on its
     model, set to the dataset's classes, after ``lock`` (rank 0's, or ``None``) is taken."""
     from ..data import load_dataset
+    from ..data.softcpt.items import MultiTaskDataset
     from ..data.transforms import transforms_for_model
     from ..learners.base import PromptLearner
     from ..learners.checkpoint import read_prompt_checkpoint
@@ -189,7 +199,14 @@ def _load_checkpoint(checkpoint: str, data_root: str, dataset_name: str, subsamp
     model, _, _, _ = build_model(cfg, dev)
     learner = PromptLearner.from_pretrained(checkpoint, model=model)
     data = load_dataset(dataset_name, data_root, shots=0, seed=max(int(cfg["SEED"]), 0), subsample=subsample)
-    if cfg["METHOD"] == "softcpt":  # the dataset is the task: its name generates the context
+    if isinstance(data, MultiTaskDataset):  # every task with its name and classes; scored within its task
+        if not hasattr(learner, "set_tasks"):
+            raise TrainError(f"{dataset_name} is a multi-task dataset (each image scored against its own task's "
+                             f"classes), and {checkpoint} holds {cfg['METHOD']} prompts for one class list: test "
+                             "it on one of the set's datasets instead")
+        learner.set_tasks(data.task_pairs())
+        data = data.joint()
+    elif cfg["METHOD"] == "softcpt":  # the dataset is the task: its name generates the context
         learner.set_tasks({data.name: data.classnames})
     else:
         learner.set_classnames(data.classnames)
@@ -207,7 +224,8 @@ def _score(cfg, learner, data, test_tf, dev: torch.device, batch_size: Optional[
     share = rank_share(ImageDataset(data.test, test_tf), rank, world)
     loader = DataLoader(share, batch_size=batch_size or int(cfg["DATALOADER"]["TEST"]["BATCH_SIZE"]), shuffle=False,
                         num_workers=num_workers, collate_fn=skip_collate)
+    tasks = TaskSlices.of(data) if getattr(data, "multitask", None) is not None else None
     return evaluate(learner, loader, dev, len(data.classnames), gather=distributed.gather_cat, images=len(data.test),
                     split="test", max_unreadable=float(cfg["DATASET"]["MAX_UNREADABLE"]),
-                    classnames=data.classnames)
+                    classnames=tasks.qualified(data.classnames) if tasks else data.classnames, tasks=tasks)
 

@@ -118,6 +118,8 @@ BASE: Dict[str, Entry] = {
     "DATASET.CIFAR_C_LEVEL": _fixed("Dassl's CIFAR-C datasets are not implemented", 1),
     "DATASET.ALL_AS_UNLABELED": _fixed("semi-supervised training is not implemented", False),
     "DATASET.SUBSAMPLE_CLASSES": _read("fastprompt.train.build.load_split (base/new/all classes)", jobs=("train",)),
+    "DATASET.SUBSAMPLE_TASKS": _read("fastprompt.train.build.load_split (a multi-task set's all/task<i>/base/new "
+                                     "tasks; a single dataset refuses any other value than all)", jobs=("train",)),
     "DATASET.MAX_UNREADABLE": _read("fastprompt.train.trainer.TrainSettings (training on the original's streams, an "
                                     "unreadable training image is an error: skipping it would move every later draw)"),
     "DATASET.UNIVERSE": _read("fastprompt.pretrain.run", jobs=("pretrain",)),
@@ -197,14 +199,17 @@ BASE: Dict[str, Entry] = {
     "TRAIN.FROZEN_IMAGE_PRECISION": _read("fastprompt.train.build.build_learner"),
     "TRAIN.OBJECTIVE": _read("fastprompt.pretrain.run", jobs=("pretrain",)),
     # the test
-    "TEST.EVALUATOR": _fixed("a run reports accuracy and macro-F1 of its one dataset (SoftCPT's ClassificationMT "
-                             "per task: a run's dataset is its one task)", "Classification", "ClassificationMT"),
+    "TEST.EVALUATOR": _fixed("a run reports accuracy and macro-F1, and on a multi-task set (SoftCPT's general10, "
+                             "...) each task's own metric and their average as ClassificationMT does "
+                             "(fastprompt.train.task_eval); one dataset is one task", "Classification",
+                             "ClassificationMT"),
     "TEST.PER_CLASS_RESULT": _inert("eval.json always holds the per-class accuracy"),
     "TEST.COMPUTE_CMAT": _fixed("no confusion matrix is written (eval.json holds the per-class accuracy)", False),
     "TEST.NO_TEST": _read("fastprompt.train.startup.run_settings"),
     "TEST.SPLIT": _fixed("the final test is on the test split (fastprompt eval tests other datasets)", "test"),
     "TEST.FINAL_MODEL": _read("fastprompt.train.trainer.TrainSettings"),
-    "TEST.PER_TASK_RESULT": _inert("a run trains one dataset, SoftCPT's one task: its result is that task's"),
+    "TEST.PER_TASK_RESULT": _inert("only prints: a multi-task run always logs and writes (eval.json) every task's "
+                                   "metric beside their average"),
     "TEST.TRANSFER_ROOT": _read("fastprompt.pretrain.run (transfer evaluation)", jobs=("pretrain",)),
     "TEST.TRANSFER_DATASETS": _read("fastprompt.pretrain.run (transfer evaluation)", element=str, jobs=("pretrain",)),
 }

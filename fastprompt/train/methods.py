@@ -20,7 +20,7 @@ from typing import Any, Callable, Dict, Optional, Tuple
 
 from ..errors import ConfigError
 
-__all__ = ["MethodSpec", "METHODS", "method_of_trainer", "learner_kwargs", "DEEP_VISION"]
+__all__ = ["MethodSpec", "METHODS", "method_of_trainer", "learner_kwargs", "DEEP_VISION", "MULTITASK_METHODS"]
 
 def _same(value):
     return value
@@ -138,6 +138,10 @@ METHODS: Dict[str, MethodSpec] = {s.method: s for s in [
                depths=lambda section: {"DEPTH": _RPP_TOWERS.get(str(section.get("BRANCHES", "")).lower(),
                                                                 ("text", "vision"))}),
 ]}
+
+# Methods that train a multi-task dataset (SoftCPT's general10, plant6, fashion20): their learner
+# takes tasks and its loss scores each image against its own task's classes only.
+MULTITASK_METHODS = ("softcpt",)
 
 # Learners whose prompts enter the vision transformer: they need a ViT image tower.
 DEEP_VISION = tuple(m for m, s in METHODS.items() if s.deep_vision)

@@ -17,6 +17,7 @@ from .feature_setup import build_feature_cache, feature_settings, training_data
 from .precision import Precision, resolve_precision
 from .schedule import schedule_from_config
 from .startup import RunStartup
+from .task_eval import TaskSlices
 from .trainer import Trainer
 
 __all__ = ["train_run", "evaluate_checkpoint"]
@@ -38,14 +39,18 @@ def train_run(cfg: Dict[str, Any], run_dir: str, *, resume: bool = False, overwr
         train_tf, test_tf = build_transforms(cfg, model)
         precision, why = resolve_precision(cfg["TRAIN"]["PRECISION"], cfg["TRAINER"][_section(cfg)].get("PREC"), device)
         features = feature_settings(cfg, device)
-        spec = resolve(cfg["DATASET"]["NAME"])
+        # a multi-task set (SoftCPT's general10, ...): joint labels, the learner takes its tasks, each image is
+        # evaluated within its own task (fastprompt.data.softcpt.items.JointDataset); it has no one dataset class
+        multitask = getattr(dataset, "multitask", None) is not None
+        spec = None if multitask else resolve(cfg["DATASET"]["NAME"])
         run.seed()
         learner = build_learner(cfg, model, tokenizer, dataset.classnames, dataset.name, spec.cls if spec else None,
-                                model_name, pretrained).to(device)
+                                model_name, pretrained, tasks=dataset.task_pairs() if multitask else None).to(device)
         # G where the original's build_model leaves it: its loader draws from here on
         original_g = torch.get_rng_state()
         batches, order = training_batches(cfg, learner, dataset.train, train_tf, settings, original_g,
-                                          fewshot_drawn=dataset.fewshot_source == "sampled", rank=run.rank,
+                                          fewshot_drawn=dataset.original_main_draw if multitask
+                                          else dataset.fewshot_source == "sampled", rank=run.rank,
                                           world=run.world, feature_mode=features.mode, fixed_views=features.views)
         aggregator = None
         if cfg["METHOD"] == "promptsrc":
@@ -55,6 +60,8 @@ def train_run(cfg: Dict[str, Any], run_dir: str, *, resume: bool = False, overwr
         records = run.begin()
         identity = {"method": cfg["METHOD"], "model": model_name, "pretrained": pretrained,
                     "classnames": list(dataset.classnames), "seed": int(cfg["SEED"])}
+        if multitask:
+            identity["tasks"] = [name for name, _ in dataset.task_pairs()]
         train_data = training_data(dataset.train, train_tf, features, settings.seed)
         cache = build_feature_cache(features, learner, device, Precision(precision, device).autocast,
                                     settings.test_batch_size, settings.num_workers, log=records.log)
@@ -65,8 +72,10 @@ def train_run(cfg: Dict[str, Any], run_dir: str, *, resume: bool = False, overwr
                           val_data=ImageDataset(dataset.val, test_tf) if dataset.val else None,
                           test_data=ImageDataset(dataset.test, test_tf), n_classes=len(dataset.classnames),
                           identity=identity, aggregator=aggregator, callbacks=callbacks, records=records,
-                          batches=batches, feature_cache=cache)
-        records.log(f"{cfg['METHOD']} on {dataset.name} ({len(dataset.classnames)} classes, {len(dataset.train)} "
+                          batches=batches, feature_cache=cache,
+                          tasks=TaskSlices.of(dataset) if multitask else None)
+        tasks = f"{len(dataset.task_pairs())} tasks, " if multitask else ""
+        records.log(f"{cfg['METHOD']} on {dataset.name} ({tasks}{len(dataset.classnames)} classes, {len(dataset.train)} "
                     f"training images, shots {dataset.shots}, subsample {dataset.subsample}), backbone {model_name} "
                     f"({pretrained or 'random weights'}), seed {cfg['SEED']}, {run.world} process(es) on {device}, "
                     f"precision {precision} ({why})")

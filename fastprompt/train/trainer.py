@@ -53,6 +53,7 @@ from .evaluate import check_unreadable, evaluate
 from .precision import Precision
 from .records import RunRecords, plot_curves
 from .schedule import EpochSchedule, build_optimizer
+from .task_eval import TaskSlices, describe
 from .state import STATE_FILE, STATE_FORMAT, load_state, rng_state, save_state, set_rng_state, write_json
 from .views import flatten_views
 
@@ -117,6 +118,10 @@ class Trainer:
             passes :meth:`FeatureCache.train_batches <fastprompt.features.cache.FeatureCache.train_batches>`.
         feature_cache: a :class:`~fastprompt.features.cache.FeatureCache`: the val and test
             splits are evaluated on their cached frozen features (computed once, not per evaluation).
+        tasks: a multi-task run's tasks (labels are joint labels): every evaluation scores each
+            image within its task and adds each task's metric and their average
+            (:mod:`fastprompt.train.task_eval`), which ``best_val`` selects on, as the original's
+            ``ClassificationMT``.
     """
 
     def __init__(self, learner, train_data: Dataset, settings: TrainSettings, optim: Dict[str, Any],
@@ -125,7 +130,7 @@ class Trainer:
                  test_data: Optional[Dataset] = None, n_classes: Optional[int] = None,
                  identity: Optional[Dict[str, Any]] = None, aggregator=None,
                  callbacks: Sequence[Callable] = (), records: Optional[RunRecords] = None, batches=None,
-                 feature_cache=None):
+                 feature_cache=None, tasks: Optional[TaskSlices] = None):
         self.learner = learner
         self.settings = settings
         self.schedule = schedule
@@ -136,6 +141,7 @@ class Trainer:
         self.run_dir = run_dir
         self.val_data, self.test_data = val_data, test_data
         self.n_classes = n_classes
+        self.tasks = tasks
         self.identity = dict(identity or {})
         self.aggregator = aggregator
         self.callbacks = list(callbacks)
@@ -260,15 +266,28 @@ class Trainer:
             data, split = self.test_data, "test"
         if data is None or len(data) == 0:
             return None
+        classnames = self.identity.get("classnames")
+        if self.tasks is not None and classnames:  # one class name may be in several tasks
+            classnames = self.tasks.qualified(classnames)
         metrics = evaluate(self.learner, self._eval_batches(data), self.device, self.n_classes,
                            self.precision.autocast, gather=distributed.gather_cat, images=len(data), split=split,
-                           max_unreadable=self.settings.max_unreadable, classnames=self.identity.get("classnames"))
+                           max_unreadable=self.settings.max_unreadable, classnames=classnames, tasks=self.tasks)
         self.last_eval = {"split": split, **metrics}
-        brief = {k: metrics[k] for k in ("accuracy", "error", "macro_f1", "correct", "total")}
+        brief = {k: metrics[k] for k in ("accuracy", "error", "macro_f1", "correct", "total", "task_average")
+                 if k in metrics}
         self.records.metric({"kind": "eval", "split": split, "epoch": self.epoch, "step": self.step, **brief})
         self.records.log(f"{split}: accuracy {metrics['accuracy']:.2f}%  macro-F1 {metrics['macro_f1']:.2f}%  "
                          f"({metrics['correct']}/{metrics['total']})")
+        if self.tasks is not None:
+            for line in describe(metrics):
+                self.records.log(line)
         return self.last_eval
+
+    @staticmethod
+    def _score(result: Dict[str, Any]) -> float:
+        """What ``best_val`` selects on: the accuracy, or a multi-task run's average of the tasks'
+        metrics (the original ``ClassificationMT``'s ``results["metric"]``)."""
+        return result["task_average"] if "task_average" in result else result["accuracy"]
 
     def _notify(self, event: str, **info) -> None:
         for fn in self.callbacks:
@@ -451,8 +470,8 @@ class Trainer:
             self.epoch, self.batch = epoch + 1, 0
             if self._select_best:
                 result = self.evaluate("val")
-                if result is not None and result["accuracy"] > self.best.get("score", -1.0):
-                    self.best = {"score": result["accuracy"], "epoch": epoch,
+                if result is not None and self._score(result) > self.best.get("score", -1.0):
+                    self.best = {"score": self._score(result), "epoch": epoch,
                                  "params": {n: p.detach().cpu().clone() for n, p in self.named_params}}
             elif s.eval_freq and (epoch + 1) % s.eval_freq == 0:
                 self.evaluate("val")
@@ -469,7 +488,8 @@ class Trainer:
                              "are the last step's")
         if self._select_best and self.best.get("params"):
             self.learner.load_prompt_state(self.best["params"], source="best-on-val prompts")
-            self.records.log(f"testing the prompts of epoch {self.best['epoch'] + 1} (best val accuracy "
+            what = "average of the tasks' metrics" if self.tasks is not None else "accuracy"
+            self.records.log(f"testing the prompts of epoch {self.best['epoch'] + 1} (best val {what} "
                              f"{self.best['score']:.2f}%)")
         self.finished = True
         self.save()

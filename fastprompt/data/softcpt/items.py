@@ -11,11 +11,11 @@ space the trainer scores is task order, then class order (``compute_cls_range`` 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Dict, List, NamedTuple, Tuple, Union
+from typing import Dict, List, NamedTuple, Optional, Tuple, Union
 
 from ..items import Dataset, Item
 
-__all__ = ["TaskItem", "TaskInfo", "MultiTaskDataset"]
+__all__ = ["TaskItem", "TaskInfo", "MultiTaskDataset", "JointDataset"]
 
 
 class TaskItem(NamedTuple):
@@ -140,6 +140,21 @@ class MultiTaskDataset:
         return Dataset(info.folder or info.name, self.root, info.image_dir, list(info.classnames), pick(self.train),
                        pick(self.val), pick(self.test), self.shots, self.seed, self.subsample, info.fewshot_source)
 
+    def joint(self) -> "JointDataset":
+        """The tasks as one :class:`~fastprompt.data.items.Dataset` over the joint label space
+        (labels ``global_label``, the merged order kept): what a training run reads, see :class:`JointDataset`."""
+
+        def as_joint(items):
+            return [Item(it.path, self.global_label(it), it.classname) for it in items]
+
+        # what a run's log says of each task: its name (the meta-network's input), metric and sources
+        told = [f"task {i} {t.name!r} ({t.source or t.folder}): {t.num_classes} classes, {t.metric}, split "
+                f"{t.split_source}, name from {t.names_source}, few-shot {t.fewshot_source}"
+                for i, t in enumerate(self.tasks)]
+        return JointDataset(self.name, self.root, self.root, self.classnames, as_joint(self.train), as_joint(self.val),
+                            as_joint(self.test), self.shots, self.seed, self.subsample, self.fewshot_source,
+                            told + list(self.notes), multitask=self)
+
     def counts(self) -> Dict[str, List[int]]:
         """Images per task in each list."""
         out = {}
@@ -154,3 +169,38 @@ class MultiTaskDataset:
         return (f"MultiTaskDataset({self.name!r}, {self.num_tasks} tasks, {sum(self.num_classes)} classes, "
                 f"train={len(self.train)}, val={len(self.val)}, test={len(self.test)}, shots={self.shots}, "
                 f"seed={self.seed}, situation={self.situation!r})")
+
+
+@dataclass
+class JointDataset(Dataset):
+    """A :class:`MultiTaskDataset` as one dataset over the joint label space (``C_tot`` classes).
+
+    Every item's label is its ``global_label`` (task order, then class order), so one label says
+    both the task and the class: the original's ``[B, C_tot]`` label matrix of an item with one
+    task (``DatasetWrapper.__getitem__``: -1 outside the task, 0 inside, 1 at the class) is a
+    function of it, and so are SoftCPT's loss and the per-task evaluation. The item order is the
+    merged one, the order the original's sampler draws from. ``multitask`` is the dataset itself
+    (tasks, names, metrics); ``classnames`` the joint list (names repeat across tasks).
+    """
+
+    multitask: Optional[MultiTaskDataset] = None
+
+    def task_pairs(self) -> List[Tuple[str, List[str]]]:
+        """``[(task name, class names), ...]``, in task order."""
+        return self.multitask.task_pairs()
+
+    @property
+    def class_ranges(self) -> List[Tuple[int, int]]:
+        return self.multitask.class_ranges
+
+    @property
+    def original_main_draw(self) -> bool:
+        """Whether the original's main process drew this few-shot subset with its global ``random``
+        (what a replay of its streams must account for, as ``fewshot_source == "sampled"`` says for
+        one dataset): Fashion-20 draws in its main process (``datasets/fashion20.py``); General-10 and
+        Plant-6 build every source in a ``multiprocessing.Pool`` worker (``datasets/general10.py``,
+        ``plant6.py``), whose draws leave the main process's ``random`` untouched."""
+        from .sources import MULTITASK
+
+        pooled = len(MULTITASK[self.multitask.name].sources) > 1
+        return self.fewshot_source.endswith("sampled") and not pooled
