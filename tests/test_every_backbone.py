@@ -31,6 +31,7 @@ from fastprompt.models import TokenizerNotAvailableError
 from fastprompt.testing import FP32, assert_close_rel
 from fastprompt.testing.backbone_table import CLASSNAMES, COLUMNS, markdown_table, row_of, tower_kind
 from fastprompt.testing.scaled_models import scaled_clip
+from fastprompt.towers.image_input import input_size_of
 
 ARCHITECTURES = open_clip.list_models()
 TABLE_FILE = os.path.join(os.path.dirname(__file__), os.pardir, "bench", "backbones.md")
@@ -94,12 +95,13 @@ def test_deep_text_prompts_start_where_a_tokenizer_without_a_start_token_puts_te
     assert torch.isfinite(loss)
 
 
-def test_deep_text_prompts_on_a_bidirectional_tower_are_refused_when_the_learner_is_built():
-    from fastprompt.towers import UnpromptableTextTowerError
-
-    model, tokenizer = scaled_clip("ViT-L-14-CLIPA")  # open_clip ViT image side: only the text refuses
+def test_deep_text_prompts_on_a_bidirectional_tower_run_a_step():
+    """CLIPA's text is bidirectional: deep text prompts go into every class's own full-length
+    sequence (parity: tests/test_deep_text_bidirectional.py, tests/test_reference_towers.py)."""
+    model, tokenizer = scaled_clip("ViT-L-14-CLIPA")  # open_clip ViT image side
+    size = input_size_of(model.visual)
     for method, settings in (("maple", dict(prompt_depth=2)), ("rpp", dict(branches="text", depth=2))):
-        with pytest.raises(UnpromptableTextTowerError, match="CoOp, CoCoOp, KgCoOp, PRE, SoftCPT, POMP"):
-            fastprompt.learners.LEARNERS[method].from_model(model, CLASSNAMES, tokenizer=tokenizer, **settings)
-    # MaPLe with prompt depth 1 prompts the text input only: it runs
-    fastprompt.learners.LEARNERS["maple"].from_model(model, CLASSNAMES, tokenizer=tokenizer, prompt_depth=1)
+        learner = fastprompt.learners.LEARNERS[method].from_model(model, CLASSNAMES, tokenizer=tokenizer, **settings)
+        loss = learner.loss(torch.randn(2, 3, *size), torch.tensor([0, 1]))
+        loss.backward()
+        assert torch.isfinite(loss)

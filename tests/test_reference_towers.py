@@ -7,13 +7,18 @@ tokenizer layouts), one of each kind:
   ``convnext``): the text-prompt learners (KgCoOp, PRE, SoftCPT, POMP, RPP with ``branches="text"``),
   whose image tower is frozen and read through the model's own ``encode_image``;
 * a bidirectional text tower (``ViT-B-16-SigLIP``: no causal mask, ``last`` pooling, SigLIP's
-  tokenizer layout without a start token, context length 64): the same learners but RPP, whose deep
-  text prompts are refused there by name (``UnpromptableTextTowerError``, tests/test_text_towers.py).
-  In float64: SigLIP's logit scale 10 and bias -10 leave a nearly flat loss whose float32 gradients
-  cancel to a few 1e-5 relative, so float32 would measure rounding, not the layout;
+  tokenizer layout without a start token, context length 64): the same learners and RPP's text branch
+  (deep q/k/v prompts in every class's own full-length sequence; without the teacher's KL, whose
+  features the learner keeps in float32). In float64: SigLIP's logit scale 10 and bias -10 leave a
+  nearly flat loss whose float32 gradients cancel to a few 1e-5 relative, so float32 would measure
+  rounding, not the layout; ``MobileCLIP-S1`` (bidirectional, ``argmax`` pooling): RPP's text branch;
 * open_clip's ViT with average pooling and ``final_ln_after_pool`` under a bidirectional
   ``last``-pooled text tower (``ViT-L-14-CLIPA``, BERT's tokenizer layout): VPT (deep vision prompts;
-  its text side is the model's own ``encode_text``), the one deep learner such a tower takes;
+  its text side is the model's own ``encode_text``), and MaPLe, PromptSRC and RPP, whose deep text
+  prompts go into every class's full-length sequence (more bidirectional cases, text features
+  included: tests/test_deep_text_bidirectional.py);
+* CoCa's appended CLS under its legacy mask (``coca_ViT-B-32``): RPP's text branch, the q/k/v prompts
+  in the shared prefix that the CLS reads as a query-only row;
 * a causal text tower that is not OpenAI's (``ViT-L-14-worldwide``: ``eos`` pooling of id 1, mT5's
   tokenizer layout without a start token) with open_clip's ViT: MaPLe, PromptSRC, VPT and RPP with
   both branches (deep text prompts at the context's own rows, 0 ..).
@@ -160,6 +165,12 @@ def rpp_text(model, tokenizer):
     return _rpp(model, tokenizer, branches="text", depth=2)
 
 
+def rpp_text_ce(model, tokenizer):
+    """RPP's text branch without the teacher's KL term, whose frozen teacher features the learner keeps
+    in float32 by design: the one RPP objective a float64 comparison can hold to ``FP64.exact``."""
+    return _rpp(model, tokenizer, branches="text", depth=2, kl_weight=0.0)
+
+
 def rpp_both(model, tokenizer):
     return _rpp(model, tokenizer, branches="both", depth=2)
 
@@ -199,13 +210,14 @@ TEXT_PROMPT = [kgcoop, pre, softcpt, pomp]
 CASES = ([("EVA02-B-16", f) for f in TEXT_PROMPT + [rpp_text]]
          + [("convnext_base", f) for f in TEXT_PROMPT + [rpp_text]]
          + [("ViT-B-16-SigLIP", f) for f in TEXT_PROMPT]
-         + [("ViT-L-14-CLIPA", vpt)]
+         + [("ViT-B-16-SigLIP", rpp_text_ce), ("MobileCLIP-S1", rpp_text), ("coca_ViT-B-32", rpp_text)]
+         + [("ViT-L-14-CLIPA", f) for f in (vpt, maple, promptsrc, rpp_text, rpp_both)]
          + [("ViT-L-14-worldwide", f) for f in (maple, promptsrc, vpt, rpp_both)])
 # Cases compared in float64 (see the module docstring): the step's float32 rounding, not its layout,
 # would decide a float32 comparison there. SoftCPT stays in float32 (FP32 tolerances, measured up to
 # 8e-6 on its gradients): the learner casts the task features it feeds its generator to float32 by
 # design (a bf16 text tower's too), so a float64 run would compare float32 rounding at 1e-12.
-FLOAT64 = {("ViT-B-16-SigLIP", build) for build in (kgcoop, pre, pomp)}
+FLOAT64 = {("ViT-B-16-SigLIP", build) for build in (kgcoop, pre, pomp, rpp_text_ce)}
 
 
 def _in_float64(pair: Pair) -> None:
@@ -263,6 +275,7 @@ def test_learner_matches_its_reference_on_a_non_openai_tower(case):
 
 
 PERTURBED: List = [("EVA02-B-16", kgcoop), ("ViT-B-16-SigLIP", pre), ("ViT-L-14-CLIPA", vpt),
+                   ("ViT-L-14-CLIPA", maple), ("ViT-B-16-SigLIP", rpp_text_ce), ("coca_ViT-B-32", rpp_text),
                    ("ViT-L-14-worldwide", maple), ("ViT-L-14-worldwide", rpp_both)]
 
 

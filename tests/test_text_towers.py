@@ -252,11 +252,16 @@ def test_the_context_starts_where_the_tokenizer_puts_text():
     assert text_start(StandInSentencePiece(64, pad_id=1)) == 0
 
 
-def test_deep_text_prompts_on_a_bidirectional_tower_are_refused_by_name():
+def test_deep_text_prompts_on_a_bidirectional_tower_go_into_every_full_length_sequence():
+    """MaPLe's deep text prompts on SigLIP's text (no causal mask, no start token): not refused; the
+    prompt rows are rows 0..M-1 of every class's own 64-token sequence (parity with the literal
+    reference: tests/test_deep_text_bidirectional.py)."""
     model, tokenizer = _tower("siglip")
-    with pytest.raises(ValueError, match="deep text prompts .* only a causal text tower has"):
-        learner = fastprompt.learners.LEARNERS["maple"].from_model(model, NAMES, prompt_depth=2, tokenizer=tokenizer)
-        learner.text_features()
+    learner = fastprompt.learners.LEARNERS["maple"].from_model(model, NAMES, prompt_depth=2, tokenizer=tokenizer)
+    plan = learner.text_tower.layout(learner.plan)
+    start, rows = plan.deep_prompt_rows(learner.ctx.shape[0])
+    assert start == 0 and plan.prefix_len == 0 and rows.numel() == len(NAMES) * learner.ctx.shape[0]
+    assert torch.isfinite(learner.text_features()).all()
 
 
 def test_eos_pooling_with_a_tokenizer_that_never_writes_the_eos_is_refused():

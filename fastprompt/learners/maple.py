@@ -75,8 +75,6 @@ class MaPLeLearner(PromptLearner):
     def __init__(self, model: nn.Module, classnames, config: MaPLeConfig, **kwargs):
         super().__init__(model, classnames, config, **kwargs)
         self._require_prompted_image_tower()
-        if config.prompt_depth > 1:  # deep text prompts: refused on a bidirectional tower before anything is made
-            self.text_tower.check_deep_prompts()
         depth_limit = min(self.text_tower.layers, self.vision_tower.layers)
         if config.prompt_depth > depth_limit:
             raise ValueError(f"prompt_depth={config.prompt_depth} exceeds the model's depth: the text tower has "
@@ -100,6 +98,8 @@ class MaPLeLearner(PromptLearner):
         self.proj.to(device)
         self.compound_prompt_projections.to(device)
         self._rebuild_plan()
+        if config.prompt_depth > 1:  # the deep text prompts' rows must exist, unpooled, in every prompt
+            self.text_tower.check_deep_prompts(self.plan, m)
 
     def _rebuild_plan(self) -> None:
         self.plan = coop_plan(self.tokenizer, self._classnames, self.template, position="end",

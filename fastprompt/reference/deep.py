@@ -28,7 +28,12 @@ Differences that come from open_clip or from running in fp32, not from a change 
 
 * hidden states stay batch-first ``[N, L, D]`` (the original permutes to ``[L, N, D]``; the row
   replacement is the same); a block built with ``batch_first=False`` gets a transposed input;
-* the causal mask is open_clip's ``model.attn_mask`` passed to every text block;
+* the text blocks get the tower's own mask (:func:`~.text_encoder.text_inputs`): open_clip's causal
+  ``model.attn_mask``, with the key-padding / CLS mask where the tower builds one, or none for a
+  bidirectional tower (SigLIP, CLIPA, MobileCLIP-S), whose every row then attends to every row of
+  its full 64/77-token sequence, the prompt rows included (they are written into rows
+  ``start .. start+n_ctx-1`` of each layer's input as on a causal tower); CoCa's CLS is appended
+  after the prompt and pooled, as ``TextTransformer`` does;
 * the original's hard ``.half()`` casts of inserted prompts are not reproduced: prompts are cast
   to the activations' dtype (a no-op in fp32).
 
@@ -45,7 +50,7 @@ from typing import List, Optional, Sequence
 import torch
 import torch.nn as nn
 
-from .text_encoder import _model_dtype, pool_text, project_text, text_tower
+from .text_encoder import _model_dtype, pool_tower_output, project_text, text_inputs, text_tower
 from .vision import _check_tower, _embed, pool_image
 
 __all__ = ["ReferenceMaPLeBlock", "ReferenceIVLPBlock", "ReferenceMaPLeTextEncoder", "ReferenceMaPLeImageEncoder",
@@ -99,14 +104,17 @@ class ReferenceMaPLeBlock(nn.Module):
             self.attn_mask = None
 
     def forward(self, inputs: List):
-        x, compound_prompts_deeper, counter = inputs
+        # the original's [x, deeper, counter]; a 4th entry, where given, is this batch's attention mask
+        # (open_clip's padding / CLS mask, built from the token ids), used in place of the block's own
+        x, compound_prompts_deeper, counter = inputs[:3]
+        attn_mask = inputs[3] if len(inputs) > 3 else self.attn_mask
         if not self.first_layer and len(compound_prompts_deeper) > 0:
             if not counter > len(compound_prompts_deeper) - 1:
                 x = _replace_prompt_rows(x, compound_prompts_deeper[counter], self.compound_prompt_nctx,
                                          self.text_layer, self.start)
                 counter += 1
-        x = _run_block(self.block, x, self.attn_mask, self.batch_first)
-        return [x, compound_prompts_deeper, counter]
+        x = _run_block(self.block, x, attn_mask, self.batch_first)
+        return [x, compound_prompts_deeper, counter, *inputs[3:]]
 
 
 class ReferenceIVLPBlock(nn.Module):
@@ -131,10 +139,12 @@ class ReferenceIVLPBlock(nn.Module):
             nn.init.normal_(ctx_vectors, std=0.02)
             self.VPT_shallow = nn.Parameter(ctx_vectors)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, attn_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """``attn_mask``: this batch's mask (open_clip's padding / CLS mask, causal part included)
+        in place of the block's own causal one; ``None`` keeps the block's own."""
         if self.add_prompt:
             x = _replace_prompt_rows(x, self.VPT_shallow, self.n_ctx, self.text_layer, self.start)
-        return _run_block(self.block, x, self.attn_mask, self.batch_first)
+        return _run_block(self.block, x, self.attn_mask if attn_mask is None else attn_mask, self.batch_first)
 
 
 class _TextEncoderBase(nn.Module):
@@ -150,10 +160,16 @@ class _TextEncoderBase(nn.Module):
         self._blocks = list(holder.transformer.resblocks)  # a plain list: registered once, under transformer.resblocks
         self._batch_first = getattr(holder.transformer, "batch_first", True)
 
+    def _inputs(self, prompts: torch.Tensor, tokenized_prompts: torch.Tensor):
+        """``(x, attn_mask)``: the tower's own layer-0 input (CoCa's CLS appended, positions added)
+        and mask (causal, padding / CLS, or none for a bidirectional tower): :func:`text_inputs`."""
+        return text_inputs(self._holder[0], prompts, tokenized_prompts)
+
     def _pool(self, x: torch.Tensor, tokenized_prompts: torch.Tensor) -> torch.Tensor:
         # the original takes the EOT row (the highest id, CLIP's tokenizer); the tower's own pooling
-        # is the same row there and the right one elsewhere (ViT-L-14-worldwide pools its first EOS)
-        return pool_text(self._holder[0], x, tokenized_prompts)
+        # is the same row there and the right one elsewhere (ViT-L-14-worldwide pools its first EOS,
+        # SigLIP and CLIPA the last row, CoCa its appended CLS)
+        return pool_tower_output(self._holder[0], x, tokenized_prompts)
 
 
 class ReferenceMaPLeTextEncoder(_TextEncoderBase):
@@ -168,9 +184,10 @@ class ReferenceMaPLeTextEncoder(_TextEncoderBase):
 
     def forward(self, prompts: torch.Tensor, tokenized_prompts: torch.Tensor,
                 compound_prompts_deeper_text: Sequence[torch.Tensor]) -> torch.Tensor:
-        x = prompts + self.positional_embedding.type(self.dtype)
-        # a list, since nn.Sequential passes one argument; the third entry is the depth counter
-        outputs = self.transformer.resblocks([x, compound_prompts_deeper_text, 0])
+        x, attn_mask = self._inputs(prompts, tokenized_prompts)
+        # a list, since nn.Sequential passes one argument; the third entry is the depth counter, the
+        # fourth the batch's attention mask
+        outputs = self.transformer.resblocks([x, compound_prompts_deeper_text, 0, attn_mask])
         return self._pool(outputs[0], tokenized_prompts)
 
 
@@ -186,8 +203,9 @@ class ReferenceIVLPTextEncoder(_TextEncoderBase):
             for i, b in enumerate(self._blocks)]))
 
     def forward(self, prompts: torch.Tensor, tokenized_prompts: torch.Tensor) -> torch.Tensor:
-        x = prompts + self.positional_embedding.type(self.dtype)
-        x = self.transformer.resblocks(x)
+        x, attn_mask = self._inputs(prompts, tokenized_prompts)
+        for block in self.transformer.resblocks:
+            x = block(x, attn_mask)
         return self._pool(x, tokenized_prompts)
 
 

@@ -11,7 +11,10 @@ benchmarks:
   ``[token_prefix][P^x_0][token_suffix] + positional embedding``, CoOp's assembly), pooled as the
   tower pools (CLIP's EOT row, the first EOS of an ``eos``-pooled tower), and the layer's attention
   is torch's own multi-head attention given *separate* query, key and value inputs
-  (``F.multi_head_attention_forward``) with open_clip's float causal mask; the residual stream is the residual-row version;
+  (``F.multi_head_attention_forward``) with the tower's own mask (open_clip's float causal mask, its
+  padding / CLS mask, or none on a bidirectional tower: SigLIP, CLIPA, MobileCLIP-S, whose prompt rows
+  are then queries, keys and values of every row of the full sequence); CoCa's CLS is appended after
+  the prompt at layer 0 and pooled; the residual stream is the residual-row version;
 * vision: ``ln_pre([image tokens ; P^x_0])`` at layer 0, ``cat([x[:, :-M], P^x_j])`` before
   prompted layer ``j`` (IVLP/MaPLe layout: muzairkhattak/multimodal-prompt-learning @ 69bce21
   ``clip/model.py``, ``ResidualAttentionBlock_IVLP``); with ``branches="text"`` the image side is the
@@ -42,7 +45,7 @@ import torch.nn.functional as F
 from .pomp import pomp_local_logits, pomp_negative_sampling
 from ..learners.prompts import text_start
 from .prompt_common import default_tokenizer, register_class_prompts
-from .text_encoder import _model_dtype, pool_text, text_tower
+from .text_encoder import _model_dtype, pool_tower_output, text_inputs, text_tower
 from .vision import _embed, pool_image
 
 __all__ = ["ReferenceRPP", "ReferenceRPPPromptLearner", "reference_zero_shot_weights"]
@@ -90,8 +93,8 @@ def _block_head_prompts(block: nn.Module, x: torch.Tensor, hq: torch.Tensor, hk:
 
     q, k, v = splice(q, hq), splice(k, hk), splice(v, hv)
     scores = torch.einsum("nlhd,nmhd->nhlm", q, k) * head_dim ** -0.5
-    if attn_mask is not None:
-        scores = scores + attn_mask
+    if attn_mask is not None:  # [L, L] (causal) or open_clip's per-sequence [N*H, L, L] (padding / CLS)
+        scores = scores + (attn_mask.view(n, heads, length, length) if attn_mask.dim() == 3 else attn_mask)
     out = torch.einsum("nhlm,nmhd->nlhd", scores.softmax(dim=-1), v).reshape(n, length, width)
     x = x + block.ls_1(attn.out_proj(out))
     return x + block.ls_2(block.mlp(block.ln_2(x)))
@@ -278,17 +281,20 @@ class ReferenceRPP(nn.Module):
         prefix = pl.token_prefix if idx is None else pl.token_prefix[idx]
         suffix = pl.token_suffix if idx is None else pl.token_suffix[idx]
         n_cls, m, start = prefix.shape[0], pl.n_ctx, pl.text_start
-        pos = holder.positional_embedding.type(prefix.dtype)
-        mask = holder.attn_mask
+        # the tower's own mask: causal, padding / CLS (CoCa), or none (a bidirectional tower: SigLIP,
+        # CLIPA, MobileCLIP-S, where every row of the full sequence reads every other, prompt rows too)
+        _, mask = text_inputs(holder, torch.cat([prefix, prefix.new_zeros(n_cls, m, prefix.shape[-1]), suffix], 1),
+                              tokenized)
         x = None
         for j, block in enumerate(holder.transformer.resblocks):
             if j >= pl.depth:
                 x = _plain_block(holder.transformer, block, x, mask)
                 continue
             q, k, v, r = pl.layer_rows("text", j)
-            if j == 0:
+            if j == 0:  # CoOp's assembly, then the tower's own input: CoCa's CLS appended, positions added
                 def assemble(rows):
-                    return torch.cat([prefix, rows.expand(n_cls, -1, -1), suffix], dim=1) + pos
+                    return text_inputs(holder, torch.cat([prefix, rows.expand(n_cls, -1, -1), suffix], dim=1),
+                                       tokenized)[0]
             else:
                 kept = x
 
@@ -299,7 +305,7 @@ class ReferenceRPP(nn.Module):
                 x = _block_separate_qkv(block, x, assemble(q), assemble(k), assemble(v), mask)
             else:
                 x = _block_head_prompts(block, x, q, k, v, start, mask)
-        return pool_text(holder, x, tokenized)  # CLIP's EOT row; the tower's own pooling elsewhere
+        return pool_tower_output(holder, x, tokenized)  # CLIP's EOT row; the tower's own pooling (CoCa: its CLS)
 
     def encode_image(self, images: torch.Tensor) -> torch.Tensor:
         """Unnormalised image features ``[B, E]``."""

@@ -27,6 +27,11 @@ padding: ``use_pad_mask`` or a CLS, with open_clip's legacy or ``correct_cls_mas
 its own pooling (``text_global_pool`` with ``pool_type``/``eos_id``; the CLS row, then ``ln_final``,
 for CoCa), then the projection as ``Parameter``, ``Linear`` or none.
 
+The same input assembly (:func:`text_inputs`) and pooling (:func:`pool_tower_output`) serve the
+deep-prompt references (:mod:`.deep`, :mod:`.rpp`), which run the blocks one by one: on a
+bidirectional tower every class goes through the full 64/77-token sequence with the tower's own
+mask (none, or the padding mask) and pooling, the prompt rows written into each layer's input.
+
 This module is the parity oracle / "before" side of benchmarks: it is deliberately unoptimised.
 """
 from __future__ import annotations
@@ -34,7 +39,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-__all__ = ["ReferenceTextEncoder", "text_tower", "pool_text", "project_text"]
+__all__ = ["ReferenceTextEncoder", "text_tower", "text_inputs", "pool_text", "pool_tower_output", "project_text"]
 
 
 def text_tower(model: nn.Module) -> nn.Module:
@@ -112,6 +117,45 @@ def _model_dtype(holder: nn.Module) -> torch.dtype:
     return holder.positional_embedding.dtype
 
 
+def _masks_padding(holder: nn.Module) -> bool:
+    return bool(getattr(holder, "use_pad_mask", False)) or getattr(holder, "cls_emb", None) is not None
+
+
+def text_inputs(holder: nn.Module, prompts: torch.Tensor, tokenized: torch.Tensor):
+    """The tower's layer-0 input and attention mask for prompt embeddings, as
+    ``TextTransformer._embeds`` builds them from ``token_embedding(text)``.
+
+    Args:
+        holder: the text tower (:func:`text_tower`).
+        prompts: ``[C, L, D]`` prompt embeddings (no positions).
+        tokenized: ``[C, L]`` their token ids (what the padding mask reads).
+
+    Returns:
+        ``(x [C, L', D], attn_mask)``: CoCa's CLS embedding appended (``L' = L + 1``) where the tower
+        has one, the positional embedding added; the mask is the causal ``[L', L']`` one, the
+        additive key-padding / CLS mask ``[C*H, L', L']`` (added to the causal one where both), or
+        ``None`` for a bidirectional tower that masks nothing (SigLIP, CLIPA, MobileCLIP-S).
+    """
+    x, seq_len = prompts, prompts.shape[1]
+    cls_emb = getattr(holder, "cls_emb", None)
+    if cls_emb is not None:  # CoCa: the CLS embedding appended after the prompt
+        x = torch.cat([x, cls_emb.to(x.dtype).expand(x.shape[0], 1, -1)], 1)
+        seq_len += 1
+    attn_mask = holder.attn_mask
+    if _masks_padding(holder):
+        pad = _padding_mask(holder, tokenized.to(x.device), seq_len, holder.heads, x.dtype)
+        attn_mask = pad if attn_mask is None else attn_mask[:seq_len, :seq_len].unsqueeze(0) + pad
+    return x + holder.positional_embedding[:seq_len].type(_model_dtype(holder)), attn_mask
+
+
+def pool_tower_output(holder: nn.Module, x: torch.Tensor, tokenized: torch.Tensor) -> torch.Tensor:
+    """The tower's features ``[C, E]`` from its last hidden states ``x [C, L', D]``: CoCa's CLS row
+    (pooled whatever ``pool_type`` says, ``ln_final`` after pooling), else :func:`pool_text`."""
+    if getattr(holder, "cls_emb", None) is None:
+        return pool_text(holder, x, tokenized)
+    return project_text(holder, holder.ln_final(x[:, -1]).type(_model_dtype(holder)))
+
+
 class ReferenceTextEncoder(nn.Module):
     """CoOp's ``TextEncoder``: prompt embeddings ``[C, L, D]`` + token ids ``[C, L]`` -> ``[C, E]``.
 
@@ -133,26 +177,14 @@ class ReferenceTextEncoder(nn.Module):
         self.cls_emb = getattr(holder, "cls_emb", None)
         self.pool_type = _pool_type(holder)
         self.eos_id = getattr(holder, "text_eos_id", getattr(holder, "eos_id", None))
-        self.masks_padding = bool(getattr(holder, "use_pad_mask", False)) or self.cls_emb is not None
-        self.heads = getattr(holder, "heads", None)
         self._holder = [holder]  # not a submodule: its modules are registered above already
 
     def forward(self, prompts: torch.Tensor, tokenized_prompts: torch.Tensor) -> torch.Tensor:
         """``prompts [C, L, D]`` (embeddings, no positions) and their token ids ``[C, L]`` -> ``[C, E]``."""
         tokenized_prompts = tokenized_prompts.to(prompts.device)
-        x, seq_len = prompts, prompts.shape[1]
-        if self.cls_emb is not None:  # CoCa: the CLS embedding appended after the prompt
-            x = torch.cat([x, self.cls_emb.to(x.dtype).expand(x.shape[0], 1, -1)], 1)
-            seq_len += 1
-        attn_mask = self.attn_mask
-        if self.masks_padding:
-            pad = _padding_mask(self._holder[0], tokenized_prompts, seq_len, self.heads, x.dtype)
-            attn_mask = pad if attn_mask is None else attn_mask[:seq_len, :seq_len].unsqueeze(0) + pad
-        x = x + self.positional_embedding[:seq_len].type(self.dtype)
+        holder = self._holder[0]
+        x, attn_mask = text_inputs(holder, prompts, tokenized_prompts)
         # open_clip's Transformer takes [N, L, D] and handles batch_first itself (see module doc).
         x = self.transformer(x, attn_mask=attn_mask)
-        holder = self._holder[0]
-        if self.cls_emb is None:  # CLIP: the EOT row (EOT has the largest token id); others: their pool_type
-            return pool_text(holder, x, tokenized_prompts)
-        # the CLS row is pooled whatever pool_type says, ln_final after pooling
-        return project_text(holder, self.ln_final(x[:, -1]).type(self.dtype))
+        # CLIP: the EOT row (EOT has the largest token id); others: their pool_type or CoCa's CLS
+        return pool_tower_output(holder, x, tokenized_prompts)

@@ -20,7 +20,8 @@ For a :class:`TextPlan` the tower
 
 This is exactly CLIP's causal text encoder read at EOT, with none of the rows that cannot reach
 an EOT feature computed. Dense layers (LN, projections, MLP) run on the packed ``[T, D]`` rows
-and the ``G * P`` prefix rows as one block (deep prompts act on its prefix part);
+and the ``G * P`` prefix rows as one block (deep prompts act on their rows of it: prefix rows on a
+causal tower, every sequence's own rows on a bidirectional one; see :meth:`TextTower.forward`);
 only attention sees a padded layout, masked with ``seqlens``: the plan's length buckets
 (:class:`~fastprompt.towers.text_plan.BucketRule`), one ``prompt_attention`` call each, every
 bucket padded only to its own longest sequence and reading the same per-layer prefix K/V block
@@ -37,13 +38,8 @@ from torch import nn
 from ..ops import prompt_attention
 from .blocks import block_views
 from .prompt_rows import QKVPrompt
-from .text_plan import TextPlan, build_text_plan
+from .text_plan import TextPlan, UnpromptableTextTowerError, build_text_plan
 from .text_semantics import text_semantics
-
-
-class UnpromptableTextTowerError(ValueError):
-    """A learner that puts prompts inside the text tower's layers was given a text tower whose
-    attention is bidirectional (SigLIP, CLIPA, MobileCLIP-S): the message names the methods that work."""
 
 
 def _text_modules(model: nn.Module) -> nn.Module:
@@ -62,7 +58,7 @@ class TextTower:
     """Functional view of an open_clip text tower (no parameter copies).
 
     Args:
-        model: an open_clip ``CLIP`` or ``CustomTextCLIP`` with a causal, argmax-pooled text tower.
+        model: an open_clip ``CLIP`` or ``CustomTextCLIP`` (``CoCa``) with an open_clip text tower.
         backend: ``prompt_attention`` backend used by every layer.
     """
 
@@ -170,27 +166,26 @@ class TextTower:
         prefix, suffix = self.embed(plan, ctx)
         return self.forward(plan, prefix, suffix, **prompts)
 
-    def check_deep_prompts(self) -> None:
-        """Refuse deep text prompts on a tower without a causal mask.
+    def check_deep_prompts(self, plan: TextPlan, n_rows: int, start: Optional[int] = None) -> int:
+        """Check that ``n_rows`` deep text prompt rows have a well-defined place in ``plan`` on this
+        tower, and return the first replaced position (``start``, or the plan's first context row:
+        1 after CLIP's ``[SOT]``, 0 for a tokenizer without a start token).
+
+        Every open_clip text tower takes deep prompts, causal or bidirectional (see :meth:`forward`).
+        What stays refused is ill defined whatever the tower: a prompt position that some prompt does
+        not have (masked as padding, or past its end) or that the tower pools.
 
         Raises:
-            UnpromptableTextTowerError: the tower's attention is bidirectional.
+            UnpromptableTextTowerError: as above, naming the sequence and the rows.
         """
-        if not self.semantics.causal:
-            raise UnpromptableTextTowerError(
-                "deep text prompts (MaPLe, PromptSRC, IVLP, RPP) replace rows of the shared [SOT][ctx] prefix, which "
-                "only a causal text tower has; this tower's attention is bidirectional (no causal mask): use a "
-                "learner that prompts only the text input (CoOp, CoCoOp, KgCoOp, PRE, SoftCPT, POMP)")
+        start, _ = plan.for_semantics(self.semantics).deep_prompt_rows(n_rows, start)
+        return start
 
     @staticmethod
     def context_start(plan: TextPlan) -> int:
-        """The prefix row of ``plan``'s first context slot: where deep text prompts go (1 after
-        CLIP's ``[SOT]``; 0 when the tokenizer puts no start token before the text)."""
-        rows = plan.derived("prefix_ctx_pos")
-        if rows.numel() == 0:
-            raise ValueError("deep text prompts replace the context rows of the shared prefix, and this plan's "
-                             "prefix has none: build the plan with the context in front (position='end')")
-        return int(rows.min())
+        """The position of ``plan``'s first context slot: where deep text prompts go by default (1
+        after CLIP's ``[SOT]``; 0 when the tokenizer puts no start token before the text)."""
+        return plan.context_start()
 
     def input_heads(self, embeddings: torch.Tensor, start: int = 1):
         """Layer 0's ``(q, k, v)`` heads ``[M, H, d]`` of token embeddings ``[M, D]`` placed at
@@ -212,29 +207,50 @@ class TextTower:
             prefix: ``[G, P, D]`` prefix input embeddings (no positional embedding yet).
             suffix: ``[T, D]`` packed suffix input embeddings (no positional embedding yet).
             prefix_overrides: per layer, ``None`` or rows ``[M, D]`` / ``[G, M, D]`` that
-                *replace* prefix rows ``override_start .. override_start+M-1`` before that layer
-                (deep text prompts: MaPLe, PromptSRC, IVLP). Entry 0 is ignored when None.
-            override_start: first prefix row replaced by the overrides; ``None`` (the default): the
-                plan's first context row (:meth:`context_start`: 1 after CLIP's ``[SOT]``, 0 for a
-                tokenizer without a start token, such as mT5's of ViT-L-14-worldwide).
+                *replace* rows ``override_start .. override_start+M-1`` of every sequence before that
+                layer (deep text prompts: MaPLe, PromptSRC, IVLP). Entry 0 is ignored when None.
+            override_start: first row replaced by the overrides; ``None`` (the default): the plan's
+                first context row (:meth:`context_start`: 1 after CLIP's ``[SOT]``, 0 for a
+                tokenizer without a start token, such as SigLIP's or mT5's).
             prefix_prompts: instead of ``prefix_overrides``, J :class:`QKVPrompt` with separate
-                query, key and value rows for prefix rows ``override_start ..
-                override_start+M-1`` in layers ``0 .. J-1`` (RPP); see :meth:`_insert_prompt_heads`.
+                query, key and value rows for rows ``override_start .. override_start+M-1`` in
+                layers ``0 .. J-1`` (RPP); see :meth:`_insert_prompt_heads`.
+
+        Deep prompts follow the originals' replace-then-propagate semantics on any tower: before
+        each prompted layer ``j < J`` the prompt rows of every sequence are replaced, and layer
+        ``J-1``'s outputs at those rows propagate as ordinary rows. Where they live depends on the
+        plan (:meth:`TextPlan.deep_prompt_rows`):
+
+        * **shared prefix** (a causal tower): the rows are prefix rows, replaced once for all
+          classes (exact: under the causal mask the prefix never sees a class token);
+        * **no shared prefix** (a bidirectional tower: SigLIP, CLIPA, MobileCLIP-S): the rows are
+          rows ``start .. start+M-1`` of every sequence's own suffix (full length, or packed to its
+          unmasked tokens where the tower masks padding), replaced per sequence. Every kept row of
+          every sequence is computed at every layer but the last, prompt rows included: with
+          bidirectional attention every row is a key of every other, so the prompt rows' hidden
+          states are queries, keys and values like any other. Overrides replace the hidden rows
+          (their outputs at layer ``j < J-1`` are computed and overwritten at layer ``j+1``, as in
+          the originals). RPP's q/k/v prompts replace the rows' heads after the in-projection: keys
+          and values at every prompted layer, the query (and the residual row) only at layer
+          ``J-1`` when it is not the last layer, the one layer whose prompt-row outputs survive; at
+          ``j < J-1`` the rows' queries come from their stale hidden rows, whose outputs only ever
+          feed those rows' own next queries (keys and values are replaced) until layer ``J-1``
+          replaces them. At the last layer only the pooled rows are computed (and query-only pooled
+          rows: CoCa's CLS, a pooled padding row), reading every kept key, prompt keys included.
         """
-        plan = self.layout(plan)
+        laid = plan.for_semantics(self.semantics)  # on the host where the caller's plan is: rows are found there
+        plan = laid.to(self.device)
         groups, p_len = plan.n_groups, plan.prefix_len
         if prefix.shape[:2] != (groups, p_len):
             raise ValueError(f"prefix must have shape [G={groups}, P={p_len}, D], got {tuple(prefix.shape)}")
         if suffix.shape[0] != plan.n_tokens:
             raise ValueError(f"suffix must have {plan.n_tokens} packed rows, got {suffix.shape[0]}")
-        deep = prefix_prompts is not None or any(o is not None for o in (prefix_overrides or [])[1:])
-        if deep:
-            self.check_deep_prompts()
-        if override_start is None:  # read from the plan only when rows are replaced (else unused)
-            replaces = prefix_prompts is not None or any(o is not None for o in (prefix_overrides or []))
-            override_start = self.context_start(plan) if replaces else 0
+        prefix_prompts = self._check_prefix_prompts(prefix_prompts, prefix_overrides)
+        n_rows = self._deep_prompt_rows(prefix_prompts, prefix_overrides)
+        rows = None  # [N*M] packed suffix rows of the deep prompts, or None: prefix rows (or no deep prompts)
+        if n_rows:
+            override_start, rows = laid.deep_prompt_rows(n_rows, override_start, device=self.device)
         pos = self.text.positional_embedding.to(self.dtype)
-        prefix_prompts = self._check_prefix_prompts(prefix_prompts, prefix_overrides, override_start, p_len)
         n_prompted = len(prefix_prompts) if prefix_prompts else 0
         if n_prompted:  # layer 0's width-space rows get their positions' embedding, as CoOp's context does
             m = prefix_prompts[0].n_rows
@@ -243,8 +259,8 @@ class TextTower:
         # The G*P prefix rows, the T packed suffix rows and the Q query-only rows go through each
         # layer's dense parts (LN, projections, MLP) as one [G*P + T + Q, D] block: one GEMM per weight
         # instead of several, the weights read once (the prefix alone is a few rows, whose GEMMs are
-        # bound by reading the weights). Deep prompts act on the prefix part of the block: overrides
-        # replace its rows before a layer, q/k/v prompts replace its heads after the in-projection.
+        # bound by reading the weights). Deep prompts act on their rows of the block: overrides
+        # replace the rows before a layer, q/k/v prompts replace their heads after the in-projection.
         n_prefix, n_tokens = groups * p_len, plan.n_tokens
         queries = plan.derived("query_seq").numel()
         parts = [(prefix + pos[:p_len]).flatten(0, 1), suffix + pos[plan.positions]]
@@ -259,19 +275,21 @@ class TextTower:
                 override = prefix_overrides[layer]
             replacement = prefix_prompts[layer].residual if survive else override
             if replacement is not None:
-                xp = _replace_rows(x[:n_prefix].view(groups, p_len, -1), replacement, override_start)
-                x = torch.cat([xp.flatten(0, 1), x[n_prefix:]])
+                x = self._replace(plan, x, replacement, override_start, rows)
             if last:  # only the pooled rows are read; prefix outputs are never read after the last layer
                 break
             qkv_p, qkv, qkv_q = blk.qkv_fused(x).split([n_prefix, n_tokens, queries])
+            if prompted and rows is not None:
+                qkv = self._insert_suffix_heads(blk, prefix_prompts[layer], rows, qkv, need_q=survive)
             pk = pv = op = None
             if n_prefix:
                 qp, pk, pv = qkv_p.view(groups, p_len, 3, self.heads, -1).unbind(2)
-                if prompted:
+                if prompted and rows is None:
                     qp, pk, pv = self._insert_prompt_heads(blk, prefix_prompts[layer], override_start, qp, pk, pv,
                                                            need_q=survive)
                 op, _ = prompt_attention(qp, pk, pv, causal=True, return_lse=False, backend=self.backend)
-            o = [self._suffix_attention(plan, qkv, pk, pv)[plan.pad_index]]
+            o = self._suffix_attention(plan, qkv, pk, pv)
+            o = [o if _packed_is_padded(plan) else o[plan.pad_index]]
             if op is not None:
                 o.insert(0, op.flatten(0, 1))
             if queries:
@@ -281,18 +299,21 @@ class TextTower:
 
         blk, xs = self.blocks[-1], x[n_prefix:]
         pk = pv = None
+        every_layer = n_prompted == self.layers  # the last layer is prompted: its prompt keys/values are read
         if n_prefix:  # the prefix's keys and values only
             pk, pv = blk.kv(x[:n_prefix].view(groups, p_len, -1))
-            if n_prompted == self.layers:
+            if every_layer and rows is None:
                 _, pk, pv = self._insert_prompt_heads(blk, prefix_prompts[-1], override_start, None, pk, pv,
                                                       need_q=False)
         qkv, qkv_q = blk.qkv_fused(xs).split([n_tokens, queries])
+        if every_layer and rows is not None:  # the prompt rows are never pooled (deep_prompt_rows): no query
+            qkv = self._insert_suffix_heads(blk, prefix_prompts[-1], rows, qkv, need_q=False)
         o = self._suffix_attention(plan, qkv, pk, pv)
-        rows, o = xs[plan.eot_index], o[plan.derived("eot_pad_index")]
+        pooled, o = xs[plan.eot_index], o[plan.derived("eot_pad_index")]
         if queries:  # pooled suffix rows first, then the query-only rows; back to sequence order below
-            rows = torch.cat([rows, xs[n_tokens:]])
+            pooled = torch.cat([pooled, xs[n_tokens:]])
             o = torch.cat([o, self._query_attention(plan, qkv_q, qkv, pk, pv)])
-        xs = blk.add_mlp(blk.add_attention(rows, blk.attention_output(o)))
+        xs = blk.add_mlp(blk.add_attention(pooled, blk.attention_output(o)))
         if queries:
             xs = xs[plan.derived("pool_order")]
         return self.project(xs)
@@ -305,8 +326,10 @@ class TextTower:
         (``[G, P, H, d]`` or None), one call per length bucket; returns ``[padded_tokens, H, d]`` in
         the padded layout (packed rows at ``plan.pad_index``)."""
         heads, head_dim = qkv.shape[-2:]
-        # Scattered to the padded layout for attention only.
-        padded = qkv.new_zeros(plan.padded_tokens, 3, heads, head_dim).index_copy(0, plan.pad_index, qkv)
+        # Scattered to the padded layout for attention only (unless it is the packed layout already:
+        # every sequence full length, as on a bidirectional tower without a padding mask).
+        padded = qkv if _packed_is_padded(plan) else \
+            qkv.new_zeros(plan.padded_tokens, 3, heads, head_dim).index_copy(0, plan.pad_index, qkv)
         outs = []
         for b in plan.buckets:  # [n_b, length_b] each, padded to its own longest sequence
             qb, kb, vb = padded[b.start:b.stop].view(b.n, b.length, 3, heads, head_dim).unbind(2)
@@ -331,7 +354,8 @@ class TextTower:
                                 return_lse=False, backend=self.backend)
         return o[:, 0]
 
-    def _check_prefix_prompts(self, prompts, overrides, start: int, p_len: int):
+    def _check_prefix_prompts(self, prompts, overrides):
+        """``prompts`` as a list after checking their types and shapes (``None`` stays ``None``)."""
         if prompts is None:
             return None
         prompts = list(prompts)
@@ -347,11 +371,53 @@ class TextTower:
         if 0 <= last < self.layers - 1 and prompts[last].residual is None:
             raise ValueError(f"prefix_prompts[{last}].residual is needed: layer {last} is the last prompted "
                              "layer, whose prompt outputs propagate")
-        # start 0 is a tokenizer without a start token (mT5's): the context is the prefix's first row
-        if prompts and (start < 0 or start + prompts[0].n_rows > p_len):
-            raise ValueError(f"{prompts[0].n_rows} prompt rows starting at override_start={start} do not fit in a "
-                             f"prefix of {p_len} rows")
         return prompts
+
+    def _deep_prompt_rows(self, prompts, overrides) -> int:
+        """M, the rows every deep prompt replaces (0 when none is given); one M for every layer, as
+        the rows a layer replaces are those the previous one's prompt occupied."""
+        if prompts:
+            return prompts[0].n_rows
+        sizes = {int(o.shape[-2]) for o in (overrides or []) if o is not None}
+        if len(sizes) > 1:
+            raise ValueError(f"prefix_overrides replace {sorted(sizes)} rows in different layers: every layer's "
+                             "deep prompt must have the same number of rows M")
+        return sizes.pop() if sizes else 0
+
+    @staticmethod
+    def _replace(plan: TextPlan, x: torch.Tensor, rows_in: torch.Tensor, start: int,
+                 rows: Optional[torch.Tensor]) -> torch.Tensor:
+        """The ``[G*P + T + Q, D]`` block ``x`` with every sequence's deep prompt rows replaced by
+        ``rows_in`` (``[M, D]`` for all, or ``[G, M, D]`` per group): prefix rows ``start ..
+        start+M-1`` of every group when ``rows`` is None, else packed suffix rows ``rows [N*M]``."""
+        n_prefix = plan.n_groups * plan.prefix_len
+        if rows is None:
+            xp = _replace_rows(x[:n_prefix].view(plan.n_groups, plan.prefix_len, -1), rows_in, start)
+            return torch.cat([xp.flatten(0, 1), x[n_prefix:]])
+        vals = rows_in.to(x.dtype)
+        if vals.dim() == 3:
+            if vals.shape[0] != plan.n_groups:
+                raise ValueError(f"a per-group deep prompt has {vals.shape[0]} groups but the plan has {plan.n_groups}")
+            vals = vals[plan.group]
+        else:
+            vals = vals.expand(plan.n_sequences, -1, -1)
+        return x.index_copy(0, rows + n_prefix, vals.reshape(-1, x.shape[-1]))
+
+    @staticmethod
+    def _insert_suffix_heads(blk, prompt: QKVPrompt, rows: torch.Tensor, qkv: torch.Tensor,
+                             need_q: bool) -> torch.Tensor:
+        """The packed suffix heads ``qkv [T, 3, H, d]`` with RPP's q/k/v prompt heads in the deep
+        prompt rows ``rows [N*M]`` of every sequence (no shared prefix): keys and values always,
+        the query only where the rows' outputs survive (``need_q``; elsewhere the rows keep their
+        own stale query, whose output is never read: see :meth:`forward`)."""
+        qh, kh, vh = blk.prompt_heads(prompt, need_q=need_q, dtype=qkv.dtype)
+        n_seq = rows.numel() // prompt.n_rows
+
+        def per_sequence(t):  # [M, H, d] -> [N*M, H, d], sequence-major like ``rows``
+            return t.expand(n_seq, *t.shape).reshape(-1, *t.shape[1:])
+
+        q = per_sequence(qh) if need_q else qkv[rows, 0]
+        return qkv.index_copy(0, rows, torch.stack([q, per_sequence(kh), per_sequence(vh)], 1))
 
     @staticmethod
     def _insert_prompt_heads(blk, prompt: QKVPrompt, start: int, qp: Optional[torch.Tensor], kp: torch.Tensor,
@@ -409,6 +475,12 @@ class TextTower:
         plan = self.plan_for_token_ids(ids)
         prefix, suffix = self.embed(plan)
         return self.forward(plan, prefix, suffix)
+
+
+def _packed_is_padded(plan: TextPlan) -> bool:
+    """The padded attention layout is the packed one: one bucket (sequence order) and no padding row
+    (every sequence as long as the longest), so ``pad_index`` is the identity."""
+    return len(plan.buckets) == 1 and plan.padded_tokens == plan.n_tokens
 
 
 def _replace_rows(x: torch.Tensor, rows: torch.Tensor, start: int) -> torch.Tensor:

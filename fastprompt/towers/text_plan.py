@@ -41,6 +41,12 @@ from ..ops import declare_index_range
 from .text_semantics import CLIP_TEXT, TextSemantics, kept_tokens
 
 
+class UnpromptableTextTowerError(ValueError):
+    """Deep text prompts (MaPLe, PromptSRC/IVLP, RPP's text branch) asked for where their insertion
+    point is ill defined: a prompt row the tower masks as padding or never computes, or one the
+    tower pools. The message names the sequence and the rows."""
+
+
 def ctx_source(slot: int) -> int:
     """Source code of learnable context slot ``slot`` (0-based)."""
     return -1 - slot
@@ -372,6 +378,83 @@ class TextPlan:
         plan = self if self.prefix_src.device.type == "cpu" else self.to("cpu")
         return TextPlan(plan.prefix_src, plan.suffix_src, plan.seqlens, plan.group, plan.n_groups,
                         plan.class_index, plan.eot_positions, rule, **plan._layout_fields())
+
+    def deep_prompt_rows(self, n_rows: int, start: Optional[int] = None,
+                         device: Optional[torch.device] = None) -> Tuple[int, Optional[torch.Tensor]]:
+        """Where ``n_rows`` deep text prompt rows go: positions ``start .. start+n_rows-1`` of every
+        sequence (the originals' context rows ``x[:, start:start+n_ctx]``).
+
+        Args:
+            n_rows: M, the prompt rows of every prompted layer.
+            start: the first replaced position; ``None``: the first context slot's position (1 after
+                CLIP's ``[SOT]``, 0 for a tokenizer without a start token: SigLIP's, mT5's).
+
+        Returns:
+            ``(start, None)`` when the rows lie in the shared prefix (a causal tower: one copy for all
+            classes), else ``(start, rows [N*M])`` with the packed suffix index of position
+            ``start + k`` of sequence ``n`` at ``rows[n*M + k]`` (no prefix shared: a bidirectional
+            tower, every sequence at full length or packed to its unmasked tokens). Computed once per
+            plan on the host and cached, with one copy per ``device`` asked for (default: the CPU),
+            so a step neither reads the device nor copies the index again.
+
+        Raises:
+            ValueError: the plan has no context slot to start from, or the rows straddle the shared
+                prefix and the suffixes.
+            UnpromptableTextTowerError: where deep prompts are ill defined: a sequence lacks one of the
+                positions (masked as padding by the tower, or past its end), or the tower pools one
+                of them (the feature would be a prompt row's own output, not a reading of the text).
+        """
+        if start is None:
+            start = self.context_start()
+        on_device = f"deep_prompt_rows:{start}:{n_rows}:{torch.device(device or 'cpu')}"
+        if on_device in self._derived:
+            return start, self._derived[on_device]
+        if start < 0 or n_rows < 1:
+            raise ValueError(f"deep prompt rows need start >= 0 and at least one row, got start={start}, "
+                             f"{n_rows} rows")
+        if start + n_rows <= self.prefix_len:
+            return start, None
+        if self.prefix_len > start:
+            raise ValueError(f"{n_rows} deep prompt rows from position {start} straddle the shared prefix "
+                             f"({self.prefix_len} rows) and the class suffixes: build the plan with the context "
+                             "in front (position='end') and the whole context in the prefix")
+        # host copies: computed once per plan, never in a step's device work
+        pos, lens = self.positions.cpu(), self.seqlens.cpu()
+        n = lens.numel()
+        seq = torch.repeat_interleave(torch.arange(n), lens)
+        hit = (pos >= start) & (pos < start + n_rows)
+        counts = torch.zeros(n, dtype=torch.long).index_add_(0, seq[hit], torch.ones_like(seq[hit]))
+        short = (counts != n_rows).nonzero().flatten()
+        instead = "use a learner that prompts only the text input (CoOp, CoCoOp, KgCoOp, PRE, SoftCPT, POMP)"
+        if short.numel():
+            raise UnpromptableTextTowerError(
+                f"sequence {int(short[0])} has no row at some of positions {start}..{start + n_rows - 1}, where the "
+                f"deep text prompts go (the tower masks them as padding, or the prompt ends before): {instead}")
+        pooled = self.eot_positions.cpu()
+        in_rows = (pooled >= start) & (pooled < start + n_rows)
+        if self.pool_offset is not None:  # a query-only pooled row is its own row, not one of the kept positions
+            in_rows &= self.pool_offset.cpu() >= 0
+        if bool(in_rows.any()):
+            bad = int(in_rows.nonzero()[0])
+            raise UnpromptableTextTowerError(
+                f"the text tower pools sequence {bad} at position {int(pooled[bad])}, one of the deep prompt rows "
+                f"{start}..{start + n_rows - 1} ('first' pooling without a start token): the feature would be a "
+                f"prompt row's own output, not a reading of the text; {instead}, or a tokenizer that writes a start "
+                "token")
+        rows = hit.nonzero().flatten()  # sequence-major, positions ascending within a sequence
+        self._derived[on_device] = rows.to(device or "cpu")
+        return start, self._derived[on_device]
+
+    def context_start(self) -> int:
+        """Position of the plan's first context slot (the first in the shared prefix, else the first
+        in any suffix): where deep text prompts go by default."""
+        if self.derived("prefix_ctx_pos").numel():
+            return int(self.derived("prefix_ctx_pos").min())
+        ctx = self.derived("suffix_ctx_pos")
+        if ctx.numel() == 0:
+            raise ValueError("deep text prompts replace the context rows, and this plan has no learnable context: "
+                             "build the plan with the context in front (position='end')")
+        return int(self.positions[ctx].min())
 
     @property
     def eot_index(self) -> torch.Tensor:

@@ -101,8 +101,6 @@ class RPPLearner(PromptLearner):
         self.prompt_vision = config.branches in ("vision", "both")
         if self.prompt_vision:
             self._require_prompted_image_tower()
-        if self.prompt_text:  # q/k/v prompts inside the text layers: refused on a bidirectional tower
-            self.text_tower.check_deep_prompts()
         for name, tower, used in (("text", self.text_tower, self.prompt_text),
                                   ("vision", self.vision_tower, self.prompt_vision)):
             if used and config.depth > tower.layers:
@@ -119,6 +117,8 @@ class RPPLearner(PromptLearner):
                                            log_base=config.pomp_log_base, seed=config.pomp_seed)
         self._frozen_text = None
         self._rebuild_plan()
+        if self.prompt_text:  # the q/k/v prompts' rows must exist, unpooled, in every prompt
+            self.text_tower.check_deep_prompts(self.plan, self.n_ctx)
 
     # ---- construction --------------------------------------------------------------------------
     @classmethod
