@@ -32,6 +32,12 @@ The three context learners are one class here (the original's ``TaskPromptLearne
 ``task_prompt_learner.ctx``, ``class_prompt_learner.ctx``, ``prompt_gen.proj`` (plus the
 ``token_prefix``/``token_suffix`` buffers and the frozen CLIP modules).
 
+The hard-sharing baselines of ``trainers/mtcoop_hard.py`` (``MTCoOpHard``, ``TRAINER.MTCOOPH``) are
+:class:`ReferenceMTCoOpHard`: CoOp's prompt learner over the joint class list (``TSC=False``: one
+context for all classes, or one per class with ``CSC``), or one CoOp prompt learner per task
+concatenated (``TSC=True``: ``PromptLearner.learners``), the text encoder over all ``C_tot``
+classes every forward, and the same per-task loss.
+
 Also here, literally, the two pieces of its Dassl fork that a multi-task run's batch and result go
 through: :func:`original_label_matrix` (``DatasetWrapper.__getitem__``'s label of a ``DatumMT``)
 and :func:`original_mt_evaluate` (``ClassificationMT.compute_scores`` / ``evaluate``, the per-task
@@ -55,12 +61,13 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .coop import ReferenceCoOp, ReferenceCoOpPromptLearner
 from .prompt_common import (POSITIONS, ReferenceCLIPBase, assemble_prompts, default_tokenizer, init_context,
                             register_class_prompts)
 from .text_encoder import text_tower
 
 __all__ = ["ReferenceSoftCPT", "ReferenceSoftCPTContextLearner", "ReferenceSoftCPTClassPrompts",
-           "ReferencePromptGen", "original_label_matrix", "original_mt_evaluate"]
+           "ReferencePromptGen", "ReferenceMTCoOpHard", "original_label_matrix", "original_mt_evaluate"]
 
 class ReferenceSoftCPTContextLearner(nn.Module):
     """The original ``TaskPromptLearner`` / ``ClassPromptLearner``: ``forward() -> prompts [R, 77, D]``."""
@@ -370,3 +377,58 @@ def original_mt_evaluate(logits: torch.Tensor, y_true: np.ndarray, num_classes: 
     results["metric"] = np.mean(np.array(metrics))
     results["per_task"] = metrics
     return results
+
+
+class _ReferenceTaskShared(nn.Module):
+    """``mtcoop_hard.py`` ``PromptLearner`` with ``task_share``: one CoOp prompt learner per task
+    (``learners``), prompts and tokenized prompts concatenated in task order."""
+
+    def __init__(self, learners: Sequence[nn.Module]):
+        super().__init__()
+        self.learners = nn.ModuleList(learners)
+        self.register_buffer("tokenized_prompts", torch.cat([m.tokenized_prompts for m in self.learners], dim=0),
+                             persistent=False)
+
+    def forward(self) -> torch.Tensor:
+        return torch.cat([m() for m in self.learners], dim=0)
+
+
+class ReferenceMTCoOpHard(ReferenceCoOp):
+    """``mtcoop_hard.py`` ``CustomCLIP`` (CoOp's, over the joint class list or per-task prompt
+    learners: its ``forward`` is :class:`~fastprompt.reference.coop.ReferenceCoOp`'s) and the
+    ``MTCoOpHard`` trainer's ``mutitask_loss``.
+
+    Args (``TRAINER.MTCOOPH.*``): ``tasknames`` (T names, unused by the model as in the original),
+    ``classnames`` (T class lists), ``n_ctx`` [N_CTX], ``csc`` [CSC], ``tsc`` [TSC: one prompt
+    learner per task], ``ctx_init`` [CTX_INIT], ``token_position`` [TOKEN_POSITION].
+    ``forward(images) -> logits [B, C_tot]``; ``loss(images, label_matrix [B, C_tot])``.
+    """
+
+    def __init__(self, model: nn.Module, tasknames: Sequence[str], classnames: Sequence[Sequence[str]],
+                 n_ctx: int = 16, csc: bool = False, tsc: bool = False, ctx_init: str = "",
+                 token_position: str = "end", tokenizer: Optional[Callable] = None):
+        ReferenceCLIPBase.__init__(self, model)  # CoOp's CustomCLIP and forward; the prompt learner is set here
+        if len(tasknames) != len(classnames):
+            raise ValueError(f"{len(tasknames)} task names but {len(classnames)} class lists")
+
+        def learner(names):
+            return ReferenceCoOpPromptLearner(model, names, n_ctx=n_ctx, ctx_init=ctx_init, csc=csc,
+                                              class_token_position=token_position, tokenizer=tokenizer)
+
+        if tsc:  # learn one prompt for each task
+            self.prompt_learner = _ReferenceTaskShared([learner(list(x)) for x in classnames])
+        else:  # all classes share one prompt, or one prompt per class
+            self.prompt_learner = learner([c for x in classnames for c in x])
+        self.num_tasks = len(classnames)
+        self.cls_range = _cls_range([len(x) for x in classnames])
+
+    def prompt_parameters(self) -> List[nn.Parameter]:
+        return [p for p in self.prompt_learner.parameters()]
+
+    def multitask_loss(self, output: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
+        """``MTCoOpHard.mutitask_loss``: ``mutitask_loss`` of ``mtcoop.py`` without its skip of a task
+        absent from the batch (whose empty ``reduction='sum'`` adds 0: the same value)."""
+        return ReferenceSoftCPT.multitask_loss(self, output, label)
+
+    def loss(self, images: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
+        return self.multitask_loss(self(images), label)

@@ -128,7 +128,7 @@ def build_learner(cfg: Dict[str, Any], model, tokenizer, classnames, dataset_nam
     if tasks is not None:
         target = [(name, list(names)) for name, names in tasks]
     else:
-        target = {dataset_name: list(classnames)} if method == "softcpt" else list(classnames)
+        target = {dataset_name: list(classnames)} if method in MULTITASK_METHODS else list(classnames)
     try:
         learner = cls.from_model(model, target, tokenizer=tokenizer, **kwargs)
     except (TypeError, ValueError) as exc:
@@ -147,6 +147,8 @@ def start_as_original(learner, cfg: Dict[str, Any], model, tokenizer, kwargs: Di
     original code cannot start from (RPP has no original; an ``init_std`` other than 0.02, ...)."""
     method = cfg["METHOD"]
     if method not in ORIGINAL_METHODS:
+        if method == "softcpt_hard":  # its original exists; replaying its construction is not implemented
+            return "fastprompt's own (the original MTCoOpHard's initial draws are not replayed)"
         return f"fastprompt's own ({method} has no original code to replay)"
     section = cfg["TRAINER"][METHODS[method].section]
     # what shapes the start; POMP's own ``seed`` (its negative-class draws) and the frozen tower's

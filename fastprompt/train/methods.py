@@ -9,7 +9,8 @@ original YAML file loads unchanged; a value this port cannot honour is an error 
 
 Sources (``train.py`` ``extend_cfg``): KaiyangZhou/CoOp @ ff61507 (CoOp, CoCoOp), htyao89/KgCoOp
 @ c43ccc3, muzairkhattak/multimodal-prompt-learning @ 69bce21 (MaPLe, VPT), muzairkhattak/PromptSRC
-@ bb95c77, minhanh151/PRE @ 08be701, kding1225/softcpt @ 7cab4b9 (``MTCOOP``), amazon-science/
+@ bb95c77, minhanh151/PRE @ 08be701, kding1225/softcpt @ 7cab4b9 (``MTCOOP``, and ``MTCOOPH`` of its
+hard-sharing baselines), amazon-science/
 prompt-pretraining @ 24bca56 (POMP). RPP (Chen et al., arXiv 2409.06166) has no public code: its
 ``TRAINER.RPP`` section is fastprompt's, one key per ``RPPConfig`` field.
 """
@@ -116,6 +117,10 @@ METHODS: Dict[str, MethodSpec] = {s.method: s for s in [
                 "PG_TYPE": ("pg_type", lambda v: v or "lin"), "CLS_SAMPLE_RATE": ("cls_sample_rate", float)},
                inert={"PG_RATIO": "declared by SoftCPT's train.py, never read by its trainer"},
                fixed={"CTX_INIT": "", "FREEZE_CLS_PROMPT": 0}),
+    MethodSpec("softcpt_hard", "SoftCPTHardLearner", ("MTCoOpHard",), "MTCOOPH",
+               dict(PREC="fp16", N_CTX=16, CSC=False, CTX_INIT="", TOKEN_POSITION="end", TSC=False),
+               _k(N_CTX="n_ctx", CSC="csc", CTX_INIT="ctx_init", TOKEN_POSITION="class_token_position",
+                  TSC="task_specific")),
     MethodSpec("pomp", "POMPLearner", ("POMP",), "POMP",
                dict(N_CTX=4, CSC=False, CTX_INIT="", CLASS_TOKEN_POSITION="end", UPDATE_CLASS_NUM=128, PREC="fp16",
                     EPT=False, LOCAL_CORRECTION=True, NEG_SAMPLING_MODE="random"),
@@ -141,7 +146,7 @@ METHODS: Dict[str, MethodSpec] = {s.method: s for s in [
 
 # Methods that train a multi-task dataset (SoftCPT's general10, plant6, fashion20): their learner
 # takes tasks and its loss scores each image against its own task's classes only.
-MULTITASK_METHODS = ("softcpt",)
+MULTITASK_METHODS = ("softcpt", "softcpt_hard")
 
 # Learners whose prompts enter the vision transformer: they need a ViT image tower.
 DEEP_VISION = tuple(m for m, s in METHODS.items() if s.deep_vision)
