@@ -105,3 +105,34 @@ def test_hard_sharing_run_on_general10(tmp_path, monkeypatch):
     log = (tmp_path / "run" / "log.txt").read_text()
     assert "softcpt_hard on general10 (10 tasks, 30 classes" in log
     assert "initial prompts: fastprompt's own (the original MTCoOpHard's initial draws are not replayed)" in log
+
+
+@pytest.mark.parametrize("name", ["NATA", "NATS", "CATA", "CSTA", "CATS", "CSTS"])
+@pytest.mark.parametrize("dataset", ["general10", "plant6"])
+def test_the_paper_variants_resolve_to_their_settings(name, dataset):
+    """Each README variant's recipe + overrides gives the learner of that name; on General-10 the
+    class-feature variants sample 10% of the negative classes (main_mtcoop_cls_sample.sh), elsewhere none."""
+    from fastprompt.learners.softcpt import SoftCPTConfig
+    from fastprompt.train.config import load_recipe, resolve_config
+    from fastprompt.train.methods import learner_kwargs
+    from fastprompt.train.softcpt_variants import variant_run
+
+    recipe, overrides = variant_run(name, dataset)
+    cfg = resolve_config([(recipe, load_recipe(recipe))], arguments={"DATASET.NAME": dataset}, overrides=overrides)
+    config = SoftCPTConfig(**learner_kwargs("softcpt", cfg["TRAINER"]["MTCOOP"]))
+    assert config.variant == name and config.n_ctx == 16 and config.task_n_ctx == 4
+    assert config.cls_sample_rate == (0.1 if dataset == "general10" and name.startswith("C") else 0.0)
+
+
+@pytest.mark.parametrize("name, shape", [("hard-shared", (16,)), ("hard-per-task", (3, 16)),
+                                         ("hard-per-class", (9, 16))])
+def test_the_hard_baselines_resolve_to_their_prompts(name, shape, tiny_model):
+    from fastprompt.train.config import load_recipe, resolve_config
+    from fastprompt.train.methods import learner_kwargs
+    from fastprompt.train.softcpt_variants import variant_run
+
+    recipe, overrides = variant_run(name, "general10", "vit_b16_ep50")
+    cfg = resolve_config([(recipe, load_recipe(recipe))], overrides=overrides)
+    learner = LEARNERS["softcpt_hard"].from_model(tiny_model, TASKS,
+                                                  **learner_kwargs("softcpt_hard", cfg["TRAINER"]["MTCOOPH"]))
+    assert tuple(learner.ctx.shape[:-1]) == shape

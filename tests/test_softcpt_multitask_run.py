@@ -185,3 +185,22 @@ def test_subsample_tasks_picks_the_tasks_of_the_set(general10, tmp_path):
     result = _in_process(general10, tmp_path / "run", ["DATASET.SUBSAMPLE_TASKS", "base", "OPTIM.MAX_EPOCH", "1"])
     data = load_dataset("general10", general10, shots=2, seed=2, subsample_tasks="base")
     assert [t["task"] for t in result["tasks"]] == data.task_names and len(data.task_names) == 5
+
+
+def test_general10_on_two_processes_equals_one(general10, tmp_path):
+    """torchrun, 2 CPU processes splitting each global batch of 16: the per-task loss sums over a
+    rank's samples and divides by its 8, so the averaged gradient is the one process's (to fp32
+    rounding: each rank sums half a batch); the per-task evaluation covers every test image once."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE"}
+    proc = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                             JOB, general10, str(tmp_path / "ddp")], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    one = _in_process(general10, tmp_path / "one")  # meanwhile
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0, out
+    a, b = load_file(str(tmp_path / "ddp" / "prompt.safetensors")), load_file(str(tmp_path / "one" / "prompt.safetensors"))
+    for name in b:
+        assert_close_rel(a[name], b[name], 1e-4, name)  # the tolerance of tests/test_train_distributed.py
+    with open(tmp_path / "ddp" / "eval.json") as f:
+        two = json.load(f)
+    assert [t["total"] for t in two["tasks"]] == [t["total"] for t in one["tasks"]] == [6] * 10
