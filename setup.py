@@ -81,7 +81,8 @@ setup(
         "webdataset",  # ImageNet-21K WebDataset tar shards (fastprompt data pack, ShardDataset)
     ],
     extras_require={
-        "test": ["pytest>=7", "pytest-benchmark", "hypothesis"],
+        # transformers: the Hugging Face text towers (RoBERTa, XLM-R, mT5, NLLB) of tests/test_every_backbone.py
+        "test": ["pytest>=7", "pytest-benchmark", "hypothesis", "transformers>=4.40"],
         "kernels": ["triton", "pybind11"],
         "train": ["matplotlib", "tensorboard"],  # curves.png and TensorBoard events of training runs
     },

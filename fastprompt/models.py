@@ -65,12 +65,13 @@ def resolve_tokenizer(name: str, cache_dir: Optional[str] = None):
             f"open_clip model {name!r} tokenizes its text with {_tokenizer_source(name)}, which needs {missing} "
             "(in Python you may instead pass a tokenizer: from_open_clip(..., tokenizer=...) or "
             "from_model(model, classnames, tokenizer=...))") from err
-    except OSError as err:  # Hugging Face tokenizer files neither cached nor downloadable
+    except OSError as err:  # Hugging Face tokenizer files neither cached nor downloadable (no network, no cache)
         fill = f"python -c \"import open_clip; open_clip.get_tokenizer('{name}')\""
         raise TokenizerNotAvailableError(
             f"the tokenizer of open_clip model {name!r} ({_tokenizer_source(name)}) cannot be loaded: "
-            f"{_one_line(err)}. Run `{fill}` once with a network to fill the Hugging Face cache, or pass a "
-            "tokenizer (from_open_clip(..., tokenizer=...))") from err
+            f"{_one_line(err)}. Run `{fill}` once with a network to fill the Hugging Face cache, or load it from a "
+            "local copy of its files (open_clip.tokenizer.HFTokenizer('/path/to/tokenizer_dir')) and pass that "
+            "tokenizer (from_open_clip(..., tokenizer=...), from_model(model, classnames, tokenizer=...))") from err
 
 
 def tiny_clip(seed: int = 0, *, width: int = 64, layers: int = 2, heads: int = 2,

@@ -22,7 +22,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..towers import TextTower, image_tower
+from ..towers import image_tower
+from ..towers.hf_text import token_embedding_of
+from ..towers.text_tower_for import text_tower
 from ..towers.frozen_image import UnpromptableImageTowerError
 from ..version import __version__
 from .checkpoint import check_config_types, original_prompt_state, read_prompt_checkpoint, write_prompt_checkpoint
@@ -52,7 +54,7 @@ def default_tokenizer(model: nn.Module):
 
     context_length = getattr(model, "context_length", None) or 77
     tokenizer = SimpleTokenizer(context_length=context_length)
-    embedding = getattr(getattr(model, "text", model), "token_embedding", None)
+    embedding = token_embedding_of(model)
     rows = embedding.num_embeddings if isinstance(embedding, nn.Embedding) else None
     if rows is not None and rows != tokenizer.vocab_size:
         raise ValueError(f"this model's text tower has a vocabulary of {rows} tokens, not the {tokenizer.vocab_size} "
@@ -137,7 +139,7 @@ class PromptLearner(nn.Module, abc.ABC):
         self.model_name = model_name
         self.pretrained = pretrained
         self.tokenizer = tokenizer if tokenizer is not None else default_tokenizer(model)
-        self.text_tower = TextTower(model, backend=config.backend)
+        self.text_tower = text_tower(model, config.backend, self.tokenizer)
         # open_clip's or timm's ViT (deep prompts, fast path), or any other tower run frozen as it is
         self.vision_tower = image_tower(model.visual, backend=config.backend)
         self._classnames: List[str] = clean_classnames(classnames)

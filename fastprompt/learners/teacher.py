@@ -29,7 +29,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..templates import TemplateSpec, resolve_templates
-from ..towers import TextTower, image_tower
+from ..towers import image_tower
+from ..towers.text_tower_for import text_tower
 from .prompts import clean_classnames
 from .template_features import mean_template_features
 from .zero_shot import zero_shot_classifier
@@ -74,7 +75,7 @@ class CLIPTeacher(nn.Module):
         self.clip = model
         self.templates = resolve_templates(templates)
         self.tokenizer = tokenizer if tokenizer is not None else default_tokenizer(model)
-        self.text_tower = TextTower(model, backend=backend)
+        self.text_tower = text_tower(model, backend, self.tokenizer)
         visual = (image_model if image_model is not None else model).visual
         self.vision_tower = image_tower(visual, backend=backend)
         self.uses_own_images = image_model is None

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from ..templates import TemplateSpec, resolve_templates
-from ..towers import TextTower
+from ..towers.text_tower_for import text_tower
 from .base import default_tokenizer
 from .template_features import mean_template_features
 from .zero_shot_cache import cache_path, classifier_key, load_classifier, save_classifier
@@ -78,6 +78,6 @@ def _device(model: nn.Module) -> torch.device:
 
 
 def _build(model, tokenizer, names, templates, batch_size: int, progress: bool, backend: str) -> torch.Tensor:
-    mean = mean_template_features(TextTower(model, backend=backend), tokenizer, names, templates, batch_size,
+    mean = mean_template_features(text_tower(model, backend, tokenizer), tokenizer, names, templates, batch_size,
                                   progress)
     return (mean / mean.norm(dim=-1, keepdim=True)).t().contiguous()

@@ -38,8 +38,11 @@ _FORMAT = "1"
 
 def text_tower_fingerprint(model: nn.Module) -> str:
     """SHA-256 over the names, shapes, dtypes and bytes of the text tower's tensors."""
+    from ..towers.hf_text import hf_text_encoder
     from ..towers.text import _text_modules
 
+    if hf_text_encoder(model) is not None:  # a Hugging Face text tower: the transformers model, pooler, projection
+        return tensors_fingerprint([("text", model.text)])
     text = _text_modules(model)
     return tensors_fingerprint([("token_embedding", text.token_embedding),
                                 ("positional_embedding", text.positional_embedding),

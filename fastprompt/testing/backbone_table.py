@@ -9,7 +9,8 @@ recorded by its error type and message; anything else propagates (a crash is a b
 in one row, ✓ for a step taken and a short code per distinct refusal, explained under the table.
 
 ``python -m fastprompt.testing.backbone_table > bench/backbones.md`` writes the table of every
-architecture of ``open_clip.list_models()`` (``tests/test_every_backbone.py`` checks the file).
+architecture of ``open_clip.list_models()`` (``tests/test_every_backbone.py`` checks the file); run
+it with ``transformers`` installed (the ``test`` extra), which the Hugging Face text towers need.
 """
 from __future__ import annotations
 
@@ -105,8 +106,9 @@ def outcome(model, tokenizer, method: str, settings: dict) -> Outcome:
 
 def collect(architectures: Sequence[str]) -> Dict[str, Dict[str, Outcome]]:
     """``{architecture: {column: Outcome}}`` over :data:`COLUMNS`; an architecture that cannot be
-    built here (a Hugging Face text tower) has the build's refusal in every column, and a learner
-    that crashes is recorded as a crash (``Outcome.crash``: the table shows it as a bug)."""
+    built here (a Hugging Face text tower without ``transformers`` installed) has the build's refusal
+    in every column, and a learner that crashes is recorded as a crash (``Outcome.crash``: the table
+    shows it as a bug)."""
     return {name: row_of(name) for name in architectures}
 
 
@@ -196,6 +198,13 @@ def markdown_table(outcomes: Dict[str, Dict[str, Outcome]], describe=None) -> st
 
 
 if __name__ == "__main__":
+    import sys
+
     import open_clip
 
+    from .scaled_models import transformers_available
+
+    if not transformers_available():  # the table's Hugging Face rows would be this machine's missing package
+        sys.exit("fastprompt.testing.backbone_table: the table is made with the Hugging Face text towers built, "
+                 "which needs transformers: pip install -e '.[test]'")
     print(markdown_table(collect(open_clip.list_models()), describe=tower_kind), end="")

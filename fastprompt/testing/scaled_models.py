@@ -17,9 +17,15 @@ Tokenizers: CLIP's BPE tokenizer is built offline and used as it is. A Hugging F
 (``hf_tokenizer_name``) needs ``transformers`` and a download, so :class:`StandInTokenizer` takes its
 place with the same special-token layout (:data:`HF_TOKENIZER_LAYOUTS`: start token, EOS, padding
 id, whether a separator is stripped) over CLIP's BPE ids shifted past the special ids, and the text
-tower's vocabulary is sized to the stand-in's. A Hugging Face *text tower* (``hf_model_name``:
-RoBERTa, XLM-R, mT5, NLLB) needs ``transformers`` and its weights' config from the Hub:
-:func:`scaled_clip` raises :class:`~fastprompt.models.TokenizerNotAvailableError` for it, the error
+tower's vocabulary is sized to the stand-in's.
+
+A Hugging Face *text tower* (``hf_model_name``: RoBERTa, XLM-R, mT5, NLLB) is open_clip's
+``HFTextEncoder`` over a ``transformers`` model whose config open_clip reads from the Hub. With
+``transformers`` importable, :func:`scaled_clip` builds it through open_clip's own path (the same
+encoder class, encoder-only use of mT5 / M2M100, pooler and projection type) with open_clip's config
+lookup answered by a tiny config of the same family (RoBERTa, XLM-R, mT5, M2M100: 2 layers, width
+:data:`TEXT_WIDTH`, 2 heads, the stand-in tokenizer's vocabulary and padding id). Without
+``transformers`` it raises :class:`~fastprompt.models.TokenizerNotAvailableError`, the error
 fastprompt gives a user (:func:`~fastprompt.models.resolve_tokenizer`), before any build.
 """
 from __future__ import annotations
@@ -35,7 +41,7 @@ import torch
 from ..models import TokenizerNotAvailableError, frozen, resolve_tokenizer
 
 __all__ = ["scaled_clip", "scaled_config", "StandInTokenizer", "TIMM_SHRINK", "HF_TOKENIZER_LAYOUTS",
-           "IMAGE_SIZE", "TEXT_WIDTH"]
+           "IMAGE_SIZE", "TEXT_WIDTH", "transformers_available"]
 
 IMAGE_SIZE = 64  # input side of the scaled ResNets and timm trunks (their preprocess configuration says so)
 TEXT_WIDTH = 64
@@ -73,23 +79,29 @@ TIMM_SHRINK: Dict[str, Callable[[dict], dict]] = {
                                                     window_size=4),
 }
 
-# Special-token layout of each Hugging Face tokenizer an open_clip text tower of its own uses:
+# Special-token layout of each Hugging Face tokenizer an open_clip text tower uses:
 # (start id or None, eos id or None, pad id, first text id). From the tokenizers' published
 # vocabularies: SigLIP's sentencepiece (pad = eos = 1, no start), SigLIP 2's Gemma (pad 0, eos 1;
 # open_clip asks for no start token), mT5 (pad 0, eos 1), XLM-V (<s> 0, <pad> 1, </s> 2), BERT
-# uncased ([CLS] 101, [SEP] 102 stripped to 0 by open_clip's strip_sep_token, pad 0).
+# uncased ([CLS] 101, [SEP] 102 stripped to 0 by open_clip's strip_sep_token, pad 0), RoBERTa's BPE
+# and XLM-R's sentencepiece (<s> 0, <pad> 1, </s> 2, <unk> 3), NLLB (the source-language code first,
+# e.g. eng_Latn: stood in for by id 4 here, where the real one sits at the vocabulary's end; </s> 2, <pad> 1).
 HF_TOKENIZER_LAYOUTS: Dict[str, Tuple[Optional[int], Optional[int], int, int]] = {
     "siglip": (None, 1, 1, 3),
     "siglip2": (None, 1, 0, 3),
     "mt5": (None, 1, 0, 3),
     "xlm-v": (0, 2, 1, 3),
     "bert": (101, None, 0, 103),
+    "roberta": (0, 2, 1, 4),
+    "xlm-roberta": (0, 2, 1, 4),
+    "nllb": (4, 2, 1, 5),
 }
 
 
 def _layout_key(hf_name: str) -> str:
     lowered = hf_name.lower()
     for key, marker in (("siglip2", "siglip2"), ("siglip", "siglip"), ("mt5", "mt5"), ("xlm-v", "xlm-v"),
+                        ("xlm-roberta", "xlm-roberta"), ("roberta", "roberta"), ("nllb", "nllb"),
                         ("bert", "bert-base")):
         if marker in lowered:
             return key
@@ -146,6 +158,59 @@ def _tokenizer(name: str, text_cfg: dict):
     return StandInTokenizer(text_cfg.get("context_length", 77), start, eos, pad, first, clean)
 
 
+def _hf_text_config(family: str, vocab_size: int, pad_id: int):
+    """A tiny ``transformers`` config of ``family`` (a key of :data:`HF_TOKENIZER_LAYOUTS` naming a
+    text-tower family): 2 encoder layers, width :data:`TEXT_WIDTH`, 2 heads, the stand-in's
+    vocabulary and padding id; every other setting the family's default (mT5's gated GELU and
+    relative attention buckets, NLLB's scaled embeddings, RoBERTa's padding-offset positions)."""
+    import transformers
+
+    small = dict(vocab_size=vocab_size, pad_token_id=pad_id)
+    if family in ("roberta", "xlm-roberta"):
+        cls = transformers.RobertaConfig if family == "roberta" else transformers.XLMRobertaConfig
+        return cls(hidden_size=TEXT_WIDTH, num_hidden_layers=2, num_attention_heads=2, intermediate_size=2 * TEXT_WIDTH,
+                   bos_token_id=0, eos_token_id=2, **small)
+    if family == "mt5":  # open_clip keeps the encoder stack; the decoder is built and dropped, so it is kept tiny
+        return transformers.MT5Config(d_model=TEXT_WIDTH, d_kv=TEXT_WIDTH // 2, d_ff=2 * TEXT_WIDTH, num_layers=2,
+                                      num_decoder_layers=1, num_heads=2, eos_token_id=1, decoder_start_token_id=0,
+                                      **small)
+    if family == "nllb":
+        return transformers.M2M100Config(d_model=TEXT_WIDTH, encoder_layers=2, decoder_layers=1,
+                                         encoder_attention_heads=2, decoder_attention_heads=2,
+                                         encoder_ffn_dim=2 * TEXT_WIDTH, decoder_ffn_dim=2 * TEXT_WIDTH,
+                                         scale_embedding=True, bos_token_id=0, eos_token_id=2,
+                                         decoder_start_token_id=2, **small)
+    raise ValueError(f"no scaled-down config for the Hugging Face text tower family {family!r}: add it to "
+                     "fastprompt.testing.scaled_models._hf_text_config")
+
+
+def _tiny_hf_config(stack: ExitStack, hf_name: str, tokenizer: "StandInTokenizer") -> None:
+    """Answer open_clip's ``AutoConfig.from_pretrained(hf_name)`` (a Hub download) with the tiny
+    config of ``hf_name``'s family, so open_clip builds its ``HFTextEncoder`` exactly as for the
+    real model (``AutoModel.from_config``, ``.encoder`` of an encoder-decoder, the pooler)."""
+    import open_clip.hf_model
+
+    config = _hf_text_config(_layout_key(hf_name), tokenizer.vocab_size, tokenizer.pad_id)
+
+    class TinyConfig:
+        @staticmethod
+        def from_pretrained(name, *args, **kwargs):
+            if name != hf_name:
+                raise ValueError(f"scaled_clip answers open_clip's config lookup for {hf_name!r}, not {name!r}")
+            return config
+
+    stack.enter_context(mock.patch.object(open_clip.hf_model, "AutoConfig", TinyConfig))
+
+
+def transformers_available() -> bool:
+    """Whether ``transformers`` imports (an import, not a file lookup: a test may hide the package)."""
+    try:
+        import transformers  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
 def scaled_config(name: str, tokenizer) -> dict:
     """open_clip's config of ``name`` with its towers scaled down (see the module docstring): the
     keyword arguments for ``open_clip.create_model(name, **scaled_config(...))``."""
@@ -155,6 +220,8 @@ def scaled_config(name: str, tokenizer) -> dict:
     text = dict(cfg["text_cfg"], width=TEXT_WIDTH, heads=2, layers=2)
     if text.get("hf_tokenizer_name"):
         text["vocab_size"] = tokenizer.vocab_size  # the stand-in's ids
+    if text.get("hf_model_name"):  # random weights (these keys replace create_model's, which sets it from pretrained)
+        text["hf_model_pretrained"] = False
     vision = dict(cfg["vision_cfg"])
     if vision.get("timm_model_name"):
         vision["image_size"] = IMAGE_SIZE
@@ -198,18 +265,19 @@ def scaled_clip(name: str, seed: int = 0):
     (torch's global generator left as it was), frozen and in eval mode.
 
     Raises:
-        TokenizerNotAvailableError: ``name``'s text tower is a Hugging Face model (needs
-            ``transformers`` and a download), as fastprompt reports it to a user.
+        TokenizerNotAvailableError: ``name``'s text tower is a Hugging Face model and ``transformers``
+            is not installed, as fastprompt reports it to a user.
     """
     import open_clip
 
     cfg = open_clip.get_model_config(name)
     if cfg is None:
         raise ValueError(f"{name!r} is not an open_clip architecture (open_clip.list_models())")
-    if cfg["text_cfg"].get("hf_model_name"):
-        resolve_tokenizer(name)  # the user's error: the missing package or files, named
-        raise TokenizerNotAvailableError(f"open_clip model {name!r} has a Hugging Face text tower "
-                                         f"({cfg['text_cfg']['hf_model_name']}): its build needs the Hub")
+    hf_model = cfg["text_cfg"].get("hf_model_name")
+    if hf_model and not transformers_available():
+        resolve_tokenizer(name)  # the user's error: the missing package, named
+        raise TokenizerNotAvailableError(f"open_clip model {name!r} has a Hugging Face text tower ({hf_model}), "
+                                         "which needs the Python package 'transformers': pip install transformers")
     tokenizer = _tokenizer(name, cfg["text_cfg"])
     kwargs = scaled_config(name, tokenizer)
     gen_state = torch.random.get_rng_state()
@@ -218,6 +286,8 @@ def scaled_clip(name: str, seed: int = 0):
         with ExitStack() as stack:
             if cfg["vision_cfg"].get("timm_model_name"):
                 _shrunk_timm(stack, cfg["vision_cfg"]["timm_model_name"])
+            if hf_model:
+                _tiny_hf_config(stack, hf_model, tokenizer)
             model = open_clip.create_model(name, pretrained=None, **kwargs)
         # timm starts some blocks near the identity (layer scale 1e-6, zeroed heads): move every
         # weight, so that a path that skipped or misread a block would change the features.

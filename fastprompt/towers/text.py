@@ -51,7 +51,7 @@ def _text_modules(model: nn.Module) -> nn.Module:
         return text
     raise ValueError(
         f"{type(model).__name__} has no open_clip ViT-style text tower (token_embedding + transformer); "
-        "Hugging Face text towers are not supported")
+        "a Hugging Face text tower (HFTextEncoder) is encoded by fastprompt.towers.hf_text.HFTextTower")
 
 
 class TextTower:
