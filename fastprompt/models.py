@@ -16,13 +16,49 @@ Both restore the global torch RNG state after drawing the weights. Real weights 
 """
 from __future__ import annotations
 
+import importlib
+import importlib.util
+import os
+import sys
 from typing import Optional
 
 import torch
 
 from .errors import PretrainedNotAvailableError
 
-__all__ = ["tiny_clip", "random_clip", "frozen", "resolve_tokenizer", "TokenizerNotAvailableError"]
+__all__ = ["tiny_clip", "random_clip", "frozen", "resolve_tokenizer", "TokenizerNotAvailableError",
+           "load_hf_kernels_first"]
+
+# The root of a fastprompt source checkout (the folder holding fastprompt/ and kernels/).
+_CHECKOUT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def load_hf_kernels_first() -> None:
+    """Import Hugging Face's ``kernels`` package before anything builds a ``transformers`` model.
+
+    transformers 5 depends on the ``kernels`` distribution and, when building a model, runs
+    ``from kernels import CUDAProperties, ...``. Python started from the root of a fastprompt
+    checkout (``python -m pytest``, a script in that folder) has the checkout on ``sys.path``, where
+    the top-level ``kernels/`` folder (fastprompt's Triton sources, installed as
+    ``fastprompt.kernels``) hides the distribution: every Hugging Face text tower build then fails
+    with an ImportError. Importing the distribution once with the checkout off ``sys.path`` puts the
+    right module in ``sys.modules``. Nothing happens when ``import kernels`` already resolves
+    elsewhere or when the distribution is not installed (transformers then goes without it).
+    """
+    if "kernels" in sys.modules:
+        return
+    spec = importlib.util.find_spec("kernels")
+    if spec is None or not (spec.origin or "").startswith(_CHECKOUT + os.sep):
+        return
+    saved = list(sys.path)
+    try:
+        sys.path[:] = [p for p in saved if os.path.abspath(p or os.curdir) != _CHECKOUT]
+        try:
+            importlib.import_module("kernels")
+        except ImportError:
+            pass  # not installed: transformers finds no usable version and builds without it
+    finally:
+        sys.path[:] = saved
 
 
 class TokenizerNotAvailableError(PretrainedNotAvailableError):
@@ -54,6 +90,7 @@ def resolve_tokenizer(name: str, cache_dir: Optional[str] = None):
     """
     import open_clip
 
+    load_hf_kernels_first()  # resolved before every build of a named architecture
     try:
         return open_clip.get_tokenizer(name, cache_dir=cache_dir)
     except ImportError as err:

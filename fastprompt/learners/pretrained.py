@@ -24,7 +24,7 @@ from typing import Optional, Tuple
 from urllib.parse import urlparse
 
 from ..errors import PretrainedFileError, PretrainedNotAvailableError  # noqa: F401  (raised here)
-from ..models import TokenizerNotAvailableError, resolve_tokenizer  # noqa: F401  (raised here)
+from ..models import TokenizerNotAvailableError, load_hf_kernels_first, resolve_tokenizer  # noqa: F401  (raised here)
 from .weights_file import CHECKPOINT_SUFFIXES, WHAT_TO_GIVE, folder_message, weights_file_problem
 
 PROBE_TIMEOUT_S = 10.0
@@ -226,6 +226,7 @@ def load_open_clip(name: str, pretrained: Optional[str], device=None, precision:
                 why = unreachable_reason(source.download_url)
                 if why is not None:
                     raise PretrainedNotAvailableError(source.missing_message(why))
+    load_hf_kernels_first()
     try:
         with mode:
             model = open_clip.create_model(name, pretrained=pretrained, device=device, precision=precision,

@@ -118,6 +118,10 @@ def _mismatch(name: str, state: Mapping[str, Any]) -> Optional[str]:
     import open_clip
     from open_clip.model import convert_to_custom_text_state_dict
 
+    from ..models import load_hf_kernels_first  # here: this module stays free of torch at import
+
+    load_hf_kernels_first()  # a Hugging Face text tower builds through transformers
+
     state = dict(state)
     if next(iter(state)).startswith("module"):
         state = {k[7:]: v for k, v in state.items()}

@@ -38,7 +38,7 @@ from unittest import mock
 
 import torch
 
-from ..models import TokenizerNotAvailableError, frozen, resolve_tokenizer
+from ..models import TokenizerNotAvailableError, frozen, load_hf_kernels_first, resolve_tokenizer
 
 __all__ = ["scaled_clip", "scaled_config", "StandInTokenizer", "TIMM_SHRINK", "HF_TOKENIZER_LAYOUTS",
            "IMAGE_SIZE", "TEXT_WIDTH", "transformers_available"]
@@ -287,6 +287,7 @@ def scaled_clip(name: str, seed: int = 0):
             if cfg["vision_cfg"].get("timm_model_name"):
                 _shrunk_timm(stack, cfg["vision_cfg"]["timm_model_name"])
             if hf_model:
+                load_hf_kernels_first()
                 _tiny_hf_config(stack, hf_model, tokenizer)
             model = open_clip.create_model(name, pretrained=None, **kwargs)
         # timm starts some blocks near the identity (layer scale 1e-6, zeroed heads): move every
