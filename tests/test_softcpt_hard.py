@@ -136,3 +136,17 @@ def test_the_hard_baselines_resolve_to_their_prompts(name, shape, tiny_model):
     learner = LEARNERS["softcpt_hard"].from_model(tiny_model, TASKS,
                                                   **learner_kwargs("softcpt_hard", cfg["TRAINER"]["MTCOOPH"]))
     assert tuple(learner.ctx.shape[:-1]) == shape
+
+
+@pytest.mark.parametrize("method", ["softcpt", "softcpt_hard"])
+def test_one_class_name_may_be_in_two_tasks_but_not_twice_in_one(method, tiny_model):
+    """Each image is scored within its task, so "sunflower" may be a class of Caltech-101 and of
+    Oxford Flowers (General-10): the joint list is accepted; within a task two names CLIP reads as
+    one are still refused."""
+    tasks = {"objects": ["sunflower", "chair"], "flowers": ["sunflower", "rose"]}
+    learner = LEARNERS[method].from_model(tiny_model, tasks, n_ctx=4)
+    assert learner.classnames == ["sunflower", "chair", "sunflower", "rose"]
+    images = random_images(2)
+    assert torch.isfinite(learner.loss(images, torch.tensor([0, 2])))
+    with pytest.raises(ValueError, match=r"tasks\['flowers'\]: classnames .*'Rose' \(class 0\) and 'rose'"):
+        LEARNERS[method].from_model(tiny_model, {**tasks, "flowers": ["Rose", "rose"]}, n_ctx=4)

@@ -136,20 +136,38 @@ def test_general10_run_trains_and_evaluates_per_task(general10, tmp_path, capsys
     assert again["tasks"] == result["tasks"]
 
 
-def test_general10_kill_mid_epoch_then_resume_is_bit_identical(general10, tmp_path):
-    """Class-sampled CATA on General-10, killed with SIGKILL after step 5 (epoch 2): resumed from
-    the step-4 state, it ends with the prompts, step losses and per-task result of an
+def _plant6_tree(root):
+    from test_multitask_data import _plant6
+
+    _plant6(root)
+
+
+# tree, overrides, kill after step, (epoch, batch, step) of the state left, steps in all
+KILLED = {
+    "general10": (lambda root: T.coop_general10(root, SIZES), [], 5, (1, 1, 4), 6),
+    "plant6": (_plant6_tree, ["DATASET.NAME", "plant6", "DATALOADER.TRAIN_X.BATCH_SIZE", "8"], 7, (1, 2, 6), 8),
+}
+
+
+@pytest.mark.parametrize("dataset", sorted(KILLED))
+def test_kill_mid_epoch_then_resume_is_bit_identical(dataset, tmp_path):
+    """Class-sampled CATA on General-10 and on Plant-6, killed with SIGKILL mid-epoch 2: resumed
+    from the last state, it ends with the prompts, step losses and per-task result of an
     uninterrupted run, bit for bit."""
-    sets = [t for i in range(0, len(CLASS_SAMPLING), 2) for t in ("--set", *CLASS_SAMPLING[i:i + 2])]
+    make_tree, extra, kill_at, position, n_steps = KILLED[dataset]
+    data = str(tmp_path / "data")
+    make_tree(data)
+    extra = extra + CLASS_SAMPLING
+    sets = [t for i in range(0, len(extra), 2) for t in ("--set", *extra[i:i + 2])]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE"}
-    killed = subprocess.Popen([sys.executable, JOB, general10, str(tmp_path / "mid"), "--kill-at-step", "5", *sets],
+    killed = subprocess.Popen([sys.executable, JOB, data, str(tmp_path / "mid"), "--kill-at-step", str(kill_at), *sets],
                               env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    full = _in_process(general10, tmp_path / "full", CLASS_SAMPLING)
+    full = _in_process(data, tmp_path / "full", extra)
     out, _ = killed.communicate(timeout=300)
     assert killed.returncode == -signal.SIGKILL, out
     state = load_state(str(tmp_path / "mid" / "state.pt"))
-    assert (state["epoch"], state["batch"], state["step"], state["finished"]) == (1, 1, 4, False)
-    resumed = _in_process(general10, tmp_path / "mid", CLASS_SAMPLING, resume=True)
+    assert (state["epoch"], state["batch"], state["step"], state["finished"]) == (*position, False)
+    resumed = _in_process(data, tmp_path / "mid", extra, resume=True)
     a, b = load_file(str(tmp_path / "full" / "prompt.safetensors")), load_file(str(tmp_path / "mid" / "prompt.safetensors"))
     assert a.keys() == b.keys() and {"prompt_gen.proj", "class_prompt_learner.ctx"} <= set(a)
     for name in a:
@@ -158,8 +176,8 @@ def test_general10_kill_mid_epoch_then_resume_is_bit_identical(general10, tmp_pa
     def steps(run):
         return {r["step"]: r["loss"] for r in read_metrics(str(tmp_path / run / "metrics.jsonl")) if r["kind"] == "step"}
 
-    assert steps("mid") == steps("full") and len(steps("full")) == 6
-    assert resumed["tasks"] == full["tasks"]
+    assert steps("mid") == steps("full") and len(steps("full")) == n_steps
+    assert resumed["tasks"] == full["tasks"] and len(full["tasks"]) == (10 if dataset == "general10" else 6)
 
 
 # ---------------------------------------------------------------- refusals
@@ -204,3 +222,34 @@ def test_general10_on_two_processes_equals_one(general10, tmp_path):
     with open(tmp_path / "ddp" / "eval.json") as f:
         two = json.load(f)
     assert [t["total"] for t in two["tasks"]] == [t["total"] for t in one["tasks"]] == [6] * 10
+
+
+def test_a_multitask_run_starts_from_the_originals_prompts_for_its_tasks():
+    """Task-specific task context (NATS) holds one context per task: build_learner replays the
+    original's construction for the run's T tasks (it replayed one task, whose shape cannot load)."""
+    from fastprompt.testing import tiny_clip
+    from fastprompt.train.build import build_learner, set_random_seed
+    from fastprompt.train.config import load_recipe, resolve_config
+    from fastprompt.train.model_keys import TINY_CLIP_KWARGS
+    from fastprompt.replay.construction import original_init
+
+    tasks = [("texture recognition", ["banded", "woven"]), ("pet breed recognition", ["pug", "beagle", "boxer"]),
+             ("scene recognition", ["beach", "forest"])]
+    cfg = resolve_config([("softcpt/vit_b16_ep50", load_recipe("softcpt/vit_b16_ep50"))],
+                         arguments={"MODEL.BACKBONE.NAME": "tiny", "MODEL.BACKBONE.TAG": "none", "SEED": 3},
+                         overrides=["TRAINER.MTCOOP.TASK_CSC", "True"])
+    model = tiny_clip(3, **TINY_CLIP_KWARGS)
+    set_random_seed(3)
+    classnames = [c for _, names in tasks for c in names]
+    learner = build_learner(cfg, model, None, classnames, "general10", None, "tiny", None, tasks=tasks)
+    assert learner.initial_prompts == "original" and learner.task_names == [t for t, _ in tasks]
+    after_build = torch.get_rng_state()
+    state, rng = original_init("softcpt", model, seed=3, precision="fp16", n_classes=7, n_tasks=3,
+                               n_ctx=16, task_n_ctx=4, task_csc=True, class_n_ctx=0, pg_type="lin")
+    expected = fastprompt.SoftCPTLearner.from_model(model, tasks, n_ctx=16, task_n_ctx=4, task_csc=True,
+                                                    class_n_ctx=0)
+    expected.load_original_state_dict(state)
+    assert torch.equal(after_build, rng)
+    assert learner.task_prompt_learner.ctx.shape[0] == 3
+    for name, value in expected.prompt_state_dict().items():
+        assert torch.equal(learner.prompt_state_dict()[name], value), name

@@ -28,7 +28,7 @@ from ...towers.text_plan import concat_plans
 from ..base import PromptLearner
 from ..coop import CoOpConfig
 from ..prompts import context_template, coop_plan, initial_context
-from .multitask import TaskLearner
+from .multitask import TaskLearner, stand_in_classnames
 from .tasks import TaskLayout, TaskSpec
 
 
@@ -71,7 +71,7 @@ class SoftCPTHardLearner(TaskLearner, PromptLearner):
 
     def __init__(self, model: nn.Module, tasks: TaskSpec, config: SoftCPTHardConfig, **kwargs):
         layout = TaskLayout.parse(_one_task(tasks))
-        super().__init__(model, layout.classnames, config, **kwargs)
+        super().__init__(model, stand_in_classnames(layout), config, **kwargs)
         self._set_tasks(layout)
         self.template = context_template(self.tokenizer, config.n_ctx, config.ctx_init)
         generic = self.template.init_ids is not None  # CTX_INIT words: generic context, as CoOp

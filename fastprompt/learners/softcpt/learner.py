@@ -60,7 +60,7 @@ from ..base import PromptLearner
 from ..checkpoint import original_prompt_state
 from ..prompts import ContextTemplate, context_template, coop_plan, initial_context, tokenize_prompts
 from .config import SoftCPTConfig
-from .multitask import TaskLearner
+from .multitask import TaskLearner, stand_in_classnames
 from .prompt_gen import ContextHolder, PromptGen
 from .tasks import TaskLayout, TaskSpec
 
@@ -87,7 +87,7 @@ class SoftCPTLearner(TaskLearner, PromptLearner):
 
     def __init__(self, model: nn.Module, tasks: TaskSpec, config: SoftCPTConfig, **kwargs):
         layout = TaskLayout.parse(tasks)
-        super().__init__(model, layout.classnames, config, **kwargs)
+        super().__init__(model, stand_in_classnames(layout), config, **kwargs)
         self._set_tasks(layout)
         width, embed, device = self.text_tower.width, self.text_tower.embed_dim, self.text_tower.device
         tok = self.tokenizer

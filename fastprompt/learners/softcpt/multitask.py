@@ -16,7 +16,20 @@ import torch
 
 from .tasks import TaskLayout, TaskSpec
 
-__all__ = ["TaskLearner"]
+__all__ = ["TaskLearner", "stand_in_classnames"]
+
+
+def stand_in_classnames(layout: TaskLayout) -> List[str]:
+    """The class list a multi-task learner hands to ``PromptLearner.__init__``, which ``_set_tasks``
+    replaces with the joint list right after.
+
+    ``PromptLearner`` refuses two class names CLIP's tokenizer reads as one: right for one
+    classifier, wrong across tasks, where each image is scored within its own task and one name
+    may be a class of two (General-10: "sunflower" of Caltech-101 and of Oxford Flowers; Plant-6:
+    the fruits and vegetables of FruitVegetable and KaggleVegetable). Within a task
+    :meth:`TaskLayout.parse` still refuses it.
+    """
+    return [f"class {i}" for i in range(layout.n_classes)]
 
 
 class TaskLearner:
