@@ -6,6 +6,11 @@
 * :data:`DATASET_TEMPLATES` — one template per dataset (``CUSTOM_TEMPLATES`` in
   htyao89/KgCoOp @ c43ccc3 ``KgCoOp/trainers/kgcoop.py``, the same table as CoOp's zero-shot
   ``trainers/zsclip.py``), used by KgCoOp's hand-crafted class embeddings.
+* :data:`TCP_TEMPLATES` / :data:`TCP_TEACHER_TEMPLATES` — TCP's learnable prompts and frozen
+  class-embedding prompts per dataset (``CUSTOM_TEMPLATES`` / ``CUSTOM_TEMPLATES_ori`` in
+  htyao89/Textual-based_Class-aware_prompt_tuning @ bd97bec ``trainers/tcp.py``). In a learnable
+  prompt the first four tokens after ``[SOT]`` ("X X X X", or "a photo of a") are replaced by the
+  context, whatever they are.
 
 Templates are format strings with one ``{}`` for the class name (``_`` already replaced by
 spaces).
@@ -14,7 +19,7 @@ from __future__ import annotations
 
 from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
-__all__ = ["IMAGENET_TEMPLATES", "DATASET_TEMPLATES", "NAMED_TEMPLATES", "TemplateSpec", "resolve_template",
+__all__ = ["IMAGENET_TEMPLATES", "DATASET_TEMPLATES", "TCP_TEMPLATES", "TCP_TEACHER_TEMPLATES", "NAMED_TEMPLATES", "TemplateSpec", "resolve_template",
            "resolve_templates", "check_templates", "class_list_problem"]
 
 TemplateSpec = Union[str, Sequence[Union[str, Callable[[str], str]]]]
@@ -101,6 +106,27 @@ DATASET_TEMPLATES: Dict[str, str] = {
     "ImageNetR": "a photo of a {}.",
 }
 
+TCP_TEMPLATES: Dict[str, str] = {
+    "OxfordPets": "X X X X {}, a type of pet.",
+    "OxfordFlowers": "X X X X {}, a type of flower.",
+    "FGVCAircraft": "X X X X {}, a type of aircraft.",
+    "DescribableTextures": "X X X X {} texture.",
+    "EuroSAT": "X X X X {}.",
+    "StanfordCars": "X X X X {}, a type of car",  # no final "." in the original
+    "Food101": "X X X X {}, a type of food.",
+    "SUN397": "X X X X {}.",
+    "Caltech101": "X X X X {}.",
+    # the context replaces "a photo of a": the hand-crafted prompts of these
+    **{name: DATASET_TEMPLATES[name] for name in ("UCF101", "ImageNet", "ImageNetSketch", "ImageNetV2", "ImageNetA",
+                                                  "ImageNetR")},
+}
+
+TCP_TEACHER_TEMPLATES: Dict[str, str] = {
+    **DATASET_TEMPLATES,
+    "FGVCAircraft": "a photo of an aircraft {}.",
+    "Food101": "a photo of a {}, a type of food.",
+}
+
 
 def check_templates(templates: Sequence[str], argument: str = "templates") -> Tuple[str, ...]:
     """Validate a list of templates (each a string with exactly one ``{}``); returns a tuple."""
@@ -115,13 +141,15 @@ def check_templates(templates: Sequence[str], argument: str = "templates") -> Tu
     return templates
 
 
-def resolve_template(template: str, argument: str = "template") -> str:
-    """A template string (one ``{}``) or a dataset name of :data:`DATASET_TEMPLATES` -> the template."""
-    if isinstance(template, str) and template in DATASET_TEMPLATES:
-        return DATASET_TEMPLATES[template]
+def resolve_template(template: str, argument: str = "template", table: Optional[Dict[str, str]] = None) -> str:
+    """A template string (one ``{}``) or a dataset name of ``table`` (default :data:`DATASET_TEMPLATES`)
+    -> the template."""
+    table = DATASET_TEMPLATES if table is None else table
+    if isinstance(template, str) and template in table:
+        return table[template]
     if not isinstance(template, str) or template.count("{}") != 1:
         raise ValueError(f"{argument} must be a format string with exactly one '{{}}' for the class name or one of "
-                         f"the dataset names {sorted(DATASET_TEMPLATES)}, got {template!r}")
+                         f"the dataset names {sorted(table)}, got {template!r}")
     return template
 
 

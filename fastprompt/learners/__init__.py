@@ -11,6 +11,7 @@ from .pretrained import PretrainedNotAvailableError, load_open_clip
 from .promptsrc import PromptSRCConfig, PromptSRCLearner
 from .rpp import RPPConfig, RPPLearner
 from .softcpt import SoftCPTConfig, SoftCPTLearner
+from .tcp import TCPConfig, TCPLearner
 from .teacher import CLIPTeacher
 from .vpt import VPTConfig, VPTLearner
 
@@ -20,4 +21,5 @@ __all__ = [
     "MaPLeLearner", "MaPLeConfig", "PromptSRCLearner", "PromptSRCConfig", "VPTLearner", "VPTConfig",
     "KgCoOpLearner", "KgCoOpConfig", "PRELearner", "PREConfig", "SoftCPTLearner", "SoftCPTConfig",
     "RPPLearner", "RPPConfig", "POMPLearner", "POMPConfig", "POMPObjective", "CLIPTeacher",
+    "TCPLearner", "TCPConfig",
 ]

@@ -17,6 +17,7 @@ from .pre import ReferencePRE, ReferencePREPromptLearner
 from .promptsrc import ReferencePromptSRC, ReferenceVLPromptLearner
 from .rpp import ReferenceRPP, ReferenceRPPPromptLearner
 from .softcpt import ReferenceSoftCPT
+from .tcp import ReferenceTCP, ReferenceTCPPromptLearner
 from .text_encoder import ReferenceTextEncoder
 from .vision import reference_encode_image_deep
 from .vpt import ReferenceVPT
@@ -27,5 +28,5 @@ __all__ = [
     "ReferenceMaPLe", "ReferenceMaPLePromptLearner", "ReferencePromptSRC", "ReferenceVLPromptLearner",
     "ReferenceVPT", "ReferenceKgCoOp", "ReferenceKgCoOpPromptLearner", "ReferencePRE",
     "ReferencePREPromptLearner", "ReferenceSoftCPT", "ReferencePOMP", "ReferencePOMPPromptLearner",
-    "ReferenceRPP", "ReferenceRPPPromptLearner",
+    "ReferenceRPP", "ReferenceRPPPromptLearner", "ReferenceTCP", "ReferenceTCPPromptLearner",
 ]
