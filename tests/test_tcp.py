@@ -62,7 +62,7 @@ CASES = [
      dict(insert_layer=1, n_ctx=2, template="X X X X {}.", teacher_template="a centered satellite photo of {}.")),
     ("tiny_custom_model", dict(insert_layer=1, template="FGVCAircraft"),
      dict(insert_layer=1, template="X X X X {}, a type of aircraft.", teacher_template="a photo of an aircraft {}.")),
-    ("nine_layer_model", dict(template="StanfordCars"), dict(template="X X X X {}, a type of car",
+    ("nine_layer_model", dict(template="StanfordCars", insert_layer=8), dict(template="X X X X {}, a type of car",
                                                              teacher_template="a photo of a {}.")),
 ]
 
@@ -88,6 +88,12 @@ def test_config_weight_and_mix_weight_change_nothing(tiny_model, classnames):
     perturb_trainable(learner)
     terms = learner.loss_terms(images, labels)
     assert_close_rel(terms["total"], terms["ce"] + 8.0 * terms["consistency"], FP32.rounding, "total")
+
+
+def test_the_default_block_is_two_thirds_of_the_depth(tiny_model, nine_layer_model, vit_b16, classnames):
+    assert fastprompt.TCPLearner.from_model(vit_b16, classnames).insert_layer == 8  # the original's, of 12
+    assert fastprompt.TCPLearner.from_model(nine_layer_model, classnames).insert_layer == 6
+    assert fastprompt.TCPLearner.from_model(tiny_model, classnames).insert_layer == 1
 
 
 def test_class_tokens_enter_only_at_the_insert_layer(tiny_model, classnames):
@@ -141,6 +147,7 @@ def test_save_load_and_set_classnames(tiny_model, classnames, tmp_path):
 @pytest.mark.parametrize("cfg,argument", [
     (dict(csc=True), "csc"),
     (dict(insert_layer=2), "insert_layer=2"),
+    (dict(insert_layer=-1), "insert_layer must"),
     (dict(consistency_weight=-1.0), "consistency_weight"),
     (dict(template="a photo of a dog"), "template"),
     (dict(template="X {}.", insert_layer=1), "class-aware tokens replace positions"),
@@ -158,3 +165,65 @@ def test_vit_b16_tcp_matches_reference(vit_b16):
     terms = learner.loss_terms(images, labels)
     ref_logits, score = reference.forward_with_score(images)
     assert_close_rel(terms["total"], F.cross_entropy(ref_logits, labels) + 8.0 * score, FP32.parity, "loss")
+
+
+# ---- the run layer ---------------------------------------------------------------------------------
+FAST = ["OPTIM.MAX_EPOCH", "2", "DATALOADER.TRAIN_X.BATCH_SIZE", "8", "DATALOADER.NUM_WORKERS", "0",
+        "TRAIN.TENSORBOARD", "False"]  # two epochs of 3 batches
+
+
+@pytest.fixture(scope="module")
+def tree(dtd_tree):
+    return dtd_tree
+
+
+def _train(tree, out, *extra):
+    from fastprompt.cli import main
+
+    return main(["train", "--recipe", "tcp/vit_b16_ep100_ctxv1", "--data", tree, "--dataset", "dtd", "--output-dir",
+                 str(out), "--model", "tiny", "--pretrained", "none", "--no-progress", *FAST, *extra])
+
+
+def test_recipe_trains_and_evaluates_through_the_cli(tree, tmp_path, capsys):
+    from fastprompt.cli import main
+    from fastprompt.train.config import load_recipe
+
+    recipe = load_recipe("tcp/vit_b16_ep100_ctxv1")
+    assert recipe["OPTIM"]["ADAM_EPS"] == 0.001 and recipe["TRAINER"]["COOP"]["INSERT_LAYER"] == -1
+    out = tmp_path / "tcp"
+    assert _train(tree, out) == 0
+    config = (out / "config.yaml").read_text()
+    assert "METHOD: tcp" in config and "INSERT_LAYER: -1" in config and "ADAM_EPS: 0.001" in config
+    assert json.loads((out / "eval.json").read_text())["total"] == 8
+    learner = fastprompt.PromptLearner.from_pretrained(str(out), model=tiny_clip(0, **_tiny_kwargs()))
+    assert type(learner) is fastprompt.TCPLearner and learner.config.template == "DescribableTextures"
+    assert learner.insert_layer == 2  # two thirds of the tiny model's 4 text blocks
+    capsys.readouterr()
+    assert main(["eval", "--checkpoint", str(out), "--data", tree, "--dataset", "dtd", "--subsample", "new"]) == 0
+    assert json.loads(capsys.readouterr().out)["total"] == 4
+
+
+def _tiny_kwargs():
+    from fastprompt.train.model_keys import TINY_CLIP_KWARGS
+
+    return TINY_CLIP_KWARGS
+
+
+def test_the_originals_block_8_on_a_shallower_tower_is_one_line(tree, tmp_path, capsys):
+    assert _train(tree, tmp_path / "deep", "TRAINER.COOP.INSERT_LAYER", "8") == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "insert_layer=8" in err and "4 blocks" in err
+    assert _train(tree, tmp_path / "csc", "TRAINER.COOP.CSC", "True") == 2
+    assert "TRAINER.COOP.CSC" in capsys.readouterr().err
+
+
+def test_adam_eps_is_honoured():
+    from fastprompt.train.config import load_recipe, resolve_config
+    from fastprompt.train.schedule import build_optimizer
+
+    cfg = resolve_config([("tcp/vit_b16_ep100_ctxv1", load_recipe("tcp/vit_b16_ep100_ctxv1"))])
+    optimizer = build_optimizer([torch.nn.Parameter(torch.zeros(2))], cfg["OPTIM"])
+    assert isinstance(optimizer, torch.optim.Adam) and optimizer.param_groups[0]["eps"] == 1e-3
+    cfg = resolve_config([], method="coop")
+    assert build_optimizer([torch.nn.Parameter(torch.zeros(2))], {**cfg["OPTIM"], "NAME": "adam"}) \
+        .param_groups[0]["eps"] == 1e-8  # Dassl's (torch's) default elsewhere

@@ -63,7 +63,8 @@ def test_every_recipe_resolves_to_learner_settings():
         assert cfg["METHOD"] == name.split("/")[0]
         spec = METHODS[cfg["METHOD"]]
         learner_kwargs(cfg["METHOD"], cfg["TRAINER"][spec.section], "OxfordPets")
-        assert cfg["OPTIM"]["NAME"] == "sgd" and cfg["OPTIM"]["WARMUP_TYPE"] == "constant"
+        adam = cfg["METHOD"] == "tcp"  # TCP's config: Adam (eps 1e-3 by its README's edit of Dassl)
+        assert cfg["OPTIM"]["NAME"] == ("adam" if adam else "sgd") and cfg["OPTIM"]["WARMUP_TYPE"] == "constant"
 
 
 def test_recipe_values_are_the_originals():

@@ -14,7 +14,7 @@ with ``clip_c`` the frozen, L2-normalised CLIP features of ``teacher_template.fo
 
 Quirks of the original, kept (and checked by ``tests/test_tcp.py``):
 
-* ``insert_layer = 8``: the tokens enter at the input of text block 8 (counted from 0, the
+* ``insert_layer = 8`` (the default on a 12-block text tower): the tokens enter at the input of text block 8 (counted from 0, the
   ``layers=[8]`` of ``ResidualAttentionBlock_MaPLe``), replacing rows ``1..4`` outright: the block
   mixes ``w * tokens + (1 - w) * rows`` with ``w = 1.0`` written in its code, so the config's
   ``TRAINER.COOP.W`` (1.0 in ``scripts/base2new_train.sh``) has no effect;
@@ -69,14 +69,16 @@ class TCPConfig(CoOpConfig):
             first ``n_ctx`` tokens after ``[SOT]`` the context replaces ("X X X X {}.").
         teacher_template: the frozen class embeddings' prompt; empty: ``TCP_TEACHER_TEMPLATES`` of
             the dataset named by ``template`` (``"a photo of a {}."`` for a format string).
-        insert_layer: the text block (from 0) whose input gets the class-aware tokens (8).
+        insert_layer: the text block (from 0) whose input gets the class-aware tokens; None (default):
+            two thirds of the text depth, ``layers * 2 // 3``: the original's fixed block 8 on every
+            CLIP text tower it runs (12 blocks), a middle block on a shallower or deeper one.
         consistency_weight: weight of ``1 - mean cos`` (8.0, a constant in the original).
     """
 
     n_ctx: int = 4
     template: str = "ImageNet"
     teacher_template: str = ""
-    insert_layer: int = 8
+    insert_layer: Optional[int] = None
     consistency_weight: float = 8.0
 
     def __post_init__(self):
@@ -84,7 +86,9 @@ class TCPConfig(CoOpConfig):
         if self.csc:
             raise ValueError("csc=True is not supported: the original TCP expands the context as a generic one "
                              "(ctx.unsqueeze(0).expand(n_cls, -1, -1)) and fails on class-specific contexts")
-        self._require_at_least(0, "consistency_weight", "insert_layer")
+        self._require_at_least(0, "consistency_weight")
+        if self.insert_layer is not None:
+            self._require_at_least(0, "insert_layer")
         resolve_template(self.template, "template", TCP_TEMPLATES)
         if self.teacher_template:
             resolve_template(self.teacher_template, "teacher_template", TCP_TEACHER_TEMPLATES)
@@ -113,7 +117,8 @@ class TCPLearner(KgCoOpLearner):
     def __init__(self, model: nn.Module, classnames, config: TCPConfig, **kwargs):
         super().__init__(model, classnames, config, **kwargs)
         layers = self.text_tower.layers
-        if config.insert_layer >= layers:
+        self.insert_layer = layers * 2 // 3 if config.insert_layer is None else config.insert_layer
+        if self.insert_layer >= layers:
             raise ValueError(f"insert_layer={config.insert_layer}: the class-aware tokens enter text block "
                              f"{config.insert_layer} (from 0) and this text tower has {layers} blocks; use "
                              f"insert_layer <= {layers - 1} (the original's 8 needs 9 or more)")
@@ -157,7 +162,7 @@ class TCPLearner(KgCoOpLearner):
             index = torch.as_tensor(class_indices, dtype=torch.long)
             plan = concat_plans([self.plan.select([int(c)]) for c in index.tolist()])
             tokens = tokens[index.to(tokens.device)]
-        overrides = [None] * self.config.insert_layer + [tokens]
+        overrides = [None] * self.insert_layer + [tokens]
         return self.text_tower.encode(plan, self._ctx_table(), prefix_overrides=overrides,
                                       override_start=text_start(self.tokenizer))
 

@@ -85,6 +85,13 @@ PROTOCOL_RECIPES: Dict[str, Dict[str, ProtocolRecipe]] = {
         "xd": _r("kgcoop/vit_b16_ep100_ctxv1", "htyao89/KgCoOp KgCoOp/scripts/xd_train.sh (16 shots, CoCoOp's protocol)",
                  ("TRAINER.COOP.N_CTX", 4), ("TRAINER.COOP.W", 8.0)),
     },
+    "tcp": {
+        # the script's test step loads epoch 25 for SUN397 and ImageNet, which the 50-epoch config never writes
+        "base2new": _r("tcp/vit_b16_ep100_ctxv1", "htyao89/Textual-based_Class-aware_prompt_tuning "
+                       "scripts/base2new_train.sh", ("TRAINER.COOP.N_CTX", 4), ("TRAINER.COOP.W", 1.0)),
+        "fewshot": _r("tcp/vit_b16_ep100_ctxv1", _MAIN, original=False),
+        "xd": _r("tcp/vit_b16_ep100_ctxv1", _MAIN, original=False),
+    },
     "maple": {
         "base2new": _r("maple/vit_b16_c2_ep5_batch4_2ctx",
                        "muzairkhattak/multimodal-prompt-learning scripts/maple/base2new_train_maple.sh"),

@@ -68,10 +68,12 @@ _DASSL: Dict[str, Any] = {
 
 # fastprompt's own keys, with their defaults and meaning (they appear in the resolved config.yaml).
 FASTPROMPT_KEYS: Dict[str, Any] = {
-    "METHOD": ("", "learner: coop, cocoop, kgcoop, maple, promptsrc, vpt, pre, softcpt, pomp, rpp"),
+    "METHOD": ("", "learner: coop, cocoop, kgcoop, tcp, maple, promptsrc, vpt, pre, softcpt, pomp, rpp"),
     "MODEL.BACKBONE.TAG": ("openai", "open_clip pretrained tag or weights file; 'none' = random weights drawn "
                                      "from SEED"),
     "TRAIN.PRECISION": ("", "fp32, bf16, fp16 (autocast + GradScaler); empty = from the method's PREC"),
+    "OPTIM.ADAM_EPS": (1e-8, "Adam/AdamW eps (Dassl passes none: torch's 1e-8); TCP's README sets 1e-3 in Dassl's "
+                             "optimizer.py"),
     "TRAIN.GRAD_ACCUM_STEPS": (1, "batches accumulated per optimizer step"),
     "TRAIN.EVAL_FREQ": (0, "evaluate on the val split every N epochs (0 = only TEST.FINAL_MODEL's needs)"),
     "TRAIN.CHECKPOINT_STEPS": (0, "also write the resumable state every N optimizer steps (0 = epoch ends)"),

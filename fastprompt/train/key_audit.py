@@ -166,6 +166,7 @@ BASE: Dict[str, Entry] = {
     "OPTIM.RMSPROP_ALPHA": _inert("read only by OPTIM.NAME rmsprop, which is refused"),
     "OPTIM.ADAM_BETA1": _read("fastprompt.train.schedule.build_optimizer (adam, adamw)"),
     "OPTIM.ADAM_BETA2": _read("fastprompt.train.schedule.build_optimizer (adam, adamw)"),
+    "OPTIM.ADAM_EPS": _read("fastprompt.train.schedule.build_optimizer (adam, adamw)"),
     "OPTIM.STAGED_LR": _fixed("only the prompt parameters train, with one learning rate (there are no new and "
                               "pretrained layers to stage)", False),
     "OPTIM.NEW_LAYERS": _inert("read only with OPTIM.STAGED_LR, which is refused", element=str),

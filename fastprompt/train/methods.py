@@ -8,7 +8,7 @@ harness reads (``PREC``) and keys that are accepted but change nothing here are 
 original YAML file loads unchanged; a value this port cannot honour is an error naming the key.
 
 Sources (``train.py`` ``extend_cfg``): KaiyangZhou/CoOp @ ff61507 (CoOp, CoCoOp), htyao89/KgCoOp
-@ c43ccc3, muzairkhattak/multimodal-prompt-learning @ 69bce21 (MaPLe, VPT), muzairkhattak/PromptSRC
+@ c43ccc3, htyao89/Textual-based_Class-aware_prompt_tuning @ bd97bec (TCP), muzairkhattak/multimodal-prompt-learning @ 69bce21 (MaPLe, VPT), muzairkhattak/PromptSRC
 @ bb95c77, minhanh151/PRE @ 08be701, kding1225/softcpt @ 7cab4b9 (``MTCOOP``, and ``MTCOOPH`` of its
 hard-sharing baselines), amazon-science/
 prompt-pretraining @ 24bca56 (POMP). RPP (Chen et al., arXiv 2409.06166) has no public code: its
@@ -82,6 +82,20 @@ METHODS: Dict[str, MethodSpec] = {s.method: s for s in [
                {**_COOP_KEYS, "CTX_INIT": ("ctx_init", _kgcoop_ctx_init), "W": ("w", float)},
                inert={"ALPHA": "declared by KgCoOp's train.py, never read by its trainer (the loss weight is W)"},
                dataset_template="template"),
+    # TCP reads TRAINER.COOP (its train.py extend_cfg: CoOp's keys plus W and ALPHA); INSERT_LAYER is
+    # fastprompt's: the text block the class-aware tokens enter (8 written in the original's code; -1:
+    # two thirds of the text depth, which is 8 on every CLIP text tower, 12 blocks).
+    MethodSpec("tcp", "TCPLearner", ("TCP",), "COOP",
+               dict(ALPHA=1.0, N_CTX=16, CSC=False, CTX_INIT=False, W=1.0, PREC="fp16", CLASS_TOKEN_POSITION="end",
+                    INSERT_LAYER=-1),
+               {**_k(N_CTX="n_ctx"), "CTX_INIT": ("ctx_init", _kgcoop_ctx_init),
+                "INSERT_LAYER": ("insert_layer", lambda v: None if int(v) < 0 else int(v))},
+               inert={"ALPHA": "declared by TCP's train.py, never read by its trainer",
+                      "W": "handed to TCP's text encoder, whose insertion block overwrites it with 1.0 "
+                           "(trainers/clip_text/model.py); the loss weight is the constant 8.0",
+                      "CLASS_TOKEN_POSITION": "stored by TCP's PromptLearner, never read: the prompt is the "
+                                              "dataset's template"},
+               fixed={"CSC": False}, dataset_template="template"),
     MethodSpec("maple", "MaPLeLearner", ("MaPLe",), "MAPLE",
                dict(N_CTX=2, CTX_INIT="a photo of a", PREC="fp16", PROMPT_DEPTH=9),
                _k(N_CTX="n_ctx", CTX_INIT="ctx_init", PROMPT_DEPTH="prompt_depth"), deep_vision=True,

@@ -82,8 +82,9 @@ def build_optimizer(params: Iterable[torch.nn.Parameter], optim: Dict[str, Any])
         return torch.optim.SGD(params, lr=lr, momentum=float(optim["MOMENTUM"]), weight_decay=wd,
                                dampening=float(optim["SGD_DAMPNING"]), nesterov=bool(optim["SGD_NESTEROV"]))
     betas = (float(optim["ADAM_BETA1"]), float(optim["ADAM_BETA2"]))
+    eps = float(optim.get("ADAM_EPS", 1e-8))  # fastprompt's key; TCP's README edits Dassl's to 1e-3
     if name == "adam":
-        return torch.optim.Adam(params, lr=lr, weight_decay=wd, betas=betas)
+        return torch.optim.Adam(params, lr=lr, weight_decay=wd, betas=betas, eps=eps)
     if name == "adamw":
-        return torch.optim.AdamW(params, lr=lr, weight_decay=wd, betas=betas)
+        return torch.optim.AdamW(params, lr=lr, weight_decay=wd, betas=betas, eps=eps)
     raise ConfigError(f"OPTIM.NAME must be one of {OPTIMIZERS}, got {optim['NAME']!r}")
