@@ -26,7 +26,7 @@ RECIPES = {
     "vpt/vit_b16_c2_ep5_batch4_4": ("TRAINER.VPT.PROMPT_DEPTH_VISION", "2"),
     "promptsrc/vit_b16_c2_ep20_batch4_4+4ctx": ("TRAINER.PROMPTSRC.PROMPT_DEPTH_TEXT", "2",
                                                 "TRAINER.PROMPTSRC.PROMPT_DEPTH_VISION", "2"),
-    "pre/vit_b16_ep50_ctxv1": (), "pomp/vit_b16_ep5": (),
+    "pre/vit_b16_ep50_ctxv1": (), "pomp/vit_b16_ep5": (), "tcp/vit_b16_ep100_ctxv1": (),
 }
 
 

@@ -195,6 +195,7 @@ def test_recipe_trains_and_evaluates_through_the_cli(tree, tmp_path, capsys):
     config = (out / "config.yaml").read_text()
     assert "METHOD: tcp" in config and "INSERT_LAYER: -1" in config and "ADAM_EPS: 0.001" in config
     assert json.loads((out / "eval.json").read_text())["total"] == 8
+    assert "initial prompts: original" in (out / "log.txt").read_text()  # the original's draws for the seed
     learner = fastprompt.PromptLearner.from_pretrained(str(out), model=tiny_clip(0, **_tiny_kwargs()))
     assert type(learner) is fastprompt.TCPLearner and learner.config.template == "DescribableTextures"
     assert learner.insert_layer == 2  # two thirds of the tiny model's 4 text blocks

@@ -30,8 +30,10 @@ Quirks of the original, kept (and checked by ``tests/test_tcp.py``):
 * ``logit_scale`` and the image features are detached in the logits (the image tower is frozen
   here anyway, so nothing changes for the prompts' gradients);
 * the original draws the context, then builds a second CLIP for the class embeddings (its
-  construction consumes the random stream), then draws the meta-net; ``fastprompt train`` starts
-  from fastprompt's own draws (the replay of that order is not implemented for TCP).
+  construction consumes the random stream), then draws the meta-net and casts it to fp16
+  (``TRAINER.COCOOP.PREC``, "fp16" by default, whatever ``COOP.PREC`` says); ``from_model`` draws
+  the context and then the meta-net from torch's global stream, and ``fastprompt train`` starts
+  from the original's values for the seed (:mod:`fastprompt.replay.construction`).
 
 Speed: layers before ``insert_layer`` are class-independent on the ``[SOT][ctx]`` rows, but from
 ``insert_layer`` on every class has its own rows ``1..4``, so the prefix cannot be shared by all

@@ -17,7 +17,9 @@ structure and creation order (construction only: the modules have no forward), a
   exactly as plain CLIP);
 * then each method's prompt learner in its order and dtypes (``PREC`` fp16 draws the context as
   fp16 on the CPU; ``.half()`` casts after fp32 draws), and every further module the original
-  builds (KgCoOp's and PromptSRC's extra CLIPs, KgCoOp's unused ``bias_vectors``/meta-net/adapter).
+  builds (KgCoOp's and PromptSRC's extra CLIPs, KgCoOp's unused ``bias_vectors``/meta-net/adapter;
+  TCP's class-embedding CLIP between its context and its meta-net, htyao89/Textual-based_Class-aware_
+  prompt_tuning @ bd97bec ``trainers/tcp.py``).
 
 The sizes are read from the open_clip model's state dict the way the originals' ``build_model``
 reads OpenAI's. :func:`original_init_reference` returns the original's trainable tensors under the
@@ -38,7 +40,7 @@ from torch import nn
 
 __all__ = ["original_init_reference", "replay_settings", "ORIGINAL_METHODS", "PRECISIONS"]
 
-ORIGINAL_METHODS = ("coop", "cocoop", "kgcoop", "maple", "vpt", "promptsrc", "pre", "softcpt", "pomp")
+ORIGINAL_METHODS = ("coop", "cocoop", "kgcoop", "maple", "vpt", "promptsrc", "pre", "softcpt", "pomp", "tcp")
 PRECISIONS = ("fp16", "fp32", "amp")
 #: KgCoOp writes 512 for its (unused) bias_vectors, meta-net and adapter whatever the backbone
 #: (htyao89/KgCoOp ``trainers/kgcoop.py``): the original's number, not a model size.
@@ -269,7 +271,7 @@ class _PromptEncoder(nn.Module):
 
 
 def _coop_family(method, clip, model, tokenizer, cfg, dtype, n_classes, n_tasks) -> nn.Module:
-    """CoOp, CoCoOp, KgCoOp, PRE, POMP, SoftCPT: the learner after a plain CLIP."""
+    """CoOp, CoCoOp, KgCoOp, PRE, POMP, SoftCPT, TCP: the learner after a plain CLIP."""
     width, vis_dim = model.ln_final.weight.shape[0], clip.visual.output_dim
     if method == "softcpt":
         # The per-task PromptLearners come first and hold no parameters.
@@ -305,6 +307,12 @@ def _coop_family(method, clip, model, tokenizer, cfg, dtype, n_classes, n_tasks)
                                          nn.ReLU(inplace=True),
                                          nn.Linear(KGCOOP_FIXED_WIDTH // 4, KGCOOP_FIXED_WIDTH, bias=False),
                                          nn.ReLU(inplace=True)).to(dtype)
+    elif method == "tcp":
+        _CLIP(_original_dims(model))  # clip_model_ = load_clip_to_cpu(cfg): the class embeddings' CLIP
+        learner.meta_net = nn.Sequential(OrderedDict([("linear1", nn.Linear(vis_dim, vis_dim // 4)),
+                                                      ("relu", nn.Identity()),  # QuickGELU: no parameters
+                                                      ("linear2", nn.Linear(vis_dim // 4, 4 * width))]))
+        learner.meta_net.half()  # TRAINER.COCOOP.PREC "fp16" (TCP's train.py default), whatever COOP.PREC says
     elif method == "pre":
         make = lambda: _PromptEncoder(cfg.encoder, width, cfg.bottleneck_size, cfg.dropout, cfg.layer_norm)  # noqa
         if cfg.separate:  # a plain dict in the original: built in token order, never registered
@@ -350,7 +358,7 @@ def original_init_reference(method: str, model: nn.Module, *, seed: int, precisi
     cfg, dtype, dims = _check(method, model, precision, settings)
     tokenizer = tokenizer if tokenizer is not None else _default_tokenizer(model)
     torch.manual_seed(seed)
-    if method in ("coop", "cocoop", "kgcoop", "pre", "pomp", "softcpt"):
+    if method in ("coop", "cocoop", "kgcoop", "pre", "pomp", "softcpt", "tcp"):
         clip = _CLIP(dims)
         holder = _coop_family(method, clip, model, tokenizer, cfg, dtype, n_classes, n_tasks)
     elif method == "maple":
@@ -398,9 +406,10 @@ def replay_settings(method: str, precision: str, settings: Dict, *, resnet: bool
     cfg = LEARNERS[method].config_class(**settings)
     if getattr(cfg, "init_std", 0.02) != 0.02:
         raise ValueError(f"init_std={cfg.init_std}: the originals draw with std 0.02 only; leave init_std at 0.02")
-    if method == "kgcoop" and cfg.ctx_init and cfg.ctx_init != "a photo of a":
-        raise ValueError(f"ctx_init={cfg.ctx_init!r}: the original KgCoOp replaces any CTX_INIT by 'a photo of a', so "
-                         "it never starts from this phrase; use ctx_init='a photo of a' or ''")
+    if method in ("kgcoop", "tcp") and cfg.ctx_init and cfg.ctx_init != "a photo of a":
+        raise ValueError(f"ctx_init={cfg.ctx_init!r}: the original {LEARNERS[method].__name__[:-len('Learner')]} "
+                         "replaces any CTX_INIT by 'a photo of a', so it never starts from this phrase; use "
+                         "ctx_init='a photo of a' or ''")
     if method in ("maple", "vpt", "promptsrc") and resnet:
         raise ValueError(f"{method} prompts the layers of a vision transformer and the model's image tower is a ResNet")
     if method == "cocoop" and image_features // 16 < 1:

@@ -214,7 +214,7 @@ def _pre_encoder(stream: _Stream, cfg, width: int, prefix: str) -> Dict[str, tor
 
 
 def _text_learner(method, stream, s, model, tokenizer, cfg, dtype, n_classes, n_tasks) -> Dict[str, torch.Tensor]:
-    """CoOp, CoCoOp, KgCoOp, PRE, POMP, SoftCPT: the prompt learner built after a plain CLIP."""
+    """CoOp, CoCoOp, KgCoOp, PRE, POMP, SoftCPT, TCP: the prompt learner built after a plain CLIP."""
     if method == "softcpt":
         out = {"task_prompt_learner.ctx": _context(stream, model, tokenizer, cfg.task_ctx_init, cfg.task_n_ctx, dtype,
                                                    n_tasks if cfg.task_csc and not cfg.task_ctx_init else None)}
@@ -240,6 +240,13 @@ def _text_learner(method, stream, s, model, tokenizer, cfg, dtype, n_classes, n_
         stream.discard_layer(KGCOOP_FIXED_WIDTH, KGCOOP_FIXED_WIDTH)  # meta_net.linear1
         stream.discard_layer(KGCOOP_FIXED_WIDTH // 4, KGCOOP_FIXED_WIDTH, bias=False)  # Adapter(512, 4)
         stream.discard_layer(KGCOOP_FIXED_WIDTH, KGCOOP_FIXED_WIDTH // 4, bias=False)
+    elif method == "tcp":
+        _clip(stream, s)  # clip_model_: the class embeddings' CLIP, built after the context is drawn
+        hidden = s.embed_dim // 4
+        for name, (o, i) in (("linear1", (hidden, s.embed_dim)), ("linear2", (4 * s.text_width, hidden))):
+            weight, bias = stream.linear(o, i)  # then .half(): TRAINER.COCOOP.PREC fp16, TCP's default
+            out[f"prompt_learner.meta_net.{name}.weight"], out[f"prompt_learner.meta_net.{name}.bias"] = \
+                weight.half(), bias.half()
     elif method == "pre":
         if cfg.separate:  # one encoder per context token, in token order (unregistered in the original)
             for i in range(ctx.shape[-2]):

@@ -149,8 +149,6 @@ def start_as_original(learner, cfg: Dict[str, Any], model, tokenizer, kwargs: Di
     if method not in ORIGINAL_METHODS:
         if method == "softcpt_hard":  # its original exists; replaying its construction is not implemented
             return "fastprompt's own (the original MTCoOpHard's initial draws are not replayed)"
-        if method == "tcp":  # its original draws the context, builds a second CLIP, then the meta-net: not replayed
-            return "fastprompt's own (the original TCP's initial draws are not replayed)"
         return f"fastprompt's own ({method} has no original code to replay)"
     section = cfg["TRAINER"][METHODS[method].section]
     # what shapes the start; POMP's own ``seed`` (its negative-class draws) and the frozen tower's
