@@ -228,3 +228,20 @@ def test_adam_eps_is_honoured():
     cfg = resolve_config([], method="coop")
     assert build_optimizer([torch.nn.Parameter(torch.zeros(2))], {**cfg["OPTIM"], "NAME": "adam"}) \
         .param_groups[0]["eps"] == 1e-8  # Dassl's (torch's) default elsewhere
+
+
+def test_the_prefix_is_encoded_once_before_the_insert_layer(tiny_model, classnames):
+    """``regroup``: one shared [SOT][ctx] prefix up to the insert layer, then one copy per class, gives
+    what one prefix group per class at every layer gives (the layout without the saving)."""
+    learner = fastprompt.TCPLearner.from_model(tiny_model, classnames, insert_layer=1)
+    perturb_trainable(learner)
+    assert learner.plan.n_groups == 1 and learner.class_plan.n_groups == len(classnames)
+    overrides = [None, learner.class_tokens()]
+    with torch.no_grad():
+        per_class = learner.text_tower.encode(learner.class_plan, learner.ctx, prefix_overrides=overrides,
+                                              override_start=1)
+        assert_close_rel(learner.text_features(), per_class, FP32.parity, "shared prefix, then per class")
+        subset = learner.text_features(torch.tensor([4, 1, 1]))
+        assert_close_rel(subset, per_class[torch.tensor([4, 1, 1])], FP32.parity, "class_indices")
+    with pytest.raises(ValueError, match="one-group plan"):
+        learner.text_tower.encode(learner.class_plan, learner.ctx, regroup=(1, learner.class_plan))

@@ -35,11 +35,12 @@ Quirks of the original, kept (and checked by ``tests/test_tcp.py``):
   the context and then the meta-net from torch's global stream, and ``fastprompt train`` starts
   from the original's values for the seed (:mod:`fastprompt.replay.construction`).
 
-Speed: layers before ``insert_layer`` are class-independent on the ``[SOT][ctx]`` rows, but from
-``insert_layer`` on every class has its own rows ``1..4``, so the prefix cannot be shared by all
-classes: each class is its own prefix group (G = C, :meth:`TextPlan` groups) and its ``1 + n_ctx``
-prefix rows are computed per class at every layer. EOT truncation and packing still apply
-(about ``1 + n_ctx + len(name) + 2`` rows per class instead of 77).
+Speed: blocks before ``insert_layer`` see the same ``[SOT][ctx]`` rows for every class, so that
+prefix is encoded once (G = 1) as in CoOp; from ``insert_layer`` on every class has its own rows
+``1..4``, so the design forces one prefix group per class (G = C, the tower's ``regroup``): the
+prefix's hidden rows are copied per class there and its ``1 + n_ctx`` rows computed per class in
+the remaining blocks. EOT truncation and packing apply throughout (about ``1 + n_ctx + len(name) +
+2`` rows per class instead of 77).
 """
 from __future__ import annotations
 
@@ -138,13 +139,11 @@ class TCPLearner(KgCoOpLearner):
         template = self.config.prompt_template()
         ids = tokenize_prompts(tokenizer, [template.format(n) for n in names], names)
         rows = [row[:start] + [ctx_source(k) for k in range(m)] + row[start + m:] for row in ids.tolist()]
-        base = build_text_plan(rows, ids)
-        # one prefix group per class: from insert_layer on, rows 1..4 are the class's own
-        plan = concat_plans([base.select([c]) for c in range(len(names))])
+        plan = build_text_plan(rows, ids)
         if plan.prefix_len < start + CLASS_TOKENS:
             raise ValueError(f"template {template!r}: the {CLASS_TOKENS} class-aware tokens replace positions "
                              f"{start}..{start + CLASS_TOKENS - 1}, which must come before the class name")
-        self.plan = plan
+        self.plan, self.class_plan = plan, self._per_class(plan, range(len(names)))
         teacher = self.config.class_template()
         teacher_ids = tokenize_prompts(tokenizer, [teacher.format(n) for n in names], names)
         with torch.no_grad():
@@ -159,14 +158,21 @@ class TCPLearner(KgCoOpLearner):
     def text_features(self, class_indices=None) -> torch.Tensor:
         """Unnormalised class text features ``[C, E]`` (with autograd into ``ctx`` and ``meta_net``)."""
         tokens = self.class_tokens()
-        plan = self.plan
+        plan, class_plan = self.plan, self.class_plan
         if class_indices is not None:
             index = torch.as_tensor(class_indices, dtype=torch.long)
-            plan = concat_plans([self.plan.select([int(c)]) for c in index.tolist()])
+            plan, class_plan = plan.select(index), self._per_class(plan, index.tolist())
             tokens = tokens[index.to(tokens.device)]
         overrides = [None] * self.insert_layer + [tokens]
+        # the [SOT][ctx] prefix is shared by all classes up to insert_layer, one copy per class from there
         return self.text_tower.encode(plan, self._ctx_table(), prefix_overrides=overrides,
-                                      override_start=text_start(self.tokenizer))
+                                      override_start=text_start(self.tokenizer),
+                                      regroup=(self.insert_layer, class_plan))
+
+    @staticmethod
+    def _per_class(plan, classes):
+        """The sequences ``classes`` of the one-group ``plan``, each in its own prefix group."""
+        return concat_plans([plan.select([int(c)]) for c in classes])
 
     def _map_original_names(self, state: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
         return state

@@ -30,7 +30,7 @@ exactly its prefix and its own earlier tokens, as in one ``[N, max_len]`` block.
 """
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from typing import Optional, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -199,7 +199,8 @@ class TextTower:
     def forward(self, plan: TextPlan, prefix: torch.Tensor, suffix: torch.Tensor,
                 prefix_overrides: Optional[Sequence[Optional[torch.Tensor]]] = None,
                 override_start: Optional[int] = None,
-                prefix_prompts: Optional[Sequence[QKVPrompt]] = None) -> torch.Tensor:
+                prefix_prompts: Optional[Sequence[QKVPrompt]] = None,
+                regroup: Optional[Tuple[int, TextPlan]] = None) -> torch.Tensor:
         """Encode the plan's sequences; returns ``[N, E]`` text features (not normalised).
 
         Args:
@@ -215,6 +216,12 @@ class TextTower:
             prefix_prompts: instead of ``prefix_overrides``, J :class:`QKVPrompt` with separate
                 query, key and value rows for rows ``override_start .. override_start+M-1`` in
                 layers ``0 .. J-1`` (RPP); see :meth:`_insert_prompt_heads`.
+            regroup: ``(j, plan_g)``: from layer ``j`` on, continue with ``plan_g``, the same sequences
+                (same packed suffixes) in ``G'`` prefix groups, each group's prefix starting as a copy
+                of the one group's hidden rows. For prompts whose prefix is shared up to layer ``j``
+                and per group after it (TCP: per-class tokens replace prefix rows before block ``j``
+                through ``prefix_overrides[j]`` of shape ``[G', M, D]``): layers ``0 .. j-1`` encode
+                the prefix once, not ``G'`` times. ``plan`` must have one group.
 
         Deep prompts follow the originals' replace-then-propagate semantics on any tower: before
         each prompted layer ``j < J`` the prompt rows of every sequence are replaced, and layer
@@ -240,6 +247,7 @@ class TextTower:
         """
         laid = plan.for_semantics(self.semantics)  # on the host where the caller's plan is: rows are found there
         plan = laid.to(self.device)
+        regroup_at, regrouped = self._check_regroup(laid, regroup)
         groups, p_len = plan.n_groups, plan.prefix_len
         if prefix.shape[:2] != (groups, p_len):
             raise ValueError(f"prefix must have shape [G={groups}, P={p_len}, D], got {tuple(prefix.shape)}")
@@ -267,6 +275,10 @@ class TextTower:
         x = torch.cat(parts + [self._query_rows(plan)] if queries else parts)
 
         for layer, blk in enumerate(self.blocks):
+            if layer == regroup_at:  # the one prefix block becomes G' copies; the suffixes read their group's
+                x = torch.cat([x[:n_prefix].repeat(regrouped.n_groups, 1), x[n_prefix:]])
+                plan, groups = regrouped, regrouped.n_groups
+                n_prefix = groups * p_len
             last = layer == self.layers - 1
             prompted = layer < n_prompted
             survive = prompted and layer == n_prompted - 1 and not last
@@ -353,6 +365,21 @@ class TextTower:
         o, _ = prompt_attention(q, k, v, pk, pv, group=group, causal=False, seqlens=plan.derived("query_key_seqlens"),
                                 return_lse=False, backend=self.backend)
         return o[:, 0]
+
+    def _check_regroup(self, laid: TextPlan, regroup) -> Tuple[Optional[int], Optional[TextPlan]]:
+        """``(layer, the regrouped plan laid out for this tower on its device)``, or ``(None, None)``."""
+        if regroup is None:
+            return None, None
+        layer, other = regroup
+        other = other.for_semantics(self.semantics)
+        if not 0 <= layer < self.layers:
+            raise ValueError(f"regroup layer {layer} is not a layer of this {self.layers}-layer text tower")
+        same = (torch.equal(other.suffix_src, laid.suffix_src) and torch.equal(other.seqlens, laid.seqlens)
+                and other.prefix_len == laid.prefix_len)
+        if laid.n_groups != 1 or not same:
+            raise ValueError("regroup needs a one-group plan and a plan of the same sequences in more groups "
+                             "(the same packed suffixes and prefix length)")
+        return layer, other.to(self.device)
 
     def _check_prefix_prompts(self, prompts, overrides):
         """``prompts`` as a list after checking their types and shapes (``None`` stays ``None``)."""
