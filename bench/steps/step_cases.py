@@ -236,9 +236,9 @@ CASES: Dict[str, CaseSpec] = {spec.name: spec for spec in [
     CaseSpec("rpp", "RPP step, both towers (J=9, 4+4 unshared q/k/v prompts) + KL to a zero-shot teacher, "
              "4 images x 100 classes", 4.0, "RPPLearner", "ReferenceRPP", 4,
              from_learner=lambda learner: dict(teacher_text_features=learner.teacher.class_features)),
-    # TCP: from block 8 on every class has its own rows 1..4, so no prefix is shared by the classes (one
-    # prefix group per class); EOT truncation and packing give about 12 rows per class instead of 77.
-    # No target was set before a measurement; 5x is a regression floor below the measured ratio.
+    # TCP: the [SOT][ctx] prefix is shared up to block 8; from there every class has its own rows 1..4
+    # (one prefix group per class); EOT truncation and packing give about 12 rows per class instead of 77.
+    # No target was set before a measurement (6.8x, FLOP ratio 6.0x, 2-core CPU); 5x is a regression floor.
     CaseSpec("tcp", "TCP step, 4 images x 100 classes, 4 ctx, class-aware tokens (meta-net) at text block 8", 5.0,
              "TCPLearner", "ReferenceTCP", 4),
     CaseSpec("softcpt", "SoftCPT-NATA step, 4 tasks x 25 classes, 4 images (one per task), 16 generated ctx", 5.0,
