@@ -253,3 +253,22 @@ def test_a_multitask_run_starts_from_the_originals_prompts_for_its_tasks():
     assert learner.task_prompt_learner.ctx.shape[0] == 3
     for name, value in expected.prompt_state_dict().items():
         assert torch.equal(learner.prompt_state_dict()[name], value), name
+
+
+def test_base_to_new_per_task_and_best_val_on_the_task_average(tmp_path):
+    """Trained on every task's base classes with best-on-val selection (the original selects on
+    ClassificationMT's mean over tasks), then tested on every task's new classes with fastprompt eval."""
+    root = str(tmp_path / "data")
+    T.coop_general10(root, [(3, 1, 2)] * 4)  # 4 classes per task: 2 base, 2 new
+    _in_process(root, tmp_path / "run", ["DATASET.SUBSAMPLE_CLASSES", "base", "TEST.FINAL_MODEL", "best_val"])
+    log = (tmp_path / "run" / "log.txt").read_text()
+    assert "(best val average of the tasks' metrics" in log
+    evals = [r for r in read_metrics(str(tmp_path / "run" / "metrics.jsonl")) if r["kind"] == "eval"]
+    assert [r["split"] for r in evals] == ["val", "val", "test"] and all("task_average" in r for r in evals)
+    assert main(["eval", "--checkpoint", str(tmp_path / "run"), "--data", root, "--dataset", "general10",
+                 "--subsample", "new"]) == 0
+    with open(tmp_path / "run" / "eval_general10_new.json") as f:
+        new = json.load(f)
+    data = load_dataset("general10", root, subsample="new")
+    assert [t["task"] for t in new["tasks"]] == data.task_names and data.num_classes == [2] * 10
+    assert [t["total"] for t in new["tasks"]] == data.counts()["test"] == [4] * 10
