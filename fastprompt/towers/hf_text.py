@@ -151,8 +151,10 @@ class HFTextTower:
         (NLLB's includes its ``sqrt(d_model)`` scale): the space learnable context lives in."""
         return self.embedding(ids).to(self.dtype)
 
-    def check_deep_prompts(self) -> None:
-        """Refuse deep text prompts: this tower's layers are a ``transformers`` model's.
+    def check_deep_prompts(self, plan: Optional[TextPlan] = None, n_rows: Optional[int] = None,
+                           start: Optional[int] = None) -> None:
+        """Refuse deep text prompts: this tower's layers are a ``transformers`` model's. The arguments
+        are :meth:`TextTower.check_deep_prompts`'s (where the rows would go), whatever they are.
 
         Raises:
             UnpromptableTextTowerError: always, naming the learners that work on this tower.
