@@ -165,34 +165,17 @@ def _reference_run(cfg, workers, sampler_class=RandomSampler, epochs=1, steps=ST
                                        n_classes=len(dataset.classnames), **settings)
     missing, unexpected = ref.load_state_dict(state, strict=False)
     assert not unexpected, unexpected
-    named = dict(ref.named_parameters())
-    params = [named[n] for n in sorted(state) if n in named]
-    assert params, "the reference has none of the original's trainable tensors"
-    for p in params:
-        p.requires_grad_(True)
-    o = cfg["OPTIM"]
-    optimizer = torch.optim.SGD(params, lr=schedule_from_config(o).lr_at(0), momentum=o["MOMENTUM"],
-                                weight_decay=o["WEIGHT_DECAY"], dampening=o["SGD_DAMPNING"],
-                                nesterov=o["SGD_NESTEROV"])
-    p = model_preprocess(model)
-    drawn = []
-    transform = dassl_train_transform(p["size"], p["mean"], p["std"], T.InterpolationMode(p["interpolation"]),
-                                      tuple(cfg["INPUT"]["RRCROP_SCALE"]), drawn=drawn)
+    named, optimizer, transform, drawn = original_step_pieces(cfg, model, ref, state)
+    p, o = model_preprocess(model), cfg["OPTIM"]  # the later epochs' test transform and learning rates
     wrapped = DatasetWrapper(dataset.train, transform, drawn, k_tfm=int(cfg["DATALOADER"]["K_TRANSFORMS"]))
     losses, batches = [], []
 
-    def step(batch):  # Dassl's forward_backward: zero_grad, loss, backward, step
-        optimizer.zero_grad()
-        labels = batch["label"]
+    def labels_of(batch):
         if method == "softcpt":  # the fork's DatasetWrapper: a label matrix, 0 in the sample's task, 1 at its class
-            labels = torch.nn.functional.one_hot(labels, len(dataset.classnames))
-        loss = ref.loss(batch["img"], labels)
-        loss.backward()
-        optimizer.step()
-        losses.append(float(loss.detach()))
-        batches.append(list(batch["impath"]))
-        if len(losses) == steps:
-            raise _Done
+            return torch.nn.functional.one_hot(batch["label"], len(dataset.classnames))
+        return batch["label"]
+
+    step = dassl_step(ref, optimizer, labels_of, steps, losses, batches)
 
     torch.set_rng_state(g)  # the original's G after its build_model; P after random.seed (all images: no draw)
     random.seed(SEED)
@@ -212,6 +195,42 @@ def _reference_run(cfg, workers, sampler_class=RandomSampler, epochs=1, steps=ST
         if epoch_end is not None:
             epoch_end({n: named[n] for n in sorted(state) if n in named})
     return losses, batches
+
+
+def original_step_pieces(cfg, model, ref, state):
+    """``(named parameters, optimizer, transform, drawn)`` of a reference run: the original's
+    trainable tensors (``state``'s names) of ``ref`` in Dassl's SGD at the first epoch's learning
+    rate, and Dassl's training transform recording its draws into ``drawn``."""
+    named = dict(ref.named_parameters())
+    params = [named[n] for n in sorted(state) if n in named]
+    assert params, "the reference has none of the original's trainable tensors"
+    for p in params:
+        p.requires_grad_(True)
+    o = cfg["OPTIM"]
+    optimizer = torch.optim.SGD(params, lr=schedule_from_config(o).lr_at(0), momentum=o["MOMENTUM"],
+                                weight_decay=o["WEIGHT_DECAY"], dampening=o["SGD_DAMPNING"],
+                                nesterov=o["SGD_NESTEROV"])
+    p = model_preprocess(model)
+    drawn = []
+    transform = dassl_train_transform(p["size"], p["mean"], p["std"], T.InterpolationMode(p["interpolation"]),
+                                      tuple(cfg["INPUT"]["RRCROP_SCALE"]), drawn=drawn)
+    return named, optimizer, transform, drawn
+
+
+def dassl_step(ref, optimizer, labels_of, steps, losses, batches):
+    """Dassl's ``forward_backward`` of ``ref`` (zero_grad, loss on ``labels_of(batch)``, backward,
+    step), recording each step's loss and image paths; raises ``_Done`` after ``steps`` steps."""
+    def step(batch):
+        optimizer.zero_grad()
+        loss = ref.loss(batch["img"], labels_of(batch))
+        loss.backward()
+        optimizer.step()
+        losses.append(float(loss.detach()))
+        batches.append(list(batch["impath"]))
+        if len(losses) == steps:
+            raise _Done
+
+    return step
 
 
 def _both(cfg, run_dir, workers, sampler_class=RandomSampler):
