@@ -75,7 +75,8 @@ class ReferenceVLPromptLearner(nn.Module):
             with torch.no_grad():
                 for single_template in templates:
                     x = [single_template.replace("{}", name) for name in names]
-                    text_features = model.encode_text(tokenize_each(tokenizer, x).to(device))
+                    # unnormalised, as OpenAI CLIP's encode_text (CoCa's normalises unless told not to)
+                    text_features = model.encode_text(tokenize_each(tokenizer, x).to(device), normalize=False)
                     all_teacher_features.append(text_features.unsqueeze(1))
             fixed_embeddings = torch.cat(all_teacher_features, dim=1).mean(dim=1)
         # a plain attribute in the original (not in the state dict); a buffer so it follows .to()
@@ -148,6 +149,8 @@ class ReferencePromptSRC(nn.Module):
         fixed_embeddings = fixed_embeddings / fixed_embeddings.norm(dim=-1, keepdim=True)
         with torch.no_grad():
             zero_shot_features = self.prompt_learner.ZS_image_encoder(image.type(self.dtype))
+            if isinstance(zero_shot_features, tuple):  # a tower built with output_tokens (CoCa): (pooled, tokens)
+                zero_shot_features = zero_shot_features[0]
             zero_shot_features = zero_shot_features / zero_shot_features.norm(dim=-1, keepdim=True)
             zero_shot_logits = logit_scale * zero_shot_features @ fixed_embeddings.t()
         return (F.cross_entropy(logits, label), text_features, fixed_embeddings, zero_shot_features,
