@@ -189,7 +189,8 @@ class HFTextTower:
         (NLLB's includes its ``sqrt(d_model)`` scale): the space learnable context lives in."""
         return self.embedding(ids).to(self.dtype)
 
-    def check_deep_prompts(self, plan: TextPlan, n_rows: int, start: Optional[int] = None) -> int:
+    def check_deep_prompts(self, plan: TextPlan, n_rows: int, start: Optional[int] = None, *,
+                           qkv: bool = False) -> int:
         """Check that ``n_rows`` deep text prompt rows have a well-defined place in every prompt of
         ``plan`` and return the first replaced position (``start``, or the plan's first context row:
         1 after RoBERTa's ``<s>`` / NLLB's language code, 0 for mT5's tokenizer, which writes none).
@@ -197,10 +198,13 @@ class HFTextTower:
 
         Raises:
             ValueError: ``start < 0`` or ``n_rows < 1``.
-            UnpromptableTextTowerError: a prompt has padding (a masked key, never computed) at one of
+            UnpromptableTextTowerError: ``qkv`` (RPP's unshared query/key/value rows: :data:`RPP_TEXT_REFUSAL`,
+                said when the learner is built rather than at its first encode), or a prompt has padding (a masked key, never computed) at one of
                 the positions, or the text tower pools one of them (``cls_pooler`` reads row 0): the
                 feature would be a prompt row's own output.
         """
+        if qkv:
+            raise UnpromptableTextTowerError(RPP_TEXT_REFUSAL)
         if start is None:
             start = plan.context_start()
         if start < 0 or n_rows < 1:
