@@ -15,6 +15,7 @@ _EXPORTS = {
                   "CoOpLearner", "CoOpConfig", "CoCoOpLearner", "CoCoOpConfig",
                   "MaPLeLearner", "MaPLeConfig", "PromptSRCLearner", "PromptSRCConfig", "VPTLearner", "VPTConfig",
                   "KgCoOpLearner", "KgCoOpConfig", "PRELearner", "PREConfig", "SoftCPTLearner", "SoftCPTConfig",
+                  "SoftCPTHardLearner", "SoftCPTHardConfig",
                   "RPPLearner", "RPPConfig", "POMPLearner", "POMPConfig", "POMPObjective", "CLIPTeacher",
                   "ImageFeatures"),
     ".learners.zero_shot": ("zero_shot_classifier",),

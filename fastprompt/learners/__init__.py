@@ -11,6 +11,7 @@ from .pretrained import PretrainedNotAvailableError, load_open_clip
 from .promptsrc import PromptSRCConfig, PromptSRCLearner
 from .rpp import RPPConfig, RPPLearner
 from .softcpt import SoftCPTConfig, SoftCPTLearner
+from .softcpt import SoftCPTHardConfig, SoftCPTHardLearner
 from .teacher import CLIPTeacher
 from .vpt import VPTConfig, VPTLearner
 
@@ -19,5 +20,6 @@ __all__ = [
     "CoOpLearner", "CoOpConfig", "CoCoOpLearner", "CoCoOpConfig",
     "MaPLeLearner", "MaPLeConfig", "PromptSRCLearner", "PromptSRCConfig", "VPTLearner", "VPTConfig",
     "KgCoOpLearner", "KgCoOpConfig", "PRELearner", "PREConfig", "SoftCPTLearner", "SoftCPTConfig",
+    "SoftCPTHardLearner", "SoftCPTHardConfig",
     "RPPLearner", "RPPConfig", "POMPLearner", "POMPConfig", "POMPObjective", "CLIPTeacher",
 ]

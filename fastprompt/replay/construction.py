@@ -27,7 +27,8 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
-from ..reference.original_init import KGCOOP_FIXED_WIDTH, ORIGINAL_METHODS, replay_settings
+from ..reference.original_init import (KGCOOP_FIXED_WIDTH, ORIGINAL_METHODS, hard_context_names, hard_task_sizes,
+                                       replay_settings)
 
 __all__ = ["original_init", "ORIGINAL_METHODS"]
 
@@ -213,8 +214,18 @@ def _pre_encoder(stream: _Stream, cfg, width: int, prefix: str) -> Dict[str, tor
     return out
 
 
-def _text_learner(method, stream, s, model, tokenizer, cfg, dtype, n_classes, n_tasks) -> Dict[str, torch.Tensor]:
-    """CoOp, CoCoOp, KgCoOp, PRE, POMP, SoftCPT: the prompt learner built after a plain CLIP."""
+def _hard_learner(stream, model, tokenizer, cfg, dtype, n_classes, n_tasks, task_classes) -> Dict[str, torch.Tensor]:
+    """MTCoOpHard: one context draw per task in task order (TSC), or one over all classes."""
+    sizes = hard_task_sizes(cfg, n_classes, n_tasks, task_classes)
+    return {name: _context(stream, model, tokenizer, cfg.ctx_init, cfg.n_ctx, dtype, rows)
+            for name, rows in zip(hard_context_names(sizes, cfg.task_specific), sizes)}
+
+
+def _text_learner(method, stream, s, model, tokenizer, cfg, dtype, n_classes, n_tasks,
+                  task_classes=None) -> Dict[str, torch.Tensor]:
+    """CoOp, CoCoOp, KgCoOp, PRE, POMP, SoftCPT, MTCoOpHard: the prompt learner built after a plain CLIP."""
+    if method == "softcpt_hard":
+        return _hard_learner(stream, model, tokenizer, cfg, dtype, n_classes, n_tasks, task_classes)
     if method == "softcpt":
         out = {"task_prompt_learner.ctx": _context(stream, model, tokenizer, cfg.task_ctx_init, cfg.task_n_ctx, dtype,
                                                    n_tasks if cfg.task_csc and not cfg.task_ctx_init else None)}
@@ -250,7 +261,7 @@ def _text_learner(method, stream, s, model, tokenizer, cfg, dtype, n_classes, n_
 
 
 def original_init(method: str, model: nn.Module, *, seed: int, precision: str, n_classes: int, n_tasks: int = 1,
-                  tokenizer=None, **settings) -> Tuple[Dict[str, torch.Tensor], torch.Tensor]:
+                  tokenizer=None, task_classes=None, **settings) -> Tuple[Dict[str, torch.Tensor], torch.Tensor]:
     """``(state, rng_state)``: the original's initial trainable tensors and torch's generator state after its build.
 
     Arguments as :func:`fastprompt.reference.original_init.original_init_reference` (``precision``:
@@ -265,6 +276,8 @@ def original_init(method: str, model: nn.Module, *, seed: int, precision: str, n
     s = _sizes(model)
     try:
         cfg, dtype = replay_settings(method, precision, settings, resnet=s.resnet, image_features=s.embed_dim)
+        if method == "softcpt_hard":  # TSC with CSC needs every task's class count: refuse before any draw
+            hard_task_sizes(cfg, n_classes, n_tasks, task_classes)
     except ConfigError:
         raise
     except (TypeError, ValueError) as exc:
@@ -297,5 +310,5 @@ def original_init(method: str, model: nn.Module, *, seed: int, precision: str, n
         _clip(stream, s)  # clip_model_temp_image: the zero-shot image encoder
     else:
         state = _clip(stream, s)
-        state.update(_text_learner(method, stream, s, model, tokenizer, cfg, dtype, n_classes, n_tasks))
+        state.update(_text_learner(method, stream, s, model, tokenizer, cfg, dtype, n_classes, n_tasks, task_classes))
     return {k: v.float() for k, v in state.items()}, stream.generator.get_state()
