@@ -143,3 +143,88 @@ def test_without_autograd_the_loss_is_the_cross_entropy(tiny_model, classnames):
     with torch.no_grad():
         loss = learner.loss(images, labels)
         assert torch.equal(loss, learner.loss_terms(images, labels)["ce"])
+
+
+# ---- the run layer -------------------------------------------------------------------------------
+FAST = ["OPTIM.MAX_EPOCH", "2", "DATALOADER.TRAIN_X.BATCH_SIZE", "8", "DATALOADER.NUM_WORKERS", "0",
+        "TRAIN.TENSORBOARD", "False"]
+
+
+@pytest.mark.parametrize("recipe", ["prograd/rn50", "prograd/rn50_ep100", "prograd/rn50_ep50"])
+def test_every_recipe_resolves_to_the_originals_values(recipe):
+    from fastprompt.train.build import learner_kwargs
+    from fastprompt.train.config import flatten, load_recipe, resolve_config
+
+    cfg = resolve_config([(recipe, load_recipe(recipe))], overrides=["LOSS.LAMBDA", "0.8"])
+    assert cfg["METHOD"] == "prograd" and cfg["LOSS"]["NAME"] == "prograd"
+    assert cfg["OPTIM"]["MAX_EPOCH"] == {"prograd/rn50": 200, "prograd/rn50_ep100": 100}.get(recipe, 50)
+    kwargs = learner_kwargs("prograd", cfg["TRAINER"]["COOP"], "OxfordPets", flatten(cfg))
+    assert kwargs == dict(n_ctx=16, csc=False, ctx_init=True, class_token_position="end", T=1.0, lambda_=0.8,
+                          template="OxfordPets")
+
+
+def test_loss_keys_are_prograds_only():
+    from fastprompt.errors import ConfigError
+    from fastprompt.train.config import load_recipe, resolve_config
+
+    with pytest.raises(ConfigError, match=r"LOSS\.T 2\.0 has no effect: LOSS is ProGrad's section"):
+        resolve_config([("coop/rn50", load_recipe("coop/rn50"))], overrides=["LOSS.T", "2.0"])
+    with pytest.raises(ConfigError, match=r"LOSS\.NAME 'kd' is not supported"):
+        resolve_config([("prograd/rn50", load_recipe("prograd/rn50"))], overrides=["LOSS.NAME", "kd"])
+    resolve_config([("prograd/rn50", load_recipe("prograd/rn50"))], overrides=["LOSS.GM", "True"])  # inert
+
+
+def test_recipe_trains_and_evaluates_through_the_cli(tmp_path, capsys):
+    import json
+
+    from fastprompt.cli import main
+    from fastprompt.testing.fake_trees import make_split_dataset, tiny_jpeg
+
+    data = tmp_path / "data"
+    make_split_dataset(str(data), "dtd", [(6, 2, 2)] * 4, image_bytes=tiny_jpeg(16))
+    out = tmp_path / "run"
+    assert main(["train", "--recipe", "prograd/rn50_ep50", "--data", str(data), "--dataset", "dtd", "--output-dir",
+                 str(out), "--model", "tiny", "--pretrained", "none", "--no-progress", "--seed", "1", *FAST,
+                 "LOSS.LAMBDA", "0.8"]) == 0
+    assert json.loads((out / "eval.json").read_text())["total"] == 8
+    config = json.loads((out / "fastprompt_config.json").read_text())
+    assert config["method"] == "prograd" and config["config"]["lambda_"] == 0.8
+    assert config["config"]["template"] == "DescribableTextures"  # ProGrad's "a texture of {}."
+    assert "initial prompts: original" in (out / "log.txt").read_text()
+    capsys.readouterr()
+    assert main(["eval", "--checkpoint", str(out), "--data", str(data), "--dataset", "dtd", "--subsample",
+                 "new"]) == 0
+    assert json.loads(capsys.readouterr().out)["total"] == 4
+
+
+def test_protocols_follow_the_original_scripts(tmp_path):
+    from fastprompt.protocols.grid import plan
+
+    fewshot = {(j.dataset, j.shots): j for j in plan("fewshot", "prograd", str(tmp_path), ["dtd", "caltech101"],
+                                                     seeds=[1])}
+    assert fewshot["dtd", 1].recipe == "prograd/rn50_ep50" and fewshot["dtd", 4].recipe == "prograd/rn50_ep100"
+    assert fewshot["dtd", 16].recipe == "prograd/rn50"
+    assert ("LOSS.LAMBDA", 0.8) in fewshot["dtd", 8].overrides and ("LOSS.LAMBDA", 1.0) in fewshot["dtd", 4].overrides
+    assert ("LOSS.LAMBDA", 1.0) in fewshot["caltech-101", 16].overrides
+    b2n = plan("base2new", "prograd", str(tmp_path), ["dtd", "imagenet"], seeds=[1])
+    assert [(j.recipe, j.shots) for j in b2n] == [("prograd/rn50_ep100", 4), ("prograd/rn50_ep50", 4)]
+    dg = plan("dg", "prograd", str(tmp_path), seeds=[1])
+    assert [(j.dataset, j.recipe, j.shots) for j in dg] == [("imagenet", "prograd/rn50_ep50", 4)]
+
+
+def test_the_step_benchmark_case_takes_the_same_step_on_both_sides():
+    import os
+    import sys
+
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    from bench.steps.step_cases import CASES, build_pair, pair_steps
+
+    spec = CASES["prograd"].sized(classes=6, images=3)
+    pair = build_pair(spec, "tiny", torch.device("cpu"))
+    fast, ref = pair_steps(spec, pair)
+    before = pair.learner.ctx.detach().clone()
+    fast(), ref()
+    moved = pair.learner.ctx.detach() - before
+    assert float(moved.abs().max()) > 0
+    assert_close_rel(moved, pair.reference.prompt_learner.ctx.detach() - before, FP32.gradient_parity,
+                     "the step's change of ctx")
