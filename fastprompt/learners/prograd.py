@@ -46,7 +46,12 @@ process: a multi-GPU run there is ``DataParallel`` over one loss).
 Precision: the original's configs leave ``TRAINER.COOP.PREC`` at ``fp16`` (the prompted CLIP and
 the context in half precision, SGD on fp16 tensors), while the zero-shot CLIP is always fp32; its
 ``amp`` branch cannot run (the criterion's tuple reaches ``scaler.scale(loss).backward()``).
-fastprompt keeps fp32 prompts under autocast (:mod:`fastprompt.train.precision`).
+fastprompt keeps fp32 prompts under autocast (:mod:`fastprompt.train.precision`). Under fp16
+autocast the two inner backward passes run before, and so without, the trainer's loss scaling
+(a ``GradScaler`` scales only the returned loss): prefer bf16 (``TRAIN.PRECISION bf16``) on a GPU.
+The original's Dassl fork (``Dassl.ProGrad.pytorch``) is an older Dassl whose data path (few-shot
+draw, samplers, loaders, transforms) differs from the Dassl the run layer replays only in wording
+(PIL's bicubic constant for ``InterpolationMode``, a retrying image read).
 """
 from __future__ import annotations
 
