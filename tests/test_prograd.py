@@ -228,3 +228,22 @@ def test_the_step_benchmark_case_takes_the_same_step_on_both_sides():
     assert float(moved.abs().max()) > 0
     assert_close_rel(moved, pair.reference.prompt_learner.ctx.detach() - before, FP32.gradient_parity,
                      "the step's change of ctx")
+
+
+def test_a_run_written_before_the_loss_section_existed_still_resumes(tmp_path, capsys):
+    import yaml
+
+    from fastprompt.cli import main
+    from fastprompt.testing.fake_trees import make_split_dataset, tiny_jpeg
+
+    data = tmp_path / "data"
+    make_split_dataset(str(data), "dtd", [(6, 2, 2)] * 4, image_bytes=tiny_jpeg(16))
+    out = tmp_path / "run"
+    args = ["train", "--recipe", "coop/vit_b16_ep50", "--data", str(data), "--dataset", "dtd", "--output-dir", str(out),
+            "--model", "tiny", "--pretrained", "none", "--no-progress", "--seed", "1", *FAST, "TRAINER.COOP.N_CTX", "4"]
+    assert main(args + ["TRAIN.MAX_STEPS", "2"]) == 0
+    cfg = yaml.safe_load((out / "config.yaml").read_text())
+    del cfg["LOSS"]  # as fastprompt wrote it before ProGrad
+    (out / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+    capsys.readouterr()
+    assert main(args + ["TRAIN.MAX_STEPS", "2", "--resume"]) == 0, capsys.readouterr().err
