@@ -7,6 +7,7 @@ from .kgcoop import KgCoOpConfig, KgCoOpLearner
 from .maple import MaPLeConfig, MaPLeLearner
 from .pomp import POMPConfig, POMPLearner, POMPObjective
 from .pre import PREConfig, PRELearner
+from .prograd import ProGradConfig, ProGradLearner
 from .pretrained import PretrainedNotAvailableError, load_open_clip
 from .promptsrc import PromptSRCConfig, PromptSRCLearner
 from .rpp import RPPConfig, RPPLearner
@@ -20,4 +21,5 @@ __all__ = [
     "MaPLeLearner", "MaPLeConfig", "PromptSRCLearner", "PromptSRCConfig", "VPTLearner", "VPTConfig",
     "KgCoOpLearner", "KgCoOpConfig", "PRELearner", "PREConfig", "SoftCPTLearner", "SoftCPTConfig",
     "RPPLearner", "RPPConfig", "POMPLearner", "POMPConfig", "POMPObjective", "CLIPTeacher",
+    "ProGradLearner", "ProGradConfig",
 ]

@@ -62,10 +62,10 @@ def eval_path(run_dir: str, dataset: str, subsample: str) -> str:
 def plan(protocol: str, method: str, output_dir: str, datasets: Optional[Sequence[str]] = None,
          seeds: Sequence[int] = (1, 2, 3), shots: Optional[Sequence[int]] = None) -> List[Job]:
     """The jobs of a grid, in the order they run (dataset, shots, seed)."""
-    from .definitions import DEFAULT_SHOTS
+    from .definitions import DEFAULT_SHOTS, METHOD_SHOTS
 
     check_protocol(protocol, method)
-    shots = list(shots or DEFAULT_SHOTS[protocol])
+    shots = list(shots or METHOD_SHOTS.get((method, protocol)) or DEFAULT_SHOTS[protocol])
     if protocol != "fewshot" and len(shots) != 1:
         raise ConfigError(f"--shots: {protocol} trains with one shot count (16 in the papers), got {shots}")
     if any(int(k) < 1 for k in shots):

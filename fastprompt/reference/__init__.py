@@ -13,6 +13,7 @@ from .coop import ReferenceCoOp, ReferenceCoOpPromptLearner
 from .kgcoop import ReferenceKgCoOp, ReferenceKgCoOpPromptLearner
 from .maple import ReferenceMaPLe, ReferenceMaPLePromptLearner
 from .pomp import ReferencePOMP, ReferencePOMPPromptLearner
+from .prograd import ReferenceProGrad, ReferenceProGradPromptLearner
 from .pre import ReferencePRE, ReferencePREPromptLearner
 from .promptsrc import ReferencePromptSRC, ReferenceVLPromptLearner
 from .rpp import ReferenceRPP, ReferenceRPPPromptLearner
@@ -27,5 +28,5 @@ __all__ = [
     "ReferenceMaPLe", "ReferenceMaPLePromptLearner", "ReferencePromptSRC", "ReferenceVLPromptLearner",
     "ReferenceVPT", "ReferenceKgCoOp", "ReferenceKgCoOpPromptLearner", "ReferencePRE",
     "ReferencePREPromptLearner", "ReferenceSoftCPT", "ReferencePOMP", "ReferencePOMPPromptLearner",
-    "ReferenceRPP", "ReferenceRPPPromptLearner",
+    "ReferenceRPP", "ReferenceRPPPromptLearner", "ReferenceProGrad", "ReferenceProGradPromptLearner",
 ]

@@ -287,6 +287,16 @@ def original_init(method: str, model: nn.Module, *, seed: int, precision: str, n
         for i in range(cfg.prompt_depth - 1):
             state[f"prompt_learner.compound_prompt_projections.{i}.weight"] = weight.clone()
             state[f"prompt_learner.compound_prompt_projections.{i}.bias"] = bias.clone()
+    elif method == "prograd":
+        state = _clip(stream, s)
+        _clip(stream, s)  # zs_clip = CLIP(cfg, classnames): its own load_clip_to_cpu
+        if cfg.ctx_init:  # zero rows, then the template phrase's first word-count tokens (no draw)
+            phrase = cfg.resolved_template().replace(" {}.", "")
+            words = _context(stream, model, tokenizer, phrase, cfg.n_ctx, dtype)
+            ctx = torch.cat([words.new_zeros(cfg.n_ctx - words.shape[0], words.shape[1]), words])
+        else:
+            ctx = _context(stream, model, tokenizer, "", cfg.n_ctx, dtype, n_classes if cfg.csc else None)
+        state["prompt_learner.ctx"] = ctx
     elif method == "vpt":
         state = _clip(stream, s, vision_prompt=(cfg.prompt_depth, cfg.n_ctx))
     elif method == "promptsrc":

@@ -86,7 +86,7 @@ def check_backbone(cfg: Dict[str, Any]) -> Tuple[str, str]:
             raise ConfigError(f"{cfg['METHOD']} prompts the layers of open_clip's vision transformer: it needs such a "
                               f"ViT backbone, and {name} has {tower}. Use e.g. ViT-B-16 or a timm ViT backbone "
                               f"(EVA02-B-16, ViT-B-16-SigLIP, PE-Core-B-16){hint}; the text-prompt methods (coop, "
-                              "cocoop, kgcoop, pre, softcpt, pomp) run on any tower")
+                              "cocoop, kgcoop, pre, softcpt, pomp, prograd) run on any tower")
     return name, tag
 
 
@@ -122,7 +122,9 @@ def build_learner(cfg: Dict[str, Any], model, tokenizer, classnames, dataset_nam
     method = cfg["METHOD"]
     spec = METHODS[method]
     check_depths(cfg, shape_from_model(model, model_name))  # the built model's towers, whatever its name
-    kwargs = learner_kwargs(method, cfg["TRAINER"][spec.section], dataset_class)
+    from .defaults import flatten
+
+    kwargs = learner_kwargs(method, cfg["TRAINER"][spec.section], dataset_class, flatten(cfg))
     kwargs["frozen_image_precision"] = str(cfg["TRAIN"].get("FROZEN_IMAGE_PRECISION") or "fp32").lower()
     cls = LEARNERS[method]
     if tasks is not None:

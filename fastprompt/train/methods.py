@@ -11,7 +11,8 @@ Sources (``train.py`` ``extend_cfg``): KaiyangZhou/CoOp @ ff61507 (CoOp, CoCoOp)
 @ c43ccc3, muzairkhattak/multimodal-prompt-learning @ 69bce21 (MaPLe, VPT), muzairkhattak/PromptSRC
 @ bb95c77, minhanh151/PRE @ 08be701, kding1225/softcpt @ 7cab4b9 (``MTCOOP``, and ``MTCOOPH`` of its
 hard-sharing baselines), amazon-science/
-prompt-pretraining @ 24bca56 (POMP). RPP (Chen et al., arXiv 2409.06166) has no public code: its
+prompt-pretraining @ 24bca56 (POMP), BeierZhu/Prompt-align @ 1b76203 (ProGrad: ``TRAINER.COOP`` and the
+top-level ``LOSS`` section, its ``outside`` keys). RPP (Chen et al., arXiv 2409.06166) has no public code: its
 ``TRAINER.RPP`` section is fastprompt's, one key per ``RPPConfig`` field.
 """
 from __future__ import annotations
@@ -57,6 +58,11 @@ class MethodSpec:
     depths: Callable[[Dict[str, Any]], Dict[str, Tuple[str, ...]]] = lambda section: {}
     deep_vision: bool = False
     dataset_template: Optional[str] = None  # learner kwarg set from the dataset's class name
+    # keys outside TRAINER.<SECTION> the method reads (ProGrad's LOSS.T): dotted key -> (kwarg, converter);
+    # outside_fixed / outside_inert: dotted key -> allowed values / why it has no effect
+    outside: Dict[str, Tuple[str, Callable]] = dataclasses.field(default_factory=dict)
+    outside_fixed: Dict[str, Tuple[Any, ...]] = dataclasses.field(default_factory=dict)
+    outside_inert: Dict[str, str] = dataclasses.field(default_factory=dict)
 
     def section_defaults(self) -> Dict[str, Any]:
         return dict(self.defaults)
@@ -142,6 +148,15 @@ METHODS: Dict[str, MethodSpec] = {s.method: s for s in [
                 "TEMPERATURE": ("temperature", float)}, deep_vision=True,
                depths=lambda section: {"DEPTH": _RPP_TOWERS.get(str(section.get("BRANCHES", "")).lower(),
                                                                 ("text", "vision"))}),
+    MethodSpec("prograd", "ProGradLearner", ("ProGrad",), "COOP",
+               dict(ALPHA=1.0, N_CTX=16, CSC=False, CTX_INIT=False, PREC="fp16", CLASS_TOKEN_POSITION="end"),
+               {**_COOP_KEYS, "CTX_INIT": ("ctx_init", bool)},
+               inert={"ALPHA": "declared by ProGrad's train.py, never read by its trainer"},
+               dataset_template="template",
+               outside={"LOSS.T": ("T", float), "LOSS.LAMBDA": ("lambda_", float)},
+               outside_fixed={"LOSS.NAME": ("prograd", "")},
+               outside_inert={k: "declared by ProGrad's train.py, never read by its trainer"
+                              for k in ("LOSS.GM", "LOSS.ALPHA")}),
 ]}
 
 # Methods that train a multi-task dataset (SoftCPT's general10, plant6, fashion20): their learner
@@ -161,10 +176,18 @@ def method_of_trainer(name: str) -> Optional[str]:
     return None
 
 
-def learner_kwargs(method: str, section: Dict[str, Any], dataset_class: Optional[str] = None) -> Dict[str, Any]:
-    """Learner keyword arguments from the resolved ``TRAINER.<SECTION>`` of ``method``."""
+def learner_kwargs(method: str, section: Dict[str, Any], dataset_class: Optional[str] = None,
+                   outside: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+    """Learner keyword arguments from the resolved ``TRAINER.<SECTION>`` of ``method`` (and, from
+    ``outside``, the flattened configuration, the method's keys outside it)."""
     spec = METHODS[method]
     out: Dict[str, Any] = {}
+    for key, (name, convert) in spec.outside.items():
+        if outside is not None and key in outside:
+            try:
+                out[name] = convert(outside[key])
+            except (TypeError, ValueError) as exc:
+                raise ConfigError(f"{key}: cannot use {outside[key]!r} ({exc})") from None
     where = f"TRAINER.{spec.section}"
     for key, value in section.items():
         if key in spec.keys:
