@@ -1,0 +1,148 @@
+"""DePT (CoOp + DePT, KgCoOp + DePT) against the literal original code path (fastprompt.reference.dept)."""
+import json
+
+import pytest
+import torch
+
+import fastprompt
+from fastprompt.reference import ReferenceDePTCoOp, ReferenceDePTKgCoOp
+from fastprompt.testing import FP32, assert_close_rel, random_images
+
+LEARNERS = {"coop": (fastprompt.CoOpDePTLearner, ReferenceDePTCoOp),
+            "kgcoop": (fastprompt.KgCoOpDePTLearner, ReferenceDePTKgCoOp)}
+
+
+def _perturb(module, seed=1):
+    """Move every trainable tensor of the reference off its init (FiLM's ones/zeros would hide a
+    transposed scale/bias or a missing FiLM)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in module.named_parameters():
+            if name.startswith(("prompt_learner.ctx", "film_lp_", "linear_probe_proj.")):
+                p.add_(0.1 * torch.randn(p.shape, generator=g))
+
+
+def _reference_param(reference, name):
+    return dict(reference.named_parameters())["prompt_learner.ctx" if name == "ctx" else name]
+
+
+def _pair(kind, model, classnames, cfg=None, ref_cfg=None, **ref_path):
+    learner_cls, reference_cls = LEARNERS[kind]
+    torch.manual_seed(0)
+    reference = reference_cls(model, classnames, **{**(ref_cfg or {}), **ref_path})
+    _perturb(reference)
+    learner = learner_cls.from_model(model, classnames, **(cfg or {}))
+    learner.load_original_state_dict(reference.state_dict())  # the whole CustomCLIP, as DePT saves it
+    return learner, reference
+
+
+def compare_step(learner, reference, images, labels):
+    terms = learner.loss_terms(images, labels)
+    ref_loss = reference.loss(images, labels)
+    assert_close_rel(terms["total"], ref_loss, FP32.parity, "loss")
+    names = [n for n, _ in learner.trainable_named_parameters()]
+    grads = torch.autograd.grad(terms["total"], [p for _, p in learner.trainable_named_parameters()])
+    ref_grads = torch.autograd.grad(ref_loss, [_reference_param(reference, n) for n in names])
+    for name, g, r in zip(names, grads, ref_grads):
+        assert_close_rel(g, r, FP32.gradient_parity, f"grad {name}")
+    assert_close_rel(learner(images), reference.logits(images), FP32.parity, "evaluation logits")
+    return terms
+
+
+CASES = [
+    ("coop", "tiny_model", dict(n_ctx=4), dict(n_ctx=4)),
+    ("coop", "tiny_model", dict(ctx_init="a photo of a", lp_type="similarity"),
+     dict(ctx_init="a photo of a", lp_type="similarity")),
+    ("coop", "tiny_custom_model", dict(n_ctx=3, test_time_fusion=False, lp_weight=0.4),
+     dict(n_ctx=3, test_time_fusion=False, lp_weight=0.4)),
+    ("coop", "tiny_model", dict(n_ctx=2, film=False), dict(n_ctx=2, film=False)),
+    ("kgcoop", "tiny_model", dict(), dict()),
+    ("kgcoop", "tiny_custom_model", dict(template="EuroSAT", w=8.0),
+     dict(template="a centered satellite photo of {}.", w=8.0)),
+    ("kgcoop", "tiny_model", dict(ctx_init="", n_ctx=3, lp_type="similarity"),
+     dict(ctx_init=False, n_ctx=3, lp_type="similarity")),
+]
+
+
+@pytest.mark.parametrize("kind,model_fixture,cfg,ref_cfg", CASES, ids=[f"{k}-{m}-{c}" for k, m, c, _ in CASES])
+def test_dept_matches_reference(kind, model_fixture, cfg, ref_cfg, classnames, request):
+    model = request.getfixturevalue(model_fixture)
+    learner, reference = _pair(kind, model, classnames, cfg, ref_cfg, subsample_classes="base")
+    terms = compare_step(learner, reference, random_images(3), torch.tensor([0, 3, 7]))
+    assert set(terms) >= {"ce", "ce_head", "total"}
+    if kind == "kgcoop":
+        assert_close_rel(terms["total"], 0.3 * terms["ce"] + 0.7 * terms["ce_head"] + learner.config.w
+                         * terms["consistency"], FP32.rounding, "kgcoop total")
+
+
+@pytest.mark.parametrize("kind", ["coop", "kgcoop"])
+def test_new_classes_use_the_cosine_head_only(kind, tiny_model, classnames):
+    """Base-to-new: the new classes' logits are the original's "new" path (no FiLM, no linear head)."""
+    learner, _ = _pair(kind, tiny_model, classnames, subsample_classes="base")
+    new = ["cat", "tabby_cat", "airplane"]
+    learner.set_classnames(new)
+    reference = LEARNERS[kind][1](tiny_model, new, subsample_classes="new")
+    with torch.no_grad():
+        reference.prompt_learner.ctx.copy_(learner.ctx)
+    images = random_images(2)
+    assert learner.head_rows() is None
+    assert_close_rel(learner(images), reference.logits(images), FP32.parity, "new-class logits")
+    with pytest.raises(ValueError, match="head's classes"):
+        learner.loss(images, torch.tensor([0, 1]))
+
+
+def test_a_subset_of_the_head_classes_takes_the_fused_path(tiny_model, classnames):
+    """ImageNet-A/R: the original trims the head to the target's classes (``is_reserves``) and fuses."""
+    learner, reference = _pair("coop", tiny_model, classnames, subsample_classes="all", dataset="ImageNet")
+    keep = [1, 4, 5]
+    subset = [classnames[i] for i in keep]
+    target = ReferenceDePTCoOp(tiny_model, subset, subsample_classes="all", dataset="ImageNetA")
+    state = reference.state_dict()
+    state["linear_probe_proj.weight"] = state["linear_probe_proj.weight"][keep]
+    state["linear_probe_proj.bias"] = state["linear_probe_proj.bias"][keep]
+    target.load_state_dict({k: v for k, v in state.items() if "token_" not in k}, strict=False)
+    learner.set_classnames(subset)
+    images = random_images(2)
+    assert_close_rel(learner(images), target.logits(images), FP32.parity, "ImageNet-A logits")
+
+
+def test_only_the_prompt_and_head_train_and_take_their_rates(tiny_model, classnames):
+    learner, reference = _pair("kgcoop", tiny_model, classnames, subsample_classes="base")
+    names = [n for n, _ in learner.trainable_named_parameters()]
+    assert names == ["ctx", "film_lp_img.scale", "film_lp_img.bias", "film_lp_text.scale", "film_lp_text.bias",
+                     "linear_probe_proj.weight", "linear_probe_proj.bias"]
+    assert learner.lr_multipliers() == {"film_lp_": 6.5, "linear_probe_proj.": 6.5}
+    state = reference.state_dict()
+    # DePT's KgCoOp checkpoint carries KgCoOp's never-trained leftovers (bias_vectors, meta_net twice,
+    # adapter) and the frozen towers: all ignored; anything else is an error
+    assert {"prompt_learner.bias_vectors", "image_encoder.conv1.weight", "logit_scale"} <= set(state)
+    learner.load_original_state_dict({"state_dict": {**state, "adapter.fc.0.weight": torch.zeros(1)}, "epoch": 10})
+    with pytest.raises(ValueError, match="unexpected.*extra"):
+        learner.load_original_state_dict({**state, "extra": torch.zeros(1)})
+
+
+@pytest.mark.parametrize("kind", ["coop", "kgcoop"])
+def test_save_load_keeps_the_head_classes(kind, tiny_model, classnames, tmp_path):
+    learner, reference = _pair(kind, tiny_model, classnames, subsample_classes="base")
+    learner.set_classnames(["cat", "airplane"])
+    learner.save_pretrained(tmp_path / "dept")
+    saved = json.loads((tmp_path / "dept" / "fastprompt_config.json").read_text())
+    assert saved["method"] == f"{kind}_dept" and saved["config"]["head_classnames"] == [n.replace("_", " ") for n in classnames]
+    loaded = fastprompt.PromptLearner.from_pretrained(tmp_path / "dept", model=tiny_model, classnames=classnames)
+    assert type(loaded) is LEARNERS[kind][0]
+    images = random_images(2)
+    assert_close_rel(loaded(images), reference.logits(images), FP32.parity, "reloaded logits")
+
+
+@pytest.mark.parametrize("cfg,argument", [(dict(lp_type="mlp"), "lp_type"), (dict(lp_weight=1.5), "lp_weight")])
+def test_bad_config_is_a_clear_error(tiny_model, classnames, cfg, argument):
+    with pytest.raises(ValueError, match=argument):
+        fastprompt.CoOpDePTLearner.from_model(tiny_model, classnames, **cfg)
+
+
+def test_precomputed_features_are_refused(tiny_model, classnames):
+    learner = fastprompt.CoOpDePTLearner.from_model(tiny_model, classnames, n_ctx=2)
+    assert not learner.frozen_image_side
+    features = fastprompt.ImageFeatures(torch.randn(2, learner.text_tower.embed_dim))
+    with pytest.raises(ValueError, match="ImageFeatures"):
+        learner(features)
