@@ -146,3 +146,41 @@ def test_precomputed_features_are_refused(tiny_model, classnames):
     features = fastprompt.ImageFeatures(torch.randn(2, learner.text_tower.embed_dim))
     with pytest.raises(ValueError, match="ImageFeatures"):
         learner(features)
+
+
+# ---- the run layer ---------------------------------------------------------------------------------
+def test_staged_learning_rates_are_depts():
+    """trainers/optim.py with train.py's defaults: the head at 6.5 * LR, the prompt at LR; the constant
+    warm-up rate is every group's (Dassl's ConstantWarmupScheduler)."""
+    from fastprompt.train.config import load_recipe, resolve_config
+    from fastprompt.train.schedule import param_groups, schedule_from_config
+
+    recipe = "kgcoop_dept/vit_b16_ep10_ctxv1_bs4_lr35"
+    cfg = resolve_config([(recipe, load_recipe(recipe))])
+    named = [(n, torch.nn.Parameter(torch.zeros(1))) for n in
+             ("ctx", "film_lp_img.scale", "film_lp_text.bias", "linear_probe_proj.weight")]
+    groups = param_groups(named, cfg["OPTIM"])
+    assert [len(g["params"]) for g in groups] == [1, 3] and [g["lr_mult"] for g in groups] == [1.0, 6.5]
+    schedule = schedule_from_config(cfg["OPTIM"])
+    assert schedule.lr_at(0, 6.5) == schedule.lr_at(0) == 1e-5
+    assert (schedule.lr_at(1), schedule.lr_at(1, 6.5)) == pytest.approx((0.0035, 0.02275))
+    assert param_groups(named, {**cfg["OPTIM"], "STAGED_LR": False}) == [p for _, p in named]
+
+
+@pytest.mark.parametrize("recipe", ["coop_dept/vit_b16_ep10_bs4_lr35", "kgcoop_dept/vit_b16_ep10_ctxv1_bs4_lr35"])
+def test_recipe_trains_and_evaluates_through_the_cli(recipe, tmp_path, capsys):
+    from fastprompt.cli import main
+    from fastprompt.testing.fake_trees import make_split_dataset, tiny_jpeg
+
+    make_split_dataset(str(tmp_path / "data"), "dtd", [(6, 2, 2)] * 4, image_bytes=tiny_jpeg(16))
+    out, data = tmp_path / "run", str(tmp_path / "data")
+    assert main(["train", "--recipe", recipe, "--data", data, "--dataset", "dtd", "--output-dir", str(out),
+                 "--model", "tiny", "--pretrained", "none", "--no-progress", "--subsample", "base",
+                 "OPTIM.MAX_EPOCH", "2", "DATALOADER.TRAIN_X.BATCH_SIZE", "4", "DATALOADER.NUM_WORKERS", "0",
+                 "TRAIN.TENSORBOARD", "False"]) == 0
+    assert json.loads((out / "eval.json").read_text())["total"] == 4  # 2 base classes x 2 test images
+    saved = json.loads((out / "fastprompt_config.json").read_text())
+    assert saved["method"] == recipe.split("/")[0] and len(saved["config"]["head_classnames"]) == 2
+    capsys.readouterr()
+    assert main(["eval", "--checkpoint", str(out), "--data", data, "--dataset", "dtd", "--subsample", "new"]) == 0
+    assert json.loads(capsys.readouterr().out)["total"] == 4

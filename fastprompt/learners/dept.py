@@ -121,8 +121,6 @@ class _DePTHead:
     """The DePT head over a learner with one classifier per class list (``text_features() [C, E]``)."""
 
     frozen_image_side = False  # the head reads unnormalised image features (see the module docstring)
-    #: Parameter-name prefixes of the head: they train at ``lr_multiplier`` times the rate.
-    head_prefixes = ("film_lp_", "linear_probe_proj.")
 
     def _build_head(self) -> None:
         config = self.config
@@ -136,11 +134,6 @@ class _DePTHead:
         self.linear_probe_proj = nn.Linear(dim, len(self.head_classnames)) if config.lp_type == "linear" else None
         device = self.text_tower.device
         self.to(device)
-
-    @staticmethod
-    def lr_multipliers(lr_exp: float = 6.5) -> Dict[str, float]:
-        """Parameter-name prefix -> learning-rate multiplier (DePT's staged learning rates)."""
-        return {prefix: float(lr_exp) for prefix in _DePTHead.head_prefixes}
 
     def head_rows(self) -> Optional[torch.Tensor]:
         """Rows of the head for the current classes (``[C]`` int64), or None when some current class

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from ..errors import ConfigError
-from .methods import DEEP_VISION, METHODS, MULTITASK_METHODS, learner_kwargs
+from .methods import DEEP_VISION, METHODS, MULTITASK_METHODS, extra_learner_kwargs, learner_kwargs
 from ..replay.construction import ORIGINAL_METHODS, original_init
 from .model_keys import TINY_CLIP_KWARGS, check_depths, check_preprocess, open_clip_name, shape_from_model
 from .views import MultiView, with_randaugment2
@@ -123,6 +123,7 @@ def build_learner(cfg: Dict[str, Any], model, tokenizer, classnames, dataset_nam
     spec = METHODS[method]
     check_depths(cfg, shape_from_model(model, model_name))  # the built model's towers, whatever its name
     kwargs = learner_kwargs(method, cfg["TRAINER"][spec.section], dataset_class)
+    kwargs.update(extra_learner_kwargs(method, cfg))
     kwargs["frozen_image_precision"] = str(cfg["TRAIN"].get("FROZEN_IMAGE_PRECISION") or "fp32").lower()
     cls = LEARNERS[method]
     if tasks is not None:
