@@ -106,12 +106,11 @@ def test_a_subset_of_the_head_classes_takes_the_fused_path(tiny_model, classname
     assert_close_rel(learner(images), target.logits(images), FP32.parity, "ImageNet-A logits")
 
 
-def test_only_the_prompt_and_head_train_and_take_their_rates(tiny_model, classnames):
+def test_only_the_prompt_and_head_train(tiny_model, classnames):
     learner, reference = _pair("kgcoop", tiny_model, classnames, subsample_classes="base")
     names = [n for n, _ in learner.trainable_named_parameters()]
     assert names == ["ctx", "film_lp_img.scale", "film_lp_img.bias", "film_lp_text.scale", "film_lp_text.bias",
                      "linear_probe_proj.weight", "linear_probe_proj.bias"]
-    assert learner.lr_multipliers() == {"film_lp_": 6.5, "linear_probe_proj.": 6.5}
     state = reference.state_dict()
     # DePT's KgCoOp checkpoint carries KgCoOp's never-trained leftovers (bias_vectors, meta_net twice,
     # adapter) and the frozen towers: all ignored; anything else is an error

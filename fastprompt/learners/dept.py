@@ -28,9 +28,10 @@ Zhang et al., "DePT: Decoupled Prompt Tuning" (CVPR 2024); semantics follow Koor
   take the fused path as there. Training on classes that are not all head classes is refused
   (the original's ``assert not self.prompt_learner.training``).
 * **Learning rates** (``trainers/optim.py`` with ``train.py``'s ``STAGED_LR = True``, ``LR_EXP = 6.5``,
-  ``NEW_LAYERS = ['linear_probe', 'film']``, ``BASE_LR_MULT = 1.0``): the head's parameters train
-  at ``6.5 * LR``, the prompt at ``LR`` (:meth:`lr_multipliers`; the warm-up's constant rate is the
-  same for both, Dassl's ``ConstantWarmupScheduler``).
+  ``NEW_LAYERS = ['linear_probe', 'film']``, ``BASE_LR_MULT = 1.0``): the head's parameters (the
+  original's module names ``film_lp_*``, ``linear_probe_proj`` are kept, so ``NEW_LAYERS`` matches them)
+  train at ``6.5 * LR``, the prompt at ``LR`` (:func:`fastprompt.train.schedule.param_groups`; the
+  warm-up's constant rate is the same for both, Dassl's ``ConstantWarmupScheduler``).
 * **KgCoOp's leftovers.** DePT's ``NAMES_TO_UPDATE = ['prompt_learner', 'linear_probe', 'film']``
   also marks KgCoOp's unused ``prompt_learner.bias_vectors`` and ``prompt_learner.meta_net`` as
   trainable; they never get a gradient (SGD skips them, weight decay included), so they are not
