@@ -236,6 +236,17 @@ CASES: Dict[str, CaseSpec] = {spec.name: spec for spec in [
     CaseSpec("rpp", "RPP step, both towers (J=9, 4+4 unshared q/k/v prompts) + KL to a zero-shot teacher, "
              "4 images x 100 classes", 4.0, "RPPLearner", "ReferenceRPP", 4,
              from_learner=lambda learner: dict(teacher_text_features=learner.teacher.class_features)),
+    # DePT: CoOp's / KgCoOp's step plus a FiLM + linear head over [C, E] and [B, E] features (negligible on both
+    # sides); the head reads unnormalised image features, so the frozen-feature cache does not serve it. The
+    # targets are those of the matching text-prompt steps measured here (CoOp 16 ctx about 7x, 4 ctx about 6x).
+    # Its logits are not one cosine classifier (the fused head is affine in the unnormalised image features), so
+    # evaluation calls the learner per batch (image_conditioned), as the reference does.
+    CaseSpec("coop_dept", "CoOp+DePT step, 4 images x 100 classes, 16 ctx, FiLM + linear head", 6.0,
+             "CoOpDePTLearner", "ReferenceDePTCoOp", 16, kwargs=dict(n_ctx=16), state=_whole,
+             params=lambda reference: reference.parameters(), image_conditioned=True),
+    CaseSpec("kgcoop_dept", "KgCoOp+DePT step, 4 images x 100 classes, 'a photo of a' ctx, FiLM + linear head, "
+             "w=2", 5.0, "KgCoOpDePTLearner", "ReferenceDePTKgCoOp", 4, state=_whole,
+             params=lambda reference: reference.parameters(), image_conditioned=True),
     CaseSpec("softcpt", "SoftCPT-NATA step, 4 tasks x 25 classes, 4 images (one per task), 16 generated ctx", 5.0,
              "SoftCPTLearner", "ReferenceSoftCPT", 16, label_classes=25, state=_whole,
              params=lambda reference: reference.prompt_parameters(), classnames=_softcpt_classnames,
