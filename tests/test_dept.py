@@ -5,11 +5,12 @@ import pytest
 import torch
 
 import fastprompt
-from fastprompt.reference import ReferenceDePTCoOp, ReferenceDePTKgCoOp
+from fastprompt.reference import ReferenceDePTCoCoOp, ReferenceDePTCoOp, ReferenceDePTKgCoOp
 from fastprompt.testing import FP32, assert_close_rel, random_images
 
 LEARNERS = {"coop": (fastprompt.CoOpDePTLearner, ReferenceDePTCoOp),
-            "kgcoop": (fastprompt.KgCoOpDePTLearner, ReferenceDePTKgCoOp)}
+            "kgcoop": (fastprompt.KgCoOpDePTLearner, ReferenceDePTKgCoOp),
+            "cocoop": (fastprompt.CoCoOpDePTLearner, ReferenceDePTCoCoOp)}
 
 
 def _perturb(module, seed=1):
@@ -18,12 +19,13 @@ def _perturb(module, seed=1):
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, p in module.named_parameters():
-            if name.startswith(("prompt_learner.ctx", "film_lp_", "linear_probe_proj.")):
+            if name.startswith(("prompt_learner.ctx", "prompt_learner.meta_net", "film_lp_", "linear_probe_proj.")):
                 p.add_(0.1 * torch.randn(p.shape, generator=g))
 
 
 def _reference_param(reference, name):
-    return dict(reference.named_parameters())["prompt_learner.ctx" if name == "ctx" else name]
+    return dict(reference.named_parameters())["prompt_learner." + name if name.startswith(("ctx", "meta_net."))
+                                               else name]
 
 
 def _pair(kind, model, classnames, cfg=None, ref_cfg=None, **ref_path):
@@ -61,6 +63,9 @@ CASES = [
      dict(template="a centered satellite photo of {}.", w=8.0)),
     ("kgcoop", "tiny_model", dict(ctx_init="", n_ctx=3, lp_type="similarity"),
      dict(ctx_init=False, n_ctx=3, lp_type="similarity")),
+    ("cocoop", "tiny_model", dict(), dict()),
+    ("cocoop", "tiny_custom_model", dict(ctx_init="", n_ctx=2, test_time_fusion=False),
+     dict(ctx_init="", n_ctx=2, test_time_fusion=False)),
 ]
 
 
@@ -75,15 +80,15 @@ def test_dept_matches_reference(kind, model_fixture, cfg, ref_cfg, classnames, r
                          * terms["consistency"], FP32.rounding, "kgcoop total")
 
 
-@pytest.mark.parametrize("kind", ["coop", "kgcoop"])
+@pytest.mark.parametrize("kind", ["coop", "kgcoop", "cocoop"])
 def test_new_classes_use_the_cosine_head_only(kind, tiny_model, classnames):
     """Base-to-new: the new classes' logits are the original's "new" path (no FiLM, no linear head)."""
     learner, _ = _pair(kind, tiny_model, classnames, subsample_classes="base")
     new = ["cat", "tabby_cat", "airplane"]
     learner.set_classnames(new)
     reference = LEARNERS[kind][1](tiny_model, new, subsample_classes="new")
-    with torch.no_grad():
-        reference.prompt_learner.ctx.copy_(learner.ctx)
+    reference.prompt_learner.load_state_dict({k: v for k, v in learner.prompt_state_dict().items()
+                                              if k.startswith(("ctx", "meta_net."))}, strict=False)
     images = random_images(2)
     assert learner.head_rows() is None
     assert_close_rel(learner(images), reference.logits(images), FP32.parity, "new-class logits")
@@ -120,7 +125,7 @@ def test_only_the_prompt_and_head_train(tiny_model, classnames):
         learner.load_original_state_dict({**state, "extra": torch.zeros(1)})
 
 
-@pytest.mark.parametrize("kind", ["coop", "kgcoop"])
+@pytest.mark.parametrize("kind", ["coop", "kgcoop", "cocoop"])
 def test_save_load_keeps_the_head_classes(kind, tiny_model, classnames, tmp_path):
     learner, reference = _pair(kind, tiny_model, classnames, subsample_classes="base")
     learner.set_classnames(["cat", "airplane"])
@@ -133,10 +138,12 @@ def test_save_load_keeps_the_head_classes(kind, tiny_model, classnames, tmp_path
     assert_close_rel(loaded(images), reference.logits(images), FP32.parity, "reloaded logits")
 
 
-@pytest.mark.parametrize("cfg,argument", [(dict(lp_type="mlp"), "lp_type"), (dict(lp_weight=1.5), "lp_weight")])
-def test_bad_config_is_a_clear_error(tiny_model, classnames, cfg, argument):
+@pytest.mark.parametrize("kind,cfg,argument", [("coop", dict(lp_type="mlp"), "lp_type"),
+                                               ("coop", dict(lp_weight=1.5), "lp_weight"),
+                                               ("cocoop", dict(lp_type="similarity"), "original fails")])
+def test_bad_config_is_a_clear_error(tiny_model, classnames, kind, cfg, argument):
     with pytest.raises(ValueError, match=argument):
-        fastprompt.CoOpDePTLearner.from_model(tiny_model, classnames, **cfg)
+        LEARNERS[kind][0].from_model(tiny_model, classnames, **cfg)
 
 
 def test_precomputed_features_are_refused(tiny_model, classnames):
@@ -166,7 +173,8 @@ def test_staged_learning_rates_are_depts():
     assert param_groups(named, {**cfg["OPTIM"], "STAGED_LR": False}) == [p for _, p in named]
 
 
-@pytest.mark.parametrize("recipe", ["coop_dept/vit_b16_ep10_bs4_lr35", "kgcoop_dept/vit_b16_ep10_ctxv1_bs4_lr35"])
+@pytest.mark.parametrize("recipe", ["coop_dept/vit_b16_ep10_bs4_lr35", "kgcoop_dept/vit_b16_ep10_ctxv1_bs4_lr35",
+                                    "cocoop_dept/vit_b16_c4_ep10_batch1_ctxv1"])
 def test_recipe_trains_and_evaluates_through_the_cli(recipe, tmp_path, capsys):
     from fastprompt.cli import main
     from fastprompt.testing.fake_trees import make_split_dataset, tiny_jpeg

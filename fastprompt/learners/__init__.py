@@ -2,7 +2,8 @@
 from .base import LEARNERS, LearnerConfig, PromptLearner
 from .cocoop import CoCoOpConfig, CoCoOpLearner
 from .coop import CoOpConfig, CoOpLearner
-from .dept import CoOpDePTConfig, CoOpDePTLearner, KgCoOpDePTConfig, KgCoOpDePTLearner
+from .dept import (CoCoOpDePTConfig, CoCoOpDePTLearner, CoOpDePTConfig, CoOpDePTLearner, KgCoOpDePTConfig,
+                   KgCoOpDePTLearner)
 from .image_features import ImageFeatures
 from .kgcoop import KgCoOpConfig, KgCoOpLearner
 from .maple import MaPLeConfig, MaPLeLearner
@@ -21,5 +22,6 @@ __all__ = [
     "MaPLeLearner", "MaPLeConfig", "PromptSRCLearner", "PromptSRCConfig", "VPTLearner", "VPTConfig",
     "KgCoOpLearner", "KgCoOpConfig", "PRELearner", "PREConfig", "SoftCPTLearner", "SoftCPTConfig",
     "RPPLearner", "RPPConfig", "POMPLearner", "POMPConfig", "POMPObjective", "CLIPTeacher",
-    "CoOpDePTLearner", "CoOpDePTConfig", "KgCoOpDePTLearner", "KgCoOpDePTConfig",
+    "CoOpDePTLearner", "CoOpDePTConfig", "KgCoOpDePTLearner", "KgCoOpDePTConfig", "CoCoOpDePTLearner",
+    "CoCoOpDePTConfig",
 ]

@@ -1,8 +1,8 @@
-"""DePT: a decoupled, channel-adjusted transfer head on top of a prompt learner (CoOp, KgCoOp).
+"""DePT: a decoupled, channel-adjusted transfer head on top of a prompt learner (CoOp, KgCoOp, CoCoOp).
 
 Zhang et al., "DePT: Decoupled Prompt Tuning" (CVPR 2024); semantics follow Koorye/DePT
 ``trainers/elp_coop.py`` (``ExtrasLinearProbeCoOp``), ``trainers/elp_kgcoop.py``
-(``ExtrasLinearProbeKgCoOp``), ``trainers/elp_maple.py`` (``FiLM``), ``trainers/optim.py`` and
+(``ExtrasLinearProbeKgCoOp``), ``trainers/elp_cocoop.py`` (``ExtrasLinearProbeCoCoOp``), ``trainers/elp_maple.py`` (``FiLM``), ``trainers/optim.py`` and
 ``train.py`` (literal version: :class:`fastprompt.reference.ReferenceDePTCoOp` /
 :class:`~fastprompt.reference.ReferenceDePTKgCoOp`). What the original does, checked in its code:
 
@@ -53,11 +53,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .cocoop import CoCoOpConfig, CoCoOpLearner
 from .coop import CoOpConfig, CoOpLearner
 from .kgcoop import _ORIGINAL_LEFTOVERS, KgCoOpConfig, KgCoOpLearner
 from .prompts import clean_classnames
 
-__all__ = ["FiLM", "CoOpDePTConfig", "CoOpDePTLearner", "KgCoOpDePTConfig", "KgCoOpDePTLearner"]
+__all__ = ["FiLM", "CoOpDePTConfig", "CoOpDePTLearner", "KgCoOpDePTConfig", "KgCoOpDePTLearner", "CoCoOpDePTConfig",
+           "CoCoOpDePTLearner"]
 
 LP_TYPES = ("linear", "similarity")
 # Keys of an original DePT checkpoint (the whole CustomCLIP) that hold no trained tensor.
@@ -118,6 +120,22 @@ class KgCoOpDePTConfig(_DePTFields, KgCoOpConfig):
     w: float = 2.0
 
 
+@dataclasses.dataclass
+class CoCoOpDePTConfig(_DePTFields, CoCoOpConfig):
+    """CoCoOp + DePT (defaults: DePT's ``ExtrasLinearProbeCoCoOp/vit_b16_c4_ep10_batch1_ctxv1``: 4 context
+    vectors from "a photo of a"). Only ``lp_type="linear"``: with "similarity" the original's
+    ``elp_cocoop.py`` returns the head's logits without labels and its caller fails to unpack them."""
+
+    n_ctx: int = 4
+    ctx_init: str = "a photo of a"
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.lp_type != "linear":
+            raise ValueError(f"lp_type must be 'linear' for CoCoOp + DePT (the original fails with 'similarity'), "
+                             f"got {self.lp_type!r}")
+
+
 class _DePTHead:
     """The DePT head over a learner with one classifier per class list (``text_features() [C, E]``)."""
 
@@ -150,9 +168,15 @@ class _DePTHead:
             return self.film_lp_text(text), self.film_lp_img(image)
         return text, image
 
+    def _class_features(self, image: torch.Tensor) -> torch.Tensor:
+        """Unnormalised class features: ``[C, E]``, or ``[B, C, E]`` where they depend on the image."""
+        return self.text_features()
+
     def _cosine(self, text: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
         text = text / text.norm(dim=-1, keepdim=True)
         image = image / image.norm(dim=-1, keepdim=True)
+        if text.dim() == 3:  # one class set per image (CoCoOp)
+            return self.logit_scale * torch.einsum("be,bce->bc", image, text.to(image.dtype))
         return self.logit_scale * image @ text.to(image.dtype).t()
 
     def _linear(self, features: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
@@ -168,7 +192,7 @@ class _DePTHead:
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Evaluation logits ``[B, C]``: fused on the head's classes, cosine otherwise."""
         image = self._raw_image(images)
-        text = self.text_features()
+        text = self._class_features(image)
         cosine = self._cosine(text, image)
         rows = self.head_rows()
         if rows is None:
@@ -192,13 +216,15 @@ class _DePTHead:
                              "back to the training classes (DePT evaluates other classes with the cosine head "
                              "only)")
         image = self._raw_image(images)
-        text = self.text_features()
+        text = self._class_features(image)
         ce = F.cross_entropy(self._cosine(text, image), labels)
         film_text, film_image = self._film(text, image)
         if self.config.lp_type == "similarity":
             ce_head = F.cross_entropy(self._cosine(film_text, film_image), labels)
         else:
-            features = torch.cat([film_text[labels], film_image.to(film_text.dtype)])
+            picked = film_text[torch.arange(labels.shape[0], device=labels.device), labels] if film_text.dim() == 3 \
+                else film_text[labels]
+            features = torch.cat([picked, film_image.to(film_text.dtype)])
             ce_head = F.cross_entropy(self._linear(features, rows), torch.cat([labels, labels]))
         w = self.config.lp_weight
         return text, {"ce": ce, "ce_head": ce_head, "total": (1 - w) * ce + w * ce_head}
@@ -249,3 +275,20 @@ class KgCoOpDePTLearner(_DePTHead, KgCoOpLearner):
     def _map_original_names(self, state: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
         state = super()._map_original_names(state)  # the frozen towers
         return {k: v for k, v in state.items() if not k.startswith(_ORIGINAL_LEFTOVERS + ("adapter.",))}
+
+
+class CoCoOpDePTLearner(_DePTHead, CoCoOpLearner):
+    """CoCoOp + DePT: the class features depend on the image (CoCoOp's meta-net bias on the context), so
+    the head's text batch is each image's own label row ``film_t(text[b, y_b])``; trainable: CoCoOp's
+    ``ctx`` and ``meta_net`` (``NAMES_TO_UPDATE`` holds ``prompt_learner``) plus the head. The text side
+    is CoCoOp's per-image prefix-shared path (one class set per image, as the method requires)."""
+
+    method = "cocoop_dept"
+    config_class = CoCoOpDePTConfig
+
+    def __init__(self, model: nn.Module, classnames, config: CoCoOpDePTConfig, **kwargs):
+        super().__init__(model, classnames, config, **kwargs)
+        self._build_head()
+
+    def _class_features(self, image: torch.Tensor) -> torch.Tensor:
+        return self.conditional_text_features(image / image.norm(dim=-1, keepdim=True))

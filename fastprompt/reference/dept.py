@@ -29,11 +29,12 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .cocoop import ReferenceCoCoOp
 from .coop import ReferenceCoOp
 from .kgcoop import ReferenceKgCoOp
 from .text_encoder import text_tower
 
-__all__ = ["ReferenceFiLM", "ReferenceDePTCoOp", "ReferenceDePTKgCoOp"]
+__all__ = ["ReferenceFiLM", "ReferenceDePTCoOp", "ReferenceDePTKgCoOp", "ReferenceDePTCoCoOp"]
 
 
 class ReferenceFiLM(nn.Module):
@@ -194,3 +195,46 @@ class ReferenceDePTKgCoOp(_DePTHead, ReferenceKgCoOp):
         loss_kg = 1.0 - torch.mean(score)
         return (1 - self.lp_weight) * loss_cls + self.lp_weight * loss_cls_lp + self.kg_weight * loss_kg
 
+
+
+class ReferenceDePTCoCoOp(_DePTHead, ReferenceCoCoOp):
+    """``ExtrasLinearProbeCoCoOp``'s ``CustomCLIP`` (``trainers/elp_cocoop.py``): CoCoOp + DePT, one class
+    set per image (lists of ``[C, E]`` text features, per-image loops as the original). With
+    ``lp_type="similarity"`` the original's ``_forward_logits_linear_probe`` returns the logits alone,
+    which its caller unpacks as ``(logits, labels)``: that configuration fails there, so only
+    "linear" is ported."""
+
+    def __init__(self, model: nn.Module, classnames, *, subsample_classes: str = "base", dataset: str = "",
+                 lp_weight: float = 0.7, test_time_fusion: bool = True, film: bool = True, **cocoop):
+        super().__init__(model, classnames, **cocoop)
+        self._build_head(model, len(classnames), subsample_classes, dataset, "linear", lp_weight, test_time_fusion,
+                         film)
+
+    def _forward_feats(self, img):
+        img_feats = self.encode_image(img)
+        img_feats_norm = img_feats / img_feats.norm(dim=-1, keepdim=True)
+        prompts = self.prompt_learner(img_feats_norm)
+        tokenized_prompts = self.tokenized_prompts
+        text_feats_list = [self.text_encoder(prompt, tokenized_prompts) for prompt in prompts]
+        return text_feats_list, img_feats
+
+    def _forward_logits_similarity(self, text_feats_list, img_feats):
+        img_feats = img_feats / img_feats.norm(dim=-1, keepdim=True)
+        logits = []
+        logit_scale = self.logit_scale.exp()
+        for text_feats, img_feats_per_batch in zip(text_feats_list, img_feats):
+            text_feats = text_feats / text_feats.norm(dim=-1, keepdim=True)
+            logits.append(logit_scale * img_feats_per_batch @ text_feats.t())
+        return torch.stack(logits)
+
+    def _forward_logits_linear_probe(self, text_feats_list, img_feats, labels):
+        if self.film:
+            text_feats_list = [self.film_lp_text(text_feats) for text_feats in text_feats_list]
+            img_feats = self.film_lp_img(img_feats)
+        if labels is None:
+            all_feats, all_labels = img_feats, labels
+        else:
+            text_feats = torch.stack([text_feats[label] for text_feats, label in zip(text_feats_list, labels)])
+            all_feats = torch.cat([text_feats, img_feats])
+            all_labels = torch.cat([labels, labels])
+        return self.linear_probe_proj(all_feats), all_labels

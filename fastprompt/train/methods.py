@@ -167,6 +167,9 @@ METHODS.update({s.method: s for s in [
                {**_COOP_KEYS, "CTX_INIT": ("ctx_init", _kgcoop_ctx_init), "W": ("w", float)},
                inert={"ALPHA": "declared by DePT's train.py ('for KgCoOp but NOT USE'), never read"},
                fixed=_DEPT_FIXED, extra=_DEPT_EXTRA, dataset_template="template"),
+    MethodSpec("cocoop_dept", "CoCoOpDePTLearner", ("ExtrasLinearProbeCoCoOp",), "COCOOP",
+               dict(N_CTX=4, CTX_INIT="a photo of a", PREC="fp16"), _k(N_CTX="n_ctx", CTX_INIT="ctx_init"),
+               fixed=_DEPT_FIXED, extra=_DEPT_EXTRA),
 ]})
 
 # Methods that train a multi-task dataset (SoftCPT's general10, plant6, fashion20): their learner
