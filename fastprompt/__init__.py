@@ -18,7 +18,7 @@ _EXPORTS = {
                   "RPPLearner", "RPPConfig", "POMPLearner", "POMPConfig", "POMPObjective", "CLIPTeacher",
                   "ImageFeatures",
                   "CoOpDePTLearner", "CoOpDePTConfig", "KgCoOpDePTLearner", "KgCoOpDePTConfig",
-                  "CoCoOpDePTLearner", "CoCoOpDePTConfig"),
+                  "CoCoOpDePTLearner", "CoCoOpDePTConfig", "MaPLeDePTLearner", "MaPLeDePTConfig"),
     ".learners.zero_shot": ("zero_shot_classifier",),
 }
 __all__, __getattr__, __dir__ = lazy_exports(__name__, globals(), _EXPORTS)

@@ -5,12 +5,13 @@ import pytest
 import torch
 
 import fastprompt
-from fastprompt.reference import ReferenceDePTCoCoOp, ReferenceDePTCoOp, ReferenceDePTKgCoOp
+from fastprompt.reference import ReferenceDePTCoCoOp, ReferenceDePTCoOp, ReferenceDePTKgCoOp, ReferenceDePTMaPLe
 from fastprompt.testing import FP32, assert_close_rel, random_images
 
 LEARNERS = {"coop": (fastprompt.CoOpDePTLearner, ReferenceDePTCoOp),
             "kgcoop": (fastprompt.KgCoOpDePTLearner, ReferenceDePTKgCoOp),
-            "cocoop": (fastprompt.CoCoOpDePTLearner, ReferenceDePTCoCoOp)}
+            "cocoop": (fastprompt.CoCoOpDePTLearner, ReferenceDePTCoCoOp),
+            "maple": (fastprompt.MaPLeDePTLearner, ReferenceDePTMaPLe)}
 
 
 def _perturb(module, seed=1):
@@ -19,13 +20,14 @@ def _perturb(module, seed=1):
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, p in module.named_parameters():
-            if name.startswith(("prompt_learner.ctx", "prompt_learner.meta_net", "film_lp_", "linear_probe_proj.")):
+            if name.startswith(("prompt_learner.ctx", "prompt_learner.meta_net", "prompt_learner.proj",
+                                "prompt_learner.compound", "film_lp_", "linear_probe_proj.")):
                 p.add_(0.1 * torch.randn(p.shape, generator=g))
 
 
 def _reference_param(reference, name):
-    return dict(reference.named_parameters())["prompt_learner." + name if name.startswith(("ctx", "meta_net."))
-                                               else name]
+    head = name.startswith(("film_lp_", "linear_probe_proj."))
+    return dict(reference.named_parameters())[name if head else "prompt_learner." + name]
 
 
 def _pair(kind, model, classnames, cfg=None, ref_cfg=None, **ref_path):
@@ -66,6 +68,9 @@ CASES = [
     ("cocoop", "tiny_model", dict(), dict()),
     ("cocoop", "tiny_custom_model", dict(ctx_init="", n_ctx=2, test_time_fusion=False),
      dict(ctx_init="", n_ctx=2, test_time_fusion=False)),
+    ("maple", "tiny_model", dict(prompt_depth=2), dict(prompt_depth=2)),
+    ("maple", "tiny_custom_model", dict(prompt_depth=1, n_ctx=3, lp_type="similarity"),
+     dict(prompt_depth=1, n_ctx=3, lp_type="similarity")),
 ]
 
 
@@ -80,15 +85,16 @@ def test_dept_matches_reference(kind, model_fixture, cfg, ref_cfg, classnames, r
                          * terms["consistency"], FP32.rounding, "kgcoop total")
 
 
-@pytest.mark.parametrize("kind", ["coop", "kgcoop", "cocoop"])
+@pytest.mark.parametrize("kind", ["coop", "kgcoop", "cocoop", "maple"])
 def test_new_classes_use_the_cosine_head_only(kind, tiny_model, classnames):
     """Base-to-new: the new classes' logits are the original's "new" path (no FiLM, no linear head)."""
-    learner, _ = _pair(kind, tiny_model, classnames, subsample_classes="base")
+    cfg = dict(prompt_depth=2) if kind == "maple" else {}
+    learner, _ = _pair(kind, tiny_model, classnames, cfg, cfg, subsample_classes="base")
     new = ["cat", "tabby_cat", "airplane"]
     learner.set_classnames(new)
-    reference = LEARNERS[kind][1](tiny_model, new, subsample_classes="new")
+    reference = LEARNERS[kind][1](tiny_model, new, subsample_classes="new", **cfg)
     reference.prompt_learner.load_state_dict({k: v for k, v in learner.prompt_state_dict().items()
-                                              if k.startswith(("ctx", "meta_net."))}, strict=False)
+                                              if not k.startswith(("film_lp_", "linear_probe_proj."))}, strict=False)
     images = random_images(2)
     assert learner.head_rows() is None
     assert_close_rel(learner(images), reference.logits(images), FP32.parity, "new-class logits")
@@ -131,7 +137,8 @@ def test_save_load_keeps_the_head_classes(kind, tiny_model, classnames, tmp_path
     learner.set_classnames(["cat", "airplane"])
     learner.save_pretrained(tmp_path / "dept")
     saved = json.loads((tmp_path / "dept" / "fastprompt_config.json").read_text())
-    assert saved["method"] == f"{kind}_dept" and saved["config"]["head_classnames"] == [n.replace("_", " ") for n in classnames]
+    assert saved["method"] == f"{kind}_dept"
+    assert saved["config"]["head_classnames"] == [n.replace("_", " ") for n in classnames]
     loaded = fastprompt.PromptLearner.from_pretrained(tmp_path / "dept", model=tiny_model, classnames=classnames)
     assert type(loaded) is LEARNERS[kind][0]
     images = random_images(2)
@@ -174,7 +181,8 @@ def test_staged_learning_rates_are_depts():
 
 
 @pytest.mark.parametrize("recipe", ["coop_dept/vit_b16_ep10_bs4_lr35", "kgcoop_dept/vit_b16_ep10_ctxv1_bs4_lr35",
-                                    "cocoop_dept/vit_b16_c4_ep10_batch1_ctxv1"])
+                                    "cocoop_dept/vit_b16_c4_ep10_batch1_ctxv1",
+                                    "maple_dept/vit_b16_c2_ep10_batch4_2ctx"])
 def test_recipe_trains_and_evaluates_through_the_cli(recipe, tmp_path, capsys):
     from fastprompt.cli import main
     from fastprompt.testing.fake_trees import make_split_dataset, tiny_jpeg
@@ -184,7 +192,8 @@ def test_recipe_trains_and_evaluates_through_the_cli(recipe, tmp_path, capsys):
     assert main(["train", "--recipe", recipe, "--data", data, "--dataset", "dtd", "--output-dir", str(out),
                  "--model", "tiny", "--pretrained", "none", "--no-progress", "--subsample", "base",
                  "OPTIM.MAX_EPOCH", "2", "DATALOADER.TRAIN_X.BATCH_SIZE", "4", "DATALOADER.NUM_WORKERS", "0",
-                 "TRAIN.TENSORBOARD", "False"]) == 0
+                 "TRAIN.TENSORBOARD", "False", *(["TRAINER.MAPLE.PROMPT_DEPTH", "2"] if "maple" in recipe else [])
+                 ]) == 0
     assert json.loads((out / "eval.json").read_text())["total"] == 4  # 2 base classes x 2 test images
     saved = json.loads((out / "fastprompt_config.json").read_text())
     assert saved["method"] == recipe.split("/")[0] and len(saved["config"]["head_classnames"]) == 2

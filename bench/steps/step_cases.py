@@ -250,6 +250,9 @@ CASES: Dict[str, CaseSpec] = {spec.name: spec for spec in [
     CaseSpec("cocoop_dept", "CoCoOp+DePT step, 2 images x 100 classes, 4 ctx ('a photo of a'), FiLM + linear head",
              10.0, "CoCoOpDePTLearner", "ReferenceDePTCoCoOp", 4, images=2, state=_whole,
              params=lambda reference: reference.parameters(), image_conditioned=True),
+    CaseSpec("maple_dept", "MaPLe+DePT step, 4 images x 100 classes, 2 ctx ('a photo of a'), depth 9, both towers "
+             "backward, FiLM + linear head", 4.0, "MaPLeDePTLearner", "ReferenceDePTMaPLe", 2, state=_whole,
+             params=lambda reference: reference.parameters(), image_conditioned=True),
     CaseSpec("softcpt", "SoftCPT-NATA step, 4 tasks x 25 classes, 4 images (one per task), 16 generated ctx", 5.0,
              "SoftCPTLearner", "ReferenceSoftCPT", 16, label_classes=25, state=_whole,
              params=lambda reference: reference.prompt_parameters(), classnames=_softcpt_classnames,

@@ -3,7 +3,7 @@ from .base import LEARNERS, LearnerConfig, PromptLearner
 from .cocoop import CoCoOpConfig, CoCoOpLearner
 from .coop import CoOpConfig, CoOpLearner
 from .dept import (CoCoOpDePTConfig, CoCoOpDePTLearner, CoOpDePTConfig, CoOpDePTLearner, KgCoOpDePTConfig,
-                   KgCoOpDePTLearner)
+                   KgCoOpDePTLearner, MaPLeDePTConfig, MaPLeDePTLearner)
 from .image_features import ImageFeatures
 from .kgcoop import KgCoOpConfig, KgCoOpLearner
 from .maple import MaPLeConfig, MaPLeLearner
@@ -23,5 +23,5 @@ __all__ = [
     "KgCoOpLearner", "KgCoOpConfig", "PRELearner", "PREConfig", "SoftCPTLearner", "SoftCPTConfig",
     "RPPLearner", "RPPConfig", "POMPLearner", "POMPConfig", "POMPObjective", "CLIPTeacher",
     "CoOpDePTLearner", "CoOpDePTConfig", "KgCoOpDePTLearner", "KgCoOpDePTConfig", "CoCoOpDePTLearner",
-    "CoCoOpDePTConfig",
+    "CoCoOpDePTConfig", "MaPLeDePTLearner", "MaPLeDePTConfig",
 ]

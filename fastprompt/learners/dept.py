@@ -1,8 +1,9 @@
-"""DePT: a decoupled, channel-adjusted transfer head on top of a prompt learner (CoOp, KgCoOp, CoCoOp).
+"""DePT: a decoupled, channel-adjusted transfer head on a prompt learner (CoOp, KgCoOp, CoCoOp, MaPLe).
 
 Zhang et al., "DePT: Decoupled Prompt Tuning" (CVPR 2024); semantics follow Koorye/DePT
 ``trainers/elp_coop.py`` (``ExtrasLinearProbeCoOp``), ``trainers/elp_kgcoop.py``
-(``ExtrasLinearProbeKgCoOp``), ``trainers/elp_cocoop.py`` (``ExtrasLinearProbeCoCoOp``), ``trainers/elp_maple.py`` (``FiLM``), ``trainers/optim.py`` and
+(``ExtrasLinearProbeKgCoOp``), ``trainers/elp_cocoop.py`` (``ExtrasLinearProbeCoCoOp``),
+``trainers/elp_maple.py`` (``ExtrasLinearProbeMaPLe``), ``trainers/elp_maple.py`` (``FiLM``), ``trainers/optim.py`` and
 ``train.py`` (literal version: :class:`fastprompt.reference.ReferenceDePTCoOp` /
 :class:`~fastprompt.reference.ReferenceDePTKgCoOp`). What the original does, checked in its code:
 
@@ -55,11 +56,12 @@ from torch import nn
 
 from .cocoop import CoCoOpConfig, CoCoOpLearner
 from .coop import CoOpConfig, CoOpLearner
-from .kgcoop import _ORIGINAL_LEFTOVERS, KgCoOpConfig, KgCoOpLearner
+from .kgcoop import KgCoOpConfig, KgCoOpLearner
+from .maple import MaPLeConfig, MaPLeLearner
 from .prompts import clean_classnames
 
 __all__ = ["FiLM", "CoOpDePTConfig", "CoOpDePTLearner", "KgCoOpDePTConfig", "KgCoOpDePTLearner", "CoCoOpDePTConfig",
-           "CoCoOpDePTLearner"]
+           "CoCoOpDePTLearner", "MaPLeDePTConfig", "MaPLeDePTLearner"]
 
 LP_TYPES = ("linear", "similarity")
 # Keys of an original DePT checkpoint (the whole CustomCLIP) that hold no trained tensor.
@@ -134,6 +136,12 @@ class CoCoOpDePTConfig(_DePTFields, CoCoOpConfig):
         if self.lp_type != "linear":
             raise ValueError(f"lp_type must be 'linear' for CoCoOp + DePT (the original fails with 'similarity'), "
                              f"got {self.lp_type!r}")
+
+
+@dataclasses.dataclass
+class MaPLeDePTConfig(_DePTFields, MaPLeConfig):
+    """MaPLe + DePT (defaults: DePT's ``ExtrasLinearProbeMaPLe/vit_b16_c2_ep10_batch4_2ctx``: 2 context
+    vectors, depth 9, as MaPLe's)."""
 
 
 class _DePTHead:
@@ -238,7 +246,8 @@ class _DePTHead:
         return self.loss_terms(images, labels)["total"]
 
     def _map_original_names(self, state: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
-        return {k: v for k, v in state.items() if not k.startswith(_FROZEN_ORIGINAL)}
+        # DePT saves the whole CustomCLIP: drop the frozen towers, then the base learner's own mapping
+        return super()._map_original_names({k: v for k, v in state.items() if not k.startswith(_FROZEN_ORIGINAL)})
 
 
 class CoOpDePTLearner(_DePTHead, CoOpLearner):
@@ -273,8 +282,8 @@ class KgCoOpDePTLearner(_DePTHead, KgCoOpLearner):
         return {**terms, "consistency": consistency, "total": terms["total"] + self.config.w * consistency}
 
     def _map_original_names(self, state: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
-        state = super()._map_original_names(state)  # the frozen towers
-        return {k: v for k, v in state.items() if not k.startswith(_ORIGINAL_LEFTOVERS + ("adapter.",))}
+        # the frozen towers and KgCoOp's leftovers (bias_vectors, meta_net), then its CustomCLIP's unused adapter
+        return {k: v for k, v in super()._map_original_names(state).items() if not k.startswith("adapter.")}
 
 
 class CoCoOpDePTLearner(_DePTHead, CoCoOpLearner):
@@ -292,3 +301,19 @@ class CoCoOpDePTLearner(_DePTHead, CoCoOpLearner):
 
     def _class_features(self, image: torch.Tensor) -> torch.Tensor:
         return self.conditional_text_features(image / image.norm(dim=-1, keepdim=True))
+
+
+class MaPLeDePTLearner(_DePTHead, MaPLeLearner):
+    """MaPLe + DePT: the head reads MaPLe's prompted, unnormalised image features (with autograd into the
+    vision prompts, as MaPLe's own loss); trainable: MaPLe's prompts and projections plus the head."""
+
+    method = "maple_dept"
+    config_class = MaPLeDePTConfig
+
+    def __init__(self, model: nn.Module, classnames, config: MaPLeDePTConfig, **kwargs):
+        super().__init__(model, classnames, config, **kwargs)
+        self._build_head()
+
+    def _raw_image(self, images: torch.Tensor) -> torch.Tensor:
+        self._refuse_features(images)
+        return self.vision_tower(images, self.vision_prompts())

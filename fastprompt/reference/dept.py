@@ -32,9 +32,10 @@ import torch.nn.functional as F
 from .cocoop import ReferenceCoCoOp
 from .coop import ReferenceCoOp
 from .kgcoop import ReferenceKgCoOp
+from .maple import ReferenceMaPLe
 from .text_encoder import text_tower
 
-__all__ = ["ReferenceFiLM", "ReferenceDePTCoOp", "ReferenceDePTKgCoOp", "ReferenceDePTCoCoOp"]
+__all__ = ["ReferenceFiLM", "ReferenceDePTCoOp", "ReferenceDePTKgCoOp", "ReferenceDePTCoCoOp", "ReferenceDePTMaPLe"]
 
 
 class ReferenceFiLM(nn.Module):
@@ -238,3 +239,21 @@ class ReferenceDePTCoCoOp(_DePTHead, ReferenceCoCoOp):
             all_feats = torch.cat([text_feats, img_feats])
             all_labels = torch.cat([labels, labels])
         return self.linear_probe_proj(all_feats), all_labels
+
+
+class ReferenceDePTMaPLe(_DePTHead, ReferenceMaPLe):
+    """``ExtrasLinearProbeMaPLe``'s ``CustomCLIP`` (``trainers/elp_maple.py``): MaPLe + DePT; the image
+    features are MaPLe's prompted ones."""
+
+    def __init__(self, model: nn.Module, classnames, *, subsample_classes: str = "base", dataset: str = "",
+                 lp_type: str = "linear", lp_weight: float = 0.7, test_time_fusion: bool = True,
+                 film: bool = True, **maple):
+        super().__init__(model, classnames, **maple)
+        self._build_head(model, len(classnames), subsample_classes, dataset, lp_type, lp_weight, test_time_fusion,
+                         film)
+
+    def _forward_feats(self, img):
+        text_prompts, vision_prompts, deep_text_prompts_list, deep_vision_prompts_list = self.prompt_learner()
+        text_feats = self.text_encoder(text_prompts, self.tokenized_prompts, deep_text_prompts_list)
+        img_feats = self.image_encoder(img.type(self.dtype), vision_prompts, deep_vision_prompts_list)
+        return text_feats, img_feats

@@ -21,7 +21,8 @@ from typing import Any, Callable, Dict, Optional, Tuple
 
 from ..errors import ConfigError
 
-__all__ = ["MethodSpec", "METHODS", "method_of_trainer", "learner_kwargs", "extra_learner_kwargs", "DEEP_VISION", "MULTITASK_METHODS"]
+__all__ = ["MethodSpec", "METHODS", "method_of_trainer", "learner_kwargs", "extra_learner_kwargs", "DEEP_VISION",
+           "MULTITASK_METHODS"]
 
 def _same(value):
     return value
@@ -170,6 +171,10 @@ METHODS.update({s.method: s for s in [
     MethodSpec("cocoop_dept", "CoCoOpDePTLearner", ("ExtrasLinearProbeCoCoOp",), "COCOOP",
                dict(N_CTX=4, CTX_INIT="a photo of a", PREC="fp16"), _k(N_CTX="n_ctx", CTX_INIT="ctx_init"),
                fixed=_DEPT_FIXED, extra=_DEPT_EXTRA),
+    MethodSpec("maple_dept", "MaPLeDePTLearner", ("ExtrasLinearProbeMaPLe",), "MAPLE",
+               dict(N_CTX=2, CTX_INIT="a photo of a", PREC="fp16", PROMPT_DEPTH=9),
+               _k(N_CTX="n_ctx", CTX_INIT="ctx_init", PROMPT_DEPTH="prompt_depth"), deep_vision=True,
+               depths=lambda section: {"PROMPT_DEPTH": ("text", "vision")}, fixed=_DEPT_FIXED, extra=_DEPT_EXTRA),
 ]})
 
 # Methods that train a multi-task dataset (SoftCPT's general10, plant6, fashion20): their learner
