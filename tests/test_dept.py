@@ -195,8 +195,34 @@ def test_recipe_trains_and_evaluates_through_the_cli(recipe, tmp_path, capsys):
                  "TRAIN.TENSORBOARD", "False", *(["TRAINER.MAPLE.PROMPT_DEPTH", "2"] if "maple" in recipe else [])
                  ]) == 0
     assert json.loads((out / "eval.json").read_text())["total"] == 4  # 2 base classes x 2 test images
+    assert "initial prompts: original" in (out / "log.txt").read_text()  # the original's start, replayed
     saved = json.loads((out / "fastprompt_config.json").read_text())
     assert saved["method"] == recipe.split("/")[0] and len(saved["config"]["head_classnames"]) == 2
     capsys.readouterr()
     assert main(["eval", "--checkpoint", str(out), "--data", data, "--dataset", "dtd", "--subsample", "new"]) == 0
     assert json.loads(capsys.readouterr().out)["total"] == 4
+
+
+@pytest.mark.parametrize("kind,cfg", [("coop", dict(n_ctx=4)), ("kgcoop", {}), ("cocoop", {}),
+                                      ("maple", dict(prompt_depth=2))])
+def test_the_originals_start_is_the_base_learners_then_the_head(kind, cfg, tiny_model, classnames):
+    """Same seed, same run: DePT's CustomCLIP builds the base learner's CustomCLIP first (its CLIP and
+    prompt draws), then FiLM (no draw) and ``nn.Linear(E, C).type(dtype)`` from the global stream."""
+    from fastprompt.reference.original_init import original_init_reference
+    from fastprompt.replay.construction import original_init
+
+    kw = dict(seed=3, precision="fp16", n_classes=len(classnames))
+    base, rng = original_init_reference(kind, tiny_model, **kw, **cfg)
+    width = tiny_model.text_projection.shape[1]
+    with torch.random.fork_rng(devices=[]):
+        torch.set_rng_state(rng)
+        head = torch.nn.Linear(width, len(classnames)).type(torch.float16)
+        after = torch.get_rng_state()
+    state, rng_after = original_init(f"{kind}_dept", tiny_model, **kw, **cfg)
+    assert torch.equal(rng_after, after)
+    assert all(torch.equal(state[k], v) for k, v in base.items())
+    assert torch.equal(state["linear_probe_proj.weight"], head.weight.float())
+    assert torch.equal(state["linear_probe_proj.bias"], head.bias.float())
+    assert torch.equal(state["film_lp_img.scale"], torch.ones(width))
+    learner = LEARNERS[kind][0].from_model(tiny_model, classnames, **cfg)
+    learner.load_original_state_dict(state)  # every trainable tensor named, nothing left over
