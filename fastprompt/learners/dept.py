@@ -1,6 +1,6 @@
 """DePT: a decoupled, channel-adjusted transfer head on a prompt learner (CoOp, KgCoOp, CoCoOp, MaPLe).
 
-Zhang et al., "DePT: Decoupled Prompt Tuning" (CVPR 2024); semantics follow Koorye/DePT
+Zhang et al., "DePT: Decoupled Prompt Tuning" (CVPR 2024); semantics follow Koorye/DePT @ d4ff416
 ``trainers/elp_coop.py`` (``ExtrasLinearProbeCoOp``), ``trainers/elp_kgcoop.py``
 (``ExtrasLinearProbeKgCoOp``), ``trainers/elp_cocoop.py`` (``ExtrasLinearProbeCoCoOp``),
 ``trainers/elp_maple.py`` (``ExtrasLinearProbeMaPLe``), ``trainers/elp_maple.py`` (``FiLM``), ``trainers/optim.py`` and

@@ -1,6 +1,6 @@
 """Literal re-implementation of DePT (decoupled prompt tuning) on CoOp and KgCoOp, on open_clip models.
 
-Source followed: Koorye/DePT @ HEAD ``trainers/elp_coop.py`` (``CustomCLIP`` of
+Source followed: Koorye/DePT @ d4ff416 ``trainers/elp_coop.py`` (``CustomCLIP`` of
 ``ExtrasLinearProbeCoOp``), ``trainers/elp_kgcoop.py`` (``ExtrasLinearProbeKgCoOp``),
 ``trainers/elp_maple.py`` (``FiLM``) and ``train.py`` (``extend_cfg``). Kept as in the original:
 
