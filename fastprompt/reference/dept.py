@@ -1,8 +1,9 @@
-"""Literal re-implementation of DePT (decoupled prompt tuning) on CoOp and KgCoOp, on open_clip models.
+"""Literal re-implementation of DePT (decoupled prompt tuning) on CoOp, KgCoOp, CoCoOp and MaPLe (open_clip).
 
 Source followed: Koorye/DePT @ d4ff416 ``trainers/elp_coop.py`` (``CustomCLIP`` of
 ``ExtrasLinearProbeCoOp``), ``trainers/elp_kgcoop.py`` (``ExtrasLinearProbeKgCoOp``),
-``trainers/elp_maple.py`` (``FiLM``) and ``train.py`` (``extend_cfg``). Kept as in the original:
+``trainers/elp_cocoop.py``, ``trainers/elp_maple.py`` (``FiLM`` and MaPLe's head) and ``train.py``
+(``extend_cfg``). Kept as in the original:
 
 * the base learner is built first (CoOp's or KgCoOp's ``CustomCLIP``, :class:`ReferenceCoOp` /
   :class:`ReferenceKgCoOp`), then two ``FiLM`` modules (``scale`` = ones, ``bias`` = zeros, no
