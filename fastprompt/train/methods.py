@@ -12,7 +12,8 @@ Sources (``train.py`` ``extend_cfg``): KaiyangZhou/CoOp @ ff61507 (CoOp, CoCoOp)
 @ bb95c77, minhanh151/PRE @ 08be701, kding1225/softcpt @ 7cab4b9 (``MTCOOP``, and ``MTCOOPH`` of its
 hard-sharing baselines), amazon-science/
 prompt-pretraining @ 24bca56 (POMP), Koorye/DePT @ d4ff416 (DePT on CoOp, KgCoOp, CoCoOp, MaPLe). RPP
-(Chen et al., arXiv 2409.06166) has no public code: its ``TRAINER.RPP`` section is fastprompt's, one key per ``RPPConfig`` field.
+(Chen et al., arXiv 2409.06166) has no public code: its ``TRAINER.RPP`` section is fastprompt's, one key per
+``RPPConfig`` field.
 """
 from __future__ import annotations
 
