@@ -240,7 +240,9 @@ CASES: Dict[str, CaseSpec] = {spec.name: spec for spec in [
     # sides); the head reads unnormalised image features, so the frozen-feature cache does not serve it. The
     # targets are those of the matching text-prompt steps measured here (CoOp 16 ctx about 7x, 4 ctx about 6x).
     # Its logits are not one cosine classifier (the fused head is affine in the unnormalised image features), so
-    # evaluation calls the learner per batch (image_conditioned), as the reference does.
+    # evaluation calls the learner per batch (image_conditioned), as the reference does. FLOP ratios (reference /
+    # fastprompt, ViT-B-16, flop_count.count_flops): coop_dept 6.5x, kgcoop_dept 6.6x, cocoop_dept 12.4x, maple_dept
+    # 4.5x (its image tower, prompted and backpropagated, is the same work on both sides and bounds it).
     CaseSpec("coop_dept", "CoOp+DePT step, 4 images x 100 classes, 16 ctx, FiLM + linear head", 6.0,
              "CoOpDePTLearner", "ReferenceDePTCoOp", 16, kwargs=dict(n_ctx=16), state=_whole,
              params=lambda reference: reference.parameters(), image_conditioned=True),
