@@ -196,6 +196,10 @@ def test_recipe_trains_and_evaluates_through_the_cli(recipe, tmp_path, capsys):
                  ]) == 0
     assert json.loads((out / "eval.json").read_text())["total"] == 4  # 2 base classes x 2 test images
     assert "initial prompts: original" in (out / "log.txt").read_text()  # the original's start, replayed
+    groups = torch.load(out / "state.pt", weights_only=True)["optimizer"]["param_groups"]
+    # the last epoch (1 of 2, after the constant warm-up): cosine at t=0, the head at 6.5x the prompt's rate
+    assert [(g["lr_mult"], len(g["params"])) for g in groups] == [(1.0, len(groups[0]["params"])), (6.5, 6)]
+    assert groups[1]["lr"] == pytest.approx(6.5 * groups[0]["lr"]) and groups[0]["lr"] > 1e-5
     saved = json.loads((out / "fastprompt_config.json").read_text())
     assert saved["method"] == recipe.split("/")[0] and len(saved["config"]["head_classnames"]) == 2
     capsys.readouterr()
