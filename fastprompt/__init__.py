@@ -16,7 +16,9 @@ _EXPORTS = {
                   "MaPLeLearner", "MaPLeConfig", "PromptSRCLearner", "PromptSRCConfig", "VPTLearner", "VPTConfig",
                   "KgCoOpLearner", "KgCoOpConfig", "PRELearner", "PREConfig", "SoftCPTLearner", "SoftCPTConfig",
                   "RPPLearner", "RPPConfig", "POMPLearner", "POMPConfig", "POMPObjective", "CLIPTeacher",
-                  "ImageFeatures", "ProGradLearner", "ProGradConfig"),
+                  "ImageFeatures", "ProGradLearner", "ProGradConfig",
+                  "CoOpDePTLearner", "CoOpDePTConfig", "KgCoOpDePTLearner", "KgCoOpDePTConfig",
+                  "CoCoOpDePTLearner", "CoCoOpDePTConfig", "MaPLeDePTLearner", "MaPLeDePTConfig"),
     ".learners.zero_shot": ("zero_shot_classifier",),
 }
 __all__, __getattr__, __dir__ = lazy_exports(__name__, globals(), _EXPORTS)

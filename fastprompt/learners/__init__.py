@@ -2,6 +2,8 @@
 from .base import LEARNERS, LearnerConfig, PromptLearner
 from .cocoop import CoCoOpConfig, CoCoOpLearner
 from .coop import CoOpConfig, CoOpLearner
+from .dept import (CoCoOpDePTConfig, CoCoOpDePTLearner, CoOpDePTConfig, CoOpDePTLearner, KgCoOpDePTConfig,
+                   KgCoOpDePTLearner, MaPLeDePTConfig, MaPLeDePTLearner)
 from .image_features import ImageFeatures
 from .kgcoop import KgCoOpConfig, KgCoOpLearner
 from .maple import MaPLeConfig, MaPLeLearner
@@ -22,4 +24,6 @@ __all__ = [
     "KgCoOpLearner", "KgCoOpConfig", "PRELearner", "PREConfig", "SoftCPTLearner", "SoftCPTConfig",
     "RPPLearner", "RPPConfig", "POMPLearner", "POMPConfig", "POMPObjective", "CLIPTeacher",
     "ProGradLearner", "ProGradConfig",
+    "CoOpDePTLearner", "CoOpDePTConfig", "KgCoOpDePTLearner", "KgCoOpDePTConfig", "CoCoOpDePTLearner",
+    "CoCoOpDePTConfig", "MaPLeDePTLearner", "MaPLeDePTConfig",
 ]

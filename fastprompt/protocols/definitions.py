@@ -149,6 +149,20 @@ PROTOCOL_RECIPES: Dict[str, Dict[str, ProtocolRecipe]] = {
     },
 }
 
+# DePT (Koorye/DePT configs.py coop_dept / kgcoop_dept, mode 'b2n' or 'xd', run by parallel_runner.py: 16 shots,
+# seeds 1-3, the xd source ImageNet with SUBSAMPLE_CLASSES all). Its head trains only on base classes or
+# ImageNet (elsewhere its forward asserts), so it has no few-shot script: the main recipe on all classes.
+_DEPT_RUNNER = "Koorye/DePT configs.py {} with parallel_runner.py (mode {})"
+for _method, _recipe in (("coop_dept", "coop_dept/vit_b16_ep10_bs4_lr35"),
+                         ("kgcoop_dept", "kgcoop_dept/vit_b16_ep10_ctxv1_bs4_lr35"),
+                         ("cocoop_dept", "cocoop_dept/vit_b16_c4_ep10_batch1_ctxv1"),
+                         ("maple_dept", "maple_dept/vit_b16_c2_ep10_batch4_2ctx")):
+    PROTOCOL_RECIPES[_method] = {
+        "base2new": _r(_recipe, _DEPT_RUNNER.format(_method, "b2n")),
+        "fewshot": _r(_recipe, _MAIN, original=False),
+        "xd": _r(_recipe, _DEPT_RUNNER.format(_method, "xd")),
+    }
+
 
 def check_protocol(protocol: str, method: str) -> None:
     """A ``ConfigError`` naming the choices for an unknown protocol or method."""

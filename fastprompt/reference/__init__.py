@@ -10,6 +10,7 @@ muzairkhattak/multimodal-prompt-learning @ 69bce21 ``clip/model.py`` (deep visio
 """
 from .cocoop import ReferenceCoCoOp, ReferenceCoCoOpPromptLearner
 from .coop import ReferenceCoOp, ReferenceCoOpPromptLearner
+from .dept import ReferenceDePTCoCoOp, ReferenceDePTCoOp, ReferenceDePTKgCoOp, ReferenceDePTMaPLe
 from .kgcoop import ReferenceKgCoOp, ReferenceKgCoOpPromptLearner
 from .maple import ReferenceMaPLe, ReferenceMaPLePromptLearner
 from .pomp import ReferencePOMP, ReferencePOMPPromptLearner
@@ -29,4 +30,5 @@ __all__ = [
     "ReferenceVPT", "ReferenceKgCoOp", "ReferenceKgCoOpPromptLearner", "ReferencePRE",
     "ReferencePREPromptLearner", "ReferenceSoftCPT", "ReferencePOMP", "ReferencePOMPPromptLearner",
     "ReferenceRPP", "ReferenceRPPPromptLearner", "ReferenceProGrad", "ReferenceProGradPromptLearner",
+    "ReferenceDePTCoOp", "ReferenceDePTKgCoOp", "ReferenceDePTCoCoOp", "ReferenceDePTMaPLe",
 ]

@@ -261,7 +261,24 @@ def audit_table(method: str) -> Dict[str, Entry]:
         table[key] = _fixed(f"fastprompt's {own.learner} implements only this", *allowed)
     for key, why in own.outside_inert.items():
         table[key] = _inert(why)
+    table.update(_extra_entries(method))
     return table
+
+
+def _extra_entries(method: str) -> Dict[str, Entry]:
+    """The keys ``method``'s train.py adds outside its section (:attr:`MethodSpec.extra`, DePT's)."""
+    spec = METHODS[method]
+    out = {}
+    for key, (_, kwarg) in spec.extra.items():
+        if key in spec.fixed:
+            out[key] = _fixed(f"fastprompt's {spec.learner} trains exactly its prompt and head", spec.fixed[key])
+        elif kwarg is not None:
+            out[key] = _read(f"{spec.learner} ({kwarg})")
+        elif key.startswith("OPTIM.") and not (key in BASE and BASE[key].kind == "read"):
+            out[key] = _read("fastprompt.train.schedule.param_groups (staged learning rates, matched against the "
+                             "learner's parameter names: ctx, film_lp_*, linear_probe_proj)", element=BASE[key].element
+                             if key in BASE else None)
+    return out
 
 
 def element_type(key: str) -> Tuple[Optional[type], Optional[int]]:
