@@ -17,7 +17,9 @@ _EXPORTS = {
                   "KgCoOpLearner", "KgCoOpConfig", "PRELearner", "PREConfig", "SoftCPTLearner", "SoftCPTConfig",
                   "SoftCPTHardLearner", "SoftCPTHardConfig",
                   "RPPLearner", "RPPConfig", "POMPLearner", "POMPConfig", "POMPObjective", "CLIPTeacher",
-                  "ImageFeatures"),
+                  "ImageFeatures", "ProGradLearner", "ProGradConfig",
+                  "CoOpDePTLearner", "CoOpDePTConfig", "KgCoOpDePTLearner", "KgCoOpDePTConfig",
+                  "CoCoOpDePTLearner", "CoCoOpDePTConfig", "MaPLeDePTLearner", "MaPLeDePTConfig"),
     ".learners.zero_shot": ("zero_shot_classifier",),
 }
 __all__, __getattr__, __dir__ = lazy_exports(__name__, globals(), _EXPORTS)

@@ -6,6 +6,9 @@
 * :data:`DATASET_TEMPLATES` — one template per dataset (``CUSTOM_TEMPLATES`` in
   htyao89/KgCoOp @ c43ccc3 ``KgCoOp/trainers/kgcoop.py``, the same table as CoOp's zero-shot
   ``trainers/zsclip.py``), used by KgCoOp's hand-crafted class embeddings.
+* :data:`PROGRAD_TEMPLATES` — ProGrad's own ``CUSTOM_TEMPLATES`` (BeierZhu/Prompt-align @ 1b76203
+  ``ProGrad.public/trainers/prograd.py``; "a type of pet, a photo of a {}." where KgCoOp has
+  "a photo of a {}, a type of pet."), its zero-shot targets and its initial context.
 
 Templates are format strings with one ``{}`` for the class name (``_`` already replaced by
 spaces).
@@ -14,8 +17,8 @@ from __future__ import annotations
 
 from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
-__all__ = ["IMAGENET_TEMPLATES", "DATASET_TEMPLATES", "NAMED_TEMPLATES", "TemplateSpec", "resolve_template",
-           "resolve_templates", "check_templates", "class_list_problem"]
+__all__ = ["IMAGENET_TEMPLATES", "DATASET_TEMPLATES", "PROGRAD_TEMPLATES", "NAMED_TEMPLATES", "TemplateSpec",
+           "resolve_template", "resolve_templates", "check_templates", "class_list_problem"]
 
 TemplateSpec = Union[str, Sequence[Union[str, Callable[[str], str]]]]
 NAMED_TEMPLATES = ("simple", "openai", "single")  # the zero-shot ensembles :func:`resolve_templates` names
@@ -99,6 +102,15 @@ DATASET_TEMPLATES: Dict[str, str] = {
     "ImageNetV2": "a photo of a {}.",
     "ImageNetA": "a photo of a {}.",
     "ImageNetR": "a photo of a {}.",
+}
+
+PROGRAD_TEMPLATES: Dict[str, str] = {
+    **DATASET_TEMPLATES,  # the other ten entries are the same
+    "OxfordPets": "a type of pet, a photo of a {}.",
+    "OxfordFlowers": "a type of flower, a photo of a {}.",
+    "FGVCAircraft": "a type of aircraft, a photo of a {}.",
+    "DescribableTextures": "a texture of {}.",
+    "Food101": "a type of food, a photo of {}.",
 }
 
 

@@ -25,6 +25,7 @@ TEXT_CASES = [
     ("pre", dict(encoder="MLP2", separate=True, layer_norm=True)),
     ("softcpt", dict(class_features=True, class_csc=True)), ("softcpt", dict(task_csc=True, task_n_ctx=2)),
     ("pomp", dict(num_sampled_classes=3)),
+    ("prograd", dict(template="a type of pet, a photo of a {}.")), ("prograd", dict(ctx_init=False, n_ctx=3, csc=True)),
 ]
 VIT_CASES = [
     ("maple", dict(ctx_init="", prompt_depth=2)), ("maple", dict(prompt_depth=2)),

@@ -33,9 +33,9 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 from ..errors import ConfigError
 
-__all__ = ["PROTOCOLS", "DATASETS_11", "XD_TARGETS", "DG_TARGETS", "SOURCE", "DEFAULT_SHOTS", "ProtocolRecipe",
-           "PROTOCOL_RECIPES", "recipe_for", "check_protocol", "MULTITASK_DATASETS", "MULTITASK_VARIANTS",
-           "MULTITASK_CONFIG", "multitask_variants", "multitask_recipe"]
+__all__ = ["PROTOCOLS", "DATASETS_11", "XD_TARGETS", "DG_TARGETS", "SOURCE", "DEFAULT_SHOTS", "METHOD_SHOTS",
+           "ProtocolRecipe", "PROTOCOL_RECIPES", "recipe_for", "check_protocol", "MULTITASK_DATASETS",
+           "MULTITASK_VARIANTS", "MULTITASK_CONFIG", "multitask_variants", "multitask_recipe"]
 
 PROTOCOLS = ("base2new", "fewshot", "crossdataset", "dg", "multitask")
 SOURCE = "imagenet"
@@ -52,6 +52,9 @@ DEFAULT_SHOTS = {"base2new": (16,), "fewshot": (1, 2, 4, 8, 16), "crossdataset":
 MULTITASK_DATASETS = ("general10", "plant6", "fashion20")
 MULTITASK_VARIANTS = ("NATA", "NATS", "hard-shared", "hard-per-task", "hard-per-class")
 MULTITASK_CONFIG = "rn50_ep50"  # the config of every script call in kding1225/softcpt's README
+# (method, protocol) -> shots, where the method's own scripts train another count than the papers' 16:
+# ProGrad's base2new_train_prograd.sh and eval.sh (the ImageNet model of its robustness table) use SHOTS=4.
+METHOD_SHOTS = {("prograd", "base2new"): (4,), ("prograd", "crossdataset"): (4,), ("prograd", "dg"): (4,)}
 
 # PromptSRC's few-shot GPA (muzairkhattak/PromptSRC configs/trainers/PromptSRC/
 # vit_b16_c2_ep50_batch4_4+4ctx_few_shot.yaml, comment): mean/std 30/30 or 45/5 by dataset.
@@ -74,6 +77,10 @@ def _r(recipe, source, *overrides, original=True) -> ProtocolRecipe:
 
 _COOP_FEWSHOT = "KaiyangZhou/CoOp scripts/coop/main.sh (N_CTX 16, CSC False, end) and COOP.md's epochs per shot"
 _MAIN = "no original script for this protocol: the method's main recipe"
+_PROGRAD = "BeierZhu/Prompt-align ProGrad.public"
+_PROGRAD_SETTINGS = (("TRAINER.COOP.N_CTX", 16), ("TRAINER.COOP.CSC", False),
+                     ("TRAINER.COOP.CLASS_TOKEN_POSITION", "end"), ("LOSS.LAMBDA", 1.0))
+_PROGRAD_LAMBDA_08 = ("oxford_flowers", "dtd", "eurosat")  # README: 8 and 16 shots with LAMBDA 0.8
 
 # method -> protocol -> ProtocolRecipe ("xd" = the ImageNet source run of crossdataset and dg)
 PROTOCOL_RECIPES: Dict[str, Dict[str, ProtocolRecipe]] = {
@@ -142,12 +149,35 @@ PROTOCOL_RECIPES: Dict[str, Dict[str, ProtocolRecipe]] = {
         "xd": _r("pomp/vit_b16_ep5", "amazon-science/prompt-pretraining configs (trained on ImageNet-1K here, "
                  "on ImageNet-21K in the paper)", original=False),
     },
+    "prograd": {  # ProGrad ships RN50 configs only (a text-prompt method: any image tower serves)
+        "base2new": _r("prograd/rn50_ep100", f"{_PROGRAD}/scripts/base2new_train_prograd.sh (4 shots; ImageNet "
+                       "rn50_ep50, README)", *_PROGRAD_SETTINGS),
+        "fewshot": _r("prograd/rn50", f"{_PROGRAD}/scripts/prograd.sh and README (1 shot rn50_ep50, 2 and 4 shots "
+                      "rn50_ep100, 8 and 16 rn50; LAMBDA 0.8 for 8 and 16 shots on Flowers102, DTD, EuroSAT)",
+                      *_PROGRAD_SETTINGS),
+        "xd": _r("prograd/rn50_ep50", f"{_PROGRAD}/README (robustness: the 4-shot ImageNet model, --load-epoch 50, "
+                 "tested with scripts/eval.sh; the repository has no cross-dataset script)", *_PROGRAD_SETTINGS),
+    },
     "rpp": {
         "base2new": _r("rpp/vit_b16_ep5", "fastprompt's RPP recipe (RPP has no public code)", original=False),
         "fewshot": _r("rpp/vit_b16_ep5", "fastprompt's RPP recipe (RPP has no public code)", original=False),
         "xd": _r("rpp/vit_b16_ep5", "fastprompt's RPP recipe (RPP has no public code)", original=False),
     },
 }
+
+# DePT (Koorye/DePT configs.py coop_dept / kgcoop_dept, mode 'b2n' or 'xd', run by parallel_runner.py: 16 shots,
+# seeds 1-3, the xd source ImageNet with SUBSAMPLE_CLASSES all). Its head trains only on base classes or
+# ImageNet (elsewhere its forward asserts), so it has no few-shot script: the main recipe on all classes.
+_DEPT_RUNNER = "Koorye/DePT configs.py {} with parallel_runner.py (mode {})"
+for _method, _recipe in (("coop_dept", "coop_dept/vit_b16_ep10_bs4_lr35"),
+                         ("kgcoop_dept", "kgcoop_dept/vit_b16_ep10_ctxv1_bs4_lr35"),
+                         ("cocoop_dept", "cocoop_dept/vit_b16_c4_ep10_batch1_ctxv1"),
+                         ("maple_dept", "maple_dept/vit_b16_c2_ep10_batch4_2ctx")):
+    PROTOCOL_RECIPES[_method] = {
+        "base2new": _r(_recipe, _DEPT_RUNNER.format(_method, "b2n")),
+        "fewshot": _r(_recipe, _MAIN, original=False),
+        "xd": _r(_recipe, _DEPT_RUNNER.format(_method, "xd")),
+    }
 
 
 def check_protocol(protocol: str, method: str) -> None:
@@ -178,6 +208,12 @@ def recipe_for(method: str, protocol: str, dataset: str, shots: int) -> Protocol
         return dataclasses.replace(base, recipe=name)
     if method == "coop" and protocol == "base2new" and dataset == SOURCE:
         return dataclasses.replace(base, recipe="coop/vit_b16_ep50_ctxv1")
+    if method == "prograd" and protocol == "base2new" and dataset == SOURCE:
+        return dataclasses.replace(base, recipe="prograd/rn50_ep50")
+    if method == "prograd" and protocol == "fewshot":
+        name = "prograd/rn50_ep50" if shots <= 1 else ("prograd/rn50_ep100" if shots <= 4 else "prograd/rn50")
+        lam = 0.8 if shots >= 8 and dataset in _PROGRAD_LAMBDA_08 else 1.0
+        return dataclasses.replace(base, recipe=name, overrides=base.overrides[:-1] + (("LOSS.LAMBDA", lam),))
     if method == "promptsrc" and protocol == "fewshot":
         gpa = (45, 5) if dataset in _PROMPTSRC_GPA_45_5 else (30, 30)
         return dataclasses.replace(base, overrides=base.overrides + (("TRAINER.PROMPTSRC.GPA_MEAN", gpa[0]),

@@ -71,13 +71,13 @@ def plan(protocol: str, method: str, output_dir: str, datasets: Optional[Sequenc
     """The jobs of a grid, in the order they run (dataset, shots, seed; multitask: dataset, variant,
     shots, seed). ``variants`` / ``config``: the multitask protocol's SoftCPT variants and original
     config (defaults :data:`~.definitions.MULTITASK_VARIANTS`, ``rn50_ep50``); refused elsewhere."""
-    from .definitions import DEFAULT_SHOTS
+    from .definitions import DEFAULT_SHOTS, METHOD_SHOTS
 
     check_protocol(protocol, method)
     if protocol != "multitask" and (variants or config):
         raise ConfigError(f"--variants / --config choose the multitask protocol's SoftCPT runs; {protocol} runs "
                           "one recipe per method")
-    shots = list(shots or DEFAULT_SHOTS[protocol])
+    shots = list(shots or METHOD_SHOTS.get((method, protocol)) or DEFAULT_SHOTS[protocol])
     if protocol not in ("fewshot", "multitask") and len(shots) != 1:
         raise ConfigError(f"--shots: {protocol} trains with one shot count (16 in the papers), got {shots}")
     if any(int(k) < 1 for k in shots):

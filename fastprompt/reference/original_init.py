@@ -17,7 +17,9 @@ structure and creation order (construction only: the modules have no forward), a
   exactly as plain CLIP);
 * then each method's prompt learner in its order and dtypes (``PREC`` fp16 draws the context as
   fp16 on the CPU; ``.half()`` casts after fp32 draws), and every further module the original
-  builds (KgCoOp's and PromptSRC's extra CLIPs, KgCoOp's unused ``bias_vectors``/meta-net/adapter).
+  builds (KgCoOp's, PromptSRC's and ProGrad's extra CLIPs, KgCoOp's unused ``bias_vectors``/meta-net/adapter).
+  ProGrad (BeierZhu/Prompt-align ``trainers/prograd.py``): its CLIP, then the zero-shot ``CLIP``'s
+  own, then the context (zero rows + the template's words: no draw; or N(0, 0.02)).
 
 The sizes are read from the open_clip model's state dict the way the originals' ``build_model``
 reads OpenAI's. :func:`original_init_reference` returns the original's trainable tensors under the
@@ -39,7 +41,7 @@ from torch import nn
 __all__ = ["original_init_reference", "replay_settings", "ORIGINAL_METHODS", "PRECISIONS", "hard_task_sizes",
            "hard_context_names"]
 
-ORIGINAL_METHODS = ("coop", "cocoop", "kgcoop", "maple", "vpt", "promptsrc", "pre", "softcpt", "pomp")
+ORIGINAL_METHODS = ("coop", "cocoop", "kgcoop", "maple", "vpt", "promptsrc", "pre", "softcpt", "pomp", "prograd")
 ORIGINAL_METHODS += ("softcpt_hard",)  # kding1225/softcpt trainers/mtcoop_hard.py (MTCoOpHard)
 PRECISIONS = ("fp16", "fp32", "amp")
 #: KgCoOp writes 512 for its (unused) bias_vectors, meta-net and adapter whatever the backbone
@@ -251,6 +253,18 @@ def _context(model, tokenizer, cfg_ctx_init: str, n_ctx: int, dtype, rows: Optio
     return nn.Parameter(ctx_vectors)
 
 
+def _prograd_context(model, tokenizer, cfg, dtype, rows: Optional[int]) -> nn.Parameter:
+    """ProGrad's context: ``zeros(n_ctx, D)`` with its last rows the template phrase's first word-count
+    token embeddings, or CoOp's random draw."""
+    if not cfg.ctx_init:
+        return _context(model, tokenizer, "", cfg.n_ctx, dtype, rows)
+    phrase = cfg.resolved_template().replace(" {}.", "").replace("_", " ")
+    n = len(phrase.split(" "))
+    ctx_vectors = torch.zeros(cfg.n_ctx, model.ln_final.weight.shape[0], dtype=dtype)
+    ctx_vectors[cfg.n_ctx - n:, :] = _word_context(model, tokenizer, phrase, n, dtype)
+    return nn.Parameter(ctx_vectors)
+
+
 class _PromptEncoder(nn.Module):
     """PRE's ``PromptEncoder`` (minhanh151/PRE ``trainers/pre.py``), construction only."""
 
@@ -401,6 +415,11 @@ def original_init_reference(method: str, model: nn.Module, *, seed: int, precisi
         learner = _Holder(proj=proj, ctx=ctx, compound_prompts_text=prompts, compound_prompt_projections=nn.ModuleList(
             [copy.deepcopy(single_layer) for _ in range(cfg.prompt_depth - 1)]))
         holder = _Holder(prompt_learner=learner, image_encoder=clip.visual)
+    elif method == "prograd":
+        _CLIP(dims)  # clip_model = load_clip_to_cpu(cfg)
+        _CLIP(dims)  # zs_clip = CLIP(cfg, classnames): its own load_clip_to_cpu
+        ctx = _prograd_context(model, tokenizer, cfg, dtype, n_classes if cfg.csc and not cfg.ctx_init else None)
+        holder = _Holder(prompt_learner=_Holder(ctx=ctx))
     elif method == "vpt":
         clip = _CLIP(dims, (cfg.prompt_depth, cfg.n_ctx, 0, 0))
         holder = _Holder(image_encoder=clip.visual, text_encoder=_Holder(transformer=clip.transformer))

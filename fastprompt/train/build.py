@@ -15,8 +15,8 @@ import numpy as np
 import torch
 
 from ..errors import ConfigError
-from .methods import DEEP_VISION, METHODS, MULTITASK_METHODS, learner_kwargs
-from ..replay.construction import ORIGINAL_METHODS, original_init
+from .methods import DEEP_VISION, METHODS, MULTITASK_METHODS, extra_learner_kwargs, learner_kwargs
+from ..replay.construction import DEPT_BASES, ORIGINAL_METHODS, original_init
 from .model_keys import TINY_CLIP_KWARGS, check_depths, check_preprocess, open_clip_name, shape_from_model
 from .views import MultiView, with_randaugment2
 
@@ -86,7 +86,7 @@ def check_backbone(cfg: Dict[str, Any]) -> Tuple[str, str]:
             raise ConfigError(f"{cfg['METHOD']} prompts the layers of open_clip's vision transformer: it needs such a "
                               f"ViT backbone, and {name} has {tower}. Use e.g. ViT-B-16 or a timm ViT backbone "
                               f"(EVA02-B-16, ViT-B-16-SigLIP, PE-Core-B-16){hint}; the text-prompt methods (coop, "
-                              "cocoop, kgcoop, pre, softcpt, pomp) run on any tower")
+                              "cocoop, kgcoop, pre, softcpt, pomp, prograd) run on any tower")
     return name, tag
 
 
@@ -122,7 +122,10 @@ def build_learner(cfg: Dict[str, Any], model, tokenizer, classnames, dataset_nam
     method = cfg["METHOD"]
     spec = METHODS[method]
     check_depths(cfg, shape_from_model(model, model_name))  # the built model's towers, whatever its name
-    kwargs = learner_kwargs(method, cfg["TRAINER"][spec.section], dataset_class)
+    from .defaults import flatten
+
+    kwargs = learner_kwargs(method, cfg["TRAINER"][spec.section], dataset_class, flatten(cfg))
+    kwargs.update(extra_learner_kwargs(method, cfg))
     kwargs["frozen_image_precision"] = str(cfg["TRAIN"].get("FROZEN_IMAGE_PRECISION") or "fp32").lower()
     cls = LEARNERS[method]
     if tasks is not None:
@@ -146,7 +149,7 @@ def start_as_original(learner, cfg: Dict[str, Any], model, tokenizer, kwargs: Di
     the run's log: ``"original"``, or ``"fastprompt's own: <why>"`` for a method or setting the
     original code cannot start from (RPP has no original; an ``init_std`` other than 0.02, ...)."""
     method = cfg["METHOD"]
-    if method not in ORIGINAL_METHODS:
+    if method not in ORIGINAL_METHODS and method not in DEPT_BASES:
         if method == "softcpt_hard":  # its original exists; replaying its construction is not implemented
             return "fastprompt's own (the original MTCoOpHard's initial draws are not replayed)"
         return f"fastprompt's own ({method} has no original code to replay)"
