@@ -101,9 +101,10 @@ def test_hard_sharing_runs_on_general10(tmp_path, monkeypatch, capsys):
     root = str(tmp_path / "data")
     T.coop_general10(root, [(3, 1, 2)] * 3)
     overrides = [x for x in job.OVERRIDES if x not in ("TRAINER.MTCOOP.N_CTX", "4")]
-    for run, tsc in (("per_task", "True"), ("shared", "False")):
+    for run, tsc, csc in (("per_task", "True", "False"), ("shared", "False", "False"),
+                          ("per_task_class", "True", "True")):
         cfg = job.train_job.config(root, ["TRAINER.MTCOOPH.N_CTX", "4", "TRAINER.MTCOOPH.TSC", tsc,
-                                          "OPTIM.MAX_EPOCH", "1"],
+                                          "TRAINER.MTCOOPH.CSC", csc, "OPTIM.MAX_EPOCH", "1"],
                                    recipe="softcpt_hard/vit_b16_ep50", dataset="general10", seed=2,
                                    overrides=overrides)
         result = train_run(cfg, str(tmp_path / run), progress=False)
@@ -111,6 +112,8 @@ def test_hard_sharing_runs_on_general10(tmp_path, monkeypatch, capsys):
     log = (tmp_path / "per_task" / "log.txt").read_text()
     assert "softcpt_hard on general10 (10 tasks, 30 classes" in log
     assert "initial prompts: original" in log  # the original MTCoOpHard's draws, replayed
+    # one context per class of each task: drawn task by task, so the run passes each task's class count
+    assert "initial prompts: original" in (tmp_path / "per_task_class" / "log.txt").read_text()
     capsys.readouterr()
     assert main(["eval", "--checkpoint", str(tmp_path / "shared"), "--data", root, "--dataset", "dtd"]) == 0
     capsys.readouterr()

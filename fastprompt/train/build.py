@@ -9,7 +9,7 @@ the open_clip pretrained tag (``openai``), a weights file, or ``none``: random w
 from __future__ import annotations
 
 import random
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -150,8 +150,6 @@ def start_as_original(learner, cfg: Dict[str, Any], model, tokenizer, kwargs: Di
     original code cannot start from (RPP has no original; an ``init_std`` other than 0.02, ...)."""
     method = cfg["METHOD"]
     if method not in ORIGINAL_METHODS and method not in DEPT_BASES:
-        if method == "softcpt_hard":  # its original exists; replaying its construction is not implemented
-            return "fastprompt's own (the original MTCoOpHard's initial draws are not replayed)"
         return f"fastprompt's own ({method} has no original code to replay)"
     section = cfg["TRAINER"][METHODS[method].section]
     # what shapes the start; POMP's own ``seed`` (its negative-class draws) and the frozen tower's
@@ -160,12 +158,19 @@ def start_as_original(learner, cfg: Dict[str, Any], model, tokenizer, kwargs: Di
     try:
         state, rng = original_init(method, model, seed=int(cfg["SEED"]), precision=str(section.get("PREC", "fp32")),
                                    n_classes=learner.n_classes, n_tasks=getattr(learner, "n_tasks", 1),
-                                   tokenizer=tokenizer, **settings)
+                                   tokenizer=tokenizer, task_classes=_task_classes(learner), **settings)
     except ConfigError as exc:
         return f"fastprompt's own ({exc})"
     learner.load_original_state_dict(state)
     torch.set_rng_state(rng)
     return "original"
+
+
+def _task_classes(learner) -> Optional[List[int]]:
+    """Each task's class count, in task order, of a learner that holds several tasks' classes in one
+    list (MTCoOpHard with one context per class of each task draws them task by task); else ``None``."""
+    ranges = getattr(learner, "class_ranges", None)
+    return None if ranges is None else [end - start for start, end in ranges]
 
 
 def load_data(cfg: Dict[str, Any], model, subsample: Optional[str] = None):
