@@ -15,8 +15,11 @@ _EXPORTS = {
                   "CoOpLearner", "CoOpConfig", "CoCoOpLearner", "CoCoOpConfig",
                   "MaPLeLearner", "MaPLeConfig", "PromptSRCLearner", "PromptSRCConfig", "VPTLearner", "VPTConfig",
                   "KgCoOpLearner", "KgCoOpConfig", "PRELearner", "PREConfig", "SoftCPTLearner", "SoftCPTConfig",
+                  "SoftCPTHardLearner", "SoftCPTHardConfig",
                   "RPPLearner", "RPPConfig", "POMPLearner", "POMPConfig", "POMPObjective", "CLIPTeacher",
-                  "TCPLearner", "TCPConfig", "ImageFeatures"),
+                  "ImageFeatures", "TCPLearner", "TCPConfig", "ProGradLearner", "ProGradConfig",
+                  "CoOpDePTLearner", "CoOpDePTConfig", "KgCoOpDePTLearner", "KgCoOpDePTConfig",
+                  "CoCoOpDePTLearner", "CoCoOpDePTConfig", "MaPLeDePTLearner", "MaPLeDePTConfig"),
     ".learners.zero_shot": ("zero_shot_classifier",),
 }
 __all__, __getattr__, __dir__ = lazy_exports(__name__, globals(), _EXPORTS)

@@ -11,6 +11,9 @@
   htyao89/Textual-based_Class-aware_prompt_tuning @ bd97bec ``trainers/tcp.py``). In a learnable
   prompt the first four tokens after ``[SOT]`` ("X X X X", or "a photo of a") are replaced by the
   context, whatever they are.
+* :data:`PROGRAD_TEMPLATES` — ProGrad's own ``CUSTOM_TEMPLATES`` (BeierZhu/Prompt-align @ 1b76203
+  ``ProGrad.public/trainers/prograd.py``; "a type of pet, a photo of a {}." where KgCoOp has
+  "a photo of a {}, a type of pet."), its zero-shot targets and its initial context.
 
 Templates are format strings with one ``{}`` for the class name (``_`` already replaced by
 spaces).
@@ -19,8 +22,9 @@ from __future__ import annotations
 
 from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
-__all__ = ["IMAGENET_TEMPLATES", "DATASET_TEMPLATES", "TCP_TEMPLATES", "TCP_TEACHER_TEMPLATES", "NAMED_TEMPLATES", "TemplateSpec", "resolve_template",
-           "resolve_templates", "check_templates", "class_list_problem"]
+__all__ = ["IMAGENET_TEMPLATES", "DATASET_TEMPLATES", "PROGRAD_TEMPLATES", "TCP_TEMPLATES",
+           "TCP_TEACHER_TEMPLATES", "NAMED_TEMPLATES", "TemplateSpec", "resolve_template", "resolve_templates",
+           "check_templates", "class_list_problem"]
 
 TemplateSpec = Union[str, Sequence[Union[str, Callable[[str], str]]]]
 NAMED_TEMPLATES = ("simple", "openai", "single")  # the zero-shot ensembles :func:`resolve_templates` names
@@ -125,6 +129,15 @@ TCP_TEACHER_TEMPLATES: Dict[str, str] = {
     **DATASET_TEMPLATES,
     "FGVCAircraft": "a photo of an aircraft {}.",
     "Food101": "a photo of a {}, a type of food.",
+}
+
+PROGRAD_TEMPLATES: Dict[str, str] = {
+    **DATASET_TEMPLATES,  # the other ten entries are the same
+    "OxfordPets": "a type of pet, a photo of a {}.",
+    "OxfordFlowers": "a type of flower, a photo of a {}.",
+    "FGVCAircraft": "a type of aircraft, a photo of a {}.",
+    "DescribableTextures": "a texture of {}.",
+    "Food101": "a type of food, a photo of {}.",
 }
 
 

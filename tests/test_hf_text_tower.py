@@ -12,17 +12,15 @@ import functools
 import open_clip
 import pytest
 import torch
-from open_clip.model import get_model_preprocess_cfg
 from torch import nn
 
 import fastprompt
-from fastprompt.learners import LEARNERS
 from fastprompt.learners.base import default_tokenizer
 from fastprompt.learners.zero_shot_cache import text_tower_fingerprint
 from fastprompt.testing import FP32, assert_close_rel
-from fastprompt.testing.backbone_table import CLASSNAMES, outcome
+from fastprompt.testing.backbone_table import outcome
 from fastprompt.testing.scaled_models import scaled_clip
-from fastprompt.towers import TextTower, UnpromptableTextTowerError
+from fastprompt.towers import TextTower
 from fastprompt.towers.hf_text import HFTextTower
 from fastprompt.towers.text_tower_for import text_tower
 
@@ -39,12 +37,6 @@ NAMES = ["cat", "sea lion", "a very long and winding name of a golden retriever 
 @functools.lru_cache(maxsize=1)
 def _built(name: str):
     return scaled_clip(name)
-
-
-def _images(model, n: int = 2) -> torch.Tensor:
-    size = get_model_preprocess_cfg(model)["size"]
-    size = tuple(size) if isinstance(size, (tuple, list)) else (size, size)
-    return torch.randn(n, 3, *size, generator=torch.Generator().manual_seed(0))
 
 
 @pytest.mark.parametrize("name", HF_ARCHITECTURES)
@@ -90,41 +82,22 @@ def test_a_context_table_per_group_is_each_groups_own_encoding(name):
     assert_close_rel(both, each, FP32.parity, f"{name} grouped context")
 
 
-# Input-level text prompts (and the frozen text of VPT / RPP's vision branch) run; settings small
-# so that a step is cheap.
+# Input-level text prompts (and the frozen text of VPT / RPP's vision branch) and deep text prompts
+# that replace hidden rows (MaPLe, PromptSRC, RPP with tied q/k/v: tests/test_hf_deep_prompts.py) run;
+# settings small so that a step is cheap.
 RUNNING = [("coop", dict(n_ctx=4)), ("cocoop", {}), ("kgcoop", {}), ("pre", {}), ("softcpt", {}),
            ("pomp", dict(num_sampled_classes=3)), ("vpt", dict(prompt_depth=2)), ("maple", dict(prompt_depth=1)),
-           ("promptsrc", dict(prompt_depth_text=1, prompt_depth_vision=2)), ("rpp", dict(branches="vision", depth=2))]
+           ("promptsrc", dict(prompt_depth_text=1, prompt_depth_vision=2)), ("rpp", dict(branches="vision", depth=2)),
+           ("maple", dict(prompt_depth=2)), ("promptsrc", dict(prompt_depth_text=2, prompt_depth_vision=2)),
+           ("rpp", dict(branches="text", depth=2, shared=True))]
 
 
-@pytest.mark.parametrize("method,settings", RUNNING, ids=[m for m, _ in RUNNING])
+@pytest.mark.parametrize("method,settings", RUNNING,
+                         ids=[m + "".join(f"-{k}={v}" for k, v in s.items()) for m, s in RUNNING])
 @pytest.mark.parametrize("name", FAMILIES)
 def test_every_input_level_learner_takes_a_step_with_finite_gradients(name, method, settings):
     model, tokenizer = _built(name)
     assert outcome(model, tokenizer, method, settings).ok
-
-
-DEEP = [("maple", dict(prompt_depth=2)), ("rpp", dict(branches="text", depth=2)), ("rpp", dict(depth=1))]
-
-
-@pytest.mark.parametrize("method,settings", DEEP, ids=["maple", "rpp-text", "rpp-both"])
-def test_deep_text_prompts_are_refused_by_name_when_the_learner_is_built(method, settings):
-    model, tokenizer = _built("roberta-ViT-B-32")
-    with pytest.raises(UnpromptableTextTowerError, match="Hugging Face transformers model .*: use a learner that "
-                                                         "prompts only the text input \\(CoOp, CoCoOp, KgCoOp, PRE"):
-        LEARNERS[method].from_model(model, CLASSNAMES, tokenizer=tokenizer, **settings)
-
-
-def test_deep_text_prompts_are_refused_where_they_are_encoded():
-    model, tokenizer = _built("roberta-ViT-B-32")
-    learner = LEARNERS["promptsrc"].from_model(model, CLASSNAMES, tokenizer=tokenizer, prompt_depth_text=2,
-                                               prompt_depth_vision=2)
-    with pytest.raises(UnpromptableTextTowerError, match="PromptSRC with text depth > 1"):
-        learner.loss(_images(model), torch.tensor([0, 1]))
-    tower = learner.text_tower
-    rows = torch.zeros(2, tower.width)
-    with pytest.raises(UnpromptableTextTowerError):
-        tower.encode(learner.plan, learner.ctx, prefix_overrides=[None, rows])
 
 
 def test_the_factory_picks_the_tower_of_the_models_text_side(tiny_model):

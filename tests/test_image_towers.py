@@ -4,10 +4,11 @@ The methods that prompt only the text (CoOp, CoCoOp, KgCoOp, PRE, SoftCPT, POMP,
 ``branches="text"``) never look inside the image tower: they run the model's own
 ``encode_image``. Here on timm towers (``TimmModel``) of four open_clip architectures, built
 offline with random weights and scaled down through timm's own constructor arguments (fewer
-blocks, narrower; the same timm class, the same open_clip adapter and head), and on an open_clip
-ViT with an attentional pooler: the features are the model's, the logits and gradients the literal
-reference's, the feature cache and the bf16 option work, and the methods that prompt the image
-tower's layers refuse by name, saying what works.
+blocks, narrower; the same timm class, the same open_clip adapter and head): the features are the
+model's, the logits and gradients the literal reference's, the feature cache and the bf16 option
+work, and the methods that prompt the image tower's layers refuse by name, saying what works. An
+open_clip ViT with CoCa's attentional pooler takes deep prompts; one with open_clip's untested pair
+of poolers runs frozen and refuses them by name.
 
 The tokenizer of a named architecture is resolved before its model is built: one that needs a
 missing package fails in milliseconds with one line, by every road (``from_open_clip``,
@@ -232,22 +233,38 @@ def test_timm_vit_towers_take_deep_prompts(timm_clip):
         assert learner(_images(2)).shape == (2, len(NAMES))
 
 
-def test_a_vit_with_an_attentional_pooler_runs_frozen_and_open_clips_vit_keeps_the_fast_path(tiny_model):
+def _attention_pooled_clip(attentional_pool):
+    """A small open_clip CLIP whose ViT pools with ``attentional_pool`` (True: CoCa's single pooler)."""
     from open_clip.model import CLIP, CLIPTextCfg, CLIPVisionCfg
 
     torch.manual_seed(0)
-    pooled = frozen(CLIP(48, CLIPVisionCfg(layers=2, width=96, head_width=32, patch_size=8, image_size=32,
-                                           attentional_pool=True, attn_pooler_heads=3, attn_pooler_queries=4),
-                         CLIPTextCfg(context_length=77, vocab_size=49408, width=64, heads=2, layers=2)))
+    return frozen(CLIP(48, CLIPVisionCfg(layers=2, width=96, head_width=32, patch_size=8, image_size=32,
+                                         attentional_pool=attentional_pool, attn_pooler_heads=3,
+                                         attn_pooler_queries=4),
+                       CLIPTextCfg(context_length=77, vocab_size=49408, width=64, heads=2, layers=2)))
+
+
+def test_a_vit_with_an_attentional_pooler_takes_deep_prompts_and_open_clips_vit_keeps_the_fast_path(tiny_model):
+    """CoCa's pooler reads the image's own rows (tests/test_attn_pool_deep_prompts.py has the parity)."""
+    pooled = _attention_pooled_clip(True)
     learner = fastprompt.CoOpLearner.from_model(pooled, NAMES, n_ctx=2)
-    assert isinstance(learner.vision_tower, FrozenImageTower)
+    assert isinstance(learner.vision_tower, VisionTower) and not learner.vision_tower.pools_first_row
     images = random_images(2)
     with torch.no_grad():
         expected = pooled.encode_image(images, normalize=True)
-    assert_close_rel(learner.encode_image(images), expected, FP32.rounding, "attention-pooled ViT features")
-    with pytest.raises(UnpromptableImageTowerError, match="an open_clip ViT with an attentional pooler"):
-        fastprompt.VPTLearner.from_model(pooled, NAMES, prompt_depth=1)
-    assert isinstance(image_tower(tiny_model.visual), VisionTower)
+    # FP32.parity: the functional tower (prompt_attention) against open_clip's attention
+    assert_close_rel(learner.encode_image(images), expected, FP32.parity, "attention-pooled ViT features")
+    assert fastprompt.VPTLearner.from_model(pooled, NAMES, prompt_depth=1)(images).shape == (2, len(NAMES))
+    assert isinstance(image_tower(tiny_model.visual), VisionTower) and image_tower(tiny_model.visual).pools_first_row
+
+
+def test_a_vit_with_a_pair_of_attentional_poolers_runs_frozen_and_refuses_deep_prompts_by_name():
+    """open_clip's untested 'parallel' / 'cascade' poolers (no architecture uses them) keep a query axis
+    in their pooled output: deep prompts refuse them, naming them and what they take."""
+    pair = _attention_pooled_clip("parallel")
+    assert isinstance(image_tower(pair.visual), FrozenImageTower)
+    with pytest.raises(UnpromptableImageTowerError, match="a 'parallel' pair of attentional poolers"):
+        fastprompt.VPTLearner.from_model(pair, NAMES, prompt_depth=1)
 
 
 # ---- tokenizers ---------------------------------------------------------------------------------------

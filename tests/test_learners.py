@@ -228,7 +228,8 @@ def test_vit_b16_coop_and_cocoop_match_reference(vit_b16):
 
 # Settings that let each learner be built on the 2-layer tiny model (depths) without a teacher.
 TINY_SETTINGS = {"maple": dict(prompt_depth=2), "vpt": dict(prompt_depth=2),
-                 "promptsrc": dict(prompt_depth_text=2, prompt_depth_vision=2), "rpp": dict(depth=2, kl_weight=0.0)}
+                 "promptsrc": dict(prompt_depth_text=2, prompt_depth_vision=2), "rpp": dict(depth=2, kl_weight=0.0),
+                 "maple_dept": dict(prompt_depth=2)}
 
 
 @pytest.mark.parametrize("method", sorted(fastprompt.learners.LEARNERS))

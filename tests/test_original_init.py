@@ -26,6 +26,7 @@ TEXT_CASES = [
     ("softcpt", dict(class_features=True, class_csc=True)), ("softcpt", dict(task_csc=True, task_n_ctx=2)),
     ("pomp", dict(num_sampled_classes=3)),
     ("tcp", dict(ctx_init="", n_ctx=4)), ("tcp", dict(ctx_init="a photo of a")),
+    ("prograd", dict(template="a type of pet, a photo of a {}.")), ("prograd", dict(ctx_init=False, n_ctx=3, csc=True)),
 ]
 VIT_CASES = [
     ("maple", dict(ctx_init="", prompt_depth=2)), ("maple", dict(prompt_depth=2)),

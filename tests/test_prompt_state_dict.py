@@ -15,7 +15,8 @@ from fastprompt.testing import random_images, tiny_clip
 
 METHODS = sorted(fastprompt.learners.LEARNERS)
 SETTINGS = {"maple": dict(prompt_depth=2), "vpt": dict(prompt_depth=2), "pomp": dict(num_sampled_classes=2),
-            "promptsrc": dict(prompt_depth_text=2, prompt_depth_vision=2), "rpp": dict(depth=2, kl_weight=0.0)}
+            "promptsrc": dict(prompt_depth_text=2, prompt_depth_vision=2), "rpp": dict(depth=2, kl_weight=0.0),
+            "maple_dept": dict(prompt_depth=2)}
 
 
 def _learner(model, method, seed=0):

@@ -274,9 +274,10 @@ def test_deep_vision_rejects_bad_inputs(tiny_model):
     with pytest.raises(ValueError, match="prompt length"):
         reference_encode_image_deep(visual, images, [torch.zeros(2, 96), torch.zeros(3, 96)])
     attn_pool = VisionTransformer(image_size=16, patch_size=8, width=32, layers=1, heads=2,
-                                  mlp_ratio=2.0, output_dim=16, attentional_pool=True,
+                                  mlp_ratio=2.0, output_dim=16, attentional_pool="parallel",
                                   attn_pooler_queries=4, attn_pooler_heads=2)
-    with pytest.raises(ValueError, match="attentional"):
+    # CoCa's single pooler is taken (tests/test_attn_pool_deep_prompts.py); open_clip's untested pair is not
+    with pytest.raises(ValueError, match="'parallel' pair of attentional poolers"):
         reference_encode_image_deep(attn_pool, torch.zeros(1, 3, 16, 16))
     with pytest.raises(ValueError, match="VisionTransformer"):
         reference_encode_image_deep(torch.nn.Linear(2, 2), images)

@@ -1,6 +1,6 @@
 """Same seed, same run (issue 23): ``fastprompt train`` takes the original's first steps.
 
-For CoOp, CoCoOp, MaPLe, KgCoOp, POMP, PromptSRC, VPT-deep, PRE and SoftCPT (with and without its
+For CoOp, CoCoOp, MaPLe, KgCoOp, POMP, PromptSRC, VPT-deep, PRE, ProGrad and SoftCPT (with and without its
 class sampling), with the original's ``DATALOADER.NUM_WORKERS`` 0 and 2, the first three steps of a
 fastprompt run are compared with a reference run made of the literal pieces of the original
 (PromptSRC also over two whole epochs with its Gaussian prompt aggregation):
@@ -36,11 +36,11 @@ from fastprompt import models
 from fastprompt.data.registry import resolve
 from fastprompt.data.transforms import model_preprocess
 from fastprompt.reference import (ReferenceCoCoOp, ReferenceCoOp, ReferenceKgCoOp, ReferenceMaPLe, ReferencePOMP,
-                                  ReferencePRE, ReferencePromptSRC, ReferenceSoftCPT, ReferenceVPT)
+                                  ReferencePRE, ReferenceProGrad, ReferencePromptSRC, ReferenceSoftCPT, ReferenceVPT)
 from fastprompt.errors import ConfigError
 from fastprompt.reference.dassl_loader import DatasetWrapper, RandomSamplerTorch18, dassl_epoch, dassl_train_transform
 from fastprompt.reference.original_init import original_init_reference
-from fastprompt.templates import DATASET_TEMPLATES
+from fastprompt.templates import DATASET_TEMPLATES, PROGRAD_TEMPLATES
 from fastprompt.testing import FP32
 from fastprompt.testing.fake_trees import make_split_dataset
 from fastprompt.train.build import load_split
@@ -70,6 +70,8 @@ CASES = {
     "pre": ("pre/vit_b16_ep50", ["TRAINER.PRE.N_CTX", "4"]),
     # one dataset = one task (SoftCPT-NATA)
     "softcpt": ("softcpt/vit_b16_ep50", []),
+    # two CLIP builds before the context (zeros + DTD's "a texture of"); the step is the projected gradient
+    "prograd": ("prograd/rn50_ep50", ["TRAINER.COOP.PREC", "fp32"]),
     # no shipped recipe samples classes: class features on (CSC) and half the negative classes, each
     # step's randperm drawn through the learner's step_generator where the original draws from G
     "softcpt_sampled": ("softcpt/vit_b16_ep50", ["TRAINER.MTCOOP.CSC", "True", "TRAINER.MTCOOP.CLASS_N_CTX", "4",
@@ -77,7 +79,7 @@ CASES = {
 }
 REFERENCES = {"coop": ReferenceCoOp, "cocoop": ReferenceCoCoOp, "maple": ReferenceMaPLe, "kgcoop": ReferenceKgCoOp,
               "pomp": ReferencePOMP, "promptsrc": ReferencePromptSRC, "vpt": ReferenceVPT, "pre": ReferencePRE,
-              "softcpt": ReferenceSoftCPT}
+              "softcpt": ReferenceSoftCPT, "prograd": ReferenceProGrad}
 COMMON = ["OPTIM.MAX_EPOCH", "2", "DATALOADER.TRAIN_X.BATCH_SIZE", "4", "TRAIN.MAX_STEPS", str(STEPS),
           "TRAIN.PRINT_FREQ", "1", "OPTIM.WARMUP_EPOCH", "0", "TEST.NO_TEST", "True"]
 # (width, height): square, small, and far too wide or tall for the crop's 3/4..4/3 ratios
@@ -146,6 +148,8 @@ def _reference_learner(method, model, dataset, settings):
     ref_kwargs = {k: v for k, v in settings.items() if k in accepted}
     if method == "kgcoop":  # the learner takes the dataset's class name, the reference the phrase itself
         ref_kwargs["template"] = DATASET_TEMPLATES[settings["template"]]
+    if method == "prograd":  # the original indexes its own CUSTOM_TEMPLATES by the dataset
+        ref_kwargs["template"] = PROGRAD_TEMPLATES[settings["template"]]
     if method == "softcpt":
         return ref_cls(model, [dataset.name], [dataset.classnames], **ref_kwargs)
     return ref_cls(model, dataset.classnames, **ref_kwargs)
@@ -165,34 +169,17 @@ def _reference_run(cfg, workers, sampler_class=RandomSampler, epochs=1, steps=ST
                                        n_classes=len(dataset.classnames), **settings)
     missing, unexpected = ref.load_state_dict(state, strict=False)
     assert not unexpected, unexpected
-    named = dict(ref.named_parameters())
-    params = [named[n] for n in sorted(state) if n in named]
-    assert params, "the reference has none of the original's trainable tensors"
-    for p in params:
-        p.requires_grad_(True)
-    o = cfg["OPTIM"]
-    optimizer = torch.optim.SGD(params, lr=schedule_from_config(o).lr_at(0), momentum=o["MOMENTUM"],
-                                weight_decay=o["WEIGHT_DECAY"], dampening=o["SGD_DAMPNING"],
-                                nesterov=o["SGD_NESTEROV"])
-    p = model_preprocess(model)
-    drawn = []
-    transform = dassl_train_transform(p["size"], p["mean"], p["std"], T.InterpolationMode(p["interpolation"]),
-                                      tuple(cfg["INPUT"]["RRCROP_SCALE"]), drawn=drawn)
+    named, optimizer, transform, drawn = original_step_pieces(cfg, model, ref, state)
+    p, o = model_preprocess(model), cfg["OPTIM"]  # the later epochs' test transform and learning rates
     wrapped = DatasetWrapper(dataset.train, transform, drawn, k_tfm=int(cfg["DATALOADER"]["K_TRANSFORMS"]))
     losses, batches = [], []
 
-    def step(batch):  # Dassl's forward_backward: zero_grad, loss, backward, step
-        optimizer.zero_grad()
-        labels = batch["label"]
+    def labels_of(batch):
         if method == "softcpt":  # the fork's DatasetWrapper: a label matrix, 0 in the sample's task, 1 at its class
-            labels = torch.nn.functional.one_hot(labels, len(dataset.classnames))
-        loss = ref.loss(batch["img"], labels)
-        loss.backward()
-        optimizer.step()
-        losses.append(float(loss.detach()))
-        batches.append(list(batch["impath"]))
-        if len(losses) == steps:
-            raise _Done
+            return torch.nn.functional.one_hot(batch["label"], len(dataset.classnames))
+        return batch["label"]
+
+    step = dassl_step(ref, optimizer, labels_of, steps, losses, batches, projected=method == "prograd")
 
     torch.set_rng_state(g)  # the original's G after its build_model; P after random.seed (all images: no draw)
     random.seed(SEED)
@@ -212,6 +199,47 @@ def _reference_run(cfg, workers, sampler_class=RandomSampler, epochs=1, steps=ST
         if epoch_end is not None:
             epoch_end({n: named[n] for n in sorted(state) if n in named})
     return losses, batches
+
+
+def original_step_pieces(cfg, model, ref, state):
+    """``(named parameters, optimizer, transform, drawn)`` of a reference run: the original's
+    trainable tensors (``state``'s names) of ``ref`` in Dassl's SGD at the first epoch's learning
+    rate, and Dassl's training transform recording its draws into ``drawn``."""
+    named = dict(ref.named_parameters())
+    params = [named[n] for n in sorted(state) if n in named]
+    assert params, "the reference has none of the original's trainable tensors"
+    for p in params:
+        p.requires_grad_(True)
+    o = cfg["OPTIM"]
+    optimizer = torch.optim.SGD(params, lr=schedule_from_config(o).lr_at(0), momentum=o["MOMENTUM"],
+                                weight_decay=o["WEIGHT_DECAY"], dampening=o["SGD_DAMPNING"],
+                                nesterov=o["SGD_NESTEROV"])
+    p = model_preprocess(model)
+    drawn = []
+    transform = dassl_train_transform(p["size"], p["mean"], p["std"], T.InterpolationMode(p["interpolation"]),
+                                      tuple(cfg["INPUT"]["RRCROP_SCALE"]), drawn=drawn)
+    return named, optimizer, transform, drawn
+
+
+def dassl_step(ref, optimizer, labels_of, steps, losses, batches, projected=False):
+    """Dassl's ``forward_backward`` of ``ref`` (zero_grad, loss on ``labels_of(batch)``, backward,
+    step), recording each step's loss and image paths; raises ``_Done`` after ``steps`` steps.
+    ``projected``: ProGrad's forward_backward (its own backward passes write the projected
+    gradient; the logged loss is the cross-entropy)."""
+    def step(batch):
+        optimizer.zero_grad()
+        if projected:
+            loss = ref.backward(batch["img"], labels_of(batch))["xe"]
+        else:
+            loss = ref.loss(batch["img"], labels_of(batch))
+            loss.backward()
+        optimizer.step()
+        losses.append(float(loss.detach()))
+        batches.append(list(batch["impath"]))
+        if len(losses) == steps:
+            raise _Done
+
+    return step
 
 
 def _both(cfg, run_dir, workers, sampler_class=RandomSampler):

@@ -91,20 +91,35 @@ def test_per_task_context_refuses_another_task_count(tiny_model):
         learner.set_tasks({"a": ["x", "y"]})
 
 
-def test_hard_sharing_run_on_general10(tmp_path, monkeypatch):
-    """``MTCoOpHard`` with one prompt per task through the run layer: trains, evaluates per task."""
+def test_hard_sharing_runs_on_general10(tmp_path, monkeypatch, capsys):
+    """``MTCoOpHard`` with one prompt per task and with one for all, through the run layer: trains,
+    evaluates per task; fastprompt eval on one dataset of the set takes the shared prompt and
+    refuses, in one line, the per-task prompts learned for ten tasks."""
+    from fastprompt.cli import main
+
     monkeypatch.setenv("FASTPROMPT_CACHE", str(tmp_path / "cache"))
     root = str(tmp_path / "data")
     T.coop_general10(root, [(3, 1, 2)] * 3)
     overrides = [x for x in job.OVERRIDES if x not in ("TRAINER.MTCOOP.N_CTX", "4")]
-    cfg = job.train_job.config(root, ["TRAINER.MTCOOPH.N_CTX", "4", "TRAINER.MTCOOPH.TSC", "True",
-                                      "OPTIM.MAX_EPOCH", "1"],
-                               recipe="softcpt_hard/vit_b16_ep50", dataset="general10", seed=2, overrides=overrides)
-    result = train_run(cfg, str(tmp_path / "run"), progress=False)
-    assert len(result["tasks"]) == 10 and "task_average" in result
-    log = (tmp_path / "run" / "log.txt").read_text()
+    for run, tsc, csc in (("per_task", "True", "False"), ("shared", "False", "False"),
+                          ("per_task_class", "True", "True")):
+        cfg = job.train_job.config(root, ["TRAINER.MTCOOPH.N_CTX", "4", "TRAINER.MTCOOPH.TSC", tsc,
+                                          "TRAINER.MTCOOPH.CSC", csc, "OPTIM.MAX_EPOCH", "1"],
+                                   recipe="softcpt_hard/vit_b16_ep50", dataset="general10", seed=2,
+                                   overrides=overrides)
+        result = train_run(cfg, str(tmp_path / run), progress=False)
+        assert len(result["tasks"]) == 10 and "task_average" in result
+    log = (tmp_path / "per_task" / "log.txt").read_text()
     assert "softcpt_hard on general10 (10 tasks, 30 classes" in log
-    assert "initial prompts: fastprompt's own (the original MTCoOpHard's initial draws are not replayed)" in log
+    assert "initial prompts: original" in log  # the original MTCoOpHard's draws, replayed
+    # one context per class of each task: drawn task by task, so the run passes each task's class count
+    assert "initial prompts: original" in (tmp_path / "per_task_class" / "log.txt").read_text()
+    capsys.readouterr()
+    assert main(["eval", "--checkpoint", str(tmp_path / "shared"), "--data", root, "--dataset", "dtd"]) == 0
+    capsys.readouterr()
+    assert main(["eval", "--checkpoint", str(tmp_path / "per_task"), "--data", root, "--dataset", "dtd"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "per-task context (task_specific, TSC) was learned for 10 tasks" in err[0]
 
 
 @pytest.mark.parametrize("name", ["NATA", "NATS", "CATA", "CSTA", "CATS", "CSTS"])

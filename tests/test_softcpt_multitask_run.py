@@ -4,6 +4,7 @@ kill -9 and is evaluated per task, each image against its own task's classes, as
 ``ClassificationMT``, literally in :mod:`fastprompt.reference.softcpt`)."""
 import json
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -253,3 +254,84 @@ def test_a_multitask_run_starts_from_the_originals_prompts_for_its_tasks():
     assert learner.task_prompt_learner.ctx.shape[0] == 3
     for name, value in expected.prompt_state_dict().items():
         assert torch.equal(learner.prompt_state_dict()[name], value), name
+
+
+def test_base_to_new_per_task_and_best_val_on_the_task_average(tmp_path):
+    """Trained on every task's base classes with best-on-val selection (the original selects on
+    ClassificationMT's mean over tasks), then tested on every task's new classes with fastprompt eval."""
+    root = str(tmp_path / "data")
+    T.coop_general10(root, [(3, 1, 2)] * 4)  # 4 classes per task: 2 base, 2 new
+    _in_process(root, tmp_path / "run", ["DATASET.SUBSAMPLE_CLASSES", "base", "TEST.FINAL_MODEL", "best_val"])
+    log = (tmp_path / "run" / "log.txt").read_text()
+    assert "(best val average of the tasks' metrics" in log
+    evals = [r for r in read_metrics(str(tmp_path / "run" / "metrics.jsonl")) if r["kind"] == "eval"]
+    assert [r["split"] for r in evals] == ["val", "val", "test"] and all("task_average" in r for r in evals)
+    assert main(["eval", "--checkpoint", str(tmp_path / "run"), "--data", root, "--dataset", "general10",
+                 "--subsample", "new"]) == 0
+    with open(tmp_path / "run" / "eval_general10_new.json") as f:
+        new = json.load(f)
+    data = load_dataset("general10", root, subsample="new")
+    assert [t["task"] for t in new["tasks"]] == data.task_names and data.num_classes == [2] * 10
+    assert [t["total"] for t in new["tasks"]] == data.counts()["test"] == [4] * 10
+
+
+@pytest.mark.parametrize("extra", [[], CLASS_SAMPLING], ids=["NATA", "CATA-sampled"])
+@pytest.mark.parametrize("workers", [0, 2])
+def test_first_steps_on_general10_are_the_originals(extra, workers, general10, tmp_path):
+    """The batch composition and the loss of the original on General-10: a fastprompt run's first
+    three steps against the literal pieces of the original (as tests/test_same_run.py does for one
+    dataset) — Dassl's RandomSampler over the merged training list, its DatasetWrapper and crops
+    from the global streams, the fork's label matrix from each item's (task, label)
+    (original_label_matrix), ReferenceSoftCPT over the ten tasks started from the original's
+    construction for ten tasks (class sampling drawn by the reference from G between batches)."""
+    from fastprompt import models
+    from fastprompt.reference.dassl_loader import DatasetWrapper, dassl_epoch
+    from fastprompt.reference.original_init import original_init_reference
+    from fastprompt.train.build import load_split
+    from fastprompt.train.methods import learner_kwargs
+    from fastprompt.train.model_keys import TINY_CLIP_KWARGS
+    from test_same_run import _SOFTCPT_NAMES, _Done, dassl_step, original_step_pieces
+
+    steps = 3
+    cfg = job.config(general10, ["DATALOADER.NUM_WORKERS", str(workers), "TRAIN.MAX_STEPS", str(steps),
+                                 "TEST.NO_TEST", "True", "TRAINER.MTCOOP.PREC", "fp32"] + extra)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        seen = []
+
+        def record(event, trainer, info):
+            if event == "step":
+                source = trainer.batches
+                seen.append([source.items[i].path for i in source.global_items(info["batch"] - 1)])
+
+        train_run(cfg, str(tmp_path / "run"), callbacks=[record], progress=False)
+        losses = [r["loss"] for r in read_metrics(str(tmp_path / "run" / "metrics.jsonl")) if r["kind"] == "step"]
+        # the original's pieces
+        data = load_split(cfg).multitask
+        seed = int(cfg["SEED"])
+        model = models.tiny_clip(seed, **TINY_CLIP_KWARGS)
+        settings = learner_kwargs("softcpt", cfg["TRAINER"]["MTCOOP"])
+        ref = ReferenceSoftCPT(model, data.task_names, data.task_classnames,
+                               **{_SOFTCPT_NAMES.get(k, k): v for k, v in settings.items()})
+        state, g = original_init_reference("softcpt", model, seed=seed, precision="fp32",
+                                           n_classes=sum(data.num_classes), n_tasks=data.num_tasks, **settings)
+        assert not ref.load_state_dict(state, strict=False).unexpected_keys
+        _, optimizer, transform, drawn = original_step_pieces(cfg, model, ref, state)
+        ref_losses, ref_batches = [], []
+
+        def labels_of(batch):  # the fork's DatasetWrapper label of each DatumMT (task, label)
+            items = [data.train[int(i)] for i in batch["index"]]
+            return torch.as_tensor(original_label_matrix([[it.task] for it in items], [[it.label] for it in items],
+                                                         data.num_classes))
+
+        torch.set_rng_state(g)
+        random.seed(seed)  # P after set_random_seed: General-10's draws are in the Pool workers
+        with pytest.raises(_Done):
+            dassl_epoch(DatasetWrapper(data.train, transform, drawn), 16, workers,
+                        step=dassl_step(ref, optimizer, labels_of, steps, ref_losses, ref_batches))
+    finally:
+        torch.set_num_threads(threads)
+    assert seen == ref_batches and len(losses) == len(ref_losses) == steps
+    for a, b in zip(losses, ref_losses):
+        assert abs(a - b) <= FP32.parity * max(1.0, abs(b)), (losses, ref_losses)

@@ -87,4 +87,4 @@ def test_bad_list_values_are_one_line_errors(capsys):
         with pytest.raises(SystemExit) as exc:
             main(["run", "--protocol", "fewshot", "--method", "coop", "--data", ".", *argv])
         assert exc.value.code == 2 and message in capsys.readouterr().err
-    assert set(PROTOCOLS) == {"base2new", "fewshot", "crossdataset", "dg"}
+    assert set(PROTOCOLS) == {"base2new", "fewshot", "crossdataset", "dg", "multitask"}

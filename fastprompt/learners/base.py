@@ -253,14 +253,20 @@ class PromptLearner(nn.Module, abc.ABC):
                 self._refuse_features(images)
             return images.plain()
         if deep_prompts is None:
-            precision = self.config.frozen_image_precision
-            with torch.no_grad(), frozen_image_autocast(precision, images.device):
-                features = self.vision_tower(images)
-            if precision != "fp32":
-                features = features.to(self.vision_tower.dtype)
+            features = self.frozen_image_forward(images)
         else:
             features = self.vision_tower(images, deep_prompts)
         return features / features.norm(dim=-1, keepdim=True)
+
+    def frozen_image_forward(self, images: torch.Tensor) -> torch.Tensor:
+        """The frozen, unprompted image tower's output ``[B, E]``, **not** normalised, without
+        autograd, in ``config.frozen_image_precision`` (cast back to the tower's dtype)."""
+        precision = self.config.frozen_image_precision
+        with torch.no_grad(), frozen_image_autocast(precision, images.device):
+            features = self.vision_tower(images)
+        if precision != "fp32":
+            features = features.to(self.vision_tower.dtype)
+        return features
 
     def _refuse_features(self, images) -> None:
         """For a prompted image forward: a clear error when ``images`` are precomputed features."""

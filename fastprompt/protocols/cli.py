@@ -6,6 +6,7 @@ of ``parse_test_res.py``, in one command::
 
     fastprompt run --protocol base2new --method cocoop --data $DATA --output-dir runs
     fastprompt run --protocol fewshot --method coop --data $DATA --datasets dtd eurosat --shots 1 2 4
+    fastprompt run --protocol multitask --method softcpt --data $DATA --datasets general10 plant6 fashion20
     fastprompt results runs
 """
 from __future__ import annotations
@@ -23,7 +24,8 @@ def add_protocol_parsers(subparsers) -> None:
     from .definitions import PROTOCOL_RECIPES, PROTOCOLS
 
     run = subparsers.add_parser(
-        "run", help="run a protocol's grid (base2new, fewshot, crossdataset, dg) and write its results table",
+        "run", help="run a protocol's grid (base2new, fewshot, crossdataset, dg, multitask) and write its results "
+                    "table",
         description="Train and test a method over a protocol's datasets, seeds and shots with the recipes of the "
                     "original scripts, skipping finished runs and resuming unfinished ones, then write the results "
                     "table (mean ± std over seeds, the published numbers beside) as CSV, Markdown and PNG under "
@@ -35,10 +37,17 @@ def add_protocol_parsers(subparsers) -> None:
     run.add_argument("--datasets", nargs="+", metavar="NAME",
                      help="datasets (base2new, fewshot: default the 11; crossdataset: targets, default the 10 "
                           "others; dg: targets, default imagenetv2 imagenet-sketch imagenet-adversarial "
-                          "imagenet-rendition). ImageNet is always the crossdataset / dg source")
+                          "imagenet-rendition; multitask: default general10 plant6 fashion20). ImageNet is always "
+                          "the crossdataset / dg source")
     run.add_argument("--seeds", nargs="+", default=["1", "2", "3"], metavar="S", help="seeds (default: 1 2 3)")
     run.add_argument("--shots", nargs="+", metavar="K",
                      help="shots per class (fewshot: default 1 2 4 8 16; others: one value, default 16)")
+    run.add_argument("--variants", nargs="+", metavar="V",
+                     help="multitask only: SoftCPT variants and hard-sharing baselines to run (default: NATA NATS "
+                          "hard-shared hard-per-task hard-per-class; also CATA CSTA CATS CSTS)")
+    run.add_argument("--config", metavar="CFG",
+                     help="multitask only: the original's config (rn50_ep50 default, as its README; rn101_ep50, "
+                          "vit_b32_ep50, vit_b16_ep50)")
     run.add_argument("--output-dir", default="output", metavar="DIR", help="grid directory (default: output)")
     run.add_argument("--model", metavar="NAME", help="open_clip architecture (default: the recipe's, ViT-B-16)")
     run.add_argument("--pretrained", metavar="TAG", help="pretrained tag or file (default openai); 'none' = random")
@@ -68,7 +77,7 @@ def _check_run(args, parser) -> None:
     ``--shots``) swallowed, and check the numbers (argparse errors: one line, status 2)."""
     from ..cli_args import nonnegative_int, positive_int
 
-    for name in ("datasets", "seeds", "shots"):
+    for name in ("datasets", "seeds", "shots", "variants"):
         values = getattr(args, name)
         cut = next((i for i, v in enumerate(values or ()) if _KEY.match(v)), None)
         if cut is not None:
@@ -116,7 +125,7 @@ def _run(args) -> int:
         check_protocol(args.protocol, args.method)
         counts = run_grid(args.protocol, args.method, args.data, args.output_dir, datasets=args.datasets,
                           seeds=args.seeds, shots=args.shots, arguments=settings, opts=args.opts,
-                          progress=args.progress)
+                          progress=args.progress, variants=args.variants, config=args.config)
     except EXPECTED_ERRORS as exc:
         return report_failure("run", exc)
     if not is_launch_main():  # rank 0 alone prints and writes the results tables

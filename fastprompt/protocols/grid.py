@@ -9,6 +9,10 @@ shots_<K>/<trainer>/<config>/seed<S>``)::
     DIR/fewshot/<method>/<dataset>/shots<K>/seed<S>/    eval.json
     DIR/xd/<method>/imagenet/shots<K>/seed<S>/          the ImageNet source run of crossdataset and dg:
                                                         eval.json (ImageNet), eval_<target>_all.json
+    DIR/multitask/softcpt-<variant>/<dataset>/shots<K>/seed<S>/
+                                                        SoftCPT's multi-task runs (a variant or a
+                                                        hard-sharing baseline, ``--variants``):
+                                                        eval.json with every task's metric and their average
     DIR/results/<protocol>_<method>.{csv,md,png}        the tables (:mod:`fastprompt.protocols.tables`)
 
 Each run directory is an ordinary ``fastprompt train`` run (``fastprompt eval`` and ``--resume``
@@ -37,7 +41,8 @@ from .definitions import SOURCE, check_protocol, normalise_datasets, recipe_for
 __all__ = ["Job", "plan", "run_grid", "eval_path", "KIND"]
 
 # protocol -> the folder of its training runs (crossdataset and dg share the ImageNet runs)
-KIND = {"base2new": "base2new", "fewshot": "fewshot", "crossdataset": "xd", "dg": "xd"}
+KIND = {"base2new": "base2new", "fewshot": "fewshot", "crossdataset": "xd", "dg": "xd", "multitask": "multitask"}
+MULTITASK_PREFIX = "softcpt-"  # a multitask run's method folder: softcpt-<variant>
 
 
 @dataclasses.dataclass
@@ -52,6 +57,7 @@ class Job:
     overrides: Tuple[Tuple[str, Any], ...]
     subsample: str = "all"
     evals: Tuple[Tuple[str, str], ...] = ()  # (dataset, subsample) tested with the trained prompts
+    method: Optional[str] = None  # the run's method when not the grid's (multitask: softcpt_hard baselines)
 
 
 def eval_path(run_dir: str, dataset: str, subsample: str) -> str:
@@ -60,13 +66,19 @@ def eval_path(run_dir: str, dataset: str, subsample: str) -> str:
 
 
 def plan(protocol: str, method: str, output_dir: str, datasets: Optional[Sequence[str]] = None,
-         seeds: Sequence[int] = (1, 2, 3), shots: Optional[Sequence[int]] = None) -> List[Job]:
-    """The jobs of a grid, in the order they run (dataset, shots, seed)."""
-    from .definitions import DEFAULT_SHOTS
+         seeds: Sequence[int] = (1, 2, 3), shots: Optional[Sequence[int]] = None,
+         variants: Optional[Sequence[str]] = None, config: Optional[str] = None) -> List[Job]:
+    """The jobs of a grid, in the order they run (dataset, shots, seed; multitask: dataset, variant,
+    shots, seed). ``variants`` / ``config``: the multitask protocol's SoftCPT variants and original
+    config (defaults :data:`~.definitions.MULTITASK_VARIANTS`, ``rn50_ep50``); refused elsewhere."""
+    from .definitions import DEFAULT_SHOTS, METHOD_SHOTS
 
     check_protocol(protocol, method)
-    shots = list(shots or DEFAULT_SHOTS[protocol])
-    if protocol != "fewshot" and len(shots) != 1:
+    if protocol != "multitask" and (variants or config):
+        raise ConfigError(f"--variants / --config choose the multitask protocol's SoftCPT runs; {protocol} runs "
+                          "one recipe per method")
+    shots = list(shots or METHOD_SHOTS.get((method, protocol)) or DEFAULT_SHOTS[protocol])
+    if protocol not in ("fewshot", "multitask") and len(shots) != 1:
         raise ConfigError(f"--shots: {protocol} trains with one shot count (16 in the papers), got {shots}")
     if any(int(k) < 1 for k in shots):
         raise ConfigError(f"--shots must be >= 1, got {shots}")
@@ -74,6 +86,8 @@ def plan(protocol: str, method: str, output_dir: str, datasets: Optional[Sequenc
         raise ConfigError(f"--seeds must be integers >= 0, got {list(seeds)}")
     names = normalise_datasets(datasets, protocol)
     kind = KIND[protocol]
+    if protocol == "multitask":
+        return _multitask_jobs(output_dir, names, shots, seeds, variants, config)
     jobs = []
     trained = [SOURCE] if kind == "xd" else names
     for dataset in trained:
@@ -92,6 +106,24 @@ def plan(protocol: str, method: str, output_dir: str, datasets: Optional[Sequenc
     return jobs
 
 
+def _multitask_jobs(output_dir: str, names: Sequence[str], shots: Sequence[int], seeds: Sequence[int],
+                    variants: Optional[Sequence[str]], config: Optional[str]) -> List[Job]:
+    """SoftCPT's sweep: every dataset x variant x shots x seed, each variant with its own recipe."""
+    from .definitions import MULTITASK_CONFIG, multitask_recipe, multitask_variants
+
+    jobs = []
+    for dataset in names:
+        for variant in multitask_variants(variants):
+            rec = multitask_recipe(variant, dataset, config or MULTITASK_CONFIG)
+            for k in shots:
+                for seed in seeds:
+                    run_dir = os.path.join(output_dir, "multitask", MULTITASK_PREFIX + variant, dataset,
+                                           f"shots{k}", f"seed{seed}")
+                    jobs.append(Job(run_dir, dataset, int(k), int(seed), rec.recipe, rec.overrides,
+                                    method=rec.recipe.split("/")[0]))
+    return jobs
+
+
 def job_config(job: Job, method: str, data_root: str, arguments: Dict[str, Any], opts: Sequence[str]) -> Dict[str, Any]:
     """The resolved configuration of a job: recipe, protocol settings, the user's options and overrides."""
     settings = dict(arguments)
@@ -100,8 +132,8 @@ def job_config(job: Job, method: str, data_root: str, arguments: Dict[str, Any],
                      "OUTPUT_DIR": job.run_dir})
     for key, value in job.overrides:
         settings[key] = value
-    return resolve_config([(recipe_path(job.recipe), load_recipe(job.recipe))], method=method, arguments=settings,
-                          overrides=list(opts))
+    return resolve_config([(recipe_path(job.recipe), load_recipe(job.recipe))], method=job.method or method,
+                          arguments=settings, overrides=list(opts))
 
 
 def check_data(jobs: Sequence[Job], data_root: str) -> None:
@@ -110,8 +142,17 @@ def check_data(jobs: Sequence[Job], data_root: str) -> None:
     from ..data.load import dataset_dir_of
     from ..data.registry import resolve
 
+    from ..data.softcpt.sources import MULTITASK, SOURCES
+
     missing = []
     for name in dict.fromkeys(n for job in jobs for n in (job.dataset,) + tuple(d for d, _ in job.evals)):
+        if name in MULTITASK:  # its sources' folders (each run checks their files when it loads them)
+            absent = [SOURCES[c].folder for c in MULTITASK[name].sources
+                      if not os.path.isdir(os.path.join(data_root, SOURCES[c].folder))]
+            if absent:
+                missing.append(f"{name}: missing {', '.join(os.path.join(data_root, a) for a in absent)} "
+                               "(fastprompt data check ROOT says what each source needs)")
+            continue
         spec = resolve(name)
         folder = dataset_dir_of(spec, data_root)
         needed = [spec.split_file] if spec.split_file else []
@@ -175,11 +216,12 @@ def run_job(job: Job, cfg: Dict[str, Any], data_root: str, *, progress: bool = F
 def run_grid(protocol: str, method: str, data_root: str, output_dir: str, *, datasets: Optional[Sequence[str]] = None,
              seeds: Sequence[int] = (1, 2, 3), shots: Optional[Sequence[int]] = None,
              arguments: Optional[Dict[str, Any]] = None, opts: Sequence[str] = (), progress: bool = False,
-             callbacks: Sequence[Callable] = ()) -> Dict[str, int]:
+             callbacks: Sequence[Callable] = (), variants: Optional[Sequence[str]] = None,
+             config: Optional[str] = None) -> Dict[str, int]:
     """Run every job of the grid; returns how many were trained / resumed / skipped."""
     if not data_root or not os.path.isdir(data_root):
         raise ConfigError(f"--data {data_root!r}: no such folder (the folder holding the dataset folders)")
-    jobs = plan(protocol, method, output_dir, datasets, seeds, shots)
+    jobs = plan(protocol, method, output_dir, datasets, seeds, shots, variants, config)
     arguments = dict(arguments or {})
     # every configuration resolves and every dataset is present before the first run starts
     configs = [job_config(job, method, data_root, arguments, opts) for job in jobs]
@@ -189,7 +231,7 @@ def run_grid(protocol: str, method: str, data_root: str, output_dir: str, *, dat
     with FolderLock(output_dir, "fastprompt run") if distributed.is_launch_main() else contextlib.nullcontext():
         for i, (job, cfg) in enumerate(zip(jobs, configs), 1):
             _say(f"[{i}/{len(jobs)}] {method} {protocol}: {job.dataset}, {job.shots} shots, seed {job.seed} "
-                 f"({job.recipe})")
+                 f"({job.recipe}{''.join(f' {k} {v}' for k, v in job.overrides) if job.method else ''})")
             done = run_job(job, cfg, data_root, progress=progress, callbacks=callbacks,
                            device=str(arguments.get("TRAIN.DEVICE", "")))
             counts[done] = counts.get(done, 0) + 1

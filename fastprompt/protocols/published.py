@@ -8,7 +8,9 @@ numbers that share one source:
 * ``checked`` — ``true`` only when every number of the block was compared with that source (the
   file's header says when and how); ``false`` marks a number that still has to be checked;
 * ``rows`` — ``<CoOp dataset folder or "average">: {<column>: accuracy %}``; the columns are
-  ``base`` / ``novel`` / ``hm``, the shot counts, or ``accuracy``;
+  ``base`` / ``novel`` / ``hm``, the shot counts, or ``accuracy``. The ``multitask`` protocol's rows
+  are ``<multi-task dataset>/<SoftCPT variant>`` (``general10/NATA``) and its columns the shot counts
+  and ``avg`` (their mean, which the loader recomputes);
 * ``hm_of`` (base-to-novel blocks with an average HM) — how the source defines its average HM:
   ``averages`` (the HM of the average Base and the average Novel, CoCoOp Table 1) or ``datasets``
   (the mean of the per-dataset HMs); fastprompt's average row is computed the same way;
@@ -30,7 +32,7 @@ from typing import Any, Dict, Optional, Tuple
 
 from ..errors import ConfigError
 from ..train.config import read_yaml
-from .definitions import DATASETS_11, DEFAULT_SHOTS, DG_TARGETS, PROTOCOLS, XD_TARGETS
+from .definitions import DATASETS_11, DEFAULT_SHOTS, DG_TARGETS, MULTITASK_DATASETS, PROTOCOLS, XD_TARGETS
 
 __all__ = ["PUBLISHED_DIR", "HM_OF", "Block", "Published", "published", "load_published", "standard_coverage"]
 
@@ -98,7 +100,27 @@ class Published:
 
 
 def _columns(protocol: str) -> Tuple[str, ...]:
+    if protocol == "multitask":
+        return tuple(str(k) for k in DEFAULT_SHOTS["multitask"]) + ("avg",)
     return _COLUMNS.get(protocol) or tuple(str(k) for k in DEFAULT_SHOTS["fewshot"])
+
+
+def _rows(protocol: str) -> frozenset:
+    if protocol == "multitask":
+        from ..train.softcpt_variants import VARIANTS
+
+        return frozenset(f"{d}/{v}" for d in MULTITASK_DATASETS for v in VARIANTS)
+    return _ROWS
+
+
+def _check_shot_average(block: Block, fail) -> None:
+    """A multitask row's ``avg`` is the mean of its five shot columns, up to the printed rounding."""
+    shots = [str(k) for k in DEFAULT_SHOTS["multitask"]]
+    for row, cells in block.rows.items():
+        if "avg" in cells and all(k in cells for k in shots):
+            expected = sum(cells[k] for k in shots) / len(shots)
+            if abs(expected - cells["avg"]) > _ROUNDING:
+                raise fail(f"row {row!r}: avg {cells['avg']} is not the mean of its shot columns ({expected:.2f})")
 
 
 def _block(path: str, protocol: str, index: int, raw: Any) -> Block:
@@ -133,10 +155,12 @@ def _block(path: str, protocol: str, index: int, raw: Any) -> Block:
     if not isinstance(rows, dict) or not rows:
         raise fail("'rows' must map datasets (or 'average') to {column: accuracy}")
     columns = _columns(protocol)
+    known_rows = _rows(protocol)
     parsed: Dict[str, Dict[str, float]] = {}
     for row, cells in rows.items():
-        if row not in _ROWS:
-            raise fail(f"row {row!r} is not a CoOp dataset folder or 'average' (known: {', '.join(sorted(_ROWS))})")
+        if row not in known_rows:
+            what = "'<dataset>/<SoftCPT variant>'" if protocol == "multitask" else "a CoOp dataset folder or 'average'"
+            raise fail(f"row {row!r} is not {what} (known: {', '.join(sorted(known_rows))})")
         if not isinstance(cells, dict) or not cells:
             raise fail(f"row {row!r} must map columns ({', '.join(columns)}) to accuracies")
         parsed[row] = {}
@@ -160,6 +184,8 @@ def _block(path: str, protocol: str, index: int, raw: Any) -> Block:
         over = tuple(over)
     block = Block(source.strip(), checked, parsed, hm_of, over, role == "compared", note.strip())
     _check_average(block, protocol, fail)
+    if protocol == "multitask":
+        _check_shot_average(block, fail)
     return block
 
 

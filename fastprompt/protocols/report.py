@@ -7,8 +7,8 @@ whether the row's published numbers were checked against that source; empty with
 Markdown: ``mean ± std`` cells, the published numbers in ``(published)`` columns, a published number
 not checked against its source marked ``†``; underneath, every published block of the method with
 its source, its rows and whether it was checked, then the notes. PNG: the table as a bar chart (line
-chart for few-shot) with the published numbers as markers; it needs matplotlib and is skipped with
-a note when matplotlib is not installed.
+chart against the shots for few-shot and multi-task) with the published numbers as markers; it needs
+matplotlib and is skipped with a note when matplotlib is not installed.
 """
 from __future__ import annotations
 
@@ -84,7 +84,7 @@ def _block_line(block: Block, columns: Dict[str, str]) -> str:
 def table_markdown(table: Table) -> str:
     titles = [t for _, t in table.columns]
     has_pub = any(r.published for r in table.rows)
-    head = ["Dataset"] + titles + ([f"{t} (published)" for t in titles] if has_pub else []) + ["Seeds"]
+    head = [table.row_title] + titles + ([f"{t} (published)" for t in titles] if has_pub else []) + ["Seeds"]
     lines = [f"## {table.title}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in table.rows:
         cells = [_cell_text(row.cells.get(c)) for c, _ in table.columns]
@@ -112,13 +112,14 @@ def plot_table(table: Table, path: str) -> bool:
     except ImportError:
         return False
     fig, ax = plt.subplots(figsize=(max(5.0, 1.1 * len(table.rows) + 2), 3.8))
-    if table.protocol == "fewshot":
-        xs = [int(c) for c, _ in table.columns]
+    if table.protocol in ("fewshot", "multitask"):  # accuracy against K (the shot columns; not "avg")
+        shot_cols = [c for c, _ in table.columns if c.isdigit()]
+        xs = [int(c) for c in shot_cols]
         for row in table.rows:
-            pts = [(int(c), row.cells[c].mean) for c, _ in table.columns if c in row.cells]
+            pts = [(int(c), row.cells[c].mean) for c in shot_cols if c in row.cells]
             style = dict(linewidth=2.5, color="black") if row.key == "average" else dict(linewidth=1)
             ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=row.label, **style)
-            pub = [(int(c), row.published[c]) for c, _ in table.columns if c in row.published]
+            pub = [(int(c), row.published[c]) for c in shot_cols if c in row.published]
             if pub:
                 ax.plot([p[0] for p in pub], [p[1] for p in pub], "k--", marker="x", label=f"{row.label} (published)")
         ax.set(xscale="log", xticks=xs, xlabel="shots per class")

@@ -33,15 +33,43 @@ class RunResult:
     accuracy: float      # the run's own test (base classes for base2new)
     evals: Dict[Tuple[str, str], float]  # (dataset, subsample) -> accuracy of the prompts there
     run_dir: str
+    # A multi-task run (SoftCPT): each task's own metric (``overall_acc`` / ``mean_acc``, in %) by task
+    # name in task order, and their unweighted mean, the original's reported number; else empty / None.
+    tasks: Dict[str, float] = dataclasses.field(default_factory=dict)
+    task_average: Optional[float] = None
+
+
+def _read(path: str) -> dict:
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _number(value) -> Optional[float]:
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
 
 
 def _accuracy(path: str) -> Optional[float]:
-    try:
-        with open(path, encoding="utf-8") as f:
-            value = json.load(f).get("accuracy")
-    except (OSError, ValueError, AttributeError):
-        return None
-    return float(value) if isinstance(value, (int, float)) else None
+    return _number(_read(path).get("accuracy"))
+
+
+def _task_metrics(data: dict) -> Tuple[Dict[str, float], Optional[float]]:
+    """``(task name -> value, task_average)`` of a multi-task ``eval.json``
+    (:func:`fastprompt.train.task_eval.task_metrics`); ``({}, None)`` for a single-task run."""
+    average = _number(data.get("task_average"))
+    entries = data.get("tasks")
+    if average is None or not isinstance(entries, list):
+        return {}, None
+    tasks = {}
+    for entry in entries:
+        value = _number(entry.get("value")) if isinstance(entry, dict) else None
+        if value is None or not isinstance(entry.get("task"), str):
+            return {}, None  # not the format task_metrics writes: not a multi-task result
+        tasks[entry["task"]] = value
+    return tasks, average
 
 
 def _subdirs(path: str) -> List[str]:
@@ -54,9 +82,11 @@ def _subdirs(path: str) -> List[str]:
 def _read_run(kind: str, method: str, dataset: str, shots: int, seed: int, run_dir: str) -> Optional[RunResult]:
     if run_status(run_dir) != "finished":
         return None
-    accuracy = _accuracy(os.path.join(run_dir, "eval.json"))
+    data = _read(os.path.join(run_dir, "eval.json"))
+    accuracy = _number(data.get("accuracy"))
     if accuracy is None:
         return None
+    tasks, task_average = _task_metrics(data)
     prompts = os.path.join(run_dir, "prompt.safetensors")
     stamp = os.path.getmtime(prompts) if os.path.isfile(prompts) else float("inf")
     evals = {}
@@ -67,17 +97,18 @@ def _read_run(kind: str, method: str, dataset: str, shots: int, seed: int, run_d
             value = _accuracy(path)
             if value is not None:
                 evals[(m.group(1), m.group(2))] = value
-    return RunResult(kind, method, dataset, shots, seed, accuracy, evals, run_dir)
+    return RunResult(kind, method, dataset, shots, seed, accuracy, evals, run_dir, tasks, task_average)
 
 
 def collect_runs(output_dir: str, kind: Optional[str] = None, method: Optional[str] = None) -> List[RunResult]:
     """Every finished run under ``output_dir`` (optionally of one kind / method), in path order."""
     out = []
     for k in _subdirs(output_dir):
-        if k not in ("base2new", "fewshot", "xd") or (kind and k != kind):
+        if k not in ("base2new", "fewshot", "xd", "multitask") or (kind and k != kind):
             continue
         for m in _subdirs(os.path.join(output_dir, k)):
-            if method and m != method:
+            # a multitask run's folder is softcpt-<variant>: the method softcpt selects them all
+            if method and m != method and not (k == "multitask" and m.startswith(method + "-")):
                 continue
             for dataset in _subdirs(os.path.join(output_dir, k, m)):
                 for shots_dir in _subdirs(os.path.join(output_dir, k, m, dataset)):

@@ -7,7 +7,12 @@
   and fastprompt's default when nothing is published) or the mean of the per-dataset HMs (PRE);
 * few-shot (CoOp, IJCV 2022, Fig. 3): per dataset, accuracy for each K (1, 2, 4, 8, 16 shots);
 * cross-dataset (CoCoOp Table 2): the ImageNet source, each target, the average over the targets;
-* domain generalisation (CoCoOp Table 3): ImageNet, then -V2, -Sketch, -A, -R and their average.
+* domain generalisation (CoCoOp Table 3): ImageNet, then -V2, -Sketch, -A, -R and their average;
+* SoftCPT's multi-task few-shot learning (kding1225/softcpt README, results table): per multi-task
+  dataset, one row per variant (SoftCPT-NATA, ... and the hard-sharing baselines), the average over
+  the dataset's tasks of each task's own metric for each K and their mean over K ("Avg."), the
+  published rows beside; and per variant and dataset, every task's metric for each K with the task
+  average as the last row (per-task numbers are not published: nothing is beside them).
 
 Means and standard deviations over seeds are ``np.mean`` / ``np.std`` (population std), as CoOp's
 ``parse_test_res.py`` computes them (KaiyangZhou/CoOp). Each row carries the published numbers of
@@ -21,7 +26,8 @@ import dataclasses
 import math
 from typing import Dict, List, Optional, Sequence, Tuple
 
-from .definitions import DATASETS_11, DG_TARGETS, SOURCE, XD_TARGETS
+from ..train.softcpt_variants import VARIANTS
+from .definitions import DATASETS_11, DEFAULT_SHOTS, DG_TARGETS, MULTITASK_DATASETS, SOURCE, XD_TARGETS
 from .published import Block, published
 from .results import RunResult
 
@@ -31,11 +37,20 @@ DISPLAY = {"imagenet": "ImageNet", "caltech-101": "Caltech101", "oxford_pets": "
            "stanford_cars": "StanfordCars", "oxford_flowers": "Flowers102", "food-101": "Food101",
            "fgvc_aircraft": "FGVCAircraft", "sun397": "SUN397", "dtd": "DTD", "eurosat": "EuroSAT",
            "ucf101": "UCF101", "imagenetv2": "ImageNet-V2", "imagenet-sketch": "ImageNet-Sketch",
-           "imagenet-adversarial": "ImageNet-A", "imagenet-rendition": "ImageNet-R", "average": "Average"}
+           "imagenet-adversarial": "ImageNet-A", "imagenet-rendition": "ImageNet-R", "average": "Average",
+           "general10": "General-10", "plant6": "Plant-6", "fashion20": "Fashion-20",
+           "NATA": "SoftCPT-NATA", "NATS": "SoftCPT-NATS", "CATA": "SoftCPT-CATA", "CSTA": "SoftCPT-CSTA",
+           "CATS": "SoftCPT-CATS", "CSTS": "SoftCPT-CSTS", "hard-shared": "one prompt for all tasks (CoOp-MT)",
+           "hard-per-task": "one prompt per task (joint)", "hard-per-class": "one prompt per class (joint)"}
 _ORDER = {name: i for i, name in enumerate(DATASETS_11 + DG_TARGETS)}
 TITLES = {"base2new": "Base-to-novel generalization", "fewshot": "Few-shot learning",
           "crossdataset": "Cross-dataset transfer (ImageNet source)",
-          "dg": "Domain generalization (ImageNet source)"}
+          "dg": "Domain generalization (ImageNet source)", "multitask": "Multi-task few-shot learning"}
+
+
+# the multitask tables' row order: datasets and variants as the protocol lists them
+MULTITASK_ORDER = {name: i for i, name in enumerate(MULTITASK_DATASETS)}
+VARIANT_ORDER = {name: i for i, name in enumerate(VARIANTS)}
 
 
 def harmonic_mean(a: float, b: float) -> float:
@@ -84,11 +99,13 @@ class Table:
     blocks: List[Block] = dataclasses.field(default_factory=list)  # the method's published blocks here
     notes: List[str] = dataclasses.field(default_factory=list)
     heading: Optional[str] = None               # a title other than the protocol's (pretraining transfer)
+    tag: Optional[str] = None                   # appended to the name (multitask: dataset, "tasks")
+    row_title: str = "Dataset"                  # what a row is (multitask: a method, or a task)
 
     @property
     def name(self) -> str:
         suffix = "" if self.shots in (None, 16) else f"_{self.shots}shots"
-        return f"{self.protocol}_{self.method}{suffix}"
+        return f"{self.protocol}_{self.method}{suffix}" + (f"_{self.tag}" if self.tag else "")
 
     @property
     def title(self) -> str:
@@ -227,9 +244,84 @@ def _transfer(protocol: str, method: str, shots: int, runs: List[RunResult]) -> 
     return table
 
 
+def _shot_columns(shots) -> List[Tuple[str, str]]:
+    return [(str(k), f"{k} shot{'s' if k > 1 else ''}") for k in sorted(shots)]
+
+
+def _shot_average(cells: Dict[str, Cell], shots: Sequence[str]) -> Optional[Cell]:
+    """The mean over the shot columns' means ("Avg."; no std: a mean of means); None unless the row
+    has every shot column."""
+    if not shots or not all(k in cells for k in shots):
+        return None
+    return Cell(sum(cells[k].mean for k in shots) / len(shots))
+
+
+def _multitask(runs: List[RunResult]) -> List[Table]:
+    """The summary table of each multi-task dataset (variants x K) and each variant's per-task table."""
+    from .grid import MULTITASK_PREFIX
+    from .published import published
+
+    pub = published("softcpt", "multitask")
+    per: Dict[str, Dict[str, Dict[str, Dict[int, float]]]] = {}       # dataset -> variant -> K -> seed -> avg
+    tasks: Dict[Tuple[str, str], Dict[str, Dict[str, Dict[int, float]]]] = {}  # (dataset, variant) -> task -> K
+    for r in runs:
+        if r.task_average is None or not r.method.startswith(MULTITASK_PREFIX):
+            continue
+        variant = r.method[len(MULTITASK_PREFIX):]
+        per.setdefault(r.dataset, {}).setdefault(variant, {}).setdefault(str(r.shots), {})[r.seed] = r.task_average
+        for task, value in r.tasks.items():
+            tasks.setdefault((r.dataset, variant), {}).setdefault(task, {}).setdefault(str(r.shots), {})[r.seed] = value
+    out: List[Table] = []
+    for dataset in sorted(per, key=lambda d: (MULTITASK_ORDER.get(d, len(MULTITASK_ORDER)), d)):
+        variants = per[dataset]
+        shots = _shot_columns({int(k) for v in variants.values() for k in v})
+        keys = [c for c, _ in shots]
+        # Avg. only over the paper's five shot counts: a mean over others would sit beside its Avg. unlike it
+        full = keys == [str(k) for k in DEFAULT_SHOTS["multitask"]]
+        rows = []
+        for variant in sorted(variants, key=lambda v: (VARIANT_ORDER.get(v, len(VARIANT_ORDER)), v)):
+            cells = {k: Cell.of(v) for k, v in variants[variant].items()}
+            avg = _shot_average(cells, keys) if full else None
+            if avg is not None:
+                cells["avg"] = avg
+            row = Row(variant, cells, {})
+            block = pub.block_of(f"{dataset}/{variant}") if pub else None
+            if block is not None:
+                row.published = {c: block.rows[f"{dataset}/{variant}"][c] for c in keys + ["avg"] * full
+                                 if c in block.rows[f"{dataset}/{variant}"]}
+                row.published_from = block if row.published else None
+            rows.append(row)
+        blocks = [b for b in (pub.blocks if pub else ()) if any(r.startswith(dataset + "/") for r in b.rows)]
+        missing = [DISPLAY.get(r.key, r.key) for r in rows if not r.published]
+        notes = [f"Each cell: the average over {DISPLAY.get(dataset, dataset)}'s tasks of each task's own metric "
+                 "(overall or mean per-class accuracy, as the original's ClassificationMT), mean ± std over seeds"
+                 + ("; Avg.: the mean over the shot columns." if full else
+                    "; no Avg. column: it is the mean over 1, 2, 4, 8 and 16 shots, and the table has other shots.")]
+        if missing:
+            notes.append(f"No published numbers for {', '.join(missing)}: unverified, left empty.")
+        out.append(Table("multitask", "softcpt", None, shots + [("avg", "Avg.")] * full, rows, blocks=blocks,
+                         notes=notes,
+                         heading=f"{TITLES['multitask']}: {DISPLAY.get(dataset, dataset)}, average over tasks",
+                         tag=dataset, row_title="Method"))
+        for variant in [r.key for r in rows]:
+            per_task = tasks.get((dataset, variant), {})
+            task_rows = [Row(t, {k: Cell.of(v) for k, v in per_task[t].items()}, {}) for t in per_task]
+            task_rows.append(Row("average", {k: Cell.of(v) for k, v in variants[variant].items()}, {}))
+            out.append(Table("multitask", MULTITASK_PREFIX + variant, None, shots, task_rows,
+                             notes=["Per task: the task's own metric; Average: the mean over the tasks (the "
+                                    "original's reported number). No per-task numbers are published "
+                                    "(kding1225/softcpt gives the averages only): nothing is beside them."],
+                             heading=f"{TITLES['multitask']}: {DISPLAY.get(variant, variant)} on "
+                                     f"{DISPLAY.get(dataset, dataset)}, per task", tag=f"{dataset}_tasks",
+                             row_title="Task"))
+    return out
+
+
 def build_tables(runs: Sequence[RunResult], protocols: Optional[Sequence[str]] = None) -> List[Table]:
     """Every table the runs make (per protocol, method and shot count), optionally of some protocols only."""
     groups: Dict[Tuple[str, str, Optional[int]], List[RunResult]] = {}
+    multitask = [r for r in runs if r.kind == "multitask"]
+    runs = [r for r in runs if r.kind != "multitask"]
     for r in runs:
         groups.setdefault((r.kind, r.method, None if r.kind == "fewshot" else r.shots), []).append(r)
     tables: List[Table] = []
@@ -241,4 +333,6 @@ def build_tables(runs: Sequence[RunResult], protocols: Optional[Sequence[str]] =
         else:
             made = [_transfer(p, method, shots, members) for p in ("crossdataset", "dg")]
         tables += [t for t in made if t is not None and t.rows and (not protocols or t.protocol in protocols)]
+    if multitask and (not protocols or "multitask" in protocols):
+        tables += _multitask(multitask)
     return tables

@@ -10,9 +10,11 @@ muzairkhattak/multimodal-prompt-learning @ 69bce21 ``clip/model.py`` (deep visio
 """
 from .cocoop import ReferenceCoCoOp, ReferenceCoCoOpPromptLearner
 from .coop import ReferenceCoOp, ReferenceCoOpPromptLearner
+from .dept import ReferenceDePTCoCoOp, ReferenceDePTCoOp, ReferenceDePTKgCoOp, ReferenceDePTMaPLe
 from .kgcoop import ReferenceKgCoOp, ReferenceKgCoOpPromptLearner
 from .maple import ReferenceMaPLe, ReferenceMaPLePromptLearner
 from .pomp import ReferencePOMP, ReferencePOMPPromptLearner
+from .prograd import ReferenceProGrad, ReferenceProGradPromptLearner
 from .pre import ReferencePRE, ReferencePREPromptLearner
 from .promptsrc import ReferencePromptSRC, ReferenceVLPromptLearner
 from .rpp import ReferenceRPP, ReferenceRPPPromptLearner
@@ -29,4 +31,6 @@ __all__ = [
     "ReferenceVPT", "ReferenceKgCoOp", "ReferenceKgCoOpPromptLearner", "ReferencePRE",
     "ReferencePREPromptLearner", "ReferenceSoftCPT", "ReferencePOMP", "ReferencePOMPPromptLearner",
     "ReferenceRPP", "ReferenceRPPPromptLearner", "ReferenceTCP", "ReferenceTCPPromptLearner",
+    "ReferenceRPP", "ReferenceRPPPromptLearner", "ReferenceProGrad", "ReferenceProGradPromptLearner",
+    "ReferenceDePTCoOp", "ReferenceDePTKgCoOp", "ReferenceDePTCoCoOp", "ReferenceDePTMaPLe",
 ]

@@ -35,8 +35,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .prompt_common import default_tokenizer, init_context, register_class_prompts
-from .deep import ReferenceMaPLeImageEncoder, ReferenceMaPLeTextEncoder
-from .text_encoder import text_tower
+from .deep import ReferenceMaPLeImageEncoder
+from .hf_text import maple_text_encoder, prompt_holder
 
 __all__ = ["ReferenceMaPLePromptLearner", "ReferenceMaPLe"]
 
@@ -53,7 +53,7 @@ class ReferenceMaPLePromptLearner(nn.Module):
         super().__init__()
         if prompt_depth < 1:
             raise ValueError(f"prompt_depth must be >= 1 for MaPLe, got {prompt_depth}")
-        holder = text_tower(model)
+        holder = prompt_holder(model)  # open_clip's text tower, or a Hugging Face one's word embeddings
         tokenizer = default_tokenizer(model) if tokenizer is None else tokenizer
         n_cls = len(classnames)
         ctx_dim = holder.ln_final.weight.shape[0]
@@ -112,7 +112,7 @@ class ReferenceMaPLe(nn.Module):
                                                           prompt_depth=prompt_depth, tokenizer=tokenizer)
         self.image_encoder = ReferenceMaPLeImageEncoder(model.visual, n_ctx)
         # the deeper text prompts replace the context rows, which follow the prompts' prefix rows
-        self.text_encoder = ReferenceMaPLeTextEncoder(model, n_ctx, start=self.prompt_learner.token_prefix.shape[1])
+        self.text_encoder = maple_text_encoder(model, n_ctx, start=self.prompt_learner.token_prefix.shape[1])
         self.logit_scale = model.logit_scale
         self.dtype = self.text_encoder.dtype
 

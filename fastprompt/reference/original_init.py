@@ -17,9 +17,11 @@ structure and creation order (construction only: the modules have no forward), a
   exactly as plain CLIP);
 * then each method's prompt learner in its order and dtypes (``PREC`` fp16 draws the context as
   fp16 on the CPU; ``.half()`` casts after fp32 draws), and every further module the original
-  builds (KgCoOp's and PromptSRC's extra CLIPs, KgCoOp's unused ``bias_vectors``/meta-net/adapter;
-  TCP's class-embedding CLIP between its context and its meta-net, htyao89/Textual-based_Class-aware_
-  prompt_tuning @ bd97bec ``trainers/tcp.py``).
+  builds (KgCoOp's, PromptSRC's and ProGrad's extra CLIPs, KgCoOp's unused ``bias_vectors``/meta-net/adapter).
+  ProGrad (BeierZhu/Prompt-align ``trainers/prograd.py``): its CLIP, then the zero-shot ``CLIP``'s
+  own, then the context (zero rows + the template's words: no draw; or N(0, 0.02)).
+  TCP (htyao89/Textual-based_Class-aware_prompt_tuning @ bd97bec ``trainers/tcp.py``): its CLIP, the
+  context, the class-embedding CLIP, then the meta-net (cast to fp16).
 
 The sizes are read from the open_clip model's state dict the way the originals' ``build_model``
 reads OpenAI's. :func:`original_init_reference` returns the original's trainable tensors under the
@@ -33,14 +35,17 @@ import copy
 import math
 import warnings
 from collections import OrderedDict
-from typing import Dict, Optional, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
 
-__all__ = ["original_init_reference", "replay_settings", "ORIGINAL_METHODS", "PRECISIONS"]
+__all__ = ["original_init_reference", "replay_settings", "ORIGINAL_METHODS", "PRECISIONS", "hard_task_sizes",
+           "hard_context_names"]
 
-ORIGINAL_METHODS = ("coop", "cocoop", "kgcoop", "maple", "vpt", "promptsrc", "pre", "softcpt", "pomp", "tcp")
+ORIGINAL_METHODS = ("coop", "cocoop", "kgcoop", "maple", "vpt", "promptsrc", "pre", "softcpt", "pomp", "prograd")
+ORIGINAL_METHODS += ("softcpt_hard",)  # kding1225/softcpt trainers/mtcoop_hard.py (MTCoOpHard)
+ORIGINAL_METHODS += ("tcp",)  # htyao89/Textual-based_Class-aware_prompt_tuning trainers/tcp.py
 PRECISIONS = ("fp16", "fp32", "amp")
 #: KgCoOp writes 512 for its (unused) bias_vectors, meta-net and adapter whatever the backbone
 #: (htyao89/KgCoOp ``trainers/kgcoop.py``): the original's number, not a model size.
@@ -251,6 +256,18 @@ def _context(model, tokenizer, cfg_ctx_init: str, n_ctx: int, dtype, rows: Optio
     return nn.Parameter(ctx_vectors)
 
 
+def _prograd_context(model, tokenizer, cfg, dtype, rows: Optional[int]) -> nn.Parameter:
+    """ProGrad's context: ``zeros(n_ctx, D)`` with its last rows the template phrase's first word-count
+    token embeddings, or CoOp's random draw."""
+    if not cfg.ctx_init:
+        return _context(model, tokenizer, "", cfg.n_ctx, dtype, rows)
+    phrase = cfg.resolved_template().replace(" {}.", "").replace("_", " ")
+    n = len(phrase.split(" "))
+    ctx_vectors = torch.zeros(cfg.n_ctx, model.ln_final.weight.shape[0], dtype=dtype)
+    ctx_vectors[cfg.n_ctx - n:, :] = _word_context(model, tokenizer, phrase, n, dtype)
+    return nn.Parameter(ctx_vectors)
+
+
 class _PromptEncoder(nn.Module):
     """PRE's ``PromptEncoder`` (minhanh151/PRE ``trainers/pre.py``), construction only."""
 
@@ -270,9 +287,42 @@ class _PromptEncoder(nn.Module):
             self.module = nn.Sequential(*(layers + layers if kind == "MLP2" else layers))
 
 
-def _coop_family(method, clip, model, tokenizer, cfg, dtype, n_classes, n_tasks) -> nn.Module:
-    """CoOp, CoCoOp, KgCoOp, PRE, POMP, SoftCPT, TCP: the learner after a plain CLIP."""
+def hard_task_sizes(cfg, n_classes: int, n_tasks: int, task_classes: Optional[Sequence[int]]) -> List[Optional[int]]:
+    """MTCoOpHard's context draws, in order: the leading dimension of each (None: ``[n_ctx, D]``).
+
+    kding1225/softcpt ``trainers/mtcoop_hard.py`` ``CustomCLIP``: with ``TSC`` one ``PromptLearner``
+    per task, in task order, each drawing its own context (``[n_t, n_ctx, D]`` with ``CSC``, else
+    ``[n_ctx, D]``); without, one ``PromptLearner`` over the classes of all tasks. ``CTX_INIT`` words
+    draw nothing. ``task_classes``: each task's class count, needed only for ``TSC`` with ``CSC``.
+    """
+    csc = cfg.csc and not cfg.ctx_init
+    if not cfg.task_specific:
+        return [n_classes if csc else None]
+    if not csc:
+        return [None] * n_tasks
+    if task_classes is None or len(task_classes) != n_tasks or sum(task_classes) != n_classes:
+        raise ValueError(f"the original MTCoOpHard with TSC and CSC draws one context per task of its classes: "
+                         f"task_classes must give the {n_tasks} tasks' class counts (summing to {n_classes}), "
+                         f"got {task_classes!r}")
+    return [int(n) for n in task_classes]
+
+
+def hard_context_names(sizes: List[Optional[int]], task_specific: bool) -> List[str]:
+    """The original names of MTCoOpHard's contexts, one per draw of :func:`hard_task_sizes`."""
+    return [f"prompt_learner.learners.{t}.ctx" for t in range(len(sizes))] if task_specific else ["prompt_learner.ctx"]
+
+
+def _coop_family(method, clip, model, tokenizer, cfg, dtype, n_classes, n_tasks, task_classes=None) -> nn.Module:
+    """CoOp, CoCoOp, KgCoOp, PRE, POMP, SoftCPT, MTCoOpHard, TCP: the learner after a plain CLIP."""
     width, vis_dim = model.ln_final.weight.shape[0], clip.visual.output_dim
+    if method == "softcpt_hard":
+        sizes = hard_task_sizes(cfg, n_classes, n_tasks, task_classes)
+        names = hard_context_names(sizes, cfg.task_specific)
+        ctx = {name: _context(model, tokenizer, cfg.ctx_init, cfg.n_ctx, dtype, rows)
+               for name, rows in zip(names, sizes)}
+        if cfg.task_specific:
+            return _Holder(prompt_learner=_Holder(learners=nn.ModuleList([_Holder(ctx=c) for c in ctx.values()])))
+        return _Holder(prompt_learner=_Holder(ctx=ctx["prompt_learner.ctx"]))
     if method == "softcpt":
         # The per-task PromptLearners come first and hold no parameters.
         task = _Holder(ctx=_context(model, tokenizer, cfg.task_ctx_init, cfg.task_n_ctx, dtype,
@@ -340,14 +390,15 @@ def _trainable(method: str, holder: nn.Module) -> Dict[str, torch.Tensor]:
 
 
 def original_init_reference(method: str, model: nn.Module, *, seed: int, precision: str, n_classes: int,
-                            n_tasks: int = 1, tokenizer=None, **settings) -> Tuple[Dict[str, torch.Tensor],
-                                                                                   torch.Tensor]:
+                            n_tasks: int = 1, tokenizer=None, task_classes: Optional[Sequence[int]] = None,
+                            **settings) -> Tuple[Dict[str, torch.Tensor], torch.Tensor]:
     """``(state, rng_state)``: the original's initial trainable tensors and torch's generator after its build.
 
     ``method``: one of :data:`ORIGINAL_METHODS`; ``model``: the open_clip CLIP whose sizes (and,
     for a context from words, token embeddings) the original would load; ``seed``: the original's
     ``SEED``; ``precision``: its ``TRAINER.<SECTION>.PREC`` (fp16 makes the context an fp16 draw);
     ``n_classes``: classes of the run (class-specific context); ``n_tasks``: SoftCPT's tasks;
+    ``task_classes``: each task's class count (MTCoOpHard with TSC and CSC: :func:`hard_task_sizes`);
     ``settings``: the fastprompt learner's keyword arguments (its config class checks them).
 
     ``state`` maps the original's parameter names (``prompt_learner.ctx``,
@@ -358,9 +409,9 @@ def original_init_reference(method: str, model: nn.Module, *, seed: int, precisi
     cfg, dtype, dims = _check(method, model, precision, settings)
     tokenizer = tokenizer if tokenizer is not None else _default_tokenizer(model)
     torch.manual_seed(seed)
-    if method in ("coop", "cocoop", "kgcoop", "pre", "pomp", "softcpt", "tcp"):
+    if method in ("coop", "cocoop", "kgcoop", "pre", "pomp", "softcpt", "softcpt_hard", "tcp"):
         clip = _CLIP(dims)
-        holder = _coop_family(method, clip, model, tokenizer, cfg, dtype, n_classes, n_tasks)
+        holder = _coop_family(method, clip, model, tokenizer, cfg, dtype, n_classes, n_tasks, task_classes)
     elif method == "maple":
         clip = _CLIP(dims)  # the MaPLe design adds no parameter to CLIP
         ctx = _context(model, tokenizer, cfg.ctx_init if cfg.n_ctx <= 4 else "", cfg.n_ctx, dtype, word_count=False)
@@ -373,6 +424,11 @@ def original_init_reference(method: str, model: nn.Module, *, seed: int, precisi
         learner = _Holder(proj=proj, ctx=ctx, compound_prompts_text=prompts, compound_prompt_projections=nn.ModuleList(
             [copy.deepcopy(single_layer) for _ in range(cfg.prompt_depth - 1)]))
         holder = _Holder(prompt_learner=learner, image_encoder=clip.visual)
+    elif method == "prograd":
+        _CLIP(dims)  # clip_model = load_clip_to_cpu(cfg)
+        _CLIP(dims)  # zs_clip = CLIP(cfg, classnames): its own load_clip_to_cpu
+        ctx = _prograd_context(model, tokenizer, cfg, dtype, n_classes if cfg.csc and not cfg.ctx_init else None)
+        holder = _Holder(prompt_learner=_Holder(ctx=ctx))
     elif method == "vpt":
         clip = _CLIP(dims, (cfg.prompt_depth, cfg.n_ctx, 0, 0))
         holder = _Holder(image_encoder=clip.visual, text_encoder=_Holder(transformer=clip.transformer))

@@ -41,8 +41,8 @@ import torch.nn.functional as F
 from ..learners.prompts import text_start
 from ..templates import IMAGENET_TEMPLATES
 from .prompt_common import default_tokenizer, init_context, register_class_prompts, tokenize_each
-from .deep import ReferenceIVLPImageEncoder, ReferenceIVLPTextEncoder
-from .text_encoder import text_tower
+from .deep import ReferenceIVLPImageEncoder
+from .hf_text import ivlp_text_encoder, prompt_holder
 
 __all__ = ["ReferenceVLPromptLearner", "ReferencePromptSRC"]
 
@@ -54,7 +54,7 @@ class ReferenceVLPromptLearner(nn.Module):
                  templates: Sequence[str] = IMAGENET_TEMPLATES, tokenizer: Optional[Callable] = None,
                  fixed_embeddings: Optional[torch.Tensor] = None):
         super().__init__()
-        holder = text_tower(model)
+        holder = prompt_holder(model)  # open_clip's text tower, or a Hugging Face one's word embeddings
         tokenizer = default_tokenizer(model) if tokenizer is None else tokenizer
         n_cls = len(classnames)
         device = holder.token_embedding.weight.device
@@ -75,7 +75,8 @@ class ReferenceVLPromptLearner(nn.Module):
             with torch.no_grad():
                 for single_template in templates:
                     x = [single_template.replace("{}", name) for name in names]
-                    text_features = model.encode_text(tokenize_each(tokenizer, x).to(device))
+                    # unnormalised, as OpenAI CLIP's encode_text (CoCa's normalises unless told not to)
+                    text_features = model.encode_text(tokenize_each(tokenizer, x).to(device), normalize=False)
                     all_teacher_features.append(text_features.unsqueeze(1))
             fixed_embeddings = torch.cat(all_teacher_features, dim=1).mean(dim=1)
         # a plain attribute in the original (not in the state dict); a buffer so it follows .to()
@@ -113,7 +114,7 @@ class ReferencePromptSRC(nn.Module):
         self.image_encoder = ReferenceIVLPImageEncoder(model.visual, n_ctx_vision, prompt_depth_vision)
         # the deeper text prompts replace the context rows, which start where the tokenizer puts text
         start = text_start(default_tokenizer(model) if tokenizer is None else tokenizer)
-        self.text_encoder = ReferenceIVLPTextEncoder(model, n_ctx_text, prompt_depth_text, start=start)
+        self.text_encoder = ivlp_text_encoder(model, n_ctx_text, prompt_depth_text, start=start)
         self.prompt_learner = ReferenceVLPromptLearner(model, classnames, n_ctx=n_ctx_text, ctx_init=ctx_init,
                                                        templates=templates, tokenizer=tokenizer,
                                                        fixed_embeddings=fixed_embeddings)
@@ -148,6 +149,8 @@ class ReferencePromptSRC(nn.Module):
         fixed_embeddings = fixed_embeddings / fixed_embeddings.norm(dim=-1, keepdim=True)
         with torch.no_grad():
             zero_shot_features = self.prompt_learner.ZS_image_encoder(image.type(self.dtype))
+            if isinstance(zero_shot_features, tuple):  # a tower built with output_tokens (CoCa): (pooled, tokens)
+                zero_shot_features = zero_shot_features[0]
             zero_shot_features = zero_shot_features / zero_shot_features.norm(dim=-1, keepdim=True)
             zero_shot_logits = logit_scale * zero_shot_features @ fixed_embeddings.t()
         return (F.cross_entropy(logits, label), text_features, fixed_embeddings, zero_shot_features,

@@ -15,11 +15,14 @@ Semantics, with ``J = len(deep_prompts)`` prompt tensors of shape ``[M, W]``:
    (``torch.cat`` of the kept rows and the new prompt); blocks ``>= J`` keep whatever the prompt
    rows hold, i.e. the outputs of the last prompted block propagate to the end;
 4. every block is open_clip's own module (``visual.transformer.resblocks[j]``);
-5. pooling as open_clip's ``VisionTransformer._pool`` (:func:`pool_image`): ``pool_type='tok'`` takes
-   token 0, ``'avg'`` (CLIPA) the mean of the image's own patch tokens ``1 .. g*g`` (open_clip's
-   ``x[:, 1:].mean(1)`` over the sequence the model itself has: the appended prompt rows are not
-   image tokens, as VPT's "image-pool" head); ``ln_post`` before the pool, or after it when
-   ``final_ln_after_pool``; then ``@ visual.proj``.
+5. pooling as open_clip's ``VisionTransformer._pool`` (:func:`pool_image`) over the image's own rows
+   ``0 .. T-1`` (``T`` the model's own sequence length): the appended prompt rows are not image
+   tokens and their outputs are dropped before the pool, as in VPT's and MaPLe's class-token head.
+   Without an attentional pooler: ``pool_type='tok'`` takes token 0, ``'avg'`` (CLIPA) the mean of
+   the patch tokens ``1 .. T-1``; ``ln_post`` before the pool, or after it when
+   ``final_ln_after_pool``. With CoCa's attentional pooler: ``attn_pool`` over the ``T`` image rows,
+   ``ln_post`` on its queries' outputs, then ``pool_type`` over the queries (``'tok'``: query 0, the
+   contrastive embedding ``encode_image`` returns). Then ``@ visual.proj``.
 
 The MaPLe code hard-casts the prompts to fp16; here they are cast to the activations' dtype (a
 no-op in our fp32 runs). With no prompts the result equals ``visual(images)``.
@@ -41,9 +44,10 @@ def _check_tower(visual: nn.Module) -> None:
         raise ValueError(f"{type(visual).__name__} is not an open_clip VisionTransformer "
                          f"(missing {missing or ['transformer.resblocks']}); deep visual prompts "
                          "need a ViT image tower")
-    if getattr(visual, "attn_pool", None) is not None:
-        raise ValueError("vision towers with attentional pooling are not supported by the deep "
-                         "prompt reference (MaPLe/VPT pool the class token)")
+    if getattr(visual, "attn_pool_contrastive", None) is not None:
+        raise ValueError(f"vision towers with a {visual.attn_pool_type!r} pair of attentional poolers are not "
+                         "supported by the deep prompt reference (open_clip marks them untested and their pooled "
+                         "output keeps a query axis); CoCa's single pooler (attentional_pool=True) is")
     pool_type = getattr(visual, "pool_type", "tok")
     if pool_type not in ("tok", "avg"):
         raise ValueError(f"vision pool_type {pool_type!r} is not supported; only 'tok' (class "
@@ -53,13 +57,21 @@ def _check_tower(visual: nn.Module) -> None:
 def pool_image(visual: nn.Module, x: torch.Tensor, n_image_tokens: int) -> torch.Tensor:
     """open_clip's ``VisionTransformer`` pooling of the last hidden states ``x [B, T + M, W]`` (the
     ``T = n_image_tokens`` rows of the model's own sequence, class token first, then ``M`` prompt
-    rows) -> ``[B, E]``: ``ln_post`` before or after (``final_ln_after_pool``) the pool, ``@ proj``."""
-    def pool(t):
+    rows, dropped here) -> ``[B, E]``: the attentional pooler (CoCa) then ``ln_post``, or ``ln_post``
+    before or after (``final_ln_after_pool``) the pool; ``@ proj``."""
+    image = x[:, :n_image_tokens]
+
+    def pool(t):  # the pool_type over the rows of t: the image's rows, or the pooler's queries
         if getattr(visual, "pool_type", "tok") == "avg":
-            return t[:, 1:n_image_tokens].mean(dim=1)
+            return t[:, 1:].mean(dim=1)
         return t[:, 0]
 
-    pooled = visual.ln_post(pool(x)) if getattr(visual, "final_ln_after_pool", False) else pool(visual.ln_post(x))
+    if getattr(visual, "attn_pool", None) is not None:
+        pooled = pool(visual.ln_post(visual.attn_pool(image)))
+    elif getattr(visual, "final_ln_after_pool", False):
+        pooled = visual.ln_post(pool(image))
+    else:
+        pooled = pool(visual.ln_post(image))
     proj = getattr(visual, "proj", None)
     return pooled @ proj if proj is not None else pooled
 

@@ -46,7 +46,8 @@ class ReferenceVPT(nn.Module):
         prompts = [prompt_prefix + " " + name + "." for name in names]
         tokenized_prompts = tokenize_each(tokenizer, prompts).to(model.logit_scale.device)
         with torch.no_grad():
-            fixed = model.encode_text(tokenized_prompts)
+            # unnormalised, as OpenAI CLIP's encode_text (CoCa's normalises unless told not to)
+            fixed = model.encode_text(tokenized_prompts, normalize=False)
         # FixedEmbeddings is a plain object in the original; a buffer here so it follows .to()
         self.register_buffer("fixed_embeddings", fixed, persistent=False)
         self.logit_scale = model.logit_scale

@@ -27,9 +27,15 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
-from ..reference.original_init import KGCOOP_FIXED_WIDTH, ORIGINAL_METHODS, replay_settings
+from ..reference.original_init import (KGCOOP_FIXED_WIDTH, ORIGINAL_METHODS, hard_context_names, hard_task_sizes,
+                                       replay_settings)
 
-__all__ = ["original_init", "ORIGINAL_METHODS"]
+__all__ = ["original_init", "ORIGINAL_METHODS", "DEPT_BASES"]
+
+#: DePT's methods and the learner each is built on (Koorye/DePT trainers/elp_*.py): the base learner's
+#: construction (CLIP, prompt learner, its extra modules) as that method's, then DePT's head.
+DEPT_BASES = {"coop_dept": "coop", "kgcoop_dept": "kgcoop", "cocoop_dept": "cocoop", "maple_dept": "maple"}
+_DEPT_SETTINGS = ("lp_type", "lp_weight", "test_time_fusion", "film", "head_classnames")
 
 
 class _Stream:
@@ -213,8 +219,18 @@ def _pre_encoder(stream: _Stream, cfg, width: int, prefix: str) -> Dict[str, tor
     return out
 
 
-def _text_learner(method, stream, s, model, tokenizer, cfg, dtype, n_classes, n_tasks) -> Dict[str, torch.Tensor]:
-    """CoOp, CoCoOp, KgCoOp, PRE, POMP, SoftCPT, TCP: the prompt learner built after a plain CLIP."""
+def _hard_learner(stream, model, tokenizer, cfg, dtype, n_classes, n_tasks, task_classes) -> Dict[str, torch.Tensor]:
+    """MTCoOpHard: one context draw per task in task order (TSC), or one over all classes."""
+    sizes = hard_task_sizes(cfg, n_classes, n_tasks, task_classes)
+    return {name: _context(stream, model, tokenizer, cfg.ctx_init, cfg.n_ctx, dtype, rows)
+            for name, rows in zip(hard_context_names(sizes, cfg.task_specific), sizes)}
+
+
+def _text_learner(method, stream, s, model, tokenizer, cfg, dtype, n_classes, n_tasks,
+                  task_classes=None) -> Dict[str, torch.Tensor]:
+    """CoOp, CoCoOp, KgCoOp, PRE, POMP, SoftCPT, MTCoOpHard, TCP: the prompt learner built after a plain CLIP."""
+    if method == "softcpt_hard":
+        return _hard_learner(stream, model, tokenizer, cfg, dtype, n_classes, n_tasks, task_classes)
     if method == "softcpt":
         out = {"task_prompt_learner.ctx": _context(stream, model, tokenizer, cfg.task_ctx_init, cfg.task_n_ctx, dtype,
                                                    n_tasks if cfg.task_csc and not cfg.task_ctx_init else None)}
@@ -257,7 +273,7 @@ def _text_learner(method, stream, s, model, tokenizer, cfg, dtype, n_classes, n_
 
 
 def original_init(method: str, model: nn.Module, *, seed: int, precision: str, n_classes: int, n_tasks: int = 1,
-                  tokenizer=None, **settings) -> Tuple[Dict[str, torch.Tensor], torch.Tensor]:
+                  tokenizer=None, task_classes=None, **settings) -> Tuple[Dict[str, torch.Tensor], torch.Tensor]:
     """``(state, rng_state)``: the original's initial trainable tensors and torch's generator state after its build.
 
     Arguments as :func:`fastprompt.reference.original_init.original_init_reference` (``precision``:
@@ -269,9 +285,14 @@ def original_init(method: str, model: nn.Module, *, seed: int, precision: str, n
     """
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise ConfigError(f"seed must be an int (the original's SEED), got {seed!r}")
+    if method in DEPT_BASES:
+        return _dept_init(method, model, seed=seed, precision=precision, n_classes=n_classes, tokenizer=tokenizer,
+                          **settings)
     s = _sizes(model)
     try:
         cfg, dtype = replay_settings(method, precision, settings, resnet=s.resnet, image_features=s.embed_dim)
+        if method == "softcpt_hard":  # TSC with CSC needs every task's class count: refuse before any draw
+            hard_task_sizes(cfg, n_classes, n_tasks, task_classes)
     except ConfigError:
         raise
     except (TypeError, ValueError) as exc:
@@ -294,6 +315,16 @@ def original_init(method: str, model: nn.Module, *, seed: int, precision: str, n
         for i in range(cfg.prompt_depth - 1):
             state[f"prompt_learner.compound_prompt_projections.{i}.weight"] = weight.clone()
             state[f"prompt_learner.compound_prompt_projections.{i}.bias"] = bias.clone()
+    elif method == "prograd":
+        state = _clip(stream, s)
+        _clip(stream, s)  # zs_clip = CLIP(cfg, classnames): its own load_clip_to_cpu
+        if cfg.ctx_init:  # zero rows, then the template phrase's first word-count tokens (no draw)
+            phrase = cfg.resolved_template().replace(" {}.", "")
+            words = _context(stream, model, tokenizer, phrase, cfg.n_ctx, dtype)
+            ctx = torch.cat([words.new_zeros(cfg.n_ctx - words.shape[0], words.shape[1]), words])
+        else:
+            ctx = _context(stream, model, tokenizer, "", cfg.n_ctx, dtype, n_classes if cfg.csc else None)
+        state["prompt_learner.ctx"] = ctx
     elif method == "vpt":
         state = _clip(stream, s, vision_prompt=(cfg.prompt_depth, cfg.n_ctx))
     elif method == "promptsrc":
@@ -304,5 +335,29 @@ def original_init(method: str, model: nn.Module, *, seed: int, precision: str, n
         _clip(stream, s)  # clip_model_temp_image: the zero-shot image encoder
     else:
         state = _clip(stream, s)
-        state.update(_text_learner(method, stream, s, model, tokenizer, cfg, dtype, n_classes, n_tasks))
+        state.update(_text_learner(method, stream, s, model, tokenizer, cfg, dtype, n_classes, n_tasks, task_classes))
     return {k: v.float() for k, v in state.items()}, stream.generator.get_state()
+
+
+def _dept_init(method: str, model: nn.Module, *, seed: int, precision: str, n_classes: int, tokenizer=None,
+               **settings) -> Tuple[Dict[str, torch.Tensor], torch.Tensor]:
+    """DePT's start: its ``CustomCLIP.__init__`` runs the base learner's first, then builds the two ``FiLM``
+    modules (ones and zeros: no draw) and, on the training path, ``linear_probe_proj = nn.Linear(E, C)
+    .type(self.dtype)`` (kaiming-uniform weight and uniform bias from the global stream, then cast to
+    CLIP's dtype: fp16 under PREC fp16)."""
+    head = {k: settings.pop(k) for k in _DEPT_SETTINGS if k in settings}
+    state, rng = original_init(DEPT_BASES[method], model, seed=seed, precision=precision, n_classes=n_classes,
+                               tokenizer=tokenizer, **settings)
+    width = _sizes(model).embed_dim
+    if head.get("film", True):
+        for side in ("img", "text"):
+            state[f"film_lp_{side}.scale"], state[f"film_lp_{side}.bias"] = torch.ones(width), torch.zeros(width)
+    if head.get("lp_type", "linear") == "linear":
+        stream = _Stream(seed)
+        stream.generator.set_state(rng)
+        weight, bias = stream.linear(n_classes, width)
+        dtype = torch.float16 if precision == "fp16" else torch.float32  # CLIP's dtype (PREC fp32/amp: .float())
+        state["linear_probe_proj.weight"] = weight.to(dtype).float()
+        state["linear_probe_proj.bias"] = bias.to(dtype).float()
+        rng = stream.generator.get_state()
+    return state, rng

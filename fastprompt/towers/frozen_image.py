@@ -6,8 +6,9 @@ them: open_clip's ResNet (``ModifiedResNet``: the originals' most used configura
 KaiyangZhou/CoOp ``configs/trainers/CoOp/rn50*``), timm towers other than the ViTs that
 :class:`~fastprompt.towers.timm_vision.TimmVisionTower` runs (``TimmModel``: ConvNeXt, Swin,
 FastViT, a relative-position ViT) and open_clip ViTs that :class:`~fastprompt.towers.vision.VisionTower`
-does not run (an attentional pooler, as in CoCa). The tower runs exactly as the model's own
-``encode_image(images, normalize=False)`` runs it: ``model.visual(images)``. Deep vision
+does not run (open_clip's untested 'parallel' / 'cascade' pair of attentional poolers). The tower
+runs exactly as the model's own ``encode_image(images, normalize=False)`` runs it:
+``model.visual(images)``. Deep vision
 prompts need a ViT (open_clip's, or timm's Eva / VisionTransformer): asking this tower for them is
 an :class:`UnpromptableImageTowerError` that names the tower and why.
 """

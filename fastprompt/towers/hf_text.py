@@ -30,12 +30,28 @@ What each family does with ``inputs_embeds`` instead of ``input_ids`` (:data:`FA
   sinusoidal positions from ``inputs_embeds`` are sequential, equal to the id-derived ones on every
   unmasked row (padding only trails), and only masked padding rows differ.
 
-Deep text prompts (rows replaced inside the layers: MaPLe, PromptSRC, IVLP, RPP's text branch) are
-refused by name (:meth:`HFTextTower.check_deep_prompts`): the layers are the ``transformers`` model's.
+Deep text prompts that replace hidden rows (MaPLe, PromptSRC/IVLP, RPP with ``shared=True``) run
+inside the ``transformers`` model's own forward: for each prompted layer ``j`` a forward pre-hook on
+that layer module (RoBERTa / XLM-R ``encoder.layer[j]``, mT5 ``block[j]``, M2M100 ``layers[j]``:
+:func:`encoder_layers`) replaces rows ``start .. start+M-1`` of every sequence's hidden states at the
+layer's input, and is removed after the call (replace-then-propagate, as
+:meth:`TextTower.forward <fastprompt.towers.TextTower.forward>` does on a bidirectional tower: every
+row is computed at every layer, the last prompted layer's outputs at the prompt rows propagate).
+Everything else is the model's: its embeddings, its extended attention mask, mT5's relative position
+bias (computed by block 0 from the positions and the mask, handed on unchanged: it does not read the
+hidden states), its pooler. Where the pooler reads one row (``cls_pooler``: NLLB) the prompt rows must
+not be that row; a mean pooler reads them with every other unmasked row, as the model does. Proved
+against a layer-by-layer reference (``fastprompt.reference.hf_text``) by ``tests/test_hf_deep_prompts.py``.
+
+RPP's unshared q/k/v prompts are refused by name (:data:`RPP_TEXT_REFUSAL`): they are heads written
+between each layer's in-projection and its attention (and layer 0's heads of the word embeddings at
+their positions, for the word initialisation), a seam inside ``transformers``' attention modules that
+fastprompt would have to reimplement per family.
 """
 from __future__ import annotations
 
-from typing import Optional
+from contextlib import contextmanager
+from typing import Iterator, List, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -43,7 +59,8 @@ from torch import nn
 from .text import UnpromptableTextTowerError
 from .text_plan import TextPlan
 
-__all__ = ["HFTextTower", "FAMILIES", "is_hf_text_tower", "hf_text_encoder", "token_embedding_of"]
+__all__ = ["HFTextTower", "FAMILIES", "is_hf_text_tower", "hf_text_encoder", "token_embedding_of",
+           "encoder_layers"]
 
 # transformers model_type -> what its encoder does with inputs_embeds (see the module docstring).
 FAMILIES = {
@@ -53,8 +70,28 @@ FAMILIES = {
     "m2m_100": "embedding scale inside the embedding module; sequential sinusoidal positions",
 }
 
-TEXT_ONLY_LEARNERS = ("CoOp, CoCoOp, KgCoOp, PRE, SoftCPT, POMP, MaPLe with prompt_depth=1, or RPP with "
-                      "branches='vision'")
+RPP_TEXT_REFUSAL = (
+    "RPP's text branch writes separate query/key/value prompt heads between each text layer's in-projection and its "
+    "attention; this model's text tower is a Hugging Face transformers model (open_clip's HFTextEncoder), whose "
+    "attention modules compute both in one forward, which fastprompt does not reimplement: use RPP with "
+    "branches='vision', RPP with shared=True (tied q/k/v: ordinary deep prompts), or MaPLe / PromptSRC, whose deep "
+    "text prompts run on this tower")
+
+
+def encoder_layers(transformer: nn.Module) -> nn.ModuleList:
+    """The encoder layer modules of an open_clip ``HFTextEncoder.transformer``, in order: RoBERTa /
+    XLM-R ``encoder.layer``, mT5's encoder stack ``block``, M2M100's encoder ``layers``.
+
+    Raises:
+        ValueError: ``transformer`` has none of them (a family fastprompt does not know).
+    """
+    encoder = getattr(transformer, "encoder", None)
+    for holder, name in ((encoder, "layer"), (transformer, "block"), (transformer, "layers")):
+        layers = getattr(holder, name, None) if holder is not None else None
+        if isinstance(layers, nn.ModuleList):
+            return layers
+    raise ValueError(f"{type(transformer).__name__} has no encoder layer list (encoder.layer, block or layers): "
+                     f"deep text prompts support the families {sorted(FAMILIES)}")
 
 
 def hf_text_encoder(model: nn.Module) -> Optional[nn.Module]:
@@ -89,7 +126,8 @@ def _config_value(config, name: str) -> int:
 
 class HFTextTower:
     """Functional view of an open_clip ``HFTextEncoder`` (no parameter copies); the interface of
-    :class:`~fastprompt.towers.TextTower` the input-level prompt learners use.
+    :class:`~fastprompt.towers.TextTower` the prompt learners use: input-level context, and deep text
+    prompts that replace hidden rows (``prefix_overrides``; RPP's q/k/v prompts are refused).
 
     Args:
         model: an open_clip ``CustomTextCLIP`` / ``CoCa`` whose ``text`` is an ``HFTextEncoder``.
@@ -151,24 +189,52 @@ class HFTextTower:
         (NLLB's includes its ``sqrt(d_model)`` scale): the space learnable context lives in."""
         return self.embedding(ids).to(self.dtype)
 
-    def check_deep_prompts(self) -> None:
-        """Refuse deep text prompts: this tower's layers are a ``transformers`` model's.
+    def check_deep_prompts(self, plan: TextPlan, n_rows: int, start: Optional[int] = None, *,
+                           qkv: bool = False) -> int:
+        """Check that ``n_rows`` deep text prompt rows have a well-defined place in every prompt of
+        ``plan`` and return the first replaced position (``start``, or the plan's first context row:
+        1 after RoBERTa's ``<s>`` / NLLB's language code, 0 for mT5's tokenizer, which writes none).
+        :meth:`TextTower.check_deep_prompts <fastprompt.towers.TextTower.check_deep_prompts>`' contract.
 
         Raises:
-            UnpromptableTextTowerError: always, naming the learners that work on this tower.
+            ValueError: ``start < 0`` or ``n_rows < 1``.
+            UnpromptableTextTowerError: ``qkv`` (RPP's unshared query/key/value rows: :data:`RPP_TEXT_REFUSAL`,
+                said when the learner is built rather than at its first encode), or a prompt has padding (a masked key, never computed) at one of
+                the positions, or the text tower pools one of them (``cls_pooler`` reads row 0): the
+                feature would be a prompt row's own output.
         """
-        raise UnpromptableTextTowerError(
-            "deep text prompts (MaPLe and PromptSRC with text depth > 1, IVLP, RPP's text branch) replace rows inside "
-            "the text tower's layers, which fastprompt does for open_clip's own text transformer; this model's text "
-            "tower is a Hugging Face transformers model (open_clip's HFTextEncoder): use a learner that prompts only "
-            f"the text input ({TEXT_ONLY_LEARNERS})")
+        if qkv:
+            raise UnpromptableTextTowerError(RPP_TEXT_REFUSAL)
+        if start is None:
+            start = plan.context_start()
+        if start < 0 or n_rows < 1:
+            raise ValueError(f"deep prompt rows need start >= 0 and at least one row, got start={start}, {n_rows} rows")
+        instead = "use a learner that prompts only the text input (CoOp, CoCoOp, KgCoOp, PRE, SoftCPT, POMP)"
+        ids = plan.to("cpu").full_ids
+        stop = start + n_rows
+        real = ids[:, start:stop] != self.pad_id
+        if stop > ids.shape[1] or not bool(real.all()):
+            bad = 0 if stop > ids.shape[1] else int((~real.all(1)).nonzero()[0])
+            raise UnpromptableTextTowerError(
+                f"prompt {bad} has no token at some of positions {start}..{stop - 1}, where the deep text prompts go "
+                f"(padding, masked by the Hugging Face text tower, or past its {ids.shape[1]} tokens): {instead}")
+        pooled = getattr(self.text.pooler, "cls_token_position", None)
+        if pooled is not None and start <= pooled < stop:
+            raise UnpromptableTextTowerError(
+                f"the text tower's {type(self.text.pooler).__name__} pools row {pooled}, one of the deep prompt rows "
+                f"{start}..{stop - 1}: the feature would be a prompt row's own output, not a reading of the text; "
+                f"{instead}, or a tokenizer that writes a start token")
+        return start
 
     def input_heads(self, embeddings: torch.Tensor, start: int = 1):
-        """RPP's head-space prompts need the tower's attention heads: refused (:meth:`check_deep_prompts`)."""
-        self.check_deep_prompts()
+        """RPP's head-space prompts need layer 0's attention heads inside ``transformers``' attention:
+        refused (:data:`RPP_TEXT_REFUSAL`)."""
+        raise UnpromptableTextTowerError(RPP_TEXT_REFUSAL)
 
     # ---- the encoder -------------------------------------------------------------------------
-    def encode(self, plan: TextPlan, ctx: Optional[torch.Tensor] = None, **prompts) -> torch.Tensor:
+    def encode(self, plan: TextPlan, ctx: Optional[torch.Tensor] = None,
+               prefix_overrides: Optional[Sequence[Optional[torch.Tensor]]] = None,
+               override_start: Optional[int] = None, prefix_prompts: Optional[Sequence] = None) -> torch.Tensor:
         """Text features ``[N, E]`` (not normalised) of ``plan``'s prompts with the learnable context ``ctx``.
 
         Args:
@@ -176,13 +242,21 @@ class HFTextTower:
                 keeps the full source rows).
             ctx: the slot table, ``[S, D]`` shared by all prompts or ``[G, S, D]`` one per group
                 (slot ``k`` fills every source ``ctx_source(k)`` of a prompt from its group's table).
-            prompts: :class:`~fastprompt.towers.TextTower`'s deep-prompt arguments
-                (``prefix_overrides``, ``override_start``, ``prefix_prompts``): any prompt rows in them
-                are refused (:meth:`check_deep_prompts`).
+            prefix_overrides: per layer ``j``, ``None`` or rows ``[M, D]`` (all prompts) / ``[G, M, D]``
+                (per group) that *replace* rows ``override_start .. override_start+M-1`` of every
+                prompt's hidden states at the input of encoder layer ``j`` (MaPLe, PromptSRC/IVLP); entry
+                0 replaces the embedding output's rows. See the module docstring.
+            override_start: first replaced row; ``None``: the plan's first context row
+                (:meth:`check_deep_prompts`).
+            prefix_prompts: RPP's unshared q/k/v prompts: refused (:data:`RPP_TEXT_REFUSAL`).
+
+        Raises:
+            UnpromptableTextTowerError: ``prefix_prompts`` given, or rows :meth:`check_deep_prompts` refuses.
+            ValueError: more overrides than layers, overrides of different row counts, a per-group
+                override whose group count is not the plan's.
         """
-        overrides = prompts.get("prefix_overrides") or []
-        if prompts.get("prefix_prompts") is not None or any(o is not None for o in overrides):
-            self.check_deep_prompts()
+        if prefix_prompts is not None:
+            raise UnpromptableTextTowerError(RPP_TEXT_REFUSAL)
         src, ids, group = self._rows(plan)
         x = self.embed_tokens(src.clamp_min(0))
         if plan.n_ctx:
@@ -190,7 +264,63 @@ class HFTextTower:
             slot = (-1 - src).clamp_min(0)  # [N, L]; frozen positions read slot 0, discarded by the where
             rows = ctx[slot] if ctx.dim() == 2 else ctx[group[:, None], slot]
             x = torch.where((src < 0)[..., None], rows, x)
-        return self._run(ids, inputs_embeds=x)
+        prompted = self._layer_overrides(prefix_overrides, plan.n_groups)
+        if not prompted:
+            return self._run(ids, inputs_embeds=x)
+        start = self.check_deep_prompts(plan, int(prompted[0][1].shape[-2]), override_start)
+        with self._replacing_rows(prompted, start, group):
+            return self._run(ids, inputs_embeds=x)
+
+    def _layer_overrides(self, overrides, n_groups: int) -> List[Tuple[int, torch.Tensor]]:
+        """``[(layer, rows [M, D] or [G, M, D])]`` of the non-None overrides, checked."""
+        overrides = list(overrides or [])
+        if len(overrides) > self.layers:
+            raise ValueError(f"prefix_overrides has {len(overrides)} entries but the text tower has {self.layers} "
+                             "layers")
+        prompted = [(j, rows) for j, rows in enumerate(overrides) if rows is not None]
+        sizes = {int(rows.shape[-2]) for _, rows in prompted}
+        if len(sizes) > 1:
+            raise ValueError(f"prefix_overrides replace {sorted(sizes)} rows in different layers: every layer's "
+                             "deep prompt must have the same number of rows M")
+        for j, rows in prompted:
+            groups_ok = rows.dim() == 2 or rows.shape[0] == n_groups
+            if rows.dim() not in (2, 3) or rows.shape[-1] != self.width or not groups_ok:
+                raise ValueError(f"prefix_overrides[{j}] must have shape [M, {self.width}] or [G={n_groups}, M, "
+                                 f"{self.width}], got {tuple(rows.shape)}")
+        return prompted
+
+    @contextmanager
+    def _replacing_rows(self, prompted: List[Tuple[int, torch.Tensor]], start: int,
+                        group: torch.Tensor) -> Iterator[None]:
+        """Forward pre-hooks on the prompted encoder layers writing their rows into the layer's input
+        hidden states ``[N, L, D]`` (rows ``start .. start+M-1``; per group through ``group [N]``),
+        removed on exit. A prompted layer the model skipped (M2M100's ``encoder_layerdrop`` in
+        training mode) would silently lose its prompt: refused after the call."""
+        layers, fired, handles = encoder_layers(self.transformer), set(), []
+
+        def hook_for(j: int, rows: torch.Tensor):
+            def replace(module, args, kwargs):
+                hidden = args[0] if args else kwargs["hidden_states"]
+                vals = rows.to(hidden.dtype)
+                vals = vals[group] if vals.dim() == 3 else vals.expand(hidden.shape[0], -1, -1)
+                hidden = torch.cat([hidden[:, :start], vals, hidden[:, start + vals.shape[1]:]], 1)
+                fired.add(j)
+                if args:
+                    return (hidden, *args[1:]), kwargs
+                return args, {**kwargs, "hidden_states": hidden}
+            return replace
+
+        try:
+            for j, rows in prompted:
+                handles.append(layers[j].register_forward_pre_hook(hook_for(j, rows), with_kwargs=True))
+            yield
+        finally:
+            for handle in handles:
+                handle.remove()
+        skipped = sorted({j for j, _ in prompted} - fired)
+        if skipped:
+            raise ValueError(f"text layers {skipped} were skipped by the Hugging Face model (layer drop in training "
+                               "mode), so their deep prompts were never written: keep the frozen model in eval mode")
 
     def encode_token_ids(self, ids: torch.Tensor) -> torch.Tensor:
         """``model.encode_text(ids)`` (unnormalised) for tokenized prompts ``[C, context_length]``,

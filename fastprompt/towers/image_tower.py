@@ -1,7 +1,8 @@
-"""Which functional tower runs a model's images: open_clip's ViT through :class:`VisionTower` and a timm
-ViT trunk (EVA, PE-Core, SigLIP, ...) through :class:`TimmVisionTower` (deep prompts, batch-shared
-prompt blocks, the fast last layer), every other tower open_clip builds (ResNet, ConvNeXt, Swin,
-FastViT, a relative-position ViT, a ViT with an attentional pooler) as it is through :class:`FrozenImageTower`."""
+"""Which functional tower runs a model's images: open_clip's ViT (CoCa's attentional pooler included)
+through :class:`VisionTower` and a timm ViT trunk (EVA, PE-Core, SigLIP, ...) through
+:class:`TimmVisionTower` (deep prompts, batch-shared prompt blocks, the fast last layer), every other
+tower open_clip builds (ResNet, ConvNeXt, Swin, FastViT, a relative-position ViT, a ViT with open_clip's
+untested pair of attentional poolers) as it is through :class:`FrozenImageTower`."""
 from __future__ import annotations
 
 from typing import Union

@@ -166,12 +166,15 @@ class TextTower:
         prefix, suffix = self.embed(plan, ctx)
         return self.forward(plan, prefix, suffix, **prompts)
 
-    def check_deep_prompts(self, plan: TextPlan, n_rows: int, start: Optional[int] = None) -> int:
+    def check_deep_prompts(self, plan: TextPlan, n_rows: int, start: Optional[int] = None, *,
+                           qkv: bool = False) -> int:
         """Check that ``n_rows`` deep text prompt rows have a well-defined place in ``plan`` on this
         tower, and return the first replaced position (``start``, or the plan's first context row:
         1 after CLIP's ``[SOT]``, 0 for a tokenizer without a start token).
 
-        Every open_clip text tower takes deep prompts, causal or bidirectional (see :meth:`forward`).
+        Every open_clip text tower takes deep prompts, causal or bidirectional (see :meth:`forward`),
+        including RPP's unshared query/key/value rows (``qkv=True``: ``prefix_prompts``), which
+        towers whose attention fastprompt does not run itself refuse here, at the learner's build.
         What stays refused is ill defined whatever the tower: a prompt position that some prompt does
         not have (masked as padding, or past its end) or that the tower pools.
 

@@ -12,6 +12,20 @@ per layer (``[1, M, H, d]``) and read by every image as the op's G = 1 prompt bl
 last prompted layer, whose prompt outputs survive, do the prompt rows become ordinary
 per-image tokens. Non-causal attention does not care where in the sequence the rows sit, so
 this is exact.
+
+Pooling reads the image's own ``T`` rows only, through the tower's own modules: the prompt rows'
+outputs are discarded, as in VPT and MaPLe, where only the class token is read. A ``tok`` pool
+reads row 0; an ``avg`` pool (CLIPA) averages the patch rows ``1 .. T-1``, the rows open_clip's own
+pool averages; an attentional pooler (CoCa's ``attn_pool``) lets its queries attend over exactly
+the ``T`` rows the model's pooler attends over, then ``ln_post`` and the ``pool_type`` over the
+queries' outputs (the contrastive embedding: query 0's).
+:class:`~fastprompt.towers.timm_vision.TimmVisionTower` keeps the same rule with timm's poolers
+(token, avg, ``map``).
+
+Since no prompt row is pooled, the last layer computes only the rows the pool reads
+(:attr:`VisionTower.pooled_rows`), every other row and the prompt block lending keys and values:
+row 0 alone under a ``tok`` pool; the ``T`` image rows under an ``avg`` pool or an attentional
+pooler, which read every image row (there the class-token shortcut would change the answer).
 """
 from __future__ import annotations
 
@@ -39,11 +53,15 @@ def is_open_clip_vit(visual: nn.Module) -> bool:
 
 def vit_problem(visual: nn.Module) -> Optional[str]:
     """``None`` when :class:`VisionTower` can run ``visual`` (open_clip's ``VisionTransformer`` with
-    ``tok`` or ``avg`` pooling), else why not, as a phrase ("a TimmModel (timm ...)")."""
+    ``tok`` or ``avg`` pooling, after CoCa's attentional pooler or without one), else why not, as a
+    phrase ("a TimmModel (timm ...)")."""
     if not is_open_clip_vit(visual):
         return f"a {type(visual).__name__}, not open_clip's VisionTransformer"
-    if getattr(visual, "attn_pool", None) is not None:
-        return "an open_clip ViT with an attentional pooler"
+    if getattr(visual, "attn_pool_contrastive", None) is not None:
+        # attentional_pool='parallel' / 'cascade': open_clip marks it untested, no architecture uses it,
+        # and its pooled output keeps a query axis ([B, 1, E]), not one embedding per image
+        return (f"an open_clip ViT with a {visual.attn_pool_type!r} pair of attentional poolers (deep prompts take "
+                "CoCa's single pooler, attentional_pool=True)")
     if visual.pool_type not in ("tok", "avg"):
         return f"an open_clip ViT with pool_type {visual.pool_type!r} (deep prompts take 'tok' or 'avg')"
     return None
@@ -73,9 +91,15 @@ class VisionTower:
 
     @property
     def pools_first_row(self) -> bool:
-        """Whether the features read only row 0 (the class token) of the last layer: then that layer
-        computes only row 0 (every other row just lends keys and values)."""
-        return self.visual.pool_type == "tok"
+        """Whether the features read only row 0 (the class token) of the last layer: a ``tok`` pool
+        without an attentional pooler (CoCa's pooler reads every image row, whatever its
+        ``pool_type`` then takes of the pooler's queries)."""
+        return getattr(self.visual, "attn_pool", None) is None and self.visual.pool_type == "tok"
+
+    def pooled_rows(self, n_image_tokens: int) -> int:
+        """How many leading rows of the last layer :meth:`pool` reads: 1 (:attr:`pools_first_row`),
+        else the ``n_image_tokens`` image rows (never a prompt row)."""
+        return 1 if self.pools_first_row else n_image_tokens
 
     def begin(self, images: torch.Tensor):
         """``(x, enter, blocks)``: the hidden states entering layer 0 ``[B, T, W]`` (the model's own
@@ -145,7 +169,7 @@ class VisionTower:
                 # Last prompted layer: these rows' outputs survive, so they become real tokens.
                 x = torch.cat([x, rows.expand(batch, *rows.shape)], dim=1)
             if layer == self.layers - 1:
-                x = self._finish_last_layer(blk, x)
+                x = self._finish_last_layer(blk, x, n_image_tokens)
             else:
                 x = blk.forward_dense(x, backend=self.backend)
         return self.pool(x, n_image_tokens)
@@ -192,7 +216,7 @@ class VisionTower:
                 q_p, k_p, v_p = blk.prompt_heads(p, need_q=survive, dtype=dtype)
                 if not survive:
                     if last:
-                        x = self._finish_last_layer(blk, x, k_p, v_p)
+                        x = self._finish_last_layer(blk, x, n_image_tokens, k_p, v_p)
                     else:
                         x = blk.forward_dense(x, pk=k_p[None], pv=v_p[None], backend=self.backend)
                     continue
@@ -208,42 +232,53 @@ class VisionTower:
                 x = torch.cat([x, expand(rows)], dim=1)
                 x = blk.add_mlp(blk.add_attention(x, blk.attention_output(o)))
             elif last:
-                x = self._finish_last_layer(blk, x)
+                x = self._finish_last_layer(blk, x, n_image_tokens)
             else:
                 x = blk.forward_dense(x, backend=self.backend)
         return self.pool(x, n_image_tokens)
 
-    def _finish_last_layer(self, blk, x: torch.Tensor, pk: Optional[torch.Tensor] = None,
+    def _finish_last_layer(self, blk, x: torch.Tensor, n_image_tokens: int, pk: Optional[torch.Tensor] = None,
                            pv: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """The last block, computing only the rows that are pooled; ``pk/pv [M, H, d]``: extra
-        batch-shared prompt keys/values every row reads."""
-        if not self.pools_first_row:
+        """The last block on ``x [B, L, W]``, computing only the ``n = pooled_rows(n_image_tokens)``
+        rows that are pooled: ``[B, n, W]``. The rows after them (patch rows under a ``tok`` pool,
+        prompt rows) and the batch-shared prompt keys/values ``pk/pv [M, H, d]`` only lend keys and
+        values."""
+        n = self.pooled_rows(n_image_tokens)
+        if n == x.shape[1]:  # every row is pooled (no prompt row reached the last layer)
             if pk is None:
                 return blk.forward_dense(x, backend=self.backend)
             return blk.forward_dense(x, pk=pk[None], pv=pv[None], backend=self.backend)
-        # Only the class token is pooled: every other row (and the prompt block) lends keys/values.
         batch = x.shape[0]
         q, k, v = blk.qkv(x)
-        rest_k, rest_v = k[:, 1:], v[:, 1:]
+        rest_k, rest_v = k[:, n:], v[:, n:]
         if pk is not None:
             rest_k = torch.cat([rest_k, pk.expand(batch, *pk.shape)], dim=1)
             rest_v = torch.cat([rest_v, pv.expand(batch, *pv.shape)], dim=1)
-        o, _ = prompt_attention(q[:, :1], k[:, :1], v[:, :1], rest_k, rest_v, group=image_groups(batch, x.device),
+        o, _ = prompt_attention(q[:, :n], k[:, :n], v[:, :n], rest_k, rest_v, group=image_groups(batch, x.device),
                                 scale=blk.scale, return_lse=False, backend=self.backend)
-        return blk.add_mlp(blk.add_attention(x[:, :1], blk.attention_output(o)))
+        return blk.add_mlp(blk.add_attention(x[:, :n], blk.attention_output(o)))
 
     def pool(self, x: torch.Tensor, n_image_tokens: int) -> torch.Tensor:
-        """open_clip's pooling (``ln_post`` before/after the pool) and projection of the last hidden
-        states ``x [B, L, W]`` whose first ``n_image_tokens`` rows are the image's own (any rows
-        after them are prompt rows; with :attr:`pools_first_row`, ``x`` may hold row 0 only)."""
+        """open_clip's pooling and projection of the last hidden states ``x [B, L, W]`` whose first
+        ``n_image_tokens`` rows are the image's own (any rows after them are prompt rows, never
+        pooled; with :attr:`pools_first_row`, ``x`` may hold row 0 only): ``[B, E]``.
+
+        ``ln_post`` before the pool, or after it (``final_ln_after_pool``); with an attentional
+        pooler (CoCa), ``attn_pool`` over the image rows, ``ln_post`` on its queries' outputs and
+        the pool over those (open_clip ignores ``final_ln_after_pool`` there); then ``@ proj``."""
         v = self.visual
-        if v.final_ln_after_pool:
-            pooled = v.ln_post(self._global_pool(x, n_image_tokens))
+        x = x[:, :n_image_tokens]
+        if getattr(v, "attn_pool", None) is not None:
+            pooled = self._global_pool(v.ln_post(v.attn_pool(x)))
+        elif v.final_ln_after_pool:
+            pooled = v.ln_post(self._global_pool(x))
         else:
-            pooled = self._global_pool(v.ln_post(x), n_image_tokens)
+            pooled = self._global_pool(v.ln_post(x))
         return pooled @ v.proj if v.proj is not None else pooled
 
-    def _global_pool(self, x: torch.Tensor, n_image_tokens: int) -> torch.Tensor:
+    def _global_pool(self, x: torch.Tensor) -> torch.Tensor:
+        """open_clip's ``pool_type`` over the rows of ``x [B, L, W]`` (the image's rows, or the
+        attentional pooler's queries): ``avg`` the mean of rows ``1 ..``, ``tok`` row 0."""
         if self.visual.pool_type == "avg":
-            return x[:, 1:n_image_tokens].mean(dim=1)
+            return x[:, 1:].mean(dim=1)
         return x[:, 0]

@@ -9,14 +9,14 @@ the open_clip pretrained tag (``openai``), a weights file, or ``none``: random w
 from __future__ import annotations
 
 import random
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
 
 from ..errors import ConfigError
-from .methods import DEEP_VISION, METHODS, MULTITASK_METHODS, learner_kwargs
-from ..replay.construction import ORIGINAL_METHODS, original_init
+from .methods import DEEP_VISION, METHODS, MULTITASK_METHODS, extra_learner_kwargs, learner_kwargs
+from ..replay.construction import DEPT_BASES, ORIGINAL_METHODS, original_init
 from .model_keys import TINY_CLIP_KWARGS, check_depths, check_preprocess, open_clip_name, shape_from_model
 from .views import MultiView, with_randaugment2
 
@@ -86,7 +86,7 @@ def check_backbone(cfg: Dict[str, Any]) -> Tuple[str, str]:
             raise ConfigError(f"{cfg['METHOD']} prompts the layers of open_clip's vision transformer: it needs such a "
                               f"ViT backbone, and {name} has {tower}. Use e.g. ViT-B-16 or a timm ViT backbone "
                               f"(EVA02-B-16, ViT-B-16-SigLIP, PE-Core-B-16){hint}; the text-prompt methods (coop, "
-                              "cocoop, kgcoop, pre, softcpt, pomp) run on any tower")
+                              "cocoop, kgcoop, pre, softcpt, pomp, prograd) run on any tower")
     return name, tag
 
 
@@ -122,7 +122,10 @@ def build_learner(cfg: Dict[str, Any], model, tokenizer, classnames, dataset_nam
     method = cfg["METHOD"]
     spec = METHODS[method]
     check_depths(cfg, shape_from_model(model, model_name))  # the built model's towers, whatever its name
-    kwargs = learner_kwargs(method, cfg["TRAINER"][spec.section], dataset_class)
+    from .defaults import flatten
+
+    kwargs = learner_kwargs(method, cfg["TRAINER"][spec.section], dataset_class, flatten(cfg))
+    kwargs.update(extra_learner_kwargs(method, cfg))
     kwargs["frozen_image_precision"] = str(cfg["TRAIN"].get("FROZEN_IMAGE_PRECISION") or "fp32").lower()
     cls = LEARNERS[method]
     if tasks is not None:
@@ -146,9 +149,7 @@ def start_as_original(learner, cfg: Dict[str, Any], model, tokenizer, kwargs: Di
     the run's log: ``"original"``, or ``"fastprompt's own: <why>"`` for a method or setting the
     original code cannot start from (RPP has no original; an ``init_std`` other than 0.02, ...)."""
     method = cfg["METHOD"]
-    if method not in ORIGINAL_METHODS:
-        if method == "softcpt_hard":  # its original exists; replaying its construction is not implemented
-            return "fastprompt's own (the original MTCoOpHard's initial draws are not replayed)"
+    if method not in ORIGINAL_METHODS and method not in DEPT_BASES:
         return f"fastprompt's own ({method} has no original code to replay)"
     section = cfg["TRAINER"][METHODS[method].section]
     # what shapes the start; POMP's own ``seed`` (its negative-class draws) and the frozen tower's
@@ -157,12 +158,19 @@ def start_as_original(learner, cfg: Dict[str, Any], model, tokenizer, kwargs: Di
     try:
         state, rng = original_init(method, model, seed=int(cfg["SEED"]), precision=str(section.get("PREC", "fp32")),
                                    n_classes=learner.n_classes, n_tasks=getattr(learner, "n_tasks", 1),
-                                   tokenizer=tokenizer, **settings)
+                                   tokenizer=tokenizer, task_classes=_task_classes(learner), **settings)
     except ConfigError as exc:
         return f"fastprompt's own ({exc})"
     learner.load_original_state_dict(state)
     torch.set_rng_state(rng)
     return "original"
+
+
+def _task_classes(learner) -> Optional[List[int]]:
+    """Each task's class count, in task order, of a learner that holds several tasks' classes in one
+    list (MTCoOpHard with one context per class of each task draws them task by task); else ``None``."""
+    ranges = getattr(learner, "class_ranges", None)
+    return None if ranges is None else [end - start for start, end in ranges]
 
 
 def load_data(cfg: Dict[str, Any], model, subsample: Optional[str] = None):

@@ -145,9 +145,20 @@ def _run_train(args) -> int:
     except EXPECTED_ERRORS as exc:
         return report_failure("train", exc)
     if result is not None and is_launch_main():
-        print(f"test accuracy {result['accuracy']:.2f}%, macro-F1 {result['macro_f1']:.2f}% "
-              f"({result['correct']}/{result['total']}); run directory {args.output_dir}")
+        print(f"{summary_line(result)}; run directory {args.output_dir}")
     return 0
+
+
+def summary_line(result) -> str:
+    """The final line of ``fastprompt train``. A multi-task run (SoftCPT) is reported by the average
+    over its tasks of each task's own metric, the number the original reports and selects on; the
+    accuracy pooled over every test image (large tasks weigh more) follows, named as such."""
+    pooled = (f"accuracy {result['accuracy']:.2f}%, macro-F1 {result['macro_f1']:.2f}% "
+              f"({result['correct']}/{result['total']})")
+    if "task_average" not in result:
+        return f"test {pooled}"
+    return (f"test task average {result['task_average']:.2f}% over {len(result['tasks'])} tasks (each task's own "
+            f"metric, averaged); pooled over all test images: {pooled}")
 
 
 def _log_to_run(run_dir: str, exc: Exception) -> None:

@@ -30,7 +30,7 @@ import os
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
 from ..errors import ConfigError
-from .defaults import base_defaults, flatten
+from .defaults import _set, base_defaults, flatten
 from .key_audit import check_config, element_type
 from .methods import METHODS, method_of_trainer
 from .model_keys import check_input_size, follow_model, shape_from_name
@@ -176,6 +176,8 @@ def _defaults_for(method: str) -> Dict[str, Any]:
         cfg["TRAINER"].setdefault(spec.section, spec.section_defaults())
     own = METHODS[method]
     cfg["TRAINER"][own.section] = own.section_defaults()
+    for key, (value, _) in own.extra.items():  # the keys its train.py adds or re-defaults (DePT's)
+        _set(cfg, key, copy.deepcopy(value))
     cfg["TRAINER"]["NAME"] = own.trainer_names[0]
     cfg["METHOD"] = method
     return cfg

@@ -59,6 +59,9 @@ _DASSL: Dict[str, Any] = {
         "WARMUP_CONS_LR": 1e-5, "WARMUP_MIN_LR": 1e-5, "WARMUP_RECOUNT": True,
     },
     "TRAIN": {"CHECKPOINT_FREQ": 0, "PRINT_FREQ": 10, "COUNT_ITER": "train_x"},
+    # BeierZhu/Prompt-align ProGrad.public/train.py extend_cfg (also copied into TCP's and PRE's train.py);
+    # read by ProGrad only (fastprompt.train.methods, its ``outside`` keys)
+    "LOSS": {"GM": False, "NAME": "", "ALPHA": 0.0, "T": 1.0, "LAMBDA": 1.0},
     "TEST": {
         "EVALUATOR": "Classification", "PER_CLASS_RESULT": False, "COMPUTE_CMAT": False, "NO_TEST": False,
         "SPLIT": "test", "FINAL_MODEL": "last_step",
@@ -68,7 +71,7 @@ _DASSL: Dict[str, Any] = {
 
 # fastprompt's own keys, with their defaults and meaning (they appear in the resolved config.yaml).
 FASTPROMPT_KEYS: Dict[str, Any] = {
-    "METHOD": ("", "learner: coop, cocoop, kgcoop, tcp, maple, promptsrc, vpt, pre, softcpt, pomp, rpp"),
+    "METHOD": ("", "learner: coop, cocoop, kgcoop, maple, promptsrc, vpt, pre, softcpt, pomp, rpp, prograd, tcp"),
     "MODEL.BACKBONE.TAG": ("openai", "open_clip pretrained tag or weights file; 'none' = random weights drawn "
                                      "from SEED"),
     "TRAIN.PRECISION": ("", "fp32, bf16, fp16 (autocast + GradScaler); empty = from the method's PREC"),

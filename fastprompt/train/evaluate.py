@@ -182,6 +182,7 @@ def _load_checkpoint(checkpoint: str, data_root: str, dataset_name: str, subsamp
     from ..learners.checkpoint import read_prompt_checkpoint
     from .build import build_model
     from .config import read_yaml, resolve_config
+    from .methods import MULTITASK_METHODS
 
     if into_run and not os.path.isdir(checkpoint):
         raise TrainError(f"{checkpoint} is not a fastprompt run directory (no such folder)")
@@ -206,7 +207,7 @@ def _load_checkpoint(checkpoint: str, data_root: str, dataset_name: str, subsamp
                              "it on one of the set's datasets instead")
         learner.set_tasks(data.task_pairs())
         data = data.joint()
-    elif cfg["METHOD"] == "softcpt":  # the dataset is the task: its name generates the context
+    elif cfg["METHOD"] in MULTITASK_METHODS:  # the dataset is one task (SoftCPT: its name generates the context)
         learner.set_tasks({data.name: data.classnames})
     else:
         learner.set_classnames(data.classnames)

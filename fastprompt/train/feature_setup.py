@@ -29,7 +29,7 @@ from .methods import DEEP_VISION
 __all__ = ["FEATURE_CACHE_MODES", "FeatureSettings", "feature_settings", "training_data", "build_feature_cache"]
 
 FEATURE_CACHE_MODES = ("", "all", "eval")
-_TEXT_ONLY = "coop, cocoop, kgcoop, tcp, pre, softcpt, pomp, and rpp with TRAINER.RPP.BRANCHES text"
+_TEXT_ONLY = "coop, cocoop, kgcoop, pre, softcpt, pomp, prograd, tcp, and rpp with TRAINER.RPP.BRANCHES text"
 
 
 @dataclasses.dataclass(frozen=True)

@@ -213,6 +213,9 @@ BASE: Dict[str, Entry] = {
                                    "metric beside their average"),
     "TEST.TRANSFER_ROOT": _read("fastprompt.pretrain.run (transfer evaluation)", jobs=("pretrain",)),
     "TEST.TRANSFER_DATASETS": _read("fastprompt.pretrain.run (transfer evaluation)", element=str, jobs=("pretrain",)),
+    # ProGrad's train.py section (BeierZhu/Prompt-align): read by a prograd run (its audit_table), else no effect
+    **{f"LOSS.{k}": Entry("foreign", "LOSS is ProGrad's section; only a prograd run reads it")
+       for k in ("GM", "NAME", "ALPHA", "T", "LAMBDA")},
 }
 
 # Keys read by a method's learner or harness: their notes.
@@ -253,7 +256,30 @@ def audit_table(method: str) -> Dict[str, Entry]:
                 "foreign", f"{spec.section} is the section of {other}; this {method} run reads "
                            f"TRAINER.{own.section}"))
     table.update(_section_entries(method))
+    for key, (name, _) in own.outside.items():
+        table[key] = _read(f"{own.learner} ({name})")
+    for key, allowed in own.outside_fixed.items():
+        table[key] = _fixed(f"fastprompt's {own.learner} implements only this", *allowed)
+    for key, why in own.outside_inert.items():
+        table[key] = _inert(why)
+    table.update(_extra_entries(method))
     return table
+
+
+def _extra_entries(method: str) -> Dict[str, Entry]:
+    """The keys ``method``'s train.py adds outside its section (:attr:`MethodSpec.extra`, DePT's)."""
+    spec = METHODS[method]
+    out = {}
+    for key, (_, kwarg) in spec.extra.items():
+        if key in spec.fixed:
+            out[key] = _fixed(f"fastprompt's {spec.learner} trains exactly its prompt and head", spec.fixed[key])
+        elif kwarg is not None:
+            out[key] = _read(f"{spec.learner} ({kwarg})")
+        elif key.startswith("OPTIM.") and not (key in BASE and BASE[key].kind == "read"):
+            out[key] = _read("fastprompt.train.schedule.param_groups (staged learning rates, matched against the "
+                             "learner's parameter names: ctx, film_lp_*, linear_probe_proj)", element=BASE[key].element
+                             if key in BASE else None)
+    return out
 
 
 def element_type(key: str) -> Tuple[Optional[type], Optional[int]]:

@@ -11,8 +11,10 @@ Sources (``train.py`` ``extend_cfg``): KaiyangZhou/CoOp @ ff61507 (CoOp, CoCoOp)
 @ c43ccc3, htyao89/Textual-based_Class-aware_prompt_tuning @ bd97bec (TCP), muzairkhattak/multimodal-prompt-learning @ 69bce21 (MaPLe, VPT), muzairkhattak/PromptSRC
 @ bb95c77, minhanh151/PRE @ 08be701, kding1225/softcpt @ 7cab4b9 (``MTCOOP``, and ``MTCOOPH`` of its
 hard-sharing baselines), amazon-science/
-prompt-pretraining @ 24bca56 (POMP). RPP (Chen et al., arXiv 2409.06166) has no public code: its
-``TRAINER.RPP`` section is fastprompt's, one key per ``RPPConfig`` field.
+prompt-pretraining @ 24bca56 (POMP), BeierZhu/Prompt-align @ 1b76203 (ProGrad: ``TRAINER.COOP`` and the
+top-level ``LOSS`` section, its ``outside`` keys), Koorye/DePT @ d4ff416 (DePT on CoOp, KgCoOp, CoCoOp, MaPLe).
+RPP (Chen et al., arXiv 2409.06166) has no public code: its ``TRAINER.RPP`` section is fastprompt's, one key per
+``RPPConfig`` field.
 """
 from __future__ import annotations
 
@@ -21,7 +23,8 @@ from typing import Any, Callable, Dict, Optional, Tuple
 
 from ..errors import ConfigError
 
-__all__ = ["MethodSpec", "METHODS", "method_of_trainer", "learner_kwargs", "DEEP_VISION", "MULTITASK_METHODS"]
+__all__ = ["MethodSpec", "METHODS", "method_of_trainer", "learner_kwargs", "extra_learner_kwargs", "DEEP_VISION",
+           "MULTITASK_METHODS"]
 
 def _same(value):
     return value
@@ -57,6 +60,14 @@ class MethodSpec:
     depths: Callable[[Dict[str, Any]], Dict[str, Tuple[str, ...]]] = lambda section: {}
     deep_vision: bool = False
     dataset_template: Optional[str] = None  # learner kwarg set from the dataset's class name
+    # keys outside TRAINER.<SECTION> the method reads (ProGrad's LOSS.T): dotted key -> (kwarg, converter);
+    # outside_fixed / outside_inert: dotted key -> allowed values / why it has no effect
+    outside: Dict[str, Tuple[str, Callable]] = dataclasses.field(default_factory=dict)
+    outside_fixed: Dict[str, Tuple[Any, ...]] = dataclasses.field(default_factory=dict)
+    outside_inert: Dict[str, str] = dataclasses.field(default_factory=dict)
+    # keys outside the section that the method's train.py adds or re-defaults: dotted key -> (its default there,
+    # the learner kwarg it sets or None: read by the harness, or fixed when in ``fixed`` under its dotted name)
+    extra: Dict[str, Tuple[Any, Optional[str]]] = dataclasses.field(default_factory=dict)
 
     def section_defaults(self) -> Dict[str, Any]:
         return dict(self.defaults)
@@ -156,7 +167,45 @@ METHODS: Dict[str, MethodSpec] = {s.method: s for s in [
                 "TEMPERATURE": ("temperature", float)}, deep_vision=True,
                depths=lambda section: {"DEPTH": _RPP_TOWERS.get(str(section.get("BRANCHES", "")).lower(),
                                                                 ("text", "vision"))}),
+    MethodSpec("prograd", "ProGradLearner", ("ProGrad",), "COOP",
+               dict(ALPHA=1.0, N_CTX=16, CSC=False, CTX_INIT=False, PREC="fp16", CLASS_TOKEN_POSITION="end"),
+               {**_COOP_KEYS, "CTX_INIT": ("ctx_init", bool)},
+               inert={"ALPHA": "declared by ProGrad's train.py, never read by its trainer"},
+               dataset_template="template",
+               outside={"LOSS.T": ("T", float), "LOSS.LAMBDA": ("lambda_", float)},
+               outside_fixed={"LOSS.NAME": ("prograd", "")},
+               outside_inert={k: "declared by ProGrad's train.py, never read by its trainer"
+                              for k in ("LOSS.GM", "LOSS.ALPHA")}),
 ]}
+
+# DePT (Koorye/DePT train.py extend_cfg): its head's settings, and the staged learning rates of
+# trainers/optim.py (the head at LR * LR_EXP, the prompt at LR * BASE_LR_MULT).
+_DEPT_EXTRA = {
+    "TRAINER.LINEAR_PROBE.TYPE": ("linear", "lp_type"), "TRAINER.LINEAR_PROBE.WEIGHT": (0.7, "lp_weight"),
+    "TRAINER.LINEAR_PROBE.TEST_TIME_FUSION": (True, "test_time_fusion"), "TRAINER.FILM.LINEAR_PROBE": (True, "film"),
+    "TRAINER.NAMES_TO_UPDATE": (["prompt_learner", "linear_probe", "film"], None),
+    "OPTIM.LR": (0.0035, None), "OPTIM.STAGED_LR": (True, None), "OPTIM.NEW_LAYERS": (["linear_probe", "film"], None),
+    "OPTIM.BASE_LR_MULT": (1.0, None), "OPTIM.LR_EXP": (6.5, None),
+}
+_DEPT_DEFAULTS = dict(N_CTX=16, CSC=False, CTX_INIT="", PREC="fp16", CLASS_TOKEN_POSITION="end", ALPHA=1.0, W=2.0)
+_DEPT_FIXED = {"TRAINER.NAMES_TO_UPDATE": ["prompt_learner", "linear_probe", "film"]}
+METHODS.update({s.method: s for s in [
+    MethodSpec("coop_dept", "CoOpDePTLearner", ("ExtrasLinearProbeCoOp",), "COOP", _DEPT_DEFAULTS, _COOP_KEYS,
+               inert={"ALPHA": "declared by DePT's train.py for KgCoOp, never read",
+                      "W": "KgCoOp's weight: ExtrasLinearProbeCoOp never reads it"},
+               fixed=_DEPT_FIXED, extra=_DEPT_EXTRA),
+    MethodSpec("kgcoop_dept", "KgCoOpDePTLearner", ("ExtrasLinearProbeKgCoOp",), "COOP", _DEPT_DEFAULTS,
+               {**_COOP_KEYS, "CTX_INIT": ("ctx_init", _kgcoop_ctx_init), "W": ("w", float)},
+               inert={"ALPHA": "declared by DePT's train.py ('for KgCoOp but NOT USE'), never read"},
+               fixed=_DEPT_FIXED, extra=_DEPT_EXTRA, dataset_template="template"),
+    MethodSpec("cocoop_dept", "CoCoOpDePTLearner", ("ExtrasLinearProbeCoCoOp",), "COCOOP",
+               dict(N_CTX=4, CTX_INIT="a photo of a", PREC="fp16"), _k(N_CTX="n_ctx", CTX_INIT="ctx_init"),
+               fixed=_DEPT_FIXED, extra=_DEPT_EXTRA),
+    MethodSpec("maple_dept", "MaPLeDePTLearner", ("ExtrasLinearProbeMaPLe",), "MAPLE",
+               dict(N_CTX=2, CTX_INIT="a photo of a", PREC="fp16", PROMPT_DEPTH=9),
+               _k(N_CTX="n_ctx", CTX_INIT="ctx_init", PROMPT_DEPTH="prompt_depth"), deep_vision=True,
+               depths=lambda section: {"PROMPT_DEPTH": ("text", "vision")}, fixed=_DEPT_FIXED, extra=_DEPT_EXTRA),
+]})
 
 # Methods that train a multi-task dataset (SoftCPT's general10, plant6, fashion20): their learner
 # takes tasks and its loss scores each image against its own task's classes only.
@@ -175,10 +224,30 @@ def method_of_trainer(name: str) -> Optional[str]:
     return None
 
 
-def learner_kwargs(method: str, section: Dict[str, Any], dataset_class: Optional[str] = None) -> Dict[str, Any]:
-    """Learner keyword arguments from the resolved ``TRAINER.<SECTION>`` of ``method``."""
+def extra_learner_kwargs(method: str, cfg: Dict[str, Any]) -> Dict[str, Any]:
+    """Learner keyword arguments from the keys outside the section (:attr:`MethodSpec.extra`)."""
+    out: Dict[str, Any] = {}
+    for key, (_, kwarg) in METHODS[method].extra.items():
+        if kwarg is not None:
+            node: Any = cfg
+            for part in key.split("."):
+                node = node[part]
+            out[kwarg] = node
+    return out
+
+
+def learner_kwargs(method: str, section: Dict[str, Any], dataset_class: Optional[str] = None,
+                   outside: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+    """Learner keyword arguments from the resolved ``TRAINER.<SECTION>`` of ``method`` (and, from
+    ``outside``, the flattened configuration, the method's keys outside it)."""
     spec = METHODS[method]
     out: Dict[str, Any] = {}
+    for key, (name, convert) in spec.outside.items():
+        if outside is not None and key in outside:
+            try:
+                out[name] = convert(outside[key])
+            except (TypeError, ValueError) as exc:
+                raise ConfigError(f"{key}: cannot use {outside[key]!r} ({exc})") from None
     where = f"TRAINER.{spec.section}"
     for key, value in section.items():
         if key in spec.keys:

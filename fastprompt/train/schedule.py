@@ -14,13 +14,13 @@ from __future__ import annotations
 
 import bisect
 import math
-from typing import Any, Dict, Iterable, Sequence
+from typing import Any, Dict, Iterable, List, Sequence, Tuple
 
 import torch
 
 from ..errors import ConfigError
 
-__all__ = ["EpochSchedule", "build_optimizer", "schedule_from_config"]
+__all__ = ["EpochSchedule", "build_optimizer", "param_groups", "schedule_from_config"]
 
 SCHEDULERS = ("cosine", "single_step", "multi_step")
 OPTIMIZERS = ("sgd", "adam", "adamw")
@@ -53,13 +53,16 @@ class EpochSchedule:
             return self.base_lr * self.gamma ** (t // step)
         return self.base_lr * self.gamma ** bisect.bisect_right(sorted(self.stepsize), t)
 
-    def lr_at(self, epoch: int) -> float:
+    def lr_at(self, epoch: int, lr_mult: float = 1.0) -> float:
+        """The rate of ``epoch``; ``lr_mult`` scales the base rate of a staged parameter group (as
+        each group's own ``base_lrs`` in Dassl's schedulers: the constant warm-up rate and the
+        linear warm-up's first rate are the same for every group)."""
         w = self.warmup_epoch
         if w > 0 and epoch < w:
             if self.warmup_type == "constant":
                 return self.warmup_cons_lr
-            return self.warmup_min_lr if epoch == 0 else self.base_lr * epoch / w
-        return self._successor(epoch - max(w, 0))
+            return self.warmup_min_lr if epoch == 0 else self.base_lr * lr_mult * epoch / w
+        return self._successor(epoch - max(w, 0)) * lr_mult
 
 
 def schedule_from_config(optim: Dict[str, Any]) -> EpochSchedule:
@@ -70,9 +73,25 @@ def schedule_from_config(optim: Dict[str, Any]) -> EpochSchedule:
                          warmup_recount=optim["WARMUP_RECOUNT"], stepsize=optim["STEPSIZE"], gamma=optim["GAMMA"])
 
 
+def param_groups(named_params: Sequence[Tuple[str, torch.nn.Parameter]], optim: Dict[str, Any]) -> List[Any]:
+    """The parameters, or with ``OPTIM.STAGED_LR`` (DePT) two groups as Koorye/DePT ``trainers/optim.py``
+    builds them: a parameter whose top-level name contains one of ``NEW_LAYERS`` trains at
+    ``LR * LR_EXP``, every other at ``LR * BASE_LR_MULT`` (``lr_mult`` of the group, read each epoch)."""
+    if not optim.get("STAGED_LR"):
+        return [p for _, p in named_params]
+    layers = optim["NEW_LAYERS"]
+    layers = [layers] if isinstance(layers, str) else list(layers)
+    new = [p for n, p in named_params if any(layer in n.split(".")[0] for layer in layers)]
+    base = [p for n, p in named_params if not any(layer in n.split(".")[0] for layer in layers)]
+    groups = [{"params": base, "lr_mult": float(optim["BASE_LR_MULT"])},
+              {"params": new, "lr_mult": float(optim.get("LR_EXP", 1.0))}]
+    return [g for g in groups if g["params"]]
+
+
 def build_optimizer(params: Iterable[torch.nn.Parameter], optim: Dict[str, Any]) -> torch.optim.Optimizer:
-    """Dassl's ``build_optimizer`` for ``sgd`` / ``adam`` / ``adamw`` (``STAGED_LR`` does not apply:
-    only the prompt parameters are trained)."""
+    """Dassl's ``build_optimizer`` for ``sgd`` / ``adam`` / ``adamw`` over ``params``: parameters, or the
+    groups of :func:`param_groups` (``STAGED_LR``, DePT's head; every other method trains its prompt
+    parameters at one rate)."""
     params = list(params)
     name = str(optim["NAME"]).lower()
     if not params:

@@ -20,7 +20,10 @@ from typing import Dict, List, Tuple
 
 from ..errors import ConfigError
 
-__all__ = ["VARIANTS", "variant_run"]
+__all__ = ["VARIANTS", "CONFIGS", "variant_run"]
+
+# configs/trainers/MTCoOp/ and MTCoOpHard/ of the original: one recipe of each in softcpt/ and softcpt_hard/
+CONFIGS = ("rn50_ep50", "rn101_ep50", "vit_b32_ep50", "vit_b16_ep50")
 
 _CLASS_FEATURES = {"TRAINER.MTCOOP.CSC": "True", "TRAINER.MTCOOP.CLASS_N_CTX": "4"}
 
@@ -46,6 +49,8 @@ def variant_run(name: str, dataset: str, config: str = "rn50_ep50") -> Tuple[str
     original config ``config`` (``rn50_ep50``, ``rn101_ep50``, ``vit_b32_ep50``, ``vit_b16_ep50``)."""
     if name not in VARIANTS:
         raise ConfigError(f"unknown SoftCPT variant {name!r}; known: {', '.join(VARIANTS)}")
+    if config not in CONFIGS:
+        raise ConfigError(f"unknown SoftCPT config {config!r}; the original's configs: {', '.join(CONFIGS)}")
     method, overrides = VARIANTS[name]
     overrides = dict(overrides)
     rate = _SAMPLED_ON.get(str(dataset).lower().replace("-", ""))

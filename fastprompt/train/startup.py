@@ -126,8 +126,12 @@ def prepare_run_dir(run_dir: str, resume: bool = False, overwrite: bool = False)
 
 
 def _check_same(saved: Dict[str, Any], given: Dict[str, Any], run_dir: str) -> None:
+    from .defaults import base_defaults
+
     a, b = flatten(saved), flatten(given)
-    diff = [k for k in sorted(set(a) | set(b)) if k not in _RESUME_FREE and a.get(k) != b.get(k)
+    # a key added after the run was written (ProGrad's LOSS section) is the same when it is at its default
+    added = {k for k, v in flatten(base_defaults()).items() if k not in a and k in b and b[k] == v}
+    diff = [k for k in sorted(set(a) | set(b) - added) if k not in _RESUME_FREE and a.get(k) != b.get(k)
             and not (isinstance(a.get(k), (list, tuple)) and list(a[k]) == list(b.get(k) or ()))]
     if diff:
         shown = "; ".join(f"{k}: run {a.get(k)!r}, now {b.get(k)!r}" for k in diff[:5])

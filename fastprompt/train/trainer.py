@@ -52,7 +52,7 @@ from .batches import MapBatches
 from .evaluate import check_unreadable, evaluate
 from .precision import Precision
 from .records import RunRecords, plot_curves
-from .schedule import EpochSchedule, build_optimizer
+from .schedule import EpochSchedule, build_optimizer, param_groups
 from .task_eval import TaskSlices, describe
 from .state import STATE_FILE, STATE_FORMAT, load_state, rng_state, save_state, set_rng_state, write_json
 from .views import flatten_views
@@ -147,7 +147,7 @@ class Trainer:
         self.callbacks = list(callbacks)
         self.named_params = list(learner.trainable_named_parameters())
         self.params = [p for _, p in self.named_params]
-        self.optimizer = build_optimizer(self.params, optim)
+        self.optimizer = build_optimizer(param_groups(self.named_params, optim), optim)
         self.precision = Precision(precision, self.device)
         self.train_data = train_data
         self.feature_cache = feature_cache
@@ -330,7 +330,7 @@ class Trainer:
         s = self.settings
         lr = self.schedule.lr_at(self.epoch)
         for group in self.optimizer.param_groups:
-            group["lr"] = lr
+            group["lr"] = self.schedule.lr_at(self.epoch, group.get("lr_mult", 1.0))
         self.batches.set_position(self.epoch, self.batch)
         n_batches = len(self.batches)
         bar = self._bar(n_batches)

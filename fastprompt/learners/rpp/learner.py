@@ -118,7 +118,7 @@ class RPPLearner(PromptLearner):
         self._frozen_text = None
         self._rebuild_plan()
         if self.prompt_text:  # the q/k/v prompts' rows must exist, unpooled, in every prompt
-            self.text_tower.check_deep_prompts(self.plan, self.n_ctx)
+            self.text_tower.check_deep_prompts(self.plan, self.n_ctx, qkv=not self.config.shared)
 
     # ---- construction --------------------------------------------------------------------------
     @classmethod
