@@ -15,6 +15,7 @@ from .promptsrc import PromptSRCConfig, PromptSRCLearner
 from .rpp import RPPConfig, RPPLearner
 from .softcpt import SoftCPTConfig, SoftCPTLearner
 from .tcp import TCPConfig, TCPLearner
+from .promptkd import PromptKDConfig, PromptKDLearner
 from .softcpt import SoftCPTHardConfig, SoftCPTHardLearner
 from .teacher import CLIPTeacher
 from .vpt import VPTConfig, VPTLearner
@@ -26,7 +27,7 @@ __all__ = [
     "KgCoOpLearner", "KgCoOpConfig", "PRELearner", "PREConfig", "SoftCPTLearner", "SoftCPTConfig",
     "SoftCPTHardLearner", "SoftCPTHardConfig",
     "RPPLearner", "RPPConfig", "POMPLearner", "POMPConfig", "POMPObjective", "CLIPTeacher",
-    "TCPLearner", "TCPConfig",
+    "TCPLearner", "TCPConfig", "PromptKDLearner", "PromptKDConfig",
     "ProGradLearner", "ProGradConfig",
     "CoOpDePTLearner", "CoOpDePTConfig", "KgCoOpDePTLearner", "KgCoOpDePTConfig", "CoCoOpDePTLearner",
     "CoCoOpDePTConfig", "MaPLeDePTLearner", "MaPLeDePTConfig",

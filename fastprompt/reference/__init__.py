@@ -16,6 +16,7 @@ from .maple import ReferenceMaPLe, ReferenceMaPLePromptLearner
 from .pomp import ReferencePOMP, ReferencePOMPPromptLearner
 from .prograd import ReferenceProGrad, ReferenceProGradPromptLearner
 from .pre import ReferencePRE, ReferencePREPromptLearner
+from .promptkd import ReferencePromptKD, ReferencePromptKDTeacher
 from .promptsrc import ReferencePromptSRC, ReferenceVLPromptLearner
 from .rpp import ReferenceRPP, ReferenceRPPPromptLearner
 from .softcpt import ReferenceSoftCPT
@@ -32,5 +33,5 @@ __all__ = [
     "ReferencePREPromptLearner", "ReferenceSoftCPT", "ReferencePOMP", "ReferencePOMPPromptLearner",
     "ReferenceRPP", "ReferenceRPPPromptLearner", "ReferenceTCP", "ReferenceTCPPromptLearner",
     "ReferenceRPP", "ReferenceRPPPromptLearner", "ReferenceProGrad", "ReferenceProGradPromptLearner",
-    "ReferenceDePTCoOp", "ReferenceDePTKgCoOp", "ReferenceDePTCoCoOp", "ReferenceDePTMaPLe",
+    "ReferencePromptKD", "ReferencePromptKDTeacher", "ReferenceDePTCoOp", "ReferenceDePTKgCoOp", "ReferenceDePTCoCoOp", "ReferenceDePTMaPLe",
 ]
