@@ -171,3 +171,29 @@ def test_original_checkpoint_in_fp16(tiny_model, teacher_model):
                      FP32.rounding, "fp16 conv weight")
     with pytest.raises(ValueError, match="unexpected"):
         learner.load_original_state_dict({**state, "prompt_learner.ctx": torch.zeros(4, 64)})
+
+
+# ---- the run layer ---------------------------------------------------------------------------------
+FAST = ["OPTIM.MAX_EPOCH", "1", "DATALOADER.TRAIN_X.BATCH_SIZE", "8", "DATALOADER.NUM_WORKERS", "0",
+        "TRAIN.TENSORBOARD", "False", "TRAINER.PROMPTKD.PROMPT_DEPTH_VISION", "2",
+        "TRAINER.PROMPTKD.TEACHER_NAME", "tiny", "TRAINER.PROMPTKD.TEACHER_PRETRAINED", "none",
+        "TRAINER.PROMPTKD.TEACHER_PROMPT_DEPTH", "2", "TRAINER.PROMPTKD.KD_WEIGHT", "1000.0"]
+
+
+@pytest.mark.parametrize("recipe", ["vit_b16_c2_ep20_batch8_4+4ctx", "vit_b16_c2_ep20_batch8_4+4ctx_cross_datasets"])
+def test_recipe_trains_and_evaluates_through_the_cli(recipe, dtd_tree, tmp_path, capsys):
+    import json
+
+    from fastprompt.cli import main
+    from fastprompt.train.config import load_recipe
+
+    section = load_recipe(f"promptkd/{recipe}")["TRAINER"]["PROMPTKD"]
+    assert section["TEACHER_NAME"] == "ViT-L/14" and section["PROMPT_DEPTH_VISION"] == (3 if "cross" in recipe else 9)
+    out = tmp_path / "promptkd"
+    assert main(["train", "--recipe", f"promptkd/{recipe}", "--data", dtd_tree, "--dataset", "dtd", "--output-dir",
+                 str(out), "--model", "tiny", "--pretrained", "none", "--no-progress", *FAST]) == 0
+    config = (out / "config.yaml").read_text()
+    assert "METHOD: promptkd" in config and "KD_WEIGHT: 1000.0" in config
+    assert json.loads((out / "eval.json").read_text())["total"] > 0
+    saved = json.loads((out / "fastprompt_config.json").read_text())
+    assert saved["method"] == "promptkd" and saved["config"]["teacher_model"] == "tiny"

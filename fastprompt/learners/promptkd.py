@@ -256,19 +256,19 @@ class PromptKDLearner(PromptLearner):
 
     def load_prompt_state(self, tensors: Mapping[str, torch.Tensor], source: str = "state dict",
                           strict: bool = True) -> PromptLoadResult:
+        """The base loader, plus the projection's running statistics where ``tensors`` hold them
+        (a checkpoint does; without them the current statistics stay)."""
         tensors = dict(tensors)
         stats = {name: tensors.pop(name) for name in _PROJECTOR_STATS if name in tensors}
         result = super().load_prompt_state(tensors, source=source, strict=strict)
-        missing = [name for name in _PROJECTOR_STATS if name not in stats]
-        if strict and missing:
-            raise ValueError(f"{source} does not match this {type(self).__name__}: missing {missing}")
+        # running statistics absent (the trainer's snapshots hold the trainable parameters only): kept as they are
         buffers = dict(self.named_buffers())
         for name, value in stats.items():
             if tuple(value.shape) != tuple(buffers[name].shape) or not bool(torch.isfinite(value).all()):
                 raise ValueError(f"{source}: {name!r} must be finite of shape {tuple(buffers[name].shape)}")
             with torch.no_grad():
                 buffers[name].copy_(value.to(buffers[name].dtype))
-        return PromptLoadResult(result.missing_keys + missing, result.unexpected_keys)
+        return result
 
     def _map_original_names(self, state: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
         """The student ``CustomCLIP``'s checkpoint: ``image_encoder.VPT`` / ``...VPT_shallow`` and

@@ -128,6 +128,8 @@ def build_learner(cfg: Dict[str, Any], model, tokenizer, classnames, dataset_nam
     kwargs.update(extra_learner_kwargs(method, cfg))
     kwargs["frozen_image_precision"] = str(cfg["TRAIN"].get("FROZEN_IMAGE_PRECISION") or "fp32").lower()
     cls = LEARNERS[method]
+    if method == "promptkd":
+        kwargs["teacher"] = build_teacher_model(kwargs, int(cfg["SEED"]), next(model.parameters()).device)
     if tasks is not None:
         target = [(name, list(names)) for name, names in tasks]
     else:
@@ -139,6 +141,21 @@ def build_learner(cfg: Dict[str, Any], model, tokenizer, classnames, dataset_nam
     learner.model_name, learner.pretrained = model_name, pretrained
     learner.initial_prompts = start_as_original(learner, cfg, model, tokenizer, kwargs)
     return learner
+
+
+def build_teacher_model(kwargs: Dict[str, Any], seed: int, device: torch.device):
+    """PromptKD's teacher CLIP (``TRAINER.PROMPTKD.TEACHER_NAME`` / ``TEACHER_PRETRAINED``): ``tiny`` is the
+    test model drawn from ``SEED + 1``, ``none`` random weights of the named architecture."""
+    from .. import models
+
+    name, tag = kwargs.get("teacher_model"), str(kwargs.get("teacher_pretrained") or "none")
+    if name == "tiny":
+        return models.tiny_clip(max(seed, 0) + 1, **TINY_CLIP_KWARGS).to(device)
+    if tag.lower() == "none":
+        return models.random_clip(name, seed=max(seed, 0) + 1).to(device)
+    from ..learners.pretrained import load_open_clip
+
+    return load_open_clip(name, tag, device=device)
 
 
 def start_as_original(learner, cfg: Dict[str, Any], model, tokenizer, kwargs: Dict[str, Any]) -> str:

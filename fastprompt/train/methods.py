@@ -207,6 +207,32 @@ METHODS.update({s.method: s for s in [
                depths=lambda section: {"PROMPT_DEPTH": ("text", "vision")}, fixed=_DEPT_FIXED, extra=_DEPT_EXTRA),
 ]})
 
+# PromptKD (zhengli97/PromptKD train.py extend_cfg, trainers/promptkd.py): the student's settings, the
+# distillation weight and temperature, the teacher's name; TEACHER_PRETRAINED, TEACHER_CHECKPOINT,
+# TEACHER_PROMPT_DEPTH and TEACHER_N_CTX_VISION are fastprompt's (the original fixes the teacher's
+# weights file, its PromptSRC checkpoint path and its 9-deep, 4-token prompts in code).
+_TEACHER_NAMES = {"ViT-L/14": "ViT-L-14", "ViT-B/16": "ViT-B-16", "ViT-B/32": "ViT-B-32"}
+METHODS.update({s.method: s for s in [
+    MethodSpec("promptkd", "PromptKDLearner", ("PromptKD",), "PROMPTKD",
+               dict(N_CTX_VISION=4, N_CTX_TEXT=4, CTX_INIT="a photo of a", PREC="fp16", PROMPT_DEPTH_VISION=9,
+                    PROMPT_DEPTH_TEXT=9, PROJECT_LAYER=2, CE_WEIGHT=0.0, KD_WEIGHT=1.0, TEMPERATURE=1.0,
+                    TEACHER_NAME="ViT-L/14", TEACHER_PRETRAINED="openai", TEACHER_CHECKPOINT="",
+                    TEACHER_PROMPT_DEPTH=9, TEACHER_N_CTX_VISION=4),
+               {**_k(N_CTX_VISION="n_ctx_vision", N_CTX_TEXT="n_ctx_text", CTX_INIT="ctx_init",
+                     PROMPT_DEPTH_VISION="prompt_depth_vision", TEACHER_PRETRAINED="teacher_pretrained",
+                     TEACHER_PROMPT_DEPTH="teacher_prompt_depth", TEACHER_N_CTX_VISION="teacher_n_ctx_vision"),
+                "KD_WEIGHT": ("kd_weight", float), "TEMPERATURE": ("temperature", float),
+                "TEACHER_NAME": ("teacher_model", lambda v: _TEACHER_NAMES.get(str(v), str(v))),
+                "TEACHER_CHECKPOINT": ("teacher_checkpoint", lambda v: str(v) or None)},
+               inert={"PROMPT_DEPTH_TEXT": "builds the student's text prompts, which its CustomCLIP never uses "
+                                           "(the student classifies with the teacher's class features)",
+                      "PROJECT_LAYER": "declared by PromptKD's train.py, never read (the projection has two layers)",
+                      "CE_WEIGHT": "declared by PromptKD's train.py, never read: the loss ignores the labels"},
+               deep_vision=True, depths=lambda section: {"PROMPT_DEPTH_VISION": ("vision",)},
+               extra={"TRAINER.MODAL": ("base2novel", None)},
+               outside_fixed={"TRAINER.MODAL": ("base2novel", "cross")}),
+]})
+
 # Methods that train a multi-task dataset (SoftCPT's general10, plant6, fashion20): their learner
 # takes tasks and its loss scores each image against its own task's classes only.
 MULTITASK_METHODS = ("softcpt", "softcpt_hard")
