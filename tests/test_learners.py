@@ -7,7 +7,7 @@ import torch
 
 import fastprompt
 from fastprompt.reference import ReferenceCoCoOp, ReferenceCoOp
-from fastprompt.testing import FP32, assert_close_rel, random_images
+from fastprompt.testing import FP32, assert_close_rel, random_images, tiny_clip
 
 COOP_CONFIGS = [
     dict(n_ctx=4),
@@ -229,7 +229,8 @@ def test_vit_b16_coop_and_cocoop_match_reference(vit_b16):
 # Settings that let each learner be built on the 2-layer tiny model (depths) without a teacher.
 TINY_SETTINGS = {"maple": dict(prompt_depth=2), "vpt": dict(prompt_depth=2),
                  "promptsrc": dict(prompt_depth_text=2, prompt_depth_vision=2), "rpp": dict(depth=2, kl_weight=0.0),
-                 "maple_dept": dict(prompt_depth=2)}
+                 "maple_dept": dict(prompt_depth=2),
+                 "promptkd": dict(prompt_depth_vision=2, teacher_prompt_depth=2, teacher=tiny_clip(seed=3))}
 
 
 @pytest.mark.parametrize("method", sorted(fastprompt.learners.LEARNERS))

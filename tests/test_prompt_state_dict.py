@@ -16,7 +16,10 @@ from fastprompt.testing import random_images, tiny_clip
 METHODS = sorted(fastprompt.learners.LEARNERS)
 SETTINGS = {"maple": dict(prompt_depth=2), "vpt": dict(prompt_depth=2), "pomp": dict(num_sampled_classes=2),
             "promptsrc": dict(prompt_depth_text=2, prompt_depth_vision=2), "rpp": dict(depth=2, kl_weight=0.0),
-            "maple_dept": dict(prompt_depth=2)}
+            "maple_dept": dict(prompt_depth=2),
+            # one teacher for all (its prompts, drawn once, are not the student's checkpoint)
+            "promptkd": dict(prompt_depth_vision=2, teacher_prompt_depth=2, teacher=fastprompt.PromptSRCLearner.from_model(
+                tiny_clip(seed=3), ["cat", "dog"], prompt_depth_text=2, prompt_depth_vision=2, templates=["{}"]))}
 
 
 def _learner(model, method, seed=0):
@@ -75,7 +78,7 @@ def test_a_prompt_state_dict_holds_the_learned_tensors_and_no_clip(model, method
     saved = load_file(str(tmp_path / "prompt.safetensors"))
     assert saved.keys() == state.keys() and all(torch.equal(saved[k], state[k]) for k in state)
     # state_dict's manner: detached, sharing the parameters' storage
-    params = dict(learner.trainable_named_parameters())
+    params = {**dict(learner.named_buffers()), **dict(learner.trainable_named_parameters())}  # PromptKD: BN stats
     assert all(not t.requires_grad and t.data_ptr() == params[k].data_ptr() for k, t in state.items())
 
 

@@ -233,7 +233,10 @@ class PromptKDLearner(PromptLearner):
 
     # ---- objective ---------------------------------------------------------------------------
     def loss_terms(self, images: torch.Tensor, labels: Optional[torch.Tensor] = None) -> Dict[str, torch.Tensor]:
-        """``{"kd", "total"}``; ``labels`` are not read (PromptKD distils on unlabeled images)."""
+        """``{"kd", "total"}``; ``labels`` do not enter (PromptKD distils on unlabeled images), but
+        labels given are checked as every learner checks them."""
+        if labels is not None:
+            self.check_labels(images, labels)
         t = self.config.temperature
         tea_logits = self.teacher_logits(images)
         stu_logits = self(images)
@@ -258,6 +261,8 @@ class PromptKDLearner(PromptLearner):
                           strict: bool = True) -> PromptLoadResult:
         """The base loader, plus the projection's running statistics where ``tensors`` hold them
         (a checkpoint does; without them the current statistics stay)."""
+        if not isinstance(tensors, Mapping):  # the base loader names the error
+            return super().load_prompt_state(tensors, source=source, strict=strict)
         tensors = dict(tensors)
         stats = {name: tensors.pop(name) for name in _PROJECTOR_STATS if name in tensors}
         result = super().load_prompt_state(tensors, source=source, strict=strict)
