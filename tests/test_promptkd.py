@@ -197,3 +197,24 @@ def test_recipe_trains_and_evaluates_through_the_cli(recipe, dtd_tree, tmp_path,
     assert json.loads((out / "eval.json").read_text())["total"] > 0
     saved = json.loads((out / "fastprompt_config.json").read_text())
     assert saved["method"] == "promptkd" and saved["config"]["teacher_model"] == "tiny"
+
+
+def test_the_teacher_checkpoint_is_loaded_by_the_run(dtd_tree, tmp_path):
+    """TRAINER.PROMPTKD.TEACHER_CHECKPOINT: a PromptSRC save_pretrained directory (or an original checkpoint)."""
+    from fastprompt.cli import main
+    from fastprompt.train.build import build_teacher_model
+    from fastprompt.train.model_keys import TINY_CLIP_KWARGS
+
+    teacher = fastprompt.PromptSRCLearner.from_model(tiny_clip(2, **TINY_CLIP_KWARGS), ["a", "b"], prompt_depth_text=2,
+                                                     prompt_depth_vision=2, templates=["{}"])
+    perturb_trainable(teacher)
+    teacher.save_pretrained(str(tmp_path / "teacher"))
+    assert torch.equal(build_teacher_model(dict(teacher_model="tiny"), 1, torch.device("cpu")).logit_scale,
+                       teacher.clip.logit_scale)  # SEED 1 -> the tiny teacher drawn from seed 2
+    out = tmp_path / "run"
+    assert main(["train", "--recipe", "promptkd/vit_b16_c2_ep20_batch8_4+4ctx", "--data", dtd_tree, "--dataset", "dtd",
+                 "--output-dir", str(out), "--model", "tiny", "--pretrained", "none", "--no-progress", "--seed", "1",
+                 *FAST, "TRAINER.PROMPTKD.TEACHER_CHECKPOINT", str(tmp_path / "teacher")]) == 0
+    learner = fastprompt.PromptKDLearner.from_pretrained(str(out), model=tiny_clip(1, **TINY_CLIP_KWARGS),
+                                                         teacher=tiny_clip(2, **TINY_CLIP_KWARGS))
+    assert_close_rel(learner.teacher.ctx, teacher.ctx, FP32.rounding, "teacher context from the checkpoint")

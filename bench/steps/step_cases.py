@@ -114,6 +114,8 @@ def build_pair(spec: CaseSpec, model_name: str, device: torch.device) -> Pair:
     if learner is None:
         learner = make_learner()
     learner.load_original_state_dict(spec.state(reference).state_dict())
+    if spec.with_teacher:  # the teacher's prompts too (its whole CustomCLIP_teacher state, as the original saves it)
+        learner.load_teacher(reference.model_teacher.state_dict())
     images, labels = random_batch(model, spec.images, spec.label_classes or spec.classes, device=device)
     info = dict(method=spec.reference.replace("Reference", "").lower(), images=spec.images, classes=spec.classes,
                 n_ctx=spec.n_ctx)
