@@ -207,3 +207,25 @@ def test_a_prompted_layer_the_model_skips_is_refused():
     model.text.transformer.layerdrop = 1.0
     with pytest.raises(ValueError, match=r"text layers \[1\] were skipped .* keep the frozen model in eval mode"):
         tower.encode(plan, ctx, prefix_overrides=[None, ctx])
+
+
+@pytest.mark.parametrize("name", ["roberta-ViT-B-32", "mt5-base-ViT-B-32"])
+def test_tcp_class_tokens_enter_a_hugging_face_text_tower(name):
+    """TCP hands the tower its per-class tokens with ``regroup`` (one prefix group up to the insert
+    layer, one per class after it); a Hugging Face tower runs every class at full length anyway, so
+    the answer must equal encoding each class alone with its own tokens. It used to be a TypeError."""
+    model, tokenizer = scaled_clip(name)
+    model = copy.deepcopy(model).double()
+    learner = fastprompt.TCPLearner.from_model(model, CLASSNAMES, tokenizer=tokenizer)
+    assert isinstance(learner.text_tower, HFTextTower) and 0 < learner.insert_layer < learner.text_tower.layers
+    tokens = learner.class_tokens()
+    before = [None] * learner.insert_layer
+    one_by_one = torch.cat([
+        learner.text_tower.encode(learner.plan.select([c]), learner._ctx_table(), prefix_overrides=before + [tokens[c]],
+                                  override_start=text_start(tokenizer))
+        for c in range(len(CLASSNAMES))])
+    assert_close_rel(learner.text_features(), one_by_one, FP64.exact, f"{name}: TCP text features")
+    images = torch.randn(2, 3, *model.visual.image_size, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    learner.loss(images, torch.tensor([0, 1])).backward()
+    for n, p in learner.trainable_named_parameters():
+        assert_gradient_flows(p.grad, n)

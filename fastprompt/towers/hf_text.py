@@ -234,7 +234,8 @@ class HFTextTower:
     # ---- the encoder -------------------------------------------------------------------------
     def encode(self, plan: TextPlan, ctx: Optional[torch.Tensor] = None,
                prefix_overrides: Optional[Sequence[Optional[torch.Tensor]]] = None,
-               override_start: Optional[int] = None, prefix_prompts: Optional[Sequence] = None) -> torch.Tensor:
+               override_start: Optional[int] = None, prefix_prompts: Optional[Sequence] = None,
+               regroup: Optional[Tuple[int, TextPlan]] = None) -> torch.Tensor:
         """Text features ``[N, E]`` (not normalised) of ``plan``'s prompts with the learnable context ``ctx``.
 
         Args:
@@ -249,6 +250,10 @@ class HFTextTower:
             override_start: first replaced row; ``None``: the plan's first context row
                 (:meth:`check_deep_prompts`).
             prefix_prompts: RPP's unshared q/k/v prompts: refused (:data:`RPP_TEXT_REFUSAL`).
+            regroup: ``(j, plan_g)`` as :meth:`TextTower.forward <fastprompt.towers.TextTower.forward>`
+                takes it (TCP's per-class tokens): the same prompts in ``G'`` groups, whose
+                ``prefix_overrides[j:]`` rows are ``[G', M, D]``. Every prompt runs at full length here
+                anyway, so it only says which group's rows each prompt reads from layer ``j`` on.
 
         Raises:
             UnpromptableTextTowerError: ``prefix_prompts`` given, or rows :meth:`check_deep_prompts` refuses.
@@ -264,15 +269,31 @@ class HFTextTower:
             slot = (-1 - src).clamp_min(0)  # [N, L]; frozen positions read slot 0, discarded by the where
             rows = ctx[slot] if ctx.dim() == 2 else ctx[group[:, None], slot]
             x = torch.where((src < 0)[..., None], rows, x)
-        prompted = self._layer_overrides(prefix_overrides, plan.n_groups)
+        regroup_at, group_after = self._check_regroup(plan, ids, regroup)
+        prompted = self._layer_overrides(prefix_overrides, plan.n_groups,
+                                         regroup_at, None if regroup is None else regroup[1].n_groups)
         if not prompted:
             return self._run(ids, inputs_embeds=x)
         start = self.check_deep_prompts(plan, int(prompted[0][1].shape[-2]), override_start)
-        with self._replacing_rows(prompted, start, group):
+        groups = [group if j < regroup_at else group_after for j, _ in prompted]
+        with self._replacing_rows(prompted, start, groups):
             return self._run(ids, inputs_embeds=x)
 
-    def _layer_overrides(self, overrides, n_groups: int) -> List[Tuple[int, torch.Tensor]]:
-        """``[(layer, rows [M, D] or [G, M, D])]`` of the non-None overrides, checked."""
+    def _check_regroup(self, plan: TextPlan, ids: torch.Tensor, regroup) -> Tuple[int, Optional[torch.Tensor]]:
+        """``(j, group [N])`` of ``regroup = (j, plan_g)``, or ``(layers, None)`` without one."""
+        if regroup is None:
+            return self.layers, None
+        at, regrouped = regroup
+        _, ids_g, group_g = self._rows(regrouped)
+        if plan.n_groups != 1 or not 0 < at < self.layers or not torch.equal(ids, ids_g):
+            raise ValueError(f"regroup=(j, plan_g) needs a one-group plan, 0 < j < {self.layers} and plan_g with the "
+                             f"same prompts; got {plan.n_groups} groups, j={at}")
+        return at, group_g
+
+    def _layer_overrides(self, overrides, n_groups: int, regroup_at: Optional[int] = None,
+                         groups_after: Optional[int] = None) -> List[Tuple[int, torch.Tensor]]:
+        """``[(layer, rows [M, D] or [G, M, D])]`` of the non-None overrides, checked (``G``: the plan's
+        groups, or ``groups_after`` from layer ``regroup_at`` on)."""
         overrides = list(overrides or [])
         if len(overrides) > self.layers:
             raise ValueError(f"prefix_overrides has {len(overrides)} entries but the text tower has {self.layers} "
@@ -283,22 +304,24 @@ class HFTextTower:
             raise ValueError(f"prefix_overrides replace {sorted(sizes)} rows in different layers: every layer's "
                              "deep prompt must have the same number of rows M")
         for j, rows in prompted:
-            groups_ok = rows.dim() == 2 or rows.shape[0] == n_groups
+            g = groups_after if regroup_at is not None and j >= regroup_at else n_groups
+            groups_ok = rows.dim() == 2 or rows.shape[0] == g
             if rows.dim() not in (2, 3) or rows.shape[-1] != self.width or not groups_ok:
-                raise ValueError(f"prefix_overrides[{j}] must have shape [M, {self.width}] or [G={n_groups}, M, "
+                raise ValueError(f"prefix_overrides[{j}] must have shape [M, {self.width}] or [G={g}, M, "
                                  f"{self.width}], got {tuple(rows.shape)}")
         return prompted
 
     @contextmanager
     def _replacing_rows(self, prompted: List[Tuple[int, torch.Tensor]], start: int,
-                        group: torch.Tensor) -> Iterator[None]:
+                        groups: List[torch.Tensor]) -> Iterator[None]:
         """Forward pre-hooks on the prompted encoder layers writing their rows into the layer's input
-        hidden states ``[N, L, D]`` (rows ``start .. start+M-1``; per group through ``group [N]``),
+        hidden states ``[N, L, D]`` (rows ``start .. start+M-1``; per group through ``groups[i] [N]``,
+        the group of each prompt at the ``i``-th prompted layer),
         removed on exit. A prompted layer the model skipped (M2M100's ``encoder_layerdrop`` in
         training mode) would silently lose its prompt: refused after the call."""
         layers, fired, handles = encoder_layers(self.transformer), set(), []
 
-        def hook_for(j: int, rows: torch.Tensor):
+        def hook_for(j: int, rows: torch.Tensor, group: torch.Tensor):
             def replace(module, args, kwargs):
                 hidden = args[0] if args else kwargs["hidden_states"]
                 vals = rows.to(hidden.dtype)
@@ -311,8 +334,8 @@ class HFTextTower:
             return replace
 
         try:
-            for j, rows in prompted:
-                handles.append(layers[j].register_forward_pre_hook(hook_for(j, rows), with_kwargs=True))
+            for (j, rows), group in zip(prompted, groups):
+                handles.append(layers[j].register_forward_pre_hook(hook_for(j, rows, group), with_kwargs=True))
             yield
         finally:
             for handle in handles:
