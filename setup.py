@@ -81,8 +81,10 @@ setup(
         "webdataset",  # ImageNet-21K WebDataset tar shards (fastprompt data pack, ShardDataset)
     ],
     extras_require={
-        # transformers: the Hugging Face text towers (RoBERTa, XLM-R, mT5, NLLB) of tests/test_every_backbone.py
-        "test": ["pytest>=7", "pytest-benchmark", "hypothesis", "transformers>=4.40"],
+        # transformers: the Hugging Face text towers (RoBERTa, XLM-R, mT5, NLLB) of tests/test_every_backbone.py;
+        # scipy: SoftCPT's StanfordCars/OxfordFlowers sources read the download's .mat files with scipy.io, as the
+        # original does (tests/test_multitask_mat_sources.py); fastprompt imports it only for those two sources
+        "test": ["pytest>=7", "pytest-benchmark", "hypothesis", "transformers>=4.40", "scipy"],
         "kernels": ["triton", "pybind11"],
         "train": ["matplotlib", "tensorboard"],  # curves.png and TensorBoard events of training runs
     },

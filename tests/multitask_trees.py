@@ -185,3 +185,147 @@ def make_fashion20(root, n_tasks=20):
             for i in range(n):
                 write(os.path.join(d, "images", str(t), str(c), f"im{t}_{c}_{i}.jpg"))
     write(os.path.join(d, "task_info.csv"), "\n".join(lines) + "\n")
+
+
+PLANT_VILLAGE = ["Apple___Apple_scab", "Corn___healthy", "Tomato___Leaf_Mold"]
+
+
+def make_plant6(root, with_task_files=True):
+    """Plant-6's six sources as folders of class folders (and three sources' task files)."""
+    for cls in ("KaggleFlower", "KaggleMushroom", "PlantSeedlingV1", "PlantVillage"):
+        s = SOURCES[cls]
+        classes = PLANT_VILLAGE if cls == "PlantVillage" else ["b class", "a class", "c class"]
+        class_folders(os.path.join(root, s.folder, s.image_dir), classes, [5, 4, 7])
+    for cls in ("FruitVegetable", "KaggleVegetable"):
+        s = SOURCES[cls]
+        for split in ("train", "test", "validation"):
+            class_folders(os.path.join(root, s.folder, s.image_dir, split), ["apple", "kiwi"], [4, 6])
+    if with_task_files:
+        for cls in ("FruitVegetable", "KaggleFlower", "KaggleMushroom"):
+            task_files(root, cls)
+
+
+# ------------------------------------------------------------------ the .mat sources (need scipy)
+
+def make_flowers_mat(root, labels, names):
+    """OxfordFlowers' raw files as the original reads them: ``jpg/image_<i+1:05d>.jpg`` for the
+    i-th entry of ``labels`` (1-based class ids, the download's order), ``imagelabels.mat`` with
+    a 1 x N ``labels`` array, ``cat_to_name.json`` mapping ``"<id>"`` to a name."""
+    import numpy as np
+    from scipy.io import savemat
+
+    d = os.path.join(root, "oxford_flowers")
+    for i in range(len(labels)):
+        write(os.path.join(d, "jpg", f"image_{i + 1:05d}.jpg"))
+    os.makedirs(d, exist_ok=True)
+    savemat(os.path.join(d, "imagelabels.mat"), {"labels": np.array([labels], dtype=np.uint8)})
+    write(os.path.join(d, "cat_to_name.json"), json.dumps({str(k): n for k, n in names.items()}))
+
+
+def _cars_annotations(labels, first):
+    """A 1 x N struct array with the fields of the Stanford Cars devkit's annotation files
+    (bounding box, 1-based ``class``, ``fname``)."""
+    import numpy as np
+
+    fields = ("bbox_x1", "bbox_y1", "bbox_x2", "bbox_y2", "class", "fname")
+    annos = np.zeros((1, len(labels)), dtype=[(f, "O") for f in fields])
+    for i, label in enumerate(labels):
+        box = [np.array([[v]], dtype=np.uint16) for v in (1, 2, 30, 40)]
+        annos[0, i] = (*box, np.array([[label]], dtype=np.uint8), f"{first + i:05d}.jpg")
+    return annos
+
+
+def make_cars_mat(root, train_labels, test_labels, class_names):
+    """StanfordCars' raw files: ``devkit/cars_train_annos.mat``, ``cars_test_annos_withlabels.mat``
+    (``annotations``), ``devkit/cars_meta.mat`` (``class_names``, a 1 x K cell of "make model
+    year" strings), images under ``cars_train/`` and ``cars_test/`` (1-based labels)."""
+    import numpy as np
+    from scipy.io import savemat
+
+    d = os.path.join(root, "stanford_cars")
+    os.makedirs(os.path.join(d, "devkit"), exist_ok=True)
+    for folder, labels, mat in (("cars_train", train_labels, "devkit/cars_train_annos.mat"),
+                                ("cars_test", test_labels, "cars_test_annos_withlabels.mat")):
+        for i in range(len(labels)):
+            write(os.path.join(d, folder, f"{i + 1:05d}.jpg"))
+        savemat(os.path.join(d, mat), {"annotations": _cars_annotations(labels, 1)})
+    cell = np.empty((1, len(class_names)), dtype=object)
+    cell[0, :] = class_names
+    savemat(os.path.join(d, "devkit", "cars_meta.mat"), {"class_names": cell})
+
+
+def original_flowers_read(dataset_dir, seed=1):
+    """``OxfordFlowers.read_data`` after ``set_random_seed(seed)``, literally: items are
+    ``(impath, [label], [0])``; returns ``train, val, test, [[classnames]]``."""
+    from collections import defaultdict
+    from scipy.io import loadmat
+
+    random.seed(seed)
+    image_dir = os.path.join(dataset_dir, "jpg")
+    tracker = defaultdict(list)
+    label_file = loadmat(os.path.join(dataset_dir, "imagelabels.mat"))["labels"][0]
+    for i, label in enumerate(label_file):
+        imname = f"image_{str(i + 1).zfill(5)}.jpg"
+        tracker[int(label)].append(os.path.join(image_dir, imname))
+    with open(os.path.join(dataset_dir, "cat_to_name.json")) as f:
+        lab2cname = json.load(f)
+    train, val, test, M = [], [], [], {}
+    for label, impaths in tracker.items():
+        random.shuffle(impaths)
+        n_total = len(impaths)
+        n_train, n_val = round(n_total * 0.5), round(n_total * 0.2)
+        assert n_train > 0 and n_val > 0 and n_total - n_train - n_val > 0
+        train.extend((im, [label - 1], [0]) for im in impaths[:n_train])
+        val.extend((im, [label - 1], [0]) for im in impaths[n_train:n_train + n_val])
+        test.extend((im, [label - 1], [0]) for im in impaths[n_train + n_val:])
+        M[label] = lab2cname[str(label)]
+    return train, val, test, [[M[k] for k in sorted(M)]]
+
+
+def original_cars_read(dataset_dir, seed=1):
+    """``StanfordCars.__init__``'s first run after ``set_random_seed(seed)``, literally: both
+    ``read_data`` calls, then ``OxfordPets.split_trainval``; items are ``(impath, [label], [0])``."""
+    from scipy.io import loadmat
+
+    random.seed(seed)
+
+    def read_data(image_dir, anno_file, meta_file):
+        anno_file = loadmat(anno_file)["annotations"][0]
+        meta_file = loadmat(meta_file)["class_names"][0]
+        items, M = [], {}
+        for i in range(len(anno_file)):
+            impath = os.path.join(dataset_dir, image_dir, anno_file[i]["fname"][0])
+            label = int(anno_file[i]["class"][0, 0]) - 1
+            names = meta_file[label][0].split(" ")
+            names.insert(0, names.pop(-1))
+            items.append((impath, [label], [0]))
+            M[label] = " ".join(names)
+        return items, [[M[k] for k in sorted(M)]]
+
+    meta = os.path.join(dataset_dir, "devkit", "cars_meta.mat")
+    trainval, classnames = read_data("cars_train", os.path.join(dataset_dir, "devkit", "cars_train_annos.mat"), meta)
+    test, _ = read_data("cars_test", os.path.join(dataset_dir, "cars_test_annos_withlabels.mat"), meta)
+    tracker = {}
+    for idx, (_, label, task) in enumerate(trainval):
+        for t, lab in zip(task, label):
+            tracker.setdefault((t, lab), []).append(idx)
+    train, val = [], []
+    for idxs in tracker.values():
+        n_val = round(len(idxs) * 0.2)
+        assert n_val > 0
+        random.shuffle(idxs)
+        for n, idx in enumerate(idxs):
+            (val if n < n_val else train).append(trainval[idx])
+    return train, val, test, classnames
+
+
+def original_save_split(train, val, test, meta, path_prefix):
+    """What ``OxfordPets.save_split`` writes (``impath.replace(path_prefix, "")``, a leading ``/``
+    dropped), read back as JSON."""
+    def extract(items):
+        out = []
+        for impath, label, task in items:
+            impath = impath.replace(path_prefix, "")
+            out.append((impath[1:] if impath.startswith("/") else impath, label, task))
+        return out
+    return json.loads(json.dumps({"train": extract(train), "val": extract(val), "test": extract(test), "meta": meta}))

@@ -21,12 +21,13 @@ import torch
 import fastprompt
 from fastprompt.learners import LEARNERS
 from fastprompt.learners.prompts import coop_plan, leading_context_template, text_start
-from fastprompt.reference.hf_text import ReferenceHFIVLPTextEncoder, ReferenceHFMaPLeTextEncoder
+from fastprompt.reference.hf_text import (_QKV, ReferenceHFIVLPTextEncoder, ReferenceHFMaPLeTextEncoder,
+                                          ReferenceHFRPPTextEncoder)
 from fastprompt.reference.prompt_common import tokenize_each
-from fastprompt.testing import FP64, assert_close_rel, assert_gradient_flows
+from fastprompt.testing import FP32, FP64, assert_close_rel, assert_gradient_flows
 from fastprompt.testing.backbone_table import CLASSNAMES
 from fastprompt.testing.scaled_models import scaled_clip
-from fastprompt.towers import UnpromptableTextTowerError
+from fastprompt.towers import QKVPrompt, UnpromptableTextTowerError
 from fastprompt.towers.hf_text import HFTextTower, encoder_layers
 
 from test_deep_text_bidirectional import _whole_pair
@@ -149,14 +150,115 @@ def test_the_relative_position_bias_of_mt5_reaches_every_prompted_layer():
     assert len(seen) == 2 and seen[0].abs().sum() > 0 and torch.equal(seen[0], seen[1])
 
 
-@pytest.mark.parametrize("settings", [dict(branches="text", depth=2), dict(depth=1), dict(depth=2, variant="post")],
-                         ids=["text", "both", "post"])
-def test_rpps_unshared_text_prompts_are_refused_by_name(settings):
-    """RPP's q/k/v prompts are heads inside transformers' attention: refused when the learner is
-    built (not at its first step), naming what works."""
-    model, tokenizer = scaled_clip("roberta-ViT-B-32")
-    with pytest.raises(UnpromptableTextTowerError, match="RPP's text branch .*: use RPP with branches='vision'"):
-        LEARNERS["rpp"].from_model(model, CLASSNAMES, tokenizer=tokenizer, kl_weight=0.0, **settings)
+def _rpp_learner(name: str, depth: int, variant: str = "pre", residual_row: str = "value", **settings):
+    """RPP's text branch (``n_ctx = N_CTX``) on :func:`_model`'s three-layer tower, its q/k/v prompts
+    replaced by float64 draws large enough (0.5) that every prompt moves the features measurably."""
+    model, tokenizer = _model(name, layers=3)
+    learner = fastprompt.RPPLearner.from_model(model, NAMES, tokenizer=tokenizer, branches="text", depth=depth,
+                                               variant=variant, residual_row=residual_row, n_ctx=N_CTX,
+                                               kl_weight=0.0, **settings)
+    gen = torch.Generator().manual_seed(0)
+    for part in "qkv":
+        shape = getattr(learner, f"text_{part}").shape
+        setattr(learner, f"text_{part}", torch.nn.Parameter(0.5 * torch.randn(shape, generator=gen, dtype=torch.float64)))
+    return model, tokenizer, learner
+
+
+def _rpp_reference(model, tokenizer, learner) -> torch.Tensor:
+    """The literal reference's text features for the learner's prompts: every prompted layer's q, k,
+    v and residual row written (the learner's residual rule), the input context = layer 0's residual."""
+    start, ids = text_start(tokenizer), learner.plan.full_ids
+    q, k, v = (getattr(learner, f"text_{part}") for part in "qkv")
+    rows = []
+    for j in range(learner.config.depth):
+        residual = v[j] if learner.config.residual_row == "value" else (q[j] + k[j] + v[j]) / 3
+        rows.append((q[j], k[j], v[j], residual.flatten(-2) if residual.dim() == 3 else residual))
+    words = learner.text_tower.embed_tokens(ids)
+    prompts = torch.cat([words[:, :start], rows[0][3].expand(len(ids), -1, -1), words[:, start + N_CTX:]], 1)
+    return ReferenceHFRPPTextEncoder(model, N_CTX, start=start)(prompts, ids, rows)
+
+
+@pytest.mark.parametrize("variant", ["pre", "post"])
+@pytest.mark.parametrize("depth", [1, 2, 3])
+@pytest.mark.parametrize("name", FAMILIES)
+def test_rpp_qkv_prompts_match_the_layer_by_layer_reference(name, depth, variant):
+    """RPP's unshared q/k/v text prompts on a three-layer Hugging Face tower against the literal
+    reference (q/k/v rows written after the projections at every prompted layer, full sequences):
+    depth 1 (layer 0's rows survive), 2 (layer 1's), 3 (J-1 = the last layer: read by the mean
+    poolers of RoBERTa / XLM-R / mT5, not by NLLB's CLS pooler). Text features and every prompt's
+    gradient; the fast path never computes the queries whose outputs are overwritten, whose exact
+    gradient is zero."""
+    model, tokenizer, learner = _rpp_learner(name, depth, variant)
+    params = [getattr(learner, f"text_{part}") for part in "qkv"]
+    feats, ref_feats = learner.text_features(), _rpp_reference(model, tokenizer, learner)
+    assert_close_rel(feats, ref_feats, FP64.exact, f"{name} RPP text features")
+    weights = torch.randn(ref_feats.shape, generator=torch.Generator().manual_seed(1), dtype=ref_feats.dtype)
+    grads = torch.autograd.grad((feats * weights).sum(), params, allow_unused=True)
+    ref_grads = torch.autograd.grad((ref_feats * weights).sum(), params)
+    for part, g, r in zip("qkv", grads, ref_grads):
+        g = torch.zeros_like(r) if g is None else g
+        for j in range(depth):
+            assert_close_rel(g[j], r[j], FP64.exact, f"{name} grad of text_{part}[{j}]")
+    for part, g in zip("kv", ref_grads[1:]):  # keys and values act at every prompted layer: not vacuous
+        for j in range(depth):
+            assert_gradient_flows(g[j], f"text_{part}[{j}]")
+    survives = depth < 3 or name != "nllb-clip-base"
+    assert bool(ref_grads[0][depth - 1].abs().sum() > 0) == survives, "the surviving layer's query acts"
+
+
+@pytest.mark.parametrize("name", ["roberta-ViT-B-32", "nllb-clip-base"])
+def test_rpp_mean_residual_rows_match_the_reference(name):
+    """``residual_row="mean"``: the residual rows ``(P^q + P^k + P^v) / 3`` at the input and at layer J-1."""
+    model, tokenizer, learner = _rpp_learner(name, 2, residual_row="mean")
+    assert_close_rel(learner.text_features(), _rpp_reference(model, tokenizer, learner), FP64.exact, name)
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_rpp_head_space_prompts_start_from_the_words_heads(name):
+    """``variant="post"`` with ``ctx_init``: layer 0's q/k/v prompts are the heads the layer's
+    projections give the phrase's words at their positions in the full prompt (reference: the
+    embedding stage, pre-attention norm and projection of the whole tokenized prompt)."""
+    model, tokenizer = _model(name)
+    learner = fastprompt.RPPLearner.from_model(model, NAMES, tokenizer=tokenizer, branches="text", depth=1,
+                                               variant="post", ctx_init="a photo of a", kl_weight=0.0)
+    start, n = text_start(tokenizer), learner.n_ctx
+    ids = tokenize_each(tokenizer, ["a photo of a cat."])
+    words = learner.text_tower.embed_tokens(ids)
+    reference = ReferenceHFRPPTextEncoder(model, n, start=start)
+    for part, name_ in zip("qkv", _QKV[model.text.config.model_type][2]):
+        heads = getattr(learner, f"text_{part}")[0]
+        expected = reference.projected(0, name_, words[0, start:start + n], words, ids)[0]
+        # the learner keeps its prompts in float32: one rounding of the float64 heads
+        assert_close_rel(heads.double().flatten(-2), expected, FP32.rounding, f"{name} text_{part}[0]")
+
+
+def test_rpp_needs_the_residual_rows_a_mean_pooler_reads():
+    """Every layer prompted on a mean-pooled tower: the last layer's prompt-row outputs are pooled, so
+    their residual rows are needed (a CLS pooler never reads them: NLLB runs without)."""
+    for name, refused in (("roberta-ViT-B-32", True), ("nllb-clip-base", False)):
+        _, _, tower, plan = _tower_and_plan(name, ctx_init="")
+        rows = torch.zeros(N_CTX, tower.width, dtype=torch.float64)
+        prompts = [QKVPrompt(rows, rows, rows, rows), QKVPrompt(rows, rows, rows)]
+        if refused:
+            with pytest.raises(ValueError, match=r"prefix_prompts\[1\]\.residual is needed: .*MeanPooler reads"):
+                tower.encode(plan, rows, prefix_prompts=prompts)
+        else:
+            assert torch.isfinite(tower.encode(plan, rows, prefix_prompts=prompts)).all()
+
+
+def test_rpp_head_space_prompts_on_narrower_heads_are_refused_by_name():
+    """mT5's heads are ``num_heads * d_kv`` wide, which need not be ``d_model``: head-space prompts
+    ``[M, H, d_model / H]`` and their width residual rows have no place there."""
+    model, tokenizer = _model("mt5-base-ViT-B-32")
+    model = copy.deepcopy(model)
+    for block in encoder_layers(model.text.transformer):
+        attention = block.layer[0].SelfAttention
+        for part in "qkv":
+            setattr(attention, part, torch.nn.Linear(attention.q.in_features, attention.q.in_features // 2,
+                                                     bias=False, dtype=torch.float64))
+    with pytest.raises(UnpromptableTextTowerError, match=r"heads are \[\d+\] wide .* use RPP with variant='pre'"):
+        fastprompt.RPPLearner.from_model(model, NAMES, tokenizer=tokenizer, branches="text", depth=1,
+                                         variant="post", ctx_init="a photo of a", kl_weight=0.0)
 
 
 def test_rpp_with_tied_prompts_runs_as_ordinary_deep_prompts():
@@ -207,3 +309,25 @@ def test_a_prompted_layer_the_model_skips_is_refused():
     model.text.transformer.layerdrop = 1.0
     with pytest.raises(ValueError, match=r"text layers \[1\] were skipped .* keep the frozen model in eval mode"):
         tower.encode(plan, ctx, prefix_overrides=[None, ctx])
+
+
+@pytest.mark.parametrize("name", ["roberta-ViT-B-32", "mt5-base-ViT-B-32"])
+def test_tcp_class_tokens_enter_a_hugging_face_text_tower(name):
+    """TCP hands the tower its per-class tokens with ``regroup`` (one prefix group up to the insert
+    layer, one per class after it); a Hugging Face tower runs every class at full length anyway, so
+    the answer must equal encoding each class alone with its own tokens. It used to be a TypeError."""
+    model, tokenizer = scaled_clip(name)
+    model = copy.deepcopy(model).double()
+    learner = fastprompt.TCPLearner.from_model(model, CLASSNAMES, tokenizer=tokenizer)
+    assert isinstance(learner.text_tower, HFTextTower) and 0 < learner.insert_layer < learner.text_tower.layers
+    tokens = learner.class_tokens()
+    before = [None] * learner.insert_layer
+    one_by_one = torch.cat([
+        learner.text_tower.encode(learner.plan.select([c]), learner._ctx_table(), prefix_overrides=before + [tokens[c]],
+                                  override_start=text_start(tokenizer))
+        for c in range(len(CLASSNAMES))])
+    assert_close_rel(learner.text_features(), one_by_one, FP64.exact, f"{name}: TCP text features")
+    images = torch.randn(2, 3, *model.visual.image_size, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    learner.loss(images, torch.tensor([0, 1])).backward()
+    for n, p in learner.trainable_named_parameters():
+        assert_gradient_flows(p.grad, n)

@@ -82,14 +82,16 @@ def test_a_context_table_per_group_is_each_groups_own_encoding(name):
     assert_close_rel(both, each, FP32.parity, f"{name} grouped context")
 
 
-# Input-level text prompts (and the frozen text of VPT / RPP's vision branch) and deep text prompts
-# that replace hidden rows (MaPLe, PromptSRC, RPP with tied q/k/v: tests/test_hf_deep_prompts.py) run;
+# Input-level text prompts (and the frozen text of VPT / RPP's vision branch), deep text prompts
+# that replace hidden rows (MaPLe, PromptSRC, RPP with tied q/k/v) and RPP's unshared q/k/v prompts
+# (pre / post projection, text and both branches; exactness: tests/test_hf_deep_prompts.py) run;
 # settings small so that a step is cheap.
 RUNNING = [("coop", dict(n_ctx=4)), ("cocoop", {}), ("kgcoop", {}), ("pre", {}), ("softcpt", {}),
            ("pomp", dict(num_sampled_classes=3)), ("vpt", dict(prompt_depth=2)), ("maple", dict(prompt_depth=1)),
            ("promptsrc", dict(prompt_depth_text=1, prompt_depth_vision=2)), ("rpp", dict(branches="vision", depth=2)),
            ("maple", dict(prompt_depth=2)), ("promptsrc", dict(prompt_depth_text=2, prompt_depth_vision=2)),
-           ("rpp", dict(branches="text", depth=2, shared=True))]
+           ("rpp", dict(branches="text", depth=2, shared=True)), ("rpp", dict(branches="text", depth=2)),
+           ("rpp", dict(depth=1)), ("rpp", dict(depth=2, variant="post", ctx_init="a photo of a"))]
 
 
 @pytest.mark.parametrize("method,settings", RUNNING,

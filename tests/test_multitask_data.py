@@ -166,26 +166,12 @@ def test_a_missing_split_dk_is_drawn_as_the_original_first_run_outside_the_tree(
 
 # ------------------------------------------------------------------ Plant-6 and Fashion-20
 
-PLANT_VILLAGE = ["Apple___Apple_scab", "Corn___healthy", "Tomato___Leaf_Mold"]
-
-
-def _plant6(root, with_task_files=True):
-    for cls in ("KaggleFlower", "KaggleMushroom", "PlantSeedlingV1", "PlantVillage"):
-        s = SOURCES[cls]
-        classes = PLANT_VILLAGE if cls == "PlantVillage" else ["b class", "a class", "c class"]
-        T.class_folders(os.path.join(root, s.folder, s.image_dir), classes, [5, 4, 7])
-    for cls in ("FruitVegetable", "KaggleVegetable"):
-        s = SOURCES[cls]
-        for split in ("train", "test", "validation"):
-            T.class_folders(os.path.join(root, s.folder, s.image_dir, split), ["apple", "kiwi"], [4, 6])
-    if with_task_files:
-        for cls in ("FruitVegetable", "KaggleFlower", "KaggleMushroom"):
-            T.task_files(root, cls)
+_plant6 = T.make_plant6  # tests/test_softcpt_multitask_run.py imports it from here
 
 
 def test_plant6_generated_tree_loads_with_the_original_splits(tmp_path):
     root = str(tmp_path / "data")
-    _plant6(root)
+    T.make_plant6(root)
     before = T.tree_files(root)
     ds = load_dataset("plant6", root, shots=2, seed=1)
     assert T.tree_files(root) == before
@@ -213,7 +199,7 @@ def test_plant6_generated_tree_loads_with_the_original_splits(tmp_path):
 
 def test_plant6_refuses_split_folders_with_different_classes(tmp_path):
     root = str(tmp_path / "data")
-    _plant6(root)
+    T.make_plant6(root)
     T.class_folders(os.path.join(root, "kaggle_vegetable", "images", "validation"), ["pear"], 4)
     with pytest.raises(DataError, match="different class folders"):
         load_dataset("plant6", root)
@@ -308,8 +294,8 @@ def test_data_check_and_fewshot_know_the_multitask_sets(tmp_path, capsys):
 
 def test_the_listing_readers_draw_the_first_run_split(tmp_path):
     """OxfordPets, SUN397 and UCF101: names and paths as the original reads its lists, the
-    train+val listing split 80/20 per class from random.seed(1); StanfordCars and OxfordFlowers
-    need scipy for their .mat files and fall back to CoOp's split without it, saying so."""
+    train+val listing split 80/20 per class from random.seed(1) (StanfordCars and OxfordFlowers:
+    tests/test_multitask_mat_sources.py)."""
     root = _root(tmp_path)
     T.raw_pets_sun_ucf(root)
     for cls in ("OxfordPets", "SUN397", "UCF101", "StanfordCars"):
@@ -327,12 +313,6 @@ def test_the_listing_readers_draw_the_first_run_split(tmp_path):
         train, val = T.original_split_trainval(trainval, 1)
         assert [(it.path, it.label) for it in part.train] == train and [(it.path, it.label) for it in part.val] == val
         assert len(part.test) == 6 and all(os.path.isfile(it.path) for it in part.test)
-    try:
-        import scipy  # noqa: F401
-    except ImportError:
-        info = by_source["StanfordCars"][1]
-        assert info.split_source == "split_zhou" and info.names_source == "task files"
-        assert any("StanfordCars" in n and "scipy" in n for n in ds.notes)
 
 
 def _listing_order(root, cls):

@@ -25,8 +25,19 @@ includes its ``sqrt(d_model)`` scale), as the context the learners initialise fr
 The prompt learners (:class:`~.maple.ReferenceMaPLe`, :class:`~.promptsrc.ReferencePromptSRC`) read
 the word embeddings through :func:`prompt_holder` and take their text encoder from
 :func:`maple_text_encoder` / :func:`ivlp_text_encoder`, which pick this module's encoders for a
-Hugging Face text tower. RPP's unshared q/k/v prompts have no reference here: fastprompt refuses
-them on these towers (``fastprompt.towers.hf_text.RPP_TEXT_REFUSAL``).
+Hugging Face text tower.
+
+:class:`ReferenceHFRPPTextEncoder` is RPP's text side on these towers (fastprompt's design:
+:mod:`fastprompt.learners.rpp.learner`), as literally as :mod:`.rpp` does it on open_clip's towers:
+at every prompted layer ``j`` the prompt rows of the full sequences are assembled three (four) times
+with ``torch.cat``, the query / key / value input of the layer (``P^q_j``, ``P^k_j``, ``P^v_j``;
+layer 0: through the embedding stage, as the context), each through the layer's pre-attention norm
+and its own projection (``query``/``key``/``value``, ``q``/``k``/``v``, ``q_proj``/``k_proj``/
+``v_proj``), and the three projected rows are written into the projections' outputs of the layer's
+own attention (the projection modules are swapped for a module that does so while the layer runs);
+the hidden (residual) rows are the residual row ``R_j``. Head-space prompts are the projections'
+outputs as they are. A query or residual row that is not given keeps what the layer computes from
+the previous layer's output (whose prompt rows are overwritten again before anything reads them).
 """
 from __future__ import annotations
 
@@ -39,8 +50,8 @@ from ..towers.hf_text import encoder_layers
 from .deep import ReferenceIVLPTextEncoder, ReferenceMaPLeTextEncoder, _Transformer
 from .text_encoder import text_tower
 
-__all__ = ["ReferenceHFTextEncoder", "ReferenceHFMaPLeTextEncoder", "ReferenceHFIVLPTextEncoder", "prompt_holder",
-           "maple_text_encoder", "ivlp_text_encoder", "is_hf_text"]
+__all__ = ["ReferenceHFTextEncoder", "ReferenceHFMaPLeTextEncoder", "ReferenceHFIVLPTextEncoder",
+           "ReferenceHFRPPTextEncoder", "prompt_holder", "maple_text_encoder", "ivlp_text_encoder", "is_hf_text"]
 
 
 def is_hf_text(model: nn.Module) -> bool:
@@ -103,6 +114,31 @@ class ReferenceHFTextEncoder(nn.Module):
                 layer_prompts: Sequence[Optional[torch.Tensor]] = ()) -> torch.Tensor:
         """``layer_prompts[j]``: ``None`` or the rows ``[n_ctx, D]`` replacing the context rows at the
         input of encoder layer ``j`` (entry 0 is the embedding output's: the originals leave it None)."""
+        return self._encode(prompts, tokenized_prompts, len(layer_prompts),
+                            lambda j, layer, x, run: run(self._replace(x, layer_prompts[j]
+                                                                       if j < len(layer_prompts) else None)))
+
+    def _embedding_stage(self, prompts: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        """The model's forward up to its first layer, on prompt embeddings ``[C, L, D]`` whose ids are ``ids``."""
+        t = self._text[0].transformer
+        prompts = prompts.to(self.dtype)
+        if self.family in ("roberta", "xlm-roberta"):
+            positions = t.embeddings.create_position_ids_from_input_ids(ids, t.embeddings.padding_idx)
+            return t.embeddings(inputs_embeds=prompts, position_ids=positions)
+        if self.family == "mt5":
+            return t.dropout(prompts)
+        # m2m_100: sinusoidal positions of the ids, as the model's forward on input_ids
+        x = prompts + t.embed_positions(ids, prompts).to(prompts.device)
+        return nn.functional.dropout(x, p=t.dropout, training=t.training)
+
+    def _layers(self) -> list:
+        t = self._text[0].transformer
+        return list(t.encoder.layer if self.family in ("roberta", "xlm-roberta") else
+                    t.block if self.family == "mt5" else t.layers)
+
+    def _encode(self, prompts: torch.Tensor, tokenized_prompts: torch.Tensor, n_prompted: int, step) -> torch.Tensor:
+        """The model's forward on ``prompts [C, L, D]``; every layer through ``step(j, layer, x, run)``,
+        which returns the layer's output, ``run(x)`` running the layer on hidden states ``x``."""
         from transformers.masking_utils import create_bidirectional_mask
         from transformers.modeling_outputs import BaseModelOutputWithPoolingAndCrossAttentions
 
@@ -110,31 +146,23 @@ class ReferenceHFTextEncoder(nn.Module):
         t, config = text.transformer, text.config
         ids = tokenized_prompts.to(prompts.device)
         mask = (ids != config.pad_token_id).long()  # HFTextEncoder.forward
-        prompts = prompts.to(self.dtype)
         pooler_output = None
-        if self.family in ("roberta", "xlm-roberta"):
-            positions = t.embeddings.create_position_ids_from_input_ids(ids, t.embeddings.padding_idx)
-            x = t.embeddings(inputs_embeds=prompts, position_ids=positions)
-            attn = create_bidirectional_mask(config=t.config, inputs_embeds=x, attention_mask=mask)
-            layers = list(t.encoder.layer)
-        elif self.family == "mt5":
-            attn = create_bidirectional_mask(config=t.config, inputs_embeds=prompts, attention_mask=mask)
-            x = t.dropout(prompts)
-            layers = list(t.block)
-        else:  # m2m_100: sinusoidal positions of the ids, as the model's forward on input_ids
-            x = prompts + t.embed_positions(ids, prompts).to(prompts.device)
-            x = nn.functional.dropout(x, p=t.dropout, training=t.training)
-            attn = create_bidirectional_mask(config=t.config, inputs_embeds=prompts, attention_mask=mask)
-            layers = list(t.layers)
-        if len(layer_prompts) > len(layers):
-            raise ValueError(f"{len(layer_prompts)} layer prompts for a text tower of {len(layers)} layers")
+        x = self._embedding_stage(prompts, ids)
+        attn = create_bidirectional_mask(config=t.config, inputs_embeds=x, attention_mask=mask)
+        layers = self._layers()
+        if n_prompted > len(layers):
+            raise ValueError(f"{n_prompted} layer prompts for a text tower of {len(layers)} layers")
         position_bias = None
         for j, layer in enumerate(layers):
-            x = self._replace(x, layer_prompts[j] if j < len(layer_prompts) else None)
             if self.family == "mt5":  # block 0 computes the relative position bias (mask added) for all
-                x, position_bias, _ = layer(x, attn, position_bias)
+                def run(h, layer=layer):
+                    nonlocal position_bias
+                    h, position_bias, _ = layer(h, attn, position_bias)
+                    return h
             else:
-                x = layer(x, attn)
+                def run(h, layer=layer):
+                    return layer(h, attn)
+            x = step(j, layer, x, run)
         if self.family in ("roberta", "xlm-roberta"):
             pooler_output = t.pooler(x) if t.pooler is not None else None
         elif self.family == "mt5":
@@ -183,6 +211,74 @@ class ReferenceHFIVLPTextEncoder(ReferenceHFTextEncoder):
     def forward(self, prompts: torch.Tensor, tokenized_prompts: torch.Tensor) -> torch.Tensor:
         rows = [layer.VPT_shallow if layer.add_prompt else None for layer in self.transformer.resblocks]
         return super().forward(prompts, tokenized_prompts, rows)
+
+
+# per family: the layer's pre-attention norm (None: post-LN) and the q/k/v projections, by attribute path
+_QKV = {
+    "roberta": (None, "attention.self", ("query", "key", "value")),
+    "xlm-roberta": (None, "attention.self", ("query", "key", "value")),
+    "mt5": ("layer.0.layer_norm", "layer.0.SelfAttention", ("q", "k", "v")),
+    "m2m_100": ("self_attn_layer_norm", "self_attn", ("q_proj", "k_proj", "v_proj")),
+}
+
+
+class _WrittenProjection(nn.Module):
+    """A projection whose output ``[C, L, H*d]`` has rows ``start .. start+M-1`` replaced by ``rows [M, H*d]``."""
+
+    def __init__(self, projection: nn.Module, rows: torch.Tensor, start: int):
+        super().__init__()
+        self.projection, self.rows, self.start = projection, rows, start
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.projection(x)
+        rows = self.rows.to(y.dtype).expand(y.shape[0], -1, -1)
+        return torch.cat([y[:, :self.start], rows, y[:, self.start + rows.shape[1]:]], dim=1)
+
+
+class ReferenceHFRPPTextEncoder(ReferenceHFTextEncoder):
+    """``(prompts [C, L, D], ids [C, L], layer_rows) -> [C, E]``: RPP's text side on a Hugging Face
+    tower (see the module docstring). ``prompts`` are the input embeddings with the context rows
+    filled (RPP: layer 0's residual rows); ``layer_rows[j] = (q, k, v, residual)`` for the prompted
+    layers ``j < J``: ``q``, ``k``, ``v`` ``[M, D]`` (width space) or ``[M, H, d]`` (head space),
+    ``q`` / ``residual [M, D]`` may be ``None`` (not written)."""
+
+    def forward(self, prompts: torch.Tensor, tokenized_prompts: torch.Tensor, layer_rows: Sequence) -> torch.Tensor:
+        ids = tokenized_prompts.to(prompts.device)
+        _, attention_name, names = _QKV[self.family]
+
+        def step(j, layer, x, run):
+            if j >= len(layer_rows):
+                return run(x)
+            q, k, v, residual = layer_rows[j]
+            if residual is not None:
+                x = (self._embedding_stage(self._replace(prompts, residual), ids) if j == 0
+                     else self._replace(x, residual))
+            attention = layer.get_submodule(attention_name)
+            written = {name: self.projected(j, name, rows, prompts if j == 0 else x, ids)
+                       for name, rows in zip(names, (q, k, v)) if rows is not None}
+            own = {name: getattr(attention, name) for name in written}
+            try:
+                for name, rows in written.items():
+                    setattr(attention, name, _WrittenProjection(own[name], rows, self.start))
+                return run(x)
+            finally:
+                for name, module in own.items():
+                    setattr(attention, name, module)
+
+        return self._encode(prompts, ids, len(layer_rows), step)
+
+    def projected(self, j: int, name: str, rows: torch.Tensor, x: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        """``[C, M, H*d]``: what layer ``j``'s projection ``name`` (``_QKV``) writes at the prompt rows
+        for prompt rows ``rows``: head-space ``[M, H, d]`` as they are; width-space ``[M, D]`` written
+        into the full sequences ``x [C, L, D]`` (layer 0: the input embeddings, then the embedding
+        stage of ``ids``), the layer's pre-attention norm and the projection, rows read back."""
+        if rows.dim() == 3:
+            return rows.flatten(-2).expand(x.shape[0], -1, -1)
+        norm_name, attention_name, _ = _QKV[self.family]
+        layer = self._layers()[j]
+        h = self._embedding_stage(self._replace(x, rows), ids) if j == 0 else self._replace(x, rows)
+        h = layer.get_submodule(norm_name)(h) if norm_name is not None else h
+        return layer.get_submodule(attention_name).get_submodule(name)(h)[:, self.start:self.start + self.n_ctx]
 
 
 def maple_text_encoder(model: nn.Module, n_ctx: int, start: int = 1) -> nn.Module:

@@ -45,6 +45,13 @@ COLUMNS: Tuple[Tuple[str, str, dict], ...] = (
     ("vpt", "vpt", dict(prompt_depth=2)),
     ("rpp", "rpp", dict(depth=2)),
     ("rpp text", "rpp", dict(branches="text", depth=2)),
+    ("prograd", "prograd", dict(n_ctx=4)),
+    ("tcp", "tcp", {}),
+    ("coop dept", "coop_dept", dict(n_ctx=4)),
+    ("kgcoop dept", "kgcoop_dept", {}),
+    ("cocoop dept", "cocoop_dept", {}),
+    ("maple dept", "maple_dept", dict(prompt_depth=2)),
+    ("softcpt hard", "softcpt_hard", dict(n_ctx=4, task_specific=True)),
 )
 
 

@@ -43,10 +43,24 @@ hidden states), its pooler. Where the pooler reads one row (``cls_pooler``: NLLB
 not be that row; a mean pooler reads them with every other unmasked row, as the model does. Proved
 against a layer-by-layer reference (``fastprompt.reference.hf_text``) by ``tests/test_hf_deep_prompts.py``.
 
-RPP's unshared q/k/v prompts are refused by name (:data:`RPP_TEXT_REFUSAL`): they are heads written
-between each layer's in-projection and its attention (and layer 0's heads of the word embeddings at
-their positions, for the word initialisation), a seam inside ``transformers``' attention modules that
-fastprompt would have to reimplement per family.
+RPP's unshared q/k/v prompts (``prefix_prompts``) are written after each prompted layer's q/k/v
+projections (:func:`attention_parts`: RoBERTa / XLM-R ``attention.self.query/key/value``, mT5
+``layer[0].SelfAttention.q/k/v``, M2M100 ``self_attn.q_proj/k_proj/v_proj``, each an ``nn.Linear``
+whose output is the unscaled heads ``[N, L, H*d]``: M2M100 and RoBERTa scale the scores inside the
+attention, mT5 not at all) by forward hooks that overwrite rows ``start .. start+M-1`` of the
+projection's output, with the semantics of :meth:`TextTower.forward
+<fastprompt.towers.TextTower.forward>` on a bidirectional tower: keys and values at every prompted
+layer; the query and the residual (hidden) row only at the layer whose prompt-row outputs survive,
+``J-1`` when it is not the last layer, stale hidden rows' queries elsewhere (their outputs are
+overwritten before anything reads them). A mean / max pooler reads every unmasked row, so there the
+last layer's prompt-row outputs are read too: with ``J`` = every layer, layer ``J-1`` = the last one
+is the surviving layer (query prompt and residual row), where a CLS pooler never reads them.
+Width-space rows (``variant="pre"``) pass through what the layer's hidden rows pass through on the
+way to the projection: the pre-attention norm (mT5 ``layer[0].layer_norm``, M2M100
+``self_attn_layer_norm``; none in post-LN RoBERTa), then the projection itself; at layer 0 first the
+embedding stage at their positions (RoBERTa's position and token-type embeddings and LayerNorm,
+M2M100's sinusoidal positions, as the context they replace), like CoOp's context. Head-space rows
+(``variant="post"``) are the projection's output as they are, ``[M, H, d]`` flattened to ``H*d``.
 """
 from __future__ import annotations
 
@@ -56,11 +70,12 @@ from typing import Iterator, List, Optional, Sequence, Tuple
 import torch
 from torch import nn
 
-from .text import UnpromptableTextTowerError
+from .prompt_rows import QKVPrompt
+from .text import TextTower, UnpromptableTextTowerError
 from .text_plan import TextPlan
 
 __all__ = ["HFTextTower", "FAMILIES", "is_hf_text_tower", "hf_text_encoder", "token_embedding_of",
-           "encoder_layers"]
+           "encoder_layers", "attention_parts"]
 
 # transformers model_type -> what its encoder does with inputs_embeds (see the module docstring).
 FAMILIES = {
@@ -70,12 +85,21 @@ FAMILIES = {
     "m2m_100": "embedding scale inside the embedding module; sequential sinusoidal positions",
 }
 
-RPP_TEXT_REFUSAL = (
-    "RPP's text branch writes separate query/key/value prompt heads between each text layer's in-projection and its "
-    "attention; this model's text tower is a Hugging Face transformers model (open_clip's HFTextEncoder), whose "
-    "attention modules compute both in one forward, which fastprompt does not reimplement: use RPP with "
-    "branches='vision', RPP with shared=True (tied q/k/v: ordinary deep prompts), or MaPLe / PromptSRC, whose deep "
-    "text prompts run on this tower")
+# per family: the path from a layer module to its pre-attention norm (None: post-LN) and its q/k/v projections
+_ATTENTION_PARTS = {
+    "roberta": (None, ("attention.self.query", "attention.self.key", "attention.self.value")),
+    "xlm-roberta": (None, ("attention.self.query", "attention.self.key", "attention.self.value")),
+    "mt5": ("layer.0.layer_norm", ("layer.0.SelfAttention.q", "layer.0.SelfAttention.k", "layer.0.SelfAttention.v")),
+    "m2m_100": ("self_attn_layer_norm", ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj")),
+}
+
+
+def attention_parts(layer: nn.Module, family: str) -> Tuple[Optional[nn.Module], Tuple[nn.Linear, nn.Linear, nn.Linear]]:
+    """``(norm or None, (q, k, v))`` of one encoder layer of a :data:`FAMILIES` model: the norm its
+    hidden rows pass before the projections (``None`` for post-LN RoBERTa / XLM-R) and the three
+    projection ``nn.Linear`` modules, whose outputs are the heads ``[..., H*d]`` before any scaling."""
+    norm, names = _ATTENTION_PARTS[family]
+    return (None if norm is None else layer.get_submodule(norm)), tuple(layer.get_submodule(n) for n in names)
 
 
 def encoder_layers(transformer: nn.Module) -> nn.ModuleList:
@@ -127,7 +151,7 @@ def _config_value(config, name: str) -> int:
 class HFTextTower:
     """Functional view of an open_clip ``HFTextEncoder`` (no parameter copies); the interface of
     :class:`~fastprompt.towers.TextTower` the prompt learners use: input-level context, and deep text
-    prompts that replace hidden rows (``prefix_overrides``; RPP's q/k/v prompts are refused).
+    prompts that replace hidden rows (``prefix_overrides``) and RPP's q/k/v prompts (``prefix_prompts``).
 
     Args:
         model: an open_clip ``CustomTextCLIP`` / ``CoCa`` whose ``text`` is an ``HFTextEncoder``.
@@ -198,13 +222,11 @@ class HFTextTower:
 
         Raises:
             ValueError: ``start < 0`` or ``n_rows < 1``.
-            UnpromptableTextTowerError: ``qkv`` (RPP's unshared query/key/value rows: :data:`RPP_TEXT_REFUSAL`,
-                said when the learner is built rather than at its first encode), or a prompt has padding (a masked key, never computed) at one of
+            UnpromptableTextTowerError: a prompt has padding (a masked key, never computed) at one of
                 the positions, or the text tower pools one of them (``cls_pooler`` reads row 0): the
-                feature would be a prompt row's own output.
+                feature would be a prompt row's own output. ``qkv`` (RPP's unshared query/key/value
+                rows) has the same places as replaced hidden rows: the same checks.
         """
-        if qkv:
-            raise UnpromptableTextTowerError(RPP_TEXT_REFUSAL)
         if start is None:
             start = plan.context_start()
         if start < 0 or n_rows < 1:
@@ -227,14 +249,83 @@ class HFTextTower:
         return start
 
     def input_heads(self, embeddings: torch.Tensor, start: int = 1):
-        """RPP's head-space prompts need layer 0's attention heads inside ``transformers``' attention:
-        refused (:data:`RPP_TEXT_REFUSAL`)."""
-        raise UnpromptableTextTowerError(RPP_TEXT_REFUSAL)
+        """Layer 0's ``(q, k, v)`` heads ``[M, H, d]`` of token embeddings ``[M, D]`` placed at
+        positions ``start .. start+M-1`` of a prompt with no padding before them (the embedding
+        stage at those positions, layer 0's pre-attention norm, its q/k/v projections), in the
+        embeddings' dtype: what RPP's head-space prompts initialised from words start from, as
+        :meth:`TextTower.input_heads <fastprompt.towers.TextTower.input_heads>`.
+
+        Raises:
+            UnpromptableTextTowerError: the projections' heads are not ``width`` wide (:meth:`_check_head_space`).
+        """
+        self._check_head_space()
+        m = embeddings.shape[0]
+        # any id but padding: only the positions (padding-aware in RoBERTa and M2M100) are read from the ids
+        ids = torch.full((1, start + m), self.pad_id + 1, device=self.device)
+        prompt = QKVPrompt(*(embeddings.to(self.device, self.dtype),) * 3)
+        heads = self._prompt_outputs(0, prompt, ids, start, need_q=True)
+        return tuple(h[0].unflatten(-1, (self.heads, -1)).to(embeddings.dtype) for h in heads)
+
+    def _check_head_space(self) -> None:
+        """Head-space prompts ``[M, H, width/H]`` and their residual rows (flattened to ``width``)
+        need projections ``width`` wide; mT5's are ``num_heads * d_kv``, which may differ."""
+        wide = {lin.out_features for layer in encoder_layers(self.transformer)
+                for lin in attention_parts(layer, self.family)[1]}
+        if wide != {self.width}:
+            raise UnpromptableTextTowerError(
+                f"this {self.family} text tower's attention heads are {sorted(wide)} wide in all, not its width "
+                f"{self.width}, so head-space prompts [M, {self.heads}, {self.width // self.heads}] and their residual "
+                "rows have no place: use RPP with variant='pre' (width-space prompts)")
+
+    def _pooler_reads_prompt_rows(self) -> bool:
+        """Whether open_clip's pooler reads the prompt rows' last-layer outputs: a mean / max pooler
+        reads every unmasked row, a CLS pooler one row that is never a prompt row (:meth:`check_deep_prompts`)."""
+        return getattr(self.text.pooler, "cls_token_position", None) is None
+
+    def _embed_rows(self, rows: torch.Tensor, ids: torch.Tensor, start: int) -> torch.Tensor:
+        """The embedding stage's output ``[N, M, D]`` for input rows ``[N, M, D]`` at positions
+        ``start .. start+M-1`` of prompts ``ids [N, L]``: what the model does to the context rows
+        they stand for (RoBERTa: id-derived positions, token type, LayerNorm; M2M100: id-derived
+        sinusoidal positions, equal to the sequential ones on these unmasked rows; mT5: dropout)."""
+        t, stop = self.transformer, start + rows.shape[1]
+        if self._position_ids is not None:
+            positions = self._position_ids(ids, t.embeddings.padding_idx)[:, start:stop]
+            return t.embeddings(inputs_embeds=rows, position_ids=positions)
+        if self.family == "m2m_100":
+            rows = rows + t.embed_positions(ids[:, :stop], None)[:, start:stop].to(rows)
+            return nn.functional.dropout(rows, p=t.dropout, training=t.training)
+        return t.dropout(rows)
+
+    def _prompt_outputs(self, j: int, prompt: QKVPrompt, ids: torch.Tensor, start: int,
+                        need_q: bool) -> List[Optional[torch.Tensor]]:
+        """``[q or None, k, v]``, each ``[N, M, H*d]``: what layer ``j``'s q/k/v projections output
+        at the prompt rows of the ``N`` prompts ``ids``. Width-space rows go through the embedding
+        stage (layer 0 only), the layer's pre-attention norm and the projection; head-space rows are
+        the output as they are (flattened)."""
+        norm, linears = attention_parts(encoder_layers(self.transformer)[j], self.family)
+        outs = []
+        for part, linear in zip("qkv", linears):
+            rows = getattr(prompt, part)
+            if part == "q" and not need_q:
+                outs.append(None)
+                continue
+            rows = rows.to(self.dtype).expand(ids.shape[0], *rows.shape)
+            if prompt.head_space:
+                outs.append(rows.flatten(-2))
+                continue
+            if j == 0:
+                rows = self._embed_rows(rows, ids, start)
+            if norm is not None:
+                rows = norm(rows)
+            # the Linear's own weights, not its forward: that is hooked while the prompts are written
+            outs.append(nn.functional.linear(rows, linear.weight, linear.bias))
+        return outs
 
     # ---- the encoder -------------------------------------------------------------------------
     def encode(self, plan: TextPlan, ctx: Optional[torch.Tensor] = None,
                prefix_overrides: Optional[Sequence[Optional[torch.Tensor]]] = None,
-               override_start: Optional[int] = None, prefix_prompts: Optional[Sequence] = None) -> torch.Tensor:
+               override_start: Optional[int] = None, prefix_prompts: Optional[Sequence] = None,
+               regroup: Optional[Tuple[int, TextPlan]] = None) -> torch.Tensor:
         """Text features ``[N, E]`` (not normalised) of ``plan``'s prompts with the learnable context ``ctx``.
 
         Args:
@@ -248,15 +339,24 @@ class HFTextTower:
                 0 replaces the embedding output's rows. See the module docstring.
             override_start: first replaced row; ``None``: the plan's first context row
                 (:meth:`check_deep_prompts`).
-            prefix_prompts: RPP's unshared q/k/v prompts: refused (:data:`RPP_TEXT_REFUSAL`).
+            prefix_prompts: instead of ``prefix_overrides``, J :class:`~fastprompt.towers.QKVPrompt`
+                (RPP's unshared query / key / value rows, width or head space) for rows
+                ``override_start .. override_start+M-1`` in layers ``0 .. J-1``, written after the
+                layers' q/k/v projections (see the module docstring); ``ctx`` fills the context
+                slots at the input as always (RPP passes layer 0's residual rows).
+            regroup: ``(j, plan_g)`` as :meth:`TextTower.forward <fastprompt.towers.TextTower.forward>`
+                takes it (TCP's per-class tokens): the same prompts in ``G'`` groups, whose
+                ``prefix_overrides[j:]`` rows are ``[G', M, D]``. Every prompt runs at full length here
+                anyway, so it only says which group's rows each prompt reads from layer ``j`` on.
 
         Raises:
-            UnpromptableTextTowerError: ``prefix_prompts`` given, or rows :meth:`check_deep_prompts` refuses.
+            UnpromptableTextTowerError: rows :meth:`check_deep_prompts` refuses; head-space
+                ``prefix_prompts`` on heads narrower than the width (:meth:`_check_head_space`).
             ValueError: more overrides than layers, overrides of different row counts, a per-group
-                override whose group count is not the plan's.
+                override whose group count is not the plan's; ``prefix_prompts`` with overrides or
+                ``regroup``, of shapes that do not fit, or without the residual rows of the layer
+                whose prompt outputs survive.
         """
-        if prefix_prompts is not None:
-            raise UnpromptableTextTowerError(RPP_TEXT_REFUSAL)
         src, ids, group = self._rows(plan)
         x = self.embed_tokens(src.clamp_min(0))
         if plan.n_ctx:
@@ -264,15 +364,67 @@ class HFTextTower:
             slot = (-1 - src).clamp_min(0)  # [N, L]; frozen positions read slot 0, discarded by the where
             rows = ctx[slot] if ctx.dim() == 2 else ctx[group[:, None], slot]
             x = torch.where((src < 0)[..., None], rows, x)
-        prompted = self._layer_overrides(prefix_overrides, plan.n_groups)
+        if prefix_prompts is not None:
+            if regroup is not None:
+                raise ValueError("regroup is for prefix_overrides (TCP), not prefix_prompts")
+            return self._encode_qkv(plan, ids, x, prefix_prompts, prefix_overrides, override_start)
+        regroup_at, group_after = self._check_regroup(plan, ids, regroup)
+        prompted = self._layer_overrides(prefix_overrides, plan.n_groups,
+                                         regroup_at, None if regroup is None else regroup[1].n_groups)
         if not prompted:
             return self._run(ids, inputs_embeds=x)
         start = self.check_deep_prompts(plan, int(prompted[0][1].shape[-2]), override_start)
-        with self._replacing_rows(prompted, start, group):
+        layers = encoder_layers(self.transformer)
+        writes = [(j, layers[j], "input", rows[group if j < regroup_at else group_after] if rows.dim() == 3 else rows)
+                  for j, rows in prompted]
+        with self._writing_rows(writes, start):
             return self._run(ids, inputs_embeds=x)
 
-    def _layer_overrides(self, overrides, n_groups: int) -> List[Tuple[int, torch.Tensor]]:
-        """``[(layer, rows [M, D] or [G, M, D])]`` of the non-None overrides, checked."""
+    def _encode_qkv(self, plan: TextPlan, ids: torch.Tensor, x: torch.Tensor, prompts, overrides,
+                    override_start: Optional[int]) -> torch.Tensor:
+        """:meth:`encode` with RPP's q/k/v prompts: ``x [N, L, D]`` the input embeddings of the
+        prompts ``ids [N, L]``; the rows written by hooks (see the module docstring)."""
+        # TextTower's checks read only layers / width / heads, which this tower has under the same names
+        prompts = TextTower._check_prefix_prompts(self, prompts, overrides)
+        if not prompts:
+            return self._run(ids, inputs_embeds=x)
+        if prompts[0].head_space:
+            self._check_head_space()
+        n_prompted, m = len(prompts), prompts[0].n_rows
+        start = self.check_deep_prompts(plan, m, override_start, qkv=True)
+        last = n_prompted - 1  # the layer whose prompt-row outputs survive, if anything reads them
+        survive = last if last < self.layers - 1 or self._pooler_reads_prompt_rows() else None
+        if survive is not None and prompts[survive].residual is None:
+            raise ValueError(f"prefix_prompts[{survive}].residual is needed: this tower's "
+                             f"{type(self.text.pooler).__name__} reads the outputs of layer {survive}'s prompt rows")
+        layers, writes = encoder_layers(self.transformer), []
+        for j, prompt in enumerate(prompts):
+            outs = self._prompt_outputs(j, prompt, ids, start, need_q=j == survive)
+            writes += [(j, linear, "output", rows) for linear, rows in
+                       zip(attention_parts(layers[j], self.family)[1], outs) if rows is not None]
+        if survive == 0:  # the residual rows enter as input rows, through the embedding stage like the context
+            residual = prompts[0].residual.to(x.dtype).expand(x.shape[0], -1, -1)
+            x = torch.cat([x[:, :start], residual, x[:, start + m:]], 1)
+        elif survive is not None:
+            writes.append((survive, layers[survive], "input", prompts[survive].residual))
+        with self._writing_rows(writes, start):
+            return self._run(ids, inputs_embeds=x)
+
+    def _check_regroup(self, plan: TextPlan, ids: torch.Tensor, regroup) -> Tuple[int, Optional[torch.Tensor]]:
+        """``(j, group [N])`` of ``regroup = (j, plan_g)``, or ``(layers, None)`` without one."""
+        if regroup is None:
+            return self.layers, None
+        at, regrouped = regroup
+        _, ids_g, group_g = self._rows(regrouped)
+        if plan.n_groups != 1 or not 0 < at < self.layers or not torch.equal(ids, ids_g):
+            raise ValueError(f"regroup=(j, plan_g) needs a one-group plan, 0 < j < {self.layers} and plan_g with the "
+                             f"same prompts; got {plan.n_groups} groups, j={at}")
+        return at, group_g
+
+    def _layer_overrides(self, overrides, n_groups: int, regroup_at: Optional[int] = None,
+                         groups_after: Optional[int] = None) -> List[Tuple[int, torch.Tensor]]:
+        """``[(layer, rows [M, D] or [G, M, D])]`` of the non-None overrides, checked (``G``: the plan's
+        groups, or ``groups_after`` from layer ``regroup_at`` on)."""
         overrides = list(overrides or [])
         if len(overrides) > self.layers:
             raise ValueError(f"prefix_overrides has {len(overrides)} entries but the text tower has {self.layers} "
@@ -283,44 +435,53 @@ class HFTextTower:
             raise ValueError(f"prefix_overrides replace {sorted(sizes)} rows in different layers: every layer's "
                              "deep prompt must have the same number of rows M")
         for j, rows in prompted:
-            groups_ok = rows.dim() == 2 or rows.shape[0] == n_groups
+            g = groups_after if regroup_at is not None and j >= regroup_at else n_groups
+            groups_ok = rows.dim() == 2 or rows.shape[0] == g
             if rows.dim() not in (2, 3) or rows.shape[-1] != self.width or not groups_ok:
-                raise ValueError(f"prefix_overrides[{j}] must have shape [M, {self.width}] or [G={n_groups}, M, "
+                raise ValueError(f"prefix_overrides[{j}] must have shape [M, {self.width}] or [G={g}, M, "
                                  f"{self.width}], got {tuple(rows.shape)}")
         return prompted
 
     @contextmanager
-    def _replacing_rows(self, prompted: List[Tuple[int, torch.Tensor]], start: int,
-                        group: torch.Tensor) -> Iterator[None]:
-        """Forward pre-hooks on the prompted encoder layers writing their rows into the layer's input
-        hidden states ``[N, L, D]`` (rows ``start .. start+M-1``; per group through ``group [N]``),
-        removed on exit. A prompted layer the model skipped (M2M100's ``encoder_layerdrop`` in
-        training mode) would silently lose its prompt: refused after the call."""
-        layers, fired, handles = encoder_layers(self.transformer), set(), []
+    def _writing_rows(self, writes: List[Tuple[int, nn.Module, str, torch.Tensor]], start: int) -> Iterator[None]:
+        """Hooks writing rows ``start .. start+M-1`` of every prompt, removed on exit. Each write is
+        ``(layer j, module, where, rows)``: ``"input"``, a forward pre-hook replacing the hidden
+        states ``[N, L, D]`` entering the encoder layer module; ``"output"``, a forward hook replacing
+        the output ``[N, L, H*d]`` of a q/k/v projection. ``rows`` is ``[M, W]`` (every prompt) or
+        ``[N, M, W]`` (one per prompt). A prompted layer the model skipped (M2M100's
+        ``encoder_layerdrop`` in training mode) would silently lose its prompt: refused after the call."""
+        fired, handles = set(), []
 
-        def hook_for(j: int, rows: torch.Tensor):
-            def replace(module, args, kwargs):
-                hidden = args[0] if args else kwargs["hidden_states"]
-                vals = rows.to(hidden.dtype)
-                vals = vals[group] if vals.dim() == 3 else vals.expand(hidden.shape[0], -1, -1)
-                hidden = torch.cat([hidden[:, :start], vals, hidden[:, start + vals.shape[1]:]], 1)
+        def writer(j: int, rows: torch.Tensor):
+            def write(t: torch.Tensor) -> torch.Tensor:
                 fired.add(j)
+                vals = rows.to(t.dtype)
+                vals = vals.expand(t.shape[0], -1, -1) if vals.dim() == 2 else vals
+                return torch.cat([t[:, :start], vals, t[:, start + vals.shape[1]:]], 1)
+            return write
+
+        def pre_hook(write):
+            def hook(module, args, kwargs):
                 if args:
-                    return (hidden, *args[1:]), kwargs
-                return args, {**kwargs, "hidden_states": hidden}
-            return replace
+                    return (write(args[0]), *args[1:]), kwargs
+                return args, {**kwargs, "hidden_states": write(kwargs["hidden_states"])}
+            return hook
 
         try:
-            for j, rows in prompted:
-                handles.append(layers[j].register_forward_pre_hook(hook_for(j, rows), with_kwargs=True))
+            for j, module, where, rows in writes:
+                write = writer(j, rows)
+                if where == "input":
+                    handles.append(module.register_forward_pre_hook(pre_hook(write), with_kwargs=True))
+                else:
+                    handles.append(module.register_forward_hook(lambda _m, _a, out, write=write: write(out)))
             yield
         finally:
             for handle in handles:
                 handle.remove()
-        skipped = sorted({j for j, _ in prompted} - fired)
+        skipped = sorted({j for j, *_ in writes} - fired)
         if skipped:
             raise ValueError(f"text layers {skipped} were skipped by the Hugging Face model (layer drop in training "
-                               "mode), so their deep prompts were never written: keep the frozen model in eval mode")
+                             "mode), so their deep prompts were never written: keep the frozen model in eval mode")
 
     def encode_token_ids(self, ids: torch.Tensor) -> torch.Tensor:
         """``model.encode_text(ids)`` (unnormalised) for tokenized prompts ``[C, context_length]``,

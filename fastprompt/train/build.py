@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from ..errors import ConfigError
-from .methods import DEEP_VISION, METHODS, MULTITASK_METHODS, extra_learner_kwargs, learner_kwargs
+from .methods import DEEP_VISION, METHODS, MULTITASK_METHODS, learner_kwargs
 from ..replay.construction import DEPT_BASES, ORIGINAL_METHODS, original_init
 from .model_keys import TINY_CLIP_KWARGS, check_depths, check_preprocess, open_clip_name, shape_from_model
 from .views import MultiView, with_randaugment2
@@ -125,7 +125,6 @@ def build_learner(cfg: Dict[str, Any], model, tokenizer, classnames, dataset_nam
     from .defaults import flatten
 
     kwargs = learner_kwargs(method, cfg["TRAINER"][spec.section], dataset_class, flatten(cfg))
-    kwargs.update(extra_learner_kwargs(method, cfg))
     kwargs["frozen_image_precision"] = str(cfg["TRAIN"].get("FROZEN_IMAGE_PRECISION") or "fp32").lower()
     cls = LEARNERS[method]
     if method == "promptkd":

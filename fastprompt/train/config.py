@@ -32,7 +32,7 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 from ..errors import ConfigError
 from .defaults import _set, base_defaults, flatten
 from .key_audit import check_config, element_type
-from .methods import METHODS, method_of_trainer
+from .methods import BASE_DEFAULT, METHODS, method_of_trainer
 from .model_keys import check_input_size, follow_model, shape_from_name
 
 __all__ = ["read_yaml", "resolve_config", "parse_overrides", "get", "set_value", "dump_yaml", "flatten", "RECIPE_DIR",
@@ -176,8 +176,9 @@ def _defaults_for(method: str) -> Dict[str, Any]:
         cfg["TRAINER"].setdefault(spec.section, spec.section_defaults())
     own = METHODS[method]
     cfg["TRAINER"][own.section] = own.section_defaults()
-    for key, (value, _) in own.extra.items():  # the keys its train.py adds or re-defaults (DePT's)
-        _set(cfg, key, copy.deepcopy(value))
+    for key, entry in own.outside.items():  # the keys outside the section its train.py adds or re-defaults
+        if entry.default is not BASE_DEFAULT:
+            _set(cfg, key, copy.deepcopy(entry.default))
     cfg["TRAINER"]["NAME"] = own.trainer_names[0]
     cfg["METHOD"] = method
     return cfg

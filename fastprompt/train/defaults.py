@@ -60,7 +60,7 @@ _DASSL: Dict[str, Any] = {
     },
     "TRAIN": {"CHECKPOINT_FREQ": 0, "PRINT_FREQ": 10, "COUNT_ITER": "train_x"},
     # BeierZhu/Prompt-align ProGrad.public/train.py extend_cfg (also copied into TCP's and PRE's train.py);
-    # read by ProGrad only (fastprompt.train.methods, its ``outside`` keys)
+    # read by ProGrad only (fastprompt.train.methods: its MethodSpec.outside keys)
     "LOSS": {"GM": False, "NAME": "", "ALPHA": 0.0, "T": 1.0, "LAMBDA": 1.0},
     "TEST": {
         "EVALUATOR": "Classification", "PER_CLASS_RESULT": False, "COMPUTE_CMAT": False, "NO_TEST": False,

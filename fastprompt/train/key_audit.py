@@ -256,29 +256,26 @@ def audit_table(method: str) -> Dict[str, Entry]:
                 "foreign", f"{spec.section} is the section of {other}; this {method} run reads "
                            f"TRAINER.{own.section}"))
     table.update(_section_entries(method))
-    for key, (name, _) in own.outside.items():
-        table[key] = _read(f"{own.learner} ({name})")
-    for key, allowed in own.outside_fixed.items():
-        table[key] = _fixed(f"fastprompt's {own.learner} implements only this", *allowed)
-    for key, why in own.outside_inert.items():
-        table[key] = _inert(why)
-    table.update(_extra_entries(method))
+    table.update(_outside_entries(method))
     return table
 
 
-def _extra_entries(method: str) -> Dict[str, Entry]:
-    """The keys ``method``'s train.py adds outside its section (:attr:`MethodSpec.extra`, DePT's)."""
+def _outside_entries(method: str) -> Dict[str, Entry]:
+    """The keys outside its section that ``method`` reads, fixes or declares (:attr:`MethodSpec.outside`:
+    ProGrad's ``LOSS.*``, DePT's head and staged learning rates). A key only re-defaulted there
+    (DePT's ``OPTIM.LR``) keeps its :data:`BASE` entry."""
     spec = METHODS[method]
     out = {}
-    for key, (_, kwarg) in spec.extra.items():
-        if key in spec.fixed:
-            out[key] = _fixed(f"fastprompt's {spec.learner} trains exactly its prompt and head", spec.fixed[key])
-        elif kwarg is not None:
-            out[key] = _read(f"{spec.learner} ({kwarg})")
-        elif key.startswith("OPTIM.") and not (key in BASE and BASE[key].kind == "read"):
-            out[key] = _read("fastprompt.train.schedule.param_groups (staged learning rates, matched against the "
-                             "learner's parameter names: ctx, film_lp_*, linear_probe_proj)", element=BASE[key].element
-                             if key in BASE else None)
+    for key, entry in spec.outside.items():
+        base = BASE.get(key)
+        if entry.kwarg is not None:
+            out[key] = _read(f"{spec.learner} ({entry.kwarg})")
+        elif entry.read_by:
+            out[key] = _read(entry.read_by, element=base.element if base else None)
+        elif entry.allowed:
+            out[key] = _fixed(entry.why or f"fastprompt's {spec.learner} implements only this", *entry.allowed)
+        elif entry.why:
+            out[key] = _inert(entry.why)
     return out
 
 

@@ -12,7 +12,7 @@ Sources (``train.py`` ``extend_cfg``): KaiyangZhou/CoOp @ ff61507 (CoOp, CoCoOp)
 @ bb95c77, minhanh151/PRE @ 08be701, kding1225/softcpt @ 7cab4b9 (``MTCOOP``, and ``MTCOOPH`` of its
 hard-sharing baselines), amazon-science/
 prompt-pretraining @ 24bca56 (POMP), BeierZhu/Prompt-align @ 1b76203 (ProGrad: ``TRAINER.COOP`` and the
-top-level ``LOSS`` section, its ``outside`` keys), Koorye/DePT @ d4ff416 (DePT on CoOp, KgCoOp, CoCoOp, MaPLe).
+top-level ``LOSS`` section: its ``outside`` keys), Koorye/DePT @ d4ff416 (DePT on CoOp, KgCoOp, CoCoOp, MaPLe).
 RPP (Chen et al., arXiv 2409.06166) has no public code: its ``TRAINER.RPP`` section is fastprompt's, one key per
 ``RPPConfig`` field.
 """
@@ -23,8 +23,8 @@ from typing import Any, Callable, Dict, Optional, Tuple
 
 from ..errors import ConfigError
 
-__all__ = ["MethodSpec", "METHODS", "method_of_trainer", "learner_kwargs", "extra_learner_kwargs", "DEEP_VISION",
-           "MULTITASK_METHODS"]
+__all__ = ["MethodSpec", "Outside", "METHODS", "method_of_trainer", "learner_kwargs", "DEEP_VISION",
+           "MULTITASK_METHODS", "BASE_DEFAULT", "learner_reads", "run_reads", "fixed_at", "no_effect", "redefault"]
 
 def _same(value):
     return value
@@ -37,6 +37,68 @@ def _kgcoop_ctx_init(value):
     return "a photo of a" if value else ""
 
 
+class _BaseDefault:
+    def __repr__(self) -> str:
+        return "BASE_DEFAULT"
+
+
+# An outside key's default when the method's train.py leaves it at Dassl's (or fastprompt's own).
+BASE_DEFAULT: Any = _BaseDefault()
+
+
+@dataclasses.dataclass(frozen=True)
+class Outside:
+    """One key outside the method's ``TRAINER.<SECTION>`` (dotted, e.g. ``LOSS.T``) and what a run of the
+    method does with it; build it with :func:`learner_reads`, :func:`run_reads`, :func:`fixed_at`,
+    :func:`no_effect` or :func:`redefault`.
+
+    ``default``: the value the method's ``train.py`` gives it (its config starts there), or
+    :data:`BASE_DEFAULT` (Dassl's or fastprompt's own, :mod:`fastprompt.train.defaults`). Then at
+    most one treatment: ``kwarg`` (with ``convert``): the learner keyword argument it sets;
+    ``read_by``: the module of the run that reads it; ``allowed``: accepted only at these values
+    (``why``: what fastprompt implements); ``why`` alone: accepted with any value, and why it
+    changes nothing. None of them: only re-defaulted, and treated as every other run treats it
+    (:data:`fastprompt.train.key_audit.BASE`)."""
+
+    default: Any = BASE_DEFAULT
+    kwarg: Optional[str] = None
+    convert: Callable = _same
+    read_by: str = ""
+    allowed: Tuple[Any, ...] = ()
+    why: str = ""
+
+    def __post_init__(self):
+        treatments = [self.kwarg is not None, bool(self.read_by), bool(self.allowed or self.why)]
+        if sum(treatments) > 1:
+            raise ValueError(f"an outside key has one treatment (kwarg, read_by, allowed or why), got {self}")
+
+
+def learner_reads(kwarg: str, convert: Callable = _same, default: Any = BASE_DEFAULT) -> Outside:
+    """A key that sets the learner's ``kwarg`` (``convert``-ed)."""
+    return Outside(default, kwarg=kwarg, convert=convert)
+
+
+def run_reads(where: str, default: Any = BASE_DEFAULT) -> Outside:
+    """A key that the run itself reads, in ``where`` (a module and what it does with the key)."""
+    return Outside(default, read_by=where)
+
+
+def fixed_at(*allowed: Any, why: str = "", default: Any = BASE_DEFAULT) -> Outside:
+    """A key accepted only at one of ``allowed`` (``why``: what fastprompt implements; empty: the
+    learner implements only these)."""
+    return Outside(default, allowed=allowed, why=why)
+
+
+def no_effect(why: str, default: Any = BASE_DEFAULT) -> Outside:
+    """A key accepted with any value: ``why`` it changes nothing (e.g. declared, never read)."""
+    return Outside(default, why=why)
+
+
+def redefault(default: Any) -> Outside:
+    """A key whose default the method's train.py changes and that every run treats alike (``OPTIM.LR``)."""
+    return Outside(default)
+
+
 @dataclasses.dataclass(frozen=True)
 class MethodSpec:
     """``keys``: section key -> ``(learner kwarg, converter)``; ``harness``: section keys the trainer
@@ -45,7 +107,8 @@ class MethodSpec:
     ``SECTION.KEY`` of another method's section that the original's own config files set and its
     trainer never reads -> why (accepted with any value; other foreign keys must keep their
     defaults, :mod:`fastprompt.train.key_audit`); ``depths``: section -> ``{depth key: the towers
-    it prompts}`` (``"text"``, ``"vision"``), each bounded by those towers' layer counts."""
+    it prompts}`` (``"text"``, ``"vision"``), each bounded by those towers' layer counts;
+    ``outside``: the method's keys outside its section (:class:`Outside`)."""
 
     method: str
     learner: str
@@ -60,14 +123,9 @@ class MethodSpec:
     depths: Callable[[Dict[str, Any]], Dict[str, Tuple[str, ...]]] = lambda section: {}
     deep_vision: bool = False
     dataset_template: Optional[str] = None  # learner kwarg set from the dataset's class name
-    # keys outside TRAINER.<SECTION> the method reads (ProGrad's LOSS.T): dotted key -> (kwarg, converter);
-    # outside_fixed / outside_inert: dotted key -> allowed values / why it has no effect
-    outside: Dict[str, Tuple[str, Callable]] = dataclasses.field(default_factory=dict)
-    outside_fixed: Dict[str, Tuple[Any, ...]] = dataclasses.field(default_factory=dict)
-    outside_inert: Dict[str, str] = dataclasses.field(default_factory=dict)
-    # keys outside the section that the method's train.py adds or re-defaults: dotted key -> (its default there,
-    # the learner kwarg it sets or None: read by the harness, or fixed when in ``fixed`` under its dotted name)
-    extra: Dict[str, Tuple[Any, Optional[str]]] = dataclasses.field(default_factory=dict)
+    # the keys outside TRAINER.<SECTION> that the method's train.py adds, re-defaults or reads (ProGrad's
+    # LOSS.*, DePT's head and staged learning rates): dotted key -> its :class:`Outside`
+    outside: Dict[str, "Outside"] = dataclasses.field(default_factory=dict)
 
     def section_defaults(self) -> Dict[str, Any]:
         return dict(self.defaults)
@@ -172,39 +230,47 @@ METHODS: Dict[str, MethodSpec] = {s.method: s for s in [
                {**_COOP_KEYS, "CTX_INIT": ("ctx_init", bool)},
                inert={"ALPHA": "declared by ProGrad's train.py, never read by its trainer"},
                dataset_template="template",
-               outside={"LOSS.T": ("T", float), "LOSS.LAMBDA": ("lambda_", float)},
-               outside_fixed={"LOSS.NAME": ("prograd", "")},
-               outside_inert={k: "declared by ProGrad's train.py, never read by its trainer"
-                              for k in ("LOSS.GM", "LOSS.ALPHA")}),
+               outside={"LOSS.T": learner_reads("T", float), "LOSS.LAMBDA": learner_reads("lambda_", float),
+                        "LOSS.NAME": fixed_at("prograd", ""),
+                        **{k: no_effect("declared by ProGrad's train.py, never read by its trainer")
+                           for k in ("LOSS.GM", "LOSS.ALPHA")}}),
 ]}
 
 # DePT (Koorye/DePT train.py extend_cfg): its head's settings, and the staged learning rates of
 # trainers/optim.py (the head at LR * LR_EXP, the prompt at LR * BASE_LR_MULT).
-_DEPT_EXTRA = {
-    "TRAINER.LINEAR_PROBE.TYPE": ("linear", "lp_type"), "TRAINER.LINEAR_PROBE.WEIGHT": (0.7, "lp_weight"),
-    "TRAINER.LINEAR_PROBE.TEST_TIME_FUSION": (True, "test_time_fusion"), "TRAINER.FILM.LINEAR_PROBE": (True, "film"),
-    "TRAINER.NAMES_TO_UPDATE": (["prompt_learner", "linear_probe", "film"], None),
-    "OPTIM.LR": (0.0035, None), "OPTIM.STAGED_LR": (True, None), "OPTIM.NEW_LAYERS": (["linear_probe", "film"], None),
-    "OPTIM.BASE_LR_MULT": (1.0, None), "OPTIM.LR_EXP": (6.5, None),
+_STAGED = ("fastprompt.train.schedule.param_groups (staged learning rates, matched against the learner's parameter "
+           "names: ctx, film_lp_*, linear_probe_proj)")
+_DEPT_TRAINS = ["prompt_learner", "linear_probe", "film"]
+_DEPT_OUTSIDE = {
+    "TRAINER.LINEAR_PROBE.TYPE": learner_reads("lp_type", default="linear"),
+    "TRAINER.LINEAR_PROBE.WEIGHT": learner_reads("lp_weight", default=0.7),
+    "TRAINER.LINEAR_PROBE.TEST_TIME_FUSION": learner_reads("test_time_fusion", default=True),
+    "TRAINER.FILM.LINEAR_PROBE": learner_reads("film", default=True),
+    "TRAINER.NAMES_TO_UPDATE": fixed_at(_DEPT_TRAINS, default=_DEPT_TRAINS,
+                                        why="fastprompt's DePT learners train exactly their prompt and head"),
+    "OPTIM.LR": redefault(0.0035),
+    "OPTIM.STAGED_LR": run_reads(_STAGED, default=True),
+    "OPTIM.NEW_LAYERS": run_reads(_STAGED, default=["linear_probe", "film"]),
+    "OPTIM.BASE_LR_MULT": run_reads(_STAGED, default=1.0),
+    "OPTIM.LR_EXP": run_reads(_STAGED, default=6.5),
 }
 _DEPT_DEFAULTS = dict(N_CTX=16, CSC=False, CTX_INIT="", PREC="fp16", CLASS_TOKEN_POSITION="end", ALPHA=1.0, W=2.0)
-_DEPT_FIXED = {"TRAINER.NAMES_TO_UPDATE": ["prompt_learner", "linear_probe", "film"]}
 METHODS.update({s.method: s for s in [
     MethodSpec("coop_dept", "CoOpDePTLearner", ("ExtrasLinearProbeCoOp",), "COOP", _DEPT_DEFAULTS, _COOP_KEYS,
                inert={"ALPHA": "declared by DePT's train.py for KgCoOp, never read",
                       "W": "KgCoOp's weight: ExtrasLinearProbeCoOp never reads it"},
-               fixed=_DEPT_FIXED, extra=_DEPT_EXTRA),
+               outside=_DEPT_OUTSIDE),
     MethodSpec("kgcoop_dept", "KgCoOpDePTLearner", ("ExtrasLinearProbeKgCoOp",), "COOP", _DEPT_DEFAULTS,
                {**_COOP_KEYS, "CTX_INIT": ("ctx_init", _kgcoop_ctx_init), "W": ("w", float)},
                inert={"ALPHA": "declared by DePT's train.py ('for KgCoOp but NOT USE'), never read"},
-               fixed=_DEPT_FIXED, extra=_DEPT_EXTRA, dataset_template="template"),
+               outside=_DEPT_OUTSIDE, dataset_template="template"),
     MethodSpec("cocoop_dept", "CoCoOpDePTLearner", ("ExtrasLinearProbeCoCoOp",), "COCOOP",
                dict(N_CTX=4, CTX_INIT="a photo of a", PREC="fp16"), _k(N_CTX="n_ctx", CTX_INIT="ctx_init"),
-               fixed=_DEPT_FIXED, extra=_DEPT_EXTRA),
+               outside=_DEPT_OUTSIDE),
     MethodSpec("maple_dept", "MaPLeDePTLearner", ("ExtrasLinearProbeMaPLe",), "MAPLE",
                dict(N_CTX=2, CTX_INIT="a photo of a", PREC="fp16", PROMPT_DEPTH=9),
                _k(N_CTX="n_ctx", CTX_INIT="ctx_init", PROMPT_DEPTH="prompt_depth"), deep_vision=True,
-               depths=lambda section: {"PROMPT_DEPTH": ("text", "vision")}, fixed=_DEPT_FIXED, extra=_DEPT_EXTRA),
+               depths=lambda section: {"PROMPT_DEPTH": ("text", "vision")}, outside=_DEPT_OUTSIDE),
 ]})
 
 # PromptKD (zhengli97/PromptKD train.py extend_cfg, trainers/promptkd.py): the student's settings, the
@@ -250,28 +316,18 @@ def method_of_trainer(name: str) -> Optional[str]:
     return None
 
 
-def extra_learner_kwargs(method: str, cfg: Dict[str, Any]) -> Dict[str, Any]:
-    """Learner keyword arguments from the keys outside the section (:attr:`MethodSpec.extra`)."""
-    out: Dict[str, Any] = {}
-    for key, (_, kwarg) in METHODS[method].extra.items():
-        if kwarg is not None:
-            node: Any = cfg
-            for part in key.split("."):
-                node = node[part]
-            out[kwarg] = node
-    return out
-
-
 def learner_kwargs(method: str, section: Dict[str, Any], dataset_class: Optional[str] = None,
                    outside: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
-    """Learner keyword arguments from the resolved ``TRAINER.<SECTION>`` of ``method`` (and, from
-    ``outside``, the flattened configuration, the method's keys outside it)."""
+    """Learner keyword arguments from the resolved ``TRAINER.<SECTION>`` of ``method`` and, from
+    ``outside`` (the flattened configuration), its keys outside it (:attr:`MethodSpec.outside`
+    with a ``kwarg``; one absent from ``outside``, e.g. in a run written before the key existed,
+    keeps the learner's default)."""
     spec = METHODS[method]
     out: Dict[str, Any] = {}
-    for key, (name, convert) in spec.outside.items():
-        if outside is not None and key in outside:
+    for key, entry in spec.outside.items():
+        if entry.kwarg is not None and outside is not None and key in outside:
             try:
-                out[name] = convert(outside[key])
+                out[entry.kwarg] = entry.convert(outside[key])
             except (TypeError, ValueError) as exc:
                 raise ConfigError(f"{key}: cannot use {outside[key]!r} ({exc})") from None
     where = f"TRAINER.{spec.section}"

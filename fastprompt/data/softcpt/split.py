@@ -17,7 +17,9 @@ class reads):
    single-dataset first run with seed 1 writes.) Like the original's written file, the drawn
    split stays as it is: images added later are not in it (delete the cached file to draw again).
    Without the task files (which the original's first run needs), the names come from the table
-   of situation 3. StanfordCars and OxfordFlowers read ``.mat`` files, with scipy.
+   of situation 3. StanfordCars and OxfordFlowers read ``.mat`` files, with scipy as the original
+   does; without scipy they take situation 3 with a note saying so, or, without CoOp's file
+   either, fail with an error that names scipy.
 3. CoOp's tree alone (no ``split_dk``, no task files, or not the raw files the generator needs):
    CoOp's ``split_zhou_<Name>.json`` and the task name/description of
    :data:`fastprompt.data.softcpt.tasks.TASK_TABLE`.
@@ -209,13 +211,25 @@ def _labelled_lines(path: str) -> List[str]:
     return _read_text(path).splitlines()
 
 
+def _class_list(names: Dict[int, str], where: str) -> List[str]:
+    """The original's class list ``[M[k] for k in sorted(M)]`` of the labels it saw. Position is
+    the label only when every label ``0..K-1`` has an image: otherwise the original pairs names
+    with the wrong labels, so that is refused."""
+    gaps = sorted(set(range(max(names, default=-1) + 1)) - set(names))
+    if gaps:
+        raise DataError(f"{where}: no image has class id(s) {[g + 1 for g in gaps[:5]]} (1-based) though higher ids "
+                        "have; the original's class list would then name the wrong classes. Use the full download")
+    return [names[k] for k in sorted(names)]
+
+
 def _trainval_test(read, trainval_file, test_file, rng):
     """The readers that list train+val and test (OxfordPets, SUN397, UCF101, StanfordCars): the
-    class names of the train+val listing, its 80/20 split, the test listing whole."""
-    trainval, classnames = read(*trainval_file)
+    class names of the train+val listing, its 80/20 split, the test listing whole. ``read``
+    returns ``(items, {label: name})``."""
+    trainval, names = read(*trainval_file)
     test, _ = read(*test_file)
     train, val = _split_trainval(trainval, rng)
-    return train, val, test, classnames
+    return train, val, test, _class_list(names, f"the train+val listing {trainval_file[-1]}")
 
 
 def _gen_pets(d: str, image_dir: str, rng):
@@ -230,7 +244,7 @@ def _gen_pets(d: str, image_dir: str, rng):
             imname, label = parts[0], int(parts[1]) - 1
             names[label] = "_".join(imname.split("_")[:-1]).lower()
             items.append((os.path.join(image_dir, imname + ".jpg"), label, 0))
-        return items, [names[k] for k in sorted(names)]
+        return items, names
     return _trainval_test(read, ("trainval.txt",), ("test.txt",), rng)
 
 
@@ -248,7 +262,7 @@ def _gen_sun397(d: str, image_dir: str, rng):
             label = cname2lab[classname]
             names[label] = " ".join(classname.split("/")[1:][::-1])
             items.append((os.path.join(image_dir, imname), label, 0))
-        return items, [names[k] for k in sorted(names)]
+        return items, names
     return _trainval_test(read, ("Training_01.txt",), ("Testing_01.txt",), rng)
 
 
@@ -267,30 +281,60 @@ def _gen_ucf101(d: str, image_dir: str, rng):
             renamed = "_".join(re.findall("[A-Z][^A-Z]*", action))
             names[label] = renamed
             items.append((os.path.join(image_dir, renamed, filename.replace(".avi", ".jpg")), label, 0))
-        return items, [names[k] for k in sorted(names)]
+        return items, names
     return _trainval_test(read, ("trainlist01.txt",), ("testlist01.txt",), rng)
 
 
-def _loadmat(path: str):
+def _loadmat(path: str, key: str):
+    """Variable ``key`` of the MATLAB file ``path``, read with ``scipy.io.loadmat`` as the original
+    reads it (scipy is needed only here: the sources without .mat files never import it)."""
     try:
         from scipy.io import loadmat
+        from scipy.io.matlab import MatReadError
     except ImportError:
         raise DataError(f"reading {path} needs scipy (pip install scipy), as the original's reader does") from None
+    if not os.path.isfile(path):
+        raise DataError(f"missing file {path} (part of the dataset's download; the original's first run reads it)")
     try:
-        return loadmat(path)
-    except (OSError, ValueError) as exc:
-        raise DataError(f"cannot read {path}: {exc}") from None
+        data = loadmat(path)
+    except (OSError, ValueError, MatReadError, NotImplementedError) as exc:
+        raise DataError(f"cannot read {path} as a MATLAB file ({exc}); download it again") from None
+    if key not in data:
+        found = sorted(k for k in data if not k.startswith("__"))
+        raise DataError(f"{path} holds no variable {key!r} (found {found}); it is not the file the original reads")
+    return data[key]
+
+
+def _row0(array, path: str, key: str, what: str):
+    """``array[0]``, the first row of a 1 x N MATLAB array, as the original indexes it."""
+    if getattr(array, "ndim", 0) != 2 or array.shape[0] < 1:
+        raise DataError(f"{path}: {key!r} should be a 1 x N array of {what}, found shape "
+                        f"{getattr(array, 'shape', type(array).__name__)}")
+    return array[0]
 
 
 def _gen_flowers(d: str, image_dir: str, rng):
-    labels = _loadmat(os.path.join(d, "imagelabels.mat"))["labels"][0]
+    """``OxfordFlowers.read_data``: ``imagelabels.mat``'s i-th 1-based label is
+    ``image_<i+1:05d>.jpg``'s; per label in order of first appearance, its images shuffled and
+    split 50/20/30; names from ``cat_to_name.json``."""
+    label_file, name_file = os.path.join(d, "imagelabels.mat"), os.path.join(d, "cat_to_name.json")
+    labels = _row0(_loadmat(label_file, "labels"), label_file, "labels", "1-based class ids")
     try:
-        lab2cname = json.loads(_read_text(os.path.join(d, "cat_to_name.json")))
+        lab2cname = json.loads(_read_text(name_file))
     except ValueError as exc:
-        raise DataError(f"cannot read {os.path.join(d, 'cat_to_name.json')}: {exc}") from None
+        raise DataError(f"cannot read {name_file}: {exc}") from None
+    if not isinstance(lab2cname, dict):
+        raise DataError(f"{name_file}: expected an object mapping class ids (\"1\", \"2\", ...) to names")
     tracker: Dict[int, List[str]] = {}
     for i, label in enumerate(labels):
-        tracker.setdefault(int(label), []).append(os.path.join(image_dir, f"image_{str(i + 1).zfill(5)}.jpg"))
+        try:
+            label = int(label)
+        except (TypeError, ValueError):
+            raise DataError(f"{label_file}: entry {i + 1} ({label!r}) is not a class id") from None
+        if label < 1 or str(label) not in lab2cname:
+            raise DataError(f"{label_file}: image {i + 1} has class id {label}, which {name_file} does not name "
+                            "(ids are 1-based)")
+        tracker.setdefault(label, []).append(os.path.join(image_dir, f"image_{str(i + 1).zfill(5)}.jpg"))
     train, val, test, names = [], [], [], {}
     for label, paths in tracker.items():
         rng.shuffle(paths)
@@ -301,23 +345,39 @@ def _gen_flowers(d: str, image_dir: str, rng):
         train += [(p, label - 1, 0) for p in paths[:n_train]]
         val += [(p, label - 1, 0) for p in paths[n_train:n_train + n_val]]
         test += [(p, label - 1, 0) for p in paths[n_train + n_val:]]
-        names[label] = lab2cname[str(label)]
-    return train, val, test, [names[k] for k in sorted(names)]
+        names[label - 1] = lab2cname[str(label)]
+    return train, val, test, _class_list(names, label_file)
 
 
 def _gen_cars(d: str, image_dir: str, rng):
-    meta = _loadmat(os.path.join(d, "devkit", "cars_meta.mat"))["class_names"][0]
+    """``StanfordCars.read_data`` on the train and test annotation files (``fname``, 1-based
+    ``class``), names ``"<year> <make model>"`` from ``cars_meta.mat``; then the 80/20 split."""
+    meta_file = os.path.join(d, "devkit", "cars_meta.mat")
+    meta = _row0(_loadmat(meta_file, "class_names"), meta_file, "class_names", "class names")
 
     def read(folder, anno_file):
-        annos = _loadmat(anno_file)["annotations"][0]
+        annos = _row0(_loadmat(anno_file, "annotations"), anno_file, "annotations", "image annotations")
+        fields = annos.dtype.names or ()
+        if "fname" not in fields or "class" not in fields:
+            raise DataError(f"{anno_file}: the annotations have fields {list(fields)}, without 'fname' and 'class' "
+                            "that the original reads (the test annotations with labels are "
+                            "cars_test_annos_withlabels.mat)")
         items, names = [], {}
         for i in range(len(annos)):
-            label = int(annos[i]["class"][0, 0]) - 1
-            words = str(meta[label][0]).split(" ")
+            try:
+                label = int(annos[i]["class"][0, 0]) - 1
+                fname = str(annos[i]["fname"][0])
+                words = str(meta[label][0]).split(" ") if 0 <= label < len(meta) else None
+            except (IndexError, TypeError, ValueError):
+                raise DataError(f"{anno_file}: annotation {i + 1} has no readable 'class' / 'fname', or "
+                                f"{meta_file} no name for its class") from None
+            if words is None:
+                raise DataError(f"{anno_file}: annotation {i + 1} ({fname}) has class {label + 1}, but {meta_file} "
+                                f"names classes 1..{len(meta)}")
             words.insert(0, words.pop(-1))
             names[label] = " ".join(words)
-            items.append((os.path.join(d, folder, str(annos[i]["fname"][0])), label, 0))
-        return items, [names[k] for k in sorted(names)]
+            items.append((os.path.join(d, folder, fname), label, 0))
+        return items, names
     return _trainval_test(read, ("cars_train", os.path.join(d, "devkit", "cars_train_annos.mat")),
                           ("cars_test", os.path.join(d, "cars_test_annos_withlabels.mat")), rng)
 
