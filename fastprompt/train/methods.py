@@ -295,8 +295,9 @@ METHODS.update({s.method: s for s in [
                       "PROJECT_LAYER": "declared by PromptKD's train.py, never read (the projection has two layers)",
                       "CE_WEIGHT": "declared by PromptKD's train.py, never read: the loss ignores the labels"},
                deep_vision=True, depths=lambda section: {"PROMPT_DEPTH_VISION": ("vision",)},
-               extra={"TRAINER.MODAL": ("base2novel", None)},
-               outside_fixed={"TRAINER.MODAL": ("base2novel", "cross")}),
+               outside={"TRAINER.MODAL": fixed_at("base2novel", "cross", default="base2novel",
+                                                  why="it only picks which class columns PromptKD's test reads; "
+                                                      "fastprompt evaluates the class list of the split asked for")}),
 ]})
 
 # Methods that train a multi-task dataset (SoftCPT's general10, plant6, fashion20): their learner
