@@ -197,6 +197,15 @@ def test_recipe_trains_and_evaluates_through_the_cli(recipe, dtd_tree, tmp_path,
     assert json.loads((out / "eval.json").read_text())["total"] > 0
     saved = json.loads((out / "fastprompt_config.json").read_text())
     assert saved["method"] == "promptkd" and saved["config"]["teacher_model"] == "tiny"
+    # the resumable state holds the projection's running statistics, which a step changes without a
+    # gradient: a resumed run (and the best-on-val prompts) would otherwise carry stale ones
+    from fastprompt.train.model_keys import TINY_CLIP_KWARGS
+
+    state = torch.load(out / "state.pt", weights_only=True)["params"]
+    learner = fastprompt.PromptKDLearner.from_pretrained(str(out), model=tiny_clip(1, **TINY_CLIP_KWARGS),
+                                                         teacher=tiny_clip(2, **TINY_CLIP_KWARGS))
+    for name, value in learner.prompt_state_dict().items():
+        assert torch.equal(state[name], value), name
 
 
 def test_the_teacher_checkpoint_is_loaded_by_the_run(dtd_tree, tmp_path):

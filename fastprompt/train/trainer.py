@@ -170,10 +170,16 @@ class Trainer:
     def state_path(self) -> Optional[str]:
         return os.path.join(self.run_dir, STATE_FILE) if self.run_dir else None
 
+    def _snapshot(self) -> Dict[str, torch.Tensor]:
+        """The learner's learned state as ``load_prompt_state`` takes it back: its
+        ``prompt_state_dict()`` (the trainable parameters, plus any state a step changes without a
+        gradient, such as PromptKD's BatchNorm running statistics), copied to the CPU."""
+        return {name: t.detach().cpu().clone() for name, t in self.learner.prompt_state_dict().items()}
+
     def state_dict(self) -> Dict[str, Any]:
         return {"format": STATE_FORMAT, **self.identity, "epoch": self.epoch, "batch": self.batch, "step": self.step,
                 "finished": self.finished, "world_size": self.world,
-                "params": {n: p.detach().cpu().clone() for n, p in self.named_params},
+                "params": self._snapshot(),
                 "optimizer": self.optimizer.state_dict(),
                 "scaler": self.precision.scaler.state_dict() if self.precision.scaler else {},
                 "rng": rng_state(), "aggregator": self.aggregator.state_dict() if self.aggregator else {},
@@ -472,7 +478,7 @@ class Trainer:
                 result = self.evaluate("val")
                 if result is not None and self._score(result) > self.best.get("score", -1.0):
                     self.best = {"score": self._score(result), "epoch": epoch,
-                                 "params": {n: p.detach().cpu().clone() for n, p in self.named_params}}
+                                 "params": self._snapshot()}
             elif s.eval_freq and (epoch + 1) % s.eval_freq == 0:
                 self.evaluate("val")
         self.save()
